@@ -1,0 +1,14 @@
+/* SPDX-License-Identifier: MIT */
+/* vuf/vuf.h - umbrella header for libvuf, a vhost-user front-end library. */
+#ifndef VUF_VUF_H
+#define VUF_VUF_H
+
+#include "vuf/log.h"
+#include "vuf/wire.h"
+#include "vuf/conn.h"
+#include "vuf/client.h"
+#include "vuf/server.h"
+#include "vuf/breq.h"
+#include "vuf/virtio.h"
+
+#endif

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs every build and test dependency of vuf from Debian's archive.
+# Idempotent: packages already present are left alone. Needs root (or sudo).
+set -euo pipefail
+
+PKGS=(
+  meson ninja-build gcc clang pkg-config        # build
+  libcmocka-dev libjson-c-dev                   # unit tests, JSON output
+  libclang-rt-dev                               # libFuzzer + sanitizer runtimes
+  qemu-system-common                            # qemu-storage-daemon, C virtiofsd
+  qemu-system-gui                               # vhost-user-gpu
+  qemu-utils                                    # qemu-img (tests make disk images)
+  util-linux procps jq                          # setpriv, ps, jq for CLI checks
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup: all ${#PKGS[@]} packages already installed"
+  exit 0
+fi
+
+SUDO=
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+echo "setup: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,2 @@
+/* PLACEHOLDER: to be written */
+typedef int vuf_placeholder_t;

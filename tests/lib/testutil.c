@@ -1,0 +1,261 @@
+/* SPDX-License-Identifier: MIT */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+#define MAX_PROCS 32
+static pid_t live[MAX_PROCS];
+static bool hooks_installed;
+
+int tu_count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    int n = 0;
+    struct dirent *e;
+
+    if (!d)
+        return -1;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n - 1; /* the DIR's own fd */
+}
+
+char *tu_mkdtemp(const char *prefix)
+{
+    const char *tmp = getenv("TMPDIR");
+    char *p;
+
+    if (!tmp || !*tmp)
+        tmp = "/tmp";
+    if (asprintf(&p, "%s/%s.XXXXXX", tmp, prefix) < 0)
+        return NULL;
+    if (!mkdtemp(p)) {
+        free(p);
+        return NULL;
+    }
+    return p;
+}
+
+static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    remove(path);
+    return 0;
+}
+
+void tu_rmtree(char *path)
+{
+    if (!path)
+        return;
+    nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    free(path);
+}
+
+void tu_reap_all(void)
+{
+    for (int i = 0; i < MAX_PROCS; i++) {
+        if (live[i] > 0) {
+            kill(-live[i], SIGKILL);
+            kill(live[i], SIGKILL);
+            waitpid(live[i], NULL, 0);
+            live[i] = 0;
+        }
+    }
+}
+
+static void on_signal(int sig)
+{
+    tu_reap_all();
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void install_hooks(void)
+{
+    if (hooks_installed)
+        return;
+    hooks_installed = true;
+    atexit(tu_reap_all);
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    signal(SIGABRT, on_signal);
+}
+
+int tu_spawn(struct tu_proc *p, char *const argv[], const char *log_path)
+{
+    int slot = -1;
+    pid_t pid;
+
+    install_hooks();
+    for (int i = 0; i < MAX_PROCS; i++)
+        if (live[i] == 0) {
+            slot = i;
+            break;
+        }
+    if (slot < 0)
+        return -EAGAIN;
+    snprintf(p->log_path, sizeof(p->log_path), "%s", log_path ? log_path : "/dev/null");
+    pid = fork();
+    if (pid < 0)
+        return -errno;
+    if (pid == 0) {
+        int fd = open(p->log_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        setpgid(0, 0);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            if (fd > 2)
+                close(fd);
+        }
+        int nul = open("/dev/null", O_RDONLY);
+        if (nul >= 0) {
+            dup2(nul, 0);
+            if (nul > 2)
+                close(nul);
+        }
+        execv(argv[0], argv);
+        fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    setpgid(pid, pid);
+    live[slot] = pid;
+    p->pid = pid;
+    return 0;
+}
+
+static long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
+
+static bool proc_alive(struct tu_proc *p)
+{
+    int st;
+    if (p->pid <= 0)
+        return false;
+    pid_t r = waitpid(p->pid, &st, WNOHANG);
+    if (r == p->pid) {
+        for (int i = 0; i < MAX_PROCS; i++)
+            if (live[i] == p->pid)
+                live[i] = 0;
+        p->pid = -1;
+        return false;
+    }
+    return true;
+}
+
+int tu_wait_socket_file(struct tu_proc *p, const char *path, int timeout_ms)
+{
+    long end = now_ms() + timeout_ms;
+    struct stat st;
+
+    while (now_ms() < end) {
+        if (stat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+            return 0;
+        if (!proc_alive(p))
+            return -ESRCH;
+        usleep(2000);
+    }
+    return -ETIMEDOUT;
+}
+
+int tu_wait_socket(struct tu_proc *p, const char *path, int timeout_ms)
+{
+    long end = now_ms() + timeout_ms;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    while (now_ms() < end) {
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            return -errno;
+        int r = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+        close(fd);
+        if (r == 0)
+            return 0;
+        if (!proc_alive(p))
+            return -ESRCH;
+        usleep(2000);
+    }
+    return -ETIMEDOUT;
+}
+
+int tu_stop(struct tu_proc *p)
+{
+    int st = -1;
+
+    if (p->pid <= 0)
+        return -1;
+    kill(p->pid, SIGTERM);
+    for (int i = 0; i < 200; i++) {
+        pid_t r = waitpid(p->pid, &st, WNOHANG);
+        if (r == p->pid)
+            goto reaped;
+        usleep(10000);
+    }
+    kill(-p->pid, SIGKILL);
+    kill(p->pid, SIGKILL);
+    waitpid(p->pid, &st, 0);
+reaped:
+    for (int i = 0; i < MAX_PROCS; i++)
+        if (live[i] == p->pid)
+            live[i] = 0;
+    p->pid = -1;
+    return st;
+}
+
+void tu_dump_log(const struct tu_proc *p)
+{
+    FILE *f = fopen(p->log_path, "r");
+    char line[512];
+
+    if (!f)
+        return;
+    fprintf(stderr, "---- %s ----\n", p->log_path);
+    while (fgets(line, sizeof(line), f))
+        fputs(line, stderr);
+    fclose(f);
+}
+
+bool tu_have_exe(const char *path)
+{
+    return access(path, X_OK) == 0;
+}
+
+const char *tu_which(const char *name)
+{
+    static char buf[1024];
+    const char *path = getenv("PATH");
+    if (!path)
+        path = "/usr/local/bin:/usr/bin:/bin";
+    while (*path) {
+        const char *c = strchr(path, ':');
+        size_t n = c ? (size_t)(c - path) : strlen(path);
+        snprintf(buf, sizeof(buf), "%.*s/%s", (int)n, path, name);
+        if (access(buf, X_OK) == 0)
+            return buf;
+        if (!c)
+            break;
+        path = c + 1;
+    }
+    return NULL;
+}

@@ -1,0 +1,2 @@
+/* PLACEHOLDER: skipped until written */
+int main(void) { return 77; }

@@ -1,0 +1,2 @@
+/* PLACEHOLDER */
+typedef int vuf_placeholder_t;
