@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The project's whole test command (README: `make test`; CI: .ci/run).
+#   1. install dependencies (scripts/setup.sh, apt-get)
+#   2. gcc build with -Werror, every unit and integration test
+#   3. the same tests under AddressSanitizer + UndefinedBehaviorSanitizer
+#   4. a clang build (warnings are errors there too)
+#   5. each libFuzzer target for a bounded time (FUZZ_SECONDS, default 30)
+# Ends with one line "N passed, N failed, N skipped".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh || { echo "setup failed"; echo "0 passed, 1 failed"; exit 1; }
+
+FUZZ_SECONDS=${FUZZ_SECONDS:-30}
+JOBS=$(nproc 2>/dev/null || echo 2)
+failed_steps=()
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
+
+configure() { # dir, extra meson args...
+  local dir=$1; shift
+  if [ -f "$dir/build.ninja" ]; then
+    meson configure "$dir" "$@" >/dev/null
+  else
+    meson setup "$dir" "$@" >/dev/null
+  fi
+}
+
+run_suite() { # name dir
+  local name=$1 dir=$2
+  echo "== $name: build =="
+  if ! ninja -C "$dir" -j "$JOBS"; then
+    failed_steps+=("$name build"); return
+  fi
+  echo "== $name: tests =="
+  meson test -C "$dir" --print-errorlogs --num-processes 1 || true
+}
+
+configure build -Dwerror=true
+run_suite "gcc" build
+
+configure build-san -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false
+run_suite "asan+ubsan" build-san
+
+echo "== clang: build =="
+if CC=clang configure build-clang -Dwerror=true && ninja -C build-clang -j "$JOBS" >/dev/null; then
+  echo "clang build: ok"
+else
+  failed_steps+=("clang build")
+fi
+
+fuzz_pass=0; fuzz_fail=0
+if command -v clang >/dev/null; then
+  echo "== fuzz (${FUZZ_SECONDS}s per target) =="
+  if bash scripts/fuzz.sh "$FUZZ_SECONDS"; then
+    fuzz_pass=$(ls build-fuzz/fuzz/fuzz_* 2>/dev/null | grep -vc '\.p$' || true)
+  else
+    fuzz_fail=1
+  fi
+fi
+
+python3 - "$fuzz_pass" "$fuzz_fail" "${#failed_steps[@]}" "${failed_steps[@]}" <<'PY'
+import json, sys, os
+fuzz_pass, fuzz_fail, nsteps = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+steps = sys.argv[4:4 + nsteps]
+passed = failed = skipped = 0
+for d in ("build", "build-san"):
+    p = os.path.join(d, "meson-logs", "testlog.json")
+    if not os.path.exists(p):
+        continue
+    for line in open(p):
+        r = json.loads(line)
+        res, name = r.get("result"), f'{d}:{r.get("name")}'
+        if res in ("OK", "EXPECTEDFAIL"):
+            passed += 1
+        elif res == "SKIP":
+            skipped += 1
+            print(f"skipped: {name}")
+        else:
+            failed += 1
+            print(f"FAILED: {name} ({res})")
+for s in steps:
+    failed += 1
+    print(f"FAILED: {s}")
+passed += fuzz_pass
+failed += fuzz_fail
+if fuzz_fail:
+    print("FAILED: fuzzing found a problem (see above)")
+print(f"{passed} passed, {failed} failed, {skipped} skipped")
+sys.exit(1 if failed or passed == 0 else 0)
+PY
