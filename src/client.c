@@ -88,6 +88,11 @@ static int client_call(struct vuf_client *c, uint32_t code, const void *payload,
     if (rule->reply == VUF_REPLY_ACK && c->need_reply &&
         (c->protocol_features & VUF_PF(REPLY_ACK)))
         flags |= VUF_FLAG_NEED_REPLY;
+    /* POSTCOPY_END always replies, but QEMU also sets NEED_REPLY on it and
+     * rust-vmm back-ends only answer when it is set; a second reply is never
+     * due ("a message that already replies ignores NEED_REPLY"). */
+    if (code == VUF_REQ_POSTCOPY_END)
+        flags |= VUF_FLAG_NEED_REPLY;
 
     r = vuf_msg_init(&req, code, flags, payload, size);
     if (r < 0)
@@ -337,11 +342,31 @@ int vuf_client_set_mem_table(struct vuf_client *c, const struct vuf_mem_region *
 int vuf_client_set_log_base(struct vuf_client *c, uint64_t size, uint64_t offset, int fd)
 {
     struct vuf_log lg = {.mmap_size = size, .mmap_offset = offset};
+    struct vuf_msg reply;
+    uint64_t v;
+    int r;
 
     if (!c || fd < -1)
         return -EINVAL;
-    /* The reply (LOG_SHMFD only) is decided by the table's LOG rule. */
-    return call_status(c, VUF_REQ_SET_LOG_BASE, &lg, sizeof(lg), &fd, fd >= 0 ? 1 : 0);
+    /* The reply (LOG_SHMFD only) is decided by the table's LOG rule. The
+     * spec makes it a u64 status; rust-vmm back-ends echo the 16-byte log
+     * struct instead, which QEMU accepts too (it checks only the code). */
+    r = client_call(c, VUF_REQ_SET_LOG_BASE, &lg, sizeof(lg), &fd, fd >= 0 ? 1 : 0, &reply);
+    if (r <= 0)
+        return r;
+    if (reply.hdr.size == sizeof(lg)) {
+        vuf_msg_close_fds(&reply);
+        return 0;
+    }
+    if (vuf_decode_u64(&reply, &v) < 0)
+        return bad_reply(VUF_REQ_SET_LOG_BASE, &reply, "undecodable u64");
+    vuf_msg_close_fds(&reply);
+    if (v != 0) {
+        vuf_log(VUF_LOG_WARN, "client: SET_LOG_BASE: back-end reported failure 0x%llx",
+                (unsigned long long)v);
+        return -EIO;
+    }
+    return 0;
 }
 
 int vuf_client_set_log_fd(struct vuf_client *c, int fd)

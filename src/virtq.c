@@ -1,2 +1,741 @@
-/* PLACEHOLDER: to be written */
-typedef int vuf_placeholder_t;
+/* SPDX-License-Identifier: MIT */
+/* Driver side of a split virtqueue (virtio 1.2 §2.7) in vuf guest memory. */
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "vuf/log.h"
+#include "vuf/virtq.h"
+
+/* Driver-private state of a chain, indexed by its head descriptor. The
+ * device never sees this, so freeing a chain never trusts shared memory. */
+struct vq_slot {
+    void *cookie;
+    uint64_t wlen;    /* device-writable bytes: bound for used len */
+    uint16_t ndesc;   /* ring descriptors taken (1 when indirect) */
+    uint16_t last;    /* last ring descriptor of the chain */
+    bool inflight;
+    unsigned older, newer; /* in-flight list in submission order; size = none */
+};
+
+struct vuf_virtq {
+    struct vuf_guest_mem *gm;
+    unsigned size, mask, index;
+    uint64_t features;
+    bool event_idx;
+    bool use_indirect;
+    unsigned indirect_max, indirect_min;
+
+    uint64_t desc_gpa, avail_gpa, used_gpa, ind_gpa;
+    struct vuf_vring_desc *desc;
+    struct vuf_vring_avail *avail;
+    struct vuf_vring_used *used;
+    struct vuf_vring_desc *ind; /* size tables of indirect_max, or NULL */
+    uint16_t *used_event;       /* driver-written (in the avail ring) */
+    uint16_t *avail_event;      /* device-written (in the used ring) */
+
+    int kick_fd, call_fd;
+
+    uint16_t avail_idx; /* published avail->idx */
+    uint16_t last_used; /* used entries consumed */
+    uint16_t kick_prev; /* avail idx at the last notification decision */
+    unsigned num_free, free_head, inflight;
+    unsigned oldest, newest; /* in-flight list ends; size = empty */
+    bool broken;
+    uint16_t *free_next; /* private free-list links, one per descriptor */
+    struct vq_slot *slots;
+};
+
+/* ------------------------------------------------------------------------ */
+/* Shared-memory accessors: every field the device may write is read once,  */
+/* through an atomic, so a racing device cannot make us see two values.      */
+/* ------------------------------------------------------------------------ */
+
+static inline uint16_t load16(const uint16_t *p)
+{
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+static inline uint32_t load32(const uint32_t *p)
+{
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+static inline void store16(uint16_t *p, uint16_t v)
+{
+    __atomic_store_n(p, v, __ATOMIC_RELAXED);
+}
+
+static inline uint16_t used_idx_acquire(const struct vuf_virtq *vq)
+{
+    return __atomic_load_n(&vq->used->idx, __ATOMIC_ACQUIRE);
+}
+
+static void mark_broken(struct vuf_virtq *vq)
+{
+    vq->broken = true;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Creation                                                                 */
+/* ------------------------------------------------------------------------ */
+
+static bool is_pow2(uint64_t v)
+{
+    return v && !(v & (v - 1));
+}
+
+static int alloc_part(struct vuf_guest_mem *gm, uint64_t bytes, uint64_t align, uint64_t *gpa,
+                      void **host)
+{
+    int r = vuf_guest_mem_alloc(gm, bytes, align, gpa);
+
+    if (r < 0)
+        return r;
+    return vuf_guest_mem_translate(gm, *gpa, bytes, host);
+}
+
+static void vq_close_fds(struct vuf_virtq *vq)
+{
+    if (vq->kick_fd >= 0)
+        close(vq->kick_fd);
+    if (vq->call_fd >= 0)
+        close(vq->call_fd);
+    vq->kick_fd = vq->call_fd = -1;
+}
+
+static void apply_features(struct vuf_virtq *vq, uint64_t features)
+{
+    vq->features = features;
+    vq->event_idx = features & (1ull << VUF_VIRTIO_F_EVENT_IDX);
+    vq->use_indirect = vq->ind && (features & (1ull << VUF_VIRTIO_F_INDIRECT_DESC));
+}
+
+int vuf_virtq_new_opts(struct vuf_guest_mem *gm, const struct vuf_virtq_opts *opts,
+                       struct vuf_virtq **out)
+{
+    struct vuf_virtq *vq;
+    uint64_t mark, ra;
+    void *p;
+    int r;
+
+    if (!gm || !opts || !out)
+        return -EINVAL;
+    if (opts->size == 0 || opts->size > VUF_VIRTQ_MAX_SIZE || !is_pow2(opts->size))
+        return -EINVAL;
+    if (opts->ring_align && !is_pow2(opts->ring_align))
+        return -EINVAL;
+    if (opts->indirect_max > opts->size)
+        return -EINVAL;
+    ra = opts->ring_align;
+
+    vq = calloc(1, sizeof(*vq));
+    if (!vq)
+        return -ENOMEM;
+    vq->gm = gm;
+    vq->size = opts->size;
+    vq->mask = opts->size - 1;
+    vq->index = opts->index;
+    vq->kick_fd = vq->call_fd = -1;
+    vq->free_next = calloc(vq->size, sizeof(*vq->free_next));
+    vq->slots = calloc(vq->size, sizeof(*vq->slots));
+    if (!vq->free_next || !vq->slots) {
+        r = -ENOMEM;
+        goto fail_heap;
+    }
+
+    mark = vuf_guest_mem_alloc_mark(gm);
+    r = alloc_part(gm, VUF_VRING_DESC_BYTES(vq->size), ra > 16 ? ra : 16, &vq->desc_gpa, &p);
+    if (r < 0)
+        goto fail;
+    vq->desc = p;
+    r = alloc_part(gm, VUF_VRING_AVAIL_BYTES(vq->size), ra > 2 ? ra : 2, &vq->avail_gpa, &p);
+    if (r < 0)
+        goto fail;
+    vq->avail = p;
+    r = alloc_part(gm, VUF_VRING_USED_BYTES(vq->size), ra > 4 ? ra : 4, &vq->used_gpa, &p);
+    if (r < 0)
+        goto fail;
+    vq->used = p;
+    vq->used_event = vuf_vring_used_event(vq->avail, vq->size);
+    vq->avail_event = vuf_vring_avail_event(vq->used, vq->size);
+
+    if (opts->features & (1ull << VUF_VIRTIO_F_INDIRECT_DESC)) {
+        unsigned m = opts->indirect_max;
+
+        if (m == 0)
+            m = VUF_VIRTQ_INDIRECT_DEFAULT < vq->size ? VUF_VIRTQ_INDIRECT_DEFAULT : vq->size;
+        vq->indirect_max = m;
+        r = alloc_part(gm, VUF_VRING_DESC_BYTES((uint64_t)vq->size * m), 16, &vq->ind_gpa, &p);
+        if (r < 0)
+            goto fail;
+        vq->ind = p;
+    }
+    vq->indirect_min = opts->indirect_min ? opts->indirect_min : 2;
+
+    vq->kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (vq->kick_fd < 0) {
+        r = -errno;
+        goto fail;
+    }
+    vq->call_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (vq->call_fd < 0) {
+        r = -errno;
+        goto fail;
+    }
+    apply_features(vq, opts->features);
+    vuf_virtq_reset(vq, opts->base);
+    *out = vq;
+    return 0;
+
+fail:
+    if (r == -EFAULT) /* cannot happen: alloc returns translatable ranges */
+        r = -ENOMEM;
+    vq_close_fds(vq);
+    vuf_guest_mem_alloc_rewind(gm, mark);
+fail_heap:
+    free(vq->free_next);
+    free(vq->slots);
+    free(vq);
+    return r;
+}
+
+int vuf_virtq_new(struct vuf_guest_mem *gm, unsigned size, uint64_t features,
+                  struct vuf_virtq **out)
+{
+    struct vuf_virtq_opts o = {.size = size, .features = features};
+
+    return vuf_virtq_new_opts(gm, &o, out);
+}
+
+void vuf_virtq_free(struct vuf_virtq *vq)
+{
+    if (!vq)
+        return;
+    vq_close_fds(vq);
+    free(vq->free_next);
+    free(vq->slots);
+    free(vq);
+}
+
+void vuf_virtq_reset(struct vuf_virtq *vq, uint16_t base)
+{
+    if (!vq)
+        return;
+    memset(vq->desc, 0, VUF_VRING_DESC_BYTES(vq->size));
+    memset(vq->avail, 0, VUF_VRING_AVAIL_BYTES(vq->size));
+    memset(vq->used, 0, VUF_VRING_USED_BYTES(vq->size));
+    /* The used ring belongs to the device, but a back-end that is (re)started
+     * reads used->idx to learn where it left off; it must agree with the
+     * base we send with SET_VRING_BASE. */
+    store16(&vq->used->idx, base);
+    store16(vq->avail_event, base);
+    store16(vq->used_event, base);
+    store16(&vq->avail->idx, base);
+
+    for (unsigned i = 0; i < vq->size; i++) {
+        vq->free_next[i] = (uint16_t)(i + 1); /* size (== none) fits: <= 32768 */
+        vq->slots[i] = (struct vq_slot){.older = vq->size, .newer = vq->size};
+    }
+    vq->free_head = 0;
+    vq->num_free = vq->size;
+    vq->inflight = 0;
+    vq->oldest = vq->newest = vq->size;
+    vq->avail_idx = vq->last_used = vq->kick_prev = base;
+    vq->broken = false;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Accessors                                                                */
+/* ------------------------------------------------------------------------ */
+
+unsigned vuf_virtq_size(const struct vuf_virtq *vq)
+{
+    return vq->size;
+}
+
+struct vuf_guest_mem *vuf_virtq_guest_mem(const struct vuf_virtq *vq)
+{
+    return vq->gm;
+}
+
+unsigned vuf_virtq_index(const struct vuf_virtq *vq)
+{
+    return vq->index;
+}
+
+uint64_t vuf_virtq_features(const struct vuf_virtq *vq)
+{
+    return vq->features;
+}
+
+int vuf_virtq_set_features(struct vuf_virtq *vq, uint64_t features)
+{
+    if (vq->inflight)
+        return -EBUSY;
+    apply_features(vq, features);
+    return 0;
+}
+
+void vuf_virtq_layout(const struct vuf_virtq *vq, struct vuf_virtq_layout *out)
+{
+    *out = (struct vuf_virtq_layout){
+        .size = vq->size,
+        .desc_gpa = vq->desc_gpa,
+        .avail_gpa = vq->avail_gpa,
+        .used_gpa = vq->used_gpa,
+        .desc = vq->desc,
+        .avail = vq->avail,
+        .used = vq->used,
+    };
+}
+
+void vuf_virtq_vring_addr(const struct vuf_virtq *vq, struct vuf_vring_addr *out)
+{
+    *out = (struct vuf_vring_addr){
+        .index = vq->index,
+        .flags = 0,
+        .desc = (uint64_t)(uintptr_t)vq->desc,
+        .used = (uint64_t)(uintptr_t)vq->used,
+        .avail = (uint64_t)(uintptr_t)vq->avail,
+        .log = 0,
+    };
+}
+
+int vuf_virtq_kick_fd(const struct vuf_virtq *vq)
+{
+    return vq->kick_fd;
+}
+
+int vuf_virtq_call_fd(const struct vuf_virtq *vq)
+{
+    return vq->call_fd;
+}
+
+void vuf_virtq_set_kick_fd(struct vuf_virtq *vq, int fd)
+{
+    if (vq->kick_fd >= 0 && vq->kick_fd != fd)
+        close(vq->kick_fd);
+    vq->kick_fd = fd < 0 ? -1 : fd;
+}
+
+void vuf_virtq_set_call_fd(struct vuf_virtq *vq, int fd)
+{
+    if (vq->call_fd >= 0 && vq->call_fd != fd)
+        close(vq->call_fd);
+    vq->call_fd = fd < 0 ? -1 : fd;
+}
+
+uint16_t vuf_virtq_avail_idx(const struct vuf_virtq *vq)
+{
+    return vq->avail_idx;
+}
+
+uint16_t vuf_virtq_used_idx(const struct vuf_virtq *vq)
+{
+    return used_idx_acquire(vq);
+}
+
+uint16_t vuf_virtq_last_used(const struct vuf_virtq *vq)
+{
+    return vq->last_used;
+}
+
+unsigned vuf_virtq_num_free(const struct vuf_virtq *vq)
+{
+    return vq->num_free;
+}
+
+unsigned vuf_virtq_num_inflight(const struct vuf_virtq *vq)
+{
+    return vq->inflight;
+}
+
+bool vuf_virtq_broken(const struct vuf_virtq *vq)
+{
+    return vq->broken;
+}
+
+unsigned vuf_virtq_inflight(const struct vuf_virtq *vq, void **cookies, unsigned max)
+{
+    unsigned n = 0;
+
+    for (unsigned h = vq->oldest; h != vq->size && n < max; h = vq->slots[h].newer)
+        cookies[n++] = vq->slots[h].cookie;
+    return vq->inflight;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Adding buffers                                                           */
+/* ------------------------------------------------------------------------ */
+
+/* Resolve a buffer to a GPA inside guest memory. */
+static int buf_gpa(const struct vuf_virtq *vq, const struct vuf_virtq_buf *b, uint64_t *gpa)
+{
+    if (b->host)
+        return vuf_guest_mem_to_gpa(vq->gm, b->host, b->len, gpa);
+    if (!vuf_guest_mem_to_host(vq->gm, b->gpa, b->len))
+        return -EFAULT;
+    *gpa = b->gpa;
+    return 0;
+}
+
+static void fill_desc(struct vuf_vring_desc *d, uint64_t gpa, const struct vuf_virtq_buf *b,
+                      bool more, uint16_t next)
+{
+    d->addr = gpa;
+    d->len = b->len;
+    d->flags = (uint16_t)((b->writable ? VUF_VRING_DESC_F_WRITE : 0) |
+                          (more ? VUF_VRING_DESC_F_NEXT : 0));
+    d->next = more ? next : 0;
+}
+
+int vuf_virtq_add(struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, unsigned n,
+                  void *cookie)
+{
+    uint64_t wlen = 0;
+    bool seen_writable = false, indirect;
+    unsigned need, head, last;
+    struct vq_slot *s;
+
+    if (vq->broken)
+        return -EPROTO;
+    if (n == 0 || !bufs)
+        return -EINVAL;
+    for (unsigned i = 0; i < n; i++) {
+        uint64_t gpa;
+
+        if (bufs[i].len == 0)
+            return -EINVAL;
+        /* §2.7.4.2: writable descriptors after all readable ones. */
+        if (bufs[i].writable)
+            seen_writable = true;
+        else if (seen_writable)
+            return -EINVAL;
+        if (buf_gpa(vq, &bufs[i], &gpa) < 0)
+            return -EFAULT;
+        if (bufs[i].writable)
+            wlen += bufs[i].len;
+    }
+
+    indirect = vq->use_indirect && n >= vq->indirect_min && n <= vq->indirect_max;
+    if (!indirect && n > vq->size)
+        return -EINVAL;
+    need = indirect ? 1 : n;
+    if (need > vq->num_free)
+        return -ENOSPC;
+
+    head = vq->free_head;
+    if (indirect) {
+        struct vuf_vring_desc *t = vq->ind + (size_t)head * vq->indirect_max;
+        uint64_t tgpa = vq->ind_gpa + (uint64_t)head * vq->indirect_max * 16u;
+
+        for (unsigned i = 0; i < n; i++) {
+            uint64_t gpa = 0;
+
+            buf_gpa(vq, &bufs[i], &gpa); /* checked above */
+            fill_desc(&t[i], gpa, &bufs[i], i + 1 < n, (uint16_t)(i + 1));
+        }
+        /* §2.7.5.3.1: INDIRECT alone; the device ignores WRITE here. */
+        vq->desc[head] = (struct vuf_vring_desc){
+            .addr = tgpa, .len = n * 16u, .flags = VUF_VRING_DESC_F_INDIRECT, .next = 0};
+        last = head;
+    } else {
+        unsigned d = head;
+
+        last = head;
+        for (unsigned i = 0; i < n; i++) {
+            uint64_t gpa = 0;
+
+            buf_gpa(vq, &bufs[i], &gpa);
+            /* The chain follows the free list, whose links stay intact
+             * while the chain is in flight: freeing it is a splice. */
+            fill_desc(&vq->desc[d], gpa, &bufs[i], i + 1 < n, vq->free_next[d]);
+            last = d;
+            d = vq->free_next[d];
+        }
+    }
+    vq->free_head = vq->free_next[last];
+    vq->num_free -= need;
+
+    s = &vq->slots[head];
+    s->cookie = cookie;
+    s->wlen = wlen;
+    s->ndesc = (uint16_t)need;
+    s->last = (uint16_t)last;
+    s->inflight = true;
+    s->newer = vq->size;
+    s->older = vq->newest;
+    if (vq->newest != vq->size)
+        vq->slots[vq->newest].newer = head;
+    else
+        vq->oldest = head;
+    vq->newest = head;
+    vq->inflight++;
+
+    store16(&vq->avail->ring[vq->avail_idx & vq->mask], (uint16_t)head);
+    vq->avail_idx++;
+    /* Descriptors and the ring entry must be visible before the index. */
+    __atomic_store_n(&vq->avail->idx, vq->avail_idx, __ATOMIC_RELEASE);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Notifications                                                            */
+/* ------------------------------------------------------------------------ */
+
+bool vuf_virtq_kick_needed(struct vuf_virtq *vq)
+{
+    uint16_t old_idx = vq->kick_prev, new_idx = vq->avail_idx;
+
+    /* The avail->idx store must be globally visible before we read the
+     * device's suppression state (store-load ordering needs a full fence),
+     * or both sides could decide the other will act. */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    vq->kick_prev = new_idx;
+    if (old_idx == new_idx)
+        return false;
+    if (vq->event_idx)
+        return vuf_vring_need_event(load16(vq->avail_event), new_idx, old_idx);
+    return !(load16(&vq->used->flags) & VUF_VRING_USED_F_NO_NOTIFY);
+}
+
+int vuf_virtq_notify(struct vuf_virtq *vq)
+{
+    uint64_t one = 1;
+
+    if (vq->kick_fd < 0)
+        return -EBADF;
+    for (;;) {
+        if (write(vq->kick_fd, &one, sizeof(one)) == (ssize_t)sizeof(one))
+            return 0;
+        if (errno == EINTR)
+            continue;
+        /* A saturated eventfd counter is still readable: the device wakes. */
+        if (errno == EAGAIN)
+            return 0;
+        return -errno;
+    }
+}
+
+int vuf_virtq_kick(struct vuf_virtq *vq, unsigned flags)
+{
+    int r;
+
+    if (flags & VUF_VIRTQ_KICK_FORCE) {
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        vq->kick_prev = vq->avail_idx;
+    } else if (!vuf_virtq_kick_needed(vq)) {
+        return 0;
+    }
+    r = vuf_virtq_notify(vq);
+    return r < 0 ? r : 1;
+}
+
+bool vuf_virtq_enable_cb(struct vuf_virtq *vq)
+{
+    if (vq->event_idx)
+        store16(vq->used_event, vq->last_used);
+    else
+        store16(&vq->avail->flags, 0);
+    /* Publish the request before re-reading used->idx (store-load). */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return vuf_virtq_has_used(vq);
+}
+
+void vuf_virtq_disable_cb(struct vuf_virtq *vq)
+{
+    if (vq->event_idx)
+        /* The device calls only when used->idx passes used_event; one behind
+         * what we consumed is 65535 entries away, more than can be in flight.
+         * With EVENT_IDX the driver must leave avail->flags at 0 (§2.7.10). */
+        store16(vq->used_event, (uint16_t)(vq->last_used - 1));
+    else
+        store16(&vq->avail->flags, VUF_VRING_AVAIL_F_NO_INTERRUPT);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Used ring                                                                */
+/* ------------------------------------------------------------------------ */
+
+bool vuf_virtq_has_used(const struct vuf_virtq *vq)
+{
+    return used_idx_acquire(vq) != vq->last_used;
+}
+
+int vuf_virtq_get_used(struct vuf_virtq *vq, void **cookie, uint32_t *len)
+{
+    const struct vuf_vring_used_elem *e;
+    uint16_t idx, pending;
+    uint32_t id, ulen;
+    struct vq_slot *s;
+
+    if (vq->broken)
+        return -EPROTO;
+    idx = used_idx_acquire(vq);
+    if (idx == vq->last_used)
+        return -EAGAIN;
+    pending = (uint16_t)(idx - vq->last_used);
+    if (pending > vq->inflight) {
+        vuf_log(VUF_LOG_ERROR,
+                "virtq %u: device moved used idx to %u, %u entries past %u with only %u in flight",
+                vq->index, idx, pending, vq->last_used, vq->inflight);
+        mark_broken(vq);
+        return -EPROTO;
+    }
+    e = &vq->used->ring[vq->last_used & vq->mask];
+    id = load32(&e->id);
+    ulen = load32(&e->len);
+    if (id >= vq->size || !vq->slots[id].inflight) {
+        vuf_log(VUF_LOG_ERROR, "virtq %u: used entry %u has id %u, not a chain in flight",
+                vq->index, vq->last_used, id);
+        mark_broken(vq);
+        return -EPROTO;
+    }
+    s = &vq->slots[id];
+    if (ulen > s->wlen) {
+        vuf_log(VUF_LOG_ERROR,
+                "virtq %u: used entry %u (id %u) claims %u bytes written, chain has %llu writable",
+                vq->index, vq->last_used, id, ulen, (unsigned long long)s->wlen);
+        mark_broken(vq);
+        return -EPROTO;
+    }
+
+    /* Splice the chain back onto the free list (private links only). */
+    vq->free_next[s->last] = (uint16_t)vq->free_head;
+    vq->free_head = id;
+    vq->num_free += s->ndesc;
+    s->inflight = false;
+    if (s->older != vq->size)
+        vq->slots[s->older].newer = s->newer;
+    else
+        vq->oldest = s->newer;
+    if (s->newer != vq->size)
+        vq->slots[s->newer].older = s->older;
+    else
+        vq->newest = s->older;
+    vq->inflight--;
+    vq->last_used++;
+    if (cookie)
+        *cookie = s->cookie;
+    if (len)
+        *len = ulen;
+    return 0;
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void drain_eventfd(int fd)
+{
+    uint64_t v;
+
+    while (read(fd, &v, sizeof(v)) < 0 && errno == EINTR)
+        ;
+}
+
+int vuf_virtq_wait(struct vuf_virtq *vq, int timeout_ms)
+{
+    int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+
+    for (;;) {
+        struct pollfd pfd;
+        int remaining = -1, r;
+
+        if (vq->broken)
+            return -EPROTO;
+        if (vuf_virtq_has_used(vq))
+            return 0;
+        if (vq->call_fd < 0)
+            return -EBADF;
+        if (vuf_virtq_enable_cb(vq))
+            return 0;
+        if (deadline >= 0) {
+            int64_t left = deadline - now_ms();
+
+            remaining = left > 0 ? (left > 1000000 ? 1000000 : (int)left) : 0;
+        }
+        pfd = (struct pollfd){.fd = vq->call_fd, .events = POLLIN};
+        r = poll(&pfd, 1, remaining);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (r == 0) {
+            if (deadline >= 0 && now_ms() >= deadline)
+                return vuf_virtq_has_used(vq) ? 0 : -ETIMEDOUT;
+            continue;
+        }
+        if (pfd.revents & POLLNVAL)
+            return -EBADF;
+        if (pfd.revents & POLLIN)
+            drain_eventfd(vq->call_fd);
+        else if (pfd.revents & POLLERR)
+            return -EIO;
+    }
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#endif
+}
+
+int vuf_virtq_wait_busy(struct vuf_virtq *vq, int timeout_ms)
+{
+    int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+
+    for (unsigned spins = 0;; spins++) {
+        if (vq->broken)
+            return -EPROTO;
+        if (vuf_virtq_has_used(vq))
+            return 0;
+        if ((spins & 1023) == 1023 && deadline >= 0 && now_ms() >= deadline)
+            return vuf_virtq_has_used(vq) ? 0 : -ETIMEDOUT;
+        cpu_relax();
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Hand-over to another back-end                                            */
+/* ------------------------------------------------------------------------ */
+
+int vuf_virtq_requeue_inflight(struct vuf_virtq *vq, uint16_t *base)
+{
+    uint16_t pos = vq->last_used;
+
+    if (vq->broken)
+        return -EPROTO;
+    if (used_idx_acquire(vq) != vq->last_used)
+        return -EBUSY;
+    /* Each used entry retired one avail entry, so exactly the chains in
+     * flight fill [last_used, avail_idx); but completions may have been out
+     * of order, so the old ring contents there are not those chains. */
+    for (unsigned h = vq->oldest; h != vq->size; h = vq->slots[h].newer)
+        store16(&vq->avail->ring[pos++ & vq->mask], (uint16_t)h);
+    if (pos != vq->avail_idx) { /* unreachable unless state is corrupt */
+        vuf_log(VUF_LOG_ERROR, "virtq %u: %u in flight but avail %u - used %u", vq->index,
+                vq->inflight, vq->avail_idx, vq->last_used);
+        mark_broken(vq);
+        return -EPROTO;
+    }
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    vq->kick_prev = vq->last_used;
+    if (base)
+        *base = vq->last_used;
+    return 0;
+}

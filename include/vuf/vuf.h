@@ -10,5 +10,8 @@
 #include "vuf/server.h"
 #include "vuf/breq.h"
 #include "vuf/virtio.h"
+#include "vuf/guest_mem.h"
+#include "vuf/virtq.h"
+#include "vuf/virtio_blk.h"
 
 #endif

@@ -80,7 +80,7 @@ enum vuf_channel {
     X(SET_OWNER, 3, 0, 0, 0, 0, 0, ACK, 8, 8, 0, 0, 0)                               \
     X(RESET_OWNER, 4, 0, 0, 0, 0, 0, ACK, 8, 8, 0, 0, 0)                             \
     X(SET_MEM_TABLE, 5, 8, 264, 32, 0, 8, ACK, 8, 8, 0, 0, 0)                        \
-    X(SET_LOG_BASE, 6, 16, 16, 0, 0, 1, LOG, 8, 8, 0, 0, 0)                          \
+    X(SET_LOG_BASE, 6, 16, 16, 0, 0, 1, LOG, 8, 16, 8, 0, 0)                         \
     X(SET_LOG_FD, 7, 0, 0, 0, 1, 1, ACK, 8, 8, 0, 0, 0)                              \
     X(SET_VRING_NUM, 8, 8, 8, 0, 0, 0, ACK, 8, 8, 0, 0, 0)                           \
     X(SET_VRING_ADDR, 9, 40, 40, 0, 0, 0, ACK, 8, 8, 0, 0, 0)                        \

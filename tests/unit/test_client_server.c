@@ -652,6 +652,9 @@ static void expect_seen(struct fx *f, uint32_t code, uint32_t size, unsigned nfd
     assert_int_equal(f->seen.nfds, nfds);
     if (acked && rule->reply == VUF_REPLY_ACK)
         want |= VUF_FLAG_NEED_REPLY;
+    /* POSTCOPY_END carries NEED_REPLY always (QEMU does; rust-vmm needs it). */
+    if (code == VUF_REQ_POSTCOPY_END)
+        want |= VUF_FLAG_NEED_REPLY;
     assert_int_equal(f->seen.hdr.flags, want);
 }
 
@@ -1408,6 +1411,20 @@ static void test_client_log_base(void **state)
     raw_reply_u64(f->raw, VUF_REQ_SET_LOG_BASE, 3);
     assert_int_equal(vuf_client_set_log_base(c, 0x1000, 0, fd), -EIO);
     raw_expect_request(f->raw, VUF_REQ_SET_LOG_BASE, REQ, 16, 1);
+    /* rust-vmm back-ends echo the 16-byte log struct: accepted as success. */
+    {
+        struct vuf_log echo = {.mmap_size = 0x1000, .mmap_offset = 0};
+        raw_send(f->raw, VUF_REQ_SET_LOG_BASE, REPLY, &echo, sizeof(echo), NULL, 0);
+        assert_int_equal(vuf_client_set_log_base(c, 0x1000, 0, fd), 0);
+        raw_expect_request(f->raw, VUF_REQ_SET_LOG_BASE, REQ, 16, 1);
+    }
+    /* Any other size is a protocol violation. */
+    {
+        uint8_t odd[24] = {0};
+        raw_send(f->raw, VUF_REQ_SET_LOG_BASE, REPLY, odd, sizeof(odd), NULL, 0);
+        assert_int_equal(vuf_client_set_log_base(c, 0x1000, 0, fd), -EPROTO);
+        raw_expect_request(f->raw, VUF_REQ_SET_LOG_BASE, REQ, 16, 1);
+    }
     /* It really waits: with nothing queued it times out. */
     vuf_conn_set_timeout(vuf_client_conn(c), 100);
     assert_int_equal(vuf_client_set_log_base(c, 0x1000, 0, fd), -ETIMEDOUT);
@@ -1636,7 +1653,7 @@ static void test_client_other_replies(void **state)
     raw_expect_request(f->raw, VUF_REQ_CHECK_DEVICE_STATE, REQ, 0, 0);
     raw_reply_u64(f->raw, VUF_REQ_POSTCOPY_END, 1);
     assert_int_equal(vuf_client_postcopy_end(c), -EIO);
-    raw_expect_request(f->raw, VUF_REQ_POSTCOPY_END, REQ, 0, 0);
+    raw_expect_request(f->raw, VUF_REQ_POSTCOPY_END, REQ | VUF_FLAG_NEED_REPLY, 0, 0);
     /* Crypto session: wrong size. */
     {
         struct vuf_crypto_session s;
