@@ -105,19 +105,29 @@ int vuf_conn_connect(const char *path, int connect_timeout_ms, struct vuf_conn *
     if (ret)
         return ret;
     for (;;) {
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        /* Non-blocking: an AF_UNIX connect() to a listener whose backlog is
+         * full would otherwise sleep with no limit; it fails with EAGAIN
+         * instead, retried below until the deadline. */
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
         if (fd < 0)
             return -errno;
-        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+            int fl = fcntl(fd, F_GETFL);
+            if (fl >= 0)
+                fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
             return new_conn(fd, out);
+        }
         ret = -errno;
         close(fd);
         /* The socket file appears at bind(), slightly before listen(): a
          * back-end still starting looks like ENOENT or ECONNREFUSED. */
-        if ((ret != -ENOENT && ret != -ECONNREFUSED) || now_ms() >= deadline)
+        if ((ret != -ENOENT && ret != -ECONNREFUSED && ret != -EAGAIN) ||
+            now_ms() >= deadline)
             break;
         usleep(2000);
     }
+    if (ret == -EAGAIN)
+        ret = -ETIMEDOUT; /* the listener never drained its backlog */
     vuf_log(VUF_LOG_DEBUG, "connect %s: %s", path, strerror(-ret));
     return ret;
 }
@@ -442,11 +452,12 @@ bool vuf_conn_peer_closed(const struct vuf_conn *c)
 
     if (poll(&p, 1, 0) <= 0)
         return false;
-    if (p.revents & (POLLHUP | POLLERR))
-        return true;
-    if (p.revents & POLLRDHUP) {
-        /* Peer shut its write side; closed unless unread data remains. */
-        return recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
-    }
-    return false;
+    if (!(p.revents & (POLLHUP | POLLERR | POLLRDHUP)))
+        return false;
+    /* A unix peer's close() raises POLLHUP even while its last messages are
+     * still queued; those must be read first, so unread data means "not
+     * closed yet" (conn.h: HUP/ERR and no data). */
+    if ((p.revents & POLLIN) && recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0)
+        return false;
+    return true;
 }

@@ -157,9 +157,11 @@ int vuf_hdr_check(const struct vuf_hdr *h, enum vuf_channel ch, bool is_reply,
         *rule_out = r;
     if (h->size > VUF_MAX_PAYLOAD)
         return -EMSGSIZE;
+    /* A reply has the rule's reply shape: a message that always replies
+     * never answers NEED_REPLY with a second, u64 ack (spec (a)); ACK rows
+     * already have the u64 shape. */
     if (is_reply) {
-        /* An ack is a u64 whatever the request's own reply shape. */
-        if (!size_ok(h->size, r->reply_min, r->reply_max, r->reply_step) && h->size != 8)
+        if (!size_ok(h->size, r->reply_min, r->reply_max, r->reply_step))
             return -EMSGSIZE;
     } else if (!size_ok(h->size, r->size_min, r->size_max, r->size_step)) {
         return -EMSGSIZE;
@@ -245,13 +247,8 @@ int vuf_msg_check(const struct vuf_msg *m, enum vuf_channel ch, bool is_reply)
 
     if (ret)
         return ret;
-    if (is_reply && !size_ok(m->hdr.size, r->reply_min, r->reply_max, r->reply_step)) {
-        /* An ack: u64, never fds. */
-        fmin = fmax = 0;
-    } else {
-        fmin = is_reply ? r->reply_fds_min : r->fds_min;
-        fmax = is_reply ? r->reply_fds_max : r->fds_max;
-    }
+    fmin = is_reply ? r->reply_fds_min : r->fds_min;
+    fmax = is_reply ? r->reply_fds_max : r->fds_max;
     if (m->nfds < fmin || m->nfds > fmax || m->nfds > VUF_MAX_FDS)
         return -EBADF;
     return semantic_check(m, ch, is_reply);
@@ -333,9 +330,11 @@ static int region_check(const struct vuf_mem_region *r)
 {
     if (r->memory_size == 0)
         return -EPROTO;
-    if (add_overflows(r->guest_phys_addr, r->memory_size - 1) ||
-        add_overflows(r->userspace_addr, r->memory_size - 1) ||
-        add_overflows(r->mmap_offset, r->memory_size - 1))
+    /* wire.h: no u64 overflow of gpa/uva/offset + size, so the exclusive
+     * end of every range is representable (same rule as SHMEM_MAP). */
+    if (add_overflows(r->guest_phys_addr, r->memory_size) ||
+        add_overflows(r->userspace_addr, r->memory_size) ||
+        add_overflows(r->mmap_offset, r->memory_size))
         return -EPROTO;
     return 0;
 }

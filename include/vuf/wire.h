@@ -69,7 +69,7 @@ enum vuf_channel {
 /*             ACK    - a u64 ack only when NEED_REPLY is set and           */
 /*                      REPLY_ACK was negotiated;                           */
 /*             LOG    - always replies (u64) when LOG_SHMFD is negotiated,  */
-/*                      otherwise never (SET_LOG_BASE).                     */
+/*                      otherwise as ACK (SET_LOG_BASE).                    */
 /* ------------------------------------------------------------------------ */
 
 #define VUF_CRYPTO_SESSION_SIZE 1064u
