@@ -13,5 +13,7 @@
 #include "vuf/guest_mem.h"
 #include "vuf/virtq.h"
 #include "vuf/virtio_blk.h"
+#include "vuf/device.h"
+#include "vuf/frontend.h"
 
 #endif

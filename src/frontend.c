@@ -1,0 +1,1284 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The vhost-user front-end as a virtio device (vuf/device.h): every
+ * operation of crosvm's VhostUserFrontend, over vuf_client on the main
+ * socket and a VUF_CH_BACKEND vuf_server on the back-end request channel.
+ * The message sequences are listed in vuf/frontend.h; the worker thread and
+ * the back-end request handlers are in worker.c.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "frontend_internal.h"
+#include "vuf/log.h"
+#include "vuf/virtio.h"
+
+#define BIT(n) (1ull << (n))
+#define F_PROTOCOL BIT(VUF_F_PROTOCOL_FEATURES)
+
+/* The protocol features the front-end can use (crosvm's set). REPLY_ACK is
+ * needed for the back-end's SHMEM_MAP acks, and vuf also uses it for its own
+ * requests unless crosvm_no_need_reply. */
+#define FE_PROTOCOL_FEATURES                                                              \
+    (VUF_PF(MQ) | VUF_PF(REPLY_ACK) | VUF_PF(BACKEND_REQ) | VUF_PF(CONFIG) |              \
+     VUF_PF(DEVICE_STATE) | VUF_PF(SHMEM))
+
+/* Per-message deadline on the back-end request channel. */
+#define FE_BREQ_TIMEOUT_MS 1000
+
+/* ------------------------------------------------------------------------ */
+/* Helpers                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* Largest power of two <= v; 0 for 0. */
+static uint16_t pow2_le(uint16_t v)
+{
+    uint16_t p = 1;
+
+    if (v == 0)
+        return 0;
+    while ((uint32_t)p * 2 <= v)
+        p *= 2;
+    return p;
+}
+
+static bool is_pow2(uint32_t v)
+{
+    return v && !(v & (v - 1));
+}
+
+/* A client error after which the main socket's stream cannot be trusted:
+ * sending more requests would only read garbage or wait for nothing. */
+static bool conn_broken(int r)
+{
+    switch (-r) {
+    case ECONNRESET:
+    case ECONNABORTED:
+    case EPIPE:
+    case ETIMEDOUT:
+    case EPROTO:
+    case EBADMSG:
+    case EMSGSIZE:
+    case ETOOMANYREFS:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Milliseconds left until `deadline` (negative deadline: forever, -1). */
+static int ms_left(int64_t deadline)
+{
+    int64_t d;
+
+    if (deadline < 0)
+        return -1;
+    d = deadline - now_ms();
+    if (d <= 0)
+        return 0;
+    return d > INT_MAX ? INT_MAX : (int)d;
+}
+
+int vuf_queue_reclaim(struct vuf_queue *q, const struct vuf_guest_mem *mem, uint32_t base)
+{
+    const uint16_t *idx;
+
+    if (!q || !mem || base > 0xffff)
+        return -EINVAL;
+    /* used->idx is the u16 after used->flags (virtio 1.2 §2.7.8). */
+    if (q->used_addr > UINT64_MAX - 2)
+        return -EFAULT;
+    idx = vuf_guest_mem_to_host(mem, q->used_addr + 2, sizeof(*idx));
+    if (!idx || ((uintptr_t)idx & 1))
+        return -EFAULT;
+    q->next_used = __atomic_load_n(idx, __ATOMIC_ACQUIRE);
+    q->next_avail = (uint16_t)base;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Features, config                                                         */
+/* ------------------------------------------------------------------------ */
+
+static uint32_t fe_device_type(const struct vuf_device *d)
+{
+    return fe_of_const(d)->cfg.device_type;
+}
+
+static const char *fe_debug_label(const struct vuf_device *d)
+{
+    return fe_of_const(d)->label;
+}
+
+static unsigned fe_num_queues(const struct vuf_device *d)
+{
+    return fe_of_const(d)->num_queues;
+}
+
+static const uint16_t *fe_queue_max_sizes(const struct vuf_device *d)
+{
+    return fe_of_const(d)->queue_sizes;
+}
+
+static uint64_t fe_features(const struct vuf_device *d)
+{
+    return fe_of_const(d)->avail_features;
+}
+
+static int fe_ack_features(struct vuf_device *d, uint64_t features)
+{
+    struct vuf_frontend *fe = fe_of(d);
+
+    /* Only accumulate: the transport acks one 32-bit word at a time, and
+     * SET_FEATURES goes out at activation (sending it before the driver is
+     * done confuses some back-ends). */
+    fe->acked_features |= features & fe->avail_features;
+    return 0;
+}
+
+/* SET_FEATURES unless the back-end already has exactly these features. We
+ * also send it when nothing was ever sent (crosvm skips it then if the
+ * driver acked nothing, which leaves bit 30 unacked on the back-end while
+ * we go on sending SET_VRING_ENABLE). */
+static int send_features_if_needed(struct vuf_frontend *fe)
+{
+    int r;
+
+    if (fe->features_sent && fe->acked_features == fe->last_sent_features)
+        return 0;
+    r = vuf_client_set_features(fe->client, fe->acked_features);
+    if (r < 0) {
+        vuf_log(VUF_LOG_ERROR, "%s: failed to set features 0x%llx: %s", fe->label,
+                (unsigned long long)fe->acked_features, vuf_strerror(r));
+        return r;
+    }
+    fe->last_sent_features = fe->acked_features;
+    fe->features_sent = true;
+    return 0;
+}
+
+/*
+ * GET_CONFIG/SET_CONFIG carry at most VUF_CONFIG_MAX bytes, so longer
+ * accesses are split. They are sent whether or not CONFIG was negotiated,
+ * like crosvm (the driver reads config before anything else can tell).
+ */
+static int fe_read_config(struct vuf_device *d, uint64_t offset, void *data, size_t len)
+{
+    struct vuf_frontend *fe = fe_of(d);
+    uint8_t *tmp;
+    size_t done = 0;
+    int r = 0;
+
+    if (!data && len)
+        return -EINVAL;
+    if (offset > UINT32_MAX || len > UINT32_MAX || offset + len > UINT32_MAX) {
+        vuf_log(VUF_LOG_ERROR, "%s: failed to read config: bad range 0x%llx+%zu", fe->label,
+                (unsigned long long)offset, len);
+        return -EINVAL;
+    }
+    if (len == 0)
+        return 0;
+    /* Read into a scratch buffer: the caller's stays untouched on error. */
+    tmp = malloc(len);
+    if (!tmp)
+        return -ENOMEM;
+    while (done < len) {
+        uint32_t n = len - done > VUF_CONFIG_MAX ? VUF_CONFIG_MAX : (uint32_t)(len - done);
+
+        r = vuf_client_get_config(fe->client, (uint32_t)(offset + done),
+                                  VUF_CONFIG_FLAG_WRITABLE, tmp + done, n);
+        if (r < 0) {
+            vuf_log(VUF_LOG_ERROR, "%s: failed to read config at 0x%llx: %s", fe->label,
+                    (unsigned long long)(offset + done), vuf_strerror(r));
+            break;
+        }
+        done += n;
+    }
+    if (r == 0)
+        memcpy(data, tmp, len);
+    free(tmp);
+    return r;
+}
+
+static int fe_write_config(struct vuf_device *d, uint64_t offset, const void *data,
+                           size_t len)
+{
+    struct vuf_frontend *fe = fe_of(d);
+    size_t done = 0;
+
+    if (!data && len)
+        return -EINVAL;
+    if (offset > UINT32_MAX || len > UINT32_MAX || offset + len > UINT32_MAX) {
+        vuf_log(VUF_LOG_ERROR, "%s: failed to write config: bad range 0x%llx+%zu",
+                fe->label, (unsigned long long)offset, len);
+        return -EINVAL;
+    }
+    while (done < len) {
+        uint32_t n = len - done > VUF_CONFIG_MAX ? VUF_CONFIG_MAX : (uint32_t)(len - done);
+        int r = vuf_client_set_config(fe->client, (uint32_t)(offset + done),
+                                      VUF_CONFIG_FLAG_WRITABLE,
+                                      (const uint8_t *)data + done, n);
+
+        if (r < 0) {
+            vuf_log(VUF_LOG_ERROR, "%s: failed to write config at 0x%llx: %s", fe->label,
+                    (unsigned long long)(offset + done), vuf_strerror(r));
+            return r;
+        }
+        done += n;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Queues: activate, reset, sleep, wake                                     */
+/* ------------------------------------------------------------------------ */
+
+/* Bytes of each split-ring part for `size` entries (virtio 1.2 §2.7),
+ * including the event-index fields. */
+static uint64_t desc_bytes(uint32_t size)
+{
+    return 16ull * size;
+}
+static uint64_t avail_bytes(uint32_t size)
+{
+    return 6ull + 2ull * size;
+}
+static uint64_t used_bytes(uint32_t size)
+{
+    return 6ull + 8ull * size;
+}
+
+/* Everything about one ready queue that can be checked before sending. */
+static int check_queue(struct vuf_frontend *fe, const struct vuf_guest_mem *mem,
+                       unsigned i, const struct vuf_queue *q)
+{
+    if (i >= fe->num_queues || i > VUF_VRING_IDX_MASK) {
+        vuf_log(VUF_LOG_ERROR, "%s: queue %u does not exist (%u queues)", fe->label, i,
+                fe->num_queues);
+        return -EINVAL;
+    }
+    if (!is_pow2(q->size) || q->size > fe->queue_sizes[i]) {
+        vuf_log(VUF_LOG_ERROR, "%s: queue %u: bad size %u (max %u)", fe->label, i, q->size,
+                fe->queue_sizes[i]);
+        return -EINVAL;
+    }
+    if (q->kick_fd < 0) {
+        vuf_log(VUF_LOG_ERROR, "%s: queue %u: no kick eventfd", fe->label, i);
+        return -EBADF;
+    }
+    if (!vuf_guest_mem_to_host(mem, q->desc_addr, desc_bytes(q->size)) ||
+        !vuf_guest_mem_to_host(mem, q->avail_addr, avail_bytes(q->size)) ||
+        !vuf_guest_mem_to_host(mem, q->used_addr, used_bytes(q->size))) {
+        vuf_log(VUF_LOG_ERROR, "%s: queue %u: ring not in guest memory", fe->label, i);
+        return -EFAULT;
+    }
+    /* The alignments the back-end checks (virtio 1.2 §2.7). */
+    if ((q->desc_addr & 15) || (q->avail_addr & 1) || (q->used_addr & 3)) {
+        vuf_log(VUF_LOG_ERROR, "%s: queue %u: misaligned ring", fe->label, i);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int activate_vring(struct vuf_frontend *fe, const struct vuf_guest_mem *mem,
+                          unsigned i, const struct vuf_queue *q, int call_fd)
+{
+    struct vuf_vring_addr addr = {.index = i, .flags = 0, .log = 0};
+    const char *step;
+    int r;
+
+    step = "SET_VRING_NUM";
+    r = vuf_client_set_vring_num(fe->client, i, q->size);
+    if (r < 0)
+        goto fail;
+    /* Host addresses: the back-end translates them through the
+     * userspace_addr of SET_MEM_TABLE. check_queue() already bounds-checked
+     * the whole of each ring. */
+    addr.desc = (uint64_t)(uintptr_t)vuf_guest_mem_to_host(mem, q->desc_addr,
+                                                           desc_bytes(q->size));
+    addr.used = (uint64_t)(uintptr_t)vuf_guest_mem_to_host(mem, q->used_addr,
+                                                           used_bytes(q->size));
+    addr.avail = (uint64_t)(uintptr_t)vuf_guest_mem_to_host(mem, q->avail_addr,
+                                                            avail_bytes(q->size));
+    step = "SET_VRING_ADDR";
+    r = vuf_client_set_vring_addr(fe->client, &addr);
+    if (r < 0)
+        goto fail;
+    step = "SET_VRING_BASE";
+    r = vuf_client_set_vring_base(fe->client, i, q->next_avail);
+    if (r < 0)
+        goto fail;
+    step = "SET_VRING_CALL";
+    r = vuf_client_set_vring_call(fe->client, i, call_fd);
+    if (r < 0)
+        goto fail;
+    step = "SET_VRING_KICK";
+    r = vuf_client_set_vring_kick(fe->client, i, q->kick_fd);
+    if (r < 0)
+        goto fail;
+    /* SET_VRING_ENABLE exists only with VHOST_USER_F_PROTOCOL_FEATURES;
+     * without it the back-end enables rings on its own. */
+    if (fe->acked_features & F_PROTOCOL) {
+        step = "SET_VRING_ENABLE";
+        r = vuf_client_set_vring_enable(fe->client, i, true);
+        if (r < 0)
+            goto fail;
+    }
+    return 0;
+fail:
+    vuf_log(VUF_LOG_ERROR, "%s: queue %u: %s failed: %s", fe->label, i, step,
+            vuf_strerror(r));
+    return r;
+}
+
+/*
+ * Stop one ring: [SET_VRING_ENABLE(0)], GET_VRING_BASE. *base is valid iff
+ * *have_base. *broken is set when the connection can no longer be used. A
+ * refused disable does not keep us from stopping the ring.
+ */
+static int deactivate_vring(struct vuf_frontend *fe, unsigned i, uint32_t *base,
+                            bool *have_base, bool *broken)
+{
+    int err = 0, r;
+
+    *have_base = false;
+    if (fe->acked_features & F_PROTOCOL) {
+        r = vuf_client_set_vring_enable(fe->client, i, false);
+        if (r < 0) {
+            vuf_log(VUF_LOG_ERROR, "%s: queue %u: disable failed: %s", fe->label, i,
+                    vuf_strerror(r));
+            err = r;
+            if (conn_broken(r)) {
+                *broken = true;
+                return r;
+            }
+        }
+    }
+    r = vuf_client_get_vring_base(fe->client, i, base);
+    if (r < 0) {
+        vuf_log(VUF_LOG_ERROR, "%s: queue %u: failed to get vring base: %s", fe->label, i,
+                vuf_strerror(r));
+        if (conn_broken(r))
+            *broken = true;
+        return r;
+    }
+    /* Split rings: the next avail index lives in bits 0-15, the rest is
+     * reserved. crosvm calls this VringBaseTooBig. */
+    if (*base > 0xffff) {
+        vuf_log(VUF_LOG_ERROR,
+                "%s: queue %u: vring base 0x%x returned by the back-end is too big",
+                fe->label, i, *base);
+        return -EPROTO;
+    }
+    *have_base = true;
+    return err;
+}
+
+/*
+ * Stop every sent queue (ascending, as sent). With `reclaim`, bring each
+ * local copy up to date from the back-end's base; a queue whose base could
+ * not be had falls back to used->idx for both indices, as QEMU does when the
+ * back-end is gone (buffers the back-end took but did not use are then
+ * lost to the driver - the best that can be done). Returns the first error;
+ * every queue is handled either way.
+ */
+static int stop_queues(struct vuf_frontend *fe, bool reclaim)
+{
+    bool broken = false;
+    int err = 0;
+
+    for (unsigned k = 0; k < fe->nsent; k++) {
+        struct fe_sent_queue *s = &fe->sent[k];
+        bool have_base = false;
+        uint32_t base = 0;
+        int r = -ECONNRESET;
+
+        if (!broken)
+            r = deactivate_vring(fe, s->index, &base, &have_base, &broken);
+        if (r < 0 && !err)
+            err = r;
+        if (!reclaim)
+            continue;
+        if (have_base && vuf_queue_reclaim(&s->q, fe->mem, base) == 0)
+            continue;
+        if (vuf_queue_reclaim(&s->q, fe->mem, 0) == 0)
+            s->q.next_avail = s->q.next_used;
+    }
+    return err;
+}
+
+/* Forget the active state (worker already stopped). */
+static void clear_active(struct vuf_frontend *fe)
+{
+    free(fe->sent);
+    fe->sent = NULL;
+    fe->nsent = 0;
+    fe->active = false;
+    fe->mem = NULL;
+    memset(&fe->intr, 0, sizeof(fe->intr));
+}
+
+static int fe_activate(struct vuf_device *d, const struct vuf_guest_mem *mem,
+                       const struct vuf_interrupt *intr, const struct vuf_queue *queues,
+                       unsigned nqueues)
+{
+    struct vuf_frontend *fe = fe_of(d);
+    struct vuf_mem_region regions[VUF_MEM_TABLE_MAX];
+    int fds[VUF_MEM_TABLE_MAX];
+    unsigned nready = 0;
+    int non_msix, nreg, r;
+
+    if (fe->active || fe->worker) {
+        vuf_log(VUF_LOG_ERROR, "%s: activate while active", fe->label);
+        return -EBUSY;
+    }
+    if (!mem || !intr || !intr->ops || (nqueues && !queues))
+        return -EINVAL;
+    if (nqueues > fe->num_queues) {
+        vuf_log(VUF_LOG_ERROR, "%s: %u queues given, the device has %u", fe->label, nqueues,
+                fe->num_queues);
+        return -EINVAL;
+    }
+    /* Check everything before the first message, so that a bad argument
+     * leaves the back-end untouched. */
+    for (unsigned i = 0; i < nqueues; i++) {
+        if (!queues[i].ready)
+            continue;
+        r = check_queue(fe, mem, i, &queues[i]);
+        if (r < 0)
+            return r;
+        nready++;
+    }
+    nreg = vuf_guest_mem_mem_table(mem, regions, fds, VUF_MEM_TABLE_MAX);
+    if (nreg <= 0) {
+        vuf_log(VUF_LOG_ERROR, "%s: guest memory cannot be described (%d regions)",
+                fe->label, nreg);
+        return nreg < 0 ? nreg : -EINVAL;
+    }
+    fe->sent = calloc(nready ? nready : 1, sizeof(*fe->sent));
+    if (!fe->sent)
+        return -ENOMEM;
+    fe->nsent = 0;
+
+    /* One eventfd for every queue without an irqfd; the worker turns its
+     * signals into signal_used_queue(VUF_NO_VECTOR). */
+    non_msix = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (non_msix < 0) {
+        r = -errno;
+        clear_active(fe);
+        return r;
+    }
+    fe->mem = mem;
+    fe->intr = *intr;
+    /* Start the worker first (crosvm starts it last): with REPLY_ACK we wait
+     * for acks here, and a back-end may need a back-end request served
+     * before it answers. */
+    r = fe_worker_start(fe, non_msix); /* takes non_msix, also on failure */
+    if (r < 0) {
+        clear_active(fe);
+        return r;
+    }
+
+    r = send_features_if_needed(fe);
+    if (r < 0)
+        goto fail;
+    r = vuf_client_set_mem_table(fe->client, regions, fds, (unsigned)nreg);
+    if (r < 0) {
+        vuf_log(VUF_LOG_ERROR, "%s: failed to set memory map regions: %s", fe->label,
+                vuf_strerror(r));
+        goto fail;
+    }
+    for (unsigned i = 0; i < nqueues; i++) {
+        const struct vuf_queue *q = &queues[i];
+        int call_fd = -1;
+
+        if (!q->ready)
+            continue;
+        if (q->vector != VUF_NO_VECTOR && intr->ops->irqfd)
+            call_fd = intr->ops->irqfd(intr->opaque, q->vector);
+        if (call_fd < 0)
+            call_fd = non_msix;
+        /* Record it before sending: a partly configured ring must be
+         * stopped too if we roll back. */
+        fe->sent[fe->nsent].index = i;
+        fe->sent[fe->nsent].q = *q;
+        fe->nsent++;
+        r = activate_vring(fe, mem, i, q, call_fd);
+        if (r < 0)
+            goto fail;
+    }
+    fe->active = true;
+    return 0;
+
+fail:
+    /* crosvm leaves started rings running on the back-end; stop them so it
+     * no longer touches guest memory the transport will reset. */
+    if (!conn_broken(r))
+        stop_queues(fe, false);
+    fe_worker_stop(fe);
+    clear_active(fe);
+    return r;
+}
+
+static int fe_reset(struct vuf_device *d)
+{
+    struct vuf_frontend *fe = fe_of(d);
+    int err = 0, r;
+
+    if (fe->active)
+        err = stop_queues(fe, false);
+    /* Stop the worker on every path (crosvm leaves it running when a
+     * queue fails to stop). */
+    fe_worker_stop(fe);
+    /* The spec: SHMEM mappings are unmapped by the front-end across a device
+     * reset (crosvm has this as a TODO). */
+    r = fe_remove_all_mappings(fe);
+    if (r < 0 && !err)
+        err = r;
+    clear_active(fe);
+    return err;
+}
+
+static int fe_sleep(struct vuf_device *d, struct vuf_queue *queues, unsigned nqueues)
+{
+    struct vuf_frontend *fe = fe_of(d);
+    int err;
+
+    if (!fe->active)
+        return 0;
+    for (unsigned k = 0; k < fe->nsent; k++)
+        if (fe->sent[k].index >= nqueues || !queues) {
+            vuf_log(VUF_LOG_ERROR, "%s: sleep: queue %u has nowhere to go (%u given)",
+                    fe->label, fe->sent[k].index, nqueues);
+            return -EINVAL;
+        }
+    err = stop_queues(fe, true);
+    fe_worker_stop(fe);
+    /* Hand the queues back on every path: losing them would lose the
+     * guest's ring positions (crosvm drops them on error). */
+    for (unsigned k = 0; k < fe->nsent; k++)
+        queues[fe->sent[k].index] = fe->sent[k].q;
+    clear_active(fe);
+    return err < 0 ? err : 1;
+}
+
+static int fe_wake(struct vuf_device *d, const struct vuf_guest_mem *mem,
+                   const struct vuf_interrupt *intr, const struct vuf_queue *queues,
+                   unsigned nqueues)
+{
+    /* The back-end kept its state while asleep; wake is activate with the
+     * reclaimed queues (SET_VRING_BASE carries next_avail). */
+    if (!mem)
+        return 0;
+    return fe_activate(d, mem, intr, queues, nqueues);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Snapshot / restore (DEVICE_STATE)                                        */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * The snapshot blob: a 24-byte header in host (little-endian) order, then
+ * the back-end's state bytes.
+ */
+#define SNAP_MAGIC 0x53465556u /* "VUFS" */
+#define SNAP_VERSION 1u
+struct snap_hdr {
+    uint32_t magic;
+    uint32_t version;
+    uint64_t acked_features;
+    uint64_t state_len;
+};
+_Static_assert(sizeof(struct snap_hdr) == 24, "snapshot header");
+
+static int64_t state_deadline(const struct vuf_frontend *fe)
+{
+    int t = fe->cfg.state_timeout_ms;
+
+    if (t < 0)
+        return -1;
+    return now_ms() + (t ? t : VUF_FRONTEND_STATE_TIMEOUT_MS);
+}
+
+static size_t state_max(const struct vuf_frontend *fe)
+{
+    return fe->cfg.max_state_size ? fe->cfg.max_state_size : VUF_FRONTEND_STATE_MAX_SIZE;
+}
+
+/* Wait for `events` on fd until the deadline: 0, -ETIMEDOUT or -errno. */
+static int wait_io(int fd, short events, int64_t deadline)
+{
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = events};
+        int r = poll(&p, 1, ms_left(deadline));
+
+        if (r > 0)
+            return 0;
+        if (r == 0)
+            return -ETIMEDOUT;
+        if (errno != EINTR)
+            return -errno;
+    }
+}
+
+/*
+ * Read fd to EOF into buf (after `hdr` bytes of room), growing it, at most
+ * `max` bytes. The fd may be blocking: we only read after poll said so.
+ */
+static int read_to_eof(int fd, int64_t deadline, size_t max, size_t room, uint8_t **buf,
+                       size_t *len)
+{
+    size_t cap = 0, n = 0;
+    uint8_t *b = NULL;
+    int r;
+
+    for (;;) {
+        ssize_t got;
+
+        if (room + n >= cap) {
+            size_t ncap = cap ? cap * 2 : room + 65536;
+            uint8_t *nb;
+
+            if (ncap > room + max + 1)
+                ncap = room + max + 1;
+            nb = realloc(b, ncap);
+            if (!nb) {
+                r = -ENOMEM;
+                goto fail;
+            }
+            b = nb;
+            cap = ncap;
+        }
+        r = wait_io(fd, POLLIN, deadline);
+        if (r < 0)
+            goto fail;
+        got = read(fd, b + room + n, cap - room - n);
+        if (got == 0)
+            break;
+        if (got < 0) {
+            if (errno == EINTR || errno == EAGAIN)
+                continue;
+            r = -errno;
+            goto fail;
+        }
+        n += (size_t)got;
+        if (n > max) {
+            r = -EFBIG;
+            goto fail;
+        }
+    }
+    *buf = b;
+    *len = n;
+    return 0;
+fail:
+    free(b);
+    return r;
+}
+
+/* write(2) that turns a closed reader into -EPIPE without a SIGPIPE: the
+ * signal is blocked on this thread for the call and a SIGPIPE it raised
+ * is consumed. */
+static ssize_t write_nosigpipe(int fd, const void *buf, size_t len)
+{
+    sigset_t set, old, pending;
+    bool was_pending;
+    ssize_t n;
+    int e;
+
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &set, &old);
+    sigpending(&pending);
+    was_pending = sigismember(&pending, SIGPIPE);
+    n = write(fd, buf, len);
+    e = errno;
+    if (n < 0 && e == EPIPE && !was_pending) {
+        const struct timespec zero = {0, 0};
+
+        while (sigtimedwait(&set, NULL, &zero) < 0 && errno == EINTR)
+            ;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    errno = e;
+    return n;
+}
+
+/* Write all of buf before the deadline. `own` fds are ours and
+ * non-blocking; a back-end's fd may block, so after POLLOUT we write at
+ * most PIPE_BUF bytes, which a pipe then takes without blocking. */
+static int write_all(int fd, bool own, const uint8_t *buf, size_t len, int64_t deadline)
+{
+    size_t chunk = own ? 65536 : PIPE_BUF;
+
+    while (len) {
+        ssize_t n;
+        int r = wait_io(fd, POLLOUT, deadline);
+
+        if (r < 0)
+            return r;
+        n = write_nosigpipe(fd, buf, len < chunk ? len : chunk);
+        if (n < 0) {
+            if (errno == EINTR || errno == EAGAIN)
+                continue;
+            return -errno;
+        }
+        buf += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* A pipe whose end `ours` (0 read, 1 write) is non-blocking; the other end
+ * (sent to the back-end) keeps the back-end's expected blocking mode. */
+static int make_pipe(int p[2], int ours)
+{
+    if (pipe2(p, O_CLOEXEC) < 0)
+        return -errno;
+    if (fcntl(p[ours], F_SETFL, O_NONBLOCK) < 0) {
+        int r = -errno;
+
+        close(p[0]);
+        close(p[1]);
+        return r;
+    }
+    return 0;
+}
+
+static int fe_snapshot(struct vuf_device *d, uint8_t **data, size_t *len)
+{
+    struct vuf_frontend *fe = fe_of(d);
+    struct snap_hdr h;
+    uint8_t *buf = NULL;
+    size_t n = 0;
+    int p[2], backend_fd = -1, r;
+
+    if (!data || !len)
+        return -EINVAL;
+    if (!(fe->protocol_features & VUF_PF(DEVICE_STATE))) {
+        vuf_log(VUF_LOG_ERROR, "%s: snapshot requires VHOST_USER_PROTOCOL_F_DEVICE_STATE",
+                fe->label);
+        return -ENOTSUP;
+    }
+    r = make_pipe(p, 0);
+    if (r < 0)
+        return r;
+    r = vuf_client_set_device_state_fd(fe->client, VUF_STATE_DIR_SAVE,
+                                       VUF_STATE_PHASE_STOPPED, p[1], &backend_fd);
+    /* EOF ends the state, so our write end must be gone before we read. */
+    close(p[1]);
+    if (r < 0) {
+        vuf_log(VUF_LOG_ERROR, "%s: failed to negotiate device state fd: %s", fe->label,
+                vuf_strerror(r));
+        close(p[0]);
+        return r;
+    }
+    r = read_to_eof(backend_fd >= 0 ? backend_fd : p[0], state_deadline(fe), state_max(fe),
+                    sizeof(h), &buf, &n);
+    close(p[0]);
+    if (backend_fd >= 0)
+        close(backend_fd);
+    if (r < 0) {
+        /* No CHECK_DEVICE_STATE: a back-end that did not finish writing
+         * cannot vouch for the state, and a silent one would only make us
+         * wait again. */
+        vuf_log(VUF_LOG_ERROR, "%s: failed to read device state: %s", fe->label,
+                r == -EFBIG ? "larger than the limit" : vuf_strerror(r));
+        return r;
+    }
+    r = vuf_client_check_device_state(fe->client);
+    if (r < 0) {
+        vuf_log(VUF_LOG_ERROR, "%s: failed to transfer device state: %s", fe->label,
+                vuf_strerror(r));
+        free(buf);
+        return r;
+    }
+    h.magic = SNAP_MAGIC;
+    h.version = SNAP_VERSION;
+    h.acked_features = fe->acked_features;
+    h.state_len = n;
+    memcpy(buf, &h, sizeof(h));
+    *data = buf;
+    *len = sizeof(h) + n;
+    return 0;
+}
+
+static int fe_restore(struct vuf_device *d, const uint8_t *data, size_t len)
+{
+    struct vuf_frontend *fe = fe_of(d);
+    struct snap_hdr h;
+    int p[2], backend_fd = -1, r, r2;
+    uint64_t missing;
+
+    if (!(fe->protocol_features & VUF_PF(DEVICE_STATE))) {
+        vuf_log(VUF_LOG_ERROR, "%s: restore requires VHOST_USER_PROTOCOL_F_DEVICE_STATE",
+                fe->label);
+        return -ENOTSUP;
+    }
+    if (fe->active) {
+        vuf_log(VUF_LOG_ERROR, "%s: restore while active", fe->label);
+        return -EBUSY;
+    }
+    if (!data || len < sizeof(h))
+        return -EINVAL;
+    memcpy(&h, data, sizeof(h));
+    if (h.magic != SNAP_MAGIC || h.version != SNAP_VERSION ||
+        h.state_len != len - sizeof(h)) {
+        vuf_log(VUF_LOG_ERROR, "%s: not a vuf front-end snapshot (or a damaged one)",
+                fe->label);
+        return -EINVAL;
+    }
+    missing = h.acked_features & ~fe->avail_features;
+    if (missing) {
+        vuf_log(VUF_LOG_ERROR,
+                "%s: the back-end does not offer every feature acked by the source, "
+                "missing 0x%llx",
+                fe->label, (unsigned long long)missing);
+        return -ENOTSUP;
+    }
+    /* Bit 30 stays whenever this back-end offers it: it decides whether
+     * the rings wait for SET_VRING_ENABLE. */
+    fe->acked_features = h.acked_features | (fe->avail_features & F_PROTOCOL);
+    r = send_features_if_needed(fe);
+    if (r < 0)
+        return r;
+
+    r = make_pipe(p, 1);
+    if (r < 0)
+        return r;
+    r = vuf_client_set_device_state_fd(fe->client, VUF_STATE_DIR_LOAD,
+                                       VUF_STATE_PHASE_STOPPED, p[0], &backend_fd);
+    /* The back-end has its own copy of the read end; without ours, a
+     * back-end that stops reading makes our write fail instead of block. */
+    close(p[0]);
+    if (r < 0) {
+        vuf_log(VUF_LOG_ERROR, "%s: failed to negotiate device state fd: %s", fe->label,
+                vuf_strerror(r));
+        close(p[1]);
+        return r;
+    }
+    if (backend_fd >= 0)
+        r = write_all(backend_fd, false, data + sizeof(h), (size_t)h.state_len,
+                      state_deadline(fe));
+    else
+        r = write_all(p[1], true, data + sizeof(h), (size_t)h.state_len, state_deadline(fe));
+    /* EOF marks the end of the state. */
+    close(p[1]);
+    if (backend_fd >= 0)
+        close(backend_fd);
+    if (r < 0) {
+        vuf_log(VUF_LOG_ERROR, "%s: failed to write device state: %s", fe->label,
+                vuf_strerror(r));
+        return r;
+    }
+    r2 = vuf_client_check_device_state(fe->client);
+    if (r2 < 0)
+        vuf_log(VUF_LOG_ERROR, "%s: failed to transfer device state: %s", fe->label,
+                vuf_strerror(r2));
+    return r2;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Shared memory                                                            */
+/* ------------------------------------------------------------------------ */
+
+static int fe_get_shm_region(struct vuf_device *d, struct vuf_shm_region *out)
+{
+    struct vuf_frontend *fe = fe_of(d);
+    struct vuf_shmem_config *cfg;
+    struct vuf_shm_region reg = {0, 0};
+    unsigned count = 0;
+    int r;
+
+    if (!(fe->protocol_features & VUF_PF(SHMEM)))
+        return 0;
+
+    pthread_mutex_lock(&fe->shm_lock);
+    switch (fe->shm_state) {
+    case FE_SHM_NONE:
+        r = 0;
+        break;
+    case FE_SHM_REGION:
+        if (out)
+            *out = fe->region;
+        r = 1;
+        break;
+    case FE_SHM_ERROR:
+        r = fe->shm_err;
+        break;
+    default:
+        r = -EAGAIN;
+        break;
+    }
+    pthread_mutex_unlock(&fe->shm_lock);
+    if (r != -EAGAIN)
+        return r;
+
+    cfg = malloc(sizeof(*cfg)); /* 2 KiB: keep it off the stack */
+    if (!cfg)
+        return -ENOMEM;
+    r = vuf_client_get_shmem_config(fe->client, cfg);
+    if (r < 0) {
+        vuf_log(VUF_LOG_ERROR, "%s: failed to get shared memory config: %s", fe->label,
+                vuf_strerror(r));
+    } else {
+        /* The region id is its index; holes (size 0) are skipped. */
+        for (unsigned i = 0; i < VUF_SHMEM_MAX_REGIONS; i++) {
+            if (!cfg->memory_sizes[i])
+                continue;
+            if (count++ == 0) {
+                reg.id = (uint8_t)i;
+                reg.length = cfg->memory_sizes[i];
+            }
+        }
+        if (count > 1) {
+            vuf_log(VUF_LOG_ERROR, "%s: too many shmem regions: %u > 1", fe->label, count);
+            r = -ENOTSUP;
+        }
+    }
+    free(cfg);
+
+    pthread_mutex_lock(&fe->shm_lock);
+    if (r == 0 && count == 0) {
+        fe->shm_state = FE_SHM_NONE;
+    } else if (r == 0) {
+        fe->shm_state = FE_SHM_REGION;
+        fe->region = reg;
+        if (out)
+            *out = reg;
+        r = 1;
+    } else if (r != -ETIMEDOUT && r != -ENOMEM && r != -EINTR) {
+        /* The configuration is fixed for the life of the connection: an
+         * answer we cannot use will not get better by asking again (crosvm
+         * asks on every call). A timeout may. */
+        fe->shm_state = FE_SHM_ERROR;
+        fe->shm_err = r;
+    }
+    pthread_mutex_unlock(&fe->shm_lock);
+    return r;
+}
+
+static int fe_set_shm_mapper(struct vuf_device *d, const struct vuf_shm_mapper *m)
+{
+    struct vuf_frontend *fe = fe_of(d);
+    struct vuf_shm_mapper old = {NULL, NULL};
+    bool had_old;
+    int r;
+
+    if (!m || !m->ops || !m->ops->add_mapping || !m->ops->remove_mapping)
+        return -EINVAL;
+    /* Mappings are requested on the back-end channel: without it the
+     * mapper would never be used. */
+    if (!(fe->protocol_features & VUF_PF(BACKEND_REQ))) {
+        vuf_log(VUF_LOG_ERROR,
+                "%s: error setting shared memory mapper: protocol feature is not "
+                "negotiated: BACKEND_REQ",
+                fe->label);
+        return -ENOTSUP;
+    }
+    r = fe_get_shm_region(d, NULL);
+    if (r < 0)
+        return r;
+    if (r == 0) {
+        vuf_log(VUF_LOG_ERROR, "%s: shared memory mapper given, but the back-end has no "
+                "shared memory region", fe->label);
+        return -ENODEV;
+    }
+    pthread_mutex_lock(&fe->shm_lock);
+    if (fe->nmaps) {
+        pthread_mutex_unlock(&fe->shm_lock);
+        vuf_log(VUF_LOG_ERROR, "%s: cannot replace the mapper while %u mappings exist",
+                fe->label, fe->nmaps);
+        return -EBUSY;
+    }
+    had_old = fe->have_mapper;
+    old = fe->mapper;
+    fe->mapper = *m;
+    fe->have_mapper = true;
+    pthread_mutex_unlock(&fe->shm_lock);
+    if (had_old && old.ops->release)
+        old.ops->release(old.opaque);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Construction and destruction                                             */
+/* ------------------------------------------------------------------------ */
+
+static void fe_destroy(struct vuf_device *d)
+{
+    struct vuf_frontend *fe = fe_of(d);
+
+    if (!fe)
+        return;
+    /* No messages (crosvm sends none either): the back-end sees EOF. */
+    fe_worker_stop(fe);
+    if (fe->have_mapper) {
+        fe_remove_all_mappings(fe);
+        if (fe->mapper.ops->release)
+            fe->mapper.ops->release(fe->mapper.opaque);
+        fe->have_mapper = false;
+    }
+    clear_active(fe);
+    vuf_server_free(fe->breq);
+    vuf_client_free(fe->client);
+    free(fe->maps);
+    free(fe->queue_sizes);
+    pthread_mutex_destroy(&fe->shm_lock);
+    free(fe);
+}
+
+static const struct vuf_device_ops frontend_ops = {
+    .device_type = fe_device_type,
+    .debug_label = fe_debug_label,
+    .num_queues = fe_num_queues,
+    .queue_max_sizes = fe_queue_max_sizes,
+    .features = fe_features,
+    .ack_features = fe_ack_features,
+    .read_config = fe_read_config,
+    .write_config = fe_write_config,
+    .activate = fe_activate,
+    .reset = fe_reset,
+    .get_shared_memory_region = fe_get_shm_region,
+    .set_shared_memory_mapper = fe_set_shm_mapper,
+    .sleep = fe_sleep,
+    .wake = fe_wake,
+    .snapshot = fe_snapshot,
+    .restore = fe_restore,
+    .destroy = fe_destroy,
+};
+
+bool vuf_device_is_frontend(const struct vuf_device *dev)
+{
+    return dev && dev->ops == &frontend_ops;
+}
+
+uint64_t vuf_frontend_protocol_features(const struct vuf_device *dev)
+{
+    return vuf_device_is_frontend(dev) ? fe_of_const(dev)->protocol_features : 0;
+}
+
+uint64_t vuf_frontend_acked_features(const struct vuf_device *dev)
+{
+    return vuf_device_is_frontend(dev) ? fe_of_const(dev)->acked_features : 0;
+}
+
+bool vuf_frontend_last_sent_features(const struct vuf_device *dev, uint64_t *features)
+{
+    const struct vuf_frontend *fe;
+
+    if (!vuf_device_is_frontend(dev))
+        return false;
+    fe = fe_of_const(dev);
+    if (features)
+        *features = fe->last_sent_features;
+    return fe->features_sent;
+}
+
+bool vuf_frontend_is_active(const struct vuf_device *dev)
+{
+    return vuf_device_is_frontend(dev) && fe_of_const(dev)->active;
+}
+
+unsigned vuf_frontend_num_mappings(const struct vuf_device *dev)
+{
+    struct vuf_frontend *fe;
+    unsigned n;
+
+    if (!vuf_device_is_frontend(dev))
+        return 0;
+    fe = (struct vuf_frontend *)dev;
+    pthread_mutex_lock(&fe->shm_lock);
+    n = fe->nmaps;
+    pthread_mutex_unlock(&fe->shm_lock);
+    return n;
+}
+
+/* The constructor's negotiation (crosvm's VhostUserFrontend::new). */
+static int negotiate(struct vuf_frontend *fe)
+{
+    const struct vuf_device_info *info = vuf_device_info(fe->cfg.device_type);
+    uint64_t base = fe->cfg.base_features, features = 0, allow;
+    uint16_t qsize;
+    int r;
+
+    /* Packed rings are not handled at the protocol layer (no wrap counters
+     * in SET/GET_VRING_BASE, no packed reclaim). */
+    if (base & BIT(VUF_F_RING_PACKED)) {
+        base &= ~BIT(VUF_F_RING_PACKED);
+        vuf_log(VUF_LOG_WARN, "%s: VIRTIO_F_RING_PACKED requested, but not supported by the "
+                "vhost-user front-end; disabled", fe->label);
+    }
+
+    r = vuf_client_set_owner(fe->client);
+    if (r < 0) {
+        vuf_log(VUF_LOG_ERROR, "%s: failed to set owner: %s", fe->label, vuf_strerror(r));
+        return r;
+    }
+    r = vuf_client_get_features(fe->client, &features);
+    if (r < 0) {
+        vuf_log(VUF_LOG_ERROR, "%s: failed to get features: %s", fe->label, vuf_strerror(r));
+        return r;
+    }
+    /* Device-type bits pass as offered; transport bits only if the VMM
+     * supports them; bit 30 always. */
+    allow = VUF_DEVICE_TYPE_SPECIFIC_FEATURES_MASK | base | F_PROTOCOL;
+    fe->avail_features = allow & features;
+    fe->acked_features = 0;
+
+    if (fe->avail_features & F_PROTOCOL) {
+        uint64_t pf = 0;
+
+        /* Acked now so every later SET_FEATURES carries it, but not sent:
+         * GET/SET_PROTOCOL_FEATURES are legal before SET_FEATURES. */
+        fe->acked_features |= F_PROTOCOL;
+        r = vuf_client_get_protocol_features(fe->client, &pf);
+        if (r < 0) {
+            vuf_log(VUF_LOG_ERROR, "%s: failed to get protocol features: %s", fe->label,
+                    vuf_strerror(r));
+            return r;
+        }
+        fe->protocol_features = pf & FE_PROTOCOL_FEATURES;
+        r = vuf_client_set_protocol_features(fe->client, fe->protocol_features);
+        if (r < 0) {
+            vuf_log(VUF_LOG_ERROR, "%s: failed to set protocol features: %s", fe->label,
+                    vuf_strerror(r));
+            return r;
+        }
+    }
+
+    if (fe->protocol_features & VUF_PF(BACKEND_REQ)) {
+        struct vuf_server_config scfg;
+        int peer = -1;
+
+        memset(&scfg, 0, sizeof(scfg));
+        fe_breq_handlers(fe, &scfg);
+        r = vuf_server_new_backend_channel(&scfg, &fe->breq, &peer);
+        if (r < 0) {
+            vuf_log(VUF_LOG_ERROR, "%s: could not create the back-end request channel: %s",
+                    fe->label, vuf_strerror(r));
+            return r;
+        }
+        /* Acks to the back-end's requests follow its REPLY_ACK. */
+        vuf_server_set_protocol_features(fe->breq, fe->protocol_features);
+        /* The worker reads a request only once epoll says it is there, so
+         * this bounds how long a half-sent one can hold the worker (and a
+         * reset or sleep waiting to stop it). */
+        vuf_conn_set_timeout(vuf_server_conn(fe->breq), FE_BREQ_TIMEOUT_MS);
+        r = vuf_client_set_backend_req_fd(fe->client, peer);
+        /* The back-end has its own copy now. */
+        close(peer);
+        if (r < 0) {
+            vuf_log(VUF_LOG_ERROR, "%s: failed to set device request channel: %s",
+                    fe->label, vuf_strerror(r));
+            return r;
+        }
+    }
+
+    if (fe->protocol_features & VUF_PF(MQ)) {
+        uint64_t n = 0;
+
+        r = vuf_client_get_queue_num(fe->client, &n);
+        if (r < 0) {
+            vuf_log(VUF_LOG_ERROR, "%s: failed to get number of queues: %s", fe->label,
+                    vuf_strerror(r));
+            return r;
+        }
+        /* crosvm takes any answer; 0 makes a useless device and a huge one
+         * a huge allocation. */
+        if (n == 0 || n > VUF_FRONTEND_MAX_QUEUES) {
+            vuf_log(VUF_LOG_ERROR, "%s: back-end reports %llu queues (must be 1..%u)",
+                    fe->label, (unsigned long long)n, VUF_FRONTEND_MAX_QUEUES);
+            return -EPROTO;
+        }
+        fe->num_queues = (unsigned)n;
+    } else if (info) {
+        fe->num_queues = info->min_queues;
+    } else {
+        vuf_log(VUF_LOG_ERROR, "%s: unknown device type and no MQ: queue count unknown",
+                fe->label);
+        return -ENOTSUP;
+    }
+
+    qsize = pow2_le(fe->cfg.max_queue_size);
+    if (qsize == 0)
+        qsize = VUF_QUEUE_MAX_SIZE;
+    fe->queue_sizes = malloc(fe->num_queues * sizeof(*fe->queue_sizes));
+    if (!fe->queue_sizes)
+        return -ENOMEM;
+    for (unsigned i = 0; i < fe->num_queues; i++)
+        fe->queue_sizes[i] = qsize;
+
+    /* Nothing was sent, but as far as "did the driver's set change" goes,
+     * the back-end starts from this. */
+    fe->last_sent_features = fe->acked_features;
+    fe->features_sent = false;
+    vuf_log(VUF_LOG_INFO, "%s: vhost-user front-end with %u queues x %u entries, "
+            "features 0x%llx, protocol features 0x%llx",
+            fe->label, fe->num_queues, qsize, (unsigned long long)fe->avail_features,
+            (unsigned long long)fe->protocol_features);
+    return 0;
+}
+
+int vuf_frontend_new(const struct vuf_frontend_config *cfg, struct vuf_conn *conn,
+                     struct vuf_device **out)
+{
+    const struct vuf_device_info *info;
+    struct vuf_frontend *fe;
+    int r;
+
+    if (!cfg || !conn || !out) {
+        vuf_conn_close(conn);
+        return -EINVAL;
+    }
+    fe = calloc(1, sizeof(*fe));
+    if (!fe) {
+        vuf_conn_close(conn);
+        return -ENOMEM;
+    }
+    fe->dev.ops = &frontend_ops;
+    fe->cfg = *cfg;
+    info = vuf_device_info(cfg->device_type);
+    if (info)
+        snprintf(fe->label, sizeof(fe->label), "%s", info->label);
+    else
+        snprintf(fe->label, sizeof(fe->label), "vu-%u", cfg->device_type);
+    r = pthread_mutex_init(&fe->shm_lock, NULL);
+    if (r) {
+        vuf_conn_close(conn);
+        free(fe);
+        return -r;
+    }
+    r = vuf_client_new(conn, &fe->client); /* owns conn from here on */
+    if (r < 0) {
+        pthread_mutex_destroy(&fe->shm_lock);
+        free(fe);
+        return r;
+    }
+    vuf_client_set_need_reply(fe->client, !cfg->crosvm_no_need_reply);
+
+    r = negotiate(fe);
+    if (r < 0) {
+        fe_destroy(&fe->dev);
+        return r;
+    }
+    *out = &fe->dev;
+    return 0;
+}

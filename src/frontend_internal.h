@@ -1,0 +1,114 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Private to frontend.c and worker.c: the front-end's state, the worker
+ * thread, and the back-end request handlers.
+ */
+#ifndef VUF_FRONTEND_INTERNAL_H
+#define VUF_FRONTEND_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "vuf/client.h"
+#include "vuf/device.h"
+#include "vuf/frontend.h"
+#include "vuf/server.h"
+
+/* One SHMEM_MAP mapping the back-end made (and the mapper holds). */
+struct fe_mapping {
+    uint64_t shm_offset;
+    uint64_t len;
+};
+
+/* What GET_SHMEM_CONFIG said, once asked. */
+enum fe_shm_state {
+    FE_SHM_UNKNOWN = 0, /* not asked yet, or the last query failed transiently */
+    FE_SHM_NONE,        /* the back-end has no region */
+    FE_SHM_REGION,      /* exactly one region: fe->region */
+    FE_SHM_ERROR,       /* a permanent answer we cannot use: fe->shm_err */
+};
+
+/* A queue handed to the back-end, with its index. */
+struct fe_sent_queue {
+    unsigned index;
+    struct vuf_queue q;
+};
+
+struct fe_worker;
+
+struct vuf_frontend {
+    struct vuf_device dev; /* first: the device handle is a pointer to this */
+    struct vuf_frontend_config cfg;
+    char label[40];
+
+    struct vuf_client *client; /* the main socket */
+
+    uint64_t avail_features;     /* offered to the driver */
+    uint64_t acked_features;     /* accumulated acks (+ bit 30 when offered) */
+    uint64_t last_sent_features; /* value of the last SET_FEATURES */
+    bool features_sent;          /* a SET_FEATURES went out at least once */
+    uint64_t protocol_features;  /* negotiated */
+
+    unsigned num_queues;
+    uint16_t *queue_sizes; /* num_queues entries, all equal */
+
+    /*
+     * The back-end request channel (NULL if BACKEND_REQ was not negotiated
+     * or the back-end closed the channel). While the worker runs, the worker
+     * owns it and this is NULL; fe_worker_stop() gives it back.
+     */
+    struct vuf_server *breq;
+
+    /* Shared memory: everything below shm_lock is guarded by it (the worker
+     * thread's handlers use it while the caller's thread may query). */
+    pthread_mutex_t shm_lock;
+    enum fe_shm_state shm_state;
+    int shm_err;
+    struct vuf_shm_region region;
+    bool have_mapper;
+    struct vuf_shm_mapper mapper;
+    struct fe_mapping *maps;
+    unsigned nmaps, maps_cap;
+
+    /* Active (queues started on the back-end). Written only by the caller's
+     * thread while the worker is stopped; the worker reads intr. */
+    bool active;
+    struct fe_sent_queue *sent;
+    unsigned nsent;
+    const struct vuf_guest_mem *mem;
+    struct vuf_interrupt intr;
+
+    struct fe_worker *worker; /* running worker, or NULL */
+};
+
+static inline struct vuf_frontend *fe_of(struct vuf_device *d)
+{
+    return (struct vuf_frontend *)d;
+}
+static inline const struct vuf_frontend *fe_of_const(const struct vuf_device *d)
+{
+    return (const struct vuf_frontend *)d;
+}
+
+/* ---- worker.c ---------------------------------------------------------- */
+
+/* Install the back-end request handlers (opaque = fe) in a server config. */
+void fe_breq_handlers(struct vuf_frontend *fe, struct vuf_server_config *cfg);
+
+/*
+ * Start the worker thread. It takes `non_msix_fd` (closed by
+ * fe_worker_stop, or here on failure) and fe->breq (returned by
+ * fe_worker_stop). fe->intr must be set. 0 or a negative errno.
+ */
+int fe_worker_start(struct vuf_frontend *fe, int non_msix_fd);
+
+/* Stop and join the worker (if any), close its fds, give fe->breq back. */
+void fe_worker_stop(struct vuf_frontend *fe);
+
+/* Remove every SHMEM mapping through the mapper (caller's thread, worker
+ * stopped). Returns 0 or the first mapper error; the table is emptied
+ * either way. */
+int fe_remove_all_mappings(struct vuf_frontend *fe);
+
+#endif
