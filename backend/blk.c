@@ -1,0 +1,1169 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vuf-backend-blk - vuf's reference vhost-user-blk back-end.
+ *
+ * A real device process built on vuf's back-end server (vuf/server.h),
+ * offering what the packaged back-ends do not, so that every front-end path
+ * has something to talk to: MQ, CONFIG, REPLY_ACK, BACKEND_REQ (+SEND_FD),
+ * RESET_DEVICE, CONFIGURE_MEM_SLOTS, STATUS, DEVICE_STATE and SHMEM.
+ *
+ * Conventions of real back-ends (qemu-storage-daemon): --socket-path or
+ * --fd, a stale socket is replaced, one front-end at a time and the next
+ * one accepted when it leaves, logs on stderr, exit 0 on SIGTERM/SIGINT
+ * removing the socket, --print-capabilities prints JSON.
+ *
+ * One thread runs the protocol and the data path (see blk.h); handlers
+ * change ring and memory state only between requests.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <linux/fs.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "blk.h"
+#include "vuf/log.h"
+
+#define DEFAULT_QUEUES 2u
+#define DEFAULT_QUEUE_SIZE_MAX 1024u
+/* CHECK_DEVICE_STATE waits this long for a transfer still running. */
+#define CHECK_WAIT_MS 3000
+
+/* Protocol features this back-end implements. */
+#define BLK_PROTOCOL_FEATURES                                                           \
+    (VUF_PF(MQ) | VUF_PF(REPLY_ACK) | VUF_PF(BACKEND_REQ) | VUF_PF(CONFIG) |             \
+     VUF_PF(BACKEND_SEND_FD) | VUF_PF(RESET_DEVICE) | VUF_PF(CONFIGURE_MEM_SLOTS) |     \
+     VUF_PF(STATUS) | VUF_PF(DEVICE_STATE) | VUF_PF(SHMEM))
+
+/* ------------------------------------------------------------------------ */
+/* Config space                                                             */
+/* ------------------------------------------------------------------------ */
+
+static void put_le(uint8_t *p, uint64_t v, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* struct virtio_blk_config (virtio 1.2 §5.2.4), first 60 bytes. */
+static void build_config(const struct blk_dev *d, uint8_t cfg[BLK_CONFIG_SIZE])
+{
+    memset(cfg, 0, BLK_CONFIG_SIZE);
+    put_le(cfg + 0, d->capacity, 8);               /* capacity */
+    put_le(cfg + 12, d->o.queue_size_max - 2, 4);  /* seg_max: queue size - header - status */
+    put_le(cfg + 20, BLK_SECTOR, 4);               /* blk_size */
+    cfg[BLK_CONFIG_WRITEBACK_OFF] = d->writeback;  /* writeback */
+    put_le(cfg + 34, d->nq, 2);                    /* num_queues */
+    if (!d->o.read_only) {
+        put_le(cfg + 36, BLK_MAX_DISCARD_SECTORS, 4); /* max_discard_sectors */
+        put_le(cfg + 40, BLK_MAX_DISCARD_SEG, 4);     /* max_discard_seg */
+        put_le(cfg + 44, 1, 4);                       /* discard_sector_alignment */
+        put_le(cfg + 48, BLK_MAX_DISCARD_SECTORS, 4); /* max_write_zeroes_sectors */
+        put_le(cfg + 52, BLK_MAX_DISCARD_SEG, 4);     /* max_write_zeroes_seg */
+        cfg[56] = 1;                                  /* write_zeroes_may_unmap */
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Helpers                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static struct be_vq *vq_at(struct blk_dev *d, uint32_t index, const char *what)
+{
+    if (index >= d->nq) {
+        vuf_log(VUF_LOG_ERROR, "%s: queue %u does not exist (%u queues)", what, index, d->nq);
+        return NULL;
+    }
+    return &d->vqs[index];
+}
+
+static bool all_rings_stopped(const struct blk_dev *d)
+{
+    for (unsigned i = 0; i < d->nq; i++)
+        if (d->vqs[i].started)
+            return false;
+    return true;
+}
+
+/* Take request fd i out of the server's hands. */
+static int take_fd(struct vuf_msg *req, unsigned i)
+{
+    int fd = req->fds[i];
+    req->fds[i] = -1;
+    return fd;
+}
+
+static void kick_now(struct blk_dev *d, struct be_vq *vq)
+{
+    if (be_vq_ready(vq, &d->mem))
+        blk_process_vq(d, vq);
+}
+
+/* Finish the running state transfer (if any); apply a successful load. */
+static void finish_xfer(struct blk_dev *d, int timeout_ms)
+{
+    struct blk_loaded l;
+    int r;
+
+    if (!d->xfer)
+        return;
+    r = blk_xfer_finish(d->xfer, timeout_ms, &l);
+    d->xfer = NULL;
+    if (r == 0 && d->xfer_is_load) {
+        if (!all_rings_stopped(d)) {
+            vuf_log(VUF_LOG_ERROR, "device state load: a ring was started during the "
+                                   "transfer; state not applied");
+            r = -EBUSY;
+        } else {
+            d->writeback = l.st.writeback;
+            for (unsigned i = 0; i < d->nq; i++) {
+                struct be_vq *vq = &d->vqs[i];
+                vq->last_avail = l.st.q[i].next_avail;
+                __atomic_store_n(&vq->completed, l.st.q[i].completed, __ATOMIC_RELAXED);
+                __atomic_store_n(&vq->bytes_read, l.st.q[i].bytes_read, __ATOMIC_RELAXED);
+                __atomic_store_n(&vq->bytes_written, l.st.q[i].bytes_written,
+                                 __ATOMIC_RELAXED);
+            }
+            if (l.image_fd >= 0) {
+                close(d->disk_fd);
+                d->disk_fd = l.image_fd;
+                l.image_fd = -1;
+            }
+            vuf_log(VUF_LOG_INFO, "device state loaded");
+        }
+    }
+    blk_loaded_free(&l);
+    d->xfer_result = r;
+}
+
+/* Stop and forget every ring (RESET_DEVICE, RESET_OWNER, disconnect). */
+static void reset_rings(struct blk_dev *d)
+{
+    for (unsigned i = 0; i < d->nq; i++)
+        be_vq_reset(&d->vqs[i]);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Handlers (vuf_server_handler)                                            */
+/* ------------------------------------------------------------------------ */
+
+static int h_set_features(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    struct blk_dev *d = opaque;
+    uint64_t f;
+
+    if (vuf_decode_u64(req, &f) < 0)
+        return -EPROTO;
+    if (f & ~d->features) {
+        vuf_log(VUF_LOG_ERROR, "SET_FEATURES 0x%" PRIx64 ": bits 0x%" PRIx64 " not offered",
+                f, f & ~d->features);
+        return -EINVAL;
+    }
+    d->acked_features = f;
+    /* Without PROTOCOL_FEATURES rings start enabled (spec, "Ring states"). */
+    if (!(f & (1ull << VUF_F_PROTOCOL_FEATURES)))
+        for (unsigned i = 0; i < d->nq; i++)
+            d->vqs[i].enabled = true;
+    return 0;
+}
+
+static int h_set_protocol_features(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    struct blk_dev *d = opaque;
+    uint64_t f;
+
+    if (vuf_decode_u64(req, &f) < 0)
+        return -EPROTO;
+    if (f & ~d->protocol_features) {
+        vuf_log(VUF_LOG_ERROR,
+                "SET_PROTOCOL_FEATURES 0x%" PRIx64 ": bits 0x%" PRIx64 " not offered", f,
+                f & ~d->protocol_features);
+        return -EINVAL;
+    }
+    d->acked_protocol = f;
+    be_breq_slot_set_features(&d->slot, f);
+    return 0;
+}
+
+static void reset_device(struct blk_dev *d)
+{
+    finish_xfer(d, 0);
+    reset_rings(d);
+    d->acked_features = 0;
+    d->status = 0;
+}
+
+static int h_reset(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    struct blk_dev *d = opaque;
+
+    vuf_log(VUF_LOG_INFO, "%s: rings reset", vuf_request_name(req->hdr.request));
+    reset_device(d);
+    return 0;
+}
+
+static int h_set_mem_table(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    struct blk_dev *d = opaque;
+    struct vuf_mem_table t;
+    int r;
+
+    if (vuf_decode_mem_table(req, &t) < 0)
+        return -EPROTO;
+    r = be_mem_set_table(&d->mem, t.regions, req->fds, t.nregions);
+    if (r < 0)
+        return r;
+    /* Started rings re-translate now, so a table that drops them is logged
+     * at once rather than at the next kick. */
+    for (unsigned i = 0; i < d->nq; i++)
+        if (d->vqs[i].addr_set && d->vqs[i].num)
+            be_vq_translate(&d->vqs[i], &d->mem);
+    return 0;
+}
+
+static int h_get_max_mem_slots(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    reply->payload.u64 = BE_MEM_MAX_SLOTS;
+    reply->hdr.size = sizeof(uint64_t);
+    return 0;
+}
+
+static int h_add_mem_reg(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    struct blk_dev *d = opaque;
+    struct vuf_mem_region r;
+
+    if (vuf_decode_mem_single(req, &r) < 0 || req->nfds != 1)
+        return -EPROTO;
+    return be_mem_add(&d->mem, &r, req->fds[0]);
+}
+
+static int h_rem_mem_reg(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    struct blk_dev *d = opaque;
+    struct vuf_mem_region r;
+
+    if (vuf_decode_mem_single(req, &r) < 0)
+        return -EPROTO;
+    return be_mem_remove(&d->mem, &r); /* an fd sent anyway is closed by the server */
+}
+
+static int h_set_vring_num(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    struct blk_dev *d = opaque;
+    struct vuf_vring_state s;
+    struct be_vq *vq;
+
+    if (vuf_decode_vring_state(req, &s) < 0)
+        return -EPROTO;
+    if (!(vq = vq_at(d, s.index, "SET_VRING_NUM")))
+        return -EINVAL;
+    if (s.num == 0 || s.num > d->o.queue_size_max || (s.num & (s.num - 1))) {
+        vuf_log(VUF_LOG_ERROR, "SET_VRING_NUM %u: size %u is not a power of 2 in 1..%u",
+                s.index, s.num, d->o.queue_size_max);
+        return -EINVAL;
+    }
+    if (vq->started) {
+        vuf_log(VUF_LOG_ERROR, "SET_VRING_NUM %u: ring is started", s.index);
+        return -EBUSY;
+    }
+    vq->num = s.num;
+    if (vq->addr_set)
+        be_vq_translate(vq, &d->mem);
+    return 0;
+}
+
+static int h_set_vring_addr(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    struct blk_dev *d = opaque;
+    struct vuf_vring_addr a;
+    struct be_vq *vq;
+
+    if (vuf_decode_vring_addr(req, &a) < 0)
+        return -EPROTO;
+    if (!(vq = vq_at(d, a.index, "SET_VRING_ADDR")))
+        return -EINVAL;
+    vq->addr = a;
+    vq->addr_set = true;
+    vq->broken = false;
+    if (vq->num == 0)
+        return 0; /* checked once SET_VRING_NUM gives the size */
+    if (be_vq_translate(vq, &d->mem) < 0)
+        return -EFAULT;
+    if (vq->started)
+        kick_now(d, vq);
+    return 0;
+}
+
+static int h_set_vring_base(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    struct blk_dev *d = opaque;
+    struct vuf_vring_state s;
+    struct be_vq *vq;
+
+    if (vuf_decode_vring_state(req, &s) < 0)
+        return -EPROTO;
+    if (!(vq = vq_at(d, s.index, "SET_VRING_BASE")))
+        return -EINVAL;
+    if (s.num > 0xffff) {
+        /* Split ring: bits 16-31 are reserved (packed rings are not offered). */
+        vuf_log(VUF_LOG_ERROR, "SET_VRING_BASE %u: 0x%x has reserved bits set", s.index,
+                s.num);
+        return -EINVAL;
+    }
+    if (vq->started) {
+        vuf_log(VUF_LOG_ERROR, "SET_VRING_BASE %u: ring is started", s.index);
+        return -EBUSY;
+    }
+    vq->last_avail = (uint16_t)s.num;
+    vq->broken = false;
+    return 0;
+}
+
+static int h_get_vring_base(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    struct blk_dev *d = opaque;
+    struct vuf_vring_state s;
+    struct be_vq *vq;
+
+    if (vuf_decode_vring_state(req, &s) < 0)
+        return -EPROTO;
+    if (!(vq = vq_at(d, s.index, "GET_VRING_BASE")))
+        return -EINVAL;
+    /* Requests complete synchronously: nothing is in flight to drain. */
+    reply->payload.state.index = s.index;
+    reply->payload.state.num = be_vq_stop(vq);
+    reply->hdr.size = sizeof(reply->payload.state);
+    vuf_log(VUF_LOG_INFO, "vq %u stopped at avail index %u", s.index,
+            reply->payload.state.num);
+    return 0;
+}
+
+static int h_set_vring_kick(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    struct blk_dev *d = opaque;
+    struct be_vq *vq;
+    uint32_t index;
+    bool nofd;
+
+    if (vuf_decode_vring_file(req, &index, &nofd) < 0)
+        return -EPROTO;
+    if (!(vq = vq_at(d, index, "SET_VRING_KICK")))
+        return -EINVAL;
+    be_vq_set_kick(vq, nofd ? -1 : take_fd(req, 0));
+    vq->polling = nofd;
+    if (!vq->started)
+        vq->used_idx_valid = false; /* re-read used->idx from memory */
+    vq->started = true;
+    vq->broken = false;
+    vuf_log(VUF_LOG_INFO, "vq %u started (%s)", index, nofd ? "polling" : "kick eventfd");
+    /* Buffers may already be waiting (after migration or a reconnect). */
+    kick_now(d, vq);
+    return 0;
+}
+
+static int h_set_vring_call(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    struct blk_dev *d = opaque;
+    struct be_vq *vq;
+    uint32_t index;
+    bool nofd;
+
+    if (vuf_decode_vring_file(req, &index, &nofd) < 0)
+        return -EPROTO;
+    if (!(vq = vq_at(d, index, vuf_request_name(req->hdr.request))))
+        return -EINVAL;
+    if (req->hdr.request == VUF_REQ_SET_VRING_CALL)
+        be_vq_set_call(vq, nofd ? -1 : take_fd(req, 0));
+    else
+        be_vq_set_err(vq, nofd ? -1 : take_fd(req, 0));
+    return 0;
+}
+
+static int h_get_queue_num(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    struct blk_dev *d = opaque;
+
+    reply->payload.u64 = d->nq;
+    reply->hdr.size = sizeof(uint64_t);
+    return 0;
+}
+
+static int h_set_vring_enable(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    struct blk_dev *d = opaque;
+    struct vuf_vring_state s;
+    struct be_vq *vq;
+
+    if (vuf_decode_vring_state(req, &s) < 0)
+        return -EPROTO;
+    if (!(vq = vq_at(d, s.index, "SET_VRING_ENABLE")))
+        return -EINVAL;
+    if (s.num > 1) {
+        vuf_log(VUF_LOG_ERROR, "SET_VRING_ENABLE %u: %u is neither 0 nor 1", s.index, s.num);
+        return -EINVAL;
+    }
+    vq->enabled = s.num == 1;
+    if (vq->enabled)
+        kick_now(d, vq);
+    return 0;
+}
+
+static int h_set_backend_req_fd(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    struct blk_dev *d = opaque;
+    struct vuf_conn *c;
+    int r = vuf_conn_adopt(take_fd(req, 0), &c);
+
+    if (r < 0)
+        return r;
+    vuf_conn_set_channel(c, VUF_CH_BACKEND);
+    be_breq_slot_set(&d->slot, c);
+    vuf_log(VUF_LOG_INFO, "back-end request channel installed");
+    return 0;
+}
+
+static int h_get_config(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    struct blk_dev *d = opaque;
+    uint8_t cfg[BLK_CONFIG_SIZE];
+    struct vuf_config c;
+
+    if (vuf_decode_config(req, &c) < 0)
+        return -EPROTO;
+    if (c.size == 0 || c.offset > BLK_CONFIG_SIZE || c.size > BLK_CONFIG_SIZE - c.offset) {
+        /* The protocol's refusal is an empty reply (the server sends it). */
+        vuf_log(VUF_LOG_WARN, "GET_CONFIG offset %u size %u: outside the %u-byte config",
+                c.offset, c.size, BLK_CONFIG_SIZE);
+        return -EINVAL;
+    }
+    build_config(d, cfg);
+    reply->payload.config.offset = c.offset;
+    reply->payload.config.size = c.size;
+    reply->payload.config.flags = c.flags;
+    memcpy(reply->payload.config.region, cfg + c.offset, c.size);
+    reply->hdr.size = VUF_CONFIG_HDR_SIZE + c.size;
+    return 0;
+}
+
+static int h_set_config(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    struct blk_dev *d = opaque;
+    uint8_t cfg[BLK_CONFIG_SIZE];
+    struct vuf_config c;
+    bool wb_in = false;
+
+    if (vuf_decode_config(req, &c) < 0)
+        return -EPROTO;
+    if (c.size == 0 || c.offset > BLK_CONFIG_SIZE || c.size > BLK_CONFIG_SIZE - c.offset) {
+        vuf_log(VUF_LOG_ERROR, "SET_CONFIG offset %u size %u: outside the config", c.offset,
+                c.size);
+        return -EINVAL;
+    }
+    build_config(d, cfg);
+    /* Only writeback is driver-writable (§5.2.4). Other bytes may come
+     * along unchanged; with the migration flag their values are ignored. */
+    for (uint32_t i = 0; i < c.size; i++) {
+        uint32_t off = c.offset + i;
+        if (off == BLK_CONFIG_WRITEBACK_OFF) {
+            wb_in = true;
+            if (c.region[i] > 1) {
+                vuf_log(VUF_LOG_ERROR, "SET_CONFIG: writeback %u is not 0 or 1",
+                        c.region[i]);
+                return -EINVAL;
+            }
+        } else if (c.region[i] != cfg[off] && c.flags != VUF_CONFIG_FLAG_MIGRATION) {
+            vuf_log(VUF_LOG_ERROR, "SET_CONFIG: byte %u is read-only", off);
+            return -EPERM;
+        }
+    }
+    if (wb_in) {
+        d->writeback = c.region[BLK_CONFIG_WRITEBACK_OFF - c.offset];
+        vuf_log(VUF_LOG_INFO, "writeback cache %s", d->writeback ? "on" : "off");
+    }
+    return 0;
+}
+
+static int h_set_status(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    struct blk_dev *d = opaque;
+    uint64_t v;
+
+    if (vuf_decode_u64(req, &v) < 0)
+        return -EPROTO;
+    if (v > 0xff) {
+        vuf_log(VUF_LOG_ERROR, "SET_STATUS 0x%" PRIx64 ": not a status byte", v);
+        return -EINVAL;
+    }
+    d->status = (uint8_t)v;
+    return 0;
+}
+
+static int h_get_status(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    struct blk_dev *d = opaque;
+
+    reply->payload.u64 = d->status;
+    reply->hdr.size = sizeof(uint64_t);
+    return 0;
+}
+
+static int h_set_device_state_fd(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    struct blk_dev *d = opaque;
+    struct vuf_device_state ds;
+    int r, err = 0;
+
+    if (vuf_decode_device_state(req, &ds) < 0)
+        return -EPROTO;
+    finish_xfer(d, 0); /* a new transfer replaces an unfinished one */
+    if (!all_rings_stopped(d)) {
+        vuf_log(VUF_LOG_ERROR, "SET_DEVICE_STATE_FD: the device is not suspended");
+        err = EBUSY;
+    } else if (ds.direction == VUF_STATE_DIR_SAVE) {
+        struct blk_state st = {.num_queues = d->nq, .capacity = d->capacity,
+                               .writeback = d->writeback};
+        bool image = d->disk_is_ram && d->o.state_includes_ram;
+
+        st.q = calloc(d->nq, sizeof(*st.q));
+        if (!st.q)
+            return -ENOMEM;
+        for (unsigned i = 0; i < d->nq; i++) {
+            const struct be_vq *vq = &d->vqs[i];
+            st.q[i].next_avail = vq->last_avail;
+            st.q[i].completed = __atomic_load_n(&vq->completed, __ATOMIC_RELAXED);
+            st.q[i].bytes_read = __atomic_load_n(&vq->bytes_read, __ATOMIC_RELAXED);
+            st.q[i].bytes_written = __atomic_load_n(&vq->bytes_written, __ATOMIC_RELAXED);
+        }
+        r = blk_xfer_start_save(take_fd(req, 0), &st, image ? d->disk_fd : -1,
+                                image ? d->capacity * BLK_SECTOR : 0, &d->xfer);
+        free(st.q);
+        err = r < 0 ? -r : 0;
+    } else {
+        r = blk_xfer_start_load(take_fd(req, 0), d->nq, d->capacity, d->disk_is_ram, &d->xfer);
+        err = r < 0 ? -r : 0;
+    }
+    d->xfer_is_load = ds.direction == VUF_STATE_DIR_LOAD;
+    d->xfer_result = err ? -err : -EINPROGRESS;
+    /* We use the front-end's fd: never one of our own. */
+    reply->payload.u64 = VUF_STATE_REPLY_NOFD | (uint64_t)(err & 0xff);
+    reply->hdr.size = sizeof(uint64_t);
+    return 0;
+}
+
+static int h_check_device_state(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    struct blk_dev *d = opaque;
+
+    finish_xfer(d, CHECK_WAIT_MS);
+    reply->payload.u64 = d->xfer_result == 0 ? 0 : (uint64_t)(-d->xfer_result);
+    reply->hdr.size = sizeof(uint64_t);
+    return 0;
+}
+
+static int h_get_shmem_config(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    struct blk_dev *d = opaque;
+
+    memset(&reply->payload.shmem, 0, sizeof(reply->payload.shmem));
+    if (d->o.shm_size) {
+        reply->payload.shmem.nregions = 1;
+        reply->payload.shmem.memory_sizes[0] = d->o.shm_size;
+    }
+    reply->hdr.size = sizeof(reply->payload.shmem);
+    return 0;
+}
+
+static void fill_server_config(struct blk_dev *d, struct vuf_server_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->channel = VUF_CH_FRONTEND;
+    cfg->features = d->features;
+    cfg->protocol_features = d->protocol_features;
+    cfg->opaque = d;
+    cfg->handlers[VUF_REQ_SET_FEATURES] = h_set_features;
+    cfg->handlers[VUF_REQ_SET_PROTOCOL_FEATURES] = h_set_protocol_features;
+    cfg->handlers[VUF_REQ_RESET_OWNER] = h_reset;
+    cfg->handlers[VUF_REQ_RESET_DEVICE] = h_reset;
+    cfg->handlers[VUF_REQ_SET_MEM_TABLE] = h_set_mem_table;
+    cfg->handlers[VUF_REQ_GET_MAX_MEM_SLOTS] = h_get_max_mem_slots;
+    cfg->handlers[VUF_REQ_ADD_MEM_REG] = h_add_mem_reg;
+    cfg->handlers[VUF_REQ_REM_MEM_REG] = h_rem_mem_reg;
+    cfg->handlers[VUF_REQ_SET_VRING_NUM] = h_set_vring_num;
+    cfg->handlers[VUF_REQ_SET_VRING_ADDR] = h_set_vring_addr;
+    cfg->handlers[VUF_REQ_SET_VRING_BASE] = h_set_vring_base;
+    cfg->handlers[VUF_REQ_GET_VRING_BASE] = h_get_vring_base;
+    cfg->handlers[VUF_REQ_SET_VRING_KICK] = h_set_vring_kick;
+    cfg->handlers[VUF_REQ_SET_VRING_CALL] = h_set_vring_call;
+    cfg->handlers[VUF_REQ_SET_VRING_ERR] = h_set_vring_call;
+    cfg->handlers[VUF_REQ_GET_QUEUE_NUM] = h_get_queue_num;
+    cfg->handlers[VUF_REQ_SET_VRING_ENABLE] = h_set_vring_enable;
+    cfg->handlers[VUF_REQ_SET_BACKEND_REQ_FD] = h_set_backend_req_fd;
+    cfg->handlers[VUF_REQ_GET_CONFIG] = h_get_config;
+    cfg->handlers[VUF_REQ_SET_CONFIG] = h_set_config;
+    cfg->handlers[VUF_REQ_SET_STATUS] = h_set_status;
+    cfg->handlers[VUF_REQ_GET_STATUS] = h_get_status;
+    cfg->handlers[VUF_REQ_SET_DEVICE_STATE_FD] = h_set_device_state_fd;
+    cfg->handlers[VUF_REQ_CHECK_DEVICE_STATE] = h_check_device_state;
+    cfg->handlers[VUF_REQ_GET_SHMEM_CONFIG] = h_get_shmem_config;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Main loop                                                                */
+/* ------------------------------------------------------------------------ */
+
+/* Errors after which the front-end socket is no longer usable. */
+static bool fatal_conn_error(int r)
+{
+    switch (-r) {
+    case ECONNRESET:
+    case ECONNABORTED:
+    case EBADMSG:
+    case EMSGSIZE:
+    case ETIMEDOUT:
+    case ETOOMANYREFS:
+    case EPIPE:
+    case ENOTCONN:
+    case EBADF:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static void end_connection(struct blk_dev *d)
+{
+    finish_xfer(d, 0);
+    reset_rings(d);
+    be_mem_clear(&d->mem);
+    be_breq_slot_set(&d->slot, NULL);
+    be_breq_slot_set_features(&d->slot, 0);
+    d->acked_features = d->acked_protocol = 0;
+    d->status = 0;
+    vuf_server_free(d->srv);
+    d->srv = NULL;
+}
+
+/* Drain a kick eventfd; false if it is dead (EOF, error, hang-up). */
+static bool drain_kick(struct be_vq *vq, short revents)
+{
+    uint64_t v;
+    ssize_t n;
+
+    if (revents & (POLLERR | POLLNVAL))
+        return false;
+    if (!(revents & POLLIN))
+        return !(revents & POLLHUP);
+    do {
+        n = read(vq->kick_fd, &v, sizeof(v));
+    } while (n < 0 && errno == EINTR);
+    return n > 0 || (n < 0 && errno == EAGAIN);
+}
+
+/* Serve one front-end until it leaves (0) or a signal asks us to stop (1). */
+static int serve(struct blk_dev *d, struct vuf_conn *conn, int sig_fd)
+{
+    struct pollfd *pfd = calloc(2 + d->nq, sizeof(*pfd));
+    unsigned *which = calloc(2 + d->nq, sizeof(*which));
+    struct vuf_server_config cfg;
+    int ret = 0, r;
+
+    fill_server_config(d, &cfg);
+    if (!pfd || !which) {
+        free(pfd);
+        free(which);
+        vuf_conn_close(conn);
+        return 0;
+    }
+    r = vuf_server_new(conn, &cfg, &d->srv);
+    if (r < 0) {
+        free(pfd);
+        free(which);
+        return 0;
+    }
+    vuf_log(VUF_LOG_INFO, "front-end connected");
+    for (;;) {
+        unsigned n = 2;
+        int timeout = -1;
+
+        pfd[0] = (struct pollfd){.fd = sig_fd, .events = POLLIN};
+        pfd[1] = (struct pollfd){.fd = vuf_server_fd(d->srv), .events = POLLIN};
+        for (unsigned i = 0; i < d->nq; i++) {
+            struct be_vq *vq = &d->vqs[i];
+            if (!vq->started || !vq->enabled || vq->broken)
+                continue;
+            if (vq->pending)
+                timeout = 0;
+            else if (vq->polling && timeout != 0)
+                timeout = 1;
+            if (vq->kick_fd >= 0) {
+                which[n] = i;
+                pfd[n++] = (struct pollfd){.fd = vq->kick_fd, .events = POLLIN};
+            }
+        }
+        r = poll(pfd, n, timeout);
+        if (r < 0 && errno != EINTR) {
+            vuf_log(VUF_LOG_ERROR, "poll: %s", strerror(errno));
+            break;
+        }
+        if (r > 0 && pfd[0].revents) {
+            ret = 1;
+            break;
+        }
+        if (r > 0 && pfd[1].revents) {
+            /* Serve the front-end first; kick fds may change under us, so
+             * they wait for the next round. */
+            r = vuf_server_process_one(d->srv);
+            if (r < 0 && fatal_conn_error(r)) {
+                if (r != -ECONNRESET)
+                    vuf_log(VUF_LOG_WARN, "front-end connection failed: %s",
+                            vuf_strerror(r));
+                break;
+            }
+            continue;
+        }
+        for (unsigned k = 2; r > 0 && k < n; k++) {
+            struct be_vq *vq = &d->vqs[which[k]];
+            if (!pfd[k].revents)
+                continue;
+            if (!drain_kick(vq, pfd[k].revents)) {
+                vuf_log(VUF_LOG_ERROR, "vq %u: kick fd hung up; waiting for a new one",
+                        vq->index);
+                be_vq_set_kick(vq, -1);
+            }
+            blk_process_vq(d, vq);
+        }
+        for (unsigned i = 0; i < d->nq; i++) {
+            struct be_vq *vq = &d->vqs[i];
+            if (vq->started && vq->enabled && (vq->pending || vq->polling))
+                blk_process_vq(d, vq);
+        }
+    }
+    vuf_log(VUF_LOG_INFO, "front-end gone");
+    end_connection(d);
+    free(pfd);
+    free(which);
+    return ret;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Setup                                                                    */
+/* ------------------------------------------------------------------------ */
+
+static int parse_size(const char *s, uint64_t *out)
+{
+    char *end;
+    uint64_t v, mul = 1;
+
+    if (!s || !*s || *s == '-')
+        return -EINVAL;
+    errno = 0;
+    v = strtoull(s, &end, 0);
+    if (errno || end == s)
+        return -EINVAL;
+    switch (*end) {
+    case '\0':
+        break;
+    case 'k': case 'K':
+        mul = 1ull << 10;
+        end++;
+        break;
+    case 'm': case 'M':
+        mul = 1ull << 20;
+        end++;
+        break;
+    case 'g': case 'G':
+        mul = 1ull << 30;
+        end++;
+        break;
+    case 't': case 'T':
+        mul = 1ull << 40;
+        end++;
+        break;
+    default:
+        return -EINVAL;
+    }
+    if (*end != '\0' || (v && mul > UINT64_MAX / v))
+        return -EINVAL;
+    *out = v * mul;
+    return 0;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: vuf-backend-blk --socket-path=PATH | --fd=N\n"
+            "                       --file=IMAGE | --ram=BYTES\n"
+            "                       [--num-queues=N (2)] [--queue-size-max=N (1024)]\n"
+            "                       [--read-only] [--shm-size=BYTES (0)] [--shm-file=PATH]\n"
+            "                       [--control=PATH] [--state-includes-ram]\n"
+            "                       [--protocol-features=MASK]\n"
+            "       vuf-backend-blk --print-capabilities\n"
+            "BYTES take K, M, G, T suffixes (binary). VUF_LOG=debug traces every message.\n");
+}
+
+static void print_capabilities(void)
+{
+    /* The vhost-user.json convention (docs/interop/vhost-user.json). */
+    printf("{\n  \"type\": \"block\",\n  \"features\": [\n    \"read-only\",\n"
+           "    \"blk-file\"\n  ]\n}\n");
+}
+
+enum {
+    OPT_SOCKET = 256,
+    OPT_FD,
+    OPT_FILE,
+    OPT_RAM,
+    OPT_NUM_QUEUES,
+    OPT_QSIZE,
+    OPT_RO,
+    OPT_SHM_SIZE,
+    OPT_SHM_FILE,
+    OPT_CAPS,
+    OPT_CONTROL,
+    OPT_STATE_RAM,
+    OPT_PF_MASK,
+    OPT_HELP,
+};
+
+static int parse_args(int argc, char **argv, struct blk_opts *o, bool *caps)
+{
+    static const struct option longopts[] = {
+        {"socket-path", required_argument, NULL, OPT_SOCKET},
+        {"fd", required_argument, NULL, OPT_FD},
+        {"file", required_argument, NULL, OPT_FILE},
+        {"ram", required_argument, NULL, OPT_RAM},
+        {"num-queues", required_argument, NULL, OPT_NUM_QUEUES},
+        {"queue-size-max", required_argument, NULL, OPT_QSIZE},
+        {"read-only", no_argument, NULL, OPT_RO},
+        {"shm-size", required_argument, NULL, OPT_SHM_SIZE},
+        {"shm-file", required_argument, NULL, OPT_SHM_FILE},
+        {"print-capabilities", no_argument, NULL, OPT_CAPS},
+        {"control", required_argument, NULL, OPT_CONTROL},
+        {"state-includes-ram", no_argument, NULL, OPT_STATE_RAM},
+        {"protocol-features", required_argument, NULL, OPT_PF_MASK},
+        {"help", no_argument, NULL, OPT_HELP},
+        {NULL, 0, NULL, 0},
+    };
+    uint64_t v;
+    int c;
+
+    memset(o, 0, sizeof(*o));
+    o->fd = -1;
+    o->num_queues = DEFAULT_QUEUES;
+    o->queue_size_max = DEFAULT_QUEUE_SIZE_MAX;
+    o->protocol_mask = ~0ull;
+    *caps = false;
+    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (c) {
+        case OPT_SOCKET:
+            o->socket_path = optarg;
+            break;
+        case OPT_FD:
+            if (parse_size(optarg, &v) < 0 || v > INT32_MAX)
+                goto bad;
+            o->fd = (int)v;
+            break;
+        case OPT_FILE:
+            o->file = optarg;
+            break;
+        case OPT_RAM:
+            if (parse_size(optarg, &o->ram) < 0 || o->ram == 0 || o->ram % BLK_SECTOR) {
+                fprintf(stderr, "vuf-backend-blk: --ram must be a non-zero multiple of 512\n");
+                return -1;
+            }
+            break;
+        case OPT_NUM_QUEUES:
+            if (parse_size(optarg, &v) < 0 || v == 0 || v > BLK_MAX_QUEUES) {
+                fprintf(stderr, "vuf-backend-blk: --num-queues must be 1..%u\n",
+                        BLK_MAX_QUEUES);
+                return -1;
+            }
+            o->num_queues = (unsigned)v;
+            break;
+        case OPT_QSIZE:
+            if (parse_size(optarg, &v) < 0 || v < 4 || v > BE_VQ_MAX_SIZE || (v & (v - 1))) {
+                fprintf(stderr, "vuf-backend-blk: --queue-size-max must be a power of 2 in "
+                                "4..32768\n");
+                return -1;
+            }
+            o->queue_size_max = (unsigned)v;
+            break;
+        case OPT_RO:
+            o->read_only = true;
+            break;
+        case OPT_SHM_SIZE:
+            if (parse_size(optarg, &o->shm_size) < 0 ||
+                o->shm_size % (uint64_t)sysconf(_SC_PAGESIZE)) {
+                fprintf(stderr, "vuf-backend-blk: --shm-size must be a multiple of the "
+                                "page size\n");
+                return -1;
+            }
+            break;
+        case OPT_SHM_FILE:
+            o->shm_file = optarg;
+            break;
+        case OPT_CAPS:
+            *caps = true;
+            break;
+        case OPT_CONTROL:
+            o->control_path = optarg;
+            break;
+        case OPT_STATE_RAM:
+            o->state_includes_ram = true;
+            break;
+        case OPT_PF_MASK:
+            if (parse_size(optarg, &o->protocol_mask) < 0)
+                goto bad;
+            break;
+        case OPT_HELP:
+            usage(stdout);
+            exit(0);
+        default:
+            goto bad;
+        }
+    }
+    if (*caps)
+        return 0;
+    if (optind < argc || (!o->socket_path) == (o->fd < 0) || (!o->file) == (o->ram == 0))
+        goto bad;
+    return 0;
+bad:
+    usage(stderr);
+    return -1;
+}
+
+static int open_disk(struct blk_dev *d)
+{
+    uint64_t bytes;
+    struct stat st;
+
+    if (d->o.file) {
+        d->disk_fd = open(d->o.file, (d->o.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+        if (d->disk_fd < 0 || fstat(d->disk_fd, &st) < 0) {
+            fprintf(stderr, "vuf-backend-blk: %s: %s\n", d->o.file, strerror(errno));
+            return -1;
+        }
+        if (S_ISBLK(st.st_mode)) {
+            if (ioctl(d->disk_fd, BLKGETSIZE64, &bytes) < 0) {
+                fprintf(stderr, "vuf-backend-blk: %s: %s\n", d->o.file, strerror(errno));
+                return -1;
+            }
+        } else if (S_ISREG(st.st_mode)) {
+            bytes = (uint64_t)st.st_size;
+        } else {
+            fprintf(stderr, "vuf-backend-blk: %s: not a file or block device\n", d->o.file);
+            return -1;
+        }
+    } else {
+        d->disk_is_ram = true;
+        bytes = d->o.ram;
+        d->disk_fd = memfd_create("vuf-blk-ram", MFD_CLOEXEC);
+        if (d->disk_fd < 0 || ftruncate(d->disk_fd, (off_t)bytes) < 0) {
+            fprintf(stderr, "vuf-backend-blk: RAM disk of %" PRIu64 " bytes: %s\n", bytes,
+                    strerror(errno));
+            return -1;
+        }
+    }
+    d->capacity = bytes / BLK_SECTOR;
+    return 0;
+}
+
+/* Byte i of the internal shared-memory pattern: i mod 251 (a prime, so
+ * page-shifted views differ). */
+static int open_shm(struct blk_dev *d)
+{
+    d->shm_fd = -1;
+    if (d->o.shm_file) {
+        d->shm_fd = open(d->o.shm_file, O_RDWR | O_CLOEXEC);
+        if (d->shm_fd < 0) {
+            fprintf(stderr, "vuf-backend-blk: %s: %s\n", d->o.shm_file, strerror(errno));
+            return -1;
+        }
+        return 0;
+    }
+    if (d->o.shm_size == 0)
+        return 0;
+    d->shm_fd = memfd_create("vuf-blk-shm", MFD_CLOEXEC);
+    if (d->shm_fd < 0 || ftruncate(d->shm_fd, (off_t)d->o.shm_size) < 0) {
+        fprintf(stderr, "vuf-backend-blk: shared memory: %s\n", strerror(errno));
+        return -1;
+    }
+    uint8_t *p = mmap(NULL, d->o.shm_size, PROT_READ | PROT_WRITE, MAP_SHARED, d->shm_fd, 0);
+    if (p == MAP_FAILED) {
+        fprintf(stderr, "vuf-backend-blk: shared memory: %s\n", strerror(errno));
+        return -1;
+    }
+    for (uint64_t i = 0; i < d->o.shm_size; i++)
+        p[i] = (uint8_t)(i % 251);
+    munmap(p, d->o.shm_size);
+    return 0;
+}
+
+static int setup(struct blk_dev *d)
+{
+    unsigned max_segs = d->o.queue_size_max;
+
+    d->nq = d->o.num_queues;
+    d->writeback = 1;
+    d->xfer_result = -ENODATA; /* no transfer yet */
+    be_mem_init(&d->mem);
+    be_breq_slot_init(&d->slot);
+    if (open_disk(d) < 0 || open_shm(d) < 0)
+        return -1;
+    d->features = (1ull << VIRTIO_F_VERSION_1) | (1ull << VIRTIO_F_EVENT_IDX) |
+                  (1ull << VIRTIO_F_INDIRECT_DESC) | (1ull << VUF_F_PROTOCOL_FEATURES) |
+                  (1ull << VIRTIO_BLK_F_SEG_MAX) | (1ull << VIRTIO_BLK_F_BLK_SIZE) |
+                  (1ull << VIRTIO_BLK_F_FLUSH) | (1ull << VIRTIO_BLK_F_CONFIG_WCE) |
+                  (1ull << VIRTIO_BLK_F_MQ);
+    if (d->o.read_only)
+        d->features |= 1ull << VIRTIO_BLK_F_RO;
+    else
+        d->features |= (1ull << VIRTIO_BLK_F_DISCARD) | (1ull << VIRTIO_BLK_F_WRITE_ZEROES);
+    d->protocol_features = BLK_PROTOCOL_FEATURES & d->o.protocol_mask;
+    d->vqs = calloc(d->nq, sizeof(*d->vqs));
+    if (!d->vqs)
+        return -1;
+    for (unsigned i = 0; i < d->nq; i++)
+        if (be_vq_init(&d->vqs[i], i, max_segs) < 0) {
+            d->nq = i + 1; /* teardown destroys only what was initialised */
+            return -1;
+        }
+    if (d->o.control_path) {
+        struct be_control_ctx ctx = {.slot = &d->slot, .shm_fd = d->shm_fd, .vqs = d->vqs,
+                                     .nq = d->nq};
+        int r = be_control_start(d->o.control_path, &ctx, &d->control);
+        if (r < 0) {
+            fprintf(stderr, "vuf-backend-blk: control socket %s: %s\n", d->o.control_path,
+                    strerror(-r));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void teardown(struct blk_dev *d)
+{
+    be_breq_slot_set(&d->slot, NULL); /* wakes a control request in progress */
+    be_control_stop(d->control);
+    be_breq_slot_destroy(&d->slot);
+    if (d->vqs)
+        for (unsigned i = 0; i < d->nq; i++)
+            be_vq_destroy(&d->vqs[i]);
+    free(d->vqs);
+    be_mem_clear(&d->mem);
+    if (d->disk_fd >= 0)
+        close(d->disk_fd);
+    if (d->shm_fd >= 0)
+        close(d->shm_fd);
+}
+
+int main(int argc, char **argv)
+{
+    struct blk_dev d;
+    bool caps, listening = true;
+    int sig_fd = -1, listen_fd = -1, rc = 1, r;
+    socklen_t len = sizeof(int);
+    sigset_t set;
+
+    memset(&d, 0, sizeof(d));
+    d.disk_fd = d.shm_fd = -1;
+    if (parse_args(argc, argv, &d.o, &caps) < 0)
+        return 2;
+    if (caps) {
+        print_capabilities();
+        return 0;
+    }
+
+    /* Signals arrive on a signalfd in the main loop; every thread inherits
+     * the mask, so none of them is interrupted. */
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    sig_fd = signalfd(-1, &set, SFD_CLOEXEC);
+    if (sig_fd < 0) {
+        perror("vuf-backend-blk: signalfd");
+        return 1;
+    }
+
+    if (setup(&d) < 0)
+        goto out;
+
+    if (d.o.socket_path) {
+        r = vuf_listen(d.o.socket_path, &listen_fd);
+        if (r < 0) {
+            fprintf(stderr, "vuf-backend-blk: listen on %s: %s\n", d.o.socket_path,
+                    strerror(-r));
+            goto out;
+        }
+    } else {
+        int acc = 0;
+        /* --fd: a listening socket is served like --socket-path; a
+         * connected one is served once. */
+        if (getsockopt(d.o.fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) < 0) {
+            fprintf(stderr, "vuf-backend-blk: --fd=%d: %s\n", d.o.fd, strerror(errno));
+            goto out;
+        }
+        listen_fd = d.o.fd;
+        listening = acc != 0;
+    }
+    vuf_log(VUF_LOG_INFO,
+            "vuf-backend-blk: %s %s, %" PRIu64 " sectors%s, %u queues, features 0x%" PRIx64
+            ", protocol features 0x%" PRIx64,
+            listening ? "listening on" : "serving fd",
+            d.o.socket_path ? d.o.socket_path : "(--fd)", d.capacity,
+            d.o.read_only ? " read-only" : "", d.nq, d.features, d.protocol_features);
+
+    if (!listening) {
+        struct vuf_conn *c;
+        listen_fd = -1;
+        r = vuf_conn_adopt(d.o.fd, &c);
+        if (r == 0)
+            serve(&d, c, sig_fd);
+        rc = 0;
+        goto out;
+    }
+    for (;;) {
+        struct pollfd p[2] = {{.fd = sig_fd, .events = POLLIN},
+                              {.fd = listen_fd, .events = POLLIN}};
+        struct vuf_conn *c;
+
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (p[0].revents)
+            break;
+        r = vuf_conn_accept(listen_fd, 0, &c);
+        if (r < 0) {
+            vuf_log(VUF_LOG_WARN, "accept: %s", vuf_strerror(r));
+            continue;
+        }
+        if (serve(&d, c, sig_fd) == 1)
+            break;
+    }
+    vuf_log(VUF_LOG_INFO, "vuf-backend-blk: exiting");
+    rc = 0;
+out:
+    if (listen_fd >= 0)
+        close(listen_fd);
+    if (d.o.socket_path && listen_fd >= 0)
+        unlink(d.o.socket_path);
+    teardown(&d);
+    close(sig_fd);
+    return rc;
+}

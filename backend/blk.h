@@ -1,0 +1,104 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * backend/blk.h - vuf-backend-blk's device: options, virtio-blk facts and
+ * the state shared by the protocol handlers (blk.c) and the request
+ * processing (blk_io.c).
+ *
+ * Threads: the main thread owns everything here and runs both the
+ * front-end socket and the data path (one poll loop over the socket and
+ * the kick eventfds), so ring and memory changes never race with request
+ * processing. The control thread touches only `slot`, the shm fd and the
+ * queues' atomic counters; a state transfer thread only its own copies.
+ */
+#ifndef VUF_BACKEND_BLK_H
+#define VUF_BACKEND_BLK_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "control.h"
+#include "mem.h"
+#include "state.h"
+#include "vring.h"
+#include "vuf/server.h"
+
+/* virtio-blk feature bits (virtio 1.2 §5.2.3) */
+#define VIRTIO_BLK_F_SEG_MAX 2
+#define VIRTIO_BLK_F_RO 5
+#define VIRTIO_BLK_F_BLK_SIZE 6
+#define VIRTIO_BLK_F_FLUSH 9
+#define VIRTIO_BLK_F_CONFIG_WCE 11
+#define VIRTIO_BLK_F_MQ 12
+#define VIRTIO_BLK_F_DISCARD 13
+#define VIRTIO_BLK_F_WRITE_ZEROES 14
+#define VIRTIO_F_INDIRECT_DESC 28
+#define VIRTIO_F_EVENT_IDX 29
+#define VIRTIO_F_VERSION_1 32
+
+/* Request types and status values (§5.2.6) */
+#define VIRTIO_BLK_T_IN 0
+#define VIRTIO_BLK_T_OUT 1
+#define VIRTIO_BLK_T_FLUSH 4
+#define VIRTIO_BLK_T_GET_ID 8
+#define VIRTIO_BLK_T_DISCARD 11
+#define VIRTIO_BLK_T_WRITE_ZEROES 13
+#define VIRTIO_BLK_S_OK 0
+#define VIRTIO_BLK_S_IOERR 1
+#define VIRTIO_BLK_S_UNSUPP 2
+#define VIRTIO_BLK_ID_BYTES 20
+#define VIRTIO_BLK_WZ_F_UNMAP 1u
+
+#define BLK_SECTOR 512u
+#define BLK_ID_STRING "vuf-backend-blk"
+/* virtio_blk_config up to write_zeroes_may_unmap + 3 pad (what
+ * qemu-storage-daemon serves, and vuf_device_info's blk size). */
+#define BLK_CONFIG_SIZE 60u
+#define BLK_CONFIG_WRITEBACK_OFF 32u
+#define BLK_MAX_DISCARD_SECTORS (1u << 22)
+#define BLK_MAX_DISCARD_SEG 16u
+#define BLK_MAX_QUEUES 256u
+
+struct blk_opts {
+    const char *socket_path;
+    int fd;
+    const char *file;
+    uint64_t ram;
+    unsigned num_queues;
+    unsigned queue_size_max;
+    bool read_only;
+    uint64_t shm_size;
+    const char *shm_file;
+    const char *control_path;
+    bool state_includes_ram;
+    uint64_t protocol_mask;
+};
+
+struct blk_dev {
+    struct blk_opts o;
+    int disk_fd;
+    bool disk_is_ram;
+    uint64_t capacity; /* sectors */
+    uint8_t writeback;
+    uint64_t features, protocol_features; /* offered */
+    int shm_fd;
+
+    /* per connection */
+    struct vuf_server *srv;
+    uint64_t acked_features, acked_protocol;
+    uint8_t status;
+    struct be_mem mem;
+    struct be_vq *vqs;
+    unsigned nq;
+    struct blk_xfer *xfer;
+    int xfer_result; /* of the last finished transfer, 0 = success */
+    bool xfer_is_load;
+
+    struct be_breq_slot slot;
+    struct be_control *control;
+};
+
+/* blk_io.c: process every available request of a ready queue, then
+ * interrupt the driver if it wants to hear. */
+void blk_process_vq(struct blk_dev *d, struct be_vq *vq);
+
+#endif

@@ -1,0 +1,326 @@
+/* SPDX-License-Identifier: MIT */
+/* Device side of a split virtqueue. See vring.h. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "vring.h"
+#include "vuf/log.h"
+
+/* Byte sizes of the three parts (virtio 1.2 §2.7, "Virtqueue Layout"),
+ * including used_event / avail_event: a driver always allocates them. */
+static uint64_t desc_bytes(uint32_t num)
+{
+    return 16ull * num;
+}
+static uint64_t avail_bytes(uint32_t num)
+{
+    return 6ull + 2ull * num;
+}
+static uint64_t used_bytes(uint32_t num)
+{
+    return 6ull + 8ull * num;
+}
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+}
+
+int be_vq_init(struct be_vq *vq, unsigned index, unsigned max_segs)
+{
+    memset(vq, 0, sizeof(*vq));
+    vq->index = index;
+    vq->kick_fd = vq->call_fd = vq->err_fd = -1;
+    vq->max_segs = max_segs;
+    vq->seg_buf = calloc(max_segs, sizeof(*vq->seg_buf));
+    return vq->seg_buf ? 0 : -ENOMEM;
+}
+
+void be_vq_destroy(struct be_vq *vq)
+{
+    be_vq_reset(vq);
+    free(vq->seg_buf);
+    vq->seg_buf = NULL;
+}
+
+void be_vq_reset(struct be_vq *vq)
+{
+    close_fd(&vq->kick_fd);
+    close_fd(&vq->call_fd);
+    close_fd(&vq->err_fd);
+    vq->num = 0;
+    memset(&vq->addr, 0, sizeof(vq->addr));
+    vq->addr_set = false;
+    vq->translated = false;
+    vq->desc = NULL;
+    vq->avail = NULL;
+    vq->used = NULL;
+    vq->last_avail = 0;
+    vq->used_idx = 0;
+    vq->used_idx_valid = false;
+    vq->event_idx = false;
+    vq->started = vq->enabled = vq->polling = vq->broken = vq->pending = false;
+}
+
+void be_vq_set_kick(struct be_vq *vq, int fd)
+{
+    close_fd(&vq->kick_fd);
+    vq->kick_fd = fd;
+}
+
+void be_vq_set_call(struct be_vq *vq, int fd)
+{
+    close_fd(&vq->call_fd);
+    vq->call_fd = fd;
+}
+
+void be_vq_set_err(struct be_vq *vq, int fd)
+{
+    close_fd(&vq->err_fd);
+    vq->err_fd = fd;
+}
+
+int be_vq_translate(struct be_vq *vq, const struct be_mem *mem)
+{
+    void *d, *a, *u;
+
+    vq->translated = false;
+    vq->mem_gen = mem->generation;
+    if (!vq->addr_set || vq->num == 0)
+        return -EFAULT;
+    d = be_mem_uva_to_host(mem, vq->addr.desc, desc_bytes(vq->num));
+    a = be_mem_uva_to_host(mem, vq->addr.avail, avail_bytes(vq->num));
+    u = be_mem_uva_to_host(mem, vq->addr.used, used_bytes(vq->num));
+    if (!d || !a || !u) {
+        vuf_log(VUF_LOG_ERROR,
+                "vq %u: ring outside front-end memory (desc 0x%llx%s, avail 0x%llx%s, "
+                "used 0x%llx%s, size %u)",
+                vq->index, (unsigned long long)vq->addr.desc, d ? "" : " BAD",
+                (unsigned long long)vq->addr.avail, a ? "" : " BAD",
+                (unsigned long long)vq->addr.used, u ? "" : " BAD", vq->num);
+        return -EFAULT;
+    }
+    /* The decoder checked the front-end's addresses; a region whose
+     * userspace_addr and mmap_offset disagree in alignment could still
+     * give us misaligned host pointers, and the index atomics need them
+     * aligned. */
+    if ((uintptr_t)a % 2 || (uintptr_t)u % 4) {
+        vuf_log(VUF_LOG_ERROR, "vq %u: ring misaligned in our mapping of its region",
+                vq->index);
+        return -EFAULT;
+    }
+    vq->desc = d;
+    vq->avail = a;
+    vq->used = u;
+    vq->translated = true;
+    return 0;
+}
+
+bool be_vq_ready(struct be_vq *vq, const struct be_mem *mem)
+{
+    if (!vq->started || !vq->enabled || vq->broken)
+        return false;
+    if (!vq->translated || vq->mem_gen != mem->generation) {
+        /* Memory changed under the ring (ADD/REM_MEM_REG, a new table):
+         * the old pointers may be unmapped. */
+        if (vq->mem_gen == mem->generation)
+            return false; /* already failed with this memory */
+        if (be_vq_translate(vq, mem) < 0)
+            return false;
+    }
+    if (!vq->used_idx_valid) {
+        /* Split rings keep the used index in memory only (spec, "SET_VRING_BASE"). */
+        vq->used_idx = __atomic_load_n((uint16_t *)(vq->used + 2), __ATOMIC_ACQUIRE);
+        vq->used_idx_valid = true;
+    }
+    return true;
+}
+
+uint16_t be_vq_stop(struct be_vq *vq)
+{
+    vq->started = false;
+    vq->polling = false;
+    vq->used_idx_valid = false;
+    close_fd(&vq->kick_fd);
+    return vq->last_avail;
+}
+
+static void mark_broken(struct be_vq *vq, const char *why)
+{
+    vuf_log(VUF_LOG_ERROR, "vq %u: %s; queue stopped until it is set up again", vq->index,
+            why);
+    vq->broken = true;
+    be_vq_signal_err(vq);
+}
+
+static uint16_t avail_idx(const struct be_vq *vq)
+{
+    return __atomic_load_n(&vq->avail[1], __ATOMIC_ACQUIRE);
+}
+
+/* Read descriptor i of the table at gpa `table` (indirect) or of the ring. */
+static int read_desc(const struct be_vq *vq, const struct be_mem *mem, uint64_t table,
+                     bool indirect, uint32_t i, struct be_desc *out)
+{
+    if (!indirect) {
+        memcpy(out, &vq->desc[i], sizeof(*out));
+        return 0;
+    }
+    return be_mem_read(mem, table + 16ull * i, out, sizeof(*out));
+}
+
+int be_vq_pop(struct be_vq *vq, const struct be_mem *mem, struct be_chain *c)
+{
+    uint16_t avail = avail_idx(vq);
+    uint16_t pending = (uint16_t)(avail - vq->last_avail);
+    uint64_t table = 0;
+    bool indirect = false, seen_write = false;
+    uint32_t table_len = vq->num, i, visited = 0;
+    struct be_desc d;
+    const char *err = NULL;
+
+    c->segs = vq->seg_buf;
+    c->nout = c->nin = 0;
+    c->out_bytes = c->in_bytes = 0;
+    if (pending == 0)
+        return 0;
+    if (pending > vq->num) {
+        mark_broken(vq, "avail->idx is more than the ring size ahead");
+        return -EPROTO;
+    }
+    /* avail_idx() was an acquire load: the ring entry is at least that new. */
+    c->head = __atomic_load_n(&vq->avail[2 + vq->last_avail % vq->num], __ATOMIC_RELAXED);
+    if (c->head >= vq->num) {
+        mark_broken(vq, "avail ring names a descriptor beyond the ring size");
+        return -EPROTO;
+    }
+    vq->last_avail++;
+
+    i = c->head;
+    read_desc(vq, mem, 0, false, i, &d);
+    if (d.flags & BE_DESC_F_INDIRECT) {
+        /* One table per chain, described by the head (virtio 1.2 §2.7.5.3). */
+        if (d.len == 0 || d.len % 16 != 0 || d.len / 16 > BE_VQ_MAX_SIZE) {
+            err = "bad indirect table length";
+            goto bad;
+        }
+        if (!be_mem_gpa_to_host(mem, d.addr, d.len)) {
+            err = "indirect table outside guest memory";
+            goto bad;
+        }
+        indirect = true;
+        table = d.addr;
+        table_len = d.len / 16;
+        i = 0;
+        if (read_desc(vq, mem, table, true, i, &d) < 0) {
+            err = "indirect table unreadable";
+            goto bad;
+        }
+    }
+    for (;;) {
+        if (++visited > table_len) {
+            err = "descriptor loop";
+            goto bad;
+        }
+        if (d.flags & BE_DESC_F_INDIRECT) {
+            err = indirect ? "nested indirect descriptor" : "indirect descriptor inside a chain";
+            goto bad;
+        }
+        if (c->nout + c->nin >= vq->max_segs) {
+            err = "chain longer than seg_max allows";
+            goto bad;
+        }
+        if (d.flags & BE_DESC_F_WRITE) {
+            seen_write = true;
+            c->segs[c->nout + c->nin++] = (struct be_seg){d.addr, d.len};
+            c->in_bytes += d.len;
+        } else {
+            if (seen_write) {
+                err = "device-readable descriptor after a writable one";
+                goto bad;
+            }
+            c->segs[c->nout++] = (struct be_seg){d.addr, d.len};
+            c->out_bytes += d.len;
+        }
+        if (!(d.flags & BE_DESC_F_NEXT))
+            break;
+        i = d.next;
+        if (i >= table_len) {
+            err = "next index beyond the table";
+            goto bad;
+        }
+        if (read_desc(vq, mem, table, indirect, i, &d) < 0) {
+            err = "indirect table unreadable";
+            goto bad;
+        }
+    }
+    return 1;
+
+bad:
+    vuf_log(VUF_LOG_ERROR, "vq %u: chain at head %u: %s; returned with length 0", vq->index,
+            c->head, err);
+    be_vq_signal_err(vq);
+    c->nout = c->nin = 0;
+    c->out_bytes = c->in_bytes = 0;
+    return -EBADMSG;
+}
+
+void be_vq_push(struct be_vq *vq, uint16_t head, uint32_t len)
+{
+    uint8_t *elem = vq->used + 4 + 8u * (vq->used_idx % vq->num);
+    uint32_t id = head;
+
+    memcpy(elem, &id, 4);
+    memcpy(elem + 4, &len, 4);
+    vq->used_idx++;
+    /* The element must be visible before the index that publishes it. */
+    __atomic_store_n((uint16_t *)(vq->used + 2), vq->used_idx, __ATOMIC_RELEASE);
+    __atomic_fetch_add(&vq->completed, 1, __ATOMIC_RELAXED);
+}
+
+bool be_vq_more(struct be_vq *vq)
+{
+    if (vq->event_idx) {
+        uint16_t *avail_event = (uint16_t *)(vq->used + 4 + 8u * vq->num);
+        __atomic_store_n(avail_event, vq->last_avail, __ATOMIC_RELAXED);
+        /* Publish avail_event before looking at avail->idx again, or a
+         * kick the driver suppresses because of the old value is lost. */
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    }
+    return avail_idx(vq) != vq->last_avail;
+}
+
+void be_vq_notify(struct be_vq *vq, uint16_t old_used)
+{
+    uint16_t now = vq->used_idx;
+    bool fire;
+
+    if (now == old_used || vq->call_fd < 0)
+        return;
+    /* used->idx is stored; order it before reading the driver's wishes. */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (vq->event_idx) {
+        uint16_t used_event = __atomic_load_n(&vq->avail[2 + vq->num], __ATOMIC_RELAXED);
+        /* virtio 1.2 §2.7.10: notify iff used_event lies in (old, now]. */
+        fire = (uint16_t)(now - used_event - 1) < (uint16_t)(now - old_used);
+    } else {
+        fire = !(__atomic_load_n(&vq->avail[0], __ATOMIC_RELAXED) & BE_AVAIL_F_NO_INTERRUPT);
+    }
+    if (fire) {
+        uint64_t one = 1;
+        if (write(vq->call_fd, &one, sizeof(one)) < 0)
+            vuf_log(VUF_LOG_DEBUG, "vq %u: call eventfd write failed", vq->index);
+    }
+}
+
+void be_vq_signal_err(struct be_vq *vq)
+{
+    uint64_t one = 1;
+
+    if (vq->err_fd >= 0 && write(vq->err_fd, &one, sizeof(one)) < 0)
+        vuf_log(VUF_LOG_DEBUG, "vq %u: err eventfd write failed", vq->index);
+}

@@ -1,0 +1,141 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * backend/vring.h - the device side of a split virtqueue (virtio 1.2
+ * §2.7) in front-end memory: pop descriptor chains from the available
+ * ring, push completions to the used ring, decide when to interrupt.
+ *
+ * Ring state follows the vhost-user spec ("Ring states"): a ring is
+ * *started* by SET_VRING_KICK (an fd, or NOFD for polling) and *stopped* by
+ * GET_VRING_BASE; it is *enabled* by SET_VRING_ENABLE (or by SET_FEATURES
+ * without PROTOCOL_FEATURES). Only a started, enabled ring whose addresses
+ * translate is processed.
+ *
+ * Trust: the ring lives in memory the front-end (the "guest") controls and
+ * may change at any time. Every index, length and address read from it is
+ * checked before use and every descriptor is copied before it is
+ * interpreted. A structurally impossible ring (avail->idx more than `num`
+ * ahead, a head index out of range) marks the queue broken: it stops until
+ * it is set up again (SET_VRING_ADDR/BASE/KICK), the error is logged and
+ * the err eventfd signalled. A malformed chain (loop, bad indirect table,
+ * readable after writable, too long) is returned to the driver with used
+ * length 0 and logged.
+ *
+ * Thread-safety: none; one thread (the back-end's main loop) owns a queue.
+ */
+#ifndef VUF_BACKEND_VRING_H
+#define VUF_BACKEND_VRING_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "mem.h"
+#include "vuf/wire.h"
+
+/* virtio 1.2 §2.7.5 */
+#define BE_DESC_F_NEXT 1u
+#define BE_DESC_F_WRITE 2u
+#define BE_DESC_F_INDIRECT 4u
+#define BE_AVAIL_F_NO_INTERRUPT 1u
+#define BE_VQ_MAX_SIZE 32768u
+
+struct be_desc {
+    uint64_t addr;
+    uint32_t len;
+    uint16_t flags;
+    uint16_t next;
+};
+
+/* One buffer segment of a chain, as the driver described it (GPA). */
+struct be_seg {
+    uint64_t gpa;
+    uint32_t len;
+};
+
+/* A popped chain: segs[0..nout) device-readable, then segs[nout..nout+nin)
+ * device-writable. */
+struct be_chain {
+    uint16_t head;
+    unsigned nout, nin;
+    uint64_t out_bytes, in_bytes;
+    struct be_seg *segs; /* capacity: the queue's max_segs */
+};
+
+struct be_vq {
+    unsigned index;
+    uint32_t num; /* 0 until SET_VRING_NUM */
+    struct vuf_vring_addr addr;
+    bool addr_set;
+
+    /* Host pointers for addr, valid while mem_gen == mem->generation. */
+    uint64_t mem_gen;
+    bool translated;
+    struct be_desc *desc;
+    uint16_t *avail; /* flags, idx, ring[num], used_event */
+    uint8_t *used;   /* flags, idx, ring[num] {u32 id; u32 len}, avail_event */
+
+    uint16_t last_avail; /* next avail index to process (SET/GET_VRING_BASE) */
+    uint16_t used_idx;   /* shadow of used->idx */
+    bool used_idx_valid;
+    bool event_idx; /* VIRTIO_RING_F_EVENT_IDX negotiated */
+
+    int kick_fd, call_fd, err_fd; /* owned; -1 = none */
+    bool started, enabled, polling, broken;
+    bool pending; /* a pass stopped at its budget with work left */
+
+    unsigned max_segs;
+    struct be_seg *seg_buf; /* max_segs entries, owned */
+
+    /* Device-lifetime counters, read by other threads (relaxed atomics). */
+    uint64_t completed, bytes_read, bytes_written;
+};
+
+/* Set up a queue; max_segs bounds a chain (the seg_max the device
+ * advertises plus header and status). 0 or -ENOMEM. */
+int be_vq_init(struct be_vq *vq, unsigned index, unsigned max_segs);
+/* Free what be_vq_init allocated and close the fds. */
+void be_vq_destroy(struct be_vq *vq);
+/* Back to "never set up" (fds closed, stopped, disabled, next avail index
+ * 0); the counters are kept. */
+void be_vq_reset(struct be_vq *vq);
+
+/* Replace one of the eventfds (ownership of fd passes; -1 for none). */
+void be_vq_set_kick(struct be_vq *vq, int fd);
+void be_vq_set_call(struct be_vq *vq, int fd);
+void be_vq_set_err(struct be_vq *vq, int fd);
+
+/* Translate the ring addresses (front-end VAs) with the current memory.
+ * 0, or -EFAULT (logged) when a part of the ring is outside memory or the
+ * size is not set. */
+int be_vq_translate(struct be_vq *vq, const struct be_mem *mem);
+
+/* Started, enabled, not broken, and translatable with the current memory
+ * (re-translates after a memory change). */
+bool be_vq_ready(struct be_vq *vq, const struct be_mem *mem);
+
+/* Stop: not started, kick fd closed. Returns the next avail index. */
+uint16_t be_vq_stop(struct be_vq *vq);
+
+/*
+ * Pop the next chain into *c (c->segs is set to the queue's buffer).
+ * Returns 1 with a chain, 0 when the ring is empty, -EBADMSG for a
+ * malformed chain (c->head is valid: push it with length 0), -EPROTO when
+ * the ring turned broken.
+ */
+int be_vq_pop(struct be_vq *vq, const struct be_mem *mem, struct be_chain *c);
+
+/* Put {head, len} on the used ring and publish the new used->idx. */
+void be_vq_push(struct be_vq *vq, uint16_t head, uint32_t len);
+
+/* With EVENT_IDX: publish avail_event = last_avail, then re-check the
+ * ring. True if more chains are available (call be_vq_pop again). */
+bool be_vq_more(struct be_vq *vq);
+
+/* Interrupt the driver (call eventfd) if the used index moved past
+ * `old_used` and the driver wants to hear about it (used_event with
+ * EVENT_IDX, else the NO_INTERRUPT flag). */
+void be_vq_notify(struct be_vq *vq, uint16_t old_used);
+
+/* Signal the err eventfd, if any. */
+void be_vq_signal_err(struct be_vq *vq);
+
+#endif
