@@ -196,6 +196,29 @@ static int fe_read_config(struct vuf_device *d, uint64_t offset, void *data, siz
     }
     if (len == 0)
         return 0;
+    /*
+     * libvhost-user up to QEMU 7.2 (qemu-storage-daemon, virtiofsd and
+     * vhost-user-gpu as Debian 12 ships them) ignores the offset of
+     * GET_CONFIG and always returns the config from byte 0; QEMU's own
+     * front-end never notices because it reads the whole config at once.
+     * So a window that fits one message is read from offset 0 and cut out
+     * here, which is correct for every back-end.
+     */
+    if (offset + len <= VUF_CONFIG_MAX) {
+        uint32_t whole = (uint32_t)(offset + len);
+
+        tmp = malloc(whole);
+        if (!tmp)
+            return -ENOMEM;
+        r = vuf_client_get_config(fe->client, 0, VUF_CONFIG_FLAG_WRITABLE, tmp, whole);
+        if (r < 0)
+            vuf_log(VUF_LOG_ERROR, "%s: failed to read config 0x%llx+%zu: %s", fe->label,
+                    (unsigned long long)offset, len, vuf_strerror(r));
+        else
+            memcpy(data, tmp + offset, len);
+        free(tmp);
+        return r;
+    }
     /* Read into a scratch buffer: the caller's stays untouched on error. */
     tmp = malloc(len);
     if (!tmp)
@@ -524,6 +547,14 @@ static int fe_activate(struct vuf_device *d, const struct vuf_guest_mem *mem,
         r = activate_vring(fe, mem, i, q, call_fd);
         if (r < 0)
             goto fail;
+    }
+    /* Only an active device reports a crash (a failed activation reports
+     * its error); a hang-up during activation is still seen now. */
+    r = fe_worker_watch_backend(fe);
+    if (r < 0) {
+        vuf_log(VUF_LOG_ERROR, "%s: cannot watch the back-end socket: %s", fe->label,
+                vuf_strerror(r));
+        goto fail;
     }
     fe->active = true;
     return 0;

@@ -393,14 +393,11 @@ int fe_worker_start(struct vuf_frontend *fe, int non_msix_fd)
     if (w->main_fd < 0)
         goto fail_errno;
 
+    /* The main socket's hang-up watch is added by fe_worker_watch_backend()
+     * once activation succeeded. */
     r = add_fd(w->epfd, w->stop_fd, EPOLLIN, TOK_STOP);
     if (!r)
         r = add_fd(w->epfd, w->non_msix_fd, EPOLLIN, TOK_NON_MSIX);
-    /* No read interest: the main socket belongs to the caller's thread; we
-     * only want to hear that the peer hung up (HUP/ERR are always
-     * reported). */
-    if (!r)
-        r = add_fd(w->epfd, w->main_fd, EPOLLRDHUP, TOK_MAIN);
     if (!r && fe->breq)
         r = add_fd(w->epfd, vuf_server_fd(fe->breq), EPOLLIN | EPOLLRDHUP, TOK_BREQ);
     if (r)
@@ -431,6 +428,19 @@ fail:
     vuf_log(VUF_LOG_ERROR, "%s: cannot start the worker: %s", fe->label, vuf_strerror(r));
     worker_free(w);
     return r;
+}
+
+int fe_worker_watch_backend(struct vuf_frontend *fe)
+{
+    struct fe_worker *w = fe->worker;
+
+    if (!w)
+        return -EINVAL;
+    /* No read interest: the main socket belongs to the caller's thread; we
+     * only want to hear that the peer hung up (HUP/ERR are always
+     * reported). Level-triggered, so a hang-up that came during activation
+     * is reported at once. epoll_ctl is safe while the worker waits. */
+    return add_fd(w->epfd, w->main_fd, EPOLLRDHUP, TOK_MAIN);
 }
 
 void fe_worker_stop(struct vuf_frontend *fe)
