@@ -103,6 +103,14 @@ void fe_breq_handlers(struct vuf_frontend *fe, struct vuf_server_config *cfg);
  */
 int fe_worker_start(struct vuf_frontend *fe, int non_msix_fd);
 
+/*
+ * Start watching the main socket for a hang-up (reported as
+ * VUF_DEVICE_EVENT_CRASHED). Called when activation has succeeded, so that
+ * a back-end that dies during a failed activate/wake is reported only by
+ * that call's error. 0 or a negative errno.
+ */
+int fe_worker_watch_backend(struct vuf_frontend *fe);
+
 /* Stop and join the worker (if any), close its fds, give fe->breq back. */
 void fe_worker_stop(struct vuf_frontend *fe);
 
