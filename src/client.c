@@ -131,6 +131,16 @@ static int client_call(struct vuf_client *c, uint32_t code, const void *payload,
     return 1;
 }
 
+/* A u64 status from the back-end: 0 is success, anything else -EIO. */
+static int status_result(uint32_t code, uint64_t v)
+{
+    if (v == 0)
+        return 0;
+    vuf_log(VUF_LOG_WARN, "client: %s: back-end reported failure 0x%llx",
+            vuf_request_name(code), (unsigned long long)v);
+    return -EIO;
+}
+
 /* A request whose reply, if any, is a u64 status: 0 success, else -EIO.
  * Used for the "ack" rows and for SET_LOG_BASE. */
 static int call_status(struct vuf_client *c, uint32_t code, const void *payload, uint32_t size,
@@ -145,12 +155,7 @@ static int call_status(struct vuf_client *c, uint32_t code, const void *payload,
     if (vuf_decode_u64(&reply, &v) < 0)
         return bad_reply(code, &reply, "undecodable u64");
     vuf_msg_close_fds(&reply); /* none allowed by the shape check; belt and braces */
-    if (v != 0) {
-        vuf_log(VUF_LOG_WARN, "client: %s: back-end reported failure 0x%llx",
-                vuf_request_name(code), (unsigned long long)v);
-        return -EIO;
-    }
-    return 0;
+    return status_result(code, v);
 }
 
 /* A request that always gets a reply: 0 with *reply filled, or an error. */
@@ -361,12 +366,7 @@ int vuf_client_set_log_base(struct vuf_client *c, uint64_t size, uint64_t offset
     if (vuf_decode_u64(&reply, &v) < 0)
         return bad_reply(VUF_REQ_SET_LOG_BASE, &reply, "undecodable u64");
     vuf_msg_close_fds(&reply);
-    if (v != 0) {
-        vuf_log(VUF_LOG_WARN, "client: SET_LOG_BASE: back-end reported failure 0x%llx",
-                (unsigned long long)v);
-        return -EIO;
-    }
-    return 0;
+    return status_result(VUF_REQ_SET_LOG_BASE, v);
 }
 
 int vuf_client_set_log_fd(struct vuf_client *c, int fd)
@@ -570,12 +570,7 @@ int vuf_client_postcopy_end(struct vuf_client *c)
 
     if (r < 0)
         return r;
-    if (v != 0) {
-        vuf_log(VUF_LOG_WARN, "client: POSTCOPY_END: back-end reported failure 0x%llx",
-                (unsigned long long)v);
-        return -EIO;
-    }
-    return 0;
+    return status_result(VUF_REQ_POSTCOPY_END, v);
 }
 
 int vuf_client_get_inflight_fd(struct vuf_client *c, uint16_t num_queues,
@@ -747,12 +742,7 @@ int vuf_client_check_device_state(struct vuf_client *c)
 
     if (r < 0)
         return r;
-    if (v != 0) {
-        vuf_log(VUF_LOG_WARN, "client: CHECK_DEVICE_STATE: back-end reported failure 0x%llx",
-                (unsigned long long)v);
-        return -EIO;
-    }
-    return 0;
+    return status_result(VUF_REQ_CHECK_DEVICE_STATE, v);
 }
 
 int vuf_client_get_shmem_config(struct vuf_client *c, struct vuf_shmem_config *out)

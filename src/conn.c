@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "deadline.h"
 #include "vuf/conn.h"
 #include "vuf/log.h"
 
@@ -32,44 +33,6 @@ struct vuf_conn {
 /* Control buffer for VUF_MAX_FDS fds: the kernel sets MSG_CTRUNC (and
  * still installs the fds that fit) when a peer sends more. */
 #define CMSG_FD_SPACE CMSG_SPACE(sizeof(int) * VUF_MAX_FDS)
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t deadline_for(int timeout_ms)
-{
-    return timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
-}
-
-/* Wait for `events` on fd until the deadline. 0 when ready, -ETIMEDOUT,
- * or another negative errno. POLLHUP/POLLERR count as ready: the following
- * read or write reports what happened. */
-static int wait_fd(int fd, short events, int64_t deadline)
-{
-    for (;;) {
-        struct pollfd p = {.fd = fd, .events = events};
-        int left = -1;
-        int r;
-
-        if (deadline >= 0) {
-            int64_t d = deadline - now_ms();
-            if (d <= 0)
-                d = 0;
-            left = d > 1000000 ? 1000000 : (int)d;
-        }
-        r = poll(&p, 1, left);
-        if (r > 0)
-            return 0;
-        if (r == 0)
-            return -ETIMEDOUT;
-        if (errno != EINTR)
-            return -errno;
-    }
-}
 
 static int new_conn(int fd, struct vuf_conn **out)
 {
@@ -99,7 +62,7 @@ static int fill_addr(const char *path, struct sockaddr_un *sa)
 int vuf_conn_connect(const char *path, int connect_timeout_ms, struct vuf_conn **out)
 {
     struct sockaddr_un sa;
-    int64_t deadline = now_ms() + (connect_timeout_ms > 0 ? connect_timeout_ms : 0);
+    int64_t deadline = vuf_now_ms() + (connect_timeout_ms > 0 ? connect_timeout_ms : 0);
     int ret = fill_addr(path, &sa);
 
     if (ret)
@@ -122,7 +85,7 @@ int vuf_conn_connect(const char *path, int connect_timeout_ms, struct vuf_conn *
         /* The socket file appears at bind(), slightly before listen(): a
          * back-end still starting looks like ENOENT or ECONNREFUSED. */
         if ((ret != -ENOENT && ret != -ECONNREFUSED && ret != -EAGAIN) ||
-            now_ms() >= deadline)
+            vuf_now_ms() >= deadline)
             break;
         usleep(2000);
     }
@@ -157,7 +120,7 @@ int vuf_listen(const char *path, int *listen_fd)
 
 int vuf_conn_accept(int listen_fd, int timeout_ms, struct vuf_conn **out)
 {
-    int ret = wait_fd(listen_fd, POLLIN, deadline_for(timeout_ms));
+    int ret = vuf_poll_fd(listen_fd, POLLIN, vuf_deadline(timeout_ms));
     int fd;
 
     if (ret)
@@ -257,7 +220,7 @@ int vuf_conn_send(struct vuf_conn *c, const struct vuf_msg *m)
     } ctl;
     struct iovec iov[2];
     size_t total, sent = 0;
-    int64_t deadline = deadline_for(c->timeout_ms);
+    int64_t deadline = vuf_deadline(c->timeout_ms);
 
     if (m->nfds > VUF_MAX_FDS)
         return -E2BIG;
@@ -307,7 +270,7 @@ int vuf_conn_send(struct vuf_conn *c, const struct vuf_msg *m)
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            int w = wait_fd(c->fd, POLLOUT, deadline);
+            int w = vuf_poll_fd(c->fd, POLLOUT, deadline);
             if (w)
                 return w;
             continue;
@@ -384,7 +347,7 @@ static int read_full(struct vuf_conn *c, uint8_t *buf, size_t len, struct vuf_ms
             if (errno == EINTR)
                 continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                ret = wait_fd(c->fd, POLLIN, deadline);
+                ret = vuf_poll_fd(c->fd, POLLIN, deadline);
                 if (ret)
                     return ret;
                 continue;
@@ -416,7 +379,7 @@ static int read_full(struct vuf_conn *c, uint8_t *buf, size_t len, struct vuf_ms
 int vuf_conn_recv(struct vuf_conn *c, struct vuf_msg *m)
 {
     uint8_t hdr[VUF_HDR_SIZE];
-    int64_t deadline = deadline_for(c->timeout_ms);
+    int64_t deadline = vuf_deadline(c->timeout_ms);
     int ret;
 
     m->nfds = 0;

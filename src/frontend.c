@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "deadline.h"
 #include "frontend_internal.h"
 #include "vuf/log.h"
 #include "vuf/virtio.h"
@@ -74,27 +75,6 @@ static bool conn_broken(int r)
     default:
         return false;
     }
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Milliseconds left until `deadline` (negative deadline: forever, -1). */
-static int ms_left(int64_t deadline)
-{
-    int64_t d;
-
-    if (deadline < 0)
-        return -1;
-    d = deadline - now_ms();
-    if (d <= 0)
-        return 0;
-    return d > INT_MAX ? INT_MAX : (int)d;
 }
 
 int vuf_queue_reclaim(struct vuf_queue *q, const struct vuf_guest_mem *mem, uint32_t base)
@@ -646,28 +626,12 @@ static int64_t state_deadline(const struct vuf_frontend *fe)
 
     if (t < 0)
         return -1;
-    return now_ms() + (t ? t : VUF_FRONTEND_STATE_TIMEOUT_MS);
+    return vuf_now_ms() + (t ? t : VUF_FRONTEND_STATE_TIMEOUT_MS);
 }
 
 static size_t state_max(const struct vuf_frontend *fe)
 {
     return fe->cfg.max_state_size ? fe->cfg.max_state_size : VUF_FRONTEND_STATE_MAX_SIZE;
-}
-
-/* Wait for `events` on fd until the deadline: 0, -ETIMEDOUT or -errno. */
-static int wait_io(int fd, short events, int64_t deadline)
-{
-    for (;;) {
-        struct pollfd p = {.fd = fd, .events = events};
-        int r = poll(&p, 1, ms_left(deadline));
-
-        if (r > 0)
-            return 0;
-        if (r == 0)
-            return -ETIMEDOUT;
-        if (errno != EINTR)
-            return -errno;
-    }
 }
 
 /*
@@ -698,7 +662,7 @@ static int read_to_eof(int fd, int64_t deadline, size_t max, size_t room, uint8_
             b = nb;
             cap = ncap;
         }
-        r = wait_io(fd, POLLIN, deadline);
+        r = vuf_poll_fd(fd, POLLIN, deadline);
         if (r < 0)
             goto fail;
         got = read(fd, b + room + n, cap - room - n);
@@ -761,7 +725,7 @@ static int write_all(int fd, bool own, const uint8_t *buf, size_t len, int64_t d
 
     while (len) {
         ssize_t n;
-        int r = wait_io(fd, POLLOUT, deadline);
+        int r = vuf_poll_fd(fd, POLLOUT, deadline);
 
         if (r < 0)
             return r;

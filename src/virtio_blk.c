@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "deadline.h"
 #include "vuf/log.h"
 #include "vuf/virtio_blk.h"
 
@@ -477,26 +478,6 @@ int vuf_blk_reap(struct vuf_blk *blk, struct vuf_blk_req **done)
     }
 }
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int remaining_ms(int64_t deadline)
-{
-    int64_t left;
-
-    if (deadline < 0)
-        return -1;
-    left = deadline - now_ms();
-    if (left <= 0)
-        return 0;
-    return left > 1000000 ? 1000000 : (int)left;
-}
-
 static int wait_ring(struct vuf_blk *blk, int timeout_ms)
 {
     if (blk->busy_poll)
@@ -506,14 +487,14 @@ static int wait_ring(struct vuf_blk *blk, int timeout_ms)
 
 int vuf_blk_wait(struct vuf_blk *blk, int timeout_ms, struct vuf_blk_req **done)
 {
-    int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+    int64_t deadline = vuf_deadline(timeout_ms);
 
     for (;;) {
         int r = vuf_blk_reap(blk, done);
 
         if (r != -EAGAIN)
             return r;
-        r = wait_ring(blk, remaining_ms(deadline));
+        r = wait_ring(blk, vuf_ms_left(deadline));
         if (r < 0)
             return r;
     }
@@ -538,7 +519,7 @@ uint32_t vuf_blk_req_used_len(const struct vuf_blk_req *req)
 
 int vuf_blk_exec(struct vuf_blk *blk, struct vuf_blk_req *req, int timeout_ms)
 {
-    int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+    int64_t deadline = vuf_deadline(timeout_ms);
     int r = vuf_blk_submit(blk, req, 0);
 
     if (r < 0)
@@ -556,7 +537,7 @@ int vuf_blk_exec(struct vuf_blk *blk, struct vuf_blk_req *req, int timeout_ms)
         }
         if (r != -EAGAIN)
             return r;
-        r = wait_ring(blk, remaining_ms(deadline));
+        r = wait_ring(blk, vuf_ms_left(deadline));
         if (r == -ETIMEDOUT)
             req->state = RQ_ORPHAN;
         if (r < 0)

@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "deadline.h"
 #include "vuf/log.h"
 #include "vuf/virtq.h"
 
@@ -628,14 +629,6 @@ int vuf_virtq_get_used(struct vuf_virtq *vq, void **cookie, uint32_t *len)
     return 0;
 }
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void drain_eventfd(int fd)
 {
     uint64_t v;
@@ -646,11 +639,11 @@ static void drain_eventfd(int fd)
 
 int vuf_virtq_wait(struct vuf_virtq *vq, int timeout_ms)
 {
-    int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+    int64_t deadline = vuf_deadline(timeout_ms);
 
     for (;;) {
         struct pollfd pfd;
-        int remaining = -1, r;
+        int r;
 
         if (vq->broken)
             return -EPROTO;
@@ -660,20 +653,15 @@ int vuf_virtq_wait(struct vuf_virtq *vq, int timeout_ms)
             return -EBADF;
         if (vuf_virtq_enable_cb(vq))
             return 0;
-        if (deadline >= 0) {
-            int64_t left = deadline - now_ms();
-
-            remaining = left > 0 ? (left > 1000000 ? 1000000 : (int)left) : 0;
-        }
         pfd = (struct pollfd){.fd = vq->call_fd, .events = POLLIN};
-        r = poll(&pfd, 1, remaining);
+        r = poll(&pfd, 1, vuf_ms_left(deadline));
         if (r < 0) {
             if (errno == EINTR)
                 continue;
             return -errno;
         }
         if (r == 0) {
-            if (deadline >= 0 && now_ms() >= deadline)
+            if (deadline >= 0 && vuf_now_ms() >= deadline)
                 return vuf_virtq_has_used(vq) ? 0 : -ETIMEDOUT;
             continue;
         }
@@ -697,14 +685,14 @@ static inline void cpu_relax(void)
 
 int vuf_virtq_wait_busy(struct vuf_virtq *vq, int timeout_ms)
 {
-    int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+    int64_t deadline = vuf_deadline(timeout_ms);
 
     for (unsigned spins = 0;; spins++) {
         if (vq->broken)
             return -EPROTO;
         if (vuf_virtq_has_used(vq))
             return 0;
-        if ((spins & 1023) == 1023 && deadline >= 0 && now_ms() >= deadline)
+        if ((spins & 1023) == 1023 && deadline >= 0 && vuf_now_ms() >= deadline)
             return vuf_virtq_has_used(vq) ? 0 : -ETIMEDOUT;
         cpu_relax();
     }
