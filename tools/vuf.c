@@ -17,6 +17,10 @@ static const struct {
 } commands[] = {
     {"probe", vuf_cmd_probe, vuf_probe_usage,
      "connect to a vhost-user back-end and report what it offers (read-only)"},
+    {"blk", vuf_cmd_blk, vuf_blk_usage,
+     "be the VMM of a vhost-user-blk back-end: read, write, verify, bench"},
+    {"demo", vuf_cmd_demo, vuf_demo_usage,
+     "walk the whole device life cycle against the reference back-end"},
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))

@@ -19,6 +19,14 @@
 int vuf_cmd_probe(int argc, char **argv);
 void vuf_probe_usage(FILE *f);
 
+/* `vuf blk SOCKET read|write|verify|bench ...` (blk.c). */
+int vuf_cmd_blk(int argc, char **argv);
+void vuf_blk_usage(FILE *f);
+
+/* `vuf demo` (demo.c). */
+int vuf_cmd_demo(int argc, char **argv);
+void vuf_demo_usage(FILE *f);
+
 /* ---- device config decoding (config_decode.c) ------------------------ */
 
 enum vuf_cfg_kind {

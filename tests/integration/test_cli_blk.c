@@ -1,0 +1,570 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * `vuf blk` and `vuf demo`, run as a user runs them:
+ *   - `vuf demo` (RAM disk in the device state, and shared-file disk):
+ *     exit 0 and the key lines of the life cycle in its log, no leftovers;
+ *   - `vuf blk write/verify/read/bench` against qemu-storage-daemon with a
+ *     file blockdev in a temp dir, the backing file checked on the host
+ *     against the documented pattern;
+ *   - `vuf blk bench` against the reference back-end (threads, busy-poll);
+ *   - usage and error exits.
+ *
+ * $VUF_TOOL and $VUF_BACKEND_BLK come from meson. Back-ends run in a
+ * fresh temp dir per test and are always reaped (tu_spawn / tu_stop).
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+#include "testutil.h"
+
+#define QSD "/usr/bin/qemu-storage-daemon"
+#define RUN_DEADLINE_MS 60000
+#define DISK_BYTES (16u << 20)
+
+static const char *tool;
+static const char *backend;
+
+/* ---- running vuf ------------------------------------------------------------ */
+
+struct run {
+    int status;
+    char out[256 * 1024];
+    char err[32 * 1024];
+};
+
+static long now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
+
+/* Append what fd has to buf; closes fd (and sets -1) at EOF. */
+static void pump(int *fd, char *buf, size_t cap, size_t *len)
+{
+    char tmp[8192];
+    ssize_t n = read(*fd, tmp, sizeof(tmp));
+
+    if (n < 0 && (errno == EINTR || errno == EAGAIN))
+        return;
+    if (n <= 0) {
+        close(*fd);
+        *fd = -1;
+        return;
+    }
+    if (*len + 1 < cap) {
+        size_t k = (size_t)n;
+        if (k > cap - 1 - *len)
+            k = cap - 1 - *len;
+        memcpy(buf + *len, tmp, k);
+        *len += k;
+        buf[*len] = '\0';
+    }
+}
+
+/* `vuf args...` with stdout and stderr captured; killed after the
+ * deadline; always reaped. r is heap-allocated by the caller. */
+static void run_vuf(struct run *r, const char *const *args)
+{
+    char *argv[40];
+    int po[2], pe[2], n = 0;
+    size_t ol = 0, el = 0;
+    long end = now_ms() + RUN_DEADLINE_MS;
+    pid_t pid;
+
+    r->status = -1;
+    r->out[0] = r->err[0] = '\0';
+    argv[n++] = (char *)tool;
+    while (args[n - 1] && n < 39) {
+        argv[n] = (char *)args[n - 1];
+        n++;
+    }
+    argv[n] = NULL;
+
+    assert_int_equal(pipe2(po, O_CLOEXEC), 0);
+    assert_int_equal(pipe2(pe, O_CLOEXEC), 0);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(po[1], STDOUT_FILENO);
+        dup2(pe[1], STDERR_FILENO);
+        execv(tool, argv);
+        _exit(127);
+    }
+    close(po[1]);
+    close(pe[1]);
+    while (po[0] >= 0 || pe[0] >= 0) {
+        struct pollfd p[2] = {{.fd = po[0], .events = POLLIN}, {.fd = pe[0], .events = POLLIN}};
+        long left = end - now_ms();
+
+        if (left <= 0) {
+            fprintf(stderr, "vuf still running after %d ms: killed\n", RUN_DEADLINE_MS);
+            kill(pid, SIGKILL);
+            break;
+        }
+        if (poll(p, 2, (int)left) < 0 && errno != EINTR)
+            break;
+        if (po[0] >= 0 && p[0].revents)
+            pump(&po[0], r->out, sizeof(r->out), &ol);
+        if (pe[0] >= 0 && p[1].revents)
+            pump(&pe[0], r->err, sizeof(r->err), &el);
+    }
+    if (po[0] >= 0)
+        close(po[0]);
+    if (pe[0] >= 0)
+        close(pe[0]);
+    while (waitpid(pid, &r->status, 0) < 0 && errno == EINTR)
+        ;
+    if (r->err[0])
+        fprintf(stderr, "[vuf stderr] %s", r->err);
+}
+
+static int exit_code(const struct run *r)
+{
+    if (WIFEXITED(r->status))
+        return WEXITSTATUS(r->status);
+    return 128 + WTERMSIG(r->status);
+}
+
+static struct run *new_run(void)
+{
+    struct run *r = malloc(sizeof(*r));
+
+    assert_non_null(r);
+    return r;
+}
+
+/* Run and require exit `code`; prints stdout to the test log. */
+static void expect(struct run *r, int code, const char *const *args)
+{
+    run_vuf(r, args);
+    printf("%s", r->out);
+    if (exit_code(r) != code)
+        fprintf(stderr, "vuf %s %s: exit %d, expected %d\n", args[0], args[1] ? args[1] : "",
+                exit_code(r), code);
+    assert_int_equal(exit_code(r), code);
+}
+
+static void assert_has(const char *hay, const char *needle)
+{
+    if (!strstr(hay, needle)) {
+        fprintf(stderr, "missing in output: '%s'\n", needle);
+        fail();
+    }
+}
+
+/* ---- the documented pattern (vuf blk --help) -------------------------------- */
+
+static uint64_t mix(uint64_t x)
+{
+    uint64_t z = x + 0x9e3779b97f4a7c15ull;
+
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static uint8_t pattern(uint64_t seed, uint64_t off)
+{
+    return (uint8_t)(mix(seed * 0x9e3779b97f4a7c15ull + off / 8) >> (8 * (off % 8)));
+}
+
+/* ---- fixtures --------------------------------------------------------------- */
+
+struct fixture {
+    char *dir;
+    struct tu_proc proc;
+    char sock[256];
+    char log[300];
+    char disk[300];
+};
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof(*f));
+
+    if (!f)
+        return -1;
+    f->proc.pid = -1;
+    f->dir = tu_mkdtemp("vuf-cli");
+    if (!f->dir) {
+        free(f);
+        return -1;
+    }
+    snprintf(f->sock, sizeof(f->sock), "%s/be.sock", f->dir);
+    snprintf(f->log, sizeof(f->log), "%s/be.log", f->dir);
+    snprintf(f->disk, sizeof(f->disk), "%s/disk.img", f->dir);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+
+    if (f->proc.pid > 0)
+        tu_stop(&f->proc);
+    tu_rmtree(f->dir);
+    free(f);
+    return 0;
+}
+
+static void spawn(struct fixture *f, char *const argv[])
+{
+    int r = tu_spawn(&f->proc, argv, f->log);
+
+    assert_int_equal(r, 0);
+    /* By file: qsd serves one client at a time; vuf retries connect(). */
+    r = tu_wait_socket_file(&f->proc, f->sock, 10000);
+    if (r) {
+        tu_dump_log(&f->proc);
+        fprintf(stderr, "%s did not create %s: %s\n", argv[0], f->sock, strerror(-r));
+    }
+    assert_int_equal(r, 0);
+}
+
+static void start_qsd_file(struct fixture *f)
+{
+    char bd[400], exp[400];
+    char *argv[] = {(char *)QSD, (char *)"--blockdev", bd, (char *)"--export", exp, NULL};
+    int fd = open(f->disk, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, DISK_BYTES), 0);
+    close(fd);
+    snprintf(bd, sizeof(bd), "driver=file,filename=%s,node-name=f0", f->disk);
+    snprintf(exp, sizeof(exp),
+             "type=vhost-user-blk,id=exp0,node-name=f0,addr.type=unix,addr.path=%s,"
+             "writable=on,num-queues=2",
+             f->sock);
+    spawn(f, argv);
+}
+
+/* Temp dirs the demo may have left under dir (it must leave none). */
+static int count_demo_dirs(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int n = 0;
+
+    if (!d)
+        return 0;
+    while ((e = readdir(d)))
+        if (strncmp(e->d_name, "vuf-demo.", 9) == 0)
+            n++;
+    closedir(d);
+    return n;
+}
+
+/* ---- vuf demo --------------------------------------------------------------- */
+
+/* Run the demo with TMPDIR = the fixture's dir, to see that its own temp
+ * dir is removed; TMPDIR is restored afterwards. */
+static void expect_demo(struct fixture *f, struct run *r, int code, const char *const *args)
+{
+    char *old = getenv("TMPDIR") ? strdup(getenv("TMPDIR")) : NULL;
+
+    setenv("TMPDIR", f->dir, 1);
+    expect(r, code, args);
+    if (old) {
+        setenv("TMPDIR", old, 1);
+        free(old);
+    } else {
+        unsetenv("TMPDIR");
+    }
+    assert_int_equal(count_demo_dirs(f->dir), 0);
+}
+
+static void run_demo(struct fixture *f, const char *const *args, const char *intact)
+{
+    struct run *r = new_run();
+
+    expect_demo(f, r, 0, args);
+    assert_has(r->out, "[1] Start back-end A");
+    assert_has(r->out, "protocol features negotiated");
+    assert_has(r->out, "DEVICE_STATE");
+    assert_has(r->out, "check: device active: ok");
+    assert_has(r->out, "check: data written on queue 0 reads back on queue 1: ok");
+    assert_has(r->out, "Sleep");
+    assert_has(r->out, "bytes of state");
+    assert_has(r->out, "check: back-end A exited with status 0 on SIGTERM: ok");
+    assert_has(r->out, "Start a fresh back-end B");
+    assert_has(r->out, "Restore the state into back-end B");
+    assert_has(r->out, intact);
+    assert_has(r->out, "check: both rings went on from where back-end A stopped: ok");
+    assert_has(r->out, "check: device inactive: ok");
+    assert_has(r->out, "check: back-end B exited with status 0 on SIGTERM: ok");
+    assert_has(r->out, "check: temp dir removed: ok");
+    assert_has(r->out, "vuf demo: PASSED");
+    assert_null(strstr(r->out, "FAILED"));
+    assert_int_equal(count_demo_dirs(f->dir), 0);
+    free(r);
+}
+
+static void test_demo_ram(void **state)
+{
+    struct run *r;
+
+    run_demo(*state, (const char *[]){"demo", NULL},
+             "check: data intact (it came with the state): ok");
+    /* The message trace is there by default. */
+    r = new_run();
+    expect_demo(*state, r, 0, (const char *[]){"demo", "--size", "1M", NULL});
+    assert_has(r->out, "-> SET_OWNER");
+    assert_has(r->out, "-> SET_DEVICE_STATE_FD");
+    assert_has(r->out, "-> CHECK_DEVICE_STATE");
+    assert_has(r->out, "-> GET_VRING_BASE");
+    assert_has(r->out, "check: B's RAM disk does not have the data yet: ok");
+    free(r);
+}
+
+static void test_demo_file(void **state)
+{
+    run_demo(*state, (const char *[]){"demo", "--disk", "file", "--no-trace", NULL},
+             "check: data intact (from the shared file): ok");
+}
+
+static void test_demo_usage(void **state)
+{
+    struct run *r = new_run();
+
+    (void)state;
+    expect(r, 2, (const char *[]){"demo", "--bogus", NULL});
+    assert_has(r->err, "unknown option");
+    expect(r, 2, (const char *[]){"demo", "--disk", "tape", NULL});
+    expect(r, 2, (const char *[]){"demo", "extra", NULL});
+    expect(r, 1, (const char *[]){"demo", "--backend", "/nonexistent/vuf-backend-blk", NULL});
+    assert_has(r->err, "cannot find the vuf-backend-blk binary");
+    expect(r, 0, (const char *[]){"demo", "--help", NULL});
+    assert_has(r->out, "usage: vuf demo");
+    free(r);
+}
+
+/* ---- vuf blk against qemu-storage-daemon ------------------------------------ */
+
+static void test_qsd_write_verify(void **state)
+{
+    struct fixture *f = *state;
+    struct run *r;
+    char out_path[300];
+    uint8_t *host;
+    int fd;
+
+    if (!tu_have_exe(QSD)) {
+        fprintf(stderr, "SKIP: %s not installed (apt-get install qemu-system-common)\n", QSD);
+        skip();
+    }
+    start_qsd_file(f);
+    r = new_run();
+
+    expect(r, 0, (const char *[]){"blk", f->sock, "write", "--offset", "1M", "--len", "256K",
+                                  "--pattern", "42", NULL});
+    assert_has(r->out, "wrote 262144 bytes at offset 1048576 (pattern seed 42), flushed");
+    expect(r, 0, (const char *[]){"blk", f->sock, "verify", "--offset", "1M", "--len", "256K",
+                                  "--pattern", "42", NULL});
+    assert_has(r->out, "verified 262144 bytes at offset 1048576 (pattern seed 42): ok");
+    /* A sub-range on its own, on a second queue set-up. */
+    expect(r, 0, (const char *[]){"blk", f->sock, "verify", "--offset", "1050112", "--len",
+                                  "4096", "--pattern", "42", "--queues", "2", NULL});
+    /* The wrong seed: exit 1, naming the first bad byte. */
+    expect(r, 1, (const char *[]){"blk", f->sock, "verify", "--offset", "1M", "--len", "256K",
+                                  "--pattern", "43", NULL});
+    assert_has(r->err, "first mismatch at offset 1048576");
+    /* Data next to the written area is still zero (seed check fails at
+     * its first byte). */
+    expect(r, 1, (const char *[]){"blk", f->sock, "verify", "--offset", "1310720", "--len",
+                                  "512", "--pattern", "42", NULL});
+    assert_has(r->err, "first mismatch at offset 1310720");
+
+    /* The backing file on the host holds the documented pattern. */
+    host = malloc(256 * 1024);
+    assert_non_null(host);
+    fd = open(f->disk, O_RDONLY | O_CLOEXEC);
+    assert_true(fd >= 0);
+    assert_int_equal(pread(fd, host, 256 * 1024, 1 << 20), 256 * 1024);
+    for (uint64_t i = 0; i < 256 * 1024; i++)
+        if (host[i] != pattern(42, (1u << 20) + i)) {
+            fprintf(stderr, "host file differs at %llu\n", (unsigned long long)((1u << 20) + i));
+            fail();
+        }
+
+    /* read --out: the same bytes as the file. */
+    snprintf(out_path, sizeof(out_path), "%s/read.bin", f->dir);
+    expect(r, 0, (const char *[]){"blk", f->sock, "read", "--offset", "1M", "--len", "8K",
+                                  "--out", out_path, NULL});
+    {
+        uint8_t got[8192];
+        int o = open(out_path, O_RDONLY | O_CLOEXEC);
+        assert_true(o >= 0);
+        assert_int_equal(read(o, got, sizeof(got)), sizeof(got));
+        close(o);
+        assert_memory_equal(got, host, sizeof(got));
+    }
+    /* read --hexdump: offsets are disk offsets. */
+    expect(r, 0, (const char *[]){"blk", f->sock, "read", "--offset", "1M", "--len", "512",
+                                  NULL});
+    assert_true(strncmp(r->out, "000000100000 ", 13) == 0);
+    {
+        char want[8];
+        snprintf(want, sizeof(want), " %02x %02x", host[0], host[1]);
+        assert_has(r->out, want);
+    }
+
+    /* A write without the flag writes the file too; and overwrites. */
+    expect(r, 0, (const char *[]){"blk", f->sock, "write", "--offset", "0", "--len", "4096",
+                                  "--pattern", "7", "--no-flush", "--busy-poll", NULL});
+    assert_int_equal(pread(fd, host, 4096, 0), 4096);
+    for (unsigned i = 0; i < 4096; i++)
+        assert_int_equal(host[i], pattern(7, i));
+    close(fd);
+    free(host);
+
+    /* Beyond the end of the 16 MiB disk. */
+    expect(r, 1, (const char *[]){"blk", f->sock, "write", "--offset", "16M", "--len", "512",
+                                  NULL});
+    assert_has(r->err, "beyond the disk's end");
+
+    /* bench with JSON: every number consistent. */
+    expect(r, 0, (const char *[]){"blk", f->sock, "bench", "--ios", "400", "--iodepth", "4",
+                                  "--queues", "2", "--json", NULL});
+    {
+        json_object *j = json_tokener_parse(r->out), *v, *lat;
+        uint64_t mn, med, p99, mx;
+
+        assert_non_null(j);
+        assert_true(json_object_object_get_ex(j, "ios", &v));
+        assert_int_equal(json_object_get_uint64(v), 400);
+        assert_true(json_object_object_get_ex(j, "queues", &v));
+        assert_int_equal(json_object_get_uint64(v), 2);
+        assert_true(json_object_object_get_ex(j, "rw", &v));
+        assert_string_equal(json_object_get_string(v), "randread");
+        assert_true(json_object_object_get_ex(j, "iops", &v));
+        assert_true(json_object_get_double(v) > 0);
+        assert_true(json_object_object_get_ex(j, "latency_ns", &lat));
+        assert_true(json_object_object_get_ex(lat, "min", &v));
+        mn = json_object_get_uint64(v);
+        assert_true(json_object_object_get_ex(lat, "median", &v));
+        med = json_object_get_uint64(v);
+        assert_true(json_object_object_get_ex(lat, "p99", &v));
+        p99 = json_object_get_uint64(v);
+        assert_true(json_object_object_get_ex(lat, "max", &v));
+        mx = json_object_get_uint64(v);
+        assert_true(mn > 0 && mn <= med && med <= p99 && p99 <= mx);
+        json_object_put(j);
+    }
+    /* qsd is still healthy: it served every client in turn. */
+    expect(r, 0, (const char *[]){"blk", f->sock, "verify", "--offset", "1M", "--len", "256K",
+                                  "--pattern", "42", NULL});
+    free(r);
+}
+
+/* ---- vuf blk bench against the reference back-end --------------------------- */
+
+static void test_backend_bench(void **state)
+{
+    struct fixture *f = *state;
+    char sockarg[300];
+    char *argv[] = {(char *)backend, sockarg, (char *)"--ram=64M", (char *)"--num-queues=2",
+                    NULL};
+    struct run *r;
+
+    snprintf(sockarg, sizeof(sockarg), "--socket-path=%s", f->sock);
+    spawn(f, argv);
+    r = new_run();
+    expect(r, 0, (const char *[]){"blk", f->sock, "bench", "--seconds", "0.3", NULL});
+    assert_has(r->out, "IOPS:");
+    assert_has(r->out, "latency us:");
+    assert_has(r->out, "wait: eventfd");
+    expect(r, 0, (const char *[]){"blk", f->sock, "bench", "--seconds", "0.3", "--busy-poll",
+                                  "--rw", "read", "--bs", "16K", NULL});
+    assert_has(r->out, "wait: busy-poll");
+    expect(r, 0, (const char *[]){"blk", f->sock, "bench", "--ios", "2000", "--rw",
+                                  "randwrite", "--iodepth", "64", "--queues", "2",
+                                  "--no-indirect", NULL});
+    assert_has(r->out, "requests:    2000 in");
+    /* 64 requests x 3 descriptors: the next power of two */
+    assert_has(r->out, "iodepth 64 x 2 queues (size 256)");
+    expect(r, 0, (const char *[]){"blk", f->sock, "bench", "--ios", "100", "--rw", "write",
+                                  "--no-event-idx", "--range", "1M", NULL});
+    /* More queues than the back-end has. */
+    expect(r, 1, (const char *[]){"blk", f->sock, "bench", "--ios", "10", "--queues", "3",
+                                  NULL});
+    assert_has(r->err, "more queues asked than the back-end has");
+    free(r);
+}
+
+/* ---- usage and error paths -------------------------------------------------- */
+
+static void test_blk_usage(void **state)
+{
+    struct fixture *f = *state;
+    struct run *r = new_run();
+
+    expect(r, 0, (const char *[]){"blk", "--help", NULL});
+    assert_has(r->out, "usage: vuf blk SOCKET read");
+    assert_has(r->out, "Exit status");
+    expect(r, 2, (const char *[]){"blk", NULL});
+    assert_has(r->err, "missing SOCKET");
+    expect(r, 2, (const char *[]){"blk", "/x.sock", NULL});
+    assert_has(r->err, "missing the operation");
+    expect(r, 2, (const char *[]){"blk", "/x.sock", "erase", NULL});
+    assert_has(r->err, "unknown operation 'erase'");
+    expect(r, 2, (const char *[]){"blk", "/x.sock", "read", "--len", "512", NULL});
+    assert_has(r->err, "needs --offset and --len");
+    expect(r, 2, (const char *[]){"blk", "/x.sock", "read", "--offset", "100", "--len", "512",
+                                  NULL});
+    assert_has(r->err, "multiples of 512");
+    expect(r, 2, (const char *[]){"blk", "/x.sock", "write", "--offset", "0", "--len", "512",
+                                  "--hexdump", NULL});
+    expect(r, 2, (const char *[]){"blk", "/x.sock", "bench", "--rw", "trim", NULL});
+    expect(r, 2, (const char *[]){"blk", "/x.sock", "bench", "--seconds", "1", "--ios", "5",
+                                  NULL});
+    expect(r, 2, (const char *[]){"blk", "/x.sock", "bench", "--queue-size", "100", NULL});
+    expect(r, 2, (const char *[]){"blk", "/x.sock", "bench", "--iodepth", "64",
+                                  "--queue-size", "32", NULL});
+    expect(r, 2, (const char *[]){"blk", "/x.sock", "bench", "--offset", "0", NULL});
+    expect(r, 2, (const char *[]){"blk", "/x.sock", "bench", "--bogus", NULL});
+    assert_has(r->err, "unknown option");
+
+    /* Nobody listening: exit 1 with the reason. */
+    expect(r, 1, (const char *[]){"blk", f->sock, "read", "--offset", "0", "--len", "512",
+                                  "--timeout-ms", "100", NULL});
+    assert_has(r->err, "connect failed");
+    free(r);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_blk_usage, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_demo_usage, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_demo_ram, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_demo_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_qsd_write_verify, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_backend_bench, setup, teardown),
+    };
+
+    tool = getenv("VUF_TOOL");
+    backend = getenv("VUF_BACKEND_BLK");
+    if (!tool || !*tool || !tu_have_exe(tool) || !backend || !*backend ||
+        !tu_have_exe(backend)) {
+        fprintf(stderr, "SKIP: VUF_TOOL / VUF_BACKEND_BLK do not name the binaries (run via "
+                        "meson test)\n");
+        return TEST_SKIP;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

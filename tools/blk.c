@@ -1,0 +1,1079 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * `vuf blk`: be the VMM of a vhost-user-blk back-end, with a user-space
+ * virtio-blk driver in this process: connect, make the front-end device,
+ * give it guest memory (a memfd) and queues, activate, then read, write,
+ * verify or benchmark, and stop the device (reset) before disconnecting.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+#include "session.h"
+#include "vuf/frontend.h"
+#include "vuf/log.h"
+#include "vuf/virtio.h"
+#include "vuf/wire.h"
+#include "vuf_tool.h"
+
+#define DEFAULT_TIMEOUT_MS VUF_DEFAULT_TIMEOUT_MS
+#define DEFAULT_QUEUE_SIZE 128u
+#define MAX_QUEUE_SIZE 1024u /* libvhost-user's and vuf-backend-blk's limit */
+#define DEFAULT_SEED 1u
+#define DEFAULT_SECONDS 5.0
+/* Data bytes per request for read/write/verify. */
+#define RW_CHUNK (128u * 1024)
+#define RW_DEPTH 4u
+#define MAX_LEN (1ull << 30) /* read/write/verify buffer limit */
+
+enum blk_op { OP_NONE, OP_READ, OP_WRITE, OP_VERIFY, OP_BENCH };
+enum bench_rw { RW_RANDREAD, RW_RANDWRITE, RW_READ, RW_WRITE };
+
+static const char *const rw_names[] = {"randread", "randwrite", "read", "write"};
+
+struct blk_opts {
+    const char *socket;
+    enum blk_op op;
+    int timeout_ms;
+    unsigned queues;
+    unsigned queue_size; /* 0: automatic */
+    bool busy_poll, no_event_idx, no_indirect;
+    /* read / write / verify */
+    bool have_offset, have_len;
+    uint64_t offset, len;
+    bool have_seed;
+    uint64_t seed;
+    bool hexdump;
+    const char *out;
+    bool no_flush;
+    /* bench */
+    enum bench_rw rw;
+    bool have_rw, have_bs, have_depth, have_seconds, have_ios, have_range;
+    uint32_t bs;
+    unsigned iodepth;
+    double seconds;
+    uint64_t ios;
+    uint64_t range;
+    bool json;
+};
+
+void vuf_blk_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: vuf blk SOCKET read   --offset BYTES --len BYTES [--hexdump | --out FILE]\n"
+            "       vuf blk SOCKET write  --offset BYTES --len BYTES [--pattern SEED] [--no-flush]\n"
+            "       vuf blk SOCKET verify --offset BYTES --len BYTES [--pattern SEED]\n"
+            "       vuf blk SOCKET bench  [--rw randread|randwrite|read|write] [--bs BYTES]\n"
+            "                             [--iodepth N] [--seconds S | --ios N] [--range BYTES]\n"
+            "                             [--json]\n"
+            "       common: [--queues Q] [--queue-size N] [--busy-poll] [--timeout-ms N]\n"
+            "               [--no-event-idx] [--no-indirect]\n"
+            "\n"
+            "Act as the VMM of the vhost-user-blk back-end listening on SOCKET, with a\n"
+            "user-space virtio-blk driver: connect, negotiate (SET_OWNER, features,\n"
+            "protocol features, GET_QUEUE_NUM), ack the driver's features, read the\n"
+            "config, share guest memory (one memfd), start Q queues (SET_MEM_TABLE,\n"
+            "SET_VRING_*), do the I/O, stop the queues (GET_VRING_BASE) and disconnect.\n"
+            "BYTES take K, M, G suffixes (1024-based); offsets and lengths must be\n"
+            "multiples of 512.\n"
+            "\n"
+            "  read      read LEN bytes at OFFSET; print a hex dump (default) or write\n"
+            "            the raw bytes to FILE ('-' for stdout)\n"
+            "  write     write the deterministic pattern of SEED (default %u) to\n"
+            "            [OFFSET, OFFSET+LEN), then FLUSH if the device offers it\n"
+            "  verify    read [OFFSET, OFFSET+LEN) and compare it with the pattern of\n"
+            "            SEED; a mismatch names the first bad byte's offset (exit 1)\n"
+            "  bench     measure IOPS and per-request latency (clock_gettime\n"
+            "            MONOTONIC from submit to completion): min, median, mean, p99,\n"
+            "            max; IOPS = completed requests / elapsed time. Each queue is\n"
+            "            driven by its own thread with IODEPTH requests in flight.\n"
+            "\n"
+            "The pattern: byte at disk offset X is byte X%%8 (little-endian) of\n"
+            "splitmix64(SEED * 0x9e3779b97f4a7c15 + X/8), so any sub-range of a\n"
+            "written area can be verified on its own.\n"
+            "\n"
+            "options:\n"
+            "  --offset BYTES      where to start (read, write, verify)\n"
+            "  --len BYTES         how much (read, write, verify; at most 1G)\n"
+            "  --pattern SEED      pattern seed, a 64-bit number (write, verify)\n"
+            "  --hexdump           print a hex dump (read; the default)\n"
+            "  --out FILE          write the raw data to FILE, '-' = stdout (read)\n"
+            "  --no-flush          do not send FLUSH after writing (write)\n"
+            "  --rw MODE           randread (default), randwrite, read, write (bench)\n"
+            "  --bs BYTES          request size, a multiple of 512 (bench; default 4096)\n"
+            "  --iodepth N         requests in flight per queue (bench; default 1)\n"
+            "  --seconds S         run for S seconds (bench; default %g)\n"
+            "  --ios N             or complete N requests in total (bench)\n"
+            "  --range BYTES       use only [0, BYTES) of the disk (bench; default all)\n"
+            "  --json              print one JSON object (bench)\n"
+            "  --queues Q          queues to start (default 1); bench uses all of them,\n"
+            "                      the other commands queue 0\n"
+            "  --queue-size N      entries per queue, a power of two up to %u (default\n"
+            "                      %u, or more if IODEPTH needs it)\n"
+            "  --busy-poll         wait for completions by spinning on the used ring\n"
+            "                      (default: sleep on the queue's call eventfd)\n"
+            "  --timeout-ms N      wait up to N ms for the socket and for each reply or\n"
+            "                      request (default %d)\n"
+            "  --no-event-idx      do not negotiate VIRTIO_F_EVENT_IDX\n"
+            "  --no-indirect       do not negotiate VIRTIO_F_INDIRECT_DESC\n"
+            "  -h, --help          this help\n"
+            "\n"
+            "JSON keys (bench): socket, rw, bs, iodepth, queues, queue_size, wait\n"
+            "(\"eventfd\" or \"busy-poll\"), ios, elapsed_s, iops, bytes_per_s,\n"
+            "latency_ns {min, median, mean, p99, max}, features, protocol_features.\n"
+            "\n"
+            "Exit status: 0 success; 1 failure (cannot connect, protocol or I/O error,\n"
+            "verify mismatch; reason on stderr); 2 usage error.\n",
+            DEFAULT_SEED, DEFAULT_SECONDS, MAX_QUEUE_SIZE, DEFAULT_QUEUE_SIZE,
+            DEFAULT_TIMEOUT_MS);
+}
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...)
+{
+    va_list ap;
+
+    fputs("vuf blk: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputs("\n\n", stderr);
+    vuf_blk_usage(stderr);
+    return VUF_EXIT_USAGE;
+}
+
+/* ---- parsing ---------------------------------------------------------------- */
+
+static bool parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    unsigned long long v;
+
+    if (!s || !*s || *s == '-')
+        return false;
+    errno = 0;
+    v = strtoull(s, &end, 0);
+    if (errno || *end)
+        return false;
+    *out = v;
+    return true;
+}
+
+/* A byte count with an optional K/M/G suffix (1024-based). */
+static bool parse_bytes(const char *s, uint64_t *out)
+{
+    char *end;
+    unsigned long long v;
+    uint64_t mul = 1;
+
+    if (!s || !*s || *s == '-')
+        return false;
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno || end == s)
+        return false;
+    switch (*end) {
+    case '\0':
+        break;
+    case 'k': case 'K':
+        mul = 1ull << 10;
+        end++;
+        break;
+    case 'm': case 'M':
+        mul = 1ull << 20;
+        end++;
+        break;
+    case 'g': case 'G':
+        mul = 1ull << 30;
+        end++;
+        break;
+    default:
+        return false;
+    }
+    if (*end == 'i' || *end == 'I')
+        end++;
+    if (*end == 'b' || *end == 'B')
+        end++;
+    if (*end || (v && mul > UINT64_MAX / v))
+        return false;
+    *out = v * mul;
+    return true;
+}
+
+static bool parse_uint(const char *s, unsigned min, unsigned max, unsigned *out)
+{
+    uint64_t v;
+
+    if (!parse_u64(s, &v) || v < min || v > max)
+        return false;
+    *out = (unsigned)v;
+    return true;
+}
+
+static enum blk_op parse_op(const char *s)
+{
+    if (strcmp(s, "read") == 0)
+        return OP_READ;
+    if (strcmp(s, "write") == 0)
+        return OP_WRITE;
+    if (strcmp(s, "verify") == 0)
+        return OP_VERIFY;
+    if (strcmp(s, "bench") == 0)
+        return OP_BENCH;
+    return OP_NONE;
+}
+
+static bool is_pow2(unsigned v)
+{
+    return v && !(v & (v - 1));
+}
+
+enum {
+    OPT_OFFSET = 256, OPT_LEN, OPT_PATTERN, OPT_HEXDUMP, OPT_OUT, OPT_NOFLUSH, OPT_RW, OPT_BS,
+    OPT_DEPTH, OPT_SECONDS, OPT_IOS, OPT_RANGE, OPT_JSON, OPT_QUEUES, OPT_QSIZE, OPT_BUSY,
+    OPT_TIMEOUT, OPT_NO_EIDX, OPT_NO_IND,
+};
+
+static int check_op_options(const struct blk_opts *o)
+{
+    bool rwv = o->op == OP_READ || o->op == OP_WRITE || o->op == OP_VERIFY;
+    const char *op = o->op == OP_READ ? "read" : o->op == OP_WRITE ? "write"
+                   : o->op == OP_VERIFY ? "verify" : "bench";
+
+    if (rwv) {
+        if (!o->have_offset || !o->have_len)
+            return usage_error("%s needs --offset and --len", op);
+        if (o->have_rw || o->have_bs || o->have_depth || o->have_seconds || o->have_ios ||
+            o->have_range || o->json)
+            return usage_error("--rw/--bs/--iodepth/--seconds/--ios/--range/--json are "
+                               "bench options");
+        if (o->offset % VUF_BLK_SECTOR_SIZE || o->len % VUF_BLK_SECTOR_SIZE)
+            return usage_error("--offset and --len must be multiples of 512");
+        if (o->len == 0 || o->len > MAX_LEN)
+            return usage_error("--len must be 512 bytes to 1G");
+        if (o->offset > UINT64_MAX - o->len)
+            return usage_error("--offset + --len overflows");
+        if (o->op != OP_READ && (o->hexdump || o->out))
+            return usage_error("--hexdump and --out are read options");
+        if (o->hexdump && o->out)
+            return usage_error("give --hexdump or --out, not both");
+        if (o->op == OP_READ && o->have_seed)
+            return usage_error("--pattern is a write/verify option");
+        if (o->op != OP_WRITE && o->no_flush)
+            return usage_error("--no-flush is a write option");
+        return 0;
+    }
+    if (o->have_offset || o->have_len || o->have_seed || o->hexdump || o->out || o->no_flush)
+        return usage_error("--offset/--len/--pattern/--hexdump/--out/--no-flush are not "
+                           "bench options");
+    if (o->have_seconds && o->have_ios)
+        return usage_error("give --seconds or --ios, not both");
+    if (o->bs % VUF_BLK_SECTOR_SIZE)
+        return usage_error("--bs must be a multiple of 512");
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, struct blk_opts *o, bool *help)
+{
+    static const struct option longopts[] = {
+        {"offset", required_argument, NULL, OPT_OFFSET},
+        {"len", required_argument, NULL, OPT_LEN},
+        {"pattern", required_argument, NULL, OPT_PATTERN},
+        {"hexdump", no_argument, NULL, OPT_HEXDUMP},
+        {"out", required_argument, NULL, OPT_OUT},
+        {"no-flush", no_argument, NULL, OPT_NOFLUSH},
+        {"rw", required_argument, NULL, OPT_RW},
+        {"bs", required_argument, NULL, OPT_BS},
+        {"iodepth", required_argument, NULL, OPT_DEPTH},
+        {"seconds", required_argument, NULL, OPT_SECONDS},
+        {"ios", required_argument, NULL, OPT_IOS},
+        {"range", required_argument, NULL, OPT_RANGE},
+        {"json", no_argument, NULL, OPT_JSON},
+        {"queues", required_argument, NULL, OPT_QUEUES},
+        {"queue-size", required_argument, NULL, OPT_QSIZE},
+        {"busy-poll", no_argument, NULL, OPT_BUSY},
+        {"timeout-ms", required_argument, NULL, OPT_TIMEOUT},
+        {"no-event-idx", no_argument, NULL, OPT_NO_EIDX},
+        {"no-indirect", no_argument, NULL, OPT_NO_IND},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *pos[2] = {NULL, NULL};
+    unsigned npos = 0;
+    uint64_t v;
+    int c;
+
+    *help = false;
+    memset(o, 0, sizeof(*o));
+    o->timeout_ms = DEFAULT_TIMEOUT_MS;
+    o->queues = 1;
+    o->seed = DEFAULT_SEED;
+    o->rw = RW_RANDREAD;
+    o->bs = 4096;
+    o->iodepth = 1;
+    o->seconds = DEFAULT_SECONDS;
+    opterr = 0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+        switch (c) {
+        case OPT_OFFSET:
+            if (!parse_bytes(optarg, &o->offset))
+                return usage_error("--offset wants a byte count, not '%s'", optarg);
+            o->have_offset = true;
+            break;
+        case OPT_LEN:
+            if (!parse_bytes(optarg, &o->len))
+                return usage_error("--len wants a byte count, not '%s'", optarg);
+            o->have_len = true;
+            break;
+        case OPT_PATTERN:
+            if (!parse_u64(optarg, &o->seed))
+                return usage_error("--pattern wants a number, not '%s'", optarg);
+            o->have_seed = true;
+            break;
+        case OPT_HEXDUMP:
+            o->hexdump = true;
+            break;
+        case OPT_OUT:
+            o->out = optarg;
+            break;
+        case OPT_NOFLUSH:
+            o->no_flush = true;
+            break;
+        case OPT_RW: {
+            bool found = false;
+            for (unsigned i = 0; i < 4; i++)
+                if (strcmp(optarg, rw_names[i]) == 0) {
+                    o->rw = (enum bench_rw)i;
+                    found = true;
+                }
+            if (!found)
+                return usage_error("--rw wants randread, randwrite, read or write, not '%s'",
+                                   optarg);
+            o->have_rw = true;
+            break;
+        }
+        case OPT_BS:
+            if (!parse_bytes(optarg, &v) || v == 0 || v > (16u << 20))
+                return usage_error("--bs wants 512 bytes to 16M, not '%s'", optarg);
+            o->bs = (uint32_t)v;
+            o->have_bs = true;
+            break;
+        case OPT_DEPTH:
+            if (!parse_uint(optarg, 1, MAX_QUEUE_SIZE, &o->iodepth))
+                return usage_error("--iodepth wants 1-%u, not '%s'", MAX_QUEUE_SIZE, optarg);
+            o->have_depth = true;
+            break;
+        case OPT_SECONDS: {
+            char *end;
+            errno = 0;
+            o->seconds = strtod(optarg, &end);
+            if (errno || *end || !(o->seconds > 0) || o->seconds > 86400)
+                return usage_error("--seconds wants a duration > 0, not '%s'", optarg);
+            o->have_seconds = true;
+            break;
+        }
+        case OPT_IOS:
+            if (!parse_u64(optarg, &o->ios) || o->ios == 0)
+                return usage_error("--ios wants a count >= 1, not '%s'", optarg);
+            o->have_ios = true;
+            break;
+        case OPT_RANGE:
+            if (!parse_bytes(optarg, &o->range) || o->range == 0)
+                return usage_error("--range wants a byte count, not '%s'", optarg);
+            o->have_range = true;
+            break;
+        case OPT_JSON:
+            o->json = true;
+            break;
+        case OPT_QUEUES:
+            if (!parse_uint(optarg, 1, VUF_FRONTEND_MAX_QUEUES, &o->queues))
+                return usage_error("--queues wants 1-%u, not '%s'",
+                                   VUF_FRONTEND_MAX_QUEUES, optarg);
+            break;
+        case OPT_QSIZE:
+            if (!parse_uint(optarg, 1, MAX_QUEUE_SIZE, &o->queue_size) ||
+                !is_pow2(o->queue_size))
+                return usage_error("--queue-size wants a power of two up to %u, not '%s'",
+                                   MAX_QUEUE_SIZE, optarg);
+            break;
+        case OPT_BUSY:
+            o->busy_poll = true;
+            break;
+        case OPT_TIMEOUT: {
+            unsigned t;
+            if (!parse_uint(optarg, 1, INT_MAX, &t))
+                return usage_error("--timeout-ms wants a number of ms >= 1, not '%s'",
+                                   optarg);
+            o->timeout_ms = (int)t;
+            break;
+        }
+        case OPT_NO_EIDX:
+            o->no_event_idx = true;
+            break;
+        case OPT_NO_IND:
+            o->no_indirect = true;
+            break;
+        case 'h':
+            *help = true;
+            return 0;
+        case ':':
+            return usage_error("option '%s' needs a value", argv[optind - 1]);
+        default:
+            if (optopt)
+                return usage_error("unknown option '-%c'", optopt);
+            return usage_error("unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    while (optind < argc) {
+        if (npos == 2)
+            return usage_error("unexpected argument '%s'", argv[optind]);
+        pos[npos++] = argv[optind++];
+    }
+    if (npos < 1)
+        return usage_error("missing SOCKET");
+    if (npos < 2)
+        return usage_error("missing the operation (read, write, verify or bench)");
+    o->socket = pos[0];
+    o->op = parse_op(pos[1]);
+    if (o->op == OP_NONE)
+        return usage_error("unknown operation '%s' (read, write, verify or bench)", pos[1]);
+    return check_op_options(o);
+}
+
+/* ---- helpers ---------------------------------------------------------------- */
+
+static int fail_session(const struct blk_opts *o, const struct ts_session *s, int err)
+{
+    fprintf(stderr, "vuf blk: %s: %s failed: %s\n", o->socket, s->failed ? s->failed : "?",
+            vuf_strerror(err));
+    return VUF_EXIT_FAIL;
+}
+
+static uint64_t disk_bytes(const struct ts_session *s)
+{
+    return s->capacity * VUF_BLK_SECTOR_SIZE;
+}
+
+static void hexdump(uint64_t base, const uint8_t *p, size_t len)
+{
+    for (size_t i = 0; i < len; i += 16) {
+        printf("%012" PRIx64 " ", base + i);
+        for (size_t j = 0; j < 16; j++) {
+            if (j == 8)
+                putchar(' ');
+            if (i + j < len)
+                printf(" %02x", p[i + j]);
+            else
+                printf("   ");
+        }
+        printf("  |");
+        for (size_t j = 0; j < 16 && i + j < len; j++)
+            putchar(p[i + j] >= 0x20 && p[i + j] < 0x7f ? p[i + j] : '.');
+        printf("|\n");
+    }
+}
+
+static int write_out(const char *path, const uint8_t *buf, size_t len)
+{
+    int fd = strcmp(path, "-") == 0 ? STDOUT_FILENO
+                                    : open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    size_t done = 0;
+
+    if (fd < 0) {
+        fprintf(stderr, "vuf blk: %s: %s\n", path, strerror(errno));
+        return VUF_EXIT_FAIL;
+    }
+    while (done < len) {
+        ssize_t n = write(fd, buf + done, len - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            fprintf(stderr, "vuf blk: writing %s: %s\n", path,
+                    n < 0 ? strerror(errno) : "short write");
+            if (fd != STDOUT_FILENO)
+                close(fd);
+            return VUF_EXIT_FAIL;
+        }
+        done += (size_t)n;
+    }
+    if (fd != STDOUT_FILENO && close(fd) < 0) {
+        fprintf(stderr, "vuf blk: closing %s: %s\n", path, strerror(errno));
+        return VUF_EXIT_FAIL;
+    }
+    return VUF_EXIT_OK;
+}
+
+/* ---- read / write / verify -------------------------------------------------- */
+
+static int do_rwv(const struct blk_opts *o, struct ts_session *s)
+{
+    uint8_t *buf;
+    int r, rc = VUF_EXIT_OK;
+
+    if (s->have_config && o->offset + o->len > disk_bytes(s)) {
+        fprintf(stderr,
+                "vuf blk: %s: [%" PRIu64 ", %" PRIu64 ") is beyond the disk's end "
+                "(%" PRIu64 " bytes)\n",
+                o->socket, o->offset, o->offset + o->len, disk_bytes(s));
+        return VUF_EXIT_FAIL;
+    }
+    if (o->op == OP_WRITE && s->read_only) {
+        fprintf(stderr, "vuf blk: %s: the device is read-only (VIRTIO_BLK_F_RO)\n", o->socket);
+        return VUF_EXIT_FAIL;
+    }
+    buf = malloc(o->len);
+    if (!buf) {
+        fprintf(stderr, "vuf blk: out of memory for %" PRIu64 " bytes\n", o->len);
+        return VUF_EXIT_FAIL;
+    }
+
+    switch (o->op) {
+    case OP_WRITE:
+        ts_pattern_fill(o->seed, o->offset, buf, o->len);
+        r = ts_write(s, 0, o->offset, buf, o->len);
+        if (r == 0 && s->has_flush && !o->no_flush)
+            r = ts_flush(s, 0);
+        if (r < 0) {
+            rc = fail_session(o, s, r);
+            break;
+        }
+        printf("wrote %" PRIu64 " bytes at offset %" PRIu64 " (pattern seed %" PRIu64 ")%s\n",
+               o->len, o->offset, o->seed,
+               s->has_flush && !o->no_flush ? ", flushed" : "");
+        break;
+    case OP_READ:
+        r = ts_read(s, 0, o->offset, buf, o->len);
+        if (r < 0) {
+            rc = fail_session(o, s, r);
+            break;
+        }
+        if (o->out)
+            rc = write_out(o->out, buf, o->len);
+        else
+            hexdump(o->offset, buf, o->len);
+        break;
+    case OP_VERIFY: {
+        size_t bad;
+
+        r = ts_read(s, 0, o->offset, buf, o->len);
+        if (r < 0) {
+            rc = fail_session(o, s, r);
+            break;
+        }
+        bad = ts_pattern_check(o->seed, o->offset, buf, o->len);
+        if (bad < o->len) {
+            uint8_t want;
+            ts_pattern_fill(o->seed, o->offset + bad, &want, 1);
+            fprintf(stderr,
+                    "vuf blk: %s: verify failed: first mismatch at offset %" PRIu64
+                    " (0x%" PRIx64 "): expected 0x%02x, read 0x%02x (pattern seed %" PRIu64
+                    ")\n",
+                    o->socket, o->offset + bad, o->offset + bad, want, buf[bad], o->seed);
+            rc = VUF_EXIT_FAIL;
+            break;
+        }
+        printf("verified %" PRIu64 " bytes at offset %" PRIu64 " (pattern seed %" PRIu64
+               "): ok\n",
+               o->len, o->offset, o->seed);
+        break;
+    }
+    default:
+        break;
+    }
+    free(buf);
+    return rc;
+}
+
+/* ---- bench ------------------------------------------------------------------ */
+
+struct bench_slot {
+    struct vuf_blk_req *req;
+    uint64_t t_submit;
+};
+
+struct bench_job {
+    const struct blk_opts *o;
+    struct ts_session *s;
+    unsigned qi;
+    uint64_t *claimed;  /* shared: requests claimed (with --ios) */
+    uint64_t deadline;  /* ns, with --seconds */
+    uint64_t nblocks;   /* bs-sized blocks in the range */
+    uint64_t rng;
+    uint64_t seq;       /* next block for sequential modes */
+    /* results */
+    uint64_t t_start, t_end;
+    uint64_t *lat;
+    size_t nlat, caplat;
+    int err;
+    const char *err_what;
+};
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t xorshift(uint64_t *st)
+{
+    uint64_t x = *st;
+
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *st = x;
+    return x * 0x2545f4914f6cdd1dull;
+}
+
+/* May another request be started? */
+static bool bench_may_submit(struct bench_job *j)
+{
+    if (j->o->have_ios)
+        return __atomic_fetch_add(j->claimed, 1, __ATOMIC_RELAXED) < j->o->ios;
+    return now_ns() < j->deadline;
+}
+
+static int bench_prep(struct bench_job *j, struct bench_slot *sl)
+{
+    bool rnd = j->o->rw == RW_RANDREAD || j->o->rw == RW_RANDWRITE;
+    bool wr = j->o->rw == RW_RANDWRITE || j->o->rw == RW_WRITE;
+    uint64_t blk;
+
+    if (rnd) {
+        blk = xorshift(&j->rng) % j->nblocks;
+    } else {
+        blk = j->seq;
+        j->seq = (j->seq + 1) % j->nblocks;
+    }
+    return vuf_blk_req_prep(sl->req, wr ? VUF_BLK_T_OUT : VUF_BLK_T_IN,
+                            blk * (j->o->bs / VUF_BLK_SECTOR_SIZE), j->o->bs);
+}
+
+static bool bench_record(struct bench_job *j, uint64_t ns)
+{
+    if (j->nlat == j->caplat) {
+        size_t cap = j->caplat ? j->caplat * 2 : 65536;
+        uint64_t *p = realloc(j->lat, cap * sizeof(*p));
+        if (!p)
+            return false;
+        j->lat = p;
+        j->caplat = cap;
+    }
+    j->lat[j->nlat++] = ns;
+    return true;
+}
+
+static void *bench_thread(void *arg)
+{
+    struct bench_job *j = arg;
+    struct vuf_blk *blk = j->s->blk[j->qi];
+    unsigned depth = j->o->iodepth, inflight = 0;
+    struct bench_slot *slots = calloc(depth, sizeof(*slots));
+    bool stopping = false;
+    int r;
+
+    if (!slots) {
+        j->err = -ENOMEM;
+        j->err_what = "bench set-up";
+        return NULL;
+    }
+    for (unsigned k = 0; k < depth; k++) {
+        slots[k].req = vuf_blk_req_get(blk);
+        if (!slots[k].req) {
+            j->err = -EBUSY;
+            j->err_what = "bench set-up";
+            goto out;
+        }
+        vuf_blk_req_set_user(slots[k].req, &slots[k]);
+        /* Writes carry a pattern (its content does not matter). */
+        ts_pattern_fill(j->qi + 1, 0, vuf_blk_req_buf(slots[k].req, NULL), j->o->bs);
+    }
+
+    j->t_start = now_ns();
+    j->t_end = j->t_start;
+    /* Fill the queue: one kick for the batch. */
+    for (unsigned k = 0; k < depth && !stopping; k++) {
+        if (!bench_may_submit(j)) {
+            stopping = true;
+            break;
+        }
+        r = bench_prep(j, &slots[k]);
+        if (r == 0) {
+            slots[k].t_submit = now_ns();
+            r = vuf_blk_submit(blk, slots[k].req, VUF_BLK_SUBMIT_NO_KICK);
+        }
+        if (r < 0) {
+            j->err = r;
+            j->err_what = "submit";
+            goto drain;
+        }
+        inflight++;
+    }
+    if (inflight) {
+        r = vuf_blk_kick(blk);
+        if (r < 0) {
+            j->err = r;
+            j->err_what = "kick";
+            goto drain;
+        }
+    }
+
+    while (inflight) {
+        struct vuf_blk_req *done;
+        unsigned resubmitted = 0;
+
+        r = ts_wait(j->s, j->qi, j->o->timeout_ms, &done);
+        while (r == 0) {
+            struct bench_slot *sl = vuf_blk_req_user(done);
+            uint64_t t = now_ns();
+
+            inflight--;
+            j->t_end = t;
+            r = vuf_blk_req_result(done);
+            if (r < 0) {
+                j->err = r;
+                j->err_what = j->o->rw == RW_RANDWRITE || j->o->rw == RW_WRITE
+                                  ? "write request"
+                                  : "read request";
+                goto drain;
+            }
+            if (!bench_record(j, t - sl->t_submit)) {
+                j->err = -ENOMEM;
+                j->err_what = "recording latencies";
+                goto drain;
+            }
+            if (!stopping && bench_may_submit(j)) {
+                r = bench_prep(j, sl);
+                if (r == 0) {
+                    sl->t_submit = now_ns();
+                    r = vuf_blk_submit(blk, sl->req, VUF_BLK_SUBMIT_NO_KICK);
+                }
+                if (r < 0) {
+                    j->err = r;
+                    j->err_what = "submit";
+                    goto drain;
+                }
+                inflight++;
+                resubmitted++;
+            } else {
+                stopping = true;
+            }
+            r = vuf_blk_reap(blk, &done);
+        }
+        if (r != -EAGAIN) {
+            j->err = r;
+            j->err_what = "waiting for a completion";
+            goto out; /* the queue is unusable: no drain */
+        }
+        if (resubmitted) {
+            r = vuf_blk_kick(blk);
+            if (r < 0) {
+                j->err = r;
+                j->err_what = "kick";
+                goto drain;
+            }
+        }
+    }
+    goto out;
+
+drain:
+    /* After an error, let what is in flight finish (bounded). */
+    while (inflight) {
+        struct vuf_blk_req *done;
+        if (ts_wait(j->s, j->qi, j->o->timeout_ms, &done) < 0)
+            break;
+        inflight--;
+    }
+out:
+    free(slots);
+    return NULL;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+/* Nearest-rank percentile of sorted v[0..n). */
+static uint64_t pct(const uint64_t *v, size_t n, double p)
+{
+    size_t k;
+
+    if (n == 0)
+        return 0;
+    k = (size_t)(p * (double)n + 0.999999999);
+    if (k < 1)
+        k = 1;
+    if (k > n)
+        k = n;
+    return v[k - 1];
+}
+
+static int do_bench(const struct blk_opts *o, struct ts_session *s)
+{
+    struct bench_job *jobs;
+    pthread_t *th;
+    uint64_t claimed = 0, range, t0 = UINT64_MAX, t1 = 0, *all = NULL, sum = 0;
+    size_t n = 0;
+    unsigned started = 0;
+    int rc = VUF_EXIT_OK;
+
+    if (s->have_config) {
+        range = o->have_range ? o->range : disk_bytes(s);
+        if (range > disk_bytes(s)) {
+            fprintf(stderr, "vuf blk: %s: --range %" PRIu64 " is beyond the disk's end (%" PRIu64
+                            " bytes)\n",
+                    o->socket, range, disk_bytes(s));
+            return VUF_EXIT_FAIL;
+        }
+    } else if (o->have_range) {
+        range = o->range;
+    } else {
+        fprintf(stderr, "vuf blk: %s: the disk size is unknown (no CONFIG); give --range\n",
+                o->socket);
+        return VUF_EXIT_FAIL;
+    }
+    if (range < o->bs) {
+        fprintf(stderr, "vuf blk: %s: the range (%" PRIu64 " bytes) is smaller than --bs\n",
+                o->socket, range);
+        return VUF_EXIT_FAIL;
+    }
+    if ((o->rw == RW_RANDWRITE || o->rw == RW_WRITE) && s->read_only) {
+        fprintf(stderr, "vuf blk: %s: the device is read-only (VIRTIO_BLK_F_RO)\n", o->socket);
+        return VUF_EXIT_FAIL;
+    }
+
+    jobs = calloc(s->nq, sizeof(*jobs));
+    th = calloc(s->nq, sizeof(*th));
+    if (!jobs || !th) {
+        free(jobs);
+        free(th);
+        fprintf(stderr, "vuf blk: out of memory\n");
+        return VUF_EXIT_FAIL;
+    }
+    {
+        uint64_t deadline = now_ns() + (uint64_t)(o->seconds * 1e9);
+        for (unsigned i = 0; i < s->nq; i++) {
+            jobs[i] = (struct bench_job){
+                .o = o, .s = s, .qi = i, .claimed = &claimed, .deadline = deadline,
+                .nblocks = range / o->bs,
+                .rng = 0x9e3779b97f4a7c15ull * (i + 1) ^ 0x76756621ull,
+                .seq = (range / o->bs) / s->nq * i,
+            };
+        }
+        for (unsigned i = 0; i < s->nq; i++) {
+            if (pthread_create(&th[i], NULL, bench_thread, &jobs[i]) != 0) {
+                jobs[i].err = -EAGAIN;
+                jobs[i].err_what = "starting a thread";
+                break;
+            }
+            started++;
+        }
+        for (unsigned i = 0; i < started; i++)
+            pthread_join(th[i], NULL);
+    }
+
+    for (unsigned i = 0; i < s->nq; i++) {
+        if (jobs[i].err && rc == VUF_EXIT_OK) {
+            fprintf(stderr, "vuf blk: %s: queue %u: %s failed: %s\n", o->socket, i,
+                    jobs[i].err_what, vuf_strerror(jobs[i].err));
+            rc = VUF_EXIT_FAIL;
+        }
+        if (jobs[i].nlat) {
+            if (jobs[i].t_start < t0)
+                t0 = jobs[i].t_start;
+            if (jobs[i].t_end > t1)
+                t1 = jobs[i].t_end;
+        }
+        n += jobs[i].nlat;
+    }
+    if (rc == VUF_EXIT_OK && n == 0) {
+        fprintf(stderr, "vuf blk: %s: no request completed\n", o->socket);
+        rc = VUF_EXIT_FAIL;
+    }
+    if (rc == VUF_EXIT_OK) {
+        all = malloc(n * sizeof(*all));
+        if (!all) {
+            fprintf(stderr, "vuf blk: out of memory\n");
+            rc = VUF_EXIT_FAIL;
+        }
+    }
+    if (rc == VUF_EXIT_OK) {
+        size_t k = 0;
+        double elapsed = (double)(t1 - t0) / 1e9, iops, mean;
+        uint64_t mn, med, p99, mx;
+        const char *wait = o->busy_poll ? "busy-poll" : "eventfd";
+
+        for (unsigned i = 0; i < s->nq; i++) {
+            memcpy(all + k, jobs[i].lat, jobs[i].nlat * sizeof(*all));
+            k += jobs[i].nlat;
+        }
+        qsort(all, n, sizeof(*all), cmp_u64);
+        for (size_t i = 0; i < n; i++)
+            sum += all[i];
+        mean = (double)sum / (double)n;
+        mn = all[0];
+        mx = all[n - 1];
+        med = pct(all, n, 0.5);
+        p99 = pct(all, n, 0.99);
+        iops = elapsed > 0 ? (double)n / elapsed : 0;
+
+        if (o->json) {
+            json_object *root = json_object_new_object(), *lat = json_object_new_object();
+            if (!root || !lat) {
+                json_object_put(root);
+                json_object_put(lat);
+                fprintf(stderr, "vuf blk: out of memory building JSON\n");
+                rc = VUF_EXIT_FAIL;
+            } else {
+                json_object_object_add(root, "socket", json_object_new_string(o->socket));
+                json_object_object_add(root, "rw", json_object_new_string(rw_names[o->rw]));
+                json_object_object_add(root, "bs", json_object_new_uint64(o->bs));
+                json_object_object_add(root, "iodepth", json_object_new_uint64(o->iodepth));
+                json_object_object_add(root, "queues", json_object_new_uint64(s->nq));
+                json_object_object_add(root, "queue_size",
+                                       json_object_new_uint64(s->o.queue_size));
+                json_object_object_add(root, "wait", json_object_new_string(wait));
+                json_object_object_add(root, "ios", json_object_new_uint64(n));
+                json_object_object_add(root, "elapsed_s", json_object_new_double(elapsed));
+                json_object_object_add(root, "iops", json_object_new_double(iops));
+                json_object_object_add(root, "bytes_per_s",
+                                       json_object_new_double(iops * o->bs));
+                json_object_object_add(lat, "min", json_object_new_uint64(mn));
+                json_object_object_add(lat, "median", json_object_new_uint64(med));
+                json_object_object_add(lat, "mean", json_object_new_double(mean));
+                json_object_object_add(lat, "p99", json_object_new_uint64(p99));
+                json_object_object_add(lat, "max", json_object_new_uint64(mx));
+                json_object_object_add(root, "latency_ns", lat);
+                json_object_object_add(root, "features", json_object_new_uint64(s->acked));
+                json_object_object_add(root, "protocol_features",
+                                       json_object_new_uint64(s->protocol));
+                printf("%s\n", json_object_to_json_string_ext(
+                                   root, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+                json_object_put(root);
+            }
+        } else {
+            printf("vuf blk bench: %s, bs %u, iodepth %u x %u queue%s (size %u), wait: %s\n",
+                   rw_names[o->rw], o->bs, o->iodepth, s->nq, s->nq == 1 ? "" : "s",
+                   s->o.queue_size, wait);
+            printf("  requests:    %zu in %.3f s\n", n, elapsed);
+            printf("  IOPS:        %.0f\n", iops);
+            printf("  throughput:  %.1f MiB/s\n", iops * o->bs / (1024.0 * 1024.0));
+            printf("  latency us:  min %.1f  median %.1f  mean %.1f  p99 %.1f  max %.1f\n",
+                   (double)mn / 1e3, (double)med / 1e3, mean / 1e3, (double)p99 / 1e3,
+                   (double)mx / 1e3);
+        }
+    }
+    free(all);
+    for (unsigned i = 0; i < s->nq; i++)
+        free(jobs[i].lat);
+    free(jobs);
+    free(th);
+    return rc;
+}
+
+/* ---- main ------------------------------------------------------------------- */
+
+static unsigned pow2_at_least(unsigned v)
+{
+    unsigned p = 1;
+
+    while (p < v)
+        p *= 2;
+    return p;
+}
+
+int vuf_cmd_blk(int argc, char **argv)
+{
+    struct blk_opts o;
+    struct ts_opts to;
+    struct ts_session s;
+    bool help;
+    int r, rc;
+
+    r = parse_args(argc, argv, &o, &help);
+    if (r)
+        return r;
+    if (help) {
+        vuf_blk_usage(stdout);
+        return VUF_EXIT_OK;
+    }
+
+    memset(&to, 0, sizeof(to));
+    to.timeout_ms = o.timeout_ms;
+    to.queues = o.queues;
+    to.busy_poll = o.busy_poll;
+    to.no_event_idx = o.no_event_idx;
+    to.no_indirect = o.no_indirect;
+    if (o.op == OP_BENCH) {
+        /* Without indirect descriptors a request takes 3 ring entries. */
+        unsigned need = o.iodepth * (o.no_indirect ? 3 : 1);
+
+        to.nreqs = o.iodepth;
+        to.max_data = o.bs;
+        if (o.queue_size) {
+            if (o.queue_size < need)
+                return usage_error("--queue-size %u is too small for --iodepth %u (needs %u "
+                                   "entries)",
+                                   o.queue_size, o.iodepth, need);
+            to.queue_size = o.queue_size;
+        } else {
+            to.queue_size = pow2_at_least(need > DEFAULT_QUEUE_SIZE ? need : DEFAULT_QUEUE_SIZE);
+            if (to.queue_size > MAX_QUEUE_SIZE)
+                return usage_error("--iodepth %u needs more than %u ring entries without "
+                                   "indirect descriptors",
+                                   o.iodepth, MAX_QUEUE_SIZE);
+        }
+    } else {
+        to.nreqs = RW_DEPTH;
+        to.max_data = RW_CHUNK;
+        to.queue_size = o.queue_size ? o.queue_size : DEFAULT_QUEUE_SIZE;
+        if (to.queue_size < RW_DEPTH * 3)
+            to.nreqs = 1;
+    }
+
+    ts_init(&s, &to);
+    r = ts_open(&s, o.socket);
+    if (r == 0)
+        r = ts_driver(&s);
+    if (r == 0)
+        r = ts_queues(&s);
+    if (r == 0)
+        r = ts_activate(&s);
+    if (r < 0) {
+        rc = fail_session(&o, &s, r);
+        ts_close(&s);
+        return rc;
+    }
+
+    rc = o.op == OP_BENCH ? do_bench(&o, &s) : do_rwv(&o, &s);
+
+    /* Stop the rings before the memory goes away; a failure here is only
+     * reported (the device is torn down either way). */
+    r = ts_reset(&s);
+    if (r < 0 && rc == VUF_EXIT_OK)
+        rc = fail_session(&o, &s, r);
+    ts_close(&s);
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "vuf blk: writing the output failed: %s\n", strerror(errno));
+        return VUF_EXIT_FAIL;
+    }
+    return rc;
+}

@@ -1,0 +1,1045 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * `vuf demo`: the whole life cycle of a vhost-user device, as a VMM lives
+ * it, against vuf's reference back-end (vuf-backend-blk), with a numbered
+ * log of what is sent and what comes back:
+ *
+ *   negotiate, activate, write + read back, sleep, snapshot, stop that
+ *   back-end, start a fresh back-end process, restore into it (a new
+ *   front-end on the new connection), wake, I/O again (data intact),
+ *   reset, tear down.
+ *
+ * Everything lives in a private temp dir. The back-ends run in their own
+ * process groups and are always reaped, the temp dir always removed: on
+ * success, on a failed step, and on SIGINT/SIGTERM (the signal handler
+ * kills, reaps and unlinks with async-signal-safe calls only).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "session.h"
+#include "vuf/frontend.h"
+#include "vuf/log.h"
+#include "vuf/virtio.h"
+#include "vuf/wire.h"
+#include "vuf_tool.h"
+
+#define DEMO_TIMEOUT_MS 5000
+#define DEMO_DISK_DEFAULT (4ull << 20)
+#define DEMO_QUEUES 2u
+#define DEMO_IO_BYTES (64u * 1024)
+#define DEMO_SEED_1 0x1111u
+#define DEMO_SEED_2 0x2222u
+#define DEMO_SEED_3 0x3333u
+
+enum disk_kind { DISK_RAM, DISK_FILE };
+
+/* ---- what the signal handler may touch ------------------------------------- */
+
+#define MAX_FILES 8
+static volatile sig_atomic_t g_pid[2];
+static char g_files[MAX_FILES][256];
+static volatile sig_atomic_t g_nfiles;
+static char g_dir[128];
+static volatile sig_atomic_t g_have_dir;
+
+static void kill_and_clean(void)
+{
+    for (int i = 0; i < 2; i++) {
+        pid_t pid = (pid_t)g_pid[i];
+        if (pid > 0) {
+            kill(-pid, SIGKILL); /* its process group */
+            kill(pid, SIGKILL);
+            while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+                ;
+            g_pid[i] = 0;
+        }
+    }
+    for (int i = 0; i < g_nfiles; i++)
+        unlink(g_files[i]);
+    if (g_have_dir)
+        rmdir(g_dir);
+    g_have_dir = 0;
+}
+
+static void on_signal(int sig)
+{
+    static const char msg[] = "\nvuf demo: interrupted; back-ends killed, temp dir removed\n";
+    ssize_t w;
+
+    kill_and_clean();
+    w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+    (void)w;
+    _exit(128 + sig);
+}
+
+/* ---- the demo --------------------------------------------------------------- */
+
+static void flush_trace(void);
+
+struct backend {
+    const char *name; /* "A", "B" */
+    int slot;         /* index into g_pid */
+    pid_t pid;
+    char sock[256];
+    char log[256];
+};
+
+struct demo {
+    const char *bin;
+    char bin_buf[PATH_MAX];
+    enum disk_kind disk;
+    uint64_t disk_bytes;
+    bool trace;
+    char disk_path[256];
+    struct backend be[2];
+    int step;
+    unsigned checks, failed;
+    int64_t t0;
+};
+
+void vuf_demo_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: vuf demo [--disk ram|file] [--size BYTES] [--no-trace]\n"
+            "                [--backend PATH]\n"
+            "\n"
+            "Walk the whole life cycle of a vhost-user-blk device against vuf's\n"
+            "reference back-end, printing a numbered log: start back-end A, negotiate\n"
+            "(features and protocol features named), ack features and read the config,\n"
+            "share guest memory and start 2 queues, write and read back with\n"
+            "verification, sleep, snapshot the device state, stop A, start a fresh\n"
+            "back-end B, look at B's disk with a throw-away front-end (control), connect\n"
+            "a new front-end to B, restore the state, wake, read the data again and\n"
+            "write more, reset, tear down. Lines starting with '->' and '<-' are the\n"
+            "vhost-user messages the front-end sent and the replies it got.\n"
+            "\n"
+            "options:\n"
+            "  --disk ram    (default) both back-ends get a RAM disk and are started with\n"
+            "                --state-includes-ram, so the disk content travels inside\n"
+            "                the snapshot: B's data can only have come from A's state\n"
+            "  --disk file   both back-ends serve the same file in the temp dir (shared\n"
+            "                storage, as in a real migration): the state carries only\n"
+            "                the queue positions and counters\n"
+            "  --size BYTES  disk size (K, M suffixes; default 4M, at most 64M)\n"
+            "  --no-trace    do not print the individual messages\n"
+            "  --backend PATH  the vuf-backend-blk binary (default: $VUF_BACKEND_BLK,\n"
+            "                then backend/vuf-backend-blk next to this vuf binary,\n"
+            "                then vuf-backend-blk next to it, then $PATH)\n"
+            "  -h, --help    this help\n"
+            "\n"
+            "Everything runs in a fresh temp dir under $TMPDIR (or /tmp). The back-ends\n"
+            "are always stopped and reaped and the temp dir removed, also after a\n"
+            "failure or SIGINT/SIGTERM.\n"
+            "\n"
+            "Exit status: 0 every step's check passed; 1 a step failed (the reason,\n"
+            "and the back-end's log, on stderr); 2 usage error; 128+N killed by\n"
+            "signal N (after cleaning up).\n");
+}
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...)
+{
+    va_list ap;
+
+    fputs("vuf demo: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputs("\n\n", stderr);
+    vuf_demo_usage(stderr);
+    return VUF_EXIT_USAGE;
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void step(struct demo *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void step(struct demo *d, const char *fmt, ...)
+{
+    va_list ap;
+
+    flush_trace();
+    printf("\n[%d] ", ++d->step);
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    printf("\n");
+}
+
+static void info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void info(const char *fmt, ...)
+{
+    va_list ap;
+
+    flush_trace();
+    printf("    ");
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    printf("\n");
+}
+
+/* A check of the step: printed either way; false on failure. */
+static bool check(struct demo *d, bool ok, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static bool check(struct demo *d, bool ok, const char *fmt, ...)
+{
+    va_list ap;
+
+    d->checks++;
+    flush_trace();
+    printf("    check: ");
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    printf(": %s\n", ok ? "ok" : "FAILED");
+    if (!ok)
+        d->failed++;
+    return ok;
+}
+
+static bool step_failed(struct demo *d, const struct ts_session *s, int err)
+{
+    d->failed++;
+    flush_trace();
+    printf("    FAILED: %s: %s\n", s->failed ? s->failed : "?", vuf_strerror(err));
+    fprintf(stderr, "vuf demo: step %d: %s failed: %s\n", d->step, s->failed ? s->failed : "?",
+            vuf_strerror(err));
+    return false;
+}
+
+/*
+ * The library's log. Message trace lines of the client ("client: -> NAME
+ * (flags F, size N, K fds)" and "client: <- NAME reply (size N, K fds)")
+ * are shown one request a line, its reply on the same line; warnings and
+ * errors are shown; other debug/info lines are dropped. Only the caller's
+ * thread sends requests, so the pending line needs no lock; the worker may
+ * log warnings (one printf each).
+ */
+static char pending[160];
+static char pending_name[64];
+
+static void flush_trace(void)
+{
+    if (pending[0]) {
+        printf("      %s\n", pending);
+        pending[0] = '\0';
+    }
+}
+
+static void demo_log(void *opaque, enum vuf_log_level level, const char *msg)
+{
+    const struct demo *d = opaque;
+    char name[64];
+    unsigned flags, size, nfds;
+
+    if (level <= VUF_LOG_WARN) {
+        flush_trace();
+        printf("      vuf %s: %s\n", level == VUF_LOG_ERROR ? "error" : "warning", msg);
+        return;
+    }
+    if (!d->trace || strncmp(msg, "client: ", 8) != 0)
+        return;
+    msg += 8;
+    if (sscanf(msg, "-> %63s (flags 0x%x, size %u, %u fds)", name, &flags, &size, &nfds) == 4) {
+        flush_trace();
+        snprintf(pending, sizeof(pending), "-> %-22s flags 0x%x, %3u bytes%s", name, flags,
+                 size, nfds ? (nfds == 1 ? ", 1 fd" : ", fds") : "");
+        snprintf(pending_name, sizeof(pending_name), "%s", name);
+        return;
+    }
+    if (sscanf(msg, "<- %63s reply (size %u, %u fds)", name, &size, &nfds) == 3 &&
+        pending[0] && strcmp(name, pending_name) == 0) {
+        printf("      %-52s <- reply, %u bytes%s\n", pending, size,
+               nfds ? (nfds == 1 ? ", 1 fd" : ", fds") : "");
+        pending[0] = '\0';
+        return;
+    }
+    if (strncmp(msg, "-> ", 3) == 0 || strncmp(msg, "<- ", 3) == 0) {
+        flush_trace();
+        printf("      %s\n", msg);
+    }
+}
+
+/* ---- back-end processes ----------------------------------------------------- */
+
+static bool exe_ok(const char *p)
+{
+    return access(p, X_OK) == 0;
+}
+
+static const char *find_backend(struct demo *d, const char *given)
+{
+    char self[PATH_MAX - 32];
+    ssize_t n;
+    const char *env = getenv("VUF_BACKEND_BLK");
+
+    if (given)
+        return exe_ok(given) ? given : NULL;
+    if (env && *env)
+        return exe_ok(env) ? env : NULL;
+    n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (n > 0) {
+        char *slash;
+
+        self[n] = '\0';
+        slash = strrchr(self, '/');
+        if (slash) {
+            *slash = '\0';
+            snprintf(d->bin_buf, sizeof(d->bin_buf), "%s/backend/vuf-backend-blk", self);
+            if (exe_ok(d->bin_buf))
+                return d->bin_buf;
+            snprintf(d->bin_buf, sizeof(d->bin_buf), "%s/vuf-backend-blk", self);
+            if (exe_ok(d->bin_buf))
+                return d->bin_buf;
+        }
+    }
+    {
+        const char *path = getenv("PATH");
+        while (path && *path) {
+            const char *c = strchr(path, ':');
+            size_t len = c ? (size_t)(c - path) : strlen(path);
+            if (len && len < sizeof(d->bin_buf) - 20) {
+                snprintf(d->bin_buf, sizeof(d->bin_buf), "%.*s/vuf-backend-blk", (int)len,
+                         path);
+                if (exe_ok(d->bin_buf))
+                    return d->bin_buf;
+            }
+            path = c ? c + 1 : NULL;
+        }
+    }
+    return NULL;
+}
+
+static void add_file(const char *path)
+{
+    sigset_t all, old;
+
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    if (g_nfiles < MAX_FILES) {
+        snprintf(g_files[g_nfiles], sizeof(g_files[0]), "%s", path);
+        g_nfiles = g_nfiles + 1;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+static void dump_log(const struct backend *b)
+{
+    char buf[4096];
+    FILE *f = fopen(b->log, "r");
+    size_t n;
+
+    if (!f)
+        return;
+    fprintf(stderr, "---- back-end %s log (%s) ----\n", b->name, b->log);
+    while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
+        fwrite(buf, 1, n, stderr);
+    fprintf(stderr, "---- end of back-end %s log ----\n", b->name);
+    fclose(f);
+}
+
+/* fork + exec the back-end in its own process group, output to its log. */
+static bool start_backend(struct demo *d, struct backend *b)
+{
+    char sockarg[300], diskarg[300], qarg[32];
+    char *argv[8];
+    int argc = 0, fd;
+    sigset_t all, old;
+    pid_t pid, parent;
+    int64_t t0;
+
+    snprintf(sockarg, sizeof(sockarg), "--socket-path=%s", b->sock);
+    if (d->disk == DISK_FILE)
+        snprintf(diskarg, sizeof(diskarg), "--file=%s", d->disk_path);
+    else
+        snprintf(diskarg, sizeof(diskarg), "--ram=%" PRIu64, d->disk_bytes);
+    snprintf(qarg, sizeof(qarg), "--num-queues=%u", DEMO_QUEUES);
+    argv[argc++] = (char *)d->bin;
+    argv[argc++] = sockarg;
+    argv[argc++] = diskarg;
+    argv[argc++] = qarg;
+    if (d->disk == DISK_RAM)
+        argv[argc++] = (char *)"--state-includes-ram";
+    argv[argc] = NULL;
+
+    printf("    $ VUF_LOG=info");
+    for (int i = 0; i < argc; i++)
+        printf(" %s", argv[i]);
+    printf("\n");
+    fflush(stdout);
+    fflush(stderr);
+
+    fd = open(b->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        printf("    FAILED: %s: %s\n", b->log, strerror(errno));
+        d->failed++;
+        return false;
+    }
+    /* No signal between fork and recording the pid. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    parent = getpid();
+    pid = fork();
+    if (pid == 0) {
+        sigset_t none;
+
+        setpgid(0, 0);
+        /* Even if we are SIGKILLed, the back-end goes too. */
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent)
+            _exit(127);
+        signal(SIGINT, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        dup2(fd, STDOUT_FILENO);
+        dup2(fd, STDERR_FILENO);
+        setenv("VUF_LOG", "info", 1);
+        execv(d->bin, argv);
+        _exit(127);
+    }
+    if (pid > 0) {
+        setpgid(pid, pid); /* also from here: no race with the child */
+        b->pid = pid;
+        g_pid[b->slot] = pid;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    close(fd);
+    if (pid < 0) {
+        printf("    FAILED: fork: %s\n", strerror(errno));
+        d->failed++;
+        return false;
+    }
+
+    /* Wait for the socket file while checking the process is alive; the
+     * connect that follows retries the short bind-to-listen window. */
+    t0 = now_ms();
+    for (;;) {
+        struct stat st;
+        int status;
+
+        if (waitpid(pid, &status, WNOHANG) == pid) {
+            b->pid = 0;
+            g_pid[b->slot] = 0;
+            printf("    FAILED: back-end %s exited at start (status 0x%x)\n", b->name, status);
+            fprintf(stderr, "vuf demo: back-end %s exited at start\n", b->name);
+            dump_log(b);
+            d->failed++;
+            return false;
+        }
+        if (stat(b->sock, &st) == 0 && S_ISSOCK(st.st_mode))
+            break;
+        if (now_ms() - t0 > DEMO_TIMEOUT_MS) {
+            printf("    FAILED: no socket after %d ms\n", DEMO_TIMEOUT_MS);
+            dump_log(b);
+            d->failed++;
+            return false;
+        }
+        poll(NULL, 0, 2);
+    }
+    info("back-end %s: pid %d, socket %s ready after %" PRId64 " ms", b->name, (int)pid,
+         b->sock, now_ms() - t0);
+    return true;
+}
+
+/* SIGTERM, wait up to 3 s, else SIGKILL. Returns the wait status or -1. */
+static int stop_backend(struct backend *b)
+{
+    int status = -1;
+    int64_t t0 = now_ms();
+
+    if (b->pid <= 0)
+        return -1;
+    kill(b->pid, SIGTERM);
+    for (;;) {
+        pid_t r = waitpid(b->pid, &status, WNOHANG);
+        if (r == b->pid)
+            break;
+        if (r < 0 && errno != EINTR) {
+            status = -1;
+            break;
+        }
+        if (now_ms() - t0 > 3000) {
+            kill(-b->pid, SIGKILL);
+            kill(b->pid, SIGKILL);
+            while (waitpid(b->pid, &status, 0) < 0 && errno == EINTR)
+                ;
+            status = -1;
+            break;
+        }
+        poll(NULL, 0, 2);
+    }
+    b->pid = 0;
+    g_pid[b->slot] = 0;
+    return status;
+}
+
+/* ---- steps ------------------------------------------------------------------ */
+
+static void print_negotiated(const struct ts_session *s)
+{
+    char names[512];
+
+    info("<- virtio features offered to the driver: 0x%016" PRIx64, s->offered);
+    info("     %s", ts_feature_names(s->offered, names, sizeof(names)));
+    info("<- protocol features negotiated: 0x%016" PRIx64, s->protocol);
+    info("     %s", ts_protocol_names(s->protocol, names, sizeof(names)));
+    info("<- queues: %u (GET_QUEUE_NUM)", s->dev_queues);
+}
+
+static bool do_connect(struct demo *d, struct ts_session *s, const struct backend *b)
+{
+    int r;
+
+    info("connect to %s, then vuf_frontend_new() negotiates:", b->sock);
+    r = ts_open(s, b->sock);
+    if (r < 0)
+        return step_failed(d, s, r);
+    print_negotiated(s);
+    if (!check(d, (s->protocol & VUF_PF(DEVICE_STATE)) != 0,
+               "DEVICE_STATE negotiated (snapshot/restore possible)"))
+        return false;
+    return check(d, s->dev_queues >= DEMO_QUEUES, "at least %u queues", DEMO_QUEUES);
+}
+
+/* Write `len` bytes of pattern `seed` at `off` through queue qi, flush. */
+static bool do_write(struct demo *d, struct ts_session *s, unsigned qi, uint64_t off,
+                     size_t len, uint64_t seed)
+{
+    uint8_t *buf = malloc(len);
+    int r;
+
+    if (!buf)
+        return check(d, false, "memory for the write buffer");
+    ts_pattern_fill(seed, off, buf, len);
+    r = ts_write(s, qi, off, buf, len);
+    free(buf);
+    if (r < 0)
+        return step_failed(d, s, r);
+    info("queue %u: wrote %zu bytes at offset %" PRIu64 " (pattern seed 0x%" PRIx64 ")", qi,
+         len, off, seed);
+    return true;
+}
+
+/* Read and compare with the pattern. want_pattern false: expect zeros. */
+static bool do_verify(struct demo *d, struct ts_session *s, unsigned qi, uint64_t off,
+                      size_t len, uint64_t seed, bool want_pattern, const char *what)
+{
+    uint8_t *buf = malloc(len);
+    size_t bad = len;
+    int r;
+
+    if (!buf)
+        return check(d, false, "memory for the read buffer");
+    r = ts_read(s, qi, off, buf, len);
+    if (r < 0) {
+        free(buf);
+        return step_failed(d, s, r);
+    }
+    if (want_pattern) {
+        bad = ts_pattern_check(seed, off, buf, len);
+    } else {
+        for (size_t i = 0; i < len; i++)
+            if (buf[i]) {
+                bad = i;
+                break;
+            }
+    }
+    info("queue %u: read %zu bytes at offset %" PRIu64 "%s", qi, len, off,
+         bad < len ? "" : (want_pattern ? ": pattern matches" : ": all zero"));
+    if (bad < len)
+        info("first difference at offset %" PRIu64 " (read 0x%02x)", off + bad, buf[bad]);
+    free(buf);
+    return check(d, bad == len, "%s", what);
+}
+
+static bool check_host_file(struct demo *d, uint64_t off, size_t len, uint64_t seed)
+{
+    uint8_t *buf = malloc(len);
+    int fd = open(d->disk_path, O_RDONLY | O_CLOEXEC);
+    ssize_t n = -1;
+    bool ok;
+
+    if (buf && fd >= 0)
+        n = pread(fd, buf, len, (off_t)off);
+    if (fd >= 0)
+        close(fd);
+    ok = buf && n == (ssize_t)len && ts_pattern_check(seed, off, buf, len) == len;
+    free(buf);
+    return check(d, ok, "the host file %s holds the pattern at %" PRIu64, d->disk_path, off);
+}
+
+static void print_queues(const struct ts_session *s)
+{
+    for (unsigned i = 0; i < s->nq; i++)
+        info("queue %u: next_avail %u, next_used %u (driver: avail idx %u, used idx %u)", i,
+             s->q[i].next_avail, s->q[i].next_used, vuf_virtq_avail_idx(s->vq[i]),
+             vuf_virtq_used_idx(s->vq[i]));
+}
+
+static bool run_demo(struct demo *d)
+{
+    struct ts_opts to = {
+        .timeout_ms = DEMO_TIMEOUT_MS,
+        .queues = DEMO_QUEUES,
+        .queue_size = 64,
+        .nreqs = 4,
+        .max_data = 32 * 1024,
+    };
+    struct ts_session s, ctl;
+    const uint64_t off1 = 0, off2 = d->disk_bytes / 2, off3 = d->disk_bytes / 4;
+    uint8_t *snap = NULL;
+    size_t snap_len = 0;
+    uint16_t avail_before[DEMO_QUEUES];
+    char names[512];
+    bool ok = false;
+    int r, status;
+
+    ts_init(&s, &to);
+
+    step(d, "Start back-end A (%s disk of %" PRIu64 " bytes)",
+         d->disk == DISK_RAM ? "RAM" : "file", d->disk_bytes);
+    if (!start_backend(d, &d->be[0]))
+        goto out;
+
+    step(d, "Connect and negotiate with back-end A");
+    if (!do_connect(d, &s, &d->be[0]))
+        goto out;
+
+    step(d, "Driver: ack features, read the config space");
+    r = ts_driver(&s);
+    if (r < 0) {
+        step_failed(d, &s, r);
+        goto out;
+    }
+    info("driver acks 0x%016" PRIx64 ": %s", s.acked, ts_feature_names(s.acked, names,
+                                                                          sizeof(names)));
+    info("(the front-end sends SET_FEATURES at activation, not now)");
+    if (!check(d, s.have_config, "GET_CONFIG answered"))
+        goto out;
+    info("config: capacity %" PRIu64 " sectors, blk_size %u, num_queues %u", s.capacity,
+         s.blk_size, s.cfg_num_queues);
+    if (!check(d, s.capacity * 512 == d->disk_bytes, "capacity is the disk size"))
+        goto out;
+
+    step(d, "Guest memory and queues");
+    r = ts_queues(&s);
+    if (r < 0) {
+        step_failed(d, &s, r);
+        goto out;
+    }
+    info("guest memory: one memfd region of %" PRIu64 " KiB at GPA 0", s.mem_size >> 10);
+    for (unsigned i = 0; i < s.nq; i++)
+        info("queue %u: %u entries, desc 0x%" PRIx64 " avail 0x%" PRIx64 " used 0x%" PRIx64
+             ", call fd = its irqfd (vector %u)",
+             i, s.q[i].size, s.q[i].desc_addr, s.q[i].avail_addr, s.q[i].used_addr, i);
+
+    step(d, "Activate (memory table and rings to the back-end)");
+    r = ts_activate(&s);
+    if (r < 0) {
+        step_failed(d, &s, r);
+        goto out;
+    }
+    if (!check(d, vuf_frontend_is_active(s.dev), "device active"))
+        goto out;
+
+    step(d, "I/O on back-end A: write, flush, read back");
+    if (!do_write(d, &s, 0, off1, DEMO_IO_BYTES, DEMO_SEED_1) ||
+        !do_write(d, &s, 1, off2, DEMO_IO_BYTES, DEMO_SEED_2))
+        goto out;
+    if (s.has_flush) {
+        r = ts_flush(&s, 0);
+        if (r < 0) {
+            step_failed(d, &s, r);
+            goto out;
+        }
+        info("queue 0: FLUSH ok");
+    }
+    if (!do_verify(d, &s, 1, off1, DEMO_IO_BYTES, DEMO_SEED_1, true,
+                   "data written on queue 0 reads back on queue 1") ||
+        !do_verify(d, &s, 0, off2, DEMO_IO_BYTES, DEMO_SEED_2, true,
+                   "data written on queue 1 reads back on queue 0"))
+        goto out;
+    if (d->disk == DISK_FILE && !check_host_file(d, off1, DEMO_IO_BYTES, DEMO_SEED_1))
+        goto out;
+
+    step(d, "Sleep (stop the rings, get their positions back)");
+    r = ts_sleep(&s);
+    if (r < 0) {
+        step_failed(d, &s, r);
+        goto out;
+    }
+    print_queues(&s);
+    {
+        bool same = true;
+        for (unsigned i = 0; i < s.nq; i++) {
+            avail_before[i] = vuf_virtq_avail_idx(s.vq[i]);
+            same &= s.q[i].next_avail == avail_before[i] &&
+                    s.q[i].next_used == avail_before[i];
+        }
+        if (!check(d, !vuf_frontend_is_active(s.dev), "device asleep") ||
+            !check(d, same, "back-end consumed and completed everything the driver made "
+                            "available"))
+            goto out;
+    }
+
+    step(d, "Snapshot the device state");
+    r = ts_snapshot(&s, &snap, &snap_len);
+    if (r < 0) {
+        step_failed(d, &s, r);
+        goto out;
+    }
+    info("<- %zu bytes of state (front-end header with the acked features + the "
+         "back-end's own state)",
+         snap_len);
+    if (d->disk == DISK_RAM) {
+        info("back-end A runs with --state-includes-ram: its %" PRIu64
+             "-byte RAM disk is inside this state",
+             d->disk_bytes);
+        if (!check(d, snap_len > d->disk_bytes, "state is larger than the disk"))
+            goto out;
+    } else {
+        info("the disk is a shared file: the state holds queue positions and counters, "
+             "not data");
+        if (!check(d, snap_len > 0 && snap_len < d->disk_bytes, "state is small"))
+            goto out;
+    }
+
+    step(d, "Disconnect from back-end A and stop it");
+    ts_detach(&s);
+    status = stop_backend(&d->be[0]);
+    if (!check(d, status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+               "back-end A exited with status 0 on SIGTERM"))
+        goto out;
+    if (d->disk == DISK_RAM)
+        info("A's RAM disk is gone with its process");
+
+    step(d, "Start a fresh back-end B (new process, %s)",
+         d->disk == DISK_RAM ? "new empty RAM disk" : "same file");
+    if (!start_backend(d, &d->be[1]))
+        goto out;
+
+    step(d, "Control: what B's disk holds before any restore (throw-away front-end)");
+    {
+        struct ts_opts co = to;
+        bool cok;
+
+        co.queues = 1;
+        ts_init(&ctl, &co);
+        r = ts_open(&ctl, d->be[1].sock);
+        if (r == 0)
+            r = ts_driver(&ctl);
+        if (r == 0)
+            r = ts_queues(&ctl);
+        if (r == 0)
+            r = ts_activate(&ctl);
+        if (r < 0) {
+            step_failed(d, &ctl, r);
+            ts_close(&ctl);
+            goto out;
+        }
+        if (d->disk == DISK_RAM)
+            cok = do_verify(d, &ctl, 0, off1, DEMO_IO_BYTES, 0, false,
+                            "B's RAM disk does not have the data yet");
+        else
+            cok = do_verify(d, &ctl, 0, off1, DEMO_IO_BYTES, DEMO_SEED_1, true,
+                            "B already sees the data in the shared file");
+        r = ts_reset(&ctl);
+        ts_close(&ctl);
+        info("throw-away front-end reset and disconnected");
+        if (!cok)
+            goto out;
+        if (r < 0) {
+            step_failed(d, &ctl, r);
+            goto out;
+        }
+    }
+
+    step(d, "Connect a new front-end to back-end B");
+    if (!do_connect(d, &s, &d->be[1]))
+        goto out;
+
+    step(d, "Restore the state into back-end B");
+    r = ts_restore(&s, snap, snap_len);
+    if (r < 0) {
+        step_failed(d, &s, r);
+        goto out;
+    }
+    info("-> %zu bytes written; acked features now 0x%016" PRIx64, snap_len, s.acked);
+
+    step(d, "Wake (same guest memory, same rings, restored positions)");
+    r = ts_wake(&s);
+    if (r < 0) {
+        step_failed(d, &s, r);
+        goto out;
+    }
+    if (!check(d, vuf_frontend_is_active(s.dev), "device active on back-end B"))
+        goto out;
+
+    step(d, "I/O on back-end B: the old data, then new data");
+    if (!do_verify(d, &s, 0, off1, DEMO_IO_BYTES, DEMO_SEED_1, true,
+                   d->disk == DISK_RAM ? "data intact (it came with the state)"
+                                       : "data intact (from the shared file)") ||
+        !do_verify(d, &s, 1, off2, DEMO_IO_BYTES, DEMO_SEED_2, true, "data intact"))
+        goto out;
+    if (!do_write(d, &s, 1, off3, DEMO_IO_BYTES, DEMO_SEED_3) ||
+        !do_verify(d, &s, 0, off3, DEMO_IO_BYTES, DEMO_SEED_3, true, "new data reads back"))
+        goto out;
+    {
+        bool moved = true;
+        for (unsigned i = 0; i < s.nq; i++) {
+            info("queue %u: avail idx %u -> %u, used idx %u", i, avail_before[i],
+                 vuf_virtq_avail_idx(s.vq[i]), vuf_virtq_used_idx(s.vq[i]));
+            moved &= vuf_virtq_avail_idx(s.vq[i]) != avail_before[i] &&
+                     vuf_virtq_used_idx(s.vq[i]) == vuf_virtq_avail_idx(s.vq[i]);
+        }
+        if (!check(d, moved, "both rings went on from where back-end A stopped"))
+            goto out;
+    }
+    if (d->disk == DISK_FILE && !check_host_file(d, off3, DEMO_IO_BYTES, DEMO_SEED_3))
+        goto out;
+
+    step(d, "Reset the device");
+    r = ts_reset(&s);
+    if (r < 0) {
+        step_failed(d, &s, r);
+        goto out;
+    }
+    if (!check(d, !vuf_frontend_is_active(s.dev), "device inactive"))
+        goto out;
+
+    step(d, "Tear down: disconnect, stop back-end B, remove the temp dir");
+    ts_close(&s);
+    status = stop_backend(&d->be[1]);
+    if (!check(d, status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+               "back-end B exited with status 0 on SIGTERM"))
+        goto out;
+    ok = true;
+
+out:
+    if (!ok) {
+        for (int i = 0; i < 2; i++)
+            if (d->be[i].pid > 0)
+                dump_log(&d->be[i]);
+    }
+    free(snap);
+    ts_close(&s);
+    return ok;
+}
+
+/* ---- main ------------------------------------------------------------------- */
+
+static bool parse_size(const char *s, uint64_t *out)
+{
+    char *end;
+    unsigned long long v;
+
+    if (!s || !*s || *s == '-')
+        return false;
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno || end == s)
+        return false;
+    if (*end == 'k' || *end == 'K') {
+        v <<= 10;
+        end++;
+    } else if (*end == 'm' || *end == 'M') {
+        v <<= 20;
+        end++;
+    }
+    if (*end)
+        return false;
+    *out = v;
+    return true;
+}
+
+int vuf_cmd_demo(int argc, char **argv)
+{
+    enum { OPT_DISK = 256, OPT_SIZE, OPT_NOTRACE, OPT_BACKEND };
+    static const struct option longopts[] = {
+        {"disk", required_argument, NULL, OPT_DISK},
+        {"size", required_argument, NULL, OPT_SIZE},
+        {"no-trace", no_argument, NULL, OPT_NOTRACE},
+        {"backend", required_argument, NULL, OPT_BACKEND},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *given = NULL, *tmp;
+    struct sigaction sa;
+    struct demo d;
+    bool ok, dir_removed;
+    int c;
+
+    memset(&d, 0, sizeof(d));
+    d.disk = DISK_RAM;
+    d.disk_bytes = DEMO_DISK_DEFAULT;
+    d.trace = true;
+    opterr = 0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+        switch (c) {
+        case OPT_DISK:
+            if (strcmp(optarg, "ram") == 0)
+                d.disk = DISK_RAM;
+            else if (strcmp(optarg, "file") == 0)
+                d.disk = DISK_FILE;
+            else
+                return usage_error("--disk wants ram or file, not '%s'", optarg);
+            break;
+        case OPT_SIZE:
+            if (!parse_size(optarg, &d.disk_bytes) || d.disk_bytes < 1024 * 1024 ||
+                d.disk_bytes > (64ull << 20) || d.disk_bytes % 4096)
+                return usage_error("--size wants 1M to 64M in 4K steps, not '%s'", optarg);
+            break;
+        case OPT_NOTRACE:
+            d.trace = false;
+            break;
+        case OPT_BACKEND:
+            given = optarg;
+            break;
+        case 'h':
+            vuf_demo_usage(stdout);
+            return VUF_EXIT_OK;
+        case ':':
+            return usage_error("option '%s' needs a value", argv[optind - 1]);
+        default:
+            if (optopt)
+                return usage_error("unknown option '-%c'", optopt);
+            return usage_error("unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        return usage_error("unexpected argument '%s'", argv[optind]);
+
+    d.bin = find_backend(&d, given);
+    if (!d.bin) {
+        fprintf(stderr, "vuf demo: cannot find the vuf-backend-blk binary%s%s; build it "
+                        "(ninja) or give --backend PATH or $VUF_BACKEND_BLK\n",
+                given ? " at " : "", given ? given : "");
+        return VUF_EXIT_FAIL;
+    }
+
+    /* Line-buffered, so the log is whole up to the last line even if a
+     * signal ends us. */
+    setvbuf(stdout, NULL, _IOLBF, 0);
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigfillset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    sigaction(SIGPIPE, &sa, NULL); /* stdout closed (| head) */
+
+    tmp = getenv("TMPDIR");
+    /* Socket paths are short (sun_path): a long TMPDIR is not used. */
+    if (!tmp || !*tmp || strlen(tmp) > 80)
+        tmp = "/tmp";
+    {
+        char dir[sizeof(g_dir)];
+        sigset_t all, old;
+
+        snprintf(dir, sizeof(dir), "%s/vuf-demo.XXXXXX", tmp);
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, &old);
+        if (!mkdtemp(dir)) {
+            pthread_sigmask(SIG_SETMASK, &old, NULL);
+            fprintf(stderr, "vuf demo: cannot make a temp dir in %s: %s\n", tmp,
+                    strerror(errno));
+            return VUF_EXIT_FAIL;
+        }
+        snprintf(g_dir, sizeof(g_dir), "%s", dir);
+        g_have_dir = 1;
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+    }
+    for (int i = 0; i < 2; i++) {
+        d.be[i].name = i ? "B" : "A";
+        d.be[i].slot = i;
+        snprintf(d.be[i].sock, sizeof(d.be[i].sock), "%s/backend-%c.sock", g_dir, 'a' + i);
+        snprintf(d.be[i].log, sizeof(d.be[i].log), "%s/backend-%c.log", g_dir, 'a' + i);
+        add_file(d.be[i].sock);
+        add_file(d.be[i].log);
+    }
+    snprintf(d.disk_path, sizeof(d.disk_path), "%s/disk.img", g_dir);
+    add_file(d.disk_path);
+
+    printf("vuf demo: a vhost-user-blk device's life cycle, vuf as the VMM\n");
+    printf("    back-end binary: %s\n", d.bin);
+    printf("    temp dir:        %s\n", g_dir);
+    printf("    disk:            %s, %" PRIu64 " bytes%s\n",
+           d.disk == DISK_RAM ? "RAM" : "file disk.img", d.disk_bytes,
+           d.disk == DISK_RAM ? " (carried in the device state: --state-includes-ram)"
+                              : " (shared by both back-ends)");
+    if (d.trace)
+        printf("    message lines: '-> NAME flags, payload' sent by the front-end, '<- reply'\n"
+               "    on the same line; flags 0x1 = protocol version 1, 0x9 = also NEED_REPLY\n"
+               "    (REPLY_ACK: the back-end acks each such request)\n");
+
+    if (d.disk == DISK_FILE) {
+        int fd = open(d.disk_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0 || ftruncate(fd, (off_t)d.disk_bytes) < 0) {
+            fprintf(stderr, "vuf demo: %s: %s\n", d.disk_path, strerror(errno));
+            if (fd >= 0)
+                close(fd);
+            kill_and_clean();
+            return VUF_EXIT_FAIL;
+        }
+        close(fd);
+    }
+
+    vuf_log_set(demo_log, &d, VUF_LOG_DEBUG);
+    d.t0 = now_ms();
+    ok = run_demo(&d);
+    flush_trace();
+    vuf_log_set(NULL, NULL, VUF_LOG_WARN);
+
+    /* Always: stop what still runs, remove the files and the dir. */
+    for (int i = 0; i < 2; i++)
+        if (d.be[i].pid > 0)
+            stop_backend(&d.be[i]);
+    kill_and_clean();
+    dir_removed = access(g_dir, F_OK) != 0;
+    if (ok) {
+        d.checks++;
+        printf("    check: temp dir removed: %s\n", dir_removed ? "ok" : "FAILED");
+        if (!dir_removed) {
+            d.failed++;
+            ok = false;
+        }
+    } else if (!dir_removed) {
+        fprintf(stderr, "vuf demo: could not remove %s\n", g_dir);
+    }
+
+    if (ok && d.failed == 0) {
+        printf("\nvuf demo: PASSED: %d steps, %u checks, %" PRId64 " ms\n", d.step, d.checks,
+               now_ms() - d.t0);
+        return VUF_EXIT_OK;
+    }
+    printf("\nvuf demo: FAILED at step %d (%u of %u checks failed)\n", d.step, d.failed,
+           d.checks);
+    return VUF_EXIT_FAIL;
+}
