@@ -124,8 +124,8 @@ static int breq_send(struct vuf_conn *c, uint32_t code, const void *payload, uin
      * the receiver's too: a request that fails them would only be refused. */
     r = vuf_msg_check(&m, VUF_CH_BACKEND, false);
     if (r < 0) {
-        vuf_log(VUF_LOG_ERROR, "back-end request %s: invalid payload (%s)", rule->name,
-                vuf_strerror(r));
+        vuf_log(VUF_LOG_ERROR, "back-end request %s: payload fails the table's checks (%d)",
+                rule->name, r);
         return -EINVAL;
     }
 
@@ -189,4 +189,17 @@ int vuf_breq_shmem_unmap(struct vuf_conn *c, const struct vuf_shmem_map *m, bool
         return -EINVAL;
     }
     return vuf_breq_send(c, VUF_BREQ_SHMEM_UNMAP, m, sizeof(*m), NULL, 0, need_reply, ack);
+}
+
+int vuf_breq_shared_object_lookup(struct vuf_conn *c, const struct vuf_shared_object *obj,
+                                  int *fd, uint64_t *ack)
+{
+    if (!obj || !fd) {
+        if (ack)
+            *ack = 0;
+        return -EINVAL;
+    }
+    /* LOOKUP is always answered, with the dmabuf when the front-end has one. */
+    return breq_send(c, VUF_BREQ_SHARED_OBJECT_LOOKUP, obj, sizeof(*obj), NULL, 0, false, ack,
+                     fd);
 }
