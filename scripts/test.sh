@@ -52,11 +52,12 @@ fi
 fuzz_pass=0; fuzz_fail=0
 if command -v clang >/dev/null; then
   echo "== fuzz (${FUZZ_SECONDS}s per target) =="
-  if bash scripts/fuzz.sh "$FUZZ_SECONDS"; then
-    fuzz_pass=$(ls build-fuzz/fuzz/fuzz_* 2>/dev/null | grep -vc '\.p$' || true)
-  else
-    fuzz_fail=1
-  fi
+  fuzz_out=$(bash scripts/fuzz.sh "$FUZZ_SECONDS" 2>&1); fuzz_rc=$?
+  printf '%s\n' "$fuzz_out"
+  # one line per target: "fuzz_x: ok, ..." or a failure line
+  fuzz_pass=$(printf '%s\n' "$fuzz_out" | grep -c '^fuzz_[a-z_]*: ok' || true)
+  fuzz_fail=$(printf '%s\n' "$fuzz_out" | grep -Ec '^fuzz_[a-z_]*: (FAIL|fail|crash|error)' || true)
+  if [ "$fuzz_rc" -ne 0 ] && [ "$fuzz_fail" -eq 0 ]; then fuzz_fail=1; fi
 fi
 
 python3 - "$fuzz_pass" "$fuzz_fail" "${#failed_steps[@]}" "${failed_steps[@]}" <<'PY'
