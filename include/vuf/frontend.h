@@ -43,6 +43,9 @@
  *   - State transfers are bounded in size and time.
  *   - GET_CONFIG flags are the spec's value 0 ("writable fields"), not
  *     crosvm's 1.
+ *   - A config read that fits one GET_CONFIG (offset + len <= 256) asks
+ *     for [0, offset + len) and cuts the window out: libvhost-user up to
+ *     QEMU 7.2 ignores the offset field and always answers from byte 0.
  *
  * Ownership: the device owns the connection (and closes it on destroy).
  * Thread-safety: as vuf/device.h (ops serialized by the caller; interrupt,
