@@ -16,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -75,6 +77,53 @@ static bool conn_broken(int r)
     default:
         return false;
     }
+}
+
+/* Errors after which a reply may still be on its way, or part of one is
+ * still queued: the stream position is unknown for good. */
+static bool stream_lost(int r)
+{
+    switch (-r) {
+    case ETIMEDOUT:
+    case ECONNABORTED:
+    case EBADMSG:
+    case EMSGSIZE:
+    case ETOOMANYREFS:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* Remember an error that put the main socket's stream out of step. */
+static int stream_note(struct vuf_frontend *fe, int r)
+{
+    if (r < 0 && stream_lost(r) && !fe->stream_err)
+        fe->stream_err = r;
+    return r;
+}
+
+/*
+ * Before an operation sends on the main socket. The back-end never speaks
+ * first there, so anything already waiting is unasked-for (a second or a
+ * late reply): the next request would take it for its own answer, which
+ * the protocol cannot tell apart when the codes match. Fail instead, now
+ * and from then on. A hang-up (EOF, no data) is left to the send.
+ */
+static int stream_check(struct vuf_frontend *fe)
+{
+    struct pollfd p = {.fd = vuf_conn_fd(vuf_client_conn(fe->client)), .events = POLLIN};
+    char b;
+
+    if (fe->stream_err)
+        return fe->stream_err;
+    if (poll(&p, 1, 0) == 1 && (p.revents & POLLIN) &&
+        recv(p.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 1) {
+        vuf_log(VUF_LOG_ERROR, "%s: unsolicited message from the back-end on the main "
+                "socket; treating the connection as failed", fe->label);
+        fe->stream_err = -EPROTO;
+    }
+    return fe->stream_err;
 }
 
 int vuf_queue_reclaim(struct vuf_queue *q, const struct vuf_guest_mem *mem, uint32_t base)
@@ -176,6 +225,9 @@ static int fe_read_config(struct vuf_device *d, uint64_t offset, void *data, siz
     }
     if (len == 0)
         return 0;
+    r = stream_check(fe);
+    if (r < 0)
+        return r;
     /*
      * libvhost-user up to QEMU 7.2 (qemu-storage-daemon, virtiofsd and
      * vhost-user-gpu as Debian 12 ships them) ignores the offset of
@@ -190,7 +242,8 @@ static int fe_read_config(struct vuf_device *d, uint64_t offset, void *data, siz
         tmp = malloc(whole);
         if (!tmp)
             return -ENOMEM;
-        r = vuf_client_get_config(fe->client, 0, VUF_CONFIG_FLAG_WRITABLE, tmp, whole);
+        r = stream_note(fe, vuf_client_get_config(fe->client, 0, VUF_CONFIG_FLAG_WRITABLE,
+                                                  tmp, whole));
         if (r < 0)
             vuf_log(VUF_LOG_ERROR, "%s: failed to read config 0x%llx+%zu: %s", fe->label,
                     (unsigned long long)offset, len, vuf_strerror(r));
@@ -206,8 +259,8 @@ static int fe_read_config(struct vuf_device *d, uint64_t offset, void *data, siz
     while (done < len) {
         uint32_t n = len - done > VUF_CONFIG_MAX ? VUF_CONFIG_MAX : (uint32_t)(len - done);
 
-        r = vuf_client_get_config(fe->client, (uint32_t)(offset + done),
-                                  VUF_CONFIG_FLAG_WRITABLE, tmp + done, n);
+        r = stream_note(fe, vuf_client_get_config(fe->client, (uint32_t)(offset + done),
+                                                  VUF_CONFIG_FLAG_WRITABLE, tmp + done, n));
         if (r < 0) {
             vuf_log(VUF_LOG_ERROR, "%s: failed to read config at 0x%llx: %s", fe->label,
                     (unsigned long long)(offset + done), vuf_strerror(r));
@@ -226,6 +279,7 @@ static int fe_write_config(struct vuf_device *d, uint64_t offset, const void *da
 {
     struct vuf_frontend *fe = fe_of(d);
     size_t done = 0;
+    int r;
 
     if (!data && len)
         return -EINVAL;
@@ -234,11 +288,15 @@ static int fe_write_config(struct vuf_device *d, uint64_t offset, const void *da
                 fe->label, (unsigned long long)offset, len);
         return -EINVAL;
     }
+    r = len ? stream_check(fe) : 0;
+    if (r < 0)
+        return r;
     while (done < len) {
         uint32_t n = len - done > VUF_CONFIG_MAX ? VUF_CONFIG_MAX : (uint32_t)(len - done);
-        int r = vuf_client_set_config(fe->client, (uint32_t)(offset + done),
-                                      VUF_CONFIG_FLAG_WRITABLE,
-                                      (const uint8_t *)data + done, n);
+
+        r = stream_note(fe, vuf_client_set_config(fe->client, (uint32_t)(offset + done),
+                                                  VUF_CONFIG_FLAG_WRITABLE,
+                                                  (const uint8_t *)data + done, n));
 
         if (r < 0) {
             vuf_log(VUF_LOG_ERROR, "%s: failed to write config at 0x%llx: %s", fe->label,
@@ -405,8 +463,8 @@ static int deactivate_vring(struct vuf_frontend *fe, unsigned i, uint32_t *base,
  */
 static int stop_queues(struct vuf_frontend *fe, bool reclaim)
 {
-    bool broken = false;
-    int err = 0;
+    int err = fe->nsent ? stream_check(fe) : 0;
+    bool broken = err < 0;
 
     for (unsigned k = 0; k < fe->nsent; k++) {
         struct fe_sent_queue *s = &fe->sent[k];
@@ -415,7 +473,7 @@ static int stop_queues(struct vuf_frontend *fe, bool reclaim)
         int r = -ECONNRESET;
 
         if (!broken)
-            r = deactivate_vring(fe, s->index, &base, &have_base, &broken);
+            r = stream_note(fe, deactivate_vring(fe, s->index, &base, &have_base, &broken));
         if (r < 0 && !err)
             err = r;
         if (!reclaim)
@@ -476,6 +534,9 @@ static int fe_activate(struct vuf_device *d, const struct vuf_guest_mem *mem,
                 fe->label, nreg);
         return nreg < 0 ? nreg : -EINVAL;
     }
+    r = stream_check(fe);
+    if (r < 0)
+        return r;
     fe->sent = calloc(nready ? nready : 1, sizeof(*fe->sent));
     if (!fe->sent)
         return -ENOMEM;
@@ -540,6 +601,7 @@ static int fe_activate(struct vuf_device *d, const struct vuf_guest_mem *mem,
     return 0;
 
 fail:
+    stream_note(fe, r);
     /* crosvm leaves started rings running on the back-end; stop them so it
      * no longer touches guest memory the transport will reset. */
     if (!conn_broken(r))
@@ -635,11 +697,57 @@ static size_t state_max(const struct vuf_frontend *fe)
 }
 
 /*
- * Read fd to EOF into buf (after `hdr` bytes of room), growing it, at most
- * `max` bytes. The fd may be blocking: we only read after poll said so.
+ * The back-end's own state fd shares its file description with the
+ * back-end, which can keep a copy: steal the data poll() saw, refill the
+ * pipe poll() found room in, clear O_NONBLOCK, or set SO_RCVLOWAT. A read
+ * or write after poll() can then block for ever. So a pipe is reopened
+ * through /proc/self/fd into a non-blocking description of our own, and a
+ * socket is used with MSG_DONTWAIT only; a regular file never blocks.
+ * Anything else is refused. Replaces *fd (closing the old one, also on
+ * failure) and sets *sock.
  */
-static int read_to_eof(int fd, int64_t deadline, size_t max, size_t room, uint8_t **buf,
-                       size_t *len)
+static int own_state_fd(int *fd, int mode, bool *sock)
+{
+    char path[40];
+    struct stat st;
+    int nfd, acc = fcntl(*fd, F_GETFL) & O_ACCMODE;
+
+    *sock = false;
+    /* The end we were given must allow the transfer (a reopen would not
+     * care which end of a pipe it came from). */
+    if (fstat(*fd, &st) < 0 || !(S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode) ||
+                                 S_ISREG(st.st_mode)) ||
+        acc == (mode == O_RDONLY ? O_WRONLY : O_RDONLY)) {
+        close(*fd);
+        *fd = -1;
+        return -EBADF;
+    }
+    if (S_ISSOCK(st.st_mode)) {
+        *sock = true;
+        return 0;
+    }
+    if (S_ISREG(st.st_mode))
+        return 0;
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", *fd);
+    nfd = open(path, mode | O_NONBLOCK | O_CLOEXEC);
+    close(*fd);
+    *fd = nfd;
+    return nfd < 0 ? -errno : 0;
+}
+
+/* One read or write that never blocks, on a pipe/file description of our
+ * own or a socket (see own_state_fd). */
+static ssize_t read_nowait(int fd, bool sock, void *buf, size_t len)
+{
+    return sock ? recv(fd, buf, len, MSG_DONTWAIT) : read(fd, buf, len);
+}
+
+/*
+ * Read fd to EOF into buf (after `hdr` bytes of room), growing it, at most
+ * `max` bytes. The fd never blocks (our own pipe end, or own_state_fd).
+ */
+static int read_to_eof(int fd, bool sock, int64_t deadline, size_t max, size_t room,
+                       uint8_t **buf, size_t *len)
 {
     size_t cap = 0, n = 0;
     uint8_t *b = NULL;
@@ -665,7 +773,7 @@ static int read_to_eof(int fd, int64_t deadline, size_t max, size_t room, uint8_
         r = vuf_poll_fd(fd, POLLIN, deadline);
         if (r < 0)
             goto fail;
-        got = read(fd, b + room + n, cap - room - n);
+        got = read_nowait(fd, sock, b + room + n, cap - room - n);
         if (got == 0)
             break;
         if (got < 0) {
@@ -716,12 +824,11 @@ static ssize_t write_nosigpipe(int fd, const void *buf, size_t len)
     return n;
 }
 
-/* Write all of buf before the deadline. `own` fds are ours and
- * non-blocking; a back-end's fd may block, so after POLLOUT we write at
- * most PIPE_BUF bytes, which a pipe then takes without blocking. */
-static int write_all(int fd, bool own, const uint8_t *buf, size_t len, int64_t deadline)
+/* Write all of buf before the deadline. The fd never blocks (our own pipe
+ * end, or own_state_fd). */
+static int write_all(int fd, bool sock, const uint8_t *buf, size_t len, int64_t deadline)
 {
-    size_t chunk = own ? 65536 : PIPE_BUF;
+    const size_t chunk = 65536;
 
     while (len) {
         ssize_t n;
@@ -729,7 +836,10 @@ static int write_all(int fd, bool own, const uint8_t *buf, size_t len, int64_t d
 
         if (r < 0)
             return r;
-        n = write_nosigpipe(fd, buf, len < chunk ? len : chunk);
+        if (sock)
+            n = send(fd, buf, len < chunk ? len : chunk, MSG_DONTWAIT | MSG_NOSIGNAL);
+        else
+            n = write_nosigpipe(fd, buf, len < chunk ? len : chunk);
         if (n < 0) {
             if (errno == EINTR || errno == EAGAIN)
                 continue;
@@ -764,6 +874,7 @@ static int fe_snapshot(struct vuf_device *d, uint8_t **data, size_t *len)
     uint8_t *buf = NULL;
     size_t n = 0;
     int p[2], backend_fd = -1, r;
+    bool sock = false;
 
     if (!data || !len)
         return -EINVAL;
@@ -772,11 +883,15 @@ static int fe_snapshot(struct vuf_device *d, uint8_t **data, size_t *len)
                 fe->label);
         return -ENOTSUP;
     }
+    r = stream_check(fe);
+    if (r < 0)
+        return r;
     r = make_pipe(p, 0);
     if (r < 0)
         return r;
-    r = vuf_client_set_device_state_fd(fe->client, VUF_STATE_DIR_SAVE,
-                                       VUF_STATE_PHASE_STOPPED, p[1], &backend_fd);
+    r = stream_note(fe, vuf_client_set_device_state_fd(fe->client, VUF_STATE_DIR_SAVE,
+                                                       VUF_STATE_PHASE_STOPPED, p[1],
+                                                       &backend_fd));
     /* EOF ends the state, so our write end must be gone before we read. */
     close(p[1]);
     if (r < 0) {
@@ -785,8 +900,10 @@ static int fe_snapshot(struct vuf_device *d, uint8_t **data, size_t *len)
         close(p[0]);
         return r;
     }
-    r = read_to_eof(backend_fd >= 0 ? backend_fd : p[0], state_deadline(fe), state_max(fe),
-                    sizeof(h), &buf, &n);
+    r = backend_fd >= 0 ? own_state_fd(&backend_fd, O_RDONLY, &sock) : 0;
+    if (r == 0)
+        r = read_to_eof(backend_fd >= 0 ? backend_fd : p[0], sock, state_deadline(fe),
+                        state_max(fe), sizeof(h), &buf, &n);
     close(p[0]);
     if (backend_fd >= 0)
         close(backend_fd);
@@ -798,7 +915,7 @@ static int fe_snapshot(struct vuf_device *d, uint8_t **data, size_t *len)
                 r == -EFBIG ? "larger than the limit" : vuf_strerror(r));
         return r;
     }
-    r = vuf_client_check_device_state(fe->client);
+    r = stream_note(fe, vuf_client_check_device_state(fe->client));
     if (r < 0) {
         vuf_log(VUF_LOG_ERROR, "%s: failed to transfer device state: %s", fe->label,
                 vuf_strerror(r));
@@ -821,6 +938,7 @@ static int fe_restore(struct vuf_device *d, const uint8_t *data, size_t len)
     struct snap_hdr h;
     int p[2], backend_fd = -1, r, r2;
     uint64_t missing;
+    bool sock = false;
 
     if (!(fe->protocol_features & VUF_PF(DEVICE_STATE))) {
         vuf_log(VUF_LOG_ERROR, "%s: restore requires VHOST_USER_PROTOCOL_F_DEVICE_STATE",
@@ -848,18 +966,22 @@ static int fe_restore(struct vuf_device *d, const uint8_t *data, size_t len)
                 fe->label, (unsigned long long)missing);
         return -ENOTSUP;
     }
+    r = stream_check(fe);
+    if (r < 0)
+        return r;
     /* Bit 30 stays whenever this back-end offers it: it decides whether
      * the rings wait for SET_VRING_ENABLE. */
     fe->acked_features = h.acked_features | (fe->avail_features & F_PROTOCOL);
-    r = send_features_if_needed(fe);
+    r = stream_note(fe, send_features_if_needed(fe));
     if (r < 0)
         return r;
 
     r = make_pipe(p, 1);
     if (r < 0)
         return r;
-    r = vuf_client_set_device_state_fd(fe->client, VUF_STATE_DIR_LOAD,
-                                       VUF_STATE_PHASE_STOPPED, p[0], &backend_fd);
+    r = stream_note(fe, vuf_client_set_device_state_fd(fe->client, VUF_STATE_DIR_LOAD,
+                                                       VUF_STATE_PHASE_STOPPED, p[0],
+                                                       &backend_fd));
     /* The back-end has its own copy of the read end; without ours, a
      * back-end that stops reading makes our write fail instead of block. */
     close(p[0]);
@@ -869,11 +991,14 @@ static int fe_restore(struct vuf_device *d, const uint8_t *data, size_t len)
         close(p[1]);
         return r;
     }
-    if (backend_fd >= 0)
-        r = write_all(backend_fd, false, data + sizeof(h), (size_t)h.state_len,
-                      state_deadline(fe));
-    else
-        r = write_all(p[1], true, data + sizeof(h), (size_t)h.state_len, state_deadline(fe));
+    if (backend_fd >= 0) {
+        r = own_state_fd(&backend_fd, O_WRONLY, &sock);
+        if (r == 0)
+            r = write_all(backend_fd, sock, data + sizeof(h), (size_t)h.state_len,
+                          state_deadline(fe));
+    } else {
+        r = write_all(p[1], false, data + sizeof(h), (size_t)h.state_len, state_deadline(fe));
+    }
     /* EOF marks the end of the state. */
     close(p[1]);
     if (backend_fd >= 0)
@@ -883,7 +1008,7 @@ static int fe_restore(struct vuf_device *d, const uint8_t *data, size_t len)
                 vuf_strerror(r));
         return r;
     }
-    r2 = vuf_client_check_device_state(fe->client);
+    r2 = stream_note(fe, vuf_client_check_device_state(fe->client));
     if (r2 < 0)
         vuf_log(VUF_LOG_ERROR, "%s: failed to transfer device state: %s", fe->label,
                 vuf_strerror(r2));
@@ -926,10 +1051,13 @@ static int fe_get_shm_region(struct vuf_device *d, struct vuf_shm_region *out)
     if (r != -EAGAIN)
         return r;
 
+    r = stream_check(fe);
+    if (r < 0)
+        return r;
     cfg = malloc(sizeof(*cfg)); /* 2 KiB: keep it off the stack */
     if (!cfg)
         return -ENOMEM;
-    r = vuf_client_get_shmem_config(fe->client, cfg);
+    r = stream_note(fe, vuf_client_get_shmem_config(fe->client, cfg));
     if (r < 0) {
         vuf_log(VUF_LOG_ERROR, "%s: failed to get shared memory config: %s", fe->label,
                 vuf_strerror(r));
@@ -946,6 +1074,12 @@ static int fe_get_shm_region(struct vuf_device *d, struct vuf_shm_region *out)
         if (count > 1) {
             vuf_log(VUF_LOG_ERROR, "%s: too many shmem regions: %u > 1", fe->label, count);
             r = -ENOTSUP;
+        } else if (count == 1 && (reg.length & ((uint64_t)sysconf(_SC_PAGESIZE) - 1))) {
+            /* The spec: region sizes are multiples of the mmap page size;
+             * a VMM could not map anything else into a guest window. */
+            vuf_log(VUF_LOG_ERROR, "%s: shmem region %u size 0x%llx is not page aligned",
+                    fe->label, reg.id, (unsigned long long)reg.length);
+            r = -EPROTO;
         }
     }
     free(cfg);

@@ -43,6 +43,11 @@ struct vuf_frontend {
     char label[40];
 
     struct vuf_client *client; /* the main socket */
+    /* Sticky: the main socket's byte stream is out of step with our
+     * requests (a reply timed out or was cut, or the back-end sent
+     * something unasked). Every later request would read a stale or
+     * partial message as its reply, so none is sent. 0 while in step. */
+    int stream_err;
 
     uint64_t avail_features;     /* offered to the driver */
     uint64_t acked_features;     /* accumulated acks (+ bit 30 when offered) */
