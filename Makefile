@@ -1,5 +1,5 @@
 # Thin wrapper over the two README commands; the build itself is Meson.
-.PHONY: all run test clean
+.PHONY: all run test format clean
 
 all:
 	bash scripts/setup.sh
@@ -13,6 +13,10 @@ run:
 # Set up and run every test (gcc, ASan+UBSan, clang, fuzzers).
 test:
 	bash scripts/test.sh
+
+# Apply .clang-format to every C file (scripts/test.sh checks it).
+format:
+	git ls-files '*.c' '*.h' | xargs clang-format -i
 
 clean:
 	rm -rf build build-san build-clang build-fuzz

@@ -41,9 +41,9 @@
 #define CHECK_WAIT_MS 3000
 
 /* Protocol features this back-end implements. */
-#define BLK_PROTOCOL_FEATURES                                                           \
-    (VUF_PF(MQ) | VUF_PF(REPLY_ACK) | VUF_PF(BACKEND_REQ) | VUF_PF(CONFIG) |             \
-     VUF_PF(BACKEND_SEND_FD) | VUF_PF(RESET_DEVICE) | VUF_PF(CONFIGURE_MEM_SLOTS) |     \
+#define BLK_PROTOCOL_FEATURES                                                       \
+    (VUF_PF(MQ) | VUF_PF(REPLY_ACK) | VUF_PF(BACKEND_REQ) | VUF_PF(CONFIG) |        \
+     VUF_PF(BACKEND_SEND_FD) | VUF_PF(RESET_DEVICE) | VUF_PF(CONFIGURE_MEM_SLOTS) | \
      VUF_PF(STATUS) | VUF_PF(DEVICE_STATE) | VUF_PF(SHMEM))
 
 /* ------------------------------------------------------------------------ */
@@ -60,11 +60,11 @@ static void put_le(uint8_t *p, uint64_t v, unsigned n)
 static void build_config(const struct blk_dev *d, uint8_t cfg[BLK_CONFIG_SIZE])
 {
     memset(cfg, 0, BLK_CONFIG_SIZE);
-    put_le(cfg + 0, d->capacity, 8);               /* capacity */
-    put_le(cfg + 12, d->o.queue_size_max - 2, 4);  /* seg_max: queue size - header - status */
-    put_le(cfg + 20, BLK_SECTOR, 4);               /* blk_size */
-    cfg[BLK_CONFIG_WRITEBACK_OFF] = d->writeback;  /* writeback */
-    put_le(cfg + 34, d->nq, 2);                    /* num_queues */
+    put_le(cfg + 0, d->capacity, 8);              /* capacity */
+    put_le(cfg + 12, d->o.queue_size_max - 2, 4); /* seg_max: queue size - header - status */
+    put_le(cfg + 20, BLK_SECTOR, 4);              /* blk_size */
+    cfg[BLK_CONFIG_WRITEBACK_OFF] = d->writeback; /* writeback */
+    put_le(cfg + 34, d->nq, 2);                   /* num_queues */
     if (!d->o.read_only) {
         put_le(cfg + 36, BLK_MAX_DISCARD_SECTORS, 4); /* max_discard_sectors */
         put_le(cfg + 40, BLK_MAX_DISCARD_SEG, 4);     /* max_discard_seg */
@@ -132,8 +132,7 @@ static void finish_xfer(struct blk_dev *d, int timeout_ms)
                 vq->last_avail = l.st.q[i].next_avail;
                 __atomic_store_n(&vq->completed, l.st.q[i].completed, __ATOMIC_RELAXED);
                 __atomic_store_n(&vq->bytes_read, l.st.q[i].bytes_read, __ATOMIC_RELAXED);
-                __atomic_store_n(&vq->bytes_written, l.st.q[i].bytes_written,
-                                 __ATOMIC_RELAXED);
+                __atomic_store_n(&vq->bytes_written, l.st.q[i].bytes_written, __ATOMIC_RELAXED);
             }
             if (l.image_fd >= 0) {
                 close(d->disk_fd);
@@ -166,8 +165,8 @@ static int h_set_features(void *opaque, struct vuf_msg *req, struct vuf_msg *rep
     if (vuf_decode_u64(req, &f) < 0)
         return -EPROTO;
     if (f & ~d->features) {
-        vuf_log(VUF_LOG_ERROR, "SET_FEATURES 0x%" PRIx64 ": bits 0x%" PRIx64 " not offered",
-                f, f & ~d->features);
+        vuf_log(VUF_LOG_ERROR, "SET_FEATURES 0x%" PRIx64 ": bits 0x%" PRIx64 " not offered", f,
+                f & ~d->features);
         return -EINVAL;
     }
     d->acked_features = f;
@@ -270,8 +269,8 @@ static int h_set_vring_num(void *opaque, struct vuf_msg *req, struct vuf_msg *re
     if (!(vq = vq_at(d, s.index, "SET_VRING_NUM")))
         return -EINVAL;
     if (s.num == 0 || s.num > d->o.queue_size_max || (s.num & (s.num - 1))) {
-        vuf_log(VUF_LOG_ERROR, "SET_VRING_NUM %u: size %u is not a power of 2 in 1..%u",
-                s.index, s.num, d->o.queue_size_max);
+        vuf_log(VUF_LOG_ERROR, "SET_VRING_NUM %u: size %u is not a power of 2 in 1..%u", s.index,
+                s.num, d->o.queue_size_max);
         return -EINVAL;
     }
     if (vq->started) {
@@ -318,8 +317,7 @@ static int h_set_vring_base(void *opaque, struct vuf_msg *req, struct vuf_msg *r
         return -EINVAL;
     if (s.num > 0xffff) {
         /* Split ring: bits 16-31 are reserved (packed rings are not offered). */
-        vuf_log(VUF_LOG_ERROR, "SET_VRING_BASE %u: 0x%x has reserved bits set", s.index,
-                s.num);
+        vuf_log(VUF_LOG_ERROR, "SET_VRING_BASE %u: 0x%x has reserved bits set", s.index, s.num);
         return -EINVAL;
     }
     if (vq->started) {
@@ -345,8 +343,7 @@ static int h_get_vring_base(void *opaque, struct vuf_msg *req, struct vuf_msg *r
     reply->payload.state.index = s.index;
     reply->payload.state.num = be_vq_stop(vq);
     reply->hdr.size = sizeof(reply->payload.state);
-    vuf_log(VUF_LOG_INFO, "vq %u stopped at avail index %u", s.index,
-            reply->payload.state.num);
+    vuf_log(VUF_LOG_INFO, "vq %u stopped at avail index %u", s.index, reply->payload.state.num);
     return 0;
 }
 
@@ -444,8 +441,8 @@ static int h_get_config(void *opaque, struct vuf_msg *req, struct vuf_msg *reply
         return -EPROTO;
     if (c.size == 0 || c.offset > BLK_CONFIG_SIZE || c.size > BLK_CONFIG_SIZE - c.offset) {
         /* The protocol's refusal is an empty reply (the server sends it). */
-        vuf_log(VUF_LOG_WARN, "GET_CONFIG offset %u size %u: outside the %u-byte config",
-                c.offset, c.size, BLK_CONFIG_SIZE);
+        vuf_log(VUF_LOG_WARN, "GET_CONFIG offset %u size %u: outside the %u-byte config", c.offset,
+                c.size, BLK_CONFIG_SIZE);
         return -EINVAL;
     }
     build_config(d, cfg);
@@ -479,8 +476,7 @@ static int h_set_config(void *opaque, struct vuf_msg *req, struct vuf_msg *reply
         if (off == BLK_CONFIG_WRITEBACK_OFF) {
             wb_in = true;
             if (c.region[i] > 1) {
-                vuf_log(VUF_LOG_ERROR, "SET_CONFIG: writeback %u is not 0 or 1",
-                        c.region[i]);
+                vuf_log(VUF_LOG_ERROR, "SET_CONFIG: writeback %u is not 0 or 1", c.region[i]);
                 return -EINVAL;
             }
         } else if (c.region[i] != cfg[off] && c.flags != VUF_CONFIG_FLAG_MIGRATION) {
@@ -532,8 +528,8 @@ static int h_set_device_state_fd(void *opaque, struct vuf_msg *req, struct vuf_m
         vuf_log(VUF_LOG_ERROR, "SET_DEVICE_STATE_FD: the device is not suspended");
         err = EBUSY;
     } else if (ds.direction == VUF_STATE_DIR_SAVE) {
-        struct blk_state st = {.num_queues = d->nq, .capacity = d->capacity,
-                               .writeback = d->writeback};
+        struct blk_state st = {
+            .num_queues = d->nq, .capacity = d->capacity, .writeback = d->writeback};
         bool image = d->disk_is_ram && d->o.state_includes_ram;
 
         st.q = calloc(d->nq, sizeof(*st.q));
@@ -727,8 +723,7 @@ static int serve(struct blk_dev *d, struct vuf_conn *conn, int sig_fd)
             r = vuf_server_process_one(d->srv);
             if (r < 0 && fatal_conn_error(r)) {
                 if (r != -ECONNRESET)
-                    vuf_log(VUF_LOG_WARN, "front-end connection failed: %s",
-                            vuf_strerror(r));
+                    vuf_log(VUF_LOG_WARN, "front-end connection failed: %s", vuf_strerror(r));
                 break;
             }
             continue;
@@ -738,8 +733,7 @@ static int serve(struct blk_dev *d, struct vuf_conn *conn, int sig_fd)
             if (!pfd[k].revents)
                 continue;
             if (!drain_kick(vq, pfd[k].revents)) {
-                vuf_log(VUF_LOG_ERROR, "vq %u: kick fd hung up; waiting for a new one",
-                        vq->index);
+                vuf_log(VUF_LOG_ERROR, "vq %u: kick fd hung up; waiting for a new one", vq->index);
                 be_vq_set_kick(vq, -1);
             }
             blk_process_vq(d, vq);
@@ -775,19 +769,23 @@ static int parse_size(const char *s, uint64_t *out)
     switch (*end) {
     case '\0':
         break;
-    case 'k': case 'K':
+    case 'k':
+    case 'K':
         mul = 1ull << 10;
         end++;
         break;
-    case 'm': case 'M':
+    case 'm':
+    case 'M':
         mul = 1ull << 20;
         end++;
         break;
-    case 'g': case 'G':
+    case 'g':
+    case 'G':
         mul = 1ull << 30;
         end++;
         break;
-    case 't': case 'T':
+    case 't':
+    case 'T':
         mul = 1ull << 40;
         end++;
         break;
@@ -802,15 +800,14 @@ static int parse_size(const char *s, uint64_t *out)
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: vuf-backend-blk --socket-path=PATH | --fd=N\n"
-            "                       --file=IMAGE | --ram=BYTES\n"
-            "                       [--num-queues=N (2)] [--queue-size-max=N (1024)]\n"
-            "                       [--read-only] [--shm-size=BYTES (0)] [--shm-file=PATH]\n"
-            "                       [--control=PATH] [--state-includes-ram]\n"
-            "                       [--protocol-features=MASK]\n"
-            "       vuf-backend-blk --print-capabilities\n"
-            "BYTES take K, M, G, T suffixes (binary). VUF_LOG=debug traces every message.\n");
+    fprintf(f, "usage: vuf-backend-blk --socket-path=PATH | --fd=N\n"
+               "                       --file=IMAGE | --ram=BYTES\n"
+               "                       [--num-queues=N (2)] [--queue-size-max=N (1024)]\n"
+               "                       [--read-only] [--shm-size=BYTES (0)] [--shm-file=PATH]\n"
+               "                       [--control=PATH] [--state-includes-ram]\n"
+               "                       [--protocol-features=MASK]\n"
+               "       vuf-backend-blk --print-capabilities\n"
+               "BYTES take K, M, G, T suffixes (binary). VUF_LOG=debug traces every message.\n");
 }
 
 static void print_capabilities(void)
@@ -886,8 +883,7 @@ static int parse_args(int argc, char **argv, struct blk_opts *o, bool *caps)
             break;
         case OPT_NUM_QUEUES:
             if (parse_size(optarg, &v) < 0 || v == 0 || v > BLK_MAX_QUEUES) {
-                fprintf(stderr, "vuf-backend-blk: --num-queues must be 1..%u\n",
-                        BLK_MAX_QUEUES);
+                fprintf(stderr, "vuf-backend-blk: --num-queues must be 1..%u\n", BLK_MAX_QUEUES);
                 return -1;
             }
             o->num_queues = (unsigned)v;
@@ -1041,8 +1037,8 @@ static int setup(struct blk_dev *d)
             return -1;
         }
     if (d->o.control_path) {
-        struct be_control_ctx ctx = {.slot = &d->slot, .shm_fd = d->shm_fd, .vqs = d->vqs,
-                                     .nq = d->nq};
+        struct be_control_ctx ctx = {
+            .slot = &d->slot, .shm_fd = d->shm_fd, .vqs = d->vqs, .nq = d->nq};
         int r = be_control_start(d->o.control_path, &ctx, &d->control);
         if (r < 0) {
             fprintf(stderr, "vuf-backend-blk: control socket %s: %s\n", d->o.control_path,
@@ -1105,8 +1101,7 @@ int main(int argc, char **argv)
     if (d.o.socket_path) {
         r = vuf_listen(d.o.socket_path, &listen_fd);
         if (r < 0) {
-            fprintf(stderr, "vuf-backend-blk: listen on %s: %s\n", d.o.socket_path,
-                    strerror(-r));
+            fprintf(stderr, "vuf-backend-blk: listen on %s: %s\n", d.o.socket_path, strerror(-r));
             goto out;
         }
     } else {
@@ -1123,9 +1118,8 @@ int main(int argc, char **argv)
     vuf_log(VUF_LOG_INFO,
             "vuf-backend-blk: %s %s, %" PRIu64 " sectors%s, %u queues, features 0x%" PRIx64
             ", protocol features 0x%" PRIx64,
-            listening ? "listening on" : "serving fd",
-            d.o.socket_path ? d.o.socket_path : "(--fd)", d.capacity,
-            d.o.read_only ? " read-only" : "", d.nq, d.features, d.protocol_features);
+            listening ? "listening on" : "serving fd", d.o.socket_path ? d.o.socket_path : "(--fd)",
+            d.capacity, d.o.read_only ? " read-only" : "", d.nq, d.features, d.protocol_features);
 
     if (!listening) {
         struct vuf_conn *c;

@@ -87,15 +87,15 @@ static int copy_piece(void *opaque, uint8_t *host, size_t len, uint64_t pos)
     return 0;
 }
 
-static int gather(const struct be_mem *mem, const struct be_seg *segs, unsigned n,
-                  uint64_t skip, void *buf, size_t len)
+static int gather(const struct be_mem *mem, const struct be_seg *segs, unsigned n, uint64_t skip,
+                  void *buf, size_t len)
 {
     struct copy_ctx c = {buf, false};
     return for_each_piece(mem, segs, n, skip, len, copy_piece, &c);
 }
 
-static int scatter(const struct be_mem *mem, const struct be_seg *segs, unsigned n,
-                   const void *buf, size_t len)
+static int scatter(const struct be_mem *mem, const struct be_seg *segs, unsigned n, const void *buf,
+                   size_t len)
 {
     struct copy_ctx c = {(uint8_t *)buf, true};
     return for_each_piece(mem, segs, n, 0, len, copy_piece, &c);
@@ -189,17 +189,15 @@ static uint8_t discard_or_zero(struct blk_dev *d, const struct be_chain *c, uint
     uint64_t bytes = c->out_bytes - sizeof(struct blk_req_hdr);
     unsigned n;
 
-    if (!acked(d, type == VIRTIO_BLK_T_DISCARD ? VIRTIO_BLK_F_DISCARD
-                                               : VIRTIO_BLK_F_WRITE_ZEROES))
+    if (!acked(d, type == VIRTIO_BLK_T_DISCARD ? VIRTIO_BLK_F_DISCARD : VIRTIO_BLK_F_WRITE_ZEROES))
         return VIRTIO_BLK_S_UNSUPP;
     if (d->o.read_only)
         return VIRTIO_BLK_S_IOERR;
-    if (bytes == 0 || bytes % sizeof(segs[0]) != 0 ||
-        bytes / sizeof(segs[0]) > BLK_MAX_DISCARD_SEG)
+    if (bytes == 0 || bytes % sizeof(segs[0]) != 0 || bytes / sizeof(segs[0]) > BLK_MAX_DISCARD_SEG)
         return VIRTIO_BLK_S_IOERR;
     n = (unsigned)(bytes / sizeof(segs[0]));
-    if (gather(&d->mem, c->segs, c->nout, sizeof(struct blk_req_hdr), segs,
-               n * sizeof(segs[0])) < 0)
+    if (gather(&d->mem, c->segs, c->nout, sizeof(struct blk_req_hdr), segs, n * sizeof(segs[0])) <
+        0)
         return VIRTIO_BLK_S_IOERR;
     /* Check every segment before touching the disk. */
     for (unsigned i = 0; i < n; i++) {
@@ -221,8 +219,7 @@ static uint8_t discard_or_zero(struct blk_dev *d, const struct be_chain *c, uint
                           (off_t)len) < 0 &&
                 errno != EOPNOTSUPP)
                 return VIRTIO_BLK_S_IOERR;
-        } else if (zero_range(d->disk_fd, off, len,
-                              segs[i].flags & VIRTIO_BLK_WZ_F_UNMAP) < 0) {
+        } else if (zero_range(d->disk_fd, off, len, segs[i].flags & VIRTIO_BLK_WZ_F_UNMAP) < 0) {
             return VIRTIO_BLK_S_IOERR;
         }
     }
@@ -256,14 +253,11 @@ static uint32_t handle_request(struct blk_dev *d, struct be_vq *vq, const struct
     uint8_t status = VIRTIO_BLK_S_OK;
 
     if (!status_gpa(c, &st_gpa)) {
-        vuf_log(VUF_LOG_ERROR, "vq %u: request at head %u has no status byte", vq->index,
-                c->head);
+        vuf_log(VUF_LOG_ERROR, "vq %u: request at head %u has no status byte", vq->index, c->head);
         return 0;
     }
-    if (c->out_bytes < sizeof(h) ||
-        gather(&d->mem, c->segs, c->nout, 0, &h, sizeof(h)) < 0) {
-        vuf_log(VUF_LOG_WARN, "vq %u: request at head %u: unreadable header", vq->index,
-                c->head);
+    if (c->out_bytes < sizeof(h) || gather(&d->mem, c->segs, c->nout, 0, &h, sizeof(h)) < 0) {
+        vuf_log(VUF_LOG_WARN, "vq %u: request at head %u: unreadable header", vq->index, c->head);
         status = VIRTIO_BLK_S_IOERR;
         goto done;
     }
@@ -293,8 +287,7 @@ static uint32_t handle_request(struct blk_dev *d, struct be_vq *vq, const struct
             status = VIRTIO_BLK_S_IOERR;
             break;
         }
-        if (for_each_piece(&d->mem, c->segs, c->nout, sizeof(h), data, disk_write_piece,
-                           &dc) < 0 ||
+        if (for_each_piece(&d->mem, c->segs, c->nout, sizeof(h), data, disk_write_piece, &dc) < 0 ||
             (writethrough(d) && fdatasync(d->disk_fd) < 0)) {
             vuf_log(VUF_LOG_WARN, "vq %u: write sector %llu +%llu failed", vq->index,
                     (unsigned long long)h.sector, (unsigned long long)data);
@@ -332,8 +325,8 @@ done:
     if (status != VIRTIO_BLK_S_OK)
         used_len = 1;
     if (be_mem_write(&d->mem, st_gpa, &status, 1) < 0) {
-        vuf_log(VUF_LOG_ERROR, "vq %u: status byte of head %u outside guest memory",
-                vq->index, c->head);
+        vuf_log(VUF_LOG_ERROR, "vq %u: status byte of head %u outside guest memory", vq->index,
+                c->head);
         return 0;
     }
     return used_len;

@@ -187,12 +187,11 @@ static void run_command(struct be_control *c, char *line, char *ans, size_t cap)
         size_t off = (size_t)snprintf(ans, cap, "ok");
         for (unsigned i = 0; i < c->ctx.nq && off < cap; i++) {
             const struct be_vq *q = &c->ctx.vqs[i];
-            off += (size_t)snprintf(
-                ans + off, cap - off, " q%u completed=%" PRIu64 " read=%" PRIu64
-                                      " written=%" PRIu64,
-                i, __atomic_load_n(&q->completed, __ATOMIC_RELAXED),
-                __atomic_load_n(&q->bytes_read, __ATOMIC_RELAXED),
-                __atomic_load_n(&q->bytes_written, __ATOMIC_RELAXED));
+            off += (size_t)snprintf(ans + off, cap - off,
+                                    " q%u completed=%" PRIu64 " read=%" PRIu64 " written=%" PRIu64,
+                                    i, __atomic_load_n(&q->completed, __ATOMIC_RELAXED),
+                                    __atomic_load_n(&q->bytes_read, __ATOMIC_RELAXED),
+                                    __atomic_load_n(&q->bytes_written, __ATOMIC_RELAXED));
         }
     } else {
         snprintf(ans, cap, "error unknown command or wrong argument count");
@@ -206,8 +205,7 @@ static void serve_client(struct be_control *c, int fd)
     size_t have = 0;
 
     for (;;) {
-        struct pollfd p[2] = {{.fd = fd, .events = POLLIN},
-                              {.fd = c->stop_efd, .events = POLLIN}};
+        struct pollfd p[2] = {{.fd = fd, .events = POLLIN}, {.fd = c->stop_efd, .events = POLLIN}};
         char *nl;
         ssize_t n;
 
@@ -273,8 +271,7 @@ static void *control_main(void *arg)
     return NULL;
 }
 
-int be_control_start(const char *path, const struct be_control_ctx *ctx,
-                     struct be_control **out)
+int be_control_start(const char *path, const struct be_control_ctx *ctx, struct be_control **out)
 {
     struct be_control *c = calloc(1, sizeof(*c));
     int r;

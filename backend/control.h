@@ -63,8 +63,7 @@ struct be_control;
 
 /* Listen on path (a stale socket is replaced) and serve it from a thread.
  * The ctx is copied; what it points to must outlive the control. */
-int be_control_start(const char *path, const struct be_control_ctx *ctx,
-                     struct be_control **out);
+int be_control_start(const char *path, const struct be_control_ctx *ctx, struct be_control **out);
 /* Stop the thread, close, unlink the path, free. NULL is a no-op. */
 void be_control_stop(struct be_control *c);
 

@@ -218,8 +218,8 @@ static int do_save(struct blk_xfer *x)
         if (!chunk)
             return -ENOMEM;
         for (uint64_t off = 0; off < x->image_bytes;) {
-            size_t want = x->image_bytes - off < XFER_CHUNK ? (size_t)(x->image_bytes - off)
-                                                            : XFER_CHUNK;
+            size_t want =
+                x->image_bytes - off < XFER_CHUNK ? (size_t)(x->image_bytes - off) : XFER_CHUNK;
             ssize_t n = pread(x->image_fd, chunk, want, (off_t)off);
             if (n <= 0) {
                 r = n < 0 ? -errno : -EIO;
@@ -306,8 +306,7 @@ static int do_load(struct blk_xfer *x)
             return r;
         }
         for (uint64_t off = 0; off < image_bytes;) {
-            size_t want =
-                image_bytes - off < XFER_CHUNK ? (size_t)(image_bytes - off) : XFER_CHUNK;
+            size_t want = image_bytes - off < XFER_CHUNK ? (size_t)(image_bytes - off) : XFER_CHUNK;
             ssize_t n = read_some(x, chunk, want);
             if (n <= 0) {
                 r = n < 0 ? (int)n : fail("truncated disk image");

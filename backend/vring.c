@@ -109,8 +109,7 @@ int be_vq_translate(struct be_vq *vq, const struct be_mem *mem)
      * give us misaligned host pointers, and the index atomics need them
      * aligned. */
     if ((uintptr_t)a % 2 || (uintptr_t)u % 4) {
-        vuf_log(VUF_LOG_ERROR, "vq %u: ring misaligned in our mapping of its region",
-                vq->index);
+        vuf_log(VUF_LOG_ERROR, "vq %u: ring misaligned in our mapping of its region", vq->index);
         return -EFAULT;
     }
     vq->desc = d;
@@ -151,8 +150,7 @@ uint16_t be_vq_stop(struct be_vq *vq)
 
 static void mark_broken(struct be_vq *vq, const char *why)
 {
-    vuf_log(VUF_LOG_ERROR, "vq %u: %s; queue stopped until it is set up again", vq->index,
-            why);
+    vuf_log(VUF_LOG_ERROR, "vq %u: %s; queue stopped until it is set up again", vq->index, why);
     vq->broken = true;
     be_vq_signal_err(vq);
 }

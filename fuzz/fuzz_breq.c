@@ -52,21 +52,21 @@
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        if (!(cond)) {                                                               \
-            fprintf(stderr, "fuzz_breq: contract broken at %s:%d: %s\n", __FILE__, \
-                    __LINE__, #cond);                                                \
-            abort();                                                                 \
-        }                                                                            \
+#define CHECK(cond)                                                                          \
+    do {                                                                                     \
+        if (!(cond)) {                                                                       \
+            fprintf(stderr, "fuzz_breq: contract broken at %s:%d: %s\n", __FILE__, __LINE__, \
+                    #cond);                                                                  \
+            abort();                                                                         \
+        }                                                                                    \
     } while (0)
 
-#define SEL_NFDS(b) (((b) & 0x0fu) % (VUF_MAX_FDS + 2))
+#define SEL_NFDS(b) (((b)&0x0fu) % (VUF_MAX_FDS + 2))
 #define SEL_REPLY_ACK 0x10u
 #define SEL_EVENTFD 0x20u
 #define SEL_SPLIT 0x40u
 #define SEL_SENDER 0x80u
-#define SEL_CODE(b) (((b) & 0x0fu) % VUF_BREQ_MAX + 1)
+#define SEL_CODE(b) (((b)&0x0fu) % VUF_BREQ_MAX + 1)
 #define SEL_NEED_REPLY 0x10u
 #define SEL_REPLY_FDS(b) (((b) >> 5) & 3u)
 
@@ -250,8 +250,7 @@ static void drain_replies(struct vuf_conn *c)
 }
 
 /* A valid payload for `code` (size rule->size_min) and its fd count. */
-static const struct vuf_msg_rule *valid_payload(uint32_t code, union vuf_payload *p,
-                                                unsigned *nfds)
+static const struct vuf_msg_rule *valid_payload(uint32_t code, union vuf_payload *p, unsigned *nfds)
 {
     const struct vuf_msg_rule *r = vuf_msg_rule(VUF_CH_BACKEND, code);
 
@@ -324,8 +323,7 @@ static void fuzz_server(unsigned sel, const uint8_t *data, size_t size)
     bound = size / VUF_HDR_SIZE + 2;
     for (it = 0; it < bound; it++) {
         rc = vuf_server_process_one(srv);
-        CHECK(rc == 0 || rc == -EINVAL || rc == -ENOTSUP || rc == -EPROTO ||
-              channel_broken(rc));
+        CHECK(rc == 0 || rc == -EINVAL || rc == -ENOTSUP || rc == -EPROTO || channel_broken(rc));
         drain_replies(be);
         /* -EINVAL is a handler's own error, or the server's verdict on a
          * reply the handler built wrong. */
@@ -384,8 +382,7 @@ static void fuzz_sender(unsigned sel, const uint8_t *data, size_t size)
     bound = need_reply || rule->reply == VUF_REPLY_ALWAYS ? size / VUF_HDR_SIZE + 2 : 4;
     for (it = 0; it < bound; it++) {
         uint64_t ack = 0x5a5a5a5a;
-        int rc = vuf_breq_send(be, code, &p, rule->size_min, &memfd_src, nfds, need_reply,
-                               &ack);
+        int rc = vuf_breq_send(be, code, &p, rule->size_min, &memfd_src, nfds, need_reply, &ack);
 
         drain_requests(fe, code, need_reply, nfds);
         CHECK(rc == 0 || rc == -EIO || rc == -EPROTO || channel_broken(rc));
@@ -416,8 +413,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     else
         fuzz_server(sel, data + 1, size - 1);
     if (count_fds() != before) {
-        fprintf(stderr, "fuzz_breq: fd leak: %d open before, %d after\n", before,
-                count_fds());
+        fprintf(stderr, "fuzz_breq: fd leak: %d open before, %d after\n", before, count_fds());
         abort();
     }
     return 0;
@@ -482,8 +478,7 @@ static void write_seeds(const char *dir)
     /* As many acks as the input can ask for: the replies must not stall. */
     {
         static uint8_t flood[1 + 4095 / VUF_HDR_SIZE * VUF_HDR_SIZE];
-        const struct vuf_hdr h = {VUF_BREQ_CONFIG_CHANGE_MSG,
-                                  VUF_VERSION | VUF_FLAG_NEED_REPLY, 0};
+        const struct vuf_hdr h = {VUF_BREQ_CONFIG_CHANGE_MSG, VUF_VERSION | VUF_FLAG_NEED_REPLY, 0};
 
         flood[0] = SEL_REPLY_ACK;
         for (size_t off = 1; off + VUF_HDR_SIZE <= sizeof(flood); off += VUF_HDR_SIZE)

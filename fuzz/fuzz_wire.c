@@ -26,13 +26,13 @@
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        if (!(cond)) {                                                               \
-            fprintf(stderr, "fuzz_wire: contract broken at %s:%d: %s\n", __FILE__, \
-                    __LINE__, #cond);                                                \
-            abort();                                                                 \
-        }                                                                            \
+#define CHECK(cond)                                                                          \
+    do {                                                                                     \
+        if (!(cond)) {                                                                       \
+            fprintf(stderr, "fuzz_wire: contract broken at %s:%d: %s\n", __FILE__, __LINE__, \
+                    #cond);                                                                  \
+            abort();                                                                         \
+        }                                                                                    \
     } while (0)
 
 #define CONFIG_SPACE_LIMIT 0x1000u
@@ -137,8 +137,7 @@ static void run_decoders(const struct vuf_msg *m)
         CHECK((uint64_t)u.config.offset + u.config.size <= CONFIG_SPACE_LIMIT);
         CHECK(u.config.flags == VUF_CONFIG_FLAG_WRITABLE ||
               u.config.flags == VUF_CONFIG_FLAG_MIGRATION);
-        CHECK(memcmp(u.config.region, m->payload.raw + VUF_CONFIG_HDR_SIZE,
-                     u.config.size) == 0);
+        CHECK(memcmp(u.config.region, m->payload.raw + VUF_CONFIG_HDR_SIZE, u.config.size) == 0);
     }
 
     r = vuf_decode_device_state(m, &u.dstate);
@@ -197,8 +196,7 @@ static void check_header(const struct vuf_hdr *h)
                 CHECK(!is_reply || !(h->flags & VUF_FLAG_NEED_REPLY));
                 CHECK(h->size <= VUF_MAX_PAYLOAD);
                 if (!is_reply)
-                    CHECK(size_fits(h->size, rule->size_min, rule->size_max,
-                                    rule->size_step));
+                    CHECK(size_fits(h->size, rule->size_min, rule->size_max, rule->size_step));
             }
             CHECK(vuf_msg_name((enum vuf_channel)ch, h->request) != NULL);
         }
@@ -304,8 +302,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 /* ------------------------------------------------------------------------ */
 
 /* Make a zeroed payload of the row's minimum size valid for its decoder. */
-static void make_valid(enum vuf_channel ch, uint32_t code, union vuf_payload *p,
-                       uint32_t *size, unsigned *nfds)
+static void make_valid(enum vuf_channel ch, uint32_t code, union vuf_payload *p, uint32_t *size,
+                       unsigned *nfds)
 {
     if (ch == VUF_CH_BACKEND) {
         if (code == VUF_BREQ_SHMEM_MAP || code == VUF_BREQ_SHMEM_UNMAP) {
@@ -349,8 +347,7 @@ static void make_valid(enum vuf_channel ch, uint32_t code, union vuf_payload *p,
     }
 }
 
-static void write_seed(const char *dir, const char *name, unsigned nfds,
-                       const struct vuf_msg *m)
+static void write_seed(const char *dir, const char *name, unsigned nfds, const struct vuf_msg *m)
 {
     uint8_t buf[1 + VUF_HDR_SIZE + VUF_MAX_PAYLOAD];
     char path[4096];

@@ -3,7 +3,7 @@
 #   1. install dependencies (scripts/setup.sh, apt-get)
 #   2. gcc build with -Werror, every unit and integration test
 #   3. the same tests under AddressSanitizer + UndefinedBehaviorSanitizer
-#   4. a clang build (warnings are errors there too)
+#   4. a clang build (warnings are errors there too) and a clang-format check
 #   5. each libFuzzer target for a bounded time (FUZZ_SECONDS, default 30)
 # Ends with one line "N passed, N failed, N skipped".
 set -uo pipefail
@@ -47,6 +47,18 @@ if CC=clang configure build-clang -Dwerror=true && ninja -C build-clang -j "$JOB
   echo "clang build: ok"
 else
   failed_steps+=("clang build")
+fi
+
+echo "== clang-format =="
+unformatted=()
+while IFS= read -r f; do
+  clang-format --style=file "$f" | cmp -s - "$f" || unformatted+=("$f")
+done < <(git ls-files '*.c' '*.h' 2>/dev/null || find src include tools tests backend fuzz -name '*.[ch]')
+if [ ${#unformatted[@]} -eq 0 ]; then
+  echo "clang-format: ok"
+else
+  echo "clang-format: not formatted (run 'make format'): ${unformatted[*]}"
+  failed_steps+=("clang-format")
 fi
 
 fuzz_pass=0; fuzz_fail=0

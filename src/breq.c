@@ -37,20 +37,17 @@ static int check_request(uint32_t code, const void *payload, uint32_t size, cons
     }
     if (!size_fits(size, rule->size_min, rule->size_max, rule->size_step) ||
         (size > 0 && !payload)) {
-        vuf_log(VUF_LOG_ERROR, "back-end request %s: bad payload size %u", rule->name,
-                size);
+        vuf_log(VUF_LOG_ERROR, "back-end request %s: bad payload size %u", rule->name, size);
         return -EINVAL;
     }
-    if (nfds < rule->fds_min || nfds > rule->fds_max || nfds > VUF_MAX_FDS ||
-        (nfds > 0 && !fds)) {
-        vuf_log(VUF_LOG_ERROR, "back-end request %s: %u fds, table allows %u..%u",
-                rule->name, nfds, rule->fds_min, rule->fds_max);
+    if (nfds < rule->fds_min || nfds > rule->fds_max || nfds > VUF_MAX_FDS || (nfds > 0 && !fds)) {
+        vuf_log(VUF_LOG_ERROR, "back-end request %s: %u fds, table allows %u..%u", rule->name, nfds,
+                rule->fds_min, rule->fds_max);
         return -EINVAL;
     }
     for (unsigned i = 0; i < nfds; i++)
         if (fds[i] < 0) {
-            vuf_log(VUF_LOG_ERROR, "back-end request %s: fd %u is %d", rule->name, i,
-                    fds[i]);
+            vuf_log(VUF_LOG_ERROR, "back-end request %s: fd %u is %d", rule->name, i, fds[i]);
             return -EINVAL;
         }
     *rule_out = rule;
@@ -72,8 +69,7 @@ static int recv_reply(struct vuf_conn *c, const struct vuf_msg_rule *rule, uint6
 
     r = vuf_conn_recv(c, &reply);
     if (r < 0) {
-        vuf_log(VUF_LOG_WARN, "back-end request %s: no reply: %s", rule->name,
-                vuf_strerror(r));
+        vuf_log(VUF_LOG_WARN, "back-end request %s: no reply: %s", rule->name, vuf_strerror(r));
         return r;
     }
     /* QEMU accepts a reply only with flags == 0x5 exactly; so do we. */
@@ -82,9 +78,8 @@ static int recv_reply(struct vuf_conn *c, const struct vuf_msg_rule *rule, uint6
         reply.nfds < rule->reply_fds_min || reply.nfds > rule->reply_fds_max ||
         vuf_decode_u64(&reply, value) < 0) {
         vuf_log(VUF_LOG_WARN,
-                "back-end request %s: bad reply (request %u flags 0x%x size %u fds %u)",
-                rule->name, reply.hdr.request, reply.hdr.flags, reply.hdr.size,
-                reply.nfds);
+                "back-end request %s: bad reply (request %u flags 0x%x size %u fds %u)", rule->name,
+                reply.hdr.request, reply.hdr.flags, reply.hdr.size, reply.nfds);
         vuf_msg_close_fds(&reply);
         return -EPROTO;
     }
@@ -97,8 +92,7 @@ static int recv_reply(struct vuf_conn *c, const struct vuf_msg_rule *rule, uint6
 }
 
 static int breq_send(struct vuf_conn *c, uint32_t code, const void *payload, uint32_t size,
-                     const int *fds, unsigned nfds, bool need_reply, uint64_t *ack,
-                     int *fd_out)
+                     const int *fds, unsigned nfds, bool need_reply, uint64_t *ack, int *fd_out)
 {
     const struct vuf_msg_rule *rule = NULL;
     struct vuf_msg m;
@@ -169,8 +163,8 @@ int vuf_breq_config_change(struct vuf_conn *c, bool need_reply, uint64_t *ack)
     return vuf_breq_send(c, VUF_BREQ_CONFIG_CHANGE_MSG, NULL, 0, NULL, 0, need_reply, ack);
 }
 
-int vuf_breq_shmem_map(struct vuf_conn *c, const struct vuf_shmem_map *m, int fd,
-                       bool need_reply, uint64_t *ack)
+int vuf_breq_shmem_map(struct vuf_conn *c, const struct vuf_shmem_map *m, int fd, bool need_reply,
+                       uint64_t *ack)
 {
     if (!m || fd < 0) {
         if (ack)
@@ -191,8 +185,8 @@ int vuf_breq_shmem_unmap(struct vuf_conn *c, const struct vuf_shmem_map *m, bool
     return vuf_breq_send(c, VUF_BREQ_SHMEM_UNMAP, m, sizeof(*m), NULL, 0, need_reply, ack);
 }
 
-int vuf_breq_shared_object_lookup(struct vuf_conn *c, const struct vuf_shared_object *obj,
-                                  int *fd, uint64_t *ack)
+int vuf_breq_shared_object_lookup(struct vuf_conn *c, const struct vuf_shared_object *obj, int *fd,
+                                  uint64_t *ack)
 {
     if (!obj || !fd) {
         if (ack)
@@ -200,6 +194,5 @@ int vuf_breq_shared_object_lookup(struct vuf_conn *c, const struct vuf_shared_ob
         return -EINVAL;
     }
     /* LOOKUP is always answered, with the dmabuf when the front-end has one. */
-    return breq_send(c, VUF_BREQ_SHARED_OBJECT_LOOKUP, obj, sizeof(*obj), NULL, 0, false, ack,
-                     fd);
+    return breq_send(c, VUF_BREQ_SHARED_OBJECT_LOOKUP, obj, sizeof(*obj), NULL, 0, false, ack, fd);
 }

@@ -85,8 +85,7 @@ static int client_call(struct vuf_client *c, uint32_t code, const void *payload,
 
     if (!rule || nfds > VUF_MAX_FDS)
         return -EINVAL;
-    if (rule->reply == VUF_REPLY_ACK && c->need_reply &&
-        (c->protocol_features & VUF_PF(REPLY_ACK)))
+    if (rule->reply == VUF_REPLY_ACK && c->need_reply && (c->protocol_features & VUF_PF(REPLY_ACK)))
         flags |= VUF_FLAG_NEED_REPLY;
     /* POSTCOPY_END always replies, but QEMU also sets NEED_REPLY on it and
      * rust-vmm back-ends only answer when it is set; a second reply is never
@@ -136,8 +135,8 @@ static int status_result(uint32_t code, uint64_t v)
 {
     if (v == 0)
         return 0;
-    vuf_log(VUF_LOG_WARN, "client: %s: back-end reported failure 0x%llx",
-            vuf_request_name(code), (unsigned long long)v);
+    vuf_log(VUF_LOG_WARN, "client: %s: back-end reported failure 0x%llx", vuf_request_name(code),
+            (unsigned long long)v);
     return -EIO;
 }
 
@@ -504,8 +503,8 @@ int vuf_client_get_config(struct vuf_client *c, uint32_t offset, uint32_t flags,
     return 0;
 }
 
-int vuf_client_set_config(struct vuf_client *c, uint32_t offset, uint32_t flags,
-                          const void *buf, uint32_t size)
+int vuf_client_set_config(struct vuf_client *c, uint32_t offset, uint32_t flags, const void *buf,
+                          uint32_t size)
 {
     struct vuf_config cfg;
 
@@ -573,8 +572,8 @@ int vuf_client_postcopy_end(struct vuf_client *c)
     return status_result(VUF_REQ_POSTCOPY_END, v);
 }
 
-int vuf_client_get_inflight_fd(struct vuf_client *c, uint16_t num_queues,
-                               uint16_t queue_size, struct vuf_inflight *out, int *fd)
+int vuf_client_get_inflight_fd(struct vuf_client *c, uint16_t num_queues, uint16_t queue_size,
+                               struct vuf_inflight *out, int *fd)
 {
     struct vuf_inflight in = {.num_queues = num_queues, .queue_size = queue_size};
     struct vuf_msg reply;
@@ -700,8 +699,8 @@ int vuf_client_get_shared_object(struct vuf_client *c, const struct vuf_shared_o
     return 0;
 }
 
-int vuf_client_set_device_state_fd(struct vuf_client *c, uint32_t direction, uint32_t phase,
-                                   int fd, int *backend_fd)
+int vuf_client_set_device_state_fd(struct vuf_client *c, uint32_t direction, uint32_t phase, int fd,
+                                   int *backend_fd)
 {
     struct vuf_device_state st = {.direction = direction, .phase = phase};
     struct vuf_msg reply;
@@ -761,8 +760,7 @@ int vuf_client_get_shmem_config(struct vuf_client *c, struct vuf_shmem_config *o
     return 0;
 }
 
-int vuf_client_get_vring_base_skip_drain(struct vuf_client *c, uint32_t index,
-                                         uint32_t *base)
+int vuf_client_get_vring_base_skip_drain(struct vuf_client *c, uint32_t index, uint32_t *base)
 {
     return get_vring_base(c, VUF_REQ_GET_VRING_BASE_SKIP_DRAIN, index, base);
 }

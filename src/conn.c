@@ -84,8 +84,7 @@ int vuf_conn_connect(const char *path, int connect_timeout_ms, struct vuf_conn *
         close(fd);
         /* The socket file appears at bind(), slightly before listen(): a
          * back-end still starting looks like ENOENT or ECONNREFUSED. */
-        if ((ret != -ENOENT && ret != -ECONNREFUSED && ret != -EAGAIN) ||
-            vuf_now_ms() >= deadline)
+        if ((ret != -ENOENT && ret != -ECONNREFUSED && ret != -EAGAIN) || vuf_now_ms() >= deadline)
             break;
         usleep(2000);
     }
@@ -207,8 +206,7 @@ static void trace(const struct vuf_conn *c, const char *dir, const struct vuf_ms
      * it names the request it answers, so the same table applies. */
     vuf_log(VUF_LOG_DEBUG, "%s %s%s flags=0x%x size=%u fds=%u", dir,
             vuf_msg_name(c->channel, m->hdr.request),
-            (m->hdr.flags & VUF_FLAG_REPLY) ? " (reply)" : "", m->hdr.flags, m->hdr.size,
-            m->nfds);
+            (m->hdr.flags & VUF_FLAG_REPLY) ? " (reply)" : "", m->hdr.flags, m->hdr.size, m->nfds);
 }
 
 int vuf_conn_send(struct vuf_conn *c, const struct vuf_msg *m)
@@ -325,8 +323,8 @@ static int take_fds(struct msghdr *mh, struct vuf_msg *m)
 /* Read exactly len bytes into buf. While reading the header, fds may arrive
  * with its first byte; anywhere else they break the framing. EOF is
  * classified by where it happens (see conn.h). */
-static int read_full(struct vuf_conn *c, uint8_t *buf, size_t len, struct vuf_msg *m,
-                     bool header, int64_t deadline)
+static int read_full(struct vuf_conn *c, uint8_t *buf, size_t len, struct vuf_msg *m, bool header,
+                     int64_t deadline)
 {
     size_t got = 0;
 

@@ -32,8 +32,8 @@
 /* The protocol features the front-end can use (crosvm's set). REPLY_ACK is
  * needed for the back-end's SHMEM_MAP acks, and vuf also uses it for its own
  * requests unless crosvm_no_need_reply. */
-#define FE_PROTOCOL_FEATURES                                                              \
-    (VUF_PF(MQ) | VUF_PF(REPLY_ACK) | VUF_PF(BACKEND_REQ) | VUF_PF(CONFIG) |              \
+#define FE_PROTOCOL_FEATURES                                                 \
+    (VUF_PF(MQ) | VUF_PF(REPLY_ACK) | VUF_PF(BACKEND_REQ) | VUF_PF(CONFIG) | \
      VUF_PF(DEVICE_STATE) | VUF_PF(SHMEM))
 
 /* Per-message deadline on the back-end request channel. */
@@ -119,8 +119,10 @@ static int stream_check(struct vuf_frontend *fe)
         return fe->stream_err;
     if (poll(&p, 1, 0) == 1 && (p.revents & POLLIN) &&
         recv(p.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 1) {
-        vuf_log(VUF_LOG_ERROR, "%s: unsolicited message from the back-end on the main "
-                "socket; treating the connection as failed", fe->label);
+        vuf_log(VUF_LOG_ERROR,
+                "%s: unsolicited message from the back-end on the main "
+                "socket; treating the connection as failed",
+                fe->label);
         fe->stream_err = -EPROTO;
     }
     return fe->stream_err;
@@ -242,8 +244,8 @@ static int fe_read_config(struct vuf_device *d, uint64_t offset, void *data, siz
         tmp = malloc(whole);
         if (!tmp)
             return -ENOMEM;
-        r = stream_note(fe, vuf_client_get_config(fe->client, 0, VUF_CONFIG_FLAG_WRITABLE,
-                                                  tmp, whole));
+        r = stream_note(fe,
+                        vuf_client_get_config(fe->client, 0, VUF_CONFIG_FLAG_WRITABLE, tmp, whole));
         if (r < 0)
             vuf_log(VUF_LOG_ERROR, "%s: failed to read config 0x%llx+%zu: %s", fe->label,
                     (unsigned long long)offset, len, vuf_strerror(r));
@@ -274,8 +276,7 @@ static int fe_read_config(struct vuf_device *d, uint64_t offset, void *data, siz
     return r;
 }
 
-static int fe_write_config(struct vuf_device *d, uint64_t offset, const void *data,
-                           size_t len)
+static int fe_write_config(struct vuf_device *d, uint64_t offset, const void *data, size_t len)
 {
     struct vuf_frontend *fe = fe_of(d);
     size_t done = 0;
@@ -284,8 +285,8 @@ static int fe_write_config(struct vuf_device *d, uint64_t offset, const void *da
     if (!data && len)
         return -EINVAL;
     if (offset > UINT32_MAX || len > UINT32_MAX || offset + len > UINT32_MAX) {
-        vuf_log(VUF_LOG_ERROR, "%s: failed to write config: bad range 0x%llx+%zu",
-                fe->label, (unsigned long long)offset, len);
+        vuf_log(VUF_LOG_ERROR, "%s: failed to write config: bad range 0x%llx+%zu", fe->label,
+                (unsigned long long)offset, len);
         return -EINVAL;
     }
     r = len ? stream_check(fe) : 0;
@@ -328,8 +329,8 @@ static uint64_t used_bytes(uint32_t size)
 }
 
 /* Everything about one ready queue that can be checked before sending. */
-static int check_queue(struct vuf_frontend *fe, const struct vuf_guest_mem *mem,
-                       unsigned i, const struct vuf_queue *q)
+static int check_queue(struct vuf_frontend *fe, const struct vuf_guest_mem *mem, unsigned i,
+                       const struct vuf_queue *q)
 {
     if (i >= fe->num_queues || i > VUF_VRING_IDX_MASK) {
         vuf_log(VUF_LOG_ERROR, "%s: queue %u does not exist (%u queues)", fe->label, i,
@@ -359,8 +360,8 @@ static int check_queue(struct vuf_frontend *fe, const struct vuf_guest_mem *mem,
     return 0;
 }
 
-static int activate_vring(struct vuf_frontend *fe, const struct vuf_guest_mem *mem,
-                          unsigned i, const struct vuf_queue *q, int call_fd)
+static int activate_vring(struct vuf_frontend *fe, const struct vuf_guest_mem *mem, unsigned i,
+                          const struct vuf_queue *q, int call_fd)
 {
     struct vuf_vring_addr addr = {.index = i, .flags = 0, .log = 0};
     const char *step;
@@ -373,12 +374,10 @@ static int activate_vring(struct vuf_frontend *fe, const struct vuf_guest_mem *m
     /* Host addresses: the back-end translates them through the
      * userspace_addr of SET_MEM_TABLE. check_queue() already bounds-checked
      * the whole of each ring. */
-    addr.desc = (uint64_t)(uintptr_t)vuf_guest_mem_to_host(mem, q->desc_addr,
-                                                           desc_bytes(q->size));
-    addr.used = (uint64_t)(uintptr_t)vuf_guest_mem_to_host(mem, q->used_addr,
-                                                           used_bytes(q->size));
-    addr.avail = (uint64_t)(uintptr_t)vuf_guest_mem_to_host(mem, q->avail_addr,
-                                                            avail_bytes(q->size));
+    addr.desc = (uint64_t)(uintptr_t)vuf_guest_mem_to_host(mem, q->desc_addr, desc_bytes(q->size));
+    addr.used = (uint64_t)(uintptr_t)vuf_guest_mem_to_host(mem, q->used_addr, used_bytes(q->size));
+    addr.avail =
+        (uint64_t)(uintptr_t)vuf_guest_mem_to_host(mem, q->avail_addr, avail_bytes(q->size));
     step = "SET_VRING_ADDR";
     r = vuf_client_set_vring_addr(fe->client, &addr);
     if (r < 0)
@@ -405,8 +404,7 @@ static int activate_vring(struct vuf_frontend *fe, const struct vuf_guest_mem *m
     }
     return 0;
 fail:
-    vuf_log(VUF_LOG_ERROR, "%s: queue %u: %s failed: %s", fe->label, i, step,
-            vuf_strerror(r));
+    vuf_log(VUF_LOG_ERROR, "%s: queue %u: %s failed: %s", fe->label, i, step, vuf_strerror(r));
     return r;
 }
 
@@ -415,8 +413,8 @@ fail:
  * *have_base. *broken is set when the connection can no longer be used. A
  * refused disable does not keep us from stopping the ring.
  */
-static int deactivate_vring(struct vuf_frontend *fe, unsigned i, uint32_t *base,
-                            bool *have_base, bool *broken)
+static int deactivate_vring(struct vuf_frontend *fe, unsigned i, uint32_t *base, bool *have_base,
+                            bool *broken)
 {
     int err = 0, r;
 
@@ -444,8 +442,7 @@ static int deactivate_vring(struct vuf_frontend *fe, unsigned i, uint32_t *base,
     /* Split rings: the next avail index lives in bits 0-15, the rest is
      * reserved. crosvm calls this VringBaseTooBig. */
     if (*base > 0xffff) {
-        vuf_log(VUF_LOG_ERROR,
-                "%s: queue %u: vring base 0x%x returned by the back-end is too big",
+        vuf_log(VUF_LOG_ERROR, "%s: queue %u: vring base 0x%x returned by the back-end is too big",
                 fe->label, i, *base);
         return -EPROTO;
     }
@@ -530,8 +527,8 @@ static int fe_activate(struct vuf_device *d, const struct vuf_guest_mem *mem,
     }
     nreg = vuf_guest_mem_mem_table(mem, regions, fds, VUF_MEM_TABLE_MAX);
     if (nreg <= 0) {
-        vuf_log(VUF_LOG_ERROR, "%s: guest memory cannot be described (%d regions)",
-                fe->label, nreg);
+        vuf_log(VUF_LOG_ERROR, "%s: guest memory cannot be described (%d regions)", fe->label,
+                nreg);
         return nreg < 0 ? nreg : -EINVAL;
     }
     r = stream_check(fe);
@@ -639,8 +636,8 @@ static int fe_sleep(struct vuf_device *d, struct vuf_queue *queues, unsigned nqu
         return 0;
     for (unsigned k = 0; k < fe->nsent; k++)
         if (fe->sent[k].index >= nqueues || !queues) {
-            vuf_log(VUF_LOG_ERROR, "%s: sleep: queue %u has nowhere to go (%u given)",
-                    fe->label, fe->sent[k].index, nqueues);
+            vuf_log(VUF_LOG_ERROR, "%s: sleep: queue %u has nowhere to go (%u given)", fe->label,
+                    fe->sent[k].index, nqueues);
             return -EINVAL;
         }
     err = stop_queues(fe, true);
@@ -715,8 +712,8 @@ static int own_state_fd(int *fd, int mode, bool *sock)
     *sock = false;
     /* The end we were given must allow the transfer (a reopen would not
      * care which end of a pipe it came from). */
-    if (fstat(*fd, &st) < 0 || !(S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode) ||
-                                 S_ISREG(st.st_mode)) ||
+    if (fstat(*fd, &st) < 0 ||
+        !(S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode) || S_ISREG(st.st_mode)) ||
         acc == (mode == O_RDONLY ? O_WRONLY : O_RDONLY)) {
         close(*fd);
         *fd = -1;
@@ -746,8 +743,8 @@ static ssize_t read_nowait(int fd, bool sock, void *buf, size_t len)
  * Read fd to EOF into buf (after `hdr` bytes of room), growing it, at most
  * `max` bytes. The fd never blocks (our own pipe end, or own_state_fd).
  */
-static int read_to_eof(int fd, bool sock, int64_t deadline, size_t max, size_t room,
-                       uint8_t **buf, size_t *len)
+static int read_to_eof(int fd, bool sock, int64_t deadline, size_t max, size_t room, uint8_t **buf,
+                       size_t *len)
 {
     size_t cap = 0, n = 0;
     uint8_t *b = NULL;
@@ -890,8 +887,7 @@ static int fe_snapshot(struct vuf_device *d, uint8_t **data, size_t *len)
     if (r < 0)
         return r;
     r = stream_note(fe, vuf_client_set_device_state_fd(fe->client, VUF_STATE_DIR_SAVE,
-                                                       VUF_STATE_PHASE_STOPPED, p[1],
-                                                       &backend_fd));
+                                                       VUF_STATE_PHASE_STOPPED, p[1], &backend_fd));
     /* EOF ends the state, so our write end must be gone before we read. */
     close(p[1]);
     if (r < 0) {
@@ -952,10 +948,8 @@ static int fe_restore(struct vuf_device *d, const uint8_t *data, size_t len)
     if (!data || len < sizeof(h))
         return -EINVAL;
     memcpy(&h, data, sizeof(h));
-    if (h.magic != SNAP_MAGIC || h.version != SNAP_VERSION ||
-        h.state_len != len - sizeof(h)) {
-        vuf_log(VUF_LOG_ERROR, "%s: not a vuf front-end snapshot (or a damaged one)",
-                fe->label);
+    if (h.magic != SNAP_MAGIC || h.version != SNAP_VERSION || h.state_len != len - sizeof(h)) {
+        vuf_log(VUF_LOG_ERROR, "%s: not a vuf front-end snapshot (or a damaged one)", fe->label);
         return -EINVAL;
     }
     missing = h.acked_features & ~fe->avail_features;
@@ -980,8 +974,7 @@ static int fe_restore(struct vuf_device *d, const uint8_t *data, size_t len)
     if (r < 0)
         return r;
     r = stream_note(fe, vuf_client_set_device_state_fd(fe->client, VUF_STATE_DIR_LOAD,
-                                                       VUF_STATE_PHASE_STOPPED, p[0],
-                                                       &backend_fd));
+                                                       VUF_STATE_PHASE_STOPPED, p[0], &backend_fd));
     /* The back-end has its own copy of the read end; without ours, a
      * back-end that stops reading makes our write fail instead of block. */
     close(p[0]);
@@ -1004,8 +997,7 @@ static int fe_restore(struct vuf_device *d, const uint8_t *data, size_t len)
     if (backend_fd >= 0)
         close(backend_fd);
     if (r < 0) {
-        vuf_log(VUF_LOG_ERROR, "%s: failed to write device state: %s", fe->label,
-                vuf_strerror(r));
+        vuf_log(VUF_LOG_ERROR, "%s: failed to write device state: %s", fe->label, vuf_strerror(r));
         return r;
     }
     r2 = stream_note(fe, vuf_client_check_device_state(fe->client));
@@ -1077,8 +1069,8 @@ static int fe_get_shm_region(struct vuf_device *d, struct vuf_shm_region *out)
         } else if (count == 1 && (reg.length & ((uint64_t)sysconf(_SC_PAGESIZE) - 1))) {
             /* The spec: region sizes are multiples of the mmap page size;
              * a VMM could not map anything else into a guest window. */
-            vuf_log(VUF_LOG_ERROR, "%s: shmem region %u size 0x%llx is not page aligned",
-                    fe->label, reg.id, (unsigned long long)reg.length);
+            vuf_log(VUF_LOG_ERROR, "%s: shmem region %u size 0x%llx is not page aligned", fe->label,
+                    reg.id, (unsigned long long)reg.length);
             r = -EPROTO;
         }
     }
@@ -1126,15 +1118,17 @@ static int fe_set_shm_mapper(struct vuf_device *d, const struct vuf_shm_mapper *
     if (r < 0)
         return r;
     if (r == 0) {
-        vuf_log(VUF_LOG_ERROR, "%s: shared memory mapper given, but the back-end has no "
-                "shared memory region", fe->label);
+        vuf_log(VUF_LOG_ERROR,
+                "%s: shared memory mapper given, but the back-end has no "
+                "shared memory region",
+                fe->label);
         return -ENODEV;
     }
     pthread_mutex_lock(&fe->shm_lock);
     if (fe->nmaps) {
         pthread_mutex_unlock(&fe->shm_lock);
-        vuf_log(VUF_LOG_ERROR, "%s: cannot replace the mapper while %u mappings exist",
-                fe->label, fe->nmaps);
+        vuf_log(VUF_LOG_ERROR, "%s: cannot replace the mapper while %u mappings exist", fe->label,
+                fe->nmaps);
         return -EBUSY;
     }
     had_old = fe->have_mapper;
@@ -1252,8 +1246,10 @@ static int negotiate(struct vuf_frontend *fe)
      * in SET/GET_VRING_BASE, no packed reclaim). */
     if (base & BIT(VUF_F_RING_PACKED)) {
         base &= ~BIT(VUF_F_RING_PACKED);
-        vuf_log(VUF_LOG_WARN, "%s: VIRTIO_F_RING_PACKED requested, but not supported by the "
-                "vhost-user front-end; disabled", fe->label);
+        vuf_log(VUF_LOG_WARN,
+                "%s: VIRTIO_F_RING_PACKED requested, but not supported by the "
+                "vhost-user front-end; disabled",
+                fe->label);
     }
 
     r = vuf_client_set_owner(fe->client);
@@ -1315,8 +1311,8 @@ static int negotiate(struct vuf_frontend *fe)
         /* The back-end has its own copy now. */
         close(peer);
         if (r < 0) {
-            vuf_log(VUF_LOG_ERROR, "%s: failed to set device request channel: %s",
-                    fe->label, vuf_strerror(r));
+            vuf_log(VUF_LOG_ERROR, "%s: failed to set device request channel: %s", fe->label,
+                    vuf_strerror(r));
             return r;
         }
     }
@@ -1333,16 +1329,15 @@ static int negotiate(struct vuf_frontend *fe)
         /* crosvm takes any answer; 0 makes a useless device and a huge one
          * a huge allocation. */
         if (n == 0 || n > VUF_FRONTEND_MAX_QUEUES) {
-            vuf_log(VUF_LOG_ERROR, "%s: back-end reports %llu queues (must be 1..%u)",
-                    fe->label, (unsigned long long)n, VUF_FRONTEND_MAX_QUEUES);
+            vuf_log(VUF_LOG_ERROR, "%s: back-end reports %llu queues (must be 1..%u)", fe->label,
+                    (unsigned long long)n, VUF_FRONTEND_MAX_QUEUES);
             return -EPROTO;
         }
         fe->num_queues = (unsigned)n;
     } else if (info) {
         fe->num_queues = info->min_queues;
     } else {
-        vuf_log(VUF_LOG_ERROR, "%s: unknown device type and no MQ: queue count unknown",
-                fe->label);
+        vuf_log(VUF_LOG_ERROR, "%s: unknown device type and no MQ: queue count unknown", fe->label);
         return -ENOTSUP;
     }
 
@@ -1359,7 +1354,8 @@ static int negotiate(struct vuf_frontend *fe)
      * the back-end starts from this. */
     fe->last_sent_features = fe->acked_features;
     fe->features_sent = false;
-    vuf_log(VUF_LOG_INFO, "%s: vhost-user front-end with %u queues x %u entries, "
+    vuf_log(VUF_LOG_INFO,
+            "%s: vhost-user front-end with %u queues x %u entries, "
             "features 0x%llx, protocol features 0x%llx",
             fe->label, fe->num_queues, qsize, (unsigned long long)fe->avail_features,
             (unsigned long long)fe->protocol_features);

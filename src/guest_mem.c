@@ -15,7 +15,7 @@
 struct vuf_guest_mem {
     unsigned n;
     struct vuf_guest_region r[VUF_GUEST_MEM_MAX_REGIONS]; /* ascending gpa */
-    uint64_t cursor; /* bump allocator: next free gpa */
+    uint64_t cursor;                                      /* bump allocator: next free gpa */
 };
 
 static uint64_t page_size(void)
@@ -69,8 +69,7 @@ void vuf_guest_mem_free(struct vuf_guest_mem *gm)
 }
 
 /* Validate a new [gpa, gpa + size) and find its sorted slot. */
-static int check_range(const struct vuf_guest_mem *gm, uint64_t gpa, uint64_t size,
-                       unsigned *slot)
+static int check_range(const struct vuf_guest_mem *gm, uint64_t gpa, uint64_t size, unsigned *slot)
 {
     uint64_t ps = page_size();
     unsigned pos = 0;
@@ -101,8 +100,7 @@ static int check_range(const struct vuf_guest_mem *gm, uint64_t gpa, uint64_t si
 static int insert_region(struct vuf_guest_mem *gm, unsigned slot, uint64_t gpa, uint64_t size,
                          int fd, uint64_t fd_offset)
 {
-    void *p = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
-                   (off_t)fd_offset);
+    void *p = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)fd_offset);
 
     if (p == MAP_FAILED) {
         int err = -errno;
@@ -176,8 +174,7 @@ unsigned vuf_guest_mem_nregions(const struct vuf_guest_mem *gm)
     return gm ? gm->n : 0;
 }
 
-int vuf_guest_mem_region(const struct vuf_guest_mem *gm, unsigned i,
-                         struct vuf_guest_region *out)
+int vuf_guest_mem_region(const struct vuf_guest_mem *gm, unsigned i, struct vuf_guest_region *out)
 {
     if (!gm || !out || i >= gm->n)
         return -ERANGE;
@@ -229,8 +226,7 @@ void *vuf_guest_mem_to_host(const struct vuf_guest_mem *gm, uint64_t gpa, uint64
     return NULL;
 }
 
-int vuf_guest_mem_translate(const struct vuf_guest_mem *gm, uint64_t gpa, uint64_t len,
-                            void **host)
+int vuf_guest_mem_translate(const struct vuf_guest_mem *gm, uint64_t gpa, uint64_t len, void **host)
 {
     void *p = vuf_guest_mem_to_host(gm, gpa, len);
 

@@ -125,8 +125,7 @@ static int send_rejection(struct vuf_server *s, const struct vuf_msg_rule *rule,
     if (!is_request_header(&req->hdr))
         return 0;
     if (!rule) {
-        if ((req->hdr.flags & VUF_FLAG_NEED_REPLY) &&
-            (s->protocol_features & VUF_PF(REPLY_ACK)))
+        if ((req->hdr.flags & VUF_FLAG_NEED_REPLY) && (s->protocol_features & VUF_PF(REPLY_ACK)))
             return send_u64(s, req, (uint64_t)(int64_t)err);
         return 0;
     }
@@ -186,8 +185,7 @@ int vuf_server_new(struct vuf_conn *conn, const struct vuf_server_config *cfg,
 
     if (!conn)
         return -EINVAL;
-    if (!cfg || !out ||
-        (cfg->channel != VUF_CH_FRONTEND && cfg->channel != VUF_CH_BACKEND)) {
+    if (!cfg || !out || (cfg->channel != VUF_CH_FRONTEND && cfg->channel != VUF_CH_BACKEND)) {
         vuf_conn_close(conn);
         return -EINVAL;
     }
@@ -203,8 +201,8 @@ int vuf_server_new(struct vuf_conn *conn, const struct vuf_server_config *cfg,
     return 0;
 }
 
-int vuf_server_new_backend_channel(const struct vuf_server_config *cfg,
-                                   struct vuf_server **out, int *peer_fd)
+int vuf_server_new_backend_channel(const struct vuf_server_config *cfg, struct vuf_server **out,
+                                   int *peer_fd)
 {
     struct vuf_server_config c;
     struct vuf_conn *conn;
@@ -339,8 +337,7 @@ int vuf_server_process_one(struct vuf_server *s)
         vuf_log(VUF_LOG_WARN, "server: %s request %s has no handler", chan_name(s),
                 srv_name(s, code));
     else if (hr < 0)
-        vuf_log(VUF_LOG_INFO, "server: %s handler failed: %s", srv_name(s, code),
-                vuf_strerror(hr));
+        vuf_log(VUF_LOG_INFO, "server: %s handler failed: %s", srv_name(s, code), vuf_strerror(hr));
 
     if (hr == 0 && s->cfg.channel == VUF_CH_FRONTEND) {
         if (code == VUF_REQ_SET_PROTOCOL_FEATURES)
@@ -363,8 +360,8 @@ int vuf_server_process_one(struct vuf_server *s)
         }
         if (hr == 0) {
             sr = vuf_conn_send(s->conn, &reply);
-            vuf_log(VUF_LOG_DEBUG, "server: -> %s reply (size %u, %u fds): %s",
-                    srv_name(s, code), reply.hdr.size, reply.nfds, vuf_strerror(sr));
+            vuf_log(VUF_LOG_DEBUG, "server: -> %s reply (size %u, %u fds): %s", srv_name(s, code),
+                    reply.hdr.size, reply.nfds, vuf_strerror(sr));
         } else {
             sr = send_error_form(s, rule, &req, hr);
         }

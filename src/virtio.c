@@ -26,7 +26,7 @@
  */
 static const char *const generic_features[NBITS] = {
     [24] = "NOTIFY_ON_EMPTY",
-    [26] = "LOG_ALL",           /* VHOST_F_LOG_ALL */
+    [26] = "LOG_ALL", /* VHOST_F_LOG_ALL */
     [27] = "ANY_LAYOUT",
     [28] = "INDIRECT_DESC",
     [29] = "EVENT_IDX",
@@ -48,21 +48,11 @@ static const char *const generic_features[NBITS] = {
 
 /* virtio 1.2 §5.2.3; BARRIER and SCSI are legacy-interface bits. */
 static const char *const blk_features[NBITS] = {
-    [0] = "BARRIER",
-    [1] = "SIZE_MAX",
-    [2] = "SEG_MAX",
-    [4] = "GEOMETRY",
-    [5] = "RO",
-    [6] = "BLK_SIZE",
-    [7] = "SCSI",
-    [9] = "FLUSH",
-    [10] = "TOPOLOGY",
-    [11] = "CONFIG_WCE",
-    [12] = "MQ",
-    [13] = "DISCARD",
-    [14] = "WRITE_ZEROES",
-    [15] = "LIFETIME",
-    [16] = "SECURE_ERASE",
+    [0] = "BARRIER",       [1] = "SIZE_MAX",  [2] = "SEG_MAX",
+    [4] = "GEOMETRY",      [5] = "RO",        [6] = "BLK_SIZE",
+    [7] = "SCSI",          [9] = "FLUSH",     [10] = "TOPOLOGY",
+    [11] = "CONFIG_WCE",   [12] = "MQ",       [13] = "DISCARD",
+    [14] = "WRITE_ZEROES", [15] = "LIFETIME", [16] = "SECURE_ERASE",
     [17] = "ZONED",
 };
 
@@ -113,12 +103,8 @@ static const char *const console_features[NBITS] = {
 };
 
 static const char *const balloon_features[NBITS] = {
-    [0] = "MUST_TELL_HOST",
-    [1] = "STATS_VQ",
-    [2] = "DEFLATE_ON_OOM",
-    [3] = "FREE_PAGE_HINT",
-    [4] = "PAGE_POISON",
-    [5] = "PAGE_REPORTING",
+    [0] = "MUST_TELL_HOST", [1] = "STATS_VQ",    [2] = "DEFLATE_ON_OOM",
+    [3] = "FREE_PAGE_HINT", [4] = "PAGE_POISON", [5] = "PAGE_REPORTING",
 };
 
 static const char *const scsi_features[NBITS] = {
@@ -133,11 +119,7 @@ static const char *const p9_features[NBITS] = {
 };
 
 static const char *const gpu_features[NBITS] = {
-    [0] = "VIRGL",
-    [1] = "EDID",
-    [2] = "RESOURCE_UUID",
-    [3] = "RESOURCE_BLOB",
-    [4] = "CONTEXT_INIT",
+    [0] = "VIRGL", [1] = "EDID", [2] = "RESOURCE_UUID", [3] = "RESOURCE_BLOB", [4] = "CONTEXT_INIT",
 };
 
 static const char *const vsock_features[NBITS] = {
@@ -146,22 +128,13 @@ static const char *const vsock_features[NBITS] = {
 };
 
 static const char *const crypto_features[NBITS] = {
-    [0] = "REVISION_1",
-    [1] = "CIPHER_STATELESS_MODE",
-    [2] = "HASH_STATELESS_MODE",
-    [3] = "MAC_STATELESS_MODE",
-    [4] = "AEAD_STATELESS_MODE",
-    [5] = "AKCIPHER_STATELESS_MODE",
+    [0] = "REVISION_1",         [1] = "CIPHER_STATELESS_MODE", [2] = "HASH_STATELESS_MODE",
+    [3] = "MAC_STATELESS_MODE", [4] = "AEAD_STATELESS_MODE",   [5] = "AKCIPHER_STATELESS_MODE",
 };
 
 static const char *const iommu_features[NBITS] = {
-    [0] = "INPUT_RANGE",
-    [1] = "DOMAIN_RANGE",
-    [2] = "MAP_UNMAP",
-    [3] = "BYPASS",
-    [4] = "PROBE",
-    [5] = "MMIO",
-    [6] = "BYPASS_CONFIG",
+    [0] = "INPUT_RANGE", [1] = "DOMAIN_RANGE", [2] = "MAP_UNMAP",     [3] = "BYPASS",
+    [4] = "PROBE",       [5] = "MMIO",         [6] = "BYPASS_CONFIG",
 };
 
 static const char *const mem_features[NBITS] = {

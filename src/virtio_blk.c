@@ -304,12 +304,12 @@ static void set_chain(struct vuf_blk_req *req, uint32_t type, uint64_t sector,
     req->hdr->type = type;
     req->hdr->ioprio = 0;
     req->hdr->sector = sector;
-    req->chain[0] = (struct vuf_virtq_buf){
-        .gpa = req->meta_gpa + META_HDR, .len = sizeof(struct vuf_blk_outhdr)};
+    req->chain[0] = (struct vuf_virtq_buf){.gpa = req->meta_gpa + META_HDR,
+                                           .len = sizeof(struct vuf_blk_outhdr)};
     for (unsigned i = 0; i < n; i++)
         req->chain[1 + i] = data[i];
-    req->chain[1 + n] = (struct vuf_virtq_buf){
-        .gpa = req->meta_gpa + META_STATUS, .len = 1, .writable = true};
+    req->chain[1 + n] =
+        (struct vuf_virtq_buf){.gpa = req->meta_gpa + META_STATUS, .len = 1, .writable = true};
     req->nchain = n + 2;
     req->state = RQ_HELD;
     req->prepared = true;
@@ -390,8 +390,8 @@ int vuf_blk_req_prep_range(struct vuf_blk_req *req, uint32_t type, uint64_t sect
     req->seg->sector = sector;
     req->seg->num_sectors = num_sectors;
     req->seg->flags = flags;
-    d = (struct vuf_virtq_buf){
-        .gpa = req->meta_gpa + META_SEG, .len = sizeof(struct vuf_blk_discard_wz)};
+    d = (struct vuf_virtq_buf){.gpa = req->meta_gpa + META_SEG,
+                               .len = sizeof(struct vuf_blk_discard_wz)};
     set_chain(req, type, 0, &d, 1);
     return 0;
 }
@@ -421,8 +421,8 @@ int vuf_blk_submit(struct vuf_blk *blk, struct vuf_blk_req *req, unsigned flags)
     if (!(flags & VUF_BLK_SUBMIT_NO_KICK)) {
         r = vuf_virtq_kick(blk->vq, 0);
         if (r < 0)
-            vuf_log(VUF_LOG_ERROR, "virtio-blk queue %u: kick failed: %s",
-                    vuf_virtq_index(blk->vq), vuf_strerror(r));
+            vuf_log(VUF_LOG_ERROR, "virtio-blk queue %u: kick failed: %s", vuf_virtq_index(blk->vq),
+                    vuf_strerror(r));
     }
     return 0;
 }
@@ -557,8 +557,8 @@ static void sync_release(struct vuf_blk *blk, struct vuf_blk_req *req)
         vuf_blk_req_put(blk, req);
 }
 
-static int sync_rw(struct vuf_blk *blk, uint32_t type, uint64_t sector, uint8_t *buf,
-                   size_t len, int timeout_ms)
+static int sync_rw(struct vuf_blk *blk, uint32_t type, uint64_t sector, uint8_t *buf, size_t len,
+                   int timeout_ms)
 {
     uint32_t chunk = blk->max_data / VUF_BLK_SECTOR_SIZE * VUF_BLK_SECTOR_SIZE;
     struct vuf_blk_req *req;
@@ -596,15 +596,14 @@ int vuf_blk_read(struct vuf_blk *blk, uint64_t sector, void *buf, size_t len, in
     return sync_rw(blk, VUF_BLK_T_IN, sector, buf, len, timeout_ms);
 }
 
-int vuf_blk_write(struct vuf_blk *blk, uint64_t sector, const void *buf, size_t len,
-                  int timeout_ms)
+int vuf_blk_write(struct vuf_blk *blk, uint64_t sector, const void *buf, size_t len, int timeout_ms)
 {
     /* The buffer is only read from (copied into guest memory). */
     return sync_rw(blk, VUF_BLK_T_OUT, sector, (uint8_t *)(uintptr_t)buf, len, timeout_ms);
 }
 
-static int sync_simple(struct vuf_blk *blk, uint32_t type, uint64_t sector,
-                       uint32_t num_sectors, uint32_t flags, void *out, int timeout_ms)
+static int sync_simple(struct vuf_blk *blk, uint32_t type, uint64_t sector, uint32_t num_sectors,
+                       uint32_t flags, void *out, int timeout_ms)
 {
     struct vuf_blk_req *req = vuf_blk_req_get(blk);
     int r;
@@ -635,14 +634,13 @@ int vuf_blk_get_id(struct vuf_blk *blk, char id[VUF_BLK_ID_BYTES], int timeout_m
     return sync_simple(blk, VUF_BLK_T_GET_ID, 0, 0, 0, id, timeout_ms);
 }
 
-int vuf_blk_discard(struct vuf_blk *blk, uint64_t sector, uint32_t num_sectors,
-                    int timeout_ms)
+int vuf_blk_discard(struct vuf_blk *blk, uint64_t sector, uint32_t num_sectors, int timeout_ms)
 {
     return sync_simple(blk, VUF_BLK_T_DISCARD, sector, num_sectors, 0, NULL, timeout_ms);
 }
 
-int vuf_blk_write_zeroes(struct vuf_blk *blk, uint64_t sector, uint32_t num_sectors,
-                         bool unmap, int timeout_ms)
+int vuf_blk_write_zeroes(struct vuf_blk *blk, uint64_t sector, uint32_t num_sectors, bool unmap,
+                         int timeout_ms)
 {
     return sync_simple(blk, VUF_BLK_T_WRITE_ZEROES, sector, num_sectors,
                        unmap ? VUF_BLK_WZ_F_UNMAP : 0, NULL, timeout_ms);

@@ -16,9 +16,9 @@
  * device never sees this, so freeing a chain never trusts shared memory. */
 struct vq_slot {
     void *cookie;
-    uint64_t wlen;    /* device-writable bytes: bound for used len */
-    uint16_t ndesc;   /* ring descriptors taken (1 when indirect) */
-    uint16_t last;    /* last ring descriptor of the chain */
+    uint64_t wlen;  /* device-writable bytes: bound for used len */
+    uint16_t ndesc; /* ring descriptors taken (1 when indirect) */
+    uint16_t last;  /* last ring descriptor of the chain */
     bool inflight;
     unsigned older, newer; /* in-flight list in submission order; size = none */
 };
@@ -391,13 +391,12 @@ static void fill_desc(struct vuf_vring_desc *d, uint64_t gpa, const struct vuf_v
 {
     d->addr = gpa;
     d->len = b->len;
-    d->flags = (uint16_t)((b->writable ? VUF_VRING_DESC_F_WRITE : 0) |
-                          (more ? VUF_VRING_DESC_F_NEXT : 0));
+    d->flags =
+        (uint16_t)((b->writable ? VUF_VRING_DESC_F_WRITE : 0) | (more ? VUF_VRING_DESC_F_NEXT : 0));
     d->next = more ? next : 0;
 }
 
-int vuf_virtq_add(struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, unsigned n,
-                  void *cookie)
+int vuf_virtq_add(struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, unsigned n, void *cookie)
 {
     uint64_t wlen = 0;
     bool seen_writable = false, indirect;

@@ -12,26 +12,23 @@
 /* Config space is at most a 4 KiB window (virtio PCI device config). */
 #define CONFIG_SPACE_LIMIT 0x1000u
 
-#define ROW(nm, code_, smin, smax, sstep, fmin, fmax, kind, rmin, rmax, rstep, rfmin,  \
-            rfmax)                                                                      \
-    [code_] = {.name = #nm,                                                           \
-               .code = code_,                                                           \
-               .size_min = smin,                                                        \
-               .size_max = smax,                                                        \
-               .size_step = sstep,                                                      \
-               .fds_min = fmin,                                                         \
-               .fds_max = fmax,                                                         \
-               .reply = VUF_REPLY_##kind,                                               \
-               .reply_min = rmin,                                                       \
-               .reply_max = rmax,                                                       \
-               .reply_step = rstep,                                                     \
-               .reply_fds_min = rfmin,                                                  \
+#define ROW(nm, code_, smin, smax, sstep, fmin, fmax, kind, rmin, rmax, rstep, rfmin, rfmax) \
+    [code_] = {.name = #nm,                                                                  \
+               .code = code_,                                                                \
+               .size_min = smin,                                                             \
+               .size_max = smax,                                                             \
+               .size_step = sstep,                                                           \
+               .fds_min = fmin,                                                              \
+               .fds_max = fmax,                                                              \
+               .reply = VUF_REPLY_##kind,                                                    \
+               .reply_min = rmin,                                                            \
+               .reply_max = rmax,                                                            \
+               .reply_step = rstep,                                                          \
+               .reply_fds_min = rfmin,                                                       \
                .reply_fds_max = rfmax},
 
-static const struct vuf_msg_rule frontend_rules[VUF_REQ_MAX + 1] = {
-    VUF_FRONTEND_REQUESTS(ROW)};
-static const struct vuf_msg_rule backend_rules[VUF_BREQ_MAX + 1] = {
-    VUF_BACKEND_REQUESTS(ROW)};
+static const struct vuf_msg_rule frontend_rules[VUF_REQ_MAX + 1] = {VUF_FRONTEND_REQUESTS(ROW)};
+static const struct vuf_msg_rule backend_rules[VUF_BREQ_MAX + 1] = {VUF_BACKEND_REQUESTS(ROW)};
 
 const struct vuf_msg_rule *vuf_msg_rule(enum vuf_channel ch, uint32_t code)
 {
@@ -254,8 +251,8 @@ int vuf_msg_check(const struct vuf_msg *m, enum vuf_channel ch, bool is_reply)
     return semantic_check(m, ch, is_reply);
 }
 
-int vuf_msg_parse(const uint8_t *buf, size_t len, unsigned nfds, enum vuf_channel ch,
-                  bool is_reply, struct vuf_msg *out)
+int vuf_msg_parse(const uint8_t *buf, size_t len, unsigned nfds, enum vuf_channel ch, bool is_reply,
+                  struct vuf_msg *out)
 {
     int ret = vuf_hdr_decode(buf, len, &out->hdr);
 
@@ -348,8 +345,8 @@ int vuf_decode_mem_table(const struct vuf_msg *m, struct vuf_mem_table *out)
     memset(out, 0, sizeof(*out));
     memcpy(out, m->payload.raw, m->hdr.size > sizeof(*out) ? sizeof(*out) : m->hdr.size);
     n = out->nregions;
-    if (n == 0 || n > VUF_MEM_TABLE_MAX || m->hdr.size != VUF_MEM_TABLE_SIZE(n) ||
-        m->nfds != n || out->padding != 0)
+    if (n == 0 || n > VUF_MEM_TABLE_MAX || m->hdr.size != VUF_MEM_TABLE_SIZE(n) || m->nfds != n ||
+        out->padding != 0)
         return -EPROTO;
     for (uint32_t i = 0; i < n; i++)
         if (region_check(&out->regions[i]))

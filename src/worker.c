@@ -54,26 +54,23 @@ static int check_shmem_request(struct vuf_frontend *fe, const char *what,
                                const struct vuf_shmem_map *m)
 {
     if (!fe->have_mapper) {
-        vuf_log(VUF_LOG_ERROR, "%s: %s before a shared memory mapper was set", fe->label,
-                what);
+        vuf_log(VUF_LOG_ERROR, "%s: %s before a shared memory mapper was set", fe->label, what);
         return -ENODEV;
     }
     if (fe->shm_state != FE_SHM_REGION) {
-        vuf_log(VUF_LOG_ERROR, "%s: %s but the back-end has no shared memory region",
-                fe->label, what);
+        vuf_log(VUF_LOG_ERROR, "%s: %s but the back-end has no shared memory region", fe->label,
+                what);
         return -ENODEV;
     }
     if (m->shmid != fe->region.id) {
-        vuf_log(VUF_LOG_ERROR, "%s: %s: bad shmid %u, expected %u", fe->label, what,
-                m->shmid, fe->region.id);
+        vuf_log(VUF_LOG_ERROR, "%s: %s: bad shmid %u, expected %u", fe->label, what, m->shmid,
+                fe->region.id);
         return -EINVAL;
     }
     /* Overflow-safe "[shm_offset, shm_offset + len) within [0, length)". */
-    if (m->len == 0 || m->len > fe->region.length ||
-        m->shm_offset > fe->region.length - m->len) {
-        vuf_log(VUF_LOG_ERROR,
-                "%s: %s: range 0x%llx+0x%llx outside the region (length 0x%llx)", fe->label,
-                what, (unsigned long long)m->shm_offset, (unsigned long long)m->len,
+    if (m->len == 0 || m->len > fe->region.length || m->shm_offset > fe->region.length - m->len) {
+        vuf_log(VUF_LOG_ERROR, "%s: %s: range 0x%llx+0x%llx outside the region (length 0x%llx)",
+                fe->label, what, (unsigned long long)m->shm_offset, (unsigned long long)m->len,
                 (unsigned long long)fe->region.length);
         return -ERANGE;
     }
@@ -103,11 +100,10 @@ static int handle_shmem_map(void *opaque, struct vuf_msg *req, struct vuf_msg *r
         goto out;
     for (unsigned i = 0; i < fe->nmaps; i++) {
         if (ranges_overlap(m.shm_offset, m.len, fe->maps[i].shm_offset, fe->maps[i].len)) {
-            vuf_log(VUF_LOG_ERROR,
-                    "%s: SHMEM_MAP 0x%llx+0x%llx overlaps the mapping at 0x%llx+0x%llx",
-                    fe->label, (unsigned long long)m.shm_offset, (unsigned long long)m.len,
-                    (unsigned long long)fe->maps[i].shm_offset,
-                    (unsigned long long)fe->maps[i].len);
+            vuf_log(
+                VUF_LOG_ERROR, "%s: SHMEM_MAP 0x%llx+0x%llx overlaps the mapping at 0x%llx+0x%llx",
+                fe->label, (unsigned long long)m.shm_offset, (unsigned long long)m.len,
+                (unsigned long long)fe->maps[i].shm_offset, (unsigned long long)fe->maps[i].len);
             r = -EEXIST;
             goto out;
         }
@@ -117,8 +113,7 @@ static int handle_shmem_map(void *opaque, struct vuf_msg *req, struct vuf_msg *r
         struct fe_mapping *n;
 
         if (fe->nmaps >= VUF_FRONTEND_MAX_MAPPINGS) {
-            vuf_log(VUF_LOG_ERROR, "%s: SHMEM_MAP: already %u mappings", fe->label,
-                    fe->nmaps);
+            vuf_log(VUF_LOG_ERROR, "%s: SHMEM_MAP: already %u mappings", fe->label, fe->nmaps);
             r = -ENOSPC;
             goto out;
         }
@@ -137,8 +132,7 @@ static int handle_shmem_map(void *opaque, struct vuf_msg *req, struct vuf_msg *r
                                     PROT_READ | ((m.flags & VUF_SHMEM_MAP_RW) ? PROT_WRITE : 0));
     if (r < 0) {
         vuf_log(VUF_LOG_ERROR, "%s: SHMEM_MAP 0x%llx+0x%llx: mapper failed: %s", fe->label,
-                (unsigned long long)m.shm_offset, (unsigned long long)m.len,
-                vuf_strerror(r));
+                (unsigned long long)m.shm_offset, (unsigned long long)m.len, vuf_strerror(r));
         goto out;
     }
     if (r > 0)
@@ -175,8 +169,8 @@ static int handle_shmem_unmap(void *opaque, struct vuf_msg *req, struct vuf_msg 
         if (fe->maps[i].shm_offset == m.shm_offset && fe->maps[i].len == m.len)
             break;
     if (i == fe->nmaps) {
-        vuf_log(VUF_LOG_ERROR, "%s: SHMEM_UNMAP 0x%llx+0x%llx matches no mapping",
-                fe->label, (unsigned long long)m.shm_offset, (unsigned long long)m.len);
+        vuf_log(VUF_LOG_ERROR, "%s: SHMEM_UNMAP 0x%llx+0x%llx matches no mapping", fe->label,
+                (unsigned long long)m.shm_offset, (unsigned long long)m.len);
         r = -ENOENT;
         goto out;
     }
@@ -266,8 +260,7 @@ static void drop_breq(struct fe_worker *w, int why)
 {
     epoll_ctl(w->epfd, EPOLL_CTL_DEL, vuf_server_fd(w->breq), NULL);
     if (why == -ECONNRESET)
-        vuf_log(VUF_LOG_WARN, "%s: back-end request channel closed by the back-end",
-                w->fe->label);
+        vuf_log(VUF_LOG_WARN, "%s: back-end request channel closed by the back-end", w->fe->label);
     else
         vuf_log(VUF_LOG_ERROR, "%s: back-end request channel broken (%s); dropping it",
                 w->fe->label, vuf_strerror(why));

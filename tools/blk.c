@@ -71,73 +71,73 @@ struct blk_opts {
 
 void vuf_blk_usage(FILE *f)
 {
-    fprintf(f,
-            "usage: vuf blk SOCKET read   --offset BYTES --len BYTES [--hexdump | --out FILE]\n"
-            "       vuf blk SOCKET write  --offset BYTES --len BYTES [--pattern SEED] [--no-flush]\n"
-            "       vuf blk SOCKET verify --offset BYTES --len BYTES [--pattern SEED]\n"
-            "       vuf blk SOCKET bench  [--rw randread|randwrite|read|write] [--bs BYTES]\n"
-            "                             [--iodepth N] [--seconds S | --ios N] [--range BYTES]\n"
-            "                             [--json]\n"
-            "       common: [--queues Q] [--queue-size N] [--busy-poll] [--timeout-ms N]\n"
-            "               [--no-event-idx] [--no-indirect]\n"
-            "\n"
-            "Act as the VMM of the vhost-user-blk back-end listening on SOCKET, with a\n"
-            "user-space virtio-blk driver: connect, negotiate (SET_OWNER, features,\n"
-            "protocol features, GET_QUEUE_NUM), ack the driver's features, read the\n"
-            "config, share guest memory (one memfd), start Q queues (SET_MEM_TABLE,\n"
-            "SET_VRING_*), do the I/O, stop the queues (GET_VRING_BASE) and disconnect.\n"
-            "BYTES take K, M, G suffixes (1024-based); offsets and lengths must be\n"
-            "multiples of 512.\n"
-            "\n"
-            "  read      read LEN bytes at OFFSET; print a hex dump (default) or write\n"
-            "            the raw bytes to FILE ('-' for stdout)\n"
-            "  write     write the deterministic pattern of SEED (default %u) to\n"
-            "            [OFFSET, OFFSET+LEN), then FLUSH if the device offers it\n"
-            "  verify    read [OFFSET, OFFSET+LEN) and compare it with the pattern of\n"
-            "            SEED; a mismatch names the first bad byte's offset (exit 1)\n"
-            "  bench     measure IOPS and per-request latency (clock_gettime\n"
-            "            MONOTONIC from submit to completion): min, median, mean, p99,\n"
-            "            max; IOPS = completed requests / elapsed time. Each queue is\n"
-            "            driven by its own thread with IODEPTH requests in flight.\n"
-            "\n"
-            "The pattern: byte at disk offset X is byte X%%8 (little-endian) of\n"
-            "splitmix64(SEED * 0x9e3779b97f4a7c15 + X/8), so any sub-range of a\n"
-            "written area can be verified on its own.\n"
-            "\n"
-            "options:\n"
-            "  --offset BYTES      where to start (read, write, verify)\n"
-            "  --len BYTES         how much (read, write, verify; at most 1G)\n"
-            "  --pattern SEED      pattern seed, a 64-bit number (write, verify)\n"
-            "  --hexdump           print a hex dump (read; the default)\n"
-            "  --out FILE          write the raw data to FILE, '-' = stdout (read)\n"
-            "  --no-flush          do not send FLUSH after writing (write)\n"
-            "  --rw MODE           randread (default), randwrite, read, write (bench)\n"
-            "  --bs BYTES          request size, a multiple of 512 (bench; default 4096)\n"
-            "  --iodepth N         requests in flight per queue (bench; default 1)\n"
-            "  --seconds S         run for S seconds (bench; default %g)\n"
-            "  --ios N             or complete N requests in total (bench)\n"
-            "  --range BYTES       use only [0, BYTES) of the disk (bench; default all)\n"
-            "  --json              print one JSON object (bench)\n"
-            "  --queues Q          queues to start (default 1); bench uses all of them,\n"
-            "                      the other commands queue 0\n"
-            "  --queue-size N      entries per queue, a power of two up to %u (default\n"
-            "                      %u, or more if IODEPTH needs it)\n"
-            "  --busy-poll         wait for completions by spinning on the used ring\n"
-            "                      (default: sleep on the queue's call eventfd)\n"
-            "  --timeout-ms N      wait up to N ms for the socket and for each reply or\n"
-            "                      request (default %d)\n"
-            "  --no-event-idx      do not negotiate VIRTIO_F_EVENT_IDX\n"
-            "  --no-indirect       do not negotiate VIRTIO_F_INDIRECT_DESC\n"
-            "  -h, --help          this help\n"
-            "\n"
-            "JSON keys (bench): socket, rw, bs, iodepth, queues, queue_size, wait\n"
-            "(\"eventfd\" or \"busy-poll\"), ios, elapsed_s, iops, bytes_per_s,\n"
-            "latency_ns {min, median, mean, p99, max}, features, protocol_features.\n"
-            "\n"
-            "Exit status: 0 success; 1 failure (cannot connect, protocol or I/O error,\n"
-            "verify mismatch; reason on stderr); 2 usage error.\n",
-            DEFAULT_SEED, DEFAULT_SECONDS, MAX_QUEUE_SIZE, DEFAULT_QUEUE_SIZE,
-            DEFAULT_TIMEOUT_MS);
+    fprintf(
+        f,
+        "usage: vuf blk SOCKET read   --offset BYTES --len BYTES [--hexdump | --out FILE]\n"
+        "       vuf blk SOCKET write  --offset BYTES --len BYTES [--pattern SEED] [--no-flush]\n"
+        "       vuf blk SOCKET verify --offset BYTES --len BYTES [--pattern SEED]\n"
+        "       vuf blk SOCKET bench  [--rw randread|randwrite|read|write] [--bs BYTES]\n"
+        "                             [--iodepth N] [--seconds S | --ios N] [--range BYTES]\n"
+        "                             [--json]\n"
+        "       common: [--queues Q] [--queue-size N] [--busy-poll] [--timeout-ms N]\n"
+        "               [--no-event-idx] [--no-indirect]\n"
+        "\n"
+        "Act as the VMM of the vhost-user-blk back-end listening on SOCKET, with a\n"
+        "user-space virtio-blk driver: connect, negotiate (SET_OWNER, features,\n"
+        "protocol features, GET_QUEUE_NUM), ack the driver's features, read the\n"
+        "config, share guest memory (one memfd), start Q queues (SET_MEM_TABLE,\n"
+        "SET_VRING_*), do the I/O, stop the queues (GET_VRING_BASE) and disconnect.\n"
+        "BYTES take K, M, G suffixes (1024-based); offsets and lengths must be\n"
+        "multiples of 512.\n"
+        "\n"
+        "  read      read LEN bytes at OFFSET; print a hex dump (default) or write\n"
+        "            the raw bytes to FILE ('-' for stdout)\n"
+        "  write     write the deterministic pattern of SEED (default %u) to\n"
+        "            [OFFSET, OFFSET+LEN), then FLUSH if the device offers it\n"
+        "  verify    read [OFFSET, OFFSET+LEN) and compare it with the pattern of\n"
+        "            SEED; a mismatch names the first bad byte's offset (exit 1)\n"
+        "  bench     measure IOPS and per-request latency (clock_gettime\n"
+        "            MONOTONIC from submit to completion): min, median, mean, p99,\n"
+        "            max; IOPS = completed requests / elapsed time. Each queue is\n"
+        "            driven by its own thread with IODEPTH requests in flight.\n"
+        "\n"
+        "The pattern: byte at disk offset X is byte X%%8 (little-endian) of\n"
+        "splitmix64(SEED * 0x9e3779b97f4a7c15 + X/8), so any sub-range of a\n"
+        "written area can be verified on its own.\n"
+        "\n"
+        "options:\n"
+        "  --offset BYTES      where to start (read, write, verify)\n"
+        "  --len BYTES         how much (read, write, verify; at most 1G)\n"
+        "  --pattern SEED      pattern seed, a 64-bit number (write, verify)\n"
+        "  --hexdump           print a hex dump (read; the default)\n"
+        "  --out FILE          write the raw data to FILE, '-' = stdout (read)\n"
+        "  --no-flush          do not send FLUSH after writing (write)\n"
+        "  --rw MODE           randread (default), randwrite, read, write (bench)\n"
+        "  --bs BYTES          request size, a multiple of 512 (bench; default 4096)\n"
+        "  --iodepth N         requests in flight per queue (bench; default 1)\n"
+        "  --seconds S         run for S seconds (bench; default %g)\n"
+        "  --ios N             or complete N requests in total (bench)\n"
+        "  --range BYTES       use only [0, BYTES) of the disk (bench; default all)\n"
+        "  --json              print one JSON object (bench)\n"
+        "  --queues Q          queues to start (default 1); bench uses all of them,\n"
+        "                      the other commands queue 0\n"
+        "  --queue-size N      entries per queue, a power of two up to %u (default\n"
+        "                      %u, or more if IODEPTH needs it)\n"
+        "  --busy-poll         wait for completions by spinning on the used ring\n"
+        "                      (default: sleep on the queue's call eventfd)\n"
+        "  --timeout-ms N      wait up to N ms for the socket and for each reply or\n"
+        "                      request (default %d)\n"
+        "  --no-event-idx      do not negotiate VIRTIO_F_EVENT_IDX\n"
+        "  --no-indirect       do not negotiate VIRTIO_F_INDIRECT_DESC\n"
+        "  -h, --help          this help\n"
+        "\n"
+        "JSON keys (bench): socket, rw, bs, iodepth, queues, queue_size, wait\n"
+        "(\"eventfd\" or \"busy-poll\"), ios, elapsed_s, iops, bytes_per_s,\n"
+        "latency_ns {min, median, mean, p99, max}, features, protocol_features.\n"
+        "\n"
+        "Exit status: 0 success; 1 failure (cannot connect, protocol or I/O error,\n"
+        "verify mismatch; reason on stderr); 2 usage error.\n",
+        DEFAULT_SEED, DEFAULT_SECONDS, MAX_QUEUE_SIZE, DEFAULT_QUEUE_SIZE, DEFAULT_TIMEOUT_MS);
 }
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -187,15 +187,18 @@ static bool parse_bytes(const char *s, uint64_t *out)
     switch (*end) {
     case '\0':
         break;
-    case 'k': case 'K':
+    case 'k':
+    case 'K':
         mul = 1ull << 10;
         end++;
         break;
-    case 'm': case 'M':
+    case 'm':
+    case 'M':
         mul = 1ull << 20;
         end++;
         break;
-    case 'g': case 'G':
+    case 'g':
+    case 'G':
         mul = 1ull << 30;
         end++;
         break;
@@ -241,16 +244,34 @@ static bool is_pow2(unsigned v)
 }
 
 enum {
-    OPT_OFFSET = 256, OPT_LEN, OPT_PATTERN, OPT_HEXDUMP, OPT_OUT, OPT_NOFLUSH, OPT_RW, OPT_BS,
-    OPT_DEPTH, OPT_SECONDS, OPT_IOS, OPT_RANGE, OPT_JSON, OPT_QUEUES, OPT_QSIZE, OPT_BUSY,
-    OPT_TIMEOUT, OPT_NO_EIDX, OPT_NO_IND,
+    OPT_OFFSET = 256,
+    OPT_LEN,
+    OPT_PATTERN,
+    OPT_HEXDUMP,
+    OPT_OUT,
+    OPT_NOFLUSH,
+    OPT_RW,
+    OPT_BS,
+    OPT_DEPTH,
+    OPT_SECONDS,
+    OPT_IOS,
+    OPT_RANGE,
+    OPT_JSON,
+    OPT_QUEUES,
+    OPT_QSIZE,
+    OPT_BUSY,
+    OPT_TIMEOUT,
+    OPT_NO_EIDX,
+    OPT_NO_IND,
 };
 
 static int check_op_options(const struct blk_opts *o)
 {
     bool rwv = o->op == OP_READ || o->op == OP_WRITE || o->op == OP_VERIFY;
-    const char *op = o->op == OP_READ ? "read" : o->op == OP_WRITE ? "write"
-                   : o->op == OP_VERIFY ? "verify" : "bench";
+    const char *op = o->op == OP_READ     ? "read"
+                     : o->op == OP_WRITE  ? "write"
+                     : o->op == OP_VERIFY ? "verify"
+                                          : "bench";
 
     if (rwv) {
         if (!o->have_offset || !o->have_len)
@@ -400,12 +421,11 @@ static int parse_args(int argc, char **argv, struct blk_opts *o, bool *help)
             break;
         case OPT_QUEUES:
             if (!parse_uint(optarg, 1, VUF_FRONTEND_MAX_QUEUES, &o->queues))
-                return usage_error("--queues wants 1-%u, not '%s'",
-                                   VUF_FRONTEND_MAX_QUEUES, optarg);
+                return usage_error("--queues wants 1-%u, not '%s'", VUF_FRONTEND_MAX_QUEUES,
+                                   optarg);
             break;
         case OPT_QSIZE:
-            if (!parse_uint(optarg, 1, MAX_QUEUE_SIZE, &o->queue_size) ||
-                !is_pow2(o->queue_size))
+            if (!parse_uint(optarg, 1, MAX_QUEUE_SIZE, &o->queue_size) || !is_pow2(o->queue_size))
                 return usage_error("--queue-size wants a power of two up to %u, not '%s'",
                                    MAX_QUEUE_SIZE, optarg);
             break;
@@ -415,8 +435,7 @@ static int parse_args(int argc, char **argv, struct blk_opts *o, bool *help)
         case OPT_TIMEOUT: {
             unsigned t;
             if (!parse_uint(optarg, 1, INT_MAX, &t))
-                return usage_error("--timeout-ms wants a number of ms >= 1, not '%s'",
-                                   optarg);
+                return usage_error("--timeout-ms wants a number of ms >= 1, not '%s'", optarg);
             o->timeout_ms = (int)t;
             break;
         }
@@ -551,8 +570,7 @@ static int do_rwv(const struct blk_opts *o, struct ts_session *s)
             break;
         }
         printf("wrote %" PRIu64 " bytes at offset %" PRIu64 " (pattern seed %" PRIu64 ")%s\n",
-               o->len, o->offset, o->seed,
-               s->has_flush && !o->no_flush ? ", flushed" : "");
+               o->len, o->offset, o->seed, s->has_flush && !o->no_flush ? ", flushed" : "");
         break;
     case OP_READ:
         r = ts_read(s, 0, o->offset, buf, o->len);
@@ -578,15 +596,13 @@ static int do_rwv(const struct blk_opts *o, struct ts_session *s)
             uint8_t want;
             ts_pattern_fill(o->seed, o->offset + bad, &want, 1);
             fprintf(stderr,
-                    "vuf blk: %s: verify failed: first mismatch at offset %" PRIu64
-                    " (0x%" PRIx64 "): expected 0x%02x, read 0x%02x (pattern seed %" PRIu64
-                    ")\n",
+                    "vuf blk: %s: verify failed: first mismatch at offset %" PRIu64 " (0x%" PRIx64
+                    "): expected 0x%02x, read 0x%02x (pattern seed %" PRIu64 ")\n",
                     o->socket, o->offset + bad, o->offset + bad, want, buf[bad], o->seed);
             rc = VUF_EXIT_FAIL;
             break;
         }
-        printf("verified %" PRIu64 " bytes at offset %" PRIu64 " (pattern seed %" PRIu64
-               "): ok\n",
+        printf("verified %" PRIu64 " bytes at offset %" PRIu64 " (pattern seed %" PRIu64 "): ok\n",
                o->len, o->offset, o->seed);
         break;
     }
@@ -608,11 +624,11 @@ struct bench_job {
     const struct blk_opts *o;
     struct ts_session *s;
     unsigned qi;
-    uint64_t *claimed;  /* shared: requests claimed (with --ios) */
-    uint64_t deadline;  /* ns, with --seconds */
-    uint64_t nblocks;   /* bs-sized blocks in the range */
+    uint64_t *claimed; /* shared: requests claimed (with --ios) */
+    uint64_t deadline; /* ns, with --seconds */
+    uint64_t nblocks;  /* bs-sized blocks in the range */
     uint64_t rng;
-    uint64_t seq;       /* next block for sequential modes */
+    uint64_t seq; /* next block for sequential modes */
     /* results */
     uint64_t t_start, t_end;
     uint64_t *lat;
@@ -747,9 +763,8 @@ static void *bench_thread(void *arg)
             r = vuf_blk_req_result(done);
             if (r < 0) {
                 j->err = r;
-                j->err_what = j->o->rw == RW_RANDWRITE || j->o->rw == RW_WRITE
-                                  ? "write request"
-                                  : "read request";
+                j->err_what = j->o->rw == RW_RANDWRITE || j->o->rw == RW_WRITE ? "write request"
+                                                                               : "read request";
                 goto drain;
             }
             if (!bench_record(j, t - sl->t_submit)) {
@@ -838,8 +853,9 @@ static int do_bench(const struct blk_opts *o, struct ts_session *s)
     if (s->have_config) {
         range = o->have_range ? o->range : disk_bytes(s);
         if (range > disk_bytes(s)) {
-            fprintf(stderr, "vuf blk: %s: --range %" PRIu64 " is beyond the disk's end (%" PRIu64
-                            " bytes)\n",
+            fprintf(stderr,
+                    "vuf blk: %s: --range %" PRIu64 " is beyond the disk's end (%" PRIu64
+                    " bytes)\n",
                     o->socket, range, disk_bytes(s));
             return VUF_EXIT_FAIL;
         }
@@ -872,7 +888,11 @@ static int do_bench(const struct blk_opts *o, struct ts_session *s)
         uint64_t deadline = now_ns() + (uint64_t)(o->seconds * 1e9);
         for (unsigned i = 0; i < s->nq; i++) {
             jobs[i] = (struct bench_job){
-                .o = o, .s = s, .qi = i, .claimed = &claimed, .deadline = deadline,
+                .o = o,
+                .s = s,
+                .qi = i,
+                .claimed = &claimed,
+                .deadline = deadline,
                 .nblocks = range / o->bs,
                 .rng = 0x9e3779b97f4a7c15ull * (i + 1) ^ 0x76756621ull,
                 .seq = (range / o->bs) / s->nq * i,
@@ -948,14 +968,12 @@ static int do_bench(const struct blk_opts *o, struct ts_session *s)
                 json_object_object_add(root, "bs", json_object_new_uint64(o->bs));
                 json_object_object_add(root, "iodepth", json_object_new_uint64(o->iodepth));
                 json_object_object_add(root, "queues", json_object_new_uint64(s->nq));
-                json_object_object_add(root, "queue_size",
-                                       json_object_new_uint64(s->o.queue_size));
+                json_object_object_add(root, "queue_size", json_object_new_uint64(s->o.queue_size));
                 json_object_object_add(root, "wait", json_object_new_string(wait));
                 json_object_object_add(root, "ios", json_object_new_uint64(n));
                 json_object_object_add(root, "elapsed_s", json_object_new_double(elapsed));
                 json_object_object_add(root, "iops", json_object_new_double(iops));
-                json_object_object_add(root, "bytes_per_s",
-                                       json_object_new_double(iops * o->bs));
+                json_object_object_add(root, "bytes_per_s", json_object_new_double(iops * o->bs));
                 json_object_object_add(lat, "min", json_object_new_uint64(mn));
                 json_object_object_add(lat, "median", json_object_new_uint64(med));
                 json_object_object_add(lat, "mean", json_object_new_double(mean));

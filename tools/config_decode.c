@@ -22,8 +22,14 @@ struct layout_field {
     unsigned width;
 };
 
-#define U(name, off, w) {name, NULL, VUF_CFG_UINT, off, w}
-#define G(group, name, off, w) {name, group, VUF_CFG_UINT, off, w}
+#define U(name, off, w)                  \
+    {                                    \
+        name, NULL, VUF_CFG_UINT, off, w \
+    }
+#define G(group, name, off, w)            \
+    {                                     \
+        name, group, VUF_CFG_UINT, off, w \
+    }
 
 /* virtio_blk_config. The 60-byte prefix is what qemu-storage-daemon 7.2
  * serves; the secure-erase and zoned fields follow in newer layouts. */
@@ -99,15 +105,9 @@ static const struct layout_field balloon_layout[] = {
 };
 
 static const struct layout_field scsi_layout[] = {
-    U("num_queues", 0, 4),
-    U("seg_max", 4, 4),
-    U("max_sectors", 8, 4),
-    U("cmd_per_lun", 12, 4),
-    U("event_info_size", 16, 4),
-    U("sense_size", 20, 4),
-    U("cdb_size", 24, 4),
-    U("max_channel", 28, 2),
-    U("max_target", 30, 2),
+    U("num_queues", 0, 4),   U("seg_max", 4, 4),          U("max_sectors", 8, 4),
+    U("cmd_per_lun", 12, 4), U("event_info_size", 16, 4), U("sense_size", 20, 4),
+    U("cdb_size", 24, 4),    U("max_channel", 28, 2),     U("max_target", 30, 2),
     U("max_lun", 32, 4),
 };
 
@@ -135,7 +135,10 @@ static const struct layout_field gpio_layout[] = {
 #undef U
 #undef G
 
-#define LAYOUT(type, arr) {type, arr, sizeof(arr) / sizeof(arr[0])}
+#define LAYOUT(type, arr)                       \
+    {                                           \
+        type, arr, sizeof(arr) / sizeof(arr[0]) \
+    }
 
 static const struct {
     uint32_t type;
@@ -208,8 +211,8 @@ size_t vuf_config_decode(uint32_t device_type, const uint8_t *buf, size_t len,
                 break;
             case VUF_CFG_MAC: {
                 const uint8_t *m = buf + f->offset;
-                snprintf(d->text, sizeof(d->text), "%02x:%02x:%02x:%02x:%02x:%02x", m[0],
-                         m[1], m[2], m[3], m[4], m[5]);
+                snprintf(d->text, sizeof(d->text), "%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1],
+                         m[2], m[3], m[4], m[5]);
                 break;
             }
             }

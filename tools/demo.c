@@ -117,41 +117,40 @@ struct demo {
 
 void vuf_demo_usage(FILE *f)
 {
-    fprintf(f,
-            "usage: vuf demo [--disk ram|file] [--size BYTES] [--no-trace]\n"
-            "                [--backend PATH]\n"
-            "\n"
-            "Walk the whole life cycle of a vhost-user-blk device against vuf's\n"
-            "reference back-end, printing a numbered log: start back-end A, negotiate\n"
-            "(features and protocol features named), ack features and read the config,\n"
-            "share guest memory and start 2 queues, write and read back with\n"
-            "verification, sleep, snapshot the device state, stop A, start a fresh\n"
-            "back-end B, look at B's disk with a throw-away front-end (control), connect\n"
-            "a new front-end to B, restore the state, wake, read the data again and\n"
-            "write more, reset, tear down. Lines starting with '->' and '<-' are the\n"
-            "vhost-user messages the front-end sent and the replies it got.\n"
-            "\n"
-            "options:\n"
-            "  --disk ram    (default) both back-ends get a RAM disk and are started with\n"
-            "                --state-includes-ram, so the disk content travels inside\n"
-            "                the snapshot: B's data can only have come from A's state\n"
-            "  --disk file   both back-ends serve the same file in the temp dir (shared\n"
-            "                storage, as in a real migration): the state carries only\n"
-            "                the queue positions and counters\n"
-            "  --size BYTES  disk size (K, M suffixes; default 4M, at most 64M)\n"
-            "  --no-trace    do not print the individual messages\n"
-            "  --backend PATH  the vuf-backend-blk binary (default: $VUF_BACKEND_BLK,\n"
-            "                then backend/vuf-backend-blk next to this vuf binary,\n"
-            "                then vuf-backend-blk next to it, then $PATH)\n"
-            "  -h, --help    this help\n"
-            "\n"
-            "Everything runs in a fresh temp dir under $TMPDIR (or /tmp). The back-ends\n"
-            "are always stopped and reaped and the temp dir removed, also after a\n"
-            "failure or SIGINT/SIGTERM.\n"
-            "\n"
-            "Exit status: 0 every step's check passed; 1 a step failed (the reason,\n"
-            "and the back-end's log, on stderr); 2 usage error; 128+N killed by\n"
-            "signal N (after cleaning up).\n");
+    fprintf(f, "usage: vuf demo [--disk ram|file] [--size BYTES] [--no-trace]\n"
+               "                [--backend PATH]\n"
+               "\n"
+               "Walk the whole life cycle of a vhost-user-blk device against vuf's\n"
+               "reference back-end, printing a numbered log: start back-end A, negotiate\n"
+               "(features and protocol features named), ack features and read the config,\n"
+               "share guest memory and start 2 queues, write and read back with\n"
+               "verification, sleep, snapshot the device state, stop A, start a fresh\n"
+               "back-end B, look at B's disk with a throw-away front-end (control), connect\n"
+               "a new front-end to B, restore the state, wake, read the data again and\n"
+               "write more, reset, tear down. Lines starting with '->' and '<-' are the\n"
+               "vhost-user messages the front-end sent and the replies it got.\n"
+               "\n"
+               "options:\n"
+               "  --disk ram    (default) both back-ends get a RAM disk and are started with\n"
+               "                --state-includes-ram, so the disk content travels inside\n"
+               "                the snapshot: B's data can only have come from A's state\n"
+               "  --disk file   both back-ends serve the same file in the temp dir (shared\n"
+               "                storage, as in a real migration): the state carries only\n"
+               "                the queue positions and counters\n"
+               "  --size BYTES  disk size (K, M suffixes; default 4M, at most 64M)\n"
+               "  --no-trace    do not print the individual messages\n"
+               "  --backend PATH  the vuf-backend-blk binary (default: $VUF_BACKEND_BLK,\n"
+               "                then backend/vuf-backend-blk next to this vuf binary,\n"
+               "                then vuf-backend-blk next to it, then $PATH)\n"
+               "  -h, --help    this help\n"
+               "\n"
+               "Everything runs in a fresh temp dir under $TMPDIR (or /tmp). The back-ends\n"
+               "are always stopped and reaped and the temp dir removed, also after a\n"
+               "failure or SIGINT/SIGTERM.\n"
+               "\n"
+               "Exit status: 0 every step's check passed; 1 a step failed (the reason,\n"
+               "and the back-end's log, on stderr); 2 usage error; 128+N killed by\n"
+               "signal N (after cleaning up).\n");
 }
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -266,13 +265,13 @@ static void demo_log(void *opaque, enum vuf_log_level level, const char *msg)
     msg += 8;
     if (sscanf(msg, "-> %63s (flags 0x%x, size %u, %u fds)", name, &flags, &size, &nfds) == 4) {
         flush_trace();
-        snprintf(pending, sizeof(pending), "-> %-22s flags 0x%x, %3u bytes%s", name, flags,
-                 size, nfds ? (nfds == 1 ? ", 1 fd" : ", fds") : "");
+        snprintf(pending, sizeof(pending), "-> %-22s flags 0x%x, %3u bytes%s", name, flags, size,
+                 nfds ? (nfds == 1 ? ", 1 fd" : ", fds") : "");
         snprintf(pending_name, sizeof(pending_name), "%s", name);
         return;
     }
-    if (sscanf(msg, "<- %63s reply (size %u, %u fds)", name, &size, &nfds) == 3 &&
-        pending[0] && strcmp(name, pending_name) == 0) {
+    if (sscanf(msg, "<- %63s reply (size %u, %u fds)", name, &size, &nfds) == 3 && pending[0] &&
+        strcmp(name, pending_name) == 0) {
         printf("      %-52s <- reply, %u bytes%s\n", pending, size,
                nfds ? (nfds == 1 ? ", 1 fd" : ", fds") : "");
         pending[0] = '\0';
@@ -323,8 +322,7 @@ static const char *find_backend(struct demo *d, const char *given)
             const char *c = strchr(path, ':');
             size_t len = c ? (size_t)(c - path) : strlen(path);
             if (len && len < sizeof(d->bin_buf) - 20) {
-                snprintf(d->bin_buf, sizeof(d->bin_buf), "%.*s/vuf-backend-blk", (int)len,
-                         path);
+                snprintf(d->bin_buf, sizeof(d->bin_buf), "%.*s/vuf-backend-blk", (int)len, path);
                 if (exe_ok(d->bin_buf))
                     return d->bin_buf;
             }
@@ -461,8 +459,8 @@ static bool start_backend(struct demo *d, struct backend *b)
         }
         poll(NULL, 0, 2);
     }
-    info("back-end %s: pid %d, socket %s ready after %" PRId64 " ms", b->name, (int)pid,
-         b->sock, now_ms() - t0);
+    info("back-end %s: pid %d, socket %s ready after %" PRId64 " ms", b->name, (int)pid, b->sock,
+         now_ms() - t0);
     return true;
 }
 
@@ -527,8 +525,8 @@ static bool do_connect(struct demo *d, struct ts_session *s, const struct backen
 }
 
 /* Write `len` bytes of pattern `seed` at `off` through queue qi, flush. */
-static bool do_write(struct demo *d, struct ts_session *s, unsigned qi, uint64_t off,
-                     size_t len, uint64_t seed)
+static bool do_write(struct demo *d, struct ts_session *s, unsigned qi, uint64_t off, size_t len,
+                     uint64_t seed)
 {
     uint8_t *buf = malloc(len);
     int r;
@@ -540,14 +538,14 @@ static bool do_write(struct demo *d, struct ts_session *s, unsigned qi, uint64_t
     free(buf);
     if (r < 0)
         return step_failed(d, s, r);
-    info("queue %u: wrote %zu bytes at offset %" PRIu64 " (pattern seed 0x%" PRIx64 ")", qi,
-         len, off, seed);
+    info("queue %u: wrote %zu bytes at offset %" PRIu64 " (pattern seed 0x%" PRIx64 ")", qi, len,
+         off, seed);
     return true;
 }
 
 /* Read and compare with the pattern. want_pattern false: expect zeros. */
-static bool do_verify(struct demo *d, struct ts_session *s, unsigned qi, uint64_t off,
-                      size_t len, uint64_t seed, bool want_pattern, const char *what)
+static bool do_verify(struct demo *d, struct ts_session *s, unsigned qi, uint64_t off, size_t len,
+                      uint64_t seed, bool want_pattern, const char *what)
 {
     uint8_t *buf = malloc(len);
     size_t bad = len;
@@ -621,8 +619,8 @@ static bool run_demo(struct demo *d)
 
     ts_init(&s, &to);
 
-    step(d, "Start back-end A (%s disk of %" PRIu64 " bytes)",
-         d->disk == DISK_RAM ? "RAM" : "file", d->disk_bytes);
+    step(d, "Start back-end A (%s disk of %" PRIu64 " bytes)", d->disk == DISK_RAM ? "RAM" : "file",
+         d->disk_bytes);
     if (!start_backend(d, &d->be[0]))
         goto out;
 
@@ -636,13 +634,13 @@ static bool run_demo(struct demo *d)
         step_failed(d, &s, r);
         goto out;
     }
-    info("driver acks 0x%016" PRIx64 ": %s", s.acked, ts_feature_names(s.acked, names,
-                                                                          sizeof(names)));
+    info("driver acks 0x%016" PRIx64 ": %s", s.acked,
+         ts_feature_names(s.acked, names, sizeof(names)));
     info("(the front-end sends SET_FEATURES at activation, not now)");
     if (!check(d, s.have_config, "GET_CONFIG answered"))
         goto out;
-    info("config: capacity %" PRIu64 " sectors, blk_size %u, num_queues %u", s.capacity,
-         s.blk_size, s.cfg_num_queues);
+    info("config: capacity %" PRIu64 " sectors, blk_size %u, num_queues %u", s.capacity, s.blk_size,
+         s.cfg_num_queues);
     if (!check(d, s.capacity * 512 == d->disk_bytes, "capacity is the disk size"))
         goto out;
 
@@ -698,12 +696,12 @@ static bool run_demo(struct demo *d)
         bool same = true;
         for (unsigned i = 0; i < s.nq; i++) {
             avail_before[i] = vuf_virtq_avail_idx(s.vq[i]);
-            same &= s.q[i].next_avail == avail_before[i] &&
-                    s.q[i].next_used == avail_before[i];
+            same &= s.q[i].next_avail == avail_before[i] && s.q[i].next_used == avail_before[i];
         }
         if (!check(d, !vuf_frontend_is_active(s.dev), "device asleep") ||
-            !check(d, same, "back-end consumed and completed everything the driver made "
-                            "available"))
+            !check(d, same,
+                   "back-end consumed and completed everything the driver made "
+                   "available"))
             goto out;
     }
 
@@ -937,8 +935,9 @@ int vuf_cmd_demo(int argc, char **argv)
 
     d.bin = find_backend(&d, given);
     if (!d.bin) {
-        fprintf(stderr, "vuf demo: cannot find the vuf-backend-blk binary%s%s; build it "
-                        "(ninja) or give --backend PATH or $VUF_BACKEND_BLK\n",
+        fprintf(stderr,
+                "vuf demo: cannot find the vuf-backend-blk binary%s%s; build it "
+                "(ninja) or give --backend PATH or $VUF_BACKEND_BLK\n",
                 given ? " at " : "", given ? given : "");
         return VUF_EXIT_FAIL;
     }
@@ -968,8 +967,7 @@ int vuf_cmd_demo(int argc, char **argv)
         pthread_sigmask(SIG_BLOCK, &all, &old);
         if (!mkdtemp(dir)) {
             pthread_sigmask(SIG_SETMASK, &old, NULL);
-            fprintf(stderr, "vuf demo: cannot make a temp dir in %s: %s\n", tmp,
-                    strerror(errno));
+            fprintf(stderr, "vuf demo: cannot make a temp dir in %s: %s\n", tmp, strerror(errno));
             return VUF_EXIT_FAIL;
         }
         snprintf(g_dir, sizeof(g_dir), "%s", dir);
@@ -1039,7 +1037,6 @@ int vuf_cmd_demo(int argc, char **argv)
                now_ms() - d.t0);
         return VUF_EXIT_OK;
     }
-    printf("\nvuf demo: FAILED at step %d (%u of %u checks failed)\n", d.step, d.failed,
-           d.checks);
+    printf("\nvuf demo: FAILED at step %d (%u of %u checks failed)\n", d.step, d.failed, d.checks);
     return VUF_EXIT_FAIL;
 }

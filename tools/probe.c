@@ -40,8 +40,8 @@
  * consequences a probe cannot honour (INBAND_NOTIFICATIONS, PAGEFAULT,
  * LOG_SHMFD, ...) are left out.
  */
-#define PROBE_PF_ACK                                                                     \
-    (VUF_PF(MQ) | VUF_PF(REPLY_ACK) | VUF_PF(BACKEND_REQ) | VUF_PF(BACKEND_SEND_FD) |    \
+#define PROBE_PF_ACK                                                                  \
+    (VUF_PF(MQ) | VUF_PF(REPLY_ACK) | VUF_PF(BACKEND_REQ) | VUF_PF(BACKEND_SEND_FD) | \
      VUF_PF(CONFIG) | VUF_PF(CONFIGURE_MEM_SLOTS) | VUF_PF(DEVICE_STATE) | VUF_PF(SHMEM))
 
 #define PROBE_DEFAULT_TIMEOUT_MS VUF_DEFAULT_TIMEOUT_MS
@@ -186,8 +186,7 @@ static int parse_args(int argc, char **argv, struct probe_opts *o, bool *help)
             break;
         case OPT_TIMEOUT:
             if (!parse_long(optarg, 1, INT_MAX, &v))
-                return usage_error("--timeout-ms wants a number of ms >= 1, not '%s'",
-                                   optarg);
+                return usage_error("--timeout-ms wants a number of ms >= 1, not '%s'", optarg);
             o->timeout_ms = (int)v;
             break;
         case OPT_CFGSIZE:
@@ -292,8 +291,7 @@ static const char *dev_name(const struct probe_opts *o)
 }
 
 /* Name of a virtio feature bit for the output: known name, or "BIT_<n>". */
-static const char *feature_label(const struct probe_opts *o, unsigned bit, char *buf,
-                                 size_t cap)
+static const char *feature_label(const struct probe_opts *o, unsigned bit, char *buf, size_t cap)
 {
     const char *n = vuf_virtio_feature_name(o->dev ? (uint32_t)o->dev->type : 0, bit);
 
@@ -361,8 +359,7 @@ static void print_text(const struct probe_opts *o, const struct probe_result *r)
             uint64_t v = 1ull << b;
             if (!(r->offered_pf & v))
                 continue;
-            printf("  bit %2u  0x%016" PRIx64 "  %-22s%s\n", b, v,
-                   pf_label(b, buf, sizeof(buf)),
+            printf("  bit %2u  0x%016" PRIx64 "  %-22s%s\n", b, v, pf_label(b, buf, sizeof(buf)),
                    (r->acked_pf & v) ? "acknowledged" : "not acknowledged");
         }
     }
@@ -390,8 +387,8 @@ static void print_text(const struct probe_opts *o, const struct probe_result *r)
     printf("config:            %u bytes at offset 0\n", r->config_len);
     {
         struct vuf_cfg_field f[VUF_CFG_MAX_FIELDS];
-        size_t n = vuf_config_decode(o->dev ? (uint32_t)o->dev->type : 0, r->config,
-                                     r->config_len, f, VUF_CFG_MAX_FIELDS);
+        size_t n = vuf_config_decode(o->dev ? (uint32_t)o->dev->type : 0, r->config, r->config_len,
+                                     f, VUF_CFG_MAX_FIELDS);
         for (size_t i = 0; i < n; i++) {
             char name[80];
 
@@ -445,11 +442,9 @@ static json_object *build_json(const struct probe_opts *o, const struct probe_re
     json_object_object_add(root, "protocol_features", json_u64(r->acked_pf));
     for (unsigned b = 0; b < 64; b++) {
         if (r->offered_pf & (1ull << b))
-            json_object_array_add(onames,
-                                  json_object_new_string(pf_label(b, buf, sizeof(buf))));
+            json_object_array_add(onames, json_object_new_string(pf_label(b, buf, sizeof(buf))));
         if (r->acked_pf & (1ull << b))
-            json_object_array_add(pnames,
-                                  json_object_new_string(pf_label(b, buf, sizeof(buf))));
+            json_object_array_add(pnames, json_object_new_string(pf_label(b, buf, sizeof(buf))));
     }
     json_object_object_add(root, "protocol_feature_names", pnames);
     json_object_object_add(root, "offered_protocol_feature_names", onames);
@@ -460,15 +455,14 @@ static json_object *build_json(const struct probe_opts *o, const struct probe_re
     if (r->has_config) {
         struct vuf_cfg_field f[VUF_CFG_MAX_FIELDS];
         json_object *cfg = json_object_new_object();
-        size_t n = vuf_config_decode(o->dev ? (uint32_t)o->dev->type : 0, r->config,
-                                     r->config_len, f, VUF_CFG_MAX_FIELDS);
+        size_t n = vuf_config_decode(o->dev ? (uint32_t)o->dev->type : 0, r->config, r->config_len,
+                                     f, VUF_CFG_MAX_FIELDS);
         char hex[2 * VUF_CONFIG_MAX + 1];
 
         for (size_t i = 0; i < n; i++)
             json_object_object_add(cfg, f[i].name,
-                                   f[i].kind == VUF_CFG_UINT
-                                       ? json_u64(f[i].value)
-                                       : json_object_new_string(f[i].text));
+                                   f[i].kind == VUF_CFG_UINT ? json_u64(f[i].value)
+                                                             : json_object_new_string(f[i].text));
         json_object_object_add(root, "config", cfg);
         json_object_object_add(root, "config_size", json_u64(r->config_len));
         for (uint32_t i = 0; i < r->config_len; i++)
@@ -526,7 +520,8 @@ int vuf_cmd_probe(int argc, char **argv)
             fprintf(stderr, "vuf probe: out of memory building JSON\n");
             return VUF_EXIT_FAIL;
         }
-        printf("%s\n", json_object_to_json_string_ext(root, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+        printf("%s\n", json_object_to_json_string_ext(root, JSON_C_TO_STRING_PLAIN |
+                                                                JSON_C_TO_STRING_NOSLASHESCAPE));
         json_object_put(root);
     } else {
         print_text(&o, &r);

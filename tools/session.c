@@ -24,10 +24,9 @@
  * implements and the blk bits whose only effect is information it reads
  * (or FLUSH, which it uses). No DISCARD / WRITE_ZEROES / CONFIG_WCE: the
  * tool never sends those requests or writes the config. */
-#define DRIVER_BLK_FEATURES                                                              \
-    (BIT(VUF_BLK_F_SIZE_MAX) | BIT(VUF_BLK_F_SEG_MAX) | BIT(VUF_BLK_F_BLK_SIZE) |        \
-     BIT(VUF_BLK_F_RO) | BIT(VUF_BLK_F_FLUSH) | BIT(VUF_BLK_F_TOPOLOGY) |                \
-     BIT(VUF_BLK_F_MQ))
+#define DRIVER_BLK_FEATURES                                                       \
+    (BIT(VUF_BLK_F_SIZE_MAX) | BIT(VUF_BLK_F_SEG_MAX) | BIT(VUF_BLK_F_BLK_SIZE) | \
+     BIT(VUF_BLK_F_RO) | BIT(VUF_BLK_F_FLUSH) | BIT(VUF_BLK_F_TOPOLOGY) | BIT(VUF_BLK_F_MQ))
 
 /* Slice of a completion wait between checks of the crash flag. */
 #define WAIT_SLICE_MS 100
@@ -397,12 +396,12 @@ static uint32_t chunk_bytes(const struct ts_session *s)
 }
 
 /* Read or write [offset, offset + len) with up to nreqs requests in flight. */
-static int ts_rw(struct ts_session *s, unsigned qi, uint32_t type, uint64_t offset,
-                 uint8_t *buf, size_t len)
+static int ts_rw(struct ts_session *s, unsigned qi, uint32_t type, uint64_t offset, uint8_t *buf,
+                 size_t len)
 {
     struct vuf_blk *blk = s->blk[qi];
     uint32_t chunk = chunk_bytes(s);
-    size_t next = 0;   /* bytes submitted */
+    size_t next = 0; /* bytes submitted */
     unsigned inflight = 0;
     const char *what = type == VUF_BLK_T_IN ? "read request" : "write request";
     int r;
@@ -498,8 +497,8 @@ static uint64_t splitmix64(uint64_t x)
     return z ^ (z >> 31);
 }
 
-static uint8_t pattern_byte(uint64_t seed, uint64_t off, uint64_t *cache_word,
-                            uint64_t *cache_idx, bool *cached)
+static uint8_t pattern_byte(uint64_t seed, uint64_t off, uint64_t *cache_word, uint64_t *cache_idx,
+                            bool *cached)
 {
     uint64_t idx = off / 8;
 

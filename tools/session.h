@@ -38,14 +38,14 @@
 #define TS_CONFIG_BYTES 36u
 
 struct ts_opts {
-    int timeout_ms;       /* connect wait and every reply / request (> 0) */
-    unsigned queues;      /* queues to start, >= 1 (<= the device's) */
-    unsigned queue_size;  /* entries per queue, a power of two */
-    unsigned nreqs;       /* requests per queue (the queue depth) */
-    uint32_t max_data;    /* data bytes per request, a multiple of 512 */
-    bool no_event_idx;    /* do not offer/ack VIRTIO_F_EVENT_IDX */
-    bool no_indirect;     /* do not offer/ack VIRTIO_F_INDIRECT_DESC */
-    bool busy_poll;       /* wait for completions by spinning */
+    int timeout_ms;      /* connect wait and every reply / request (> 0) */
+    unsigned queues;     /* queues to start, >= 1 (<= the device's) */
+    unsigned queue_size; /* entries per queue, a power of two */
+    unsigned nreqs;      /* requests per queue (the queue depth) */
+    uint32_t max_data;   /* data bytes per request, a multiple of 512 */
+    bool no_event_idx;   /* do not offer/ack VIRTIO_F_EVENT_IDX */
+    bool no_indirect;    /* do not offer/ack VIRTIO_F_INDIRECT_DESC */
+    bool busy_poll;      /* wait for completions by spinning */
 };
 
 struct ts_session {
@@ -53,30 +53,30 @@ struct ts_session {
     const char *failed; /* step that failed (static), or NULL */
 
     struct vuf_device *dev;
-    unsigned dev_queues;       /* the device's queue count */
-    uint64_t offered;          /* features the front-end offers the driver */
-    uint64_t acked;            /* features the driver acked */
-    uint64_t protocol;         /* negotiated protocol features */
+    unsigned dev_queues; /* the device's queue count */
+    uint64_t offered;    /* features the front-end offers the driver */
+    uint64_t acked;      /* features the driver acked */
+    uint64_t protocol;   /* negotiated protocol features */
 
     /* blk config (valid after ts_driver) */
     bool have_config;
     uint8_t config[TS_CONFIG_BYTES];
-    uint64_t capacity;         /* 512-byte sectors */
-    uint32_t blk_size;         /* 0: not offered */
-    uint32_t size_max;         /* 0: no limit given */
-    uint16_t cfg_num_queues;   /* 0: no MQ */
+    uint64_t capacity;       /* 512-byte sectors */
+    uint32_t blk_size;       /* 0: not offered */
+    uint32_t size_max;       /* 0: no limit given */
+    uint16_t cfg_num_queues; /* 0: no MQ */
     bool read_only;
     bool has_flush;
 
     struct vuf_guest_mem *mem;
     uint64_t mem_size;
-    unsigned nq;               /* queues made / started */
+    unsigned nq; /* queues made / started */
     struct vuf_virtq **vq;
     struct vuf_blk **blk;
-    struct vuf_queue *q;       /* what activate/wake get and sleep returns */
+    struct vuf_queue *q; /* what activate/wake get and sleep returns */
     bool active;
 
-    volatile int crashed;      /* the worker reported the back-end dead */
+    volatile int crashed; /* the worker reported the back-end dead */
 };
 
 /* Zero the session and copy the options. */

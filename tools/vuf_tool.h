@@ -40,10 +40,10 @@ struct vuf_cfg_field {
     const char *name;  /* the virtio spec's field name; unique per device */
     const char *group; /* the spec's enclosing struct ("geometry"), or NULL */
     enum vuf_cfg_kind kind;
-    unsigned offset;   /* byte offset in the config space */
-    unsigned width;    /* bytes */
-    uint64_t value;    /* VUF_CFG_UINT */
-    char text[160];    /* VUF_CFG_STRING / VUF_CFG_MAC; printable ASCII */
+    unsigned offset; /* byte offset in the config space */
+    unsigned width;  /* bytes */
+    uint64_t value;  /* VUF_CFG_UINT */
+    char text[160];  /* VUF_CFG_STRING / VUF_CFG_MAC; printable ASCII */
 };
 
 #define VUF_CFG_MAX_FIELDS 48

@@ -28,14 +28,14 @@ int vuf_breq_send(struct vuf_conn *c, uint32_t code, const void *payload, uint32
                   const int *fds, unsigned nfds, bool need_reply, uint64_t *ack);
 
 int vuf_breq_config_change(struct vuf_conn *c, bool need_reply, uint64_t *ack);
-int vuf_breq_shmem_map(struct vuf_conn *c, const struct vuf_shmem_map *m, int fd,
-                       bool need_reply, uint64_t *ack);
+int vuf_breq_shmem_map(struct vuf_conn *c, const struct vuf_shmem_map *m, int fd, bool need_reply,
+                       uint64_t *ack);
 int vuf_breq_shmem_unmap(struct vuf_conn *c, const struct vuf_shmem_map *m, bool need_reply,
                          uint64_t *ack);
 /* SHARED_OBJECT_LOOKUP, which the front-end always answers. On success *fd
  * is the dmabuf the front-end returned (caller owns it) or -1. */
-int vuf_breq_shared_object_lookup(struct vuf_conn *c, const struct vuf_shared_object *obj,
-                                  int *fd, uint64_t *ack);
+int vuf_breq_shared_object_lookup(struct vuf_conn *c, const struct vuf_shared_object *obj, int *fd,
+                                  uint64_t *ack);
 
 #ifdef __cplusplus
 }

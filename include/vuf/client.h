@@ -83,8 +83,8 @@ int vuf_client_set_vring_endian(struct vuf_client *c, uint32_t index, bool big_e
  * back-end's refusal) gives -EIO; any other size mismatch -EPROTO. */
 int vuf_client_get_config(struct vuf_client *c, uint32_t offset, uint32_t flags, void *buf,
                           uint32_t size);
-int vuf_client_set_config(struct vuf_client *c, uint32_t offset, uint32_t flags,
-                          const void *buf, uint32_t size);
+int vuf_client_set_config(struct vuf_client *c, uint32_t offset, uint32_t flags, const void *buf,
+                          uint32_t size);
 int vuf_client_create_crypto_session(struct vuf_client *c, struct vuf_crypto_session *s);
 int vuf_client_close_crypto_session(struct vuf_client *c, uint64_t session_id);
 /* Returns the back-end's userfaultfd in *uffd (caller owns it). */
@@ -92,8 +92,8 @@ int vuf_client_postcopy_advise(struct vuf_client *c, int *uffd);
 int vuf_client_postcopy_listen(struct vuf_client *c);
 int vuf_client_postcopy_end(struct vuf_client *c);
 /* *fd is -1 when the back-end returned mmap_size 0 (no inflight area). */
-int vuf_client_get_inflight_fd(struct vuf_client *c, uint16_t num_queues,
-                               uint16_t queue_size, struct vuf_inflight *out, int *fd);
+int vuf_client_get_inflight_fd(struct vuf_client *c, uint16_t num_queues, uint16_t queue_size,
+                               struct vuf_inflight *out, int *fd);
 int vuf_client_set_inflight_fd(struct vuf_client *c, const struct vuf_inflight *in, int fd);
 int vuf_client_gpu_set_socket(struct vuf_client *c, int fd);
 int vuf_client_reset_device(struct vuf_client *c);
@@ -112,12 +112,11 @@ int vuf_client_get_shared_object(struct vuf_client *c, const struct vuf_shared_o
  * other end of the pipe) or -1 when the reply carried NOFD. A non-zero error
  * byte gives -EIO; NOFD with an fd, or no NOFD and no fd, gives -EPROTO.
  */
-int vuf_client_set_device_state_fd(struct vuf_client *c, uint32_t direction, uint32_t phase,
-                                   int fd, int *backend_fd);
+int vuf_client_set_device_state_fd(struct vuf_client *c, uint32_t direction, uint32_t phase, int fd,
+                                   int *backend_fd);
 int vuf_client_check_device_state(struct vuf_client *c);
 int vuf_client_get_shmem_config(struct vuf_client *c, struct vuf_shmem_config *out);
-int vuf_client_get_vring_base_skip_drain(struct vuf_client *c, uint32_t index,
-                                         uint32_t *base);
+int vuf_client_get_vring_base_skip_drain(struct vuf_client *c, uint32_t index, uint32_t *base);
 
 #ifdef __cplusplus
 }

@@ -141,8 +141,8 @@ struct vuf_shm_mapper_ops {
      * overlaps no existing mapping. `fd` is borrowed for the call: mmap it
      * or dup it to keep it. 0 or a negative errno.
      */
-    int (*add_mapping)(void *opaque, int fd, uint64_t fd_offset, uint64_t len,
-                       uint64_t shm_offset, int prot);
+    int (*add_mapping)(void *opaque, int fd, uint64_t fd_offset, uint64_t len, uint64_t shm_offset,
+                       int prot);
     /* Remove the mapping that starts at `shm_offset` (exactly one that
      * add_mapping made). 0 or a negative errno. */
     int (*remove_mapping)(void *opaque, uint64_t shm_offset);
@@ -193,8 +193,7 @@ struct vuf_device_ops {
     int (*ack_features)(struct vuf_device *dev, uint64_t features);
     /* Device-specific configuration space. On error `data` is unchanged. */
     int (*read_config)(struct vuf_device *dev, uint64_t offset, void *data, size_t len);
-    int (*write_config)(struct vuf_device *dev, uint64_t offset, const void *data,
-                        size_t len);
+    int (*write_config)(struct vuf_device *dev, uint64_t offset, const void *data, size_t len);
     /*
      * Start the device. queues[i] is queue i (nqueues <= num_queues); those
      * with ready == false are skipped. The device copies the queue structs;
@@ -229,8 +228,7 @@ struct vuf_device_ops {
     /* Resume after sleep: like activate with the queues sleep handed back.
      * mem == NULL means "nothing to resume" (a no-op returning 0). */
     int (*wake)(struct vuf_device *dev, const struct vuf_guest_mem *mem,
-                const struct vuf_interrupt *intr, const struct vuf_queue *queues,
-                unsigned nqueues);
+                const struct vuf_interrupt *intr, const struct vuf_queue *queues, unsigned nqueues);
     /* Save the device's state (call while asleep). *data is malloc'd; the
      * caller frees it. */
     int (*snapshot)(struct vuf_device *dev, uint8_t **data, size_t *len);
@@ -270,13 +268,12 @@ static inline int vuf_device_ack_features(struct vuf_device *d, uint64_t f)
 {
     return d->ops->ack_features(d, f);
 }
-static inline int vuf_device_read_config(struct vuf_device *d, uint64_t off, void *data,
-                                         size_t len)
+static inline int vuf_device_read_config(struct vuf_device *d, uint64_t off, void *data, size_t len)
 {
     return d->ops->read_config(d, off, data, len);
 }
-static inline int vuf_device_write_config(struct vuf_device *d, uint64_t off,
-                                          const void *data, size_t len)
+static inline int vuf_device_write_config(struct vuf_device *d, uint64_t off, const void *data,
+                                          size_t len)
 {
     return d->ops->write_config(d, off, data, len);
 }
@@ -294,8 +291,7 @@ static inline int vuf_device_get_shm_region(struct vuf_device *d, struct vuf_shm
 {
     return d->ops->get_shared_memory_region(d, out);
 }
-static inline int vuf_device_set_shm_mapper(struct vuf_device *d,
-                                            const struct vuf_shm_mapper *m)
+static inline int vuf_device_set_shm_mapper(struct vuf_device *d, const struct vuf_shm_mapper *m)
 {
     return d->ops->set_shared_memory_mapper(d, m);
 }
@@ -304,8 +300,8 @@ static inline int vuf_device_sleep(struct vuf_device *d, struct vuf_queue *queue
     return d->ops->sleep(d, queues, n);
 }
 static inline int vuf_device_wake(struct vuf_device *d, const struct vuf_guest_mem *mem,
-                                  const struct vuf_interrupt *intr,
-                                  const struct vuf_queue *queues, unsigned n)
+                                  const struct vuf_interrupt *intr, const struct vuf_queue *queues,
+                                  unsigned n)
 {
     return d->ops->wake(d, mem, intr, queues, n);
 }

@@ -94,8 +94,7 @@ unsigned vuf_guest_mem_nregions(const struct vuf_guest_mem *gm);
 
 /* Copy region i (in ascending GPA order) to *out. 0, or -ERANGE if i is out
  * of range. */
-int vuf_guest_mem_region(const struct vuf_guest_mem *gm, unsigned i,
-                         struct vuf_guest_region *out);
+int vuf_guest_mem_region(const struct vuf_guest_mem *gm, unsigned i, struct vuf_guest_region *out);
 
 /*
  * Fill SET_MEM_TABLE arguments: regions[i] = {gpa, size, userspace_addr =

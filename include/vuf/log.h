@@ -36,8 +36,7 @@ void vuf_log_set(vuf_log_fn fn, void *opaque, enum vuf_log_level max_level);
 enum vuf_log_level vuf_log_level(void);
 
 /* Log through the installed sink (printf format). */
-void vuf_log(enum vuf_log_level level, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+void vuf_log(enum vuf_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /*
  * Describe a negative errno returned by vuf in this library's terms, e.g.

@@ -60,7 +60,7 @@ struct vuf_server_config {
     uint64_t features;          /* front-end channel built-in GET_FEATURES */
     uint64_t protocol_features; /* front-end channel built-in GET_PROTOCOL_FEATURES */
     vuf_server_handler handlers[VUF_SERVER_MAX_CODE + 1]; /* indexed by code */
-    void *opaque;                                          /* passed to handlers, not owned */
+    void *opaque;                                         /* passed to handlers, not owned */
 };
 
 /* Takes ownership of `conn` (also on failure). The config is copied. */
@@ -74,8 +74,8 @@ int vuf_server_new(struct vuf_conn *conn, const struct vuf_server_config *cfg,
  * vuf_client_set_backend_req_fd() and then close it). cfg->channel is
  * ignored.
  */
-int vuf_server_new_backend_channel(const struct vuf_server_config *cfg,
-                                   struct vuf_server **out, int *peer_fd);
+int vuf_server_new_backend_channel(const struct vuf_server_config *cfg, struct vuf_server **out,
+                                   int *peer_fd);
 
 /* Closes the connection and frees. NULL is a no-op. */
 void vuf_server_free(struct vuf_server *s);

@@ -43,10 +43,10 @@ enum vuf_device_type {
 
 struct vuf_device_info {
     enum vuf_device_type type;
-    const char *name;      /* "blk", "net", "fs", ... (CLI spelling) */
-    const char *label;     /* debug label: "vu-blk" */
-    unsigned min_queues;   /* virtio spec minimum, used without MQ */
-    uint32_t config_size;  /* bytes of device config read by default (0: none) */
+    const char *name;     /* "blk", "net", "fs", ... (CLI spelling) */
+    const char *label;    /* debug label: "vu-blk" */
+    unsigned min_queues;  /* virtio spec minimum, used without MQ */
+    uint32_t config_size; /* bytes of device config read by default (0: none) */
 };
 
 /* NULL if unknown. */

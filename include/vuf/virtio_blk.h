@@ -209,10 +209,9 @@ int vuf_blk_write(struct vuf_blk *blk, uint64_t sector, const void *buf, size_t 
 int vuf_blk_flush(struct vuf_blk *blk, int timeout_ms);
 /* id receives the 20 raw bytes (not necessarily NUL-terminated). */
 int vuf_blk_get_id(struct vuf_blk *blk, char id[VUF_BLK_ID_BYTES], int timeout_ms);
-int vuf_blk_discard(struct vuf_blk *blk, uint64_t sector, uint32_t num_sectors,
-                    int timeout_ms);
-int vuf_blk_write_zeroes(struct vuf_blk *blk, uint64_t sector, uint32_t num_sectors,
-                         bool unmap, int timeout_ms);
+int vuf_blk_discard(struct vuf_blk *blk, uint64_t sector, uint32_t num_sectors, int timeout_ms);
+int vuf_blk_write_zeroes(struct vuf_blk *blk, uint64_t sector, uint32_t num_sectors, bool unmap,
+                         int timeout_ms);
 
 #ifdef __cplusplus
 }

@@ -82,7 +82,7 @@ struct vuf_vring_avail {
 };
 
 struct vuf_vring_used_elem {
-    uint32_t id; /* head of the chain */
+    uint32_t id;  /* head of the chain */
     uint32_t len; /* bytes written into the chain's writable buffers */
 };
 _Static_assert(sizeof(struct vuf_vring_used_elem) == 8, "used element");
@@ -128,10 +128,10 @@ struct vuf_virtq;
 #define VUF_VIRTQ_INDIRECT_DEFAULT 16u
 
 struct vuf_virtq_opts {
-    unsigned size;      /* entries: a power of two, 1..VUF_VIRTQ_MAX_SIZE */
-    unsigned index;     /* queue index: used in logs and vuf_virtq_vring_addr() */
-    uint64_t features;  /* negotiated virtio features; the queue acts on
-                         * EVENT_IDX and INDIRECT_DESC and ignores the rest */
+    unsigned size;         /* entries: a power of two, 1..VUF_VIRTQ_MAX_SIZE */
+    unsigned index;        /* queue index: used in logs and vuf_virtq_vring_addr() */
+    uint64_t features;     /* negotiated virtio features; the queue acts on
+                            * EVENT_IDX and INDIRECT_DESC and ignores the rest */
     unsigned indirect_max; /* with INDIRECT_DESC: descriptors per indirect
                             * table, 1..size; 0 = the default. One table per
                             * ring descriptor is allocated up front. */
@@ -235,8 +235,7 @@ struct vuf_virtq_buf {
  *   -EFAULT  a buffer outside guest memory
  *   -EPROTO  the queue is broken
  */
-int vuf_virtq_add(struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, unsigned n,
-                  void *cookie);
+int vuf_virtq_add(struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, unsigned n, void *cookie);
 
 /*
  * Whether the device wants a notification for what was added since the

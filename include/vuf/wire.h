@@ -74,6 +74,7 @@ enum vuf_channel {
 
 #define VUF_CRYPTO_SESSION_SIZE 1064u
 
+/* clang-format off */
 #define VUF_FRONTEND_REQUESTS(X)                                                     \
     X(GET_FEATURES, 1, 0, 0, 0, 0, 0, ALWAYS, 8, 8, 0, 0, 0)                         \
     X(SET_FEATURES, 2, 8, 8, 0, 0, 0, ACK, 8, 8, 0, 0, 0)                            \
@@ -145,6 +146,7 @@ enum vuf_backend_req {
     VUF_BACKEND_REQUESTS(VUF_X_BENUM)
     VUF_BREQ_MAX = 10
 };
+/* clang-format on */
 
 enum vuf_reply_kind {
     VUF_REPLY_ACK = 0,
@@ -182,37 +184,39 @@ bool vuf_msg_expects_reply(const struct vuf_msg_rule *rule, uint32_t flags,
 /* Feature bits                                                             */
 /* ------------------------------------------------------------------------ */
 
-#define VUF_PROTOCOL_FEATURES(X)           \
-    X(MQ, 0)                               \
-    X(LOG_SHMFD, 1)                        \
-    X(RARP, 2)                             \
-    X(REPLY_ACK, 3)                        \
-    X(NET_MTU, 4)                          \
-    X(BACKEND_REQ, 5)                      \
-    X(CROSS_ENDIAN, 6)                     \
-    X(CRYPTO_SESSION, 7)                   \
-    X(PAGEFAULT, 8)                        \
-    X(CONFIG, 9)                           \
-    X(BACKEND_SEND_FD, 10)                 \
-    X(HOST_NOTIFIER, 11)                   \
-    X(INFLIGHT_SHMFD, 12)                  \
-    X(RESET_DEVICE, 13)                    \
-    X(INBAND_NOTIFICATIONS, 14)            \
-    X(CONFIGURE_MEM_SLOTS, 15)             \
-    X(STATUS, 16)                          \
-    X(XEN_MMAP, 17)                        \
-    X(SHARED_OBJECT, 18)                   \
-    X(DEVICE_STATE, 19)                    \
-    X(GET_VRING_BASE_INFLIGHT, 20)         \
-    X(GPA_ADDRESSES, 21)                   \
-    X(SHMEM, 22)                           \
+#define VUF_PROTOCOL_FEATURES(X)   \
+    X(MQ, 0)                       \
+    X(LOG_SHMFD, 1)                \
+    X(RARP, 2)                     \
+    X(REPLY_ACK, 3)                \
+    X(NET_MTU, 4)                  \
+    X(BACKEND_REQ, 5)              \
+    X(CROSS_ENDIAN, 6)             \
+    X(CRYPTO_SESSION, 7)           \
+    X(PAGEFAULT, 8)                \
+    X(CONFIG, 9)                   \
+    X(BACKEND_SEND_FD, 10)         \
+    X(HOST_NOTIFIER, 11)           \
+    X(INFLIGHT_SHMFD, 12)          \
+    X(RESET_DEVICE, 13)            \
+    X(INBAND_NOTIFICATIONS, 14)    \
+    X(CONFIGURE_MEM_SLOTS, 15)     \
+    X(STATUS, 16)                  \
+    X(XEN_MMAP, 17)                \
+    X(SHARED_OBJECT, 18)           \
+    X(DEVICE_STATE, 19)            \
+    X(GET_VRING_BASE_INFLIGHT, 20) \
+    X(GPA_ADDRESSES, 21)           \
+    X(SHMEM, 22)                   \
     X(GET_VRING_BASE_SKIP_DRAIN, 23)
 
+/* clang-format off */
 enum vuf_protocol_feature_bit {
 #define VUF_X_PF(name, bit) VUF_PF_##name = bit,
     VUF_PROTOCOL_FEATURES(VUF_X_PF)
     VUF_PF_COUNT = 24
 };
+/* clang-format on */
 #define VUF_PF(name) (1ull << VUF_PF_##name)
 /* Every protocol bit this library knows a meaning for. */
 #define VUF_PF_KNOWN_MASK ((1ull << VUF_PF_COUNT) - 1)
@@ -399,12 +403,12 @@ struct vuf_msg {
 /* Build a request: header {code, VUF_VERSION | extra_flags, size}, payload
  * copied from `payload` (may be NULL when size is 0), no fds. Returns 0 or
  * -EMSGSIZE when size > VUF_MAX_PAYLOAD. */
-int vuf_msg_init(struct vuf_msg *m, uint32_t code, uint32_t extra_flags,
-                 const void *payload, uint32_t size);
+int vuf_msg_init(struct vuf_msg *m, uint32_t code, uint32_t extra_flags, const void *payload,
+                 uint32_t size);
 
 /* Build the reply to `req` (same code, flags VERSION|REPLY). */
-int vuf_msg_init_reply(struct vuf_msg *m, const struct vuf_msg *req,
-                       const void *payload, uint32_t size);
+int vuf_msg_init_reply(struct vuf_msg *m, const struct vuf_msg *req, const void *payload,
+                       uint32_t size);
 
 /* Header codec. encode writes 12 bytes. decode checks only that len >= 12
  * (-EBADMSG) and copies; use vuf_hdr_check for the rules. */
@@ -437,8 +441,8 @@ int vuf_msg_check(const struct vuf_msg *m, enum vuf_channel ch, bool is_reply);
  * tests. Errors as vuf_msg_check, or -EBADMSG when buf is shorter than the
  * header says.
  */
-int vuf_msg_parse(const uint8_t *buf, size_t len, unsigned nfds,
-                  enum vuf_channel ch, bool is_reply, struct vuf_msg *out);
+int vuf_msg_parse(const uint8_t *buf, size_t len, unsigned nfds, enum vuf_channel ch, bool is_reply,
+                  struct vuf_msg *out);
 
 /* Serialize header + payload into out (at least 12 + hdr.size bytes).
  * Returns the byte count or -EMSGSIZE. */

@@ -45,13 +45,13 @@
 
 /* What the back-end must offer (backend/blk.c). */
 #define F(bit) (1ull << (bit))
-#define EXPECT_FEATURES                                                                \
-    (F(32) | F(29) | F(28) | F(30) | F(VUF_BLK_F_SEG_MAX) | F(VUF_BLK_F_BLK_SIZE) |     \
-     F(VUF_BLK_F_FLUSH) | F(VUF_BLK_F_CONFIG_WCE) | F(VUF_BLK_F_MQ) |                   \
-     F(VUF_BLK_F_DISCARD) | F(VUF_BLK_F_WRITE_ZEROES))
-#define EXPECT_PROTOCOL                                                                  \
-    (VUF_PF(MQ) | VUF_PF(REPLY_ACK) | VUF_PF(BACKEND_REQ) | VUF_PF(CONFIG) |              \
-     VUF_PF(BACKEND_SEND_FD) | VUF_PF(RESET_DEVICE) | VUF_PF(CONFIGURE_MEM_SLOTS) |      \
+#define EXPECT_FEATURES                                                                      \
+    (F(32) | F(29) | F(28) | F(30) | F(VUF_BLK_F_SEG_MAX) | F(VUF_BLK_F_BLK_SIZE) |          \
+     F(VUF_BLK_F_FLUSH) | F(VUF_BLK_F_CONFIG_WCE) | F(VUF_BLK_F_MQ) | F(VUF_BLK_F_DISCARD) | \
+     F(VUF_BLK_F_WRITE_ZEROES))
+#define EXPECT_PROTOCOL                                                             \
+    (VUF_PF(MQ) | VUF_PF(REPLY_ACK) | VUF_PF(BACKEND_REQ) | VUF_PF(CONFIG) |        \
+     VUF_PF(BACKEND_SEND_FD) | VUF_PF(RESET_DEVICE) | VUF_PF(CONFIGURE_MEM_SLOTS) | \
      VUF_PF(STATUS) | VUF_PF(DEVICE_STATE) | VUF_PF(SHMEM))
 
 static const char *backend_bin;
@@ -105,8 +105,7 @@ static void be_start(struct be *b, ...)
 
 static bool be_alive(struct be *b)
 {
-    return b->proc.pid > 0 && kill(b->proc.pid, 0) == 0 &&
-           waitpid(b->proc.pid, NULL, WNOHANG) == 0;
+    return b->proc.pid > 0 && kill(b->proc.pid, 0) == 0 && waitpid(b->proc.pid, NULL, WNOHANG) == 0;
 }
 
 static bool log_has(const char *path, const char *needle)
@@ -229,8 +228,8 @@ static void start_queue(struct session *s, unsigned idx)
 
 /* Negotiate `features`, hand over a fresh memfd guest memory and start
  * `nqueues` queues. */
-static void session_open_f(struct session *s, struct be *b, uint64_t offered,
-                           uint64_t features, unsigned nqueues)
+static void session_open_f(struct session *s, struct be *b, uint64_t offered, uint64_t features,
+                           unsigned nqueues)
 {
     struct vuf_mem_region regions[VUF_MEM_TABLE_MAX];
     int fds[VUF_MEM_TABLE_MAX];
@@ -378,9 +377,9 @@ static void test_config(void **state)
     assert_int_equal(vuf_client_get_config(c, 0, 0, cfg, 60), 0);
     memcpy(&cap, cfg, 8);
     assert_int_equal(cap, RAM_BYTES / 512);
-    assert_int_equal(le32(cfg + 12), 1024 - 2); /* seg_max */
-    assert_int_equal(le32(cfg + 20), 512);      /* blk_size */
-    assert_int_equal(cfg[32], 1);               /* writeback */
+    assert_int_equal(le32(cfg + 12), 1024 - 2);  /* seg_max */
+    assert_int_equal(le32(cfg + 20), 512);       /* blk_size */
+    assert_int_equal(cfg[32], 1);                /* writeback */
     assert_int_equal(cfg[34] | cfg[35] << 8, 2); /* num_queues */
     /* A partial read inside the config. */
     assert_int_equal(vuf_client_get_config(c, 20, 0, cfg, 4), 0);
@@ -451,8 +450,7 @@ static void io_roundtrip(uint64_t features)
     assert_memory_equal(rbuf, wbuf + 8192, 4096);
 
     /* Past the end: IOERR. An unknown type: UNSUPP. */
-    assert_int_equal(vuf_blk_read(s.blk[0], RAM_BYTES / 512 - 4, rbuf, 4096, IO_TIMEOUT_MS),
-                     -EIO);
+    assert_int_equal(vuf_blk_read(s.blk[0], RAM_BYTES / 512 - 4, rbuf, 4096, IO_TIMEOUT_MS), -EIO);
     req = vuf_blk_req_get(s.blk[0]);
     assert_non_null(req);
     assert_int_equal(vuf_blk_req_prep(req, 99, 0, 512), 0);
@@ -532,8 +530,8 @@ static void test_io_no_protocol_features(void **state)
 static void test_file_backed(void **state)
 {
     static uint8_t img[256 * 1024], buf[8192];
-    uint64_t ro_features = (EXPECT_FEATURES | F(VUF_BLK_F_RO)) &
-                           ~(F(VUF_BLK_F_DISCARD) | F(VUF_BLK_F_WRITE_ZEROES));
+    uint64_t ro_features =
+        (EXPECT_FEATURES | F(VUF_BLK_F_RO)) & ~(F(VUF_BLK_F_DISCARD) | F(VUF_BLK_F_WRITE_ZEROES));
     char path[300], filearg[320];
     struct session s;
     struct be b;
@@ -653,8 +651,7 @@ static void test_device_state(void **state)
 
     /* A started ring: the device is not suspended, the transfer is refused. */
     assert_int_equal(pipe2(p, O_CLOEXEC), 0);
-    assert_int_equal(vuf_client_set_device_state_fd(s.c, VUF_STATE_DIR_SAVE, 0, p[1], &bfd),
-                     -EIO);
+    assert_int_equal(vuf_client_set_device_state_fd(s.c, VUF_STATE_DIR_SAVE, 0, p[1], &bfd), -EIO);
     close(p[0]);
     close(p[1]);
 
@@ -773,8 +770,7 @@ static int on_shmem_unmap(void *opaque, struct vuf_msg *req, struct vuf_msg *rep
     return 0;
 }
 
-static struct vuf_server *backend_channel(struct vuf_client *c, struct breq_seen *seen,
-                                          uint64_t pf)
+static struct vuf_server *backend_channel(struct vuf_client *c, struct breq_seen *seen, uint64_t pf)
 {
     struct vuf_server_config cfg;
     struct vuf_server *srv;
@@ -986,8 +982,8 @@ struct req_bufs {
     uint64_t hdr_gpa, data_gpa, status_gpa;
 };
 
-static void desc_set(struct raw_ring *r, unsigned i, uint64_t addr, uint32_t len,
-                     uint16_t flags, uint16_t next)
+static void desc_set(struct raw_ring *r, unsigned i, uint64_t addr, uint32_t len, uint16_t flags,
+                     uint16_t next)
 {
     r->desc[i] = (struct vuf_vring_desc){.addr = addr, .len = len, .flags = flags, .next = next};
 }
@@ -1216,8 +1212,7 @@ static void test_bad_memory_and_rings(void **state)
         assert_int_equal(reply.hdr.size, 8);
         assert_int_not_equal(reply.payload.u64, 0);
         /* A known code with a payload of the wrong size. */
-        assert_int_equal(vuf_msg_init(&m, VUF_REQ_SET_VRING_NUM, VUF_FLAG_NEED_REPLY, &bad, 4),
-                         0);
+        assert_int_equal(vuf_msg_init(&m, VUF_REQ_SET_VRING_NUM, VUF_FLAG_NEED_REPLY, &bad, 4), 0);
         assert_int_equal(vuf_conn_send(conn, &m), 0);
         assert_int_equal(vuf_conn_recv(conn, &reply), 0);
         assert_int_equal(reply.hdr.request, VUF_REQ_SET_VRING_NUM);

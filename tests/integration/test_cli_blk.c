@@ -370,23 +370,28 @@ static void test_qsd_write_verify(void **state)
     start_qsd_file(f);
     r = new_run();
 
-    expect(r, 0, (const char *[]){"blk", f->sock, "write", "--offset", "1M", "--len", "256K",
-                                  "--pattern", "42", NULL});
+    expect(r, 0,
+           (const char *[]){"blk", f->sock, "write", "--offset", "1M", "--len", "256K", "--pattern",
+                            "42", NULL});
     assert_has(r->out, "wrote 262144 bytes at offset 1048576 (pattern seed 42), flushed");
-    expect(r, 0, (const char *[]){"blk", f->sock, "verify", "--offset", "1M", "--len", "256K",
-                                  "--pattern", "42", NULL});
+    expect(r, 0,
+           (const char *[]){"blk", f->sock, "verify", "--offset", "1M", "--len", "256K",
+                            "--pattern", "42", NULL});
     assert_has(r->out, "verified 262144 bytes at offset 1048576 (pattern seed 42): ok");
     /* A sub-range on its own, on a second queue set-up. */
-    expect(r, 0, (const char *[]){"blk", f->sock, "verify", "--offset", "1050112", "--len",
-                                  "4096", "--pattern", "42", "--queues", "2", NULL});
+    expect(r, 0,
+           (const char *[]){"blk", f->sock, "verify", "--offset", "1050112", "--len", "4096",
+                            "--pattern", "42", "--queues", "2", NULL});
     /* The wrong seed: exit 1, naming the first bad byte. */
-    expect(r, 1, (const char *[]){"blk", f->sock, "verify", "--offset", "1M", "--len", "256K",
-                                  "--pattern", "43", NULL});
+    expect(r, 1,
+           (const char *[]){"blk", f->sock, "verify", "--offset", "1M", "--len", "256K",
+                            "--pattern", "43", NULL});
     assert_has(r->err, "first mismatch at offset 1048576");
     /* Data next to the written area is still zero (seed check fails at
      * its first byte). */
-    expect(r, 1, (const char *[]){"blk", f->sock, "verify", "--offset", "1310720", "--len",
-                                  "512", "--pattern", "42", NULL});
+    expect(r, 1,
+           (const char *[]){"blk", f->sock, "verify", "--offset", "1310720", "--len", "512",
+                            "--pattern", "42", NULL});
     assert_has(r->err, "first mismatch at offset 1310720");
 
     /* The backing file on the host holds the documented pattern. */
@@ -403,8 +408,9 @@ static void test_qsd_write_verify(void **state)
 
     /* read --out: the same bytes as the file. */
     snprintf(out_path, sizeof(out_path), "%s/read.bin", f->dir);
-    expect(r, 0, (const char *[]){"blk", f->sock, "read", "--offset", "1M", "--len", "8K",
-                                  "--out", out_path, NULL});
+    expect(r, 0,
+           (const char *[]){"blk", f->sock, "read", "--offset", "1M", "--len", "8K", "--out",
+                            out_path, NULL});
     {
         uint8_t got[8192];
         int o = open(out_path, O_RDONLY | O_CLOEXEC);
@@ -414,8 +420,7 @@ static void test_qsd_write_verify(void **state)
         assert_memory_equal(got, host, sizeof(got));
     }
     /* read --hexdump: offsets are disk offsets. */
-    expect(r, 0, (const char *[]){"blk", f->sock, "read", "--offset", "1M", "--len", "512",
-                                  NULL});
+    expect(r, 0, (const char *[]){"blk", f->sock, "read", "--offset", "1M", "--len", "512", NULL});
     assert_true(strncmp(r->out, "000000100000 ", 13) == 0);
     {
         char want[8];
@@ -424,8 +429,9 @@ static void test_qsd_write_verify(void **state)
     }
 
     /* A write without the flag writes the file too; and overwrites. */
-    expect(r, 0, (const char *[]){"blk", f->sock, "write", "--offset", "0", "--len", "4096",
-                                  "--pattern", "7", "--no-flush", "--busy-poll", NULL});
+    expect(r, 0,
+           (const char *[]){"blk", f->sock, "write", "--offset", "0", "--len", "4096", "--pattern",
+                            "7", "--no-flush", "--busy-poll", NULL});
     assert_int_equal(pread(fd, host, 4096, 0), 4096);
     for (unsigned i = 0; i < 4096; i++)
         assert_int_equal(host[i], pattern(7, i));
@@ -433,13 +439,14 @@ static void test_qsd_write_verify(void **state)
     free(host);
 
     /* Beyond the end of the 16 MiB disk. */
-    expect(r, 1, (const char *[]){"blk", f->sock, "write", "--offset", "16M", "--len", "512",
-                                  NULL});
+    expect(r, 1,
+           (const char *[]){"blk", f->sock, "write", "--offset", "16M", "--len", "512", NULL});
     assert_has(r->err, "beyond the disk's end");
 
     /* bench with JSON: every number consistent. */
-    expect(r, 0, (const char *[]){"blk", f->sock, "bench", "--ios", "400", "--iodepth", "4",
-                                  "--queues", "2", "--json", NULL});
+    expect(r, 0,
+           (const char *[]){"blk", f->sock, "bench", "--ios", "400", "--iodepth", "4", "--queues",
+                            "2", "--json", NULL});
     {
         json_object *j = json_tokener_parse(r->out), *v, *lat;
         uint64_t mn, med, p99, mx;
@@ -466,8 +473,9 @@ static void test_qsd_write_verify(void **state)
         json_object_put(j);
     }
     /* qsd is still healthy: it served every client in turn. */
-    expect(r, 0, (const char *[]){"blk", f->sock, "verify", "--offset", "1M", "--len", "256K",
-                                  "--pattern", "42", NULL});
+    expect(r, 0,
+           (const char *[]){"blk", f->sock, "verify", "--offset", "1M", "--len", "256K",
+                            "--pattern", "42", NULL});
     free(r);
 }
 
@@ -477,8 +485,7 @@ static void test_backend_bench(void **state)
 {
     struct fixture *f = *state;
     char sockarg[300];
-    char *argv[] = {(char *)backend, sockarg, (char *)"--ram=64M", (char *)"--num-queues=2",
-                    NULL};
+    char *argv[] = {(char *)backend, sockarg, (char *)"--ram=64M", (char *)"--num-queues=2", NULL};
     struct run *r;
 
     snprintf(sockarg, sizeof(sockarg), "--socket-path=%s", f->sock);
@@ -488,20 +495,21 @@ static void test_backend_bench(void **state)
     assert_has(r->out, "IOPS:");
     assert_has(r->out, "latency us:");
     assert_has(r->out, "wait: eventfd");
-    expect(r, 0, (const char *[]){"blk", f->sock, "bench", "--seconds", "0.3", "--busy-poll",
-                                  "--rw", "read", "--bs", "16K", NULL});
+    expect(r, 0,
+           (const char *[]){"blk", f->sock, "bench", "--seconds", "0.3", "--busy-poll", "--rw",
+                            "read", "--bs", "16K", NULL});
     assert_has(r->out, "wait: busy-poll");
-    expect(r, 0, (const char *[]){"blk", f->sock, "bench", "--ios", "2000", "--rw",
-                                  "randwrite", "--iodepth", "64", "--queues", "2",
-                                  "--no-indirect", NULL});
+    expect(r, 0,
+           (const char *[]){"blk", f->sock, "bench", "--ios", "2000", "--rw", "randwrite",
+                            "--iodepth", "64", "--queues", "2", "--no-indirect", NULL});
     assert_has(r->out, "requests:    2000 in");
     /* 64 requests x 3 descriptors: the next power of two */
     assert_has(r->out, "iodepth 64 x 2 queues (size 256)");
-    expect(r, 0, (const char *[]){"blk", f->sock, "bench", "--ios", "100", "--rw", "write",
-                                  "--no-event-idx", "--range", "1M", NULL});
+    expect(r, 0,
+           (const char *[]){"blk", f->sock, "bench", "--ios", "100", "--rw", "write",
+                            "--no-event-idx", "--range", "1M", NULL});
     /* More queues than the back-end has. */
-    expect(r, 1, (const char *[]){"blk", f->sock, "bench", "--ios", "10", "--queues", "3",
-                                  NULL});
+    expect(r, 1, (const char *[]){"blk", f->sock, "bench", "--ios", "10", "--queues", "3", NULL});
     assert_has(r->err, "more queues asked than the back-end has");
     free(r);
 }
@@ -524,24 +532,26 @@ static void test_blk_usage(void **state)
     assert_has(r->err, "unknown operation 'erase'");
     expect(r, 2, (const char *[]){"blk", "/x.sock", "read", "--len", "512", NULL});
     assert_has(r->err, "needs --offset and --len");
-    expect(r, 2, (const char *[]){"blk", "/x.sock", "read", "--offset", "100", "--len", "512",
-                                  NULL});
+    expect(r, 2,
+           (const char *[]){"blk", "/x.sock", "read", "--offset", "100", "--len", "512", NULL});
     assert_has(r->err, "multiples of 512");
-    expect(r, 2, (const char *[]){"blk", "/x.sock", "write", "--offset", "0", "--len", "512",
-                                  "--hexdump", NULL});
+    expect(r, 2,
+           (const char *[]){"blk", "/x.sock", "write", "--offset", "0", "--len", "512", "--hexdump",
+                            NULL});
     expect(r, 2, (const char *[]){"blk", "/x.sock", "bench", "--rw", "trim", NULL});
-    expect(r, 2, (const char *[]){"blk", "/x.sock", "bench", "--seconds", "1", "--ios", "5",
-                                  NULL});
+    expect(r, 2, (const char *[]){"blk", "/x.sock", "bench", "--seconds", "1", "--ios", "5", NULL});
     expect(r, 2, (const char *[]){"blk", "/x.sock", "bench", "--queue-size", "100", NULL});
-    expect(r, 2, (const char *[]){"blk", "/x.sock", "bench", "--iodepth", "64",
-                                  "--queue-size", "32", NULL});
+    expect(
+        r, 2,
+        (const char *[]){"blk", "/x.sock", "bench", "--iodepth", "64", "--queue-size", "32", NULL});
     expect(r, 2, (const char *[]){"blk", "/x.sock", "bench", "--offset", "0", NULL});
     expect(r, 2, (const char *[]){"blk", "/x.sock", "bench", "--bogus", NULL});
     assert_has(r->err, "unknown option");
 
     /* Nobody listening: exit 1 with the reason. */
-    expect(r, 1, (const char *[]){"blk", f->sock, "read", "--offset", "0", "--len", "512",
-                                  "--timeout-ms", "100", NULL});
+    expect(r, 1,
+           (const char *[]){"blk", f->sock, "read", "--offset", "0", "--len", "512", "--timeout-ms",
+                            "100", NULL});
     assert_has(r->err, "connect failed");
     free(r);
 }
@@ -559,8 +569,7 @@ int main(void)
 
     tool = getenv("VUF_TOOL");
     backend = getenv("VUF_BACKEND_BLK");
-    if (!tool || !*tool || !tu_have_exe(tool) || !backend || !*backend ||
-        !tu_have_exe(backend)) {
+    if (!tool || !*tool || !tu_have_exe(tool) || !backend || !*backend || !tu_have_exe(backend)) {
         fprintf(stderr, "SKIP: VUF_TOOL / VUF_BACKEND_BLK do not name the binaries (run via "
                         "meson test)\n");
         return TEST_SKIP;

@@ -143,7 +143,7 @@ struct vmm {
      * worker thread only reads them. */
     int call_fd[NQ];
     bool msix[NQ];
-    atomic_int intx;     /* signal_used_queue calls (non-MSI-X path) */
+    atomic_int intx;       /* signal_used_queue calls (non-MSI-X path) */
     atomic_int bad_vector; /* ... with a vector other than VUF_NO_VECTOR */
     atomic_int irqfd_asks;
     atomic_int config_changes;
@@ -312,8 +312,7 @@ static void start_qsd(struct fx *f)
     r = tu_wait_socket_file(&f->proc, f->sock, 10000);
     if (r) {
         tu_dump_log(&f->proc);
-        fprintf(stderr, "qemu-storage-daemon did not create %s: %s\n", f->sock,
-                strerror(-r));
+        fprintf(stderr, "qemu-storage-daemon did not create %s: %s\n", f->sock, strerror(-r));
     }
     assert_int_equal(r, 0);
 }
@@ -330,8 +329,8 @@ static void new_device(struct fx *f)
 
     memset(&cfg, 0, sizeof(cfg));
     cfg.device_type = VUF_DEV_BLK;
-    cfg.base_features = BIT(VUF_VIRTIO_F_VERSION_1) | BIT(VUF_VIRTIO_F_EVENT_IDX) |
-                        BIT(VUF_VIRTIO_F_INDIRECT_DESC);
+    cfg.base_features =
+        BIT(VUF_VIRTIO_F_VERSION_1) | BIT(VUF_VIRTIO_F_EVENT_IDX) | BIT(VUF_VIRTIO_F_INDIRECT_DESC);
     cfg.max_queue_size = 256;
     cfg.event = vmm_event;
     cfg.event_opaque = &f->vmm;
@@ -348,8 +347,7 @@ static void new_device(struct fx *f)
     /* qsd 7.2 offers 0x175007e46; bits the VMM did not ask for (LOG_ALL,
      * NOTIFY_ON_EMPTY) are not passed to the driver. */
     assert_int_equal(offered, 0x175007e46ull & (VUF_DEVICE_TYPE_SPECIFIC_FEATURES_MASK |
-                                                cfg.base_features |
-                                                BIT(VUF_F_PROTOCOL_FEATURES)));
+                                                cfg.base_features | BIT(VUF_F_PROTOCOL_FEATURES)));
     assert_true(offered & BIT(VUF_BLK_F_FLUSH));
     assert_true(offered & BIT(VUF_BLK_F_MQ));
     assert_false(offered & BIT(VUF_BLK_F_RO));
@@ -480,13 +478,15 @@ static void destroy_and_check_leaks(struct fx *f)
 /* Tests                                                                    */
 /* ------------------------------------------------------------------------ */
 
-#define SKIP_WITHOUT_QSD()                                                                 \
-    do {                                                                                   \
-        if (!tu_have_exe(QSD)) {                                                           \
-            fprintf(stderr, "SKIP: %s not installed (apt-get install "                     \
-                            "qemu-system-common)\n", QSD);                                 \
-            skip();                                                                        \
-        }                                                                                  \
+#define SKIP_WITHOUT_QSD()                                     \
+    do {                                                       \
+        if (!tu_have_exe(QSD)) {                               \
+            fprintf(stderr,                                    \
+                    "SKIP: %s not installed (apt-get install " \
+                    "qemu-system-common)\n",                   \
+                    QSD);                                      \
+            skip();                                            \
+        }                                                      \
     } while (0)
 
 /* Sectors used: queue 0 writes at A, queue 1 at B; C and D later. */
@@ -823,8 +823,8 @@ static void test_qsd_crash_while_asleep(void **state)
 
     /* Waking onto a dead back-end fails cleanly and leaves it inactive. */
     r = vuf_device_wake(f->dev, f->gm, &f->intr, slept, NQ);
-    print_message("wake on a dead back-end: %d (%s); crash events %d\n", r,
-                  vuf_strerror(r), atomic_load(&f->vmm.crashed));
+    print_message("wake on a dead back-end: %d (%s); crash events %d\n", r, vuf_strerror(r),
+                  atomic_load(&f->vmm.crashed));
     assert_true(r < 0);
     assert_false(vuf_frontend_is_active(f->dev));
     assert_int_equal(count_threads(), f->threads0);

@@ -147,8 +147,7 @@ static uint64_t le64(const uint8_t *p)
 
 static uint32_t le32(const uint8_t *p)
 {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-           (uint32_t)p[3] << 24;
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
 static uint16_t le16(const uint8_t *p)
@@ -252,9 +251,9 @@ struct tm_event {
     enum tm_kind kind;
     uint64_t fd_offset, len, shm_offset;
     int prot;
-    bool fd_ok;        /* fstat worked on the fd we were given */
-    bool fd_regular;   /* ... and it is a regular file (memfd) */
-    uint64_t fd_size;  /* its size */
+    bool fd_ok;       /* fstat worked on the fd we were given */
+    bool fd_regular;  /* ... and it is a regular file (memfd) */
+    uint64_t fd_size; /* its size */
     int result;
 };
 
@@ -283,8 +282,8 @@ static int tm_add(void *opaque, int fd, uint64_t fd_offset, uint64_t len, uint64
                   int prot)
 {
     struct tmap *t = opaque;
-    struct tm_event e = {.kind = TM_ADD, .fd_offset = fd_offset, .len = len,
-                         .shm_offset = shm_offset, .prot = prot};
+    struct tm_event e = {
+        .kind = TM_ADD, .fd_offset = fd_offset, .len = len, .shm_offset = shm_offset, .prot = prot};
     struct stat st;
     int slot = -1;
 
@@ -326,8 +325,7 @@ static int tm_remove(void *opaque, uint64_t shm_offset)
             continue;
         e.len = t->m[i].len;
         if (mmap(t->base + shm_offset, t->m[i].len, PROT_NONE,
-                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1,
-                 0) == MAP_FAILED) {
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0) == MAP_FAILED) {
             e.result = -errno;
             break;
         }
@@ -424,7 +422,7 @@ struct fx {
     struct tmap map;
     bool have_map;
 
-    unsigned nq;  /* queues the test uses */
+    unsigned nq; /* queues the test uses */
     unsigned qsize;
     struct vuf_guest_mem *gm;
     struct vuf_virtq *vq[MAXQ];
@@ -578,8 +576,8 @@ static void ctl_stats(struct be *b, unsigned nq, struct qstats *s, char *raw, si
         unsigned idx;
         int used = 0;
 
-        assert_int_equal(sscanf(p, " q%u completed=%" SCNu64 " read=%" SCNu64
-                                   " written=%" SCNu64 "%n",
+        assert_int_equal(sscanf(p,
+                                " q%u completed=%" SCNu64 " read=%" SCNu64 " written=%" SCNu64 "%n",
                                 &idx, &s[i].completed, &s[i].read, &s[i].written, &used),
                          4);
         assert_int_equal(idx, i);
@@ -677,8 +675,8 @@ static struct vuf_device *connect_device(struct fx *f, struct be *b, uint16_t ma
 
     memset(&cfg, 0, sizeof(cfg));
     cfg.device_type = VUF_DEV_BLK;
-    cfg.base_features = BIT(VUF_VIRTIO_F_VERSION_1) | BIT(VUF_VIRTIO_F_EVENT_IDX) |
-                        BIT(VUF_VIRTIO_F_INDIRECT_DESC);
+    cfg.base_features =
+        BIT(VUF_VIRTIO_F_VERSION_1) | BIT(VUF_VIRTIO_F_EVENT_IDX) | BIT(VUF_VIRTIO_F_INDIRECT_DESC);
     cfg.max_queue_size = max_queue_size;
     cfg.event = vmm_event;
     cfg.event_opaque = &f->vmm;
@@ -869,8 +867,7 @@ static void assert_blob_equal(const uint8_t *a, size_t alen, const uint8_t *b, s
 
         while (a[i] == b[i])
             i++;
-        fail_msg("snapshots differ at byte %zu (of %zu): 0x%02x vs 0x%02x", i, alen, a[i],
-                 b[i]);
+        fail_msg("snapshots differ at byte %zu (of %zu): 0x%02x vs 0x%02x", i, alen, a[i], b[i]);
     }
 }
 
@@ -1003,8 +1000,8 @@ static void migrate(struct fx *f, bool ram)
     parse_snapshot(blobA, lenA, &pA);
     print_message("snapshot A: %zu bytes, next_avail %u/%u, completed %" PRIu64 "/%" PRIu64
                   ", image %" PRIu64 " bytes\n",
-                  lenA, pA.next_avail[0], pA.next_avail[1], pA.q[0].completed,
-                  pA.q[1].completed, pA.image_bytes);
+                  lenA, pA.next_avail[0], pA.next_avail[1], pA.q[0].completed, pA.q[1].completed,
+                  pA.image_bytes);
     assert_int_equal(pA.acked, ackedA);
     assert_int_equal(pA.nq, NQ);
     assert_int_equal(pA.capacity, DISK_BYTES / VUF_BLK_SECTOR_SIZE);
@@ -1161,19 +1158,18 @@ static void assert_pattern(const uint8_t *p, uint64_t fd_offset, uint64_t len)
 {
     for (uint64_t i = 0; i < len; i++)
         if (p[i] != (uint8_t)((fd_offset + i) % 251))
-            fail_msg("mapping byte %" PRIu64 " (fd offset %" PRIu64 "): 0x%02x, want 0x%02x",
-                     i, fd_offset + i, p[i], (unsigned)((fd_offset + i) % 251));
+            fail_msg("mapping byte %" PRIu64 " (fd offset %" PRIu64 "): 0x%02x, want 0x%02x", i,
+                     fd_offset + i, p[i], (unsigned)((fd_offset + i) % 251));
 }
 
 /* One good map: the mapper saw exactly it and the bytes are the fd's. */
-static void good_map(struct fx *f, uint64_t fd_offset, uint64_t shm_offset, uint64_t len,
-                     bool rw)
+static void good_map(struct fx *f, uint64_t fd_offset, uint64_t shm_offset, uint64_t len, bool rw)
 {
     unsigned nev = tm_nevents(&f->map), nmaps = vuf_frontend_num_mappings(f->dev);
     struct tm_event e;
 
-    assert_int_equal(ctl_ack(&f->be[0], "map 0 %" PRIu64 " %" PRIu64 " %" PRIu64 " %s",
-                             fd_offset, shm_offset, len, rw ? "rw" : "ro"),
+    assert_int_equal(ctl_ack(&f->be[0], "map 0 %" PRIu64 " %" PRIu64 " %" PRIu64 " %s", fd_offset,
+                             shm_offset, len, rw ? "rw" : "ro"),
                      0);
     assert_int_equal(tm_nevents(&f->map), nev + 1);
     e = tm_event_at(&f->map, nev);
@@ -1265,8 +1261,8 @@ static void test_shmem(void **state)
 
     /* The VMM reserves the region's window and installs the mapper. */
     f->map.size = reg.length;
-    f->map.base = mmap(NULL, reg.length, PROT_NONE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    f->map.base =
+        mmap(NULL, reg.length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     assert_true(f->map.base != MAP_FAILED);
     assert_int_equal(vuf_device_set_shm_mapper(f->dev, &m), 0);
     assert_int_equal(vuf_frontend_num_mappings(f->dev), 0);
@@ -1471,8 +1467,7 @@ static void test_queue_clamp(void **state)
 
         memcpy(qs, f->q, sizeof(qs));
         qs[1] = big;
-        assert_int_equal(vuf_device_activate(f->dev, f->gm, &f->intr, qs, CLAMP_NQ),
-                         -EINVAL);
+        assert_int_equal(vuf_device_activate(f->dev, f->gm, &f->intr, qs, CLAMP_NQ), -EINVAL);
         assert_false(vuf_frontend_is_active(f->dev));
         assert_int_equal(count_threads(), f->threads0);
     }
@@ -1487,8 +1482,7 @@ static void test_queue_clamp(void **state)
             reqs[i] = vuf_blk_req_get(f->blk[0]);
             assert_non_null(reqs[i]);
             fill(vuf_blk_req_buf(reqs[i], NULL), 4096, round * 1000 + i);
-            assert_int_equal(vuf_blk_req_prep(reqs[i], VUF_BLK_T_OUT, (uint64_t)i * 8, 4096),
-                             0);
+            assert_int_equal(vuf_blk_req_prep(reqs[i], VUF_BLK_T_OUT, (uint64_t)i * 8, 4096), 0);
             assert_int_equal(vuf_blk_submit(f->blk[0], reqs[i], VUF_BLK_SUBMIT_NO_KICK), 0);
         }
         assert_int_equal(vuf_virtq_num_inflight(f->vq[0]), CLAMP_QSIZE);
@@ -1543,8 +1537,8 @@ static int group_teardown(void **state)
 
     (void)state;
     if (fds != run_fds0 || threads != run_threads0) {
-        fprintf(stderr, "leak across the run: fds %d -> %d, threads %d -> %d\n", run_fds0,
-                fds, run_threads0, threads);
+        fprintf(stderr, "leak across the run: fds %d -> %d, threads %d -> %d\n", run_fds0, fds,
+                run_threads0, threads);
         return -1;
     }
     return 0;

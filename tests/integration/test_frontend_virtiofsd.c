@@ -41,7 +41,7 @@
 #define VIRTIOFSD "/usr/lib/qemu/virtiofsd"
 
 #define BIT(n) (1ull << (n))
-#define NQ 2         /* hiprio + one request queue */
+#define NQ 2 /* hiprio + one request queue */
 #define REQ_Q 1
 #define QSIZE 64u
 #define GUEST_GPA 0x200000ull
@@ -413,8 +413,8 @@ static uint32_t fuse_call(struct fx *f, const void *in, uint32_t in_len, uint32_
     return used_len;
 }
 
-static void fuse_in_hdr(struct fx *f, struct fuse_in_header *h, uint32_t opcode,
-                        uint64_t nodeid, uint32_t len)
+static void fuse_in_hdr(struct fx *f, struct fuse_in_header *h, uint32_t opcode, uint64_t nodeid,
+                        uint32_t len)
 {
     memset(h, 0, sizeof(*h));
     h->len = len;
@@ -481,8 +481,8 @@ static void do_fuse_lookup_hello(struct fx *f)
     memcpy(&e, (uint8_t *)out + sizeof(oh), sizeof(e));
     print_message("FUSE_LOOKUP reply: used %u, error %d, nodeid %llu, size %llu, "
                   "mode 0%o\n",
-                  used, oh.error, (unsigned long long)e.nodeid,
-                  (unsigned long long)e.attr.size, e.attr.mode);
+                  used, oh.error, (unsigned long long)e.nodeid, (unsigned long long)e.attr.size,
+                  e.attr.mode);
     assert_int_equal(oh.error, 0);
     assert_int_equal(oh.unique, in.h.unique);
     assert_int_equal(oh.len, sizeof(oh) + sizeof(e));
@@ -592,13 +592,13 @@ int main(void)
     signal(SIGPIPE, SIG_IGN);
     vuf_log_set(log_sink, NULL, VUF_LOG_INFO);
     if (!tu_have_exe(VIRTIOFSD)) {
-        fprintf(stderr, "SKIP: %s not installed (apt-get install qemu-system-common)\n",
-                VIRTIOFSD);
+        fprintf(stderr, "SKIP: %s not installed (apt-get install qemu-system-common)\n", VIRTIOFSD);
         return TEST_SKIP;
     }
     if (geteuid() != 0) {
-        fprintf(stderr, "SKIP: the C virtiofsd needs root (its pid-file directory and "
-                        "namespace sandbox); running as uid %u\n",
+        fprintf(stderr,
+                "SKIP: the C virtiofsd needs root (its pid-file directory and "
+                "namespace sandbox); running as uid %u\n",
                 (unsigned)geteuid());
         return TEST_SKIP;
     }

@@ -238,8 +238,7 @@ static void start_backend(struct fixture *f, char *const argv[])
     ret = tu_wait_socket_file(&f->proc, f->sock, 10000);
     if (ret) {
         tu_dump_log(&f->proc);
-        fprintf(stderr, "back-end %s did not create %s: %s\n", argv[0], f->sock,
-                strerror(-ret));
+        fprintf(stderr, "back-end %s did not create %s: %s\n", argv[0], f->sock, strerror(-ret));
     }
     assert_int_equal(ret, 0);
 }
@@ -281,19 +280,14 @@ static void start_qsd(struct fixture *f, const char *export_extra)
 {
     char exp[600];
     char *argv[] = {
-        QSD,
-        "--blockdev",
-        "driver=null-co,node-name=null0,size=1073741824",
-        "--export",
-        exp,
-        NULL,
+        QSD, "--blockdev", "driver=null-co,node-name=null0,size=1073741824", "--export", exp, NULL,
     };
 
     snprintf(f->sock, sizeof(f->sock), "%s/qsd.sock", f->dir);
     snprintf(f->log, sizeof(f->log), "%s/qsd.log", f->dir);
     snprintf(exp, sizeof(exp),
-             "type=vhost-user-blk,id=exp0,node-name=null0,addr.type=unix,addr.path=%s%s",
-             f->sock, export_extra);
+             "type=vhost-user-blk,id=exp0,node-name=null0,addr.type=unix,addr.path=%s%s", f->sock,
+             export_extra);
     start_backend(f, argv);
 }
 
@@ -309,8 +303,8 @@ static void test_qsd_blk(void **state)
     }
     start_qsd(f, ",writable=on,num-queues=4");
 
-    j = probe_json((const char *[]){"probe", "--json", "--device-type", "blk",
-                                    "--timeout-ms", "5000", f->sock, NULL});
+    j = probe_json((const char *[]){"probe", "--json", "--device-type", "blk", "--timeout-ms",
+                                    "5000", f->sock, NULL});
     assert_string_equal(json_object_get_string(get(j, "device_type")), "blk");
 
     /* virtio features: exactly what qsd 7.2 offers, unmasked */
@@ -330,7 +324,7 @@ static void test_qsd_blk(void **state)
     /* protocol features: offered 0x8f2b; the probe acks its subset */
     assert_int_equal(get_u64(j, "offered_protocol_features"), 0x8f2b);
     pf = get_u64(j, "protocol_features");
-    assert_int_equal(pf, 0x8629); /* MQ REPLY_ACK BACKEND_REQ CONFIG SEND_FD MEM_SLOTS */
+    assert_int_equal(pf, 0x8629);  /* MQ REPLY_ACK BACKEND_REQ CONFIG SEND_FD MEM_SLOTS */
     assert_true(pf & (1ull << 0)); /* MQ */
     assert_true(pf & (1ull << 3)); /* REPLY_ACK */
     assert_true(pf & (1ull << 5)); /* BACKEND_REQ */
@@ -389,14 +383,15 @@ static void test_qsd_sequential_and_refused_config(void **state)
     assert_non_null(strstr(r.out, "bit 12  0x0000000000001000  MQ"));
     assert_non_null(strstr(r.out, "bit 32  0x0000000100000000  VERSION_1\n"));
     assert_non_null(strstr(r.out, "bit 15  0x0000000000008000  CONFIGURE_MEM_SLOTS"));
-    assert_non_null(strstr(r.out, "bit  8  0x0000000000000100  PAGEFAULT             not acknowledged"));
+    assert_non_null(
+        strstr(r.out, "bit  8  0x0000000000000100  PAGEFAULT             not acknowledged"));
     assert_non_null(strstr(r.out, "queues:            1 (GET_QUEUE_NUM)\n"));
     assert_non_null(strstr(r.out, "  capacity                           2097152\n"));
     assert_non_null(strstr(r.out, "  num_queues                         1\n"));
 
     /* 72 bytes (the newer virtio_blk_config) is refused by qsd 7.2 */
-    run_vuf(&r, (const char *[]){"probe", f->sock, "--device-type", "blk", "--config-size",
-                                 "72", "--timeout-ms", "3000", NULL});
+    run_vuf(&r, (const char *[]){"probe", f->sock, "--device-type", "blk", "--config-size", "72",
+                                 "--timeout-ms", "3000", NULL});
     assert_int_equal(exit_code(&r), 1);
     assert_string_equal(r.out, "");
     assert_non_null(strstr(r.err, "GET_CONFIG of 72 bytes refused"));
@@ -425,8 +420,7 @@ static void test_virtiofsd(void **state)
     uint64_t pf;
 
     if (!tu_have_exe(VIRTIOFSD)) {
-        fprintf(stderr, "SKIP: %s not installed (apt-get install qemu-system-common)\n",
-                VIRTIOFSD);
+        fprintf(stderr, "SKIP: %s not installed (apt-get install qemu-system-common)\n", VIRTIOFSD);
         skip();
     }
     if (geteuid() != 0) {
@@ -662,8 +656,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cli_usage),
         cmocka_unit_test_setup_teardown(test_qsd_blk, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_qsd_sequential_and_refused_config, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_qsd_sequential_and_refused_config, setup, teardown),
         cmocka_unit_test_setup_teardown(test_virtiofsd, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gpu, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gpu_virgl, setup, teardown),

@@ -38,9 +38,9 @@ struct seen {
     uint32_t code, flags, size;
     unsigned nfds;
     union vuf_payload payload;
-    bool fd_valid;         /* fcntl(F_GETFD) worked on fds[0] inside the handler */
-    char fd_text[32];      /* pread from fds[0] at fd_offset (SHMEM_MAP) */
-    int kept_fd;           /* fds[0] taken over by the handler (keep_fd), or -1 */
+    bool fd_valid;    /* fcntl(F_GETFD) worked on fds[0] inside the handler */
+    char fd_text[32]; /* pread from fds[0] at fd_offset (SHMEM_MAP) */
+    int kept_fd;      /* fds[0] taken over by the handler (keep_fd), or -1 */
     /* How to answer. */
     int ret;               /* handler return value */
     bool keep_fd;          /* take over req->fds[0] */
@@ -401,8 +401,7 @@ static void test_handler_keeps_fd(void **state)
     /* The handler set req->fds[0] = -1: the server left the fd open. */
     assert_true(f.seen.kept_fd >= 0);
     assert_true(f.seen.kept_fd != memfd);
-    assert_int_equal(pread(f.seen.kept_fd, buf, sizeof(buf), FD_TEXT_OFFSET),
-                     (ssize_t)sizeof(buf));
+    assert_int_equal(pread(f.seen.kept_fd, buf, sizeof(buf), FD_TEXT_OFFSET), (ssize_t)sizeof(buf));
     assert_string_equal(buf, FD_TEXT);
     fe_close(&f); /* closes kept_fd */
     close(memfd);
@@ -548,9 +547,8 @@ static void test_lookup_always_replies(void **state)
     f.seen.lookup_attach_fd = true;
     before = tu_count_fds();
     serve_async(&f);
-    assert_int_equal(vuf_breq_send(f.be, VUF_BREQ_SHARED_OBJECT_LOOKUP, &o, sizeof(o), NULL,
-                                   0, false, &ack),
-                     0);
+    assert_int_equal(
+        vuf_breq_send(f.be, VUF_BREQ_SHARED_OBJECT_LOOKUP, &o, sizeof(o), NULL, 0, false, &ack), 0);
     assert_int_equal(serve_join(&f), 0);
     assert_int_equal(ack, 0);
     assert_int_equal(f.seen.flags, VUF_VERSION);
@@ -585,9 +583,9 @@ static void test_lookup_always_replies(void **state)
     f.seen.lookup_attach_fd = false;
     f.seen.lookup_value = (uint64_t)-ENOENT;
     serve_async(&f);
-    assert_int_equal(vuf_breq_send(f.be, VUF_BREQ_SHARED_OBJECT_LOOKUP, &o, sizeof(o), NULL,
-                                   0, false, &ack),
-                     -EIO);
+    assert_int_equal(
+        vuf_breq_send(f.be, VUF_BREQ_SHARED_OBJECT_LOOKUP, &o, sizeof(o), NULL, 0, false, &ack),
+        -EIO);
     serve_join(&f);
     assert_int_equal(ack, (uint64_t)-ENOENT);
 
@@ -595,9 +593,9 @@ static void test_lookup_always_replies(void **state)
     f.seen.lookup_value = 0;
     f.seen.ret = -ENOENT;
     serve_async(&f);
-    assert_int_equal(vuf_breq_send(f.be, VUF_BREQ_SHARED_OBJECT_LOOKUP, &o, sizeof(o), NULL,
-                                   0, false, &ack),
-                     -EIO);
+    assert_int_equal(
+        vuf_breq_send(f.be, VUF_BREQ_SHARED_OBJECT_LOOKUP, &o, sizeof(o), NULL, 0, false, &ack),
+        -EIO);
     serve_join(&f);
     assert_true(ack != 0);
     fe_close(&f);
@@ -634,8 +632,8 @@ static void test_unknown_codes(void **state)
     fe_open(&f);
     reply_ack_on(&f);
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        raw_send(vuf_conn_fd(f.be), cases[i].code, VUF_VERSION | VUF_FLAG_NEED_REPLY,
-                 cases[i].size, payload, cases[i].size, NULL, 0);
+        raw_send(vuf_conn_fd(f.be), cases[i].code, VUF_VERSION | VUF_FLAG_NEED_REPLY, cases[i].size,
+                 payload, cases[i].size, NULL, 0);
         assert_int_equal(vuf_server_process_one(f.srv), -ENOTSUP);
         assert_int_equal(f.seen.calls, 0);
         assert_int_equal(expect_error_ack(&f, cases[i].code), (uint64_t)-ENOTSUP);
@@ -659,8 +657,8 @@ static void test_bad_size(void **state)
     reply_ack_on(&f);
     before = tu_count_fds();
     /* SHMEM_MAP is exactly 40 bytes. */
-    raw_send(vuf_conn_fd(f.be), VUF_BREQ_SHMEM_MAP, VUF_VERSION | VUF_FLAG_NEED_REPLY, 39,
-             payload, 39, &memfd, 1);
+    raw_send(vuf_conn_fd(f.be), VUF_BREQ_SHMEM_MAP, VUF_VERSION | VUF_FLAG_NEED_REPLY, 39, payload,
+             39, &memfd, 1);
     assert_int_equal(vuf_server_process_one(f.srv), -EPROTO);
     assert_int_equal(f.seen.calls, 0);
     assert_int_equal(expect_error_ack(&f, VUF_BREQ_SHMEM_MAP), (uint64_t)-EPROTO);
@@ -668,12 +666,12 @@ static void test_bad_size(void **state)
     expect_still_serving(&f);
 
     /* CONFIG_CHANGE_MSG has no payload; VRING_CALL is 8 bytes. */
-    raw_send(vuf_conn_fd(f.be), VUF_BREQ_CONFIG_CHANGE_MSG, VUF_VERSION | VUF_FLAG_NEED_REPLY,
-             8, payload, 8, NULL, 0);
+    raw_send(vuf_conn_fd(f.be), VUF_BREQ_CONFIG_CHANGE_MSG, VUF_VERSION | VUF_FLAG_NEED_REPLY, 8,
+             payload, 8, NULL, 0);
     assert_int_equal(vuf_server_process_one(f.srv), -EPROTO);
     assert_int_equal(expect_error_ack(&f, VUF_BREQ_CONFIG_CHANGE_MSG), (uint64_t)-EPROTO);
-    raw_send(vuf_conn_fd(f.be), VUF_BREQ_VRING_CALL, VUF_VERSION | VUF_FLAG_NEED_REPLY, 16,
-             payload, 16, NULL, 0);
+    raw_send(vuf_conn_fd(f.be), VUF_BREQ_VRING_CALL, VUF_VERSION | VUF_FLAG_NEED_REPLY, 16, payload,
+             16, NULL, 0);
     assert_int_equal(vuf_server_process_one(f.srv), -EPROTO);
     assert_int_equal(expect_error_ack(&f, VUF_BREQ_VRING_CALL), (uint64_t)-EPROTO);
     f.seen.calls = 0;
@@ -714,8 +712,8 @@ static void test_wrong_fd_count(void **state)
     before = tu_count_fds();
 
     /* SHMEM_MAP needs exactly one fd. */
-    raw_send(vuf_conn_fd(f.be), VUF_BREQ_SHMEM_MAP, VUF_VERSION | VUF_FLAG_NEED_REPLY,
-             sizeof(m), &m, sizeof(m), NULL, 0);
+    raw_send(vuf_conn_fd(f.be), VUF_BREQ_SHMEM_MAP, VUF_VERSION | VUF_FLAG_NEED_REPLY, sizeof(m),
+             &m, sizeof(m), NULL, 0);
     assert_int_equal(vuf_server_process_one(f.srv), -EPROTO);
     assert_int_equal(f.seen.calls, 0);
     assert_int_equal(expect_error_ack(&f, VUF_BREQ_SHMEM_MAP), (uint64_t)-EPROTO);
@@ -724,20 +722,19 @@ static void test_wrong_fd_count(void **state)
     memfds[0] = make_memfd();
     memfds[1] = eventfd(0, EFD_CLOEXEC);
     assert_true(memfds[1] >= 0);
-    raw_send(vuf_conn_fd(f.be), VUF_BREQ_CONFIG_CHANGE_MSG, VUF_VERSION, 0, NULL, 0, memfds,
-             1);
+    raw_send(vuf_conn_fd(f.be), VUF_BREQ_CONFIG_CHANGE_MSG, VUF_VERSION, 0, NULL, 0, memfds, 1);
     assert_int_equal(vuf_server_process_one(f.srv), -EPROTO);
     assert_int_equal(f.seen.calls, 0);
-    raw_send(vuf_conn_fd(f.be), VUF_BREQ_CONFIG_CHANGE_MSG, VUF_VERSION | VUF_FLAG_NEED_REPLY,
-             0, NULL, 0, memfds, 2);
+    raw_send(vuf_conn_fd(f.be), VUF_BREQ_CONFIG_CHANGE_MSG, VUF_VERSION | VUF_FLAG_NEED_REPLY, 0,
+             NULL, 0, memfds, 2);
     assert_int_equal(vuf_server_process_one(f.srv), -EPROTO);
     assert_int_equal(expect_error_ack(&f, VUF_BREQ_CONFIG_CHANGE_MSG), (uint64_t)-EPROTO);
     /* Two fds on SHMEM_MAP, one on SHMEM_UNMAP. */
-    raw_send(vuf_conn_fd(f.be), VUF_BREQ_SHMEM_MAP, VUF_VERSION, sizeof(m), &m, sizeof(m),
-             memfds, 2);
+    raw_send(vuf_conn_fd(f.be), VUF_BREQ_SHMEM_MAP, VUF_VERSION, sizeof(m), &m, sizeof(m), memfds,
+             2);
     assert_int_equal(vuf_server_process_one(f.srv), -EPROTO);
-    raw_send(vuf_conn_fd(f.be), VUF_BREQ_SHMEM_UNMAP, VUF_VERSION, sizeof(m), &m, sizeof(m),
-             memfds, 1);
+    raw_send(vuf_conn_fd(f.be), VUF_BREQ_SHMEM_UNMAP, VUF_VERSION, sizeof(m), &m, sizeof(m), memfds,
+             1);
     assert_int_equal(vuf_server_process_one(f.srv), -EPROTO);
     assert_int_equal(f.seen.calls, 0);
     close(memfds[0]);
@@ -751,12 +748,12 @@ static void test_wrong_fd_count(void **state)
 static void test_bad_flags(void **state)
 {
     static const uint32_t bad_flags[] = {
-        VUF_VERSION | VUF_FLAG_REPLY,  /* a reply where a request belongs */
-        0x2,                           /* version 2 */
-        0x0,                           /* version 0 */
-        0x3,                           /* version 3 */
-        VUF_VERSION | 0x10,            /* unknown flag bit */
-        VUF_VERSION | 0x80000000u,     /* unknown flag bit */
+        VUF_VERSION | VUF_FLAG_REPLY, /* a reply where a request belongs */
+        0x2,                          /* version 2 */
+        0x0,                          /* version 0 */
+        0x3,                          /* version 3 */
+        VUF_VERSION | 0x10,           /* unknown flag bit */
+        VUF_VERSION | 0x80000000u,    /* unknown flag bit */
     };
     struct fe f;
 
@@ -764,8 +761,7 @@ static void test_bad_flags(void **state)
     fe_open(&f);
     reply_ack_on(&f);
     for (size_t i = 0; i < sizeof(bad_flags) / sizeof(bad_flags[0]); i++) {
-        raw_send(vuf_conn_fd(f.be), VUF_BREQ_CONFIG_CHANGE_MSG, bad_flags[i], 0, NULL, 0,
-                 NULL, 0);
+        raw_send(vuf_conn_fd(f.be), VUF_BREQ_CONFIG_CHANGE_MSG, bad_flags[i], 0, NULL, 0, NULL, 0);
         assert_int_equal(vuf_server_process_one(f.srv), -EPROTO);
         assert_int_equal(f.seen.calls, 0);
         /* The sender did not ask for a reply: none comes. */
@@ -776,8 +772,8 @@ static void test_bad_flags(void **state)
     raw_send(vuf_conn_fd(f.be), VUF_BREQ_CONFIG_CHANGE_MSG,
              VUF_VERSION | VUF_FLAG_REPLY | VUF_FLAG_NEED_REPLY, 0, NULL, 0, NULL, 0);
     assert_int_equal(vuf_server_process_one(f.srv), -EPROTO);
-    raw_send(vuf_conn_fd(f.be), VUF_BREQ_CONFIG_CHANGE_MSG, 0x2 | VUF_FLAG_NEED_REPLY, 0,
-             NULL, 0, NULL, 0);
+    raw_send(vuf_conn_fd(f.be), VUF_BREQ_CONFIG_CHANGE_MSG, 0x2 | VUF_FLAG_NEED_REPLY, 0, NULL, 0,
+             NULL, 0);
     assert_int_equal(vuf_server_process_one(f.srv), -EPROTO);
     assert_int_equal(f.seen.calls, 0);
     while (readable(vuf_conn_fd(f.be), 20)) {
@@ -911,8 +907,7 @@ static void test_garbage(void **state)
          * not only the header rules, see the garbage. */
         if (round % 4 != 0) {
             struct vuf_hdr h = {1 + rng() % VUF_BREQ_MAX,
-                                VUF_VERSION | (rng() % 2 ? VUF_FLAG_NEED_REPLY : 0),
-                                rng() % 48};
+                                VUF_VERSION | (rng() % 2 ? VUF_FLAG_NEED_REPLY : 0), rng() % 48};
             if (len < sizeof(h))
                 len = sizeof(h);
             memcpy(buf, &h, sizeof(h));
@@ -938,8 +933,7 @@ static void test_garbage(void **state)
                 break;
         }
         if (it == bound)
-            fprintf(stderr, "round %d: still serving after %zu messages (rc %d)\n", round, it,
-                    rc);
+            fprintf(stderr, "round %d: still serving after %zu messages (rc %d)\n", round, it, rc);
         assert_true(it < bound);
         assert_true(rc < 0);
         /* Whatever came back must be a well-formed reply. */
@@ -1007,29 +1001,22 @@ static void test_send_rejects_invalid(void **state)
     assert_int_equal(vuf_breq_send(p.be, 11, NULL, 0, NULL, 0, false, NULL), -EINVAL);
     assert_int_equal(vuf_breq_send(p.be, 1000, payload, 40, &memfd, 1, false, NULL), -EINVAL);
     /* Sizes. */
-    assert_int_equal(vuf_breq_send(p.be, VUF_BREQ_CONFIG_CHANGE_MSG, payload, 8, NULL, 0,
-                                   false, NULL),
-                     -EINVAL);
-    assert_int_equal(vuf_breq_send(p.be, VUF_BREQ_SHMEM_MAP, payload, 39, &memfd, 1, false,
-                                   NULL),
+    assert_int_equal(
+        vuf_breq_send(p.be, VUF_BREQ_CONFIG_CHANGE_MSG, payload, 8, NULL, 0, false, NULL), -EINVAL);
+    assert_int_equal(vuf_breq_send(p.be, VUF_BREQ_SHMEM_MAP, payload, 39, &memfd, 1, false, NULL),
                      -EINVAL);
     assert_int_equal(vuf_breq_send(p.be, VUF_BREQ_SHMEM_UNMAP, NULL, 40, NULL, 0, false, NULL),
                      -EINVAL);
     /* Fd counts. */
-    assert_int_equal(vuf_breq_send(p.be, VUF_BREQ_SHMEM_MAP, &m, sizeof(m), NULL, 0, false,
-                                   NULL),
+    assert_int_equal(vuf_breq_send(p.be, VUF_BREQ_SHMEM_MAP, &m, sizeof(m), NULL, 0, false, NULL),
                      -EINVAL);
-    assert_int_equal(vuf_breq_send(p.be, VUF_BREQ_SHMEM_MAP, &m, sizeof(m), two, 2, false,
-                                   NULL),
+    assert_int_equal(vuf_breq_send(p.be, VUF_BREQ_SHMEM_MAP, &m, sizeof(m), two, 2, false, NULL),
                      -EINVAL);
-    assert_int_equal(vuf_breq_send(p.be, VUF_BREQ_SHMEM_UNMAP, &m, sizeof(m), &memfd, 1, false,
-                                   NULL),
-                     -EINVAL);
-    assert_int_equal(vuf_breq_send(p.be, VUF_BREQ_CONFIG_CHANGE_MSG, NULL, 0, &memfd, 1, false,
-                                   NULL),
-                     -EINVAL);
-    assert_int_equal(vuf_breq_send(p.be, VUF_BREQ_SHMEM_MAP, &m, sizeof(m), NULL, 1, false,
-                                   NULL),
+    assert_int_equal(
+        vuf_breq_send(p.be, VUF_BREQ_SHMEM_UNMAP, &m, sizeof(m), &memfd, 1, false, NULL), -EINVAL);
+    assert_int_equal(
+        vuf_breq_send(p.be, VUF_BREQ_CONFIG_CHANGE_MSG, NULL, 0, &memfd, 1, false, NULL), -EINVAL);
+    assert_int_equal(vuf_breq_send(p.be, VUF_BREQ_SHMEM_MAP, &m, sizeof(m), NULL, 1, false, NULL),
                      -EINVAL);
     assert_int_equal(vuf_breq_shmem_map(p.be, &m, -1, false, NULL), -EINVAL);
     assert_int_equal(vuf_breq_shmem_map(p.be, NULL, memfd, false, NULL), -EINVAL);
@@ -1094,10 +1081,8 @@ static void test_reply_checks(void **state)
         struct pair p;
 
         pair_open(&p);
-        queue_reply(&p, VUF_BREQ_CONFIG_CHANGE_MSG, VUF_VERSION | VUF_FLAG_REPLY, 8, 0, NULL,
-                    0);
-        queue_reply(&p, VUF_BREQ_CONFIG_CHANGE_MSG, VUF_VERSION | VUF_FLAG_REPLY, 8, 5, NULL,
-                    0);
+        queue_reply(&p, VUF_BREQ_CONFIG_CHANGE_MSG, VUF_VERSION | VUF_FLAG_REPLY, 8, 0, NULL, 0);
+        queue_reply(&p, VUF_BREQ_CONFIG_CHANGE_MSG, VUF_VERSION | VUF_FLAG_REPLY, 8, 5, NULL, 0);
         assert_int_equal(vuf_breq_config_change(p.be, true, &ack), 0);
         assert_int_equal(ack, 0);
         assert_int_equal(vuf_breq_config_change(p.be, true, &ack), -EIO);
@@ -1137,15 +1122,13 @@ static void test_reply_fds(void **state)
     queue_reply(&p, VUF_BREQ_SHARED_OBJECT_LOOKUP, VUF_VERSION | VUF_FLAG_REPLY, 8, 0, fds, 1);
     queue_reply(&p, VUF_BREQ_SHARED_OBJECT_LOOKUP, VUF_VERSION | VUF_FLAG_REPLY, 8, 0, NULL, 0);
     queue_reply(&p, VUF_BREQ_SHARED_OBJECT_LOOKUP, VUF_VERSION | VUF_FLAG_REPLY, 8, 0, fds, 2);
-    assert_int_equal(vuf_breq_send(p.be, VUF_BREQ_SHARED_OBJECT_LOOKUP, &o, sizeof(o), NULL, 0,
-                                   false, &ack),
-                     0);
-    assert_int_equal(vuf_breq_send(p.be, VUF_BREQ_SHARED_OBJECT_LOOKUP, &o, sizeof(o), NULL, 0,
-                                   true, &ack),
-                     0);
-    assert_int_equal(vuf_breq_send(p.be, VUF_BREQ_SHARED_OBJECT_LOOKUP, &o, sizeof(o), NULL, 0,
-                                   false, &ack),
-                     -EPROTO);
+    assert_int_equal(
+        vuf_breq_send(p.be, VUF_BREQ_SHARED_OBJECT_LOOKUP, &o, sizeof(o), NULL, 0, false, &ack), 0);
+    assert_int_equal(
+        vuf_breq_send(p.be, VUF_BREQ_SHARED_OBJECT_LOOKUP, &o, sizeof(o), NULL, 0, true, &ack), 0);
+    assert_int_equal(
+        vuf_breq_send(p.be, VUF_BREQ_SHARED_OBJECT_LOOKUP, &o, sizeof(o), NULL, 0, false, &ack),
+        -EPROTO);
     expect_request(&p, VUF_BREQ_SHARED_OBJECT_LOOKUP, VUF_VERSION, 0);
     expect_request(&p, VUF_BREQ_SHARED_OBJECT_LOOKUP, VUF_VERSION | VUF_FLAG_NEED_REPLY, 0);
     expect_request(&p, VUF_BREQ_SHARED_OBJECT_LOOKUP, VUF_VERSION, 0);
@@ -1156,9 +1139,9 @@ static void test_reply_fds(void **state)
     pair_open(&p);
     queue_reply(&p, VUF_BREQ_SHARED_OBJECT_LOOKUP, VUF_VERSION | VUF_FLAG_REPLY, 8,
                 (uint64_t)-ENOENT, fds, 1);
-    assert_int_equal(vuf_breq_send(p.be, VUF_BREQ_SHARED_OBJECT_LOOKUP, &o, sizeof(o), NULL, 0,
-                                   false, &ack),
-                     -EIO);
+    assert_int_equal(
+        vuf_breq_send(p.be, VUF_BREQ_SHARED_OBJECT_LOOKUP, &o, sizeof(o), NULL, 0, false, &ack),
+        -EIO);
     assert_int_equal(ack, (uint64_t)-ENOENT);
     pair_close(&p);
     assert_int_equal(tu_count_fds(), before);

@@ -75,8 +75,8 @@ static bool warned_since(int mark, const char *needle, const char *needle2)
     if (mark < n_warn - NLOG)
         mark = n_warn - NLOG;
     for (int i = mark; i < n_warn && !yes; i++)
-        yes = strstr(warn_log[i % NLOG], needle) &&
-              (!needle2 || strstr(warn_log[i % NLOG], needle2));
+        yes =
+            strstr(warn_log[i % NLOG], needle) && (!needle2 || strstr(warn_log[i % NLOG], needle2));
     pthread_mutex_unlock(&log_mu);
     return yes;
 }
@@ -91,8 +91,7 @@ static int make_memfd(const char *tag, size_t size)
 
     if (fd < 0)
         return -1;
-    if (ftruncate(fd, (off_t)size) < 0 ||
-        pwrite(fd, tag, strlen(tag), 0) != (ssize_t)strlen(tag)) {
+    if (ftruncate(fd, (off_t)size) < 0 || pwrite(fd, tag, strlen(tag), 0) != (ssize_t)strlen(tag)) {
         close(fd);
         return -1;
     }
@@ -610,8 +609,8 @@ static void raw_recv(struct vuf_conn *c, struct vuf_msg *m)
     assert_int_equal(vuf_conn_recv(c, m), 0);
 }
 
-static void raw_expect_request(struct vuf_conn *c, uint32_t code, uint32_t flags,
-                               uint32_t size, unsigned nfds)
+static void raw_expect_request(struct vuf_conn *c, uint32_t code, uint32_t flags, uint32_t size,
+                               unsigned nfds)
 {
     struct vuf_msg m;
 
@@ -705,10 +704,14 @@ static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
     /* 5: two regions; the server's copies of the fds read the same files. */
     {
         struct vuf_mem_region r[2] = {
-            {.guest_phys_addr = 0, .memory_size = 0x1000, .userspace_addr = 0x7f0000000000,
+            {.guest_phys_addr = 0,
+             .memory_size = 0x1000,
+             .userspace_addr = 0x7f0000000000,
              .mmap_offset = 0},
-            {.guest_phys_addr = 0x100000, .memory_size = 0x2000,
-             .userspace_addr = 0x7f0000100000, .mmap_offset = 0x1000},
+            {.guest_phys_addr = 0x100000,
+             .memory_size = 0x2000,
+             .userspace_addr = 0x7f0000100000,
+             .mmap_offset = 0x1000},
         };
         int fds[2];
         memfd0 = make_memfd("region0", 0x1000);
@@ -755,8 +758,12 @@ static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
     assert_int_equal(f->seen.payload.state.index, 1);
     assert_int_equal(f->seen.payload.state.num, 256);
     {
-        struct vuf_vring_addr a = {.index = 1, .flags = VUF_VRING_F_LOG, .desc = 0x10000,
-                                   .used = 0x12000, .avail = 0x11000, .log = 0x20000};
+        struct vuf_vring_addr a = {.index = 1,
+                                   .flags = VUF_VRING_F_LOG,
+                                   .desc = 0x10000,
+                                   .used = 0x12000,
+                                   .avail = 0x11000,
+                                   .log = 0x20000};
         assert_int_equal(vuf_client_set_vring_addr(c, &a), 0);
         expect_seen(f, VUF_REQ_SET_VRING_ADDR, 40, 0, acked);
         assert_memory_equal(&f->seen.payload.addr, &a, sizeof(a));
@@ -822,8 +829,8 @@ static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
 
     /* 22, 23 */
     {
-        struct vuf_iotlb_msg m = {.iova = 0x1000, .size = 0x2000, .uaddr = 0x7f0000000000,
-                                  .perm = 3, .type = 2};
+        struct vuf_iotlb_msg m = {
+            .iova = 0x1000, .size = 0x2000, .uaddr = 0x7f0000000000, .perm = 3, .type = 2};
         assert_int_equal(vuf_client_iotlb_msg(c, &m), 0);
         expect_seen(f, VUF_REQ_IOTLB_MSG, 32, 0, acked);
         assert_memory_equal(&f->seen.payload.iotlb, &m, sizeof(m));
@@ -846,8 +853,7 @@ static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
         assert_int_equal(f->seen.payload.config.size, 16);
         assert_int_equal(f->seen.payload.config.flags, 0);
 
-        assert_int_equal(vuf_client_set_config(c, 8, VUF_CONFIG_FLAG_MIGRATION, "\1\2\3\4", 4),
-                         0);
+        assert_int_equal(vuf_client_set_config(c, 8, VUF_CONFIG_FLAG_MIGRATION, "\1\2\3\4", 4), 0);
         expect_seen(f, VUF_REQ_SET_CONFIG, VUF_CONFIG_HDR_SIZE + 4, 0, acked);
         assert_int_equal(f->seen.payload.config.offset, 8);
         assert_int_equal(f->seen.payload.config.size, 4);
@@ -926,8 +932,10 @@ static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
 
     /* 37, 38 */
     {
-        struct vuf_mem_region r = {.guest_phys_addr = 0x200000, .memory_size = 0x1000,
-                                   .userspace_addr = 0x7f0000200000, .mmap_offset = 0};
+        struct vuf_mem_region r = {.guest_phys_addr = 0x200000,
+                                   .memory_size = 0x1000,
+                                   .userspace_addr = 0x7f0000200000,
+                                   .mmap_offset = 0};
         fd = make_memfd("slot", 0x1000);
         assert_int_equal(vuf_client_add_mem_reg(c, &r, fd), 0);
         expect_seen(f, VUF_REQ_ADD_MEM_REG, 40, 1, acked);
@@ -1402,8 +1410,7 @@ static void test_client_log_base(void **state)
 
     /* LOG_SHMFD: the reply is waited for, without NEED_REPLY. */
     raw_reply_u64(f->raw, VUF_REQ_SET_PROTOCOL_FEATURES, 0);
-    assert_int_equal(
-        vuf_client_set_protocol_features(c, VUF_PF(REPLY_ACK) | VUF_PF(LOG_SHMFD)), 0);
+    assert_int_equal(vuf_client_set_protocol_features(c, VUF_PF(REPLY_ACK) | VUF_PF(LOG_SHMFD)), 0);
     raw_expect_request(f->raw, VUF_REQ_SET_PROTOCOL_FEATURES, REQ_NR, 8, 0);
     raw_reply_u64(f->raw, VUF_REQ_SET_LOG_BASE, 0);
     assert_int_equal(vuf_client_set_log_base(c, 0x1000, 0, fd), 0);
@@ -1660,8 +1667,7 @@ static void test_client_other_replies(void **state)
         memset(&s, 0, sizeof(s));
         raw_send(f->raw, VUF_REQ_CREATE_CRYPTO_SESSION, REPLY, &s, 8, NULL, 0);
         assert_int_equal(vuf_client_create_crypto_session(c, &s), -EPROTO);
-        raw_expect_request(f->raw, VUF_REQ_CREATE_CRYPTO_SESSION, REQ, VUF_CRYPTO_SESSION_SIZE,
-                           0);
+        raw_expect_request(f->raw, VUF_REQ_CREATE_CRYPTO_SESSION, REQ, VUF_CRYPTO_SESSION_SIZE, 0);
     }
     assert_int_equal(tu_count_fds(), before);
 }
@@ -1921,8 +1927,7 @@ static void test_server_no_handler(void **state)
     srv_set_reply_ack(f);
     raw_send(f->raw, VUF_REQ_VRING_KICK, REQ_NR, &st, 8, NULL, 0);
     assert_int_equal(vuf_server_process_one(f->srv), -ENOTSUP);
-    assert_int_equal(raw_expect_u64_reply(f->raw, VUF_REQ_VRING_KICK),
-                     (uint64_t)(int64_t)-ENOTSUP);
+    assert_int_equal(raw_expect_u64_reply(f->raw, VUF_REQ_VRING_KICK), (uint64_t)(int64_t)-ENOTSUP);
     assert_true(warned_since(before, "VRING_KICK", "no handler"));
     /* No NEED_REPLY: silently -ENOTSUP. */
     raw_send(f->raw, VUF_REQ_RESET_DEVICE, REQ, NULL, 0, NULL, 0);
@@ -2022,8 +2027,11 @@ static void test_backend_channel(void **state)
 
     /* SHMEM_MAP with its fd, without NEED_REPLY: handled, not answered. */
     {
-        struct vuf_shmem_map mm = {.shmid = 1, .fd_offset = 0, .shm_offset = 0x1000,
-                                   .len = 0x1000, .flags = VUF_SHMEM_MAP_RW};
+        struct vuf_shmem_map mm = {.shmid = 1,
+                                   .fd_offset = 0,
+                                   .shm_offset = 0x1000,
+                                   .len = 0x1000,
+                                   .flags = VUF_SHMEM_MAP_RW};
         fd = make_memfd("shm", 0x1000);
         raw_send(f->raw, VUF_BREQ_SHMEM_MAP, REQ, &mm, sizeof(mm), &fd, 1);
         close(fd);

@@ -54,14 +54,14 @@ static bool fd_is_open(int fd)
     return fcntl(fd, F_GETFD) >= 0;
 }
 
-#define assert_rc(expr, want)                                                         \
-    do {                                                                              \
-        int rc_ = (expr);                                                             \
-        int want_ = (want);                                                           \
-        if (rc_ != want_)                                                             \
-            fail_msg("%s = %d (%s), want %d (%s)", #expr, rc_,                        \
-                     rc_ < 0 ? strerrorname_np(-rc_) : "ok", want_,                   \
-                     want_ < 0 ? strerrorname_np(-want_) : "ok");                     \
+#define assert_rc(expr, want)                                       \
+    do {                                                            \
+        int rc_ = (expr);                                           \
+        int want_ = (want);                                         \
+        if (rc_ != want_)                                           \
+            fail_msg("%s = %d (%s), want %d (%s)", #expr, rc_,      \
+                     rc_ < 0 ? strerrorname_np(-rc_) : "ok", want_, \
+                     want_ < 0 ? strerrorname_np(-want_) : "ok");   \
     } while (0)
 
 /* ------------------------------------------------------------------------ */
@@ -282,9 +282,8 @@ static void test_eight_fds(void **state)
         t.regions[i].memory_size = 0x100000;
         t.regions[i].userspace_addr = 0x7f0000000000ull + 0x100000ull * i;
     }
-    assert_int_equal(vuf_msg_init(&m, VUF_REQ_SET_MEM_TABLE, VUF_FLAG_NEED_REPLY, &t,
-                                  VUF_MEM_TABLE_SIZE(8)),
-                     0);
+    assert_int_equal(
+        vuf_msg_init(&m, VUF_REQ_SET_MEM_TABLE, VUF_FLAG_NEED_REPLY, &t, VUF_MEM_TABLE_SIZE(8)), 0);
     for (unsigned i = 0; i < 8; i++)
         m.fds[i] = p[i][1];
     m.nfds = 8;
@@ -550,8 +549,7 @@ static void test_hangup_mid_payload_with_fd(void **state)
     after = tu_count_fds();
     close(efd);
     if (after != before)
-        fail_msg("fd of an aborted message not closed: %d fds expected, %d open", before,
-                 after);
+        fail_msg("fd of an aborted message not closed: %d fds expected, %d open", before, after);
 }
 
 static void test_clean_hangup(void **state)
@@ -1091,8 +1089,7 @@ static void test_connect_retry(void **state)
         if (args.lfd >= 0)
             close(args.lfd);
         tu_rmtree(dir);
-        fail_msg("connect with retry = %d after %lld ms (listener rc %d)", rc, dt,
-                 args.rc);
+        fail_msg("connect with retry = %d after %lld ms (listener rc %d)", rc, dt, args.rc);
     }
     assert_rc(args.rc, 0);
     assert_true(dt >= 40);
@@ -1319,10 +1316,19 @@ static int group_setup(void **state)
     return 0;
 }
 
-#define PAIR(fn) {"pair/" #fn, fn, setup_pair, teardown_fx, NULL}
-#define UNIX(fn) {"unix/" #fn, fn, setup_unix, teardown_fx, NULL}
+#define PAIR(fn)                                       \
+    {                                                  \
+        "pair/" #fn, fn, setup_pair, teardown_fx, NULL \
+    }
+#define UNIX(fn)                                       \
+    {                                                  \
+        "unix/" #fn, fn, setup_unix, teardown_fx, NULL \
+    }
 #define BOTH(fn) PAIR(fn), UNIX(fn)
-#define PLAIN(fn) {#fn, fn, setup_count, teardown_count, NULL}
+#define PLAIN(fn)                                  \
+    {                                              \
+#fn, fn, setup_count, teardown_count, NULL \
+    }
 
 int main(void)
 {

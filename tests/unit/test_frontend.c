@@ -98,9 +98,9 @@ struct rec {
 };
 
 enum save_mode {
-    SAVE_PIPE = 0,    /* write the state into our fd, reply NOFD */
-    SAVE_OWN_FD,      /* return a pipe of our own with the state in it */
-    SAVE_SILENT,      /* keep the fd open and never write */
+    SAVE_PIPE = 0, /* write the state into our fd, reply NOFD */
+    SAVE_OWN_FD,   /* return a pipe of our own with the state in it */
+    SAVE_SILENT,   /* keep the fd open and never write */
 };
 
 struct be {
@@ -115,12 +115,12 @@ struct be {
 
     /* answers */
     uint64_t features, protocol_features, queue_num;
-    uint32_t vring_base;         /* GET_VRING_BASE answer */
+    uint32_t vring_base; /* GET_VRING_BASE answer */
     uint8_t config[512];
-    bool config_bad_offset;      /* GET_CONFIG reply names another offset */
+    bool config_bad_offset; /* GET_CONFIG reply names another offset */
     struct vuf_shmem_config shm;
-    uint32_t nack_code;          /* ack this request with an error */
-    unsigned nack_skip;          /* ... after letting this many through */
+    uint32_t nack_code; /* ack this request with an error */
+    unsigned nack_skip; /* ... after letting this many through */
 
     /* state transfer */
     enum save_mode save_mode;
@@ -429,8 +429,7 @@ static void print_seq(struct be *be, unsigned from)
  * The back-end must have received exactly `codes` since *mark (waiting up to
  * a second for requests that get no reply). Advances *mark.
  */
-static void expect_seq_(struct be *be, unsigned *mark, const uint32_t *codes, unsigned n,
-                        int line)
+static void expect_seq_(struct be *be, unsigned *mark, const uint32_t *codes, unsigned n, int line)
 {
     int64_t until = now_ms() + 1000;
 
@@ -438,8 +437,7 @@ static void expect_seq_(struct be *be, unsigned *mark, const uint32_t *codes, un
         sleep_ms(1);
     sleep_ms(5); /* anything extra would arrive now */
     if (be_count(be) != *mark + n) {
-        print_message("line %d: expected %u requests, got %u:\n", line, n,
-                      be_count(be) - *mark);
+        print_message("line %d: expected %u requests, got %u:\n", line, n, be_count(be) - *mark);
         print_seq(be, *mark);
         fail();
     }
@@ -455,17 +453,18 @@ static void expect_seq_(struct be *be, unsigned *mark, const uint32_t *codes, un
     }
     *mark += n;
 }
-#define expect_seq(be, mark, ...)                                                         \
-    do {                                                                                  \
-        const uint32_t codes_[] = {__VA_ARGS__};                                          \
-        expect_seq_(be, mark, codes_, sizeof(codes_) / sizeof(codes_[0]), __LINE__);      \
+#define expect_seq(be, mark, ...)                                                    \
+    do {                                                                             \
+        const uint32_t codes_[] = {__VA_ARGS__};                                     \
+        expect_seq_(be, mark, codes_, sizeof(codes_) / sizeof(codes_[0]), __LINE__); \
     } while (0)
 #define expect_none(be, mark) expect_seq_(be, mark, NULL, 0, __LINE__)
 
 #define SEQ_NEW SET_OWNER, GET_FEATURES, GET_PROTOCOL_FEATURES, SET_PROTOCOL_FEATURES
 #define R(x) VUF_REQ_##x
-#define SEQ_QUEUE R(SET_VRING_NUM), R(SET_VRING_ADDR), R(SET_VRING_BASE), R(SET_VRING_CALL), \
-                  R(SET_VRING_KICK), R(SET_VRING_ENABLE)
+#define SEQ_QUEUE                                                                                 \
+    R(SET_VRING_NUM), R(SET_VRING_ADDR), R(SET_VRING_BASE), R(SET_VRING_CALL), R(SET_VRING_KICK), \
+        R(SET_VRING_ENABLE)
 #define SEQ_STOP R(SET_VRING_ENABLE), R(GET_VRING_BASE)
 
 /* ------------------------------------------------------------------------ */
@@ -733,8 +732,8 @@ static void test_new_sequence_and_features(void **state)
     fx_begin(&f);
     /* Offer device bits, transport bits, packed rings and protocol bits the
      * front-end does not use. */
-    f.be.features = F_PROTO | F_EVENT_IDX | F_VERSION_1 | F_PACKED | BIT(0) | BIT(23) |
-                    BIT(24) | BIT(50) | BIT(63);
+    f.be.features = F_PROTO | F_EVENT_IDX | F_VERSION_1 | F_PACKED | BIT(0) | BIT(23) | BIT(24) |
+                    BIT(50) | BIT(63);
     f.be.protocol_features |= VUF_PF(LOG_SHMFD) | VUF_PF(STATUS) | BIT(40);
     assert_int_equal(fx_new(&f, &cfg), 0);
     expect_seq(&f.be, &f.mark, R(SET_OWNER), R(GET_FEATURES), R(GET_PROTOCOL_FEATURES),
@@ -768,15 +767,14 @@ static void test_new_sequence_and_features(void **state)
 static void test_packed_ring_stripped(void **state)
 {
     struct fx f;
-    struct vuf_frontend_config cfg =
-        fx_cfg(VUF_DEV_BLK, F_VERSION_1 | F_EVENT_IDX | F_PACKED);
+    struct vuf_frontend_config cfg = fx_cfg(VUF_DEV_BLK, F_VERSION_1 | F_EVENT_IDX | F_PACKED);
 
     (void)state;
     fx_begin(&f);
     f.be.features = ~0ull;
     assert_int_equal(fx_new(&f, &cfg), 0);
-    assert_int_equal(vuf_device_features(f.dev), VUF_DEVICE_TYPE_SPECIFIC_FEATURES_MASK |
-                                                     F_VERSION_1 | F_EVENT_IDX | F_PROTO);
+    assert_int_equal(vuf_device_features(f.dev),
+                     VUF_DEVICE_TYPE_SPECIFIC_FEATURES_MASK | F_VERSION_1 | F_EVENT_IDX | F_PROTO);
     assert_int_equal(vuf_device_num_queues(f.dev), 1);
     fx_end(&f);
 }
@@ -815,8 +813,8 @@ static void test_queue_max_size(void **state)
 {
     static const struct {
         uint16_t in, out;
-    } cases[] = {{300, 256}, {0, 32768}, {1, 1}, {256, 256}, {255, 128},
-                 {32768, 32768}, {65535, 32768}};
+    } cases[] = {{300, 256}, {0, 32768},     {1, 1},        {256, 256},
+                 {255, 128}, {32768, 32768}, {65535, 32768}};
 
     (void)state;
     for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -860,8 +858,11 @@ static void test_queue_num_bounds(void **state)
     static const struct {
         uint64_t n;
         int r;
-    } cases[] = {{0, -EPROTO}, {100000, -EPROTO}, {VUF_FRONTEND_MAX_QUEUES + 1, -EPROTO},
-                 {VUF_FRONTEND_MAX_QUEUES, 0}, {1, 0}};
+    } cases[] = {{0, -EPROTO},
+                 {100000, -EPROTO},
+                 {VUF_FRONTEND_MAX_QUEUES + 1, -EPROTO},
+                 {VUF_FRONTEND_MAX_QUEUES, 0},
+                 {1, 0}};
 
     (void)state;
     for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -1038,8 +1039,7 @@ static void lifecycle(bool with_backend_req)
     assert_int_equal(vuf_device_sleep(g.dev, back, f.nq), 0);
     expect_none(&g.be, &g.mark);
     assert_int_equal(vuf_device_restore(g.dev, snap, snap_len), 0);
-    expect_seq(&g.be, &g.mark, R(SET_FEATURES), R(SET_DEVICE_STATE_FD),
-               R(CHECK_DEVICE_STATE));
+    expect_seq(&g.be, &g.mark, R(SET_FEATURES), R(SET_DEVICE_STATE_FD), R(CHECK_DEVICE_STATE));
     assert_int_equal(g.be.acked, F_PROTO | F_EVENT_IDX);
     assert_int_equal(g.be.loaded_len, f.be.state_len);
     assert_memory_equal(g.be.loaded, f.be.state, f.be.state_len);
@@ -1170,9 +1170,8 @@ static void test_activate_nack_rolls_back(void **state)
     f.be.nack_code = VUF_REQ_SET_VRING_KICK;
     f.be.nack_skip = 1;
     assert_int_equal(vuf_device_activate(f.dev, f.mem, &f.vi, f.q, f.nq), -EIO);
-    expect_seq(&f.be, &f.mark, R(SET_FEATURES), R(SET_MEM_TABLE), SEQ_QUEUE,
-               R(SET_VRING_NUM), R(SET_VRING_ADDR), R(SET_VRING_BASE), R(SET_VRING_CALL),
-               R(SET_VRING_KICK),
+    expect_seq(&f.be, &f.mark, R(SET_FEATURES), R(SET_MEM_TABLE), SEQ_QUEUE, R(SET_VRING_NUM),
+               R(SET_VRING_ADDR), R(SET_VRING_BASE), R(SET_VRING_CALL), R(SET_VRING_KICK),
                /* rolled back: both rings stopped again */
                SEQ_STOP, SEQ_STOP);
     assert_false(vuf_frontend_is_active(f.dev));
@@ -1309,11 +1308,14 @@ static void fx_shm_device(struct fx *f, uint8_t shmid)
     fx_activate_ok(f);
 }
 
-static int map(struct fx *f, int fd, uint8_t shmid, uint64_t off, uint64_t len,
-               uint64_t fd_off, bool rw)
+static int map(struct fx *f, int fd, uint8_t shmid, uint64_t off, uint64_t len, uint64_t fd_off,
+               bool rw)
 {
-    struct vuf_shmem_map m = {.shmid = shmid, .fd_offset = fd_off, .shm_offset = off,
-                              .len = len, .flags = rw ? VUF_SHMEM_MAP_RW : 0};
+    struct vuf_shmem_map m = {.shmid = shmid,
+                              .fd_offset = fd_off,
+                              .shm_offset = off,
+                              .len = len,
+                              .flags = rw ? VUF_SHMEM_MAP_RW : 0};
     uint64_t ack = 0;
     int r = vuf_breq_shmem_map(be_breq(&f->be), &m, fd, true, &ack);
 
@@ -1336,8 +1338,7 @@ static int64_t raw_map(struct fx *f, int fd, const struct vuf_shmem_map *m)
     struct vuf_conn *c = be_breq(&f->be);
     struct vuf_msg msg, reply;
 
-    assert_int_equal(vuf_msg_init(&msg, VUF_BREQ_SHMEM_MAP, VUF_FLAG_NEED_REPLY, m,
-                                  sizeof(*m)), 0);
+    assert_int_equal(vuf_msg_init(&msg, VUF_BREQ_SHMEM_MAP, VUF_FLAG_NEED_REPLY, m, sizeof(*m)), 0);
     msg.fds[0] = fd;
     msg.nfds = 1;
     assert_int_equal(vuf_conn_send(c, &msg), 0);
@@ -1371,15 +1372,15 @@ static void test_shmem_map(void **state)
     assert_int_equal(vuf_frontend_num_mappings(f.dev), 1);
 
     /* Bad maps get an error ack and change nothing. */
-    assert_int_equal(map(&f, fd, 1, 0x10000, 0x1000, 0, true), -EINVAL);       /* shmid */
+    assert_int_equal(map(&f, fd, 1, 0x10000, 0x1000, 0, true), -EINVAL); /* shmid */
     assert_int_equal(map(&f, fd, 2, REGION_LEN - 0x1000, 0x2000, 0, true), -ERANGE);
     assert_int_equal(map(&f, fd, 2, REGION_LEN, 0x1000, 0, true), -ERANGE);
     assert_int_equal(map(&f, fd, 2, 0, REGION_LEN + 0x1000, 0, true), -ERANGE);
     assert_int_equal(map(&f, fd, 2, UINT64_MAX - 0x1fff, 0x1000, 0, true), -ERANGE);
-    assert_int_equal(map(&f, fd, 2, 0x2000, 0x1000, 0, true), -EEXIST);        /* inside */
-    assert_int_equal(map(&f, fd, 2, 0x0, 0x2000, 0, true), -EEXIST);           /* head */
-    assert_int_equal(map(&f, fd, 2, 0x2fff, 0x1000, 0, true), -EEXIST);        /* tail */
-    assert_int_equal(map(&f, fd, 2, 0x0, REGION_LEN, 0, true), -EEXIST);       /* around */
+    assert_int_equal(map(&f, fd, 2, 0x2000, 0x1000, 0, true), -EEXIST);  /* inside */
+    assert_int_equal(map(&f, fd, 2, 0x0, 0x2000, 0, true), -EEXIST);     /* head */
+    assert_int_equal(map(&f, fd, 2, 0x2fff, 0x1000, 0, true), -EEXIST);  /* tail */
+    assert_int_equal(map(&f, fd, 2, 0x0, REGION_LEN, 0, true), -EEXIST); /* around */
     memset(&raw, 0, sizeof(raw));
     raw.shmid = 2;
     raw.shm_offset = UINT64_MAX - 0x10; /* shm_offset + len overflows */
@@ -1562,8 +1563,7 @@ static void test_snapshot_variants(void **state)
     assert_int_equal(fx_new(&g, &cfg), 0);
     expect_new(&g);
     assert_int_equal(vuf_device_restore(g.dev, snap, len), 0);
-    expect_seq(&g.be, &g.mark, R(SET_FEATURES), R(SET_DEVICE_STATE_FD),
-               R(CHECK_DEVICE_STATE));
+    expect_seq(&g.be, &g.mark, R(SET_FEATURES), R(SET_DEVICE_STATE_FD), R(CHECK_DEVICE_STATE));
     assert_int_equal(g.be.acked, F_PROTO | BIT(0));
     assert_int_equal(g.be.loaded_len, sizeof(f.be.state));
     assert_memory_equal(g.be.loaded, f.be.state, sizeof(f.be.state));

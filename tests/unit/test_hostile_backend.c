@@ -90,8 +90,8 @@ static int threads_settle(int want)
 }
 
 /* A message built by hand (any flags, size, fds). */
-static int raw_send(struct vuf_conn *c, uint32_t code, uint32_t flags, const void *p,
-                    uint32_t size, const int *fds, unsigned nfds)
+static int raw_send(struct vuf_conn *c, uint32_t code, uint32_t flags, const void *p, uint32_t size,
+                    const int *fds, unsigned nfds)
 {
     struct vuf_msg m;
 
@@ -138,14 +138,14 @@ struct hb {
     size_t state_len;
 
     hb_hook hook;
-    void *ctx;          /* for the hook */
-    atomic_int nreq;    /* requests seen */
+    void *ctx;           /* for the hook */
+    atomic_int nreq;     /* requests seen */
     atomic_int seen[64]; /* per code */
     atomic_int hung_up;
 
     pthread_mutex_t lock;
-    int breq_fd;     /* from SET_BACKEND_REQ_FD */
-    int keep[16];    /* fds the back-end holds on to */
+    int breq_fd;  /* from SET_BACKEND_REQ_FD */
+    int keep[16]; /* fds the back-end holds on to */
     unsigned nkeep;
 };
 
@@ -185,8 +185,7 @@ static void hb_default(struct hb *hb, struct vuf_msg *req)
         req->fds[0] = -1;
         break;
     case VUF_REQ_GET_VRING_BASE: {
-        struct vuf_vring_state st = {.index = req->payload.state.index,
-                                     .num = hb->vring_base};
+        struct vuf_vring_state st = {.index = req->payload.state.index, .num = hb->vring_base};
 
         raw_send(c, code, REPLY, &st, sizeof(st), NULL, 0);
         return;
@@ -375,8 +374,8 @@ static int tm_add(void *opaque, int fd, uint64_t fd_offset, uint64_t len, uint64
     if (p == MAP_FAILED) {
         int e = -errno;
         /* MAP_FIXED failed: the old window part may be gone; put it back */
-        mmap(t->window + shm_offset, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
-             -1, 0);
+        mmap(t->window + shm_offset, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+             0);
         return e;
     }
     pthread_mutex_lock(&t->lock);
@@ -543,8 +542,8 @@ static void test_every_bit_set(void **state)
     /* Only what we can use is kept: no packed rings, no unknown PF. */
     assert_int_equal(vuf_device_features(f.dev) & BIT(VUF_F_RING_PACKED), 0);
     assert_int_equal(vuf_frontend_protocol_features(f.dev) &
-                         ~(VUF_PF(MQ) | VUF_PF(REPLY_ACK) | VUF_PF(BACKEND_REQ) |
-                           VUF_PF(CONFIG) | VUF_PF(DEVICE_STATE) | VUF_PF(SHMEM)),
+                         ~(VUF_PF(MQ) | VUF_PF(REPLY_ACK) | VUF_PF(BACKEND_REQ) | VUF_PF(CONFIG) |
+                           VUF_PF(DEVICE_STATE) | VUF_PF(SHMEM)),
                      0);
     assert_int_equal(vuf_device_num_queues(f.dev), 3);
     fx_end(&f);
@@ -603,26 +602,23 @@ static enum hb_act hook_bad_shape(struct hb *hb, struct vuf_msg *req)
         raw_send(hb->conn, VUF_REQ_GET_FEATURES, REPLY, &v, 4, NULL, 0);
         break;
     case 5: /* oversized header size: the stream is dead */
-        {
-            uint8_t hdr[VUF_HDR_SIZE];
-            struct vuf_hdr h = {.request = VUF_REQ_GET_FEATURES, .flags = REPLY,
-                                .size = 0xffffffffu};
+    {
+        uint8_t hdr[VUF_HDR_SIZE];
+        struct vuf_hdr h = {.request = VUF_REQ_GET_FEATURES, .flags = REPLY, .size = 0xffffffffu};
 
-            vuf_hdr_encode(hdr, &h);
-            if (send(vuf_conn_fd(hb->conn), hdr, sizeof(hdr), MSG_NOSIGNAL) < 0)
-                break;
-        }
-        break;
+        vuf_hdr_encode(hdr, &h);
+        if (send(vuf_conn_fd(hb->conn), hdr, sizeof(hdr), MSG_NOSIGNAL) < 0)
+            break;
+    } break;
     case 6: /* header only, then silence: a timeout */
-        {
-            uint8_t hdr[VUF_HDR_SIZE];
-            struct vuf_hdr h = {.request = VUF_REQ_GET_FEATURES, .flags = REPLY, .size = 8};
+    {
+        uint8_t hdr[VUF_HDR_SIZE];
+        struct vuf_hdr h = {.request = VUF_REQ_GET_FEATURES, .flags = REPLY, .size = 8};
 
-            vuf_hdr_encode(hdr, &h);
-            if (send(vuf_conn_fd(hb->conn), hdr, 5, MSG_NOSIGNAL) < 0)
-                break;
-        }
-        break;
+        vuf_hdr_encode(hdr, &h);
+        if (send(vuf_conn_fd(hb->conn), hdr, 5, MSG_NOSIGNAL) < 0)
+            break;
+    } break;
     case 7: /* NEED_REPLY on a reply */
         raw_send(hb->conn, VUF_REQ_GET_FEATURES, REPLY | VUF_FLAG_NEED_REPLY, &v, 8, NULL, 0);
         break;
@@ -693,13 +689,13 @@ static enum hb_act hook_bad_config(struct hb *hb, struct vuf_msg *req)
     switch (cfg_case) {
     case 0: /* larger than asked */
         cfg.size += 4;
-        raw_send(hb->conn, VUF_REQ_GET_CONFIG, REPLY, &cfg, VUF_CONFIG_HDR_SIZE + cfg.size,
-                 NULL, 0);
+        raw_send(hb->conn, VUF_REQ_GET_CONFIG, REPLY, &cfg, VUF_CONFIG_HDR_SIZE + cfg.size, NULL,
+                 0);
         break;
     case 1: /* smaller */
         cfg.size -= 1;
-        raw_send(hb->conn, VUF_REQ_GET_CONFIG, REPLY, &cfg, VUF_CONFIG_HDR_SIZE + cfg.size,
-                 NULL, 0);
+        raw_send(hb->conn, VUF_REQ_GET_CONFIG, REPLY, &cfg, VUF_CONFIG_HDR_SIZE + cfg.size, NULL,
+                 0);
         break;
     case 2: /* size field disagrees with the message size */
         raw_send(hb->conn, VUF_REQ_GET_CONFIG, REPLY, &cfg, VUF_CONFIG_HDR_SIZE + cfg.size + 4,
@@ -707,8 +703,7 @@ static enum hb_act hook_bad_config(struct hb *hb, struct vuf_msg *req)
         break;
     case 3: /* fds attached */
         fd = eventfd(0, EFD_CLOEXEC);
-        raw_send(hb->conn, VUF_REQ_GET_CONFIG, REPLY, &cfg, VUF_CONFIG_HDR_SIZE + cfg.size,
-                 &fd, 1);
+        raw_send(hb->conn, VUF_REQ_GET_CONFIG, REPLY, &cfg, VUF_CONFIG_HDR_SIZE + cfg.size, &fd, 1);
         close(fd);
         break;
     case 4: /* bogus size field, larger than any config */
@@ -720,8 +715,8 @@ static enum hb_act hook_bad_config(struct hb *hb, struct vuf_msg *req)
         break;
     default: /* offset of the window (we ask from 0) */
         cfg.offset = 7;
-        raw_send(hb->conn, VUF_REQ_GET_CONFIG, REPLY, &cfg, VUF_CONFIG_HDR_SIZE + cfg.size,
-                 NULL, 0);
+        raw_send(hb->conn, VUF_REQ_GET_CONFIG, REPLY, &cfg, VUF_CONFIG_HDR_SIZE + cfg.size, NULL,
+                 0);
         break;
     }
     return HB_DONE;
@@ -766,9 +761,9 @@ static void test_unsolicited_reply_not_misattributed(void **state)
     bogus.offset = 0;
     bogus.size = 8;
     memset(bogus.region, 0x66, 8);
-    assert_int_equal(raw_send(f.hb.conn, VUF_REQ_GET_CONFIG, REPLY, &bogus,
-                              VUF_CONFIG_HDR_SIZE + 8, NULL, 0),
-                     0);
+    assert_int_equal(
+        raw_send(f.hb.conn, VUF_REQ_GET_CONFIG, REPLY, &bogus, VUF_CONFIG_HDR_SIZE + 8, NULL, 0),
+        0);
     sleep_ms(20);
     hb_start(&f.hb);
     memset(buf, 0, sizeof(buf));
@@ -799,8 +794,8 @@ static enum hb_act hook_late_config(struct hb *hb, struct vuf_msg *req)
     if (atomic_fetch_add(&late_n, 1) == 0) {
         sleep_ms(400);
         memset(cfg.region, 0x66, sizeof(cfg.region)); /* the stale content */
-        raw_send(hb->conn, VUF_REQ_GET_CONFIG, REPLY, &cfg, VUF_CONFIG_HDR_SIZE + cfg.size,
-                 NULL, 0);
+        raw_send(hb->conn, VUF_REQ_GET_CONFIG, REPLY, &cfg, VUF_CONFIG_HDR_SIZE + cfg.size, NULL,
+                 0);
         return HB_DONE;
     }
     return HB_DEFAULT;
@@ -1041,8 +1036,7 @@ static void *spew_main(void *arg)
 
     (void)arg;
     while (!atomic_load(&spew_stop))
-        if (send(spew_fd, junk, sizeof(junk), MSG_NOSIGNAL | MSG_DONTWAIT) < 0 &&
-            errno != EAGAIN)
+        if (send(spew_fd, junk, sizeof(junk), MSG_NOSIGNAL | MSG_DONTWAIT) < 0 && errno != EAGAIN)
             break;
     return NULL;
 }
@@ -1207,7 +1201,7 @@ static void test_restore_hostile_fds(void **state)
         switch (st_case) {
         case ST_SOCKET_SILENT: /* 40 bytes fit in the socket buffer */
         case ST_ENDLESS:
-        case ST_WRITE_END:     /* the right kind of fd for a load */
+        case ST_WRITE_END: /* the right kind of fd for a load */
             assert_int_equal(r, 0);
             break;
         case ST_REGULAR_FILE: /* opened read-only */
@@ -1546,8 +1540,8 @@ static void fx_shm_active(struct fx *f, bool reply_ack)
     struct vuf_shm_mapper m = {&tmap_ops, &f->map};
 
     f->cfg.device_type = VUF_DEV_GPU;
-    f->hb.protocol_features = VUF_PF(SHMEM) | VUF_PF(BACKEND_REQ) | VUF_PF(CONFIG) |
-                              (reply_ack ? VUF_PF(REPLY_ACK) : 0);
+    f->hb.protocol_features =
+        VUF_PF(SHMEM) | VUF_PF(BACKEND_REQ) | VUF_PF(CONFIG) | (reply_ack ? VUF_PF(REPLY_ACK) : 0);
     f->hb.shm.nregions = 1;
     f->hb.shm.memory_sizes[0] = REGION_LEN;
     assert_int_equal(fx_new(f), 0);
@@ -1568,8 +1562,8 @@ static int memfd_of(size_t len)
 static int64_t breq_map(struct fx *f, uint32_t code, uint32_t flags, int fd, uint64_t off,
                         uint64_t len)
 {
-    struct vuf_shmem_map m = {.shmid = 0, .fd_offset = 0, .shm_offset = off, .len = len,
-                              .flags = VUF_SHMEM_MAP_RW};
+    struct vuf_shmem_map m = {
+        .shmid = 0, .fd_offset = 0, .shm_offset = off, .len = len, .flags = VUF_SHMEM_MAP_RW};
     struct vuf_msg reply;
 
     if (raw_send(fx_breq(f), code, flags, &m, sizeof(m), &fd, fd >= 0 ? 1 : 0) < 0)
@@ -1621,8 +1615,7 @@ static void test_breq_map_storm_and_bad_fds(void **state)
         struct vuf_shmem_map m = {.len = 4096, .flags = VUF_SHMEM_MAP_RW};
         struct vuf_msg reply;
 
-        assert_int_equal(raw_send(fx_breq(&f), VUF_BREQ_SHMEM_MAP, REQ_NR, &m, sizeof(m),
-                                  eight, 8),
+        assert_int_equal(raw_send(fx_breq(&f), VUF_BREQ_SHMEM_MAP, REQ_NR, &m, sizeof(m), eight, 8),
                          0);
         assert_int_equal(vuf_conn_recv(f.breq, &reply), 0);
         assert_true((int64_t)reply.payload.u64 < 0);
@@ -1658,8 +1651,8 @@ static void test_breq_flood_nonblocking(void **state)
     t0 = now_ms();
     while (now_ms() - t0 < 500) {
         uint8_t msg[VUF_HDR_SIZE + 8];
-        struct vuf_hdr h = {.request = (sent & 1) ? 99u : VUF_BREQ_CONFIG_CHANGE_MSG,
-                            .flags = REQ_NR, .size = 0};
+        struct vuf_hdr h = {
+            .request = (sent & 1) ? 99u : VUF_BREQ_CONFIG_CHANGE_MSG, .flags = REQ_NR, .size = 0};
 
         vuf_hdr_encode(msg, &h);
         if (send(fd, msg, VUF_HDR_SIZE, MSG_NOSIGNAL) != VUF_HDR_SIZE)
@@ -1690,8 +1683,7 @@ static void test_breq_need_reply_without_reply_ack(void **state)
     fx_begin(&f);
     fx_shm_active(&f, false);
     mfd = memfd_of(REGION_LEN);
-    assert_int_equal(raw_send(fx_breq(&f), VUF_BREQ_SHMEM_MAP, REQ_NR, &m, sizeof(m), &mfd, 1),
-                     0);
+    assert_int_equal(raw_send(fx_breq(&f), VUF_BREQ_SHMEM_MAP, REQ_NR, &m, sizeof(m), &mfd, 1), 0);
     t0 = now_ms();
     while (vuf_frontend_num_mappings(f.dev) == 0 && now_ms() - t0 < 2000)
         sleep_ms(1);
@@ -1717,7 +1709,8 @@ static void test_breq_stops_mid_payload(void **state)
     fx_shm_active(&f, true);
     vuf_hdr_encode(msg, &h);
     memset(msg + VUF_HDR_SIZE, 0, 10);
-    assert_int_equal(send(vuf_conn_fd(fx_breq(&f)), msg, sizeof(msg), MSG_NOSIGNAL), (ssize_t)sizeof(msg));
+    assert_int_equal(send(vuf_conn_fd(fx_breq(&f)), msg, sizeof(msg), MSG_NOSIGNAL),
+                     (ssize_t)sizeof(msg));
     sleep_ms(50); /* the worker is now inside the read */
     t0 = now_ms();
     assert_int_equal(vuf_device_reset(f.dev), 0);
@@ -1769,8 +1762,7 @@ static void test_destroy_while_handling(void **state)
     fx_shm_active(&f, true);
     mfd = memfd_of(REGION_LEN);
     atomic_store(&f.map.slow_ms, 200);
-    assert_int_equal(raw_send(fx_breq(&f), VUF_BREQ_SHMEM_MAP, REQ_NR, &m, sizeof(m), &mfd, 1),
-                     0);
+    assert_int_equal(raw_send(fx_breq(&f), VUF_BREQ_SHMEM_MAP, REQ_NR, &m, sizeof(m), &mfd, 1), 0);
     close(mfd);
     sleep_ms(50);
     t0 = now_ms();

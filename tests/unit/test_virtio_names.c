@@ -15,12 +15,29 @@
 
 /* Every device type the header enumerates. */
 static const uint32_t all_types[] = {
-    VUF_DEV_NET,   VUF_DEV_BLK,       VUF_DEV_CONSOLE,        VUF_DEV_RNG,
-    VUF_DEV_BALLOON, VUF_DEV_SCSI,    VUF_DEV_9P,             VUF_DEV_GPU,
-    VUF_DEV_INPUT, VUF_DEV_VSOCK,     VUF_DEV_CRYPTO,         VUF_DEV_IOMMU,
-    VUF_DEV_MEM,   VUF_DEV_SOUND,     VUF_DEV_FS,             VUF_DEV_PMEM,
-    VUF_DEV_MAC80211_HWSIM, VUF_DEV_VIDEO_ENC, VUF_DEV_VIDEO_DEC, VUF_DEV_SCMI,
-    VUF_DEV_I2C,   VUF_DEV_CAN,       VUF_DEV_GPIO,
+    VUF_DEV_NET,
+    VUF_DEV_BLK,
+    VUF_DEV_CONSOLE,
+    VUF_DEV_RNG,
+    VUF_DEV_BALLOON,
+    VUF_DEV_SCSI,
+    VUF_DEV_9P,
+    VUF_DEV_GPU,
+    VUF_DEV_INPUT,
+    VUF_DEV_VSOCK,
+    VUF_DEV_CRYPTO,
+    VUF_DEV_IOMMU,
+    VUF_DEV_MEM,
+    VUF_DEV_SOUND,
+    VUF_DEV_FS,
+    VUF_DEV_PMEM,
+    VUF_DEV_MAC80211_HWSIM,
+    VUF_DEV_VIDEO_ENC,
+    VUF_DEV_VIDEO_DEC,
+    VUF_DEV_SCMI,
+    VUF_DEV_I2C,
+    VUF_DEV_CAN,
+    VUF_DEV_GPIO,
 };
 #define NTYPES (sizeof(all_types) / sizeof(all_types[0]))
 
@@ -52,7 +69,7 @@ static void test_unknown_types(void **state)
 {
     (void)state;
     assert_null(vuf_device_info(0));
-    assert_null(vuf_device_info(6));    /* ioMemory: not a vhost-user device here */
+    assert_null(vuf_device_info(6)); /* ioMemory: not a vhost-user device here */
     assert_null(vuf_device_info(1000));
     assert_null(vuf_device_info(UINT32_MAX));
     assert_null(vuf_device_by_name(NULL));
@@ -132,10 +149,10 @@ static void test_generic_names(void **state)
         unsigned bit;
         const char *name;
     } g[] = {
-        {24, "NOTIFY_ON_EMPTY"}, {26, "LOG_ALL"},           {27, "ANY_LAYOUT"},
-        {28, "INDIRECT_DESC"},   {29, "EVENT_IDX"},         {30, "PROTOCOL_FEATURES"},
-        {32, "VERSION_1"},       {33, "ACCESS_PLATFORM"},   {34, "RING_PACKED"},
-        {35, "IN_ORDER"},        {36, "ORDER_PLATFORM"},    {37, "SR_IOV"},
+        {24, "NOTIFY_ON_EMPTY"},   {26, "LOG_ALL"},           {27, "ANY_LAYOUT"},
+        {28, "INDIRECT_DESC"},     {29, "EVENT_IDX"},         {30, "PROTOCOL_FEATURES"},
+        {32, "VERSION_1"},         {33, "ACCESS_PLATFORM"},   {34, "RING_PACKED"},
+        {35, "IN_ORDER"},          {36, "ORDER_PLATFORM"},    {37, "SR_IOV"},
         {38, "NOTIFICATION_DATA"}, {39, "NOTIF_CONFIG_DATA"}, {40, "RING_RESET"},
         {41, "ADMIN_VQ"},
     };
@@ -150,8 +167,7 @@ static void test_generic_names(void **state)
     assert_string_equal(vuf_virtio_feature_name(VUF_DEV_BLK, VUF_F_LOG_ALL), "LOG_ALL");
     assert_string_equal(vuf_virtio_feature_name(VUF_DEV_BLK, VUF_F_PROTOCOL_FEATURES),
                         "PROTOCOL_FEATURES");
-    assert_string_equal(vuf_virtio_feature_name(VUF_DEV_BLK, VUF_F_RING_PACKED),
-                        "RING_PACKED");
+    assert_string_equal(vuf_virtio_feature_name(VUF_DEV_BLK, VUF_F_RING_PACKED), "RING_PACKED");
     /* unassigned transport bits and out-of-range bits have no name */
     assert_null(vuf_virtio_feature_name(VUF_DEV_BLK, 25));
     assert_null(vuf_virtio_feature_name(VUF_DEV_BLK, 31));
@@ -179,9 +195,9 @@ static void test_blk_names(void **state)
         unsigned bit;
         const char *name;
     } b[] = {
-        {1, "SIZE_MAX"},      {2, "SEG_MAX"},      {4, "GEOMETRY"},    {5, "RO"},
-        {6, "BLK_SIZE"},      {9, "FLUSH"},        {10, "TOPOLOGY"},   {11, "CONFIG_WCE"},
-        {12, "MQ"},           {13, "DISCARD"},     {14, "WRITE_ZEROES"}, {15, "LIFETIME"},
+        {1, "SIZE_MAX"},      {2, "SEG_MAX"},  {4, "GEOMETRY"},      {5, "RO"},
+        {6, "BLK_SIZE"},      {9, "FLUSH"},    {10, "TOPOLOGY"},     {11, "CONFIG_WCE"},
+        {12, "MQ"},           {13, "DISCARD"}, {14, "WRITE_ZEROES"}, {15, "LIFETIME"},
         {16, "SECURE_ERASE"}, {17, "ZONED"},
     };
     (void)state;

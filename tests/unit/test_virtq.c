@@ -203,8 +203,7 @@ static int fdev_pop(struct fdev *d, struct fchain *c)
     c->head = __atomic_load_n(&d->avail->ring[d->last_avail % d->size], __ATOMIC_RELAXED);
     d->last_avail++;
     if (d->event_idx)
-        __atomic_store_n(vuf_vring_avail_event(d->used, d->size), d->last_avail,
-                         __ATOMIC_RELAXED);
+        __atomic_store_n(vuf_vring_avail_event(d->used, d->size), d->last_avail, __ATOMIC_RELAXED);
     if (c->head >= d->size)
         return -1;
     i = c->head;
@@ -266,12 +265,12 @@ static bool fdev_notify(struct fdev *d)
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     if (d->event_idx)
         need = vuf_vring_need_event(
-            __atomic_load_n(vuf_vring_used_event(d->avail, d->size), __ATOMIC_RELAXED),
-            d->used_idx, d->signalled);
+            __atomic_load_n(vuf_vring_used_event(d->avail, d->size), __ATOMIC_RELAXED), d->used_idx,
+            d->signalled);
     else
-        need = d->used_idx != d->signalled &&
-               !(__atomic_load_n(&d->avail->flags, __ATOMIC_RELAXED) &
-                 VUF_VRING_AVAIL_F_NO_INTERRUPT);
+        need =
+            d->used_idx != d->signalled &&
+            !(__atomic_load_n(&d->avail->flags, __ATOMIC_RELAXED) & VUF_VRING_AVAIL_F_NO_INTERRUPT);
     d->signalled = d->used_idx;
     if (need) {
         uint64_t one = 1;
@@ -532,7 +531,7 @@ struct env {
     struct vuf_guest_mem *gm;
     struct vuf_virtq *vq;
     struct fdev dev;
-    uint8_t *buf;  /* scratch in guest memory */
+    uint8_t *buf; /* scratch in guest memory */
     uint64_t buf_gpa;
 };
 
@@ -709,8 +708,8 @@ static void churn(struct env *e, unsigned rounds, unsigned seed)
             int r;
 
             for (unsigned i = 0; i < n; i++)
-                b[i] = (struct vuf_virtq_buf){.gpa = e->buf_gpa + 64 * i, .len = 16,
-                                              .writable = i == n - 1};
+                b[i] = (struct vuf_virtq_buf){
+                    .gpa = e->buf_gpa + 64 * i, .len = 16, .writable = i == n - 1};
             r = vuf_virtq_add(e->vq, b, n, (void *)next_cookie);
             if (r == -ENOSPC)
                 break;
@@ -850,8 +849,7 @@ static void test_vq_bad_buffers(void **state)
 
 static void test_vq_indirect(void **state)
 {
-    struct vuf_virtq_opts o = {.size = 16, .features = F_INDIRECT | F_VERSION_1,
-                               .indirect_max = 8};
+    struct vuf_virtq_opts o = {.size = 16, .features = F_INDIRECT | F_VERSION_1, .indirect_max = 8};
     struct vuf_virtq_buf b[10];
     struct env e;
     struct fchain c;
@@ -1287,12 +1285,12 @@ struct fblk {
     struct fdev dev;
     uint8_t *disk;
     pthread_t th;
-    int stop, paused;   /* atomics */
-    int paused_seen;    /* atomic: the thread saw `paused` and is idle */
+    int stop, paused;    /* atomics */
+    int paused_seen;     /* atomic: the thread saw `paused` and is idle */
     int status_override; /* atomic: -1 none, 0x100 = leave status unwritten */
-    int errors;         /* malformed chains seen */
+    int errors;          /* malformed chains seen */
     int requests;
-    int unmapped;       /* WRITE_ZEROES with unmap */
+    int unmapped; /* WRITE_ZEROES with unmap */
 };
 
 static uint8_t fblk_handle(struct fblk *f, struct fchain *c, uint32_t *written)

@@ -41,28 +41,28 @@ static const char *ename(int rc)
     return n;
 }
 
-#define CHECK(cond, ...)                                                        \
-    do {                                                                        \
-        if (!(cond)) {                                                          \
-            g_fail++;                                                           \
+#define CHECK(cond, ...)                                                         \
+    do {                                                                         \
+        if (!(cond)) {                                                           \
+            g_fail++;                                                            \
             print_error("%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond); \
-            print_error(__VA_ARGS__);                                           \
-            print_error("\n");                                                  \
-        }                                                                       \
+            print_error(__VA_ARGS__);                                            \
+            print_error("\n");                                                   \
+        }                                                                        \
     } while (0)
 
 /* rc must equal want; the context names the case. */
-#define CHECK_RC(expr, want, ...)                                               \
-    do {                                                                        \
-        int rc_ = (expr);                                                       \
-        int want_ = (want);                                                     \
-        if (rc_ != want_) {                                                     \
-            g_fail++;                                                           \
-            print_error("%s:%d: %s = %s, want %s: ", __FILE__, __LINE__, #expr,  \
-                        ename(rc_), ename(want_));                              \
-            print_error(__VA_ARGS__);                                           \
-            print_error("\n");                                                  \
-        }                                                                       \
+#define CHECK_RC(expr, want, ...)                                                           \
+    do {                                                                                    \
+        int rc_ = (expr);                                                                   \
+        int want_ = (want);                                                                 \
+        if (rc_ != want_) {                                                                 \
+            g_fail++;                                                                       \
+            print_error("%s:%d: %s = %s, want %s: ", __FILE__, __LINE__, #expr, ename(rc_), \
+                        ename(want_));                                                      \
+            print_error(__VA_ARGS__);                                                       \
+            print_error("\n");                                                              \
+        }                                                                                   \
     } while (0)
 
 #define SOFT_BEGIN() (g_fail = 0)
@@ -325,8 +325,7 @@ static bool make_payload(enum vuf_channel ch, uint32_t code, bool reply, uint32_
 
 static uint32_t rd32(const uint8_t *b)
 {
-    return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
-           (uint32_t)b[3] << 24;
+    return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
 }
 
 static void wr32(uint8_t *b, uint32_t v)
@@ -338,8 +337,8 @@ static void wr32(uint8_t *b, uint32_t v)
 }
 
 /* Serialize a raw header + `size` payload bytes from p into buf. */
-static size_t raw_msg(uint8_t *buf, uint32_t code, uint32_t flags, uint32_t size,
-                      const void *p, uint32_t copy)
+static size_t raw_msg(uint8_t *buf, uint32_t code, uint32_t flags, uint32_t size, const void *p,
+                      uint32_t copy)
 {
     wr32(buf, code);
     wr32(buf + 4, flags);
@@ -368,31 +367,28 @@ static void roundtrip_one(enum vuf_channel ch, uint32_t code, bool reply, uint32
         rc = vuf_msg_init_reply(&m, &req, size ? p : NULL, size);
         want_flags = VUF_VERSION | VUF_FLAG_REPLY;
     }
-    CHECK_RC(rc, 0, "%s %s %s size %u: init", chname(ch), nm, reply ? "reply" : "request",
-             size);
+    CHECK_RC(rc, 0, "%s %s %s size %u: init", chname(ch), nm, reply ? "reply" : "request", size);
     if (rc)
         return;
-    CHECK(m.hdr.request == code && m.hdr.flags == want_flags && m.hdr.size == size &&
-              m.nfds == 0,
-          "%s %s: init gave hdr {%u, 0x%x, %u} nfds %u, want {%u, 0x%x, %u} nfds 0",
-          chname(ch), nm, m.hdr.request, m.hdr.flags, m.hdr.size, m.nfds, code, want_flags,
-          size);
+    CHECK(m.hdr.request == code && m.hdr.flags == want_flags && m.hdr.size == size && m.nfds == 0,
+          "%s %s: init gave hdr {%u, 0x%x, %u} nfds %u, want {%u, 0x%x, %u} nfds 0", chname(ch), nm,
+          m.hdr.request, m.hdr.flags, m.hdr.size, m.nfds, code, want_flags, size);
     CHECK(size == 0 || memcmp(m.payload.raw, p->raw, size) == 0, "%s %s: payload not copied",
           chname(ch), nm);
 
     for (unsigned i = 0; i < nfds; i++)
         m.fds[i] = 100 + (int)i; /* dummy numbers: wire code only counts them */
     m.nfds = nfds;
-    CHECK_RC(vuf_msg_check(&m, ch, reply), 0, "%s %s %s size %u nfds %u flags 0x%x",
-             chname(ch), nm, reply ? "reply" : "request", size, nfds, m.hdr.flags);
+    CHECK_RC(vuf_msg_check(&m, ch, reply), 0, "%s %s %s size %u nfds %u flags 0x%x", chname(ch), nm,
+             reply ? "reply" : "request", size, nfds, m.hdr.flags);
 
     n = vuf_msg_serialize(&m, buf, sizeof(buf));
     CHECK_RC(n, (int)(VUF_HDR_SIZE + size), "%s %s size %u: serialize", chname(ch), nm, size);
     if (n != (int)(VUF_HDR_SIZE + size))
         return;
     CHECK(rd32(buf) == code && rd32(buf + 4) == want_flags && rd32(buf + 8) == size,
-          "%s %s: serialized header {%u, 0x%x, %u}", chname(ch), nm, rd32(buf),
-          rd32(buf + 4), rd32(buf + 8));
+          "%s %s: serialized header {%u, 0x%x, %u}", chname(ch), nm, rd32(buf), rd32(buf + 4),
+          rd32(buf + 8));
     CHECK(memcmp(buf + VUF_HDR_SIZE, p->raw, size) == 0, "%s %s: serialized payload differs",
           chname(ch), nm);
     /* One byte short of room. */
@@ -404,21 +400,20 @@ static void roundtrip_one(enum vuf_channel ch, uint32_t code, bool reply, uint32
     memset(buf + n, 0x5a, 16);
     memset(&out, 0xcc, sizeof(out));
     rc = vuf_msg_parse(buf, (size_t)n + 16, nfds, ch, reply, &out);
-    CHECK_RC(rc, n, "%s %s %s size %u nfds %u: parse", chname(ch), nm,
-             reply ? "reply" : "request", size, nfds);
+    CHECK_RC(rc, n, "%s %s %s size %u nfds %u: parse", chname(ch), nm, reply ? "reply" : "request",
+             size, nfds);
     if (rc != n)
         return;
-    CHECK(memcmp(&out.hdr, &m.hdr, sizeof(m.hdr)) == 0, "%s %s: parsed header differs",
-          chname(ch), nm);
-    CHECK(memcmp(out.payload.raw, p->raw, size) == 0, "%s %s: parsed payload differs",
-          chname(ch), nm);
+    CHECK(memcmp(&out.hdr, &m.hdr, sizeof(m.hdr)) == 0, "%s %s: parsed header differs", chname(ch),
+          nm);
+    CHECK(memcmp(out.payload.raw, p->raw, size) == 0, "%s %s: parsed payload differs", chname(ch),
+          nm);
     CHECK(out.nfds == nfds, "%s %s: parsed nfds %u want %u", chname(ch), nm, out.nfds, nfds);
     for (unsigned i = 0; i < nfds && i < VUF_MAX_FDS; i++)
         CHECK(out.fds[i] == -1, "%s %s: parsed fds[%u] = %d want -1", chname(ch), nm, i,
               out.fds[i]);
     out.nfds = nfds;
-    CHECK_RC(vuf_msg_check(&out, ch, reply), 0, "%s %s: check of parsed message", chname(ch),
-             nm);
+    CHECK_RC(vuf_msg_check(&out, ch, reply), 0, "%s %s: check of parsed message", chname(ch), nm);
 }
 
 /* Every legal size x every legal fd count that has a valid payload. Returns
@@ -485,22 +480,21 @@ static void compare_rules(enum vuf_channel ch, const struct exp_rule *e, size_t 
         CHECK(r != NULL, "%s %s (%u): no rule", chname(ch), e[i].name, e[i].code);
         if (!r)
             continue;
-        CHECK(r->code == e[i].code && strcmp(r->name, e[i].name) == 0,
-              "%s code %u: rule {%u, %s}", chname(ch), e[i].code, r->code, r->name);
-        CHECK(r->size_min == e[i].smin && r->size_max == e[i].smax &&
-                  r->size_step == e[i].sstep && r->fds_min == e[i].fmin &&
-                  r->fds_max == e[i].fmax,
+        CHECK(r->code == e[i].code && strcmp(r->name, e[i].name) == 0, "%s code %u: rule {%u, %s}",
+              chname(ch), e[i].code, r->code, r->name);
+        CHECK(r->size_min == e[i].smin && r->size_max == e[i].smax && r->size_step == e[i].sstep &&
+                  r->fds_min == e[i].fmin && r->fds_max == e[i].fmax,
               "%s %s: request rule %u..%u/%u fds %u..%u, header says %u..%u/%u fds %u..%u",
-              chname(ch), e[i].name, r->size_min, r->size_max, r->size_step, r->fds_min,
-              r->fds_max, e[i].smin, e[i].smax, e[i].sstep, e[i].fmin, e[i].fmax);
-        CHECK(r->reply == e[i].reply && r->reply_min == e[i].rmin &&
-                  r->reply_max == e[i].rmax && r->reply_step == e[i].rstep &&
-                  r->reply_fds_min == e[i].rfmin && r->reply_fds_max == e[i].rfmax,
+              chname(ch), e[i].name, r->size_min, r->size_max, r->size_step, r->fds_min, r->fds_max,
+              e[i].smin, e[i].smax, e[i].sstep, e[i].fmin, e[i].fmax);
+        CHECK(r->reply == e[i].reply && r->reply_min == e[i].rmin && r->reply_max == e[i].rmax &&
+                  r->reply_step == e[i].rstep && r->reply_fds_min == e[i].rfmin &&
+                  r->reply_fds_max == e[i].rfmax,
               "%s %s: reply rule kind %d %u..%u/%u fds %u..%u, header says %d %u..%u/%u "
               "fds %u..%u",
               chname(ch), e[i].name, r->reply, r->reply_min, r->reply_max, r->reply_step,
-              r->reply_fds_min, r->reply_fds_max, e[i].reply, e[i].rmin, e[i].rmax,
-              e[i].rstep, e[i].rfmin, e[i].rfmax);
+              r->reply_fds_min, r->reply_fds_max, e[i].reply, e[i].rmin, e[i].rmax, e[i].rstep,
+              e[i].rfmin, e[i].rfmax);
         CHECK(strcmp(vuf_msg_name(ch, e[i].code), e[i].name) == 0, "%s %u: vuf_msg_name %s",
               chname(ch), e[i].code, vuf_msg_name(ch, e[i].code));
     }
@@ -531,11 +525,10 @@ static void test_table_spec_facts(void **state)
               r->reply_min == 8 && r->reply_max == 8 && r->fds_max == 0,
           "GET_FEATURES");
     r = vuf_msg_rule(VUF_CH_FRONTEND, 2); /* SET_FEATURES u64, ack */
-    CHECK(r && r->size_min == 8 && r->size_max == 8 && r->reply == VUF_REPLY_ACK,
-          "SET_FEATURES");
+    CHECK(r && r->size_min == 8 && r->size_max == 8 && r->reply == VUF_REPLY_ACK, "SET_FEATURES");
     r = vuf_msg_rule(VUF_CH_FRONTEND, 5); /* SET_MEM_TABLE 8 + 32n, n <= 8, 0..8 fds */
-    CHECK(r && r->size_min == 8 && r->size_max == 264 && r->size_step == 32 &&
-              r->fds_min == 0 && r->fds_max == 8 && r->reply == VUF_REPLY_ACK,
+    CHECK(r && r->size_min == 8 && r->size_max == 264 && r->size_step == 32 && r->fds_min == 0 &&
+              r->fds_max == 8 && r->reply == VUF_REPLY_ACK,
           "SET_MEM_TABLE");
     r = vuf_msg_rule(VUF_CH_FRONTEND, 6); /* SET_LOG_BASE: log 16 B + fd, reply iff LOG_SHMFD */
     CHECK(r && r->size_min == 16 && r->size_max == 16 && r->fds_max == 1 &&
@@ -705,8 +698,8 @@ static void test_names(void **state)
     for (uint32_t c = 1; c <= 45; c++) {
         const struct vuf_msg_rule *r = vuf_msg_rule(VUF_CH_FRONTEND, c);
 
-        CHECK(strcmp(vuf_request_name(c), spec_fe_names[c]) == 0, "front-end %u: %s, spec %s",
-              c, vuf_request_name(c), spec_fe_names[c]);
+        CHECK(strcmp(vuf_request_name(c), spec_fe_names[c]) == 0, "front-end %u: %s, spec %s", c,
+              vuf_request_name(c), spec_fe_names[c]);
         CHECK(strcmp(vuf_msg_name(VUF_CH_FRONTEND, c), spec_fe_names[c]) == 0,
               "msg_name front-end %u", c);
         CHECK(r && strcmp(r->name, spec_fe_names[c]) == 0, "rule name %u", c);
@@ -760,12 +753,10 @@ static void test_protocol_feature_names(void **state)
     for (unsigned b = 0; b < 24; b++) {
         const char *n = vuf_protocol_feature_name(b);
 
-        CHECK(n && strcmp(n, spec[b]) == 0, "bit %u: %s, spec %s", b, n ? n : "(null)",
-              spec[b]);
+        CHECK(n && strcmp(n, spec[b]) == 0, "bit %u: %s, spec %s", b, n ? n : "(null)", spec[b]);
     }
     for (unsigned b = 24; b < 70; b++)
-        CHECK(vuf_protocol_feature_name(b) == NULL, "bit %u: %s", b,
-              vuf_protocol_feature_name(b));
+        CHECK(vuf_protocol_feature_name(b) == NULL, "bit %u: %s", b, vuf_protocol_feature_name(b));
     CHECK(vuf_protocol_feature_name(1000) == NULL, "bit 1000");
     CHECK(vuf_protocol_feature_name(~0u) == NULL, "bit ~0");
     CHECK(VUF_PF_KNOWN_MASK == 0xffffffull, "known mask");
@@ -778,8 +769,7 @@ static void test_expects_reply(void **state)
     const struct vuf_msg_rule *always = vuf_msg_rule(VUF_CH_FRONTEND, VUF_REQ_GET_FEATURES);
     const struct vuf_msg_rule *ack = vuf_msg_rule(VUF_CH_FRONTEND, VUF_REQ_SET_FEATURES);
     const struct vuf_msg_rule *lg = vuf_msg_rule(VUF_CH_FRONTEND, VUF_REQ_SET_LOG_BASE);
-    const struct vuf_msg_rule *lookup =
-        vuf_msg_rule(VUF_CH_BACKEND, VUF_BREQ_SHARED_OBJECT_LOOKUP);
+    const struct vuf_msg_rule *lookup = vuf_msg_rule(VUF_CH_BACKEND, VUF_BREQ_SHARED_OBJECT_LOOKUP);
     const struct vuf_msg_rule *bmap = vuf_msg_rule(VUF_CH_BACKEND, VUF_BREQ_SHMEM_MAP);
     const uint32_t V = VUF_VERSION, NR = VUF_FLAG_NEED_REPLY;
     const uint64_t RA = VUF_PF(REPLY_ACK), LS = VUF_PF(LOG_SHMFD), ALL = VUF_PF_KNOWN_MASK;
@@ -839,8 +829,7 @@ static void test_hdr_codec(void **state)
     assert_int_equal(d.size, h.size);
     assert_int_equal(vuf_hdr_decode(buf, 16, &d), 0);
     /* decode does no rule checks: any values come back. */
-    const struct vuf_hdr odd = {.request = 0xffffffffu, .flags = 0xffffffffu,
-                                .size = 0xffffffffu};
+    const struct vuf_hdr odd = {.request = 0xffffffffu, .flags = 0xffffffffu, .size = 0xffffffffu};
     vuf_hdr_encode(buf, &odd);
     assert_int_equal(vuf_hdr_decode(buf, 12, &d), 0);
     assert_int_equal(d.request, 0xffffffffu);
@@ -899,8 +888,8 @@ static void expect_all(enum vuf_channel ch, bool reply, uint32_t code, uint32_t 
 
     if (want_hdr != 1)
         CHECK_RC(vuf_hdr_check(&h, ch, reply, NULL), want_hdr,
-                 "%s %s code %u flags 0x%x size %u: %s", chname(ch), reply ? "reply" : "req",
-                 code, flags, size, what);
+                 "%s %s code %u flags 0x%x size %u: %s", chname(ch), reply ? "reply" : "req", code,
+                 flags, size, what);
     memset(&m, 0, sizeof(m));
     m.hdr = h;
     if (p)
@@ -975,23 +964,23 @@ static void flag_and_size_rules(enum vuf_channel ch, const struct vuf_msg_rule *
           (const void *)got, (const void *)r);
 
     /* Version must be exactly 1. */
-    expect_all(ch, reply, r->code, (base & ~VUF_VERSION_MASK) | 0, size, nfds, &p, -EPROTO,
-               -EPROTO, "version 0");
-    expect_all(ch, reply, r->code, (base & ~VUF_VERSION_MASK) | 2, size, nfds, &p, -EPROTO,
-               -EPROTO, "version 2");
-    expect_all(ch, reply, r->code, (base & ~VUF_VERSION_MASK) | 3, size, nfds, &p, -EPROTO,
-               -EPROTO, "version 3");
+    expect_all(ch, reply, r->code, (base & ~VUF_VERSION_MASK) | 0, size, nfds, &p, -EPROTO, -EPROTO,
+               "version 0");
+    expect_all(ch, reply, r->code, (base & ~VUF_VERSION_MASK) | 2, size, nfds, &p, -EPROTO, -EPROTO,
+               "version 2");
+    expect_all(ch, reply, r->code, (base & ~VUF_VERSION_MASK) | 3, size, nfds, &p, -EPROTO, -EPROTO,
+               "version 3");
     for (size_t i = 0; i < sizeof(bad_bits) / sizeof(bad_bits[0]); i++)
         expect_all(ch, reply, r->code, base | bad_bits[i], size, nfds, &p, -EPROTO, -EPROTO,
                    "unknown flag bit");
     if (reply) {
         expect_all(ch, reply, r->code, VUF_VERSION, size, nfds, &p, -EPROTO, -EPROTO,
                    "reply without REPLY");
-        expect_all(ch, reply, r->code, base | VUF_FLAG_NEED_REPLY, size, nfds, &p, -EPROTO,
-                   -EPROTO, "reply with NEED_REPLY");
+        expect_all(ch, reply, r->code, base | VUF_FLAG_NEED_REPLY, size, nfds, &p, -EPROTO, -EPROTO,
+                   "reply with NEED_REPLY");
     } else {
-        expect_all(ch, reply, r->code, base | VUF_FLAG_REPLY, size, nfds, &p, -EPROTO,
-                   -EPROTO, "request with REPLY");
+        expect_all(ch, reply, r->code, base | VUF_FLAG_REPLY, size, nfds, &p, -EPROTO, -EPROTO,
+                   "request with REPLY");
         expect_all(ch, reply, r->code, base | VUF_FLAG_NEED_REPLY, size, nfds, &p, 0, 0,
                    "request with NEED_REPLY");
     }
@@ -1074,14 +1063,14 @@ static void test_validation_named_cases(void **state)
     SOFT_BEGIN();
     memset(&p, 0, sizeof(p));
     for (size_t i = 0; i < sizeof(fe_unknown) / sizeof(fe_unknown[0]); i++) {
-        expect_all(VUF_CH_FRONTEND, false, fe_unknown[i], VUF_VERSION, 0, 0, &p, -EPROTO,
-                   -EPROTO, "unknown code");
-        expect_all(VUF_CH_FRONTEND, true, fe_unknown[i], VUF_VERSION | VUF_FLAG_REPLY, 8, 0,
-                   &p, -EPROTO, -EPROTO, "unknown code reply");
+        expect_all(VUF_CH_FRONTEND, false, fe_unknown[i], VUF_VERSION, 0, 0, &p, -EPROTO, -EPROTO,
+                   "unknown code");
+        expect_all(VUF_CH_FRONTEND, true, fe_unknown[i], VUF_VERSION | VUF_FLAG_REPLY, 8, 0, &p,
+                   -EPROTO, -EPROTO, "unknown code reply");
     }
     for (size_t i = 0; i < sizeof(be_unknown) / sizeof(be_unknown[0]); i++)
-        expect_all(VUF_CH_BACKEND, false, be_unknown[i], VUF_VERSION, 0, 0, &p, -EPROTO,
-                   -EPROTO, "unknown back-end code");
+        expect_all(VUF_CH_BACKEND, false, be_unknown[i], VUF_VERSION, 0, 0, &p, -EPROTO, -EPROTO,
+                   "unknown back-end code");
     /* 44 is front-end only. */
     expect_all(VUF_CH_BACKEND, false, 44, VUF_VERSION, 0, 0, &p, -EPROTO, -EPROTO,
                "GET_SHMEM_CONFIG on the back-end channel");
@@ -1095,16 +1084,16 @@ static void test_validation_named_cases(void **state)
     memset(&p, 0, sizeof(p));
     p.mem.nregions = 1;
     fill_region(&p.mem.regions[0], 0);
-    expect_all(VUF_CH_FRONTEND, false, VUF_REQ_SET_MEM_TABLE, VUF_VERSION, 8 + 33, 1, &p,
-               -EMSGSIZE, 1, "SET_MEM_TABLE 8+33");
+    expect_all(VUF_CH_FRONTEND, false, VUF_REQ_SET_MEM_TABLE, VUF_VERSION, 8 + 33, 1, &p, -EMSGSIZE,
+               1, "SET_MEM_TABLE 8+33");
     expect_all(VUF_CH_FRONTEND, false, VUF_REQ_SET_MEM_TABLE, VUF_VERSION, 8 + 32, 1, &p, 0, 0,
                "SET_MEM_TABLE 1 region");
-    expect_all(VUF_CH_FRONTEND, false, VUF_REQ_GET_FEATURES, VUF_VERSION, 2057, 0, &p,
-               -EMSGSIZE, -EMSGSIZE, "size 2057");
-    expect_all(VUF_CH_FRONTEND, true, VUF_REQ_GET_FEATURES, VUF_VERSION | VUF_FLAG_REPLY, 0, 0,
-               &p, -EMSGSIZE, -EMSGSIZE, "GET_FEATURES reply without its u64");
-    expect_all(VUF_CH_FRONTEND, false, VUF_REQ_SET_DEVICE_STATE_FD, VUF_VERSION, 8, 0, &p,
-               -EBADF, 1, "SET_DEVICE_STATE_FD without fd");
+    expect_all(VUF_CH_FRONTEND, false, VUF_REQ_GET_FEATURES, VUF_VERSION, 2057, 0, &p, -EMSGSIZE,
+               -EMSGSIZE, "size 2057");
+    expect_all(VUF_CH_FRONTEND, true, VUF_REQ_GET_FEATURES, VUF_VERSION | VUF_FLAG_REPLY, 0, 0, &p,
+               -EMSGSIZE, -EMSGSIZE, "GET_FEATURES reply without its u64");
+    expect_all(VUF_CH_FRONTEND, false, VUF_REQ_SET_DEVICE_STATE_FD, VUF_VERSION, 8, 0, &p, -EBADF,
+               1, "SET_DEVICE_STATE_FD without fd");
     memset(&p, 0, sizeof(p));
     p.mmap.len = 0x1000;
     p.mmap.flags = VUF_SHMEM_MAP_RW;
@@ -1119,9 +1108,8 @@ static void test_validation_named_cases(void **state)
 
     /* GET_CONFIG reply of size 0 (the spec's error answer) is within the
      * table's reply bounds, so the header check passes. */
-    h = (struct vuf_hdr){.request = VUF_REQ_GET_CONFIG,
-                         .flags = VUF_VERSION | VUF_FLAG_REPLY,
-                         .size = 0};
+    h = (struct vuf_hdr){
+        .request = VUF_REQ_GET_CONFIG, .flags = VUF_VERSION | VUF_FLAG_REPLY, .size = 0};
     CHECK_RC(vuf_hdr_check(&h, VUF_CH_FRONTEND, true, NULL), 0, "GET_CONFIG reply size 0");
     /* Back-end requests on the back-end channel follow the same flag rules. */
     h = (struct vuf_hdr){.request = VUF_BREQ_CONFIG_CHANGE_MSG,
@@ -1190,8 +1178,7 @@ static void mk(struct vuf_msg *m, uint32_t code, const void *p, uint32_t size, u
     m->nfds = nfds;
 }
 
-static void mk_reply(struct vuf_msg *m, uint32_t code, const void *p, uint32_t size,
-                     unsigned nfds)
+static void mk_reply(struct vuf_msg *m, uint32_t code, const void *p, uint32_t size, unsigned nfds)
 {
     struct vuf_msg req;
 
@@ -1203,15 +1190,15 @@ static void mk_reply(struct vuf_msg *m, uint32_t code, const void *p, uint32_t s
 }
 
 /* Both the decoder and the full check must reject a semantic error. */
-#define BAD(decode_call, m, ch, reply, what)                                    \
-    do {                                                                        \
-        CHECK_RC(decode_call, -EPROTO, "%s", what);                             \
+#define BAD(decode_call, m, ch, reply, what)                                        \
+    do {                                                                            \
+        CHECK_RC(decode_call, -EPROTO, "%s", what);                                 \
         CHECK(vuf_msg_check(m, ch, reply) != 0, "vuf_msg_check accepts: %s", what); \
     } while (0)
-#define GOOD(decode_call, m, ch, reply, what)                                   \
-    do {                                                                        \
-        CHECK_RC(decode_call, 0, "%s", what);                                   \
-        CHECK_RC(vuf_msg_check(m, ch, reply), 0, "vuf_msg_check: %s", what);    \
+#define GOOD(decode_call, m, ch, reply, what)                                \
+    do {                                                                     \
+        CHECK_RC(decode_call, 0, "%s", what);                                \
+        CHECK_RC(vuf_msg_check(m, ch, reply), 0, "vuf_msg_check: %s", what); \
     } while (0)
 
 static void test_decode_u64_state(void **state)
@@ -1253,15 +1240,15 @@ static void test_decode_vring_addr(void **state)
 
     (void)state;
     SOFT_BEGIN();
-#define ADDR_CASE(field, val, good, what)                                           \
-    do {                                                                            \
-        a = a0;                                                                     \
-        a.field = val;                                                              \
-        mk(&m, VUF_REQ_SET_VRING_ADDR, &a, sizeof(a), 0);                           \
-        if (good)                                                                   \
+#define ADDR_CASE(field, val, good, what)                                            \
+    do {                                                                             \
+        a = a0;                                                                      \
+        a.field = val;                                                               \
+        mk(&m, VUF_REQ_SET_VRING_ADDR, &a, sizeof(a), 0);                            \
+        if (good)                                                                    \
             GOOD(vuf_decode_vring_addr(&m, &out), &m, VUF_CH_FRONTEND, false, what); \
-        else                                                                        \
-            BAD(vuf_decode_vring_addr(&m, &out), &m, VUF_CH_FRONTEND, false, what); \
+        else                                                                         \
+            BAD(vuf_decode_vring_addr(&m, &out), &m, VUF_CH_FRONTEND, false, what);  \
     } while (0)
     ADDR_CASE(index, 0, true, "aligned");
     CHECK(memcmp(&out, &a0, sizeof(out)) == 0, "vring addr out differs");
@@ -1312,15 +1299,15 @@ static void test_decode_mem_table(void **state)
     mk(&m, VUF_REQ_SET_MEM_TABLE, &t, VUF_MEM_TABLE_SIZE(1), 1);
     GOOD(vuf_decode_mem_table(&m, &out), &m, VUF_CH_FRONTEND, false, "region ending at 2^64-1");
 
-#define TBL_CASE(n, size, nfds, mutate, what)                                     \
-    do {                                                                          \
-        memset(&t, 0, sizeof(t));                                                 \
-        t.nregions = n;                                                           \
-        for (unsigned i = 0; i < 8; i++)                                          \
-            fill_region(&t.regions[i], i);                                        \
-        mutate;                                                                   \
-        mk(&m, VUF_REQ_SET_MEM_TABLE, &t, size, nfds);                            \
-        BAD(vuf_decode_mem_table(&m, &out), &m, VUF_CH_FRONTEND, false, what);   \
+#define TBL_CASE(n, size, nfds, mutate, what)                                  \
+    do {                                                                       \
+        memset(&t, 0, sizeof(t));                                              \
+        t.nregions = n;                                                        \
+        for (unsigned i = 0; i < 8; i++)                                       \
+            fill_region(&t.regions[i], i);                                     \
+        mutate;                                                                \
+        mk(&m, VUF_REQ_SET_MEM_TABLE, &t, size, nfds);                         \
+        BAD(vuf_decode_mem_table(&m, &out), &m, VUF_CH_FRONTEND, false, what); \
     } while (0)
     TBL_CASE(0, 8, 0, (void)0, "nregions 0");
     TBL_CASE(9, 264, 8, (void)0, "nregions 9 (size 264)");
@@ -1331,17 +1318,15 @@ static void test_decode_mem_table(void **state)
     TBL_CASE(2, VUF_MEM_TABLE_SIZE(2), 0, (void)0, "nregions 2, no fd");
     TBL_CASE(1, VUF_MEM_TABLE_SIZE(1), 1, t.padding = 1, "padding 1");
     TBL_CASE(2, VUF_MEM_TABLE_SIZE(2), 2, t.regions[1].memory_size = 0, "region 1 size 0");
+    TBL_CASE(
+        1, VUF_MEM_TABLE_SIZE(1), 1,
+        (t.regions[0].guest_phys_addr = 0xfffffffffffff000ull, t.regions[0].memory_size = 0x2000),
+        "gpa + size overflows");
     TBL_CASE(1, VUF_MEM_TABLE_SIZE(1), 1,
-             (t.regions[0].guest_phys_addr = 0xfffffffffffff000ull,
-              t.regions[0].memory_size = 0x2000),
-             "gpa + size overflows");
-    TBL_CASE(1, VUF_MEM_TABLE_SIZE(1), 1,
-             (t.regions[0].userspace_addr = 0xffffffffffffffffull,
-              t.regions[0].memory_size = 1),
+             (t.regions[0].userspace_addr = 0xffffffffffffffffull, t.regions[0].memory_size = 1),
              "uva + size == 2^64 exactly (uva ~0, size 1)");
     TBL_CASE(1, VUF_MEM_TABLE_SIZE(1), 1,
-             (t.regions[0].mmap_offset = 0xfffffffffffff000ull,
-              t.regions[0].memory_size = 0x2000),
+             (t.regions[0].mmap_offset = 0xfffffffffffff000ull, t.regions[0].memory_size = 0x2000),
              "mmap_offset + size overflows");
     TBL_CASE(1, VUF_MEM_TABLE_SIZE(1), 1,
              (t.regions[0].guest_phys_addr = 0 - 0x1000ull, t.regions[0].memory_size = 0x1000),
@@ -1376,13 +1361,13 @@ static void test_decode_mem_single(void **state)
     mk(&m, VUF_REQ_REM_MEM_REG, &s, sizeof(s), 0);
     GOOD(vuf_decode_mem_single(&m, &out), &m, VUF_CH_FRONTEND, false, "REM_MEM_REG");
 
-#define ONE_CASE(code, nfds, mutate, what)                                        \
-    do {                                                                          \
-        memset(&s, 0, sizeof(s));                                                 \
-        fill_region(&s.region, 3);                                                \
-        mutate;                                                                   \
-        mk(&m, code, &s, sizeof(s), nfds);                                        \
-        BAD(vuf_decode_mem_single(&m, &out), &m, VUF_CH_FRONTEND, false, what);  \
+#define ONE_CASE(code, nfds, mutate, what)                                      \
+    do {                                                                        \
+        memset(&s, 0, sizeof(s));                                               \
+        fill_region(&s.region, 3);                                              \
+        mutate;                                                                 \
+        mk(&m, code, &s, sizeof(s), nfds);                                      \
+        BAD(vuf_decode_mem_single(&m, &out), &m, VUF_CH_FRONTEND, false, what); \
     } while (0)
     ONE_CASE(VUF_REQ_ADD_MEM_REG, 1, s.region.memory_size = 0, "ADD size 0");
     ONE_CASE(VUF_REQ_REM_MEM_REG, 0, s.region.memory_size = 0, "REM size 0");
@@ -1444,8 +1429,7 @@ static void test_decode_vring_file(void **state)
             "bit 9 (index 512)");
         v = 0x200 | VUF_VRING_NOFD;
         mk(&m, c, &v, 8, 0);
-        BAD(vuf_decode_vring_file(&m, &idx, &nofd), &m, VUF_CH_FRONTEND, false,
-            "bit 9 with NOFD");
+        BAD(vuf_decode_vring_file(&m, &idx, &nofd), &m, VUF_CH_FRONTEND, false, "bit 9 with NOFD");
         v = 1ull << 63;
         mk(&m, c, &v, 8, 1);
         BAD(vuf_decode_vring_file(&m, &idx, &nofd), &m, VUF_CH_FRONTEND, false, "bit 63");
@@ -1454,12 +1438,10 @@ static void test_decode_vring_file(void **state)
         BAD(vuf_decode_vring_file(&m, &idx, &nofd), &m, VUF_CH_FRONTEND, false, "bit 32");
         v = 1 | VUF_VRING_NOFD;
         mk(&m, c, &v, 8, 1);
-        BAD(vuf_decode_vring_file(&m, &idx, &nofd), &m, VUF_CH_FRONTEND, false,
-            "NOFD with fd");
+        BAD(vuf_decode_vring_file(&m, &idx, &nofd), &m, VUF_CH_FRONTEND, false, "NOFD with fd");
         v = 1;
         mk(&m, c, &v, 8, 0);
-        BAD(vuf_decode_vring_file(&m, &idx, &nofd), &m, VUF_CH_FRONTEND, false,
-            "no NOFD, no fd");
+        BAD(vuf_decode_vring_file(&m, &idx, &nofd), &m, VUF_CH_FRONTEND, false, "no NOFD, no fd");
     }
     SOFT_END();
 }
@@ -1472,22 +1454,22 @@ static void test_decode_config(void **state)
 
     (void)state;
     SOFT_BEGIN();
-#define CFG(code, reply_, off, sz, fl, psize, good, what)                              \
-    do {                                                                               \
-        memset(&u, 0, sizeof(u));                                                      \
-        c->offset = off;                                                               \
-        c->size = sz;                                                                  \
-        c->flags = fl;                                                                 \
-        fill_pattern(c->region, VUF_CONFIG_MAX, 1);                                     \
-        if (reply_)                                                                    \
-            mk_reply(&m, code, &u, psize, 0);                                          \
-        else                                                                           \
-            mk(&m, code, &u, psize, 0);                                                \
-        memset(&out, 0, sizeof(out));                                                  \
-        if (good)                                                                      \
-            GOOD(vuf_decode_config(&m, &out), &m, VUF_CH_FRONTEND, reply_, what);      \
-        else                                                                           \
-            BAD(vuf_decode_config(&m, &out), &m, VUF_CH_FRONTEND, reply_, what);       \
+#define CFG(code, reply_, off, sz, fl, psize, good, what)                         \
+    do {                                                                          \
+        memset(&u, 0, sizeof(u));                                                 \
+        c->offset = off;                                                          \
+        c->size = sz;                                                             \
+        c->flags = fl;                                                            \
+        fill_pattern(c->region, VUF_CONFIG_MAX, 1);                               \
+        if (reply_)                                                               \
+            mk_reply(&m, code, &u, psize, 0);                                     \
+        else                                                                      \
+            mk(&m, code, &u, psize, 0);                                           \
+        memset(&out, 0, sizeof(out));                                             \
+        if (good)                                                                 \
+            GOOD(vuf_decode_config(&m, &out), &m, VUF_CH_FRONTEND, reply_, what); \
+        else                                                                      \
+            BAD(vuf_decode_config(&m, &out), &m, VUF_CH_FRONTEND, reply_, what);  \
     } while (0)
     CFG(VUF_REQ_GET_CONFIG, false, 0, 60, 0, 12 + 60, true, "GET_CONFIG blk 60");
     CFG(VUF_REQ_GET_CONFIG, true, 0, 60, 0, 12 + 60, true, "GET_CONFIG reply 60");
@@ -1508,8 +1490,7 @@ static void test_decode_config(void **state)
     CFG(VUF_REQ_SET_CONFIG, false, 0x1000 - 3, 4, 0, 16, false, "offset + size 0x1001");
     CFG(VUF_REQ_SET_CONFIG, false, 0x1000, 1, 0, 13, false, "offset 0x1000");
     CFG(VUF_REQ_SET_CONFIG, false, 0xffffffffu, 4, 0, 16, false, "offset + size overflows");
-    CFG(VUF_REQ_SET_CONFIG, false, 0xfffffffcu, 4, 0, 16, false,
-        "offset + size wraps to 0 in u32");
+    CFG(VUF_REQ_SET_CONFIG, false, 0xfffffffcu, 4, 0, 16, false, "offset + size wraps to 0 in u32");
     CFG(VUF_REQ_SET_CONFIG, false, 0, 4, 2, 16, false, "flags 2");
     CFG(VUF_REQ_SET_CONFIG, false, 0, 4, 3, 16, false, "flags 3 (a value, not a mask)");
 #undef CFG
@@ -1523,15 +1504,15 @@ static void test_decode_device_state(void **state)
 
     (void)state;
     SOFT_BEGIN();
-#define DS(dir, ph, good, what)                                                          \
-    do {                                                                                 \
-        d.direction = dir;                                                               \
-        d.phase = ph;                                                                    \
-        mk(&m, VUF_REQ_SET_DEVICE_STATE_FD, &d, sizeof(d), 1);                           \
-        if (good)                                                                        \
-            GOOD(vuf_decode_device_state(&m, &out), &m, VUF_CH_FRONTEND, false, what);   \
-        else                                                                             \
-            BAD(vuf_decode_device_state(&m, &out), &m, VUF_CH_FRONTEND, false, what);    \
+#define DS(dir, ph, good, what)                                                        \
+    do {                                                                               \
+        d.direction = dir;                                                             \
+        d.phase = ph;                                                                  \
+        mk(&m, VUF_REQ_SET_DEVICE_STATE_FD, &d, sizeof(d), 1);                         \
+        if (good)                                                                      \
+            GOOD(vuf_decode_device_state(&m, &out), &m, VUF_CH_FRONTEND, false, what); \
+        else                                                                           \
+            BAD(vuf_decode_device_state(&m, &out), &m, VUF_CH_FRONTEND, false, what);  \
     } while (0)
     DS(VUF_STATE_DIR_SAVE, 0, true, "save");
     DS(VUF_STATE_DIR_LOAD, 0, true, "load");
@@ -1551,27 +1532,26 @@ static void test_decode_shmem_map(void **state)
 
     (void)state;
     SOFT_BEGIN();
-#define SM(code, nfds, mutate, good, what)                                             \
-    do {                                                                               \
-        memset(&mm, 0, sizeof(mm));                                                    \
-        mm.shmid = 2;                                                                  \
-        mm.fd_offset = 0x1000;                                                         \
-        mm.shm_offset = 0x4000;                                                        \
-        mm.len = 0x2000;                                                               \
-        mm.flags = VUF_SHMEM_MAP_RW;                                                   \
-        mutate;                                                                        \
-        mk(&m, code, &mm, sizeof(mm), nfds);                                           \
-        if (good)                                                                      \
-            GOOD(vuf_decode_shmem_map(&m, &out), &m, VUF_CH_BACKEND, false, what);     \
-        else                                                                           \
-            BAD(vuf_decode_shmem_map(&m, &out), &m, VUF_CH_BACKEND, false, what);      \
+#define SM(code, nfds, mutate, good, what)                                         \
+    do {                                                                           \
+        memset(&mm, 0, sizeof(mm));                                                \
+        mm.shmid = 2;                                                              \
+        mm.fd_offset = 0x1000;                                                     \
+        mm.shm_offset = 0x4000;                                                    \
+        mm.len = 0x2000;                                                           \
+        mm.flags = VUF_SHMEM_MAP_RW;                                               \
+        mutate;                                                                    \
+        mk(&m, code, &mm, sizeof(mm), nfds);                                       \
+        if (good)                                                                  \
+            GOOD(vuf_decode_shmem_map(&m, &out), &m, VUF_CH_BACKEND, false, what); \
+        else                                                                       \
+            BAD(vuf_decode_shmem_map(&m, &out), &m, VUF_CH_BACKEND, false, what);  \
     } while (0)
     SM(VUF_BREQ_SHMEM_MAP, 1, (void)0, true, "map RW");
     CHECK(memcmp(&out, &mm, sizeof(out)) == 0, "shmem map out differs");
     SM(VUF_BREQ_SHMEM_MAP, 1, mm.flags = 0, true, "map RO");
     SM(VUF_BREQ_SHMEM_UNMAP, 0, (void)0, true, "unmap");
-    SM(VUF_BREQ_SHMEM_MAP, 1, (mm.fd_offset = ~0ull - 0x2000), true,
-       "fd_offset + len == 2^64 - 1");
+    SM(VUF_BREQ_SHMEM_MAP, 1, (mm.fd_offset = ~0ull - 0x2000), true, "fd_offset + len == 2^64 - 1");
     SM(VUF_BREQ_SHMEM_MAP, 1, (mm.shm_offset = ~0ull - 0x2000), true,
        "shm_offset + len == 2^64 - 1");
     SM(VUF_BREQ_SHMEM_MAP, 1, (mm.fd_offset = 0 - 0x2000ull), false,
@@ -1597,15 +1577,15 @@ static void test_decode_shmem_config(void **state)
 
     (void)state;
     SOFT_BEGIN();
-#define SC(mutate, good, what)                                                             \
-    do {                                                                                   \
-        memset(&sc, 0, sizeof(sc));                                                        \
-        mutate;                                                                            \
-        mk_reply(&m, VUF_REQ_GET_SHMEM_CONFIG, &sc, sizeof(sc), 0);                        \
-        if (good)                                                                          \
-            GOOD(vuf_decode_shmem_config(&m, &out), &m, VUF_CH_FRONTEND, true, what);      \
-        else                                                                               \
-            BAD(vuf_decode_shmem_config(&m, &out), &m, VUF_CH_FRONTEND, true, what);       \
+#define SC(mutate, good, what)                                                        \
+    do {                                                                              \
+        memset(&sc, 0, sizeof(sc));                                                   \
+        mutate;                                                                       \
+        mk_reply(&m, VUF_REQ_GET_SHMEM_CONFIG, &sc, sizeof(sc), 0);                   \
+        if (good)                                                                     \
+            GOOD(vuf_decode_shmem_config(&m, &out), &m, VUF_CH_FRONTEND, true, what); \
+        else                                                                          \
+            BAD(vuf_decode_shmem_config(&m, &out), &m, VUF_CH_FRONTEND, true, what);  \
     } while (0)
     SC((void)0, true, "no regions");
     SC((sc.nregions = 2, sc.memory_sizes[0] = 0x1000, sc.memory_sizes[9] = 0x200000), true,
