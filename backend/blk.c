@@ -104,6 +104,46 @@ static int take_fd(struct vuf_msg *req, unsigned i)
     return fd;
 }
 
+/* Decode a vring state request and find its queue (a missing one is
+ * logged under the request's name). */
+static int vring_state_req(struct blk_dev *d, struct vuf_msg *req, struct vuf_vring_state *s,
+                           struct be_vq **vq)
+{
+    if (vuf_decode_vring_state(req, s) < 0)
+        return -EPROTO;
+    *vq = vq_at(d, s->index, vuf_request_name(req->hdr.request));
+    return *vq ? 0 : -EINVAL;
+}
+
+/* The same for a vring file request (KICK, CALL, ERR). */
+static int vring_file_req(struct blk_dev *d, struct vuf_msg *req, uint32_t *index, bool *nofd,
+                          struct be_vq **vq)
+{
+    if (vuf_decode_vring_file(req, index, nofd) < 0)
+        return -EPROTO;
+    *vq = vq_at(d, *index, vuf_request_name(req->hdr.request));
+    return *vq ? 0 : -EINVAL;
+}
+
+/* Decode a feature mask, refusing bits that were not offered. */
+static int decode_offered(struct vuf_msg *req, uint64_t offered, uint64_t *f)
+{
+    if (vuf_decode_u64(req, f) < 0)
+        return -EPROTO;
+    if (*f & ~offered) {
+        vuf_log(VUF_LOG_ERROR, "%s 0x%" PRIx64 ": bits 0x%" PRIx64 " not offered",
+                vuf_request_name(req->hdr.request), *f, *f & ~offered);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static void reply_u64(struct vuf_msg *reply, uint64_t v)
+{
+    reply->payload.u64 = v;
+    reply->hdr.size = sizeof(uint64_t);
+}
+
 static void kick_now(struct blk_dev *d, struct be_vq *vq)
 {
     if (be_vq_ready(vq, &d->mem))
@@ -161,14 +201,10 @@ static int h_set_features(void *opaque, struct vuf_msg *req, struct vuf_msg *rep
 {
     struct blk_dev *d = opaque;
     uint64_t f;
+    int r = decode_offered(req, d->features, &f);
 
-    if (vuf_decode_u64(req, &f) < 0)
-        return -EPROTO;
-    if (f & ~d->features) {
-        vuf_log(VUF_LOG_ERROR, "SET_FEATURES 0x%" PRIx64 ": bits 0x%" PRIx64 " not offered", f,
-                f & ~d->features);
-        return -EINVAL;
-    }
+    if (r < 0)
+        return r;
     d->acked_features = f;
     /* Without PROTOCOL_FEATURES rings start enabled (spec, "Ring states"). */
     if (!(f & (1ull << VUF_F_PROTOCOL_FEATURES)))
@@ -181,15 +217,10 @@ static int h_set_protocol_features(void *opaque, struct vuf_msg *req, struct vuf
 {
     struct blk_dev *d = opaque;
     uint64_t f;
+    int r = decode_offered(req, d->protocol_features, &f);
 
-    if (vuf_decode_u64(req, &f) < 0)
-        return -EPROTO;
-    if (f & ~d->protocol_features) {
-        vuf_log(VUF_LOG_ERROR,
-                "SET_PROTOCOL_FEATURES 0x%" PRIx64 ": bits 0x%" PRIx64 " not offered", f,
-                f & ~d->protocol_features);
-        return -EINVAL;
-    }
+    if (r < 0)
+        return r;
     d->acked_protocol = f;
     be_breq_slot_set_features(&d->slot, f);
     return 0;
@@ -233,8 +264,7 @@ static int h_set_mem_table(void *opaque, struct vuf_msg *req, struct vuf_msg *re
 
 static int h_get_max_mem_slots(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
 {
-    reply->payload.u64 = BE_MEM_MAX_SLOTS;
-    reply->hdr.size = sizeof(uint64_t);
+    reply_u64(reply, BE_MEM_MAX_SLOTS);
     return 0;
 }
 
@@ -263,11 +293,10 @@ static int h_set_vring_num(void *opaque, struct vuf_msg *req, struct vuf_msg *re
     struct blk_dev *d = opaque;
     struct vuf_vring_state s;
     struct be_vq *vq;
+    int r = vring_state_req(d, req, &s, &vq);
 
-    if (vuf_decode_vring_state(req, &s) < 0)
-        return -EPROTO;
-    if (!(vq = vq_at(d, s.index, "SET_VRING_NUM")))
-        return -EINVAL;
+    if (r < 0)
+        return r;
     if (s.num == 0 || s.num > d->o.queue_size_max || (s.num & (s.num - 1))) {
         vuf_log(VUF_LOG_ERROR, "SET_VRING_NUM %u: size %u is not a power of 2 in 1..%u", s.index,
                 s.num, d->o.queue_size_max);
@@ -310,11 +339,10 @@ static int h_set_vring_base(void *opaque, struct vuf_msg *req, struct vuf_msg *r
     struct blk_dev *d = opaque;
     struct vuf_vring_state s;
     struct be_vq *vq;
+    int r = vring_state_req(d, req, &s, &vq);
 
-    if (vuf_decode_vring_state(req, &s) < 0)
-        return -EPROTO;
-    if (!(vq = vq_at(d, s.index, "SET_VRING_BASE")))
-        return -EINVAL;
+    if (r < 0)
+        return r;
     if (s.num > 0xffff) {
         /* Split ring: bits 16-31 are reserved (packed rings are not offered). */
         vuf_log(VUF_LOG_ERROR, "SET_VRING_BASE %u: 0x%x has reserved bits set", s.index, s.num);
@@ -334,11 +362,10 @@ static int h_get_vring_base(void *opaque, struct vuf_msg *req, struct vuf_msg *r
     struct blk_dev *d = opaque;
     struct vuf_vring_state s;
     struct be_vq *vq;
+    int r = vring_state_req(d, req, &s, &vq);
 
-    if (vuf_decode_vring_state(req, &s) < 0)
-        return -EPROTO;
-    if (!(vq = vq_at(d, s.index, "GET_VRING_BASE")))
-        return -EINVAL;
+    if (r < 0)
+        return r;
     /* Requests complete synchronously: nothing is in flight to drain. */
     reply->payload.state.index = s.index;
     reply->payload.state.num = be_vq_stop(vq);
@@ -353,11 +380,10 @@ static int h_set_vring_kick(void *opaque, struct vuf_msg *req, struct vuf_msg *r
     struct be_vq *vq;
     uint32_t index;
     bool nofd;
+    int r = vring_file_req(d, req, &index, &nofd, &vq);
 
-    if (vuf_decode_vring_file(req, &index, &nofd) < 0)
-        return -EPROTO;
-    if (!(vq = vq_at(d, index, "SET_VRING_KICK")))
-        return -EINVAL;
+    if (r < 0)
+        return r;
     be_vq_set_kick(vq, nofd ? -1 : take_fd(req, 0));
     vq->polling = nofd;
     if (!vq->started)
@@ -376,11 +402,10 @@ static int h_set_vring_call(void *opaque, struct vuf_msg *req, struct vuf_msg *r
     struct be_vq *vq;
     uint32_t index;
     bool nofd;
+    int r = vring_file_req(d, req, &index, &nofd, &vq);
 
-    if (vuf_decode_vring_file(req, &index, &nofd) < 0)
-        return -EPROTO;
-    if (!(vq = vq_at(d, index, vuf_request_name(req->hdr.request))))
-        return -EINVAL;
+    if (r < 0)
+        return r;
     if (req->hdr.request == VUF_REQ_SET_VRING_CALL)
         be_vq_set_call(vq, nofd ? -1 : take_fd(req, 0));
     else
@@ -392,8 +417,7 @@ static int h_get_queue_num(void *opaque, struct vuf_msg *req, struct vuf_msg *re
 {
     struct blk_dev *d = opaque;
 
-    reply->payload.u64 = d->nq;
-    reply->hdr.size = sizeof(uint64_t);
+    reply_u64(reply, d->nq);
     return 0;
 }
 
@@ -402,11 +426,10 @@ static int h_set_vring_enable(void *opaque, struct vuf_msg *req, struct vuf_msg 
     struct blk_dev *d = opaque;
     struct vuf_vring_state s;
     struct be_vq *vq;
+    int r = vring_state_req(d, req, &s, &vq);
 
-    if (vuf_decode_vring_state(req, &s) < 0)
-        return -EPROTO;
-    if (!(vq = vq_at(d, s.index, "SET_VRING_ENABLE")))
-        return -EINVAL;
+    if (r < 0)
+        return r;
     if (s.num > 1) {
         vuf_log(VUF_LOG_ERROR, "SET_VRING_ENABLE %u: %u is neither 0 nor 1", s.index, s.num);
         return -EINVAL;
@@ -431,6 +454,12 @@ static int h_set_backend_req_fd(void *opaque, struct vuf_msg *req, struct vuf_ms
     return 0;
 }
 
+/* Does [offset, offset + size) lie within the config space, size > 0? */
+static bool config_in_range(const struct vuf_config *c)
+{
+    return c->size != 0 && c->offset <= BLK_CONFIG_SIZE && c->size <= BLK_CONFIG_SIZE - c->offset;
+}
+
 static int h_get_config(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
 {
     struct blk_dev *d = opaque;
@@ -439,7 +468,7 @@ static int h_get_config(void *opaque, struct vuf_msg *req, struct vuf_msg *reply
 
     if (vuf_decode_config(req, &c) < 0)
         return -EPROTO;
-    if (c.size == 0 || c.offset > BLK_CONFIG_SIZE || c.size > BLK_CONFIG_SIZE - c.offset) {
+    if (!config_in_range(&c)) {
         /* The protocol's refusal is an empty reply (the server sends it). */
         vuf_log(VUF_LOG_WARN, "GET_CONFIG offset %u size %u: outside the %u-byte config", c.offset,
                 c.size, BLK_CONFIG_SIZE);
@@ -463,7 +492,7 @@ static int h_set_config(void *opaque, struct vuf_msg *req, struct vuf_msg *reply
 
     if (vuf_decode_config(req, &c) < 0)
         return -EPROTO;
-    if (c.size == 0 || c.offset > BLK_CONFIG_SIZE || c.size > BLK_CONFIG_SIZE - c.offset) {
+    if (!config_in_range(&c)) {
         vuf_log(VUF_LOG_ERROR, "SET_CONFIG offset %u size %u: outside the config", c.offset,
                 c.size);
         return -EINVAL;
@@ -510,8 +539,7 @@ static int h_get_status(void *opaque, struct vuf_msg *req, struct vuf_msg *reply
 {
     struct blk_dev *d = opaque;
 
-    reply->payload.u64 = d->status;
-    reply->hdr.size = sizeof(uint64_t);
+    reply_u64(reply, d->status);
     return 0;
 }
 
@@ -553,8 +581,7 @@ static int h_set_device_state_fd(void *opaque, struct vuf_msg *req, struct vuf_m
     d->xfer_is_load = ds.direction == VUF_STATE_DIR_LOAD;
     d->xfer_result = err ? -err : -EINPROGRESS;
     /* We use the front-end's fd: never one of our own. */
-    reply->payload.u64 = VUF_STATE_REPLY_NOFD | (uint64_t)(err & 0xff);
-    reply->hdr.size = sizeof(uint64_t);
+    reply_u64(reply, VUF_STATE_REPLY_NOFD | (uint64_t)(err & 0xff));
     return 0;
 }
 
@@ -563,8 +590,7 @@ static int h_check_device_state(void *opaque, struct vuf_msg *req, struct vuf_ms
     struct blk_dev *d = opaque;
 
     finish_xfer(d, CHECK_WAIT_MS);
-    reply->payload.u64 = d->xfer_result == 0 ? 0 : (uint64_t)(-d->xfer_result);
-    reply->hdr.size = sizeof(uint64_t);
+    reply_u64(reply, d->xfer_result == 0 ? 0 : (uint64_t)(-d->xfer_result));
     return 0;
 }
 

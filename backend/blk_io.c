@@ -104,31 +104,16 @@ static int scatter(const struct be_mem *mem, const struct be_seg *segs, unsigned
 struct disk_ctx {
     int fd;
     uint64_t offset;
+    bool write; /* pwrite the pieces, else pread them */
 };
 
-static int disk_read_piece(void *opaque, uint8_t *host, size_t len, uint64_t pos)
+static int disk_piece(void *opaque, uint8_t *host, size_t len, uint64_t pos)
 {
     struct disk_ctx *c = opaque;
 
     while (len > 0) {
-        ssize_t n = pread(c->fd, host, len, (off_t)(c->offset + pos));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return n < 0 ? -errno : -EIO;
-        host += n;
-        len -= (size_t)n;
-        pos += (uint64_t)n;
-    }
-    return 0;
-}
-
-static int disk_write_piece(void *opaque, uint8_t *host, size_t len, uint64_t pos)
-{
-    struct disk_ctx *c = opaque;
-
-    while (len > 0) {
-        ssize_t n = pwrite(c->fd, host, len, (off_t)(c->offset + pos));
+        off_t at = (off_t)(c->offset + pos);
+        ssize_t n = c->write ? pwrite(c->fd, host, len, at) : pread(c->fd, host, len, at);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
@@ -264,13 +249,13 @@ static uint32_t handle_request(struct blk_dev *d, struct be_vq *vq, const struct
 
     switch (h.type) {
     case VIRTIO_BLK_T_IN: {
-        struct disk_ctx dc = {d->disk_fd, h.sector * BLK_SECTOR};
+        struct disk_ctx dc = {d->disk_fd, h.sector * BLK_SECTOR, false};
         data = c->in_bytes - 1;
         if (data % BLK_SECTOR || data > UINT32_MAX - 1 || !range_ok(d, h.sector, data)) {
             status = VIRTIO_BLK_S_IOERR;
             break;
         }
-        if (for_each_piece(&d->mem, in, c->nin, 0, data, disk_read_piece, &dc) < 0) {
+        if (for_each_piece(&d->mem, in, c->nin, 0, data, disk_piece, &dc) < 0) {
             vuf_log(VUF_LOG_WARN, "vq %u: read sector %llu +%llu failed", vq->index,
                     (unsigned long long)h.sector, (unsigned long long)data);
             status = VIRTIO_BLK_S_IOERR;
@@ -281,13 +266,13 @@ static uint32_t handle_request(struct blk_dev *d, struct be_vq *vq, const struct
         break;
     }
     case VIRTIO_BLK_T_OUT: {
-        struct disk_ctx dc = {d->disk_fd, h.sector * BLK_SECTOR};
+        struct disk_ctx dc = {d->disk_fd, h.sector * BLK_SECTOR, true};
         data = c->out_bytes - sizeof(h);
         if (d->o.read_only || data % BLK_SECTOR || !range_ok(d, h.sector, data)) {
             status = VIRTIO_BLK_S_IOERR;
             break;
         }
-        if (for_each_piece(&d->mem, c->segs, c->nout, sizeof(h), data, disk_write_piece, &dc) < 0 ||
+        if (for_each_piece(&d->mem, c->segs, c->nout, sizeof(h), data, disk_piece, &dc) < 0 ||
             (writethrough(d) && fdatasync(d->disk_fd) < 0)) {
             vuf_log(VUF_LOG_WARN, "vq %u: write sector %llu +%llu failed", vq->index,
                     (unsigned long long)h.sector, (unsigned long long)data);

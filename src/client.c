@@ -168,6 +168,20 @@ static int call_reply(struct vuf_client *c, uint32_t code, const void *payload, 
     return r < 0 ? r : 0;
 }
 
+/* call_reply for a reply whose payload is a u64: 0 with *v filled and
+ * the reply's fds still open in *reply, or an error. */
+static int call_reply_u64(struct vuf_client *c, uint32_t code, const void *payload, uint32_t size,
+                          const int *fds, unsigned nfds, struct vuf_msg *reply, uint64_t *v)
+{
+    int r = call_reply(c, code, payload, size, fds, nfds, reply);
+
+    if (r < 0)
+        return r;
+    if (vuf_decode_u64(reply, v) < 0)
+        return bad_reply(code, reply, "undecodable u64");
+    return 0;
+}
+
 /* A request with no payload whose reply is a bare u64. */
 static int get_u64(struct vuf_client *c, uint32_t code, uint64_t *out)
 {
@@ -176,11 +190,9 @@ static int get_u64(struct vuf_client *c, uint32_t code, uint64_t *out)
 
     if (!c || !out)
         return -EINVAL;
-    r = call_reply(c, code, NULL, 0, NULL, 0, &reply);
+    r = call_reply_u64(c, code, NULL, 0, NULL, 0, &reply, out);
     if (r < 0)
         return r;
-    if (vuf_decode_u64(&reply, out) < 0)
-        return bad_reply(code, &reply, "undecodable u64");
     vuf_msg_close_fds(&reply);
     return 0;
 }
@@ -684,11 +696,9 @@ int vuf_client_get_shared_object(struct vuf_client *c, const struct vuf_shared_o
 
     if (!c || !uuid || !fd)
         return -EINVAL;
-    r = call_reply(c, VUF_REQ_GET_SHARED_OBJECT, uuid, sizeof(*uuid), NULL, 0, &reply);
+    r = call_reply_u64(c, VUF_REQ_GET_SHARED_OBJECT, uuid, sizeof(*uuid), NULL, 0, &reply, &v);
     if (r < 0)
         return r;
-    if (vuf_decode_u64(&reply, &v) < 0)
-        return bad_reply(VUF_REQ_GET_SHARED_OBJECT, &reply, "undecodable u64");
     if (v != 0) {
         vuf_log(VUF_LOG_WARN, "client: GET_SHARED_OBJECT: back-end reported failure 0x%llx",
                 (unsigned long long)v);
@@ -709,11 +719,9 @@ int vuf_client_set_device_state_fd(struct vuf_client *c, uint32_t direction, uin
 
     if (!c || fd < 0 || !backend_fd)
         return -EINVAL;
-    r = call_reply(c, VUF_REQ_SET_DEVICE_STATE_FD, &st, sizeof(st), &fd, 1, &reply);
+    r = call_reply_u64(c, VUF_REQ_SET_DEVICE_STATE_FD, &st, sizeof(st), &fd, 1, &reply, &v);
     if (r < 0)
         return r;
-    if (vuf_decode_u64(&reply, &v) < 0)
-        return bad_reply(VUF_REQ_SET_DEVICE_STATE_FD, &reply, "undecodable u64");
     if (v & VUF_STATE_REPLY_ERR_MASK) {
         vuf_log(VUF_LOG_WARN, "client: SET_DEVICE_STATE_FD: back-end reported error %llu",
                 (unsigned long long)(v & VUF_STATE_REPLY_ERR_MASK));

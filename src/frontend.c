@@ -864,43 +864,78 @@ static int make_pipe(int p[2], int ours)
     return 0;
 }
 
+static int require_device_state(const struct vuf_frontend *fe, const char *what)
+{
+    if (!(fe->protocol_features & VUF_PF(DEVICE_STATE))) {
+        vuf_log(VUF_LOG_ERROR, "%s: %s requires VHOST_USER_PROTOCOL_F_DEVICE_STATE", fe->label,
+                what);
+        return -ENOTSUP;
+    }
+    return 0;
+}
+
+/* Open the state channel for `dir`: a pipe whose far end goes to the
+ * back-end with SET_DEVICE_STATE_FD and is closed here. *ours is our end
+ * (the read end to save, the write end to load), *backend_fd the
+ * back-end's own fd or -1. */
+static int open_state_channel(struct vuf_frontend *fe, uint32_t dir, int *ours, int *backend_fd)
+{
+    int end = dir == VUF_STATE_DIR_SAVE ? 0 : 1, p[2], r;
+
+    r = make_pipe(p, end);
+    if (r < 0)
+        return r;
+    r = stream_note(fe, vuf_client_set_device_state_fd(fe->client, dir, VUF_STATE_PHASE_STOPPED,
+                                                       p[1 - end], backend_fd));
+    /* Saving, EOF ends the state, so our write end must be gone before we
+     * read. Loading, the back-end has its own copy of the read end; without
+     * ours, a back-end that stops reading makes our write fail instead of
+     * block. */
+    close(p[1 - end]);
+    if (r < 0) {
+        vuf_log(VUF_LOG_ERROR, "%s: failed to negotiate device state fd: %s", fe->label,
+                vuf_strerror(r));
+        close(p[end]);
+        return r;
+    }
+    *ours = p[end];
+    return 0;
+}
+
+/* CHECK_DEVICE_STATE once the state went through the channel. */
+static int check_state_transfer(struct vuf_frontend *fe)
+{
+    int r = stream_note(fe, vuf_client_check_device_state(fe->client));
+
+    if (r < 0)
+        vuf_log(VUF_LOG_ERROR, "%s: failed to transfer device state: %s", fe->label,
+                vuf_strerror(r));
+    return r;
+}
+
 static int fe_snapshot(struct vuf_device *d, uint8_t **data, size_t *len)
 {
     struct vuf_frontend *fe = fe_of(d);
     struct snap_hdr h;
     uint8_t *buf = NULL;
     size_t n = 0;
-    int p[2], backend_fd = -1, r;
+    int pipe_fd, backend_fd = -1, r;
     bool sock = false;
 
     if (!data || !len)
         return -EINVAL;
-    if (!(fe->protocol_features & VUF_PF(DEVICE_STATE))) {
-        vuf_log(VUF_LOG_ERROR, "%s: snapshot requires VHOST_USER_PROTOCOL_F_DEVICE_STATE",
-                fe->label);
-        return -ENOTSUP;
-    }
-    r = stream_check(fe);
+    r = require_device_state(fe, "snapshot");
+    if (r == 0)
+        r = stream_check(fe);
+    if (r == 0)
+        r = open_state_channel(fe, VUF_STATE_DIR_SAVE, &pipe_fd, &backend_fd);
     if (r < 0)
         return r;
-    r = make_pipe(p, 0);
-    if (r < 0)
-        return r;
-    r = stream_note(fe, vuf_client_set_device_state_fd(fe->client, VUF_STATE_DIR_SAVE,
-                                                       VUF_STATE_PHASE_STOPPED, p[1], &backend_fd));
-    /* EOF ends the state, so our write end must be gone before we read. */
-    close(p[1]);
-    if (r < 0) {
-        vuf_log(VUF_LOG_ERROR, "%s: failed to negotiate device state fd: %s", fe->label,
-                vuf_strerror(r));
-        close(p[0]);
-        return r;
-    }
     r = backend_fd >= 0 ? own_state_fd(&backend_fd, O_RDONLY, &sock) : 0;
     if (r == 0)
-        r = read_to_eof(backend_fd >= 0 ? backend_fd : p[0], sock, state_deadline(fe),
+        r = read_to_eof(backend_fd >= 0 ? backend_fd : pipe_fd, sock, state_deadline(fe),
                         state_max(fe), sizeof(h), &buf, &n);
-    close(p[0]);
+    close(pipe_fd);
     if (backend_fd >= 0)
         close(backend_fd);
     if (r < 0) {
@@ -911,10 +946,8 @@ static int fe_snapshot(struct vuf_device *d, uint8_t **data, size_t *len)
                 r == -EFBIG ? "larger than the limit" : vuf_strerror(r));
         return r;
     }
-    r = stream_note(fe, vuf_client_check_device_state(fe->client));
+    r = check_state_transfer(fe);
     if (r < 0) {
-        vuf_log(VUF_LOG_ERROR, "%s: failed to transfer device state: %s", fe->label,
-                vuf_strerror(r));
         free(buf);
         return r;
     }
@@ -932,15 +965,13 @@ static int fe_restore(struct vuf_device *d, const uint8_t *data, size_t len)
 {
     struct vuf_frontend *fe = fe_of(d);
     struct snap_hdr h;
-    int p[2], backend_fd = -1, r, r2;
+    int pipe_fd, backend_fd = -1, r;
     uint64_t missing;
     bool sock = false;
 
-    if (!(fe->protocol_features & VUF_PF(DEVICE_STATE))) {
-        vuf_log(VUF_LOG_ERROR, "%s: restore requires VHOST_USER_PROTOCOL_F_DEVICE_STATE",
-                fe->label);
-        return -ENOTSUP;
-    }
+    r = require_device_state(fe, "restore");
+    if (r < 0)
+        return r;
     if (fe->active) {
         vuf_log(VUF_LOG_ERROR, "%s: restore while active", fe->label);
         return -EBUSY;
@@ -970,41 +1001,26 @@ static int fe_restore(struct vuf_device *d, const uint8_t *data, size_t len)
     if (r < 0)
         return r;
 
-    r = make_pipe(p, 1);
+    r = open_state_channel(fe, VUF_STATE_DIR_LOAD, &pipe_fd, &backend_fd);
     if (r < 0)
         return r;
-    r = stream_note(fe, vuf_client_set_device_state_fd(fe->client, VUF_STATE_DIR_LOAD,
-                                                       VUF_STATE_PHASE_STOPPED, p[0], &backend_fd));
-    /* The back-end has its own copy of the read end; without ours, a
-     * back-end that stops reading makes our write fail instead of block. */
-    close(p[0]);
-    if (r < 0) {
-        vuf_log(VUF_LOG_ERROR, "%s: failed to negotiate device state fd: %s", fe->label,
-                vuf_strerror(r));
-        close(p[1]);
-        return r;
-    }
     if (backend_fd >= 0) {
         r = own_state_fd(&backend_fd, O_WRONLY, &sock);
         if (r == 0)
             r = write_all(backend_fd, sock, data + sizeof(h), (size_t)h.state_len,
                           state_deadline(fe));
     } else {
-        r = write_all(p[1], false, data + sizeof(h), (size_t)h.state_len, state_deadline(fe));
+        r = write_all(pipe_fd, false, data + sizeof(h), (size_t)h.state_len, state_deadline(fe));
     }
     /* EOF marks the end of the state. */
-    close(p[1]);
+    close(pipe_fd);
     if (backend_fd >= 0)
         close(backend_fd);
     if (r < 0) {
         vuf_log(VUF_LOG_ERROR, "%s: failed to write device state: %s", fe->label, vuf_strerror(r));
         return r;
     }
-    r2 = stream_note(fe, vuf_client_check_device_state(fe->client));
-    if (r2 < 0)
-        vuf_log(VUF_LOG_ERROR, "%s: failed to transfer device state: %s", fe->label,
-                vuf_strerror(r2));
-    return r2;
+    return check_state_transfer(fe);
 }
 
 /* ------------------------------------------------------------------------ */

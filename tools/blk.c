@@ -11,7 +11,6 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +20,7 @@
 
 #include <json-c/json.h>
 
+#include "cli_util.h"
 #include "session.h"
 #include "vuf/frontend.h"
 #include "vuf/log.h"
@@ -140,19 +140,7 @@ void vuf_blk_usage(FILE *f)
         DEFAULT_SEED, DEFAULT_SECONDS, MAX_QUEUE_SIZE, DEFAULT_QUEUE_SIZE, DEFAULT_TIMEOUT_MS);
 }
 
-static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int usage_error(const char *fmt, ...)
-{
-    va_list ap;
-
-    fputs("vuf blk: ", stderr);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputs("\n\n", stderr);
-    vuf_blk_usage(stderr);
-    return VUF_EXIT_USAGE;
-}
+static const struct cli_cmd blk_cmd = {"vuf blk", vuf_blk_usage};
 
 /* ---- parsing ---------------------------------------------------------------- */
 
@@ -275,34 +263,36 @@ static int check_op_options(const struct blk_opts *o)
 
     if (rwv) {
         if (!o->have_offset || !o->have_len)
-            return usage_error("%s needs --offset and --len", op);
+            return cli_usage_error(&blk_cmd, "%s needs --offset and --len", op);
         if (o->have_rw || o->have_bs || o->have_depth || o->have_seconds || o->have_ios ||
             o->have_range || o->json)
-            return usage_error("--rw/--bs/--iodepth/--seconds/--ios/--range/--json are "
-                               "bench options");
+            return cli_usage_error(&blk_cmd,
+                                   "--rw/--bs/--iodepth/--seconds/--ios/--range/--json are "
+                                   "bench options");
         if (o->offset % VUF_BLK_SECTOR_SIZE || o->len % VUF_BLK_SECTOR_SIZE)
-            return usage_error("--offset and --len must be multiples of 512");
+            return cli_usage_error(&blk_cmd, "--offset and --len must be multiples of 512");
         if (o->len == 0 || o->len > MAX_LEN)
-            return usage_error("--len must be 512 bytes to 1G");
+            return cli_usage_error(&blk_cmd, "--len must be 512 bytes to 1G");
         if (o->offset > UINT64_MAX - o->len)
-            return usage_error("--offset + --len overflows");
+            return cli_usage_error(&blk_cmd, "--offset + --len overflows");
         if (o->op != OP_READ && (o->hexdump || o->out))
-            return usage_error("--hexdump and --out are read options");
+            return cli_usage_error(&blk_cmd, "--hexdump and --out are read options");
         if (o->hexdump && o->out)
-            return usage_error("give --hexdump or --out, not both");
+            return cli_usage_error(&blk_cmd, "give --hexdump or --out, not both");
         if (o->op == OP_READ && o->have_seed)
-            return usage_error("--pattern is a write/verify option");
+            return cli_usage_error(&blk_cmd, "--pattern is a write/verify option");
         if (o->op != OP_WRITE && o->no_flush)
-            return usage_error("--no-flush is a write option");
+            return cli_usage_error(&blk_cmd, "--no-flush is a write option");
         return 0;
     }
     if (o->have_offset || o->have_len || o->have_seed || o->hexdump || o->out || o->no_flush)
-        return usage_error("--offset/--len/--pattern/--hexdump/--out/--no-flush are not "
-                           "bench options");
+        return cli_usage_error(&blk_cmd,
+                               "--offset/--len/--pattern/--hexdump/--out/--no-flush are not "
+                               "bench options");
     if (o->have_seconds && o->have_ios)
-        return usage_error("give --seconds or --ios, not both");
+        return cli_usage_error(&blk_cmd, "give --seconds or --ios, not both");
     if (o->bs % VUF_BLK_SECTOR_SIZE)
-        return usage_error("--bs must be a multiple of 512");
+        return cli_usage_error(&blk_cmd, "--bs must be a multiple of 512");
     return 0;
 }
 
@@ -351,17 +341,17 @@ static int parse_args(int argc, char **argv, struct blk_opts *o, bool *help)
         switch (c) {
         case OPT_OFFSET:
             if (!parse_bytes(optarg, &o->offset))
-                return usage_error("--offset wants a byte count, not '%s'", optarg);
+                return cli_usage_error(&blk_cmd, "--offset wants a byte count, not '%s'", optarg);
             o->have_offset = true;
             break;
         case OPT_LEN:
             if (!parse_bytes(optarg, &o->len))
-                return usage_error("--len wants a byte count, not '%s'", optarg);
+                return cli_usage_error(&blk_cmd, "--len wants a byte count, not '%s'", optarg);
             o->have_len = true;
             break;
         case OPT_PATTERN:
             if (!parse_u64(optarg, &o->seed))
-                return usage_error("--pattern wants a number, not '%s'", optarg);
+                return cli_usage_error(&blk_cmd, "--pattern wants a number, not '%s'", optarg);
             o->have_seed = true;
             break;
         case OPT_HEXDUMP:
@@ -381,20 +371,21 @@ static int parse_args(int argc, char **argv, struct blk_opts *o, bool *help)
                     found = true;
                 }
             if (!found)
-                return usage_error("--rw wants randread, randwrite, read or write, not '%s'",
-                                   optarg);
+                return cli_usage_error(
+                    &blk_cmd, "--rw wants randread, randwrite, read or write, not '%s'", optarg);
             o->have_rw = true;
             break;
         }
         case OPT_BS:
             if (!parse_bytes(optarg, &v) || v == 0 || v > (16u << 20))
-                return usage_error("--bs wants 512 bytes to 16M, not '%s'", optarg);
+                return cli_usage_error(&blk_cmd, "--bs wants 512 bytes to 16M, not '%s'", optarg);
             o->bs = (uint32_t)v;
             o->have_bs = true;
             break;
         case OPT_DEPTH:
             if (!parse_uint(optarg, 1, MAX_QUEUE_SIZE, &o->iodepth))
-                return usage_error("--iodepth wants 1-%u, not '%s'", MAX_QUEUE_SIZE, optarg);
+                return cli_usage_error(&blk_cmd, "--iodepth wants 1-%u, not '%s'", MAX_QUEUE_SIZE,
+                                       optarg);
             o->have_depth = true;
             break;
         case OPT_SECONDS: {
@@ -402,18 +393,19 @@ static int parse_args(int argc, char **argv, struct blk_opts *o, bool *help)
             errno = 0;
             o->seconds = strtod(optarg, &end);
             if (errno || *end || !(o->seconds > 0) || o->seconds > 86400)
-                return usage_error("--seconds wants a duration > 0, not '%s'", optarg);
+                return cli_usage_error(&blk_cmd, "--seconds wants a duration > 0, not '%s'",
+                                       optarg);
             o->have_seconds = true;
             break;
         }
         case OPT_IOS:
             if (!parse_u64(optarg, &o->ios) || o->ios == 0)
-                return usage_error("--ios wants a count >= 1, not '%s'", optarg);
+                return cli_usage_error(&blk_cmd, "--ios wants a count >= 1, not '%s'", optarg);
             o->have_ios = true;
             break;
         case OPT_RANGE:
             if (!parse_bytes(optarg, &o->range) || o->range == 0)
-                return usage_error("--range wants a byte count, not '%s'", optarg);
+                return cli_usage_error(&blk_cmd, "--range wants a byte count, not '%s'", optarg);
             o->have_range = true;
             break;
         case OPT_JSON:
@@ -421,13 +413,14 @@ static int parse_args(int argc, char **argv, struct blk_opts *o, bool *help)
             break;
         case OPT_QUEUES:
             if (!parse_uint(optarg, 1, VUF_FRONTEND_MAX_QUEUES, &o->queues))
-                return usage_error("--queues wants 1-%u, not '%s'", VUF_FRONTEND_MAX_QUEUES,
-                                   optarg);
+                return cli_usage_error(&blk_cmd, "--queues wants 1-%u, not '%s'",
+                                       VUF_FRONTEND_MAX_QUEUES, optarg);
             break;
         case OPT_QSIZE:
             if (!parse_uint(optarg, 1, MAX_QUEUE_SIZE, &o->queue_size) || !is_pow2(o->queue_size))
-                return usage_error("--queue-size wants a power of two up to %u, not '%s'",
-                                   MAX_QUEUE_SIZE, optarg);
+                return cli_usage_error(&blk_cmd,
+                                       "--queue-size wants a power of two up to %u, not '%s'",
+                                       MAX_QUEUE_SIZE, optarg);
             break;
         case OPT_BUSY:
             o->busy_poll = true;
@@ -435,7 +428,8 @@ static int parse_args(int argc, char **argv, struct blk_opts *o, bool *help)
         case OPT_TIMEOUT: {
             unsigned t;
             if (!parse_uint(optarg, 1, INT_MAX, &t))
-                return usage_error("--timeout-ms wants a number of ms >= 1, not '%s'", optarg);
+                return cli_usage_error(&blk_cmd, "--timeout-ms wants a number of ms >= 1, not '%s'",
+                                       optarg);
             o->timeout_ms = (int)t;
             break;
         }
@@ -448,27 +442,24 @@ static int parse_args(int argc, char **argv, struct blk_opts *o, bool *help)
         case 'h':
             *help = true;
             return 0;
-        case ':':
-            return usage_error("option '%s' needs a value", argv[optind - 1]);
         default:
-            if (optopt)
-                return usage_error("unknown option '-%c'", optopt);
-            return usage_error("unknown option '%s'", argv[optind - 1]);
+            return cli_option_error(&blk_cmd, c, argv);
         }
     }
     while (optind < argc) {
         if (npos == 2)
-            return usage_error("unexpected argument '%s'", argv[optind]);
+            return cli_usage_error(&blk_cmd, "unexpected argument '%s'", argv[optind]);
         pos[npos++] = argv[optind++];
     }
     if (npos < 1)
-        return usage_error("missing SOCKET");
+        return cli_usage_error(&blk_cmd, "missing SOCKET");
     if (npos < 2)
-        return usage_error("missing the operation (read, write, verify or bench)");
+        return cli_usage_error(&blk_cmd, "missing the operation (read, write, verify or bench)");
     o->socket = pos[0];
     o->op = parse_op(pos[1]);
     if (o->op == OP_NONE)
-        return usage_error("unknown operation '%s' (read, write, verify or bench)", pos[1]);
+        return cli_usage_error(&blk_cmd, "unknown operation '%s' (read, write, verify or bench)",
+                               pos[1]);
     return check_op_options(o);
 }
 
@@ -983,9 +974,7 @@ static int do_bench(const struct blk_opts *o, struct ts_session *s)
                 json_object_object_add(root, "features", json_object_new_uint64(s->acked));
                 json_object_object_add(root, "protocol_features",
                                        json_object_new_uint64(s->protocol));
-                printf("%s\n", json_object_to_json_string_ext(
-                                   root, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
-                json_object_put(root);
+                cli_print_json(root);
             }
         } else {
             printf("vuf blk bench: %s, bs %u, iodepth %u x %u queue%s (size %u), wait: %s\n",
@@ -1048,16 +1037,18 @@ int vuf_cmd_blk(int argc, char **argv)
         to.max_data = o.bs;
         if (o.queue_size) {
             if (o.queue_size < need)
-                return usage_error("--queue-size %u is too small for --iodepth %u (needs %u "
-                                   "entries)",
-                                   o.queue_size, o.iodepth, need);
+                return cli_usage_error(&blk_cmd,
+                                       "--queue-size %u is too small for --iodepth %u (needs %u "
+                                       "entries)",
+                                       o.queue_size, o.iodepth, need);
             to.queue_size = o.queue_size;
         } else {
             to.queue_size = pow2_at_least(need > DEFAULT_QUEUE_SIZE ? need : DEFAULT_QUEUE_SIZE);
             if (to.queue_size > MAX_QUEUE_SIZE)
-                return usage_error("--iodepth %u needs more than %u ring entries without "
-                                   "indirect descriptors",
-                                   o.iodepth, MAX_QUEUE_SIZE);
+                return cli_usage_error(&blk_cmd,
+                                       "--iodepth %u needs more than %u ring entries without "
+                                       "indirect descriptors",
+                                       o.iodepth, MAX_QUEUE_SIZE);
         }
     } else {
         to.nreqs = RW_DEPTH;
@@ -1068,13 +1059,7 @@ int vuf_cmd_blk(int argc, char **argv)
     }
 
     ts_init(&s, &to);
-    r = ts_open(&s, o.socket);
-    if (r == 0)
-        r = ts_driver(&s);
-    if (r == 0)
-        r = ts_queues(&s);
-    if (r == 0)
-        r = ts_activate(&s);
+    r = ts_start(&s, o.socket);
     if (r < 0) {
         rc = fail_session(&o, &s, r);
         ts_close(&s);
@@ -1089,9 +1074,5 @@ int vuf_cmd_blk(int argc, char **argv)
     if (r < 0 && rc == VUF_EXIT_OK)
         rc = fail_session(&o, &s, r);
     ts_close(&s);
-    if (fflush(stdout) != 0 || ferror(stdout)) {
-        fprintf(stderr, "vuf blk: writing the output failed: %s\n", strerror(errno));
-        return VUF_EXIT_FAIL;
-    }
-    return rc;
+    return cli_stdout_ok(&blk_cmd) ? rc : VUF_EXIT_FAIL;
 }

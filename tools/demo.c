@@ -34,6 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli_util.h"
 #include "session.h"
 #include "vuf/frontend.h"
 #include "vuf/log.h"
@@ -153,19 +154,7 @@ void vuf_demo_usage(FILE *f)
                "signal N (after cleaning up).\n");
 }
 
-static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int usage_error(const char *fmt, ...)
-{
-    va_list ap;
-
-    fputs("vuf demo: ", stderr);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputs("\n\n", stderr);
-    vuf_demo_usage(stderr);
-    return VUF_EXIT_USAGE;
-}
+static const struct cli_cmd demo_cmd = {"vuf demo", vuf_demo_usage};
 
 static int64_t now_ms(void)
 {
@@ -748,13 +737,7 @@ static bool run_demo(struct demo *d)
 
         co.queues = 1;
         ts_init(&ctl, &co);
-        r = ts_open(&ctl, d->be[1].sock);
-        if (r == 0)
-            r = ts_driver(&ctl);
-        if (r == 0)
-            r = ts_queues(&ctl);
-        if (r == 0)
-            r = ts_activate(&ctl);
+        r = ts_start(&ctl, d->be[1].sock);
         if (r < 0) {
             step_failed(d, &ctl, r);
             ts_close(&ctl);
@@ -863,9 +846,13 @@ static bool parse_size(const char *s, uint64_t *out)
     if (errno || end == s)
         return false;
     if (*end == 'k' || *end == 'K') {
+        if (v > (ULLONG_MAX >> 10))
+            return false;
         v <<= 10;
         end++;
     } else if (*end == 'm' || *end == 'M') {
+        if (v > (ULLONG_MAX >> 20))
+            return false;
         v <<= 20;
         end++;
     }
@@ -906,12 +893,13 @@ int vuf_cmd_demo(int argc, char **argv)
             else if (strcmp(optarg, "file") == 0)
                 d.disk = DISK_FILE;
             else
-                return usage_error("--disk wants ram or file, not '%s'", optarg);
+                return cli_usage_error(&demo_cmd, "--disk wants ram or file, not '%s'", optarg);
             break;
         case OPT_SIZE:
             if (!parse_size(optarg, &d.disk_bytes) || d.disk_bytes < 1024 * 1024 ||
                 d.disk_bytes > (64ull << 20) || d.disk_bytes % 4096)
-                return usage_error("--size wants 1M to 64M in 4K steps, not '%s'", optarg);
+                return cli_usage_error(&demo_cmd, "--size wants 1M to 64M in 4K steps, not '%s'",
+                                       optarg);
             break;
         case OPT_NOTRACE:
             d.trace = false;
@@ -922,16 +910,12 @@ int vuf_cmd_demo(int argc, char **argv)
         case 'h':
             vuf_demo_usage(stdout);
             return VUF_EXIT_OK;
-        case ':':
-            return usage_error("option '%s' needs a value", argv[optind - 1]);
         default:
-            if (optopt)
-                return usage_error("unknown option '-%c'", optopt);
-            return usage_error("unknown option '%s'", argv[optind - 1]);
+            return cli_option_error(&demo_cmd, c, argv);
         }
     }
     if (optind < argc)
-        return usage_error("unexpected argument '%s'", argv[optind]);
+        return cli_usage_error(&demo_cmd, "unexpected argument '%s'", argv[optind]);
 
     d.bin = find_backend(&d, given);
     if (!d.bin) {

@@ -16,7 +16,6 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +23,7 @@
 
 #include <json-c/json.h>
 
+#include "cli_util.h"
 #include "vuf/client.h"
 #include "vuf/conn.h"
 #include "vuf/log.h"
@@ -112,19 +112,7 @@ void vuf_probe_usage(FILE *f)
             VUF_CONFIG_MAX, PROBE_DEFAULT_TIMEOUT_MS);
 }
 
-static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int usage_error(const char *fmt, ...)
-{
-    va_list ap;
-
-    fputs("vuf probe: ", stderr);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputs("\n\n", stderr);
-    vuf_probe_usage(stderr);
-    return VUF_EXIT_USAGE;
-}
+static const struct cli_cmd probe_cmd = {"vuf probe", vuf_probe_usage};
 
 /* A decimal number in [min, max], the whole string. */
 static bool parse_long(const char *s, long min, long max, long *out)
@@ -182,36 +170,33 @@ static int parse_args(int argc, char **argv, struct probe_opts *o, bool *help)
         case OPT_DEV:
             o->dev = parse_device(optarg);
             if (!o->dev)
-                return usage_error("unknown device type '%s'", optarg);
+                return cli_usage_error(&probe_cmd, "unknown device type '%s'", optarg);
             break;
         case OPT_TIMEOUT:
             if (!parse_long(optarg, 1, INT_MAX, &v))
-                return usage_error("--timeout-ms wants a number of ms >= 1, not '%s'", optarg);
+                return cli_usage_error(&probe_cmd,
+                                       "--timeout-ms wants a number of ms >= 1, not '%s'", optarg);
             o->timeout_ms = (int)v;
             break;
         case OPT_CFGSIZE:
             if (!parse_long(optarg, 0, VUF_CONFIG_MAX, &v))
-                return usage_error("--config-size wants 0-256, not '%s'", optarg);
+                return cli_usage_error(&probe_cmd, "--config-size wants 0-256, not '%s'", optarg);
             o->config_size = v;
             break;
         case 'h':
             *help = true;
             return 0;
-        case ':':
-            return usage_error("option '%s' needs a value", argv[optind - 1]);
         default:
-            if (optopt)
-                return usage_error("unknown option '-%c'", optopt);
-            return usage_error("unknown option '%s'", argv[optind - 1]);
+            return cli_option_error(&probe_cmd, c, argv);
         }
     }
     while (optind < argc) {
         if (o->socket)
-            return usage_error("unexpected argument '%s'", argv[optind]);
+            return cli_usage_error(&probe_cmd, "unexpected argument '%s'", argv[optind]);
         o->socket = argv[optind++];
     }
     if (!o->socket)
-        return usage_error("missing SOCKET");
+        return cli_usage_error(&probe_cmd, "missing SOCKET");
     return 0;
 }
 
@@ -520,15 +505,9 @@ int vuf_cmd_probe(int argc, char **argv)
             fprintf(stderr, "vuf probe: out of memory building JSON\n");
             return VUF_EXIT_FAIL;
         }
-        printf("%s\n", json_object_to_json_string_ext(root, JSON_C_TO_STRING_PLAIN |
-                                                                JSON_C_TO_STRING_NOSLASHESCAPE));
-        json_object_put(root);
+        cli_print_json(root);
     } else {
         print_text(&o, &r);
     }
-    if (fflush(stdout) != 0 || ferror(stdout)) {
-        fprintf(stderr, "vuf probe: writing the output failed: %s\n", strerror(errno));
-        return VUF_EXIT_FAIL;
-    }
-    return VUF_EXIT_OK;
+    return cli_stdout_ok(&probe_cmd) ? VUF_EXIT_OK : VUF_EXIT_FAIL;
 }

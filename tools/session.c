@@ -254,6 +254,19 @@ int ts_activate(struct ts_session *s)
     return 0;
 }
 
+int ts_start(struct ts_session *s, const char *socket)
+{
+    int r = ts_open(s, socket);
+
+    if (r == 0)
+        r = ts_driver(s);
+    if (r == 0)
+        r = ts_queues(s);
+    if (r == 0)
+        r = ts_activate(s);
+    return r;
+}
+
 int ts_sleep(struct ts_session *s)
 {
     int r = vuf_device_sleep(s->dev, s->q, s->nq);

@@ -95,6 +95,9 @@ int ts_queues(struct ts_session *s);
 /* Start the queues on the back-end. */
 int ts_activate(struct ts_session *s);
 
+/* ts_open, ts_driver, ts_queues and ts_activate, up to the first failure. */
+int ts_start(struct ts_session *s, const char *socket);
+
 /* Stop the queues (vuf_device_sleep); s->q gets their state back. */
 int ts_sleep(struct ts_session *s);
 

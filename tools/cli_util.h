@@ -1,0 +1,36 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Command-line pieces the `vuf` subcommands share: usage errors, getopt's
+ * option errors, JSON and stdout output. Not installed; not part of libvuf.
+ */
+#ifndef VUF_CLI_UTIL_H
+#define VUF_CLI_UTIL_H
+
+#include <stdbool.h>
+#include <stdio.h>
+
+#include <json-c/json.h>
+
+/* A subcommand as its messages name it ("vuf blk") and its usage text. */
+struct cli_cmd {
+    const char *name;
+    void (*usage)(FILE *f);
+};
+
+/* "NAME: message", a blank line and the usage on stderr. Returns
+ * VUF_EXIT_USAGE. */
+int cli_usage_error(const struct cli_cmd *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* The usage error for what getopt_long returned as c when it is neither a
+ * known option nor 'h': ':' (a value is missing) or an unknown option.
+ * For an optstring starting with ':' and opterr = 0. */
+int cli_option_error(const struct cli_cmd *cmd, int c, char **argv);
+
+/* Print root as one plain JSON line on stdout, then release it. */
+void cli_print_json(json_object *root);
+
+/* Flush stdout; false (reported on stderr) if the output was not written. */
+bool cli_stdout_ok(const struct cli_cmd *cmd);
+
+#endif
