@@ -27,9 +27,10 @@
 
 #include <json-c/json.h>
 
+#include "backends.h"
 #include "testutil.h"
 
-#define QSD "/usr/bin/qemu-storage-daemon"
+#define QSD TU_QSD
 #define RUN_DEADLINE_MS 60000
 #define DISK_BYTES (16u << 20)
 
@@ -38,124 +39,30 @@ static const char *backend;
 
 /* ---- running vuf ------------------------------------------------------------ */
 
-struct run {
-    int status;
-    char out[256 * 1024];
-    char err[32 * 1024];
-};
-
-static long now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
-}
-
-/* Append what fd has to buf; closes fd (and sets -1) at EOF. */
-static void pump(int *fd, char *buf, size_t cap, size_t *len)
-{
-    char tmp[8192];
-    ssize_t n = read(*fd, tmp, sizeof(tmp));
-
-    if (n < 0 && (errno == EINTR || errno == EAGAIN))
-        return;
-    if (n <= 0) {
-        close(*fd);
-        *fd = -1;
-        return;
-    }
-    if (*len + 1 < cap) {
-        size_t k = (size_t)n;
-        if (k > cap - 1 - *len)
-            k = cap - 1 - *len;
-        memcpy(buf + *len, tmp, k);
-        *len += k;
-        buf[*len] = '\0';
-    }
-}
-
 /* `vuf args...` with stdout and stderr captured; killed after the
  * deadline; always reaped. r is heap-allocated by the caller. */
-static void run_vuf(struct run *r, const char *const *args)
+static void run_vuf(struct tu_run *r, const char *const *args)
 {
-    char *argv[40];
-    int po[2], pe[2], n = 0;
-    size_t ol = 0, el = 0;
-    long end = now_ms() + RUN_DEADLINE_MS;
-    pid_t pid;
-
-    r->status = -1;
-    r->out[0] = r->err[0] = '\0';
-    argv[n++] = (char *)tool;
-    while (args[n - 1] && n < 39) {
-        argv[n] = (char *)args[n - 1];
-        n++;
-    }
-    argv[n] = NULL;
-
-    assert_int_equal(pipe2(po, O_CLOEXEC), 0);
-    assert_int_equal(pipe2(pe, O_CLOEXEC), 0);
-    pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(po[1], STDOUT_FILENO);
-        dup2(pe[1], STDERR_FILENO);
-        execv(tool, argv);
-        _exit(127);
-    }
-    close(po[1]);
-    close(pe[1]);
-    while (po[0] >= 0 || pe[0] >= 0) {
-        struct pollfd p[2] = {{.fd = po[0], .events = POLLIN}, {.fd = pe[0], .events = POLLIN}};
-        long left = end - now_ms();
-
-        if (left <= 0) {
-            fprintf(stderr, "vuf still running after %d ms: killed\n", RUN_DEADLINE_MS);
-            kill(pid, SIGKILL);
-            break;
-        }
-        if (poll(p, 2, (int)left) < 0 && errno != EINTR)
-            break;
-        if (po[0] >= 0 && p[0].revents)
-            pump(&po[0], r->out, sizeof(r->out), &ol);
-        if (pe[0] >= 0 && p[1].revents)
-            pump(&pe[0], r->err, sizeof(r->err), &el);
-    }
-    if (po[0] >= 0)
-        close(po[0]);
-    if (pe[0] >= 0)
-        close(pe[0]);
-    while (waitpid(pid, &r->status, 0) < 0 && errno == EINTR)
-        ;
-    if (r->err[0])
-        fprintf(stderr, "[vuf stderr] %s", r->err);
+    tu_run_capture(r, tool, args, RUN_DEADLINE_MS);
 }
 
-static int exit_code(const struct run *r)
+static struct tu_run *new_run(void)
 {
-    if (WIFEXITED(r->status))
-        return WEXITSTATUS(r->status);
-    return 128 + WTERMSIG(r->status);
-}
-
-static struct run *new_run(void)
-{
-    struct run *r = malloc(sizeof(*r));
+    struct tu_run *r = malloc(sizeof(*r));
 
     assert_non_null(r);
     return r;
 }
 
 /* Run and require exit `code`; prints stdout to the test log. */
-static void expect(struct run *r, int code, const char *const *args)
+static void expect(struct tu_run *r, int code, const char *const *args)
 {
     run_vuf(r, args);
     printf("%s", r->out);
-    if (exit_code(r) != code)
+    if (tu_exit_code(r) != code)
         fprintf(stderr, "vuf %s %s: exit %d, expected %d\n", args[0], args[1] ? args[1] : "",
-                exit_code(r), code);
-    assert_int_equal(exit_code(r), code);
+                tu_exit_code(r), code);
+    assert_int_equal(tu_exit_code(r), code);
 }
 
 static void assert_has(const char *hay, const char *needle)
@@ -222,35 +129,15 @@ static int teardown(void **state)
     return 0;
 }
 
-static void spawn(struct fixture *f, char *const argv[])
-{
-    int r = tu_spawn(&f->proc, argv, f->log);
-
-    assert_int_equal(r, 0);
-    /* By file: qsd serves one client at a time; vuf retries connect(). */
-    r = tu_wait_socket_file(&f->proc, f->sock, 10000);
-    if (r) {
-        tu_dump_log(&f->proc);
-        fprintf(stderr, "%s did not create %s: %s\n", argv[0], f->sock, strerror(-r));
-    }
-    assert_int_equal(r, 0);
-}
-
 static void start_qsd_file(struct fixture *f)
 {
-    char bd[400], exp[400];
-    char *argv[] = {(char *)QSD, (char *)"--blockdev", bd, (char *)"--export", exp, NULL};
     int fd = open(f->disk, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 
     assert_true(fd >= 0);
     assert_int_equal(ftruncate(fd, DISK_BYTES), 0);
     close(fd);
-    snprintf(bd, sizeof(bd), "driver=file,filename=%s,node-name=f0", f->disk);
-    snprintf(exp, sizeof(exp),
-             "type=vhost-user-blk,id=exp0,node-name=f0,addr.type=unix,addr.path=%s,"
-             "writable=on,num-queues=2",
-             f->sock);
-    spawn(f, argv);
+    /* By file: qsd serves one client at a time; vuf retries connect(). */
+    tu_start_qsd_file(&f->proc, f->disk, 2, f->sock, f->log);
 }
 
 /* Temp dirs the demo may have left under dir (it must leave none). */
@@ -273,7 +160,7 @@ static int count_demo_dirs(const char *dir)
 
 /* Run the demo with TMPDIR = the fixture's dir, to see that its own temp
  * dir is removed; TMPDIR is restored afterwards. */
-static void expect_demo(struct fixture *f, struct run *r, int code, const char *const *args)
+static void expect_demo(struct fixture *f, struct tu_run *r, int code, const char *const *args)
 {
     char *old = getenv("TMPDIR") ? strdup(getenv("TMPDIR")) : NULL;
 
@@ -290,7 +177,7 @@ static void expect_demo(struct fixture *f, struct run *r, int code, const char *
 
 static void run_demo(struct fixture *f, const char *const *args, const char *intact)
 {
-    struct run *r = new_run();
+    struct tu_run *r = new_run();
 
     expect_demo(f, r, 0, args);
     assert_has(r->out, "[1] Start back-end A");
@@ -316,7 +203,7 @@ static void run_demo(struct fixture *f, const char *const *args, const char *int
 
 static void test_demo_ram(void **state)
 {
-    struct run *r;
+    struct tu_run *r;
 
     run_demo(*state, (const char *[]){"demo", NULL},
              "check: data intact (it came with the state): ok");
@@ -339,7 +226,7 @@ static void test_demo_file(void **state)
 
 static void test_demo_usage(void **state)
 {
-    struct run *r = new_run();
+    struct tu_run *r = new_run();
 
     (void)state;
     expect(r, 2, (const char *[]){"demo", "--bogus", NULL});
@@ -358,7 +245,7 @@ static void test_demo_usage(void **state)
 static void test_qsd_write_verify(void **state)
 {
     struct fixture *f = *state;
-    struct run *r;
+    struct tu_run *r;
     char out_path[300];
     uint8_t *host;
     int fd;
@@ -486,10 +373,10 @@ static void test_backend_bench(void **state)
     struct fixture *f = *state;
     char sockarg[300];
     char *argv[] = {(char *)backend, sockarg, (char *)"--ram=64M", (char *)"--num-queues=2", NULL};
-    struct run *r;
+    struct tu_run *r;
 
     snprintf(sockarg, sizeof(sockarg), "--socket-path=%s", f->sock);
-    spawn(f, argv);
+    tu_spawn_wait_file(&f->proc, argv, f->log, f->sock);
     r = new_run();
     expect(r, 0, (const char *[]){"blk", f->sock, "bench", "--seconds", "0.3", NULL});
     assert_has(r->out, "IOPS:");
@@ -519,7 +406,7 @@ static void test_backend_bench(void **state)
 static void test_blk_usage(void **state)
 {
     struct fixture *f = *state;
-    struct run *r = new_run();
+    struct tu_run *r = new_run();
 
     expect(r, 0, (const char *[]){"blk", "--help", NULL});
     assert_has(r->out, "usage: vuf blk SOCKET read");

@@ -33,6 +33,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backends.h"
+#include "fe_harness.h"
 #include "testutil.h"
 #include "vuf/conn.h"
 #include "vuf/device.h"
@@ -43,7 +45,7 @@
 #include "vuf/virtio_blk.h"
 #include "vuf/virtq.h"
 
-#define QSD "/usr/bin/qemu-storage-daemon"
+#define QSD TU_QSD
 
 #define BIT(n) (1ull << (n))
 #define NQ 2
@@ -60,57 +62,6 @@
 /* Helpers                                                                  */
 /* ------------------------------------------------------------------------ */
 
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-        ;
-}
-
-static void *nothing(void *arg)
-{
-    return arg;
-}
-
-/*
- * Threads of this process. The first call starts and joins one thread, so
- * that helper threads a runtime creates lazily with the first
- * pthread_create (ThreadSanitizer's background thread) are already in the
- * baseline.
- */
-static int count_threads(void)
-{
-    static bool warm;
-    struct dirent *e;
-    DIR *d;
-    int n = 0;
-
-    if (!warm) {
-        pthread_t t;
-
-        warm = true;
-        if (pthread_create(&t, NULL, nothing, NULL) == 0)
-            pthread_join(t, NULL);
-    }
-    d = opendir("/proc/self/task");
-    if (!d)
-        return -1;
-    while ((e = readdir(d)))
-        if (e->d_name[0] != '.')
-            n++;
-    closedir(d);
-    return n;
-}
-
 /* A recognisable pattern per (seed, byte). */
 static void fill(uint8_t *p, size_t len, uint32_t seed)
 {
@@ -126,80 +77,9 @@ static atomic_int log_crash_lines;
 
 static void log_sink(void *opaque, enum vuf_log_level level, const char *msg)
 {
-    static const char *const names[] = {"error", "warn", "info", "debug"};
-
-    (void)opaque;
     if (strstr(msg, "device crashed"))
         atomic_fetch_add(&log_crash_lines, 1);
-    fprintf(stderr, "[vuf %s] %s\n", names[level & 3], msg);
-}
-
-/* ------------------------------------------------------------------------ */
-/* The VMM side: interrupts and the event callback                          */
-/* ------------------------------------------------------------------------ */
-
-struct vmm {
-    /* The driver's call eventfds, copied while the device is inactive: the
-     * worker thread only reads them. */
-    int call_fd[NQ];
-    bool msix[NQ];
-    atomic_int intx;       /* signal_used_queue calls (non-MSI-X path) */
-    atomic_int bad_vector; /* ... with a vector other than VUF_NO_VECTOR */
-    atomic_int irqfd_asks;
-    atomic_int config_changes;
-    atomic_int crashed;
-    atomic_llong crash_ns; /* CLOCK_MONOTONIC of the first crash event */
-};
-
-static int vmm_irqfd(void *opaque, uint16_t vector)
-{
-    struct vmm *v = opaque;
-
-    atomic_fetch_add(&v->irqfd_asks, 1);
-    if (vector < NQ && v->msix[vector])
-        return v->call_fd[vector];
-    return -1;
-}
-
-/* The INTx line: the transport cannot tell which queue, so the "guest"
- * looks at every queue without a vector (here: wakes its waiter). */
-static void vmm_signal_used(void *opaque, uint16_t vector)
-{
-    struct vmm *v = opaque;
-    uint64_t one = 1;
-
-    /* No cmocka assertion here: this runs on the worker thread. */
-    if (vector != VUF_NO_VECTOR)
-        atomic_fetch_add(&v->bad_vector, 1);
-    atomic_fetch_add(&v->intx, 1);
-    for (unsigned i = 0; i < NQ; i++)
-        if (!v->msix[i] && v->call_fd[i] >= 0 &&
-            write(v->call_fd[i], &one, sizeof(one)) != (ssize_t)sizeof(one))
-            fprintf(stderr, "forwarding INTx to queue %u: %s\n", i, strerror(errno));
-}
-
-static void vmm_config_changed(void *opaque)
-{
-    struct vmm *v = opaque;
-
-    atomic_fetch_add(&v->config_changes, 1);
-}
-
-static const struct vuf_interrupt_ops vmm_intr_ops = {
-    .irqfd = vmm_irqfd,
-    .signal_used_queue = vmm_signal_used,
-    .signal_config_changed = vmm_config_changed,
-};
-
-static void vmm_event(void *opaque, enum vuf_device_event ev)
-{
-    struct vmm *v = opaque;
-    long long zero = 0;
-
-    if (ev != VUF_DEVICE_EVENT_CRASHED)
-        return;
-    atomic_compare_exchange_strong(&v->crash_ns, &zero, (long long)now_ns());
-    atomic_fetch_add(&v->crashed, 1);
+    tu_log_to_stderr(opaque, level, msg);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -222,7 +102,7 @@ struct fx {
 
     int fds0, threads0; /* before the device existed */
 
-    struct vmm vmm;
+    struct tu_vmm vmm; /* queue 0: MSI-X vector 0; queue 1: INTx */
     struct vuf_interrupt intr;
     struct vuf_device *dev;
     uint64_t acked;
@@ -244,8 +124,7 @@ static int setup(void **state)
         return -1;
     f->proc.pid = -1;
     f->disk_fd = -1;
-    for (unsigned i = 0; i < NQ; i++)
-        f->vmm.call_fd[i] = -1;
+    tu_vmm_init(&f->vmm);
     f->dir = tu_mkdtemp("vuf-fe-qsd");
     if (!f->dir) {
         free(f);
@@ -262,7 +141,7 @@ static void free_queues(struct fx *f)
         f->blk[i] = NULL;
         vuf_virtq_free(f->vq[i]);
         f->vq[i] = NULL;
-        f->vmm.call_fd[i] = -1;
+        tu_vmm_forget_queue(&f->vmm, i);
     }
 }
 
@@ -290,10 +169,6 @@ static int teardown(void **state)
 /* qsd exporting $T/disk.img (64 MiB, writable, 2 queues). */
 static void start_qsd(struct fx *f)
 {
-    char blockdev[400], exp[600];
-    char *argv[] = {QSD, "--blockdev", blockdev, "--export", exp, NULL};
-    int r;
-
     snprintf(f->disk, sizeof(f->disk), "%s/disk.img", f->dir);
     snprintf(f->sock, sizeof(f->sock), "%s/qsd.sock", f->dir);
     snprintf(f->log, sizeof(f->log), "%s/qsd.log", f->dir);
@@ -301,20 +176,7 @@ static void start_qsd(struct fx *f)
     f->disk_fd = open(f->disk, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     assert_true(f->disk_fd >= 0);
     assert_int_equal(ftruncate(f->disk_fd, (off_t)DISK_BYTES), 0);
-    snprintf(blockdev, sizeof(blockdev), "driver=file,filename=%s,node-name=f0", f->disk);
-    snprintf(exp, sizeof(exp),
-             "type=vhost-user-blk,id=exp0,node-name=f0,addr.type=unix,addr.path=%s,"
-             "writable=on,num-queues=%u",
-             f->sock, NQ);
-
-    assert_int_equal(tu_spawn(&f->proc, argv, f->log), 0);
-    /* By file only: a probe connection would sit in qsd's backlog. */
-    r = tu_wait_socket_file(&f->proc, f->sock, 10000);
-    if (r) {
-        tu_dump_log(&f->proc);
-        fprintf(stderr, "qemu-storage-daemon did not create %s: %s\n", f->sock, strerror(-r));
-    }
-    assert_int_equal(r, 0);
+    tu_start_qsd_file(&f->proc, f->disk, NQ, f->sock, f->log);
 }
 
 /* Connect, negotiate, ack like a driver, check what qsd reported. */
@@ -332,7 +194,7 @@ static void new_device(struct fx *f)
     cfg.base_features =
         BIT(VUF_VIRTIO_F_VERSION_1) | BIT(VUF_VIRTIO_F_EVENT_IDX) | BIT(VUF_VIRTIO_F_INDIRECT_DESC);
     cfg.max_queue_size = 256;
-    cfg.event = vmm_event;
+    cfg.event = tu_vmm_event;
     cfg.event_opaque = &f->vmm;
 
     /* Retries ECONNREFUSED: the file appears at bind(), before listen(). */
@@ -397,26 +259,15 @@ static void make_queues(struct fx *f)
         assert_int_equal(vuf_guest_mem_new_simple(GUEST_GPA, GUEST_BYTES, &f->gm), 0);
     for (unsigned i = 0; i < NQ; i++) {
         struct vuf_virtq_opts o = {.size = QSIZE, .index = i, .features = f->acked};
-        struct vuf_virtq_layout l;
         struct vuf_queue *q = &f->q[i];
 
         assert_int_equal(vuf_virtq_new_opts(f->gm, &o, &f->vq[i]), 0);
         assert_int_equal(vuf_blk_new(f->vq[i], NREQS, MAX_DATA, &f->blk[i]), 0);
-        vuf_virtq_layout(f->vq[i], &l);
-        memset(q, 0, sizeof(*q));
-        q->size = QSIZE;
-        q->ready = true;
-        q->desc_addr = l.desc_gpa;
-        q->avail_addr = l.avail_gpa;
-        q->used_addr = l.used_gpa;
-        q->vector = i == 0 ? 0 : VUF_NO_VECTOR;
-        q->kick_fd = vuf_virtq_kick_fd(f->vq[i]);
-        q->next_avail = vuf_virtq_avail_idx(f->vq[i]);
-        q->next_used = vuf_virtq_used_idx(f->vq[i]);
+        tu_queue_from_virtq(q, f->vq[i], i == 0 ? 0 : VUF_NO_VECTOR);
         f->vmm.msix[i] = q->vector != VUF_NO_VECTOR;
         f->vmm.call_fd[i] = vuf_virtq_call_fd(f->vq[i]);
     }
-    f->intr.ops = &vmm_intr_ops;
+    f->intr.ops = &tu_vmm_intr_ops;
     f->intr.opaque = &f->vmm;
 }
 
@@ -453,13 +304,7 @@ static void assert_file_has(struct fx *f, uint64_t sector, const uint8_t *want, 
 
 static void assert_reads(struct vuf_blk *blk, uint64_t sector, const uint8_t *want, size_t len)
 {
-    uint8_t *got = malloc(len);
-
-    assert_non_null(got);
-    memset(got, 0xee, len);
-    assert_int_equal(vuf_blk_read(blk, sector, got, len, IO_MS), 0);
-    assert_memory_equal(got, want, len);
-    free(got);
+    tu_assert_blk_reads(blk, sector, want, len, IO_MS);
 }
 
 /* Everything the device made is gone: no fd, no thread left over. */
@@ -470,7 +315,7 @@ static void destroy_and_check_leaks(struct fx *f)
     free_queues(f);
     vuf_guest_mem_free(f->gm);
     f->gm = NULL;
-    assert_int_equal(count_threads(), f->threads0);
+    assert_int_equal(tu_count_threads(), f->threads0);
     assert_int_equal(tu_count_fds(), f->fds0);
 }
 
@@ -516,7 +361,7 @@ static void test_qsd_io_sleep_wake_reset(void **state)
     SKIP_WITHOUT_QSD();
     start_qsd(f);
     f->fds0 = tu_count_fds();
-    f->threads0 = count_threads();
+    f->threads0 = tu_count_threads();
 
     a = malloc(LEN_A);
     b = malloc(LEN_B);
@@ -532,7 +377,7 @@ static void test_qsd_io_sleep_wake_reset(void **state)
     new_device(f);
     make_queues(f);
     activate(f);
-    assert_int_equal(count_threads(), f->threads0 + 1); /* the worker */
+    assert_int_equal(tu_count_threads(), f->threads0 + 1); /* the worker */
 
     /* --- I/O on both queues ------------------------------------------- */
     intx0 = atomic_load(&f->vmm.intx);
@@ -562,10 +407,10 @@ static void test_qsd_io_sleep_wake_reset(void **state)
     assert_int_equal(vuf_blk_req_prep(req, VUF_BLK_T_FLUSH, 0, 0), 0);
     assert_int_equal(vuf_blk_submit(f->blk[1], req, 0), 0);
     {
-        int64_t until = now_ns() + (int64_t)IO_MS * 1000000;
+        int64_t until = tu_now_ns() + (int64_t)IO_MS * 1000000;
 
-        while (atomic_load(&f->vmm.intx) == intx0 && now_ns() < until)
-            sleep_ms(1);
+        while (atomic_load(&f->vmm.intx) == intx0 && tu_now_ns() < until)
+            tu_sleep_ms(1);
     }
     assert_true(atomic_load(&f->vmm.intx) > intx0);
     assert_int_equal(vuf_blk_wait(f->blk[1], IO_MS, &done), 0);
@@ -589,7 +434,7 @@ static void test_qsd_io_sleep_wake_reset(void **state)
     }
     assert_int_equal(vuf_device_sleep(f->dev, slept, NQ), 1);
     assert_false(vuf_frontend_is_active(f->dev));
-    assert_int_equal(count_threads(), f->threads0); /* worker stopped */
+    assert_int_equal(tu_count_threads(), f->threads0); /* worker stopped */
     for (unsigned i = 0; i < NQ; i++) {
         print_message("queue %u: published avail %u, used %u; after sleep next_avail %u "
                       "next_used %u\n",
@@ -620,7 +465,7 @@ static void test_qsd_io_sleep_wake_reset(void **state)
     /* --- wake: the same queues, SET_VRING_BASE = reclaimed next_avail --- */
     assert_int_equal(vuf_device_wake(f->dev, f->gm, &f->intr, slept, NQ), 0);
     assert_true(vuf_frontend_is_active(f->dev));
-    assert_int_equal(count_threads(), f->threads0 + 1);
+    assert_int_equal(tu_count_threads(), f->threads0 + 1);
     /* The pending kick is seen on the re-sent kick fd: the request made while
      * asleep completes now, exactly once. */
     assert_int_equal(vuf_blk_wait(f->blk[0], IO_MS, &done), 0);
@@ -650,7 +495,7 @@ static void test_qsd_io_sleep_wake_reset(void **state)
     /* --- reset, then activate with fresh rings -------------------------- */
     assert_int_equal(vuf_device_reset(f->dev), 0);
     assert_false(vuf_frontend_is_active(f->dev));
-    assert_int_equal(count_threads(), f->threads0);
+    assert_int_equal(tu_count_threads(), f->threads0);
     assert_int_equal(vuf_device_reset(f->dev), 0); /* no-op when inactive */
     free_queues(f); /* the old rings are abandoned, as by a rebooting guest */
     make_queues(f); /* new ring addresses, indices from 0 */
@@ -721,7 +566,7 @@ static void test_qsd_crash_detected(void **state)
     SKIP_WITHOUT_QSD();
     start_qsd(f);
     f->fds0 = tu_count_fds();
-    f->threads0 = count_threads();
+    f->threads0 = tu_count_threads();
     atomic_store(&log_crash_lines, 0);
 
     new_device(f);
@@ -732,19 +577,19 @@ static void test_qsd_crash_detected(void **state)
     assert_int_equal(pthread_create(&f->io_thread, NULL, io_main, io), 0);
     f->io_running = true;
     /* Wait until I/O is flowing (bounded). */
-    deadline = now_ns() + 5000000000ll;
-    while (atomic_load(&io->ops) < 20 && now_ns() < deadline && !atomic_load(&io->err))
-        sleep_ms(1);
+    deadline = tu_now_ns() + 5000000000ll;
+    while (atomic_load(&io->ops) < 20 && tu_now_ns() < deadline && !atomic_load(&io->err))
+        tu_sleep_ms(1);
     assert_int_equal(atomic_load(&io->err), 0);
     assert_true(atomic_load(&io->ops) >= 20);
     assert_int_equal(atomic_load(&f->vmm.crashed), 0);
 
     /* The back-end dies mid-I/O. */
-    t_kill = now_ns();
+    t_kill = tu_now_ns();
     assert_int_equal(kill(f->proc.pid, SIGKILL), 0);
     deadline = t_kill + 3000000000ll;
-    while (!atomic_load(&f->vmm.crashed) && now_ns() < deadline)
-        sleep_ms(1);
+    while (!atomic_load(&f->vmm.crashed) && tu_now_ns() < deadline)
+        tu_sleep_ms(1);
     assert_int_equal(atomic_load(&f->vmm.crashed), 1);
     latency_ms = (atomic_load(&f->vmm.crash_ns) - t_kill) / 1000000;
     print_message("device crashed reported %lld ms after SIGKILL (%d I/O ops before)\n",
@@ -770,7 +615,7 @@ static void test_qsd_crash_detected(void **state)
     assert_int_equal(WTERMSIG(status), SIGKILL);
 
     /* Reported once per activation, even after more time. */
-    sleep_ms(100);
+    tu_sleep_ms(100);
     assert_int_equal(atomic_load(&f->vmm.crashed), 1);
 
     /* The VMM resets the dead device: the queues cannot be stopped on a
@@ -783,7 +628,7 @@ static void test_qsd_crash_detected(void **state)
         assert_true(r < 0);
     }
     assert_false(vuf_frontend_is_active(f->dev));
-    assert_int_equal(count_threads(), f->threads0);
+    assert_int_equal(tu_count_threads(), f->threads0);
 
     destroy_and_check_leaks(f);
     assert_int_equal(atomic_load(&f->vmm.crashed), 1);
@@ -802,7 +647,7 @@ static void test_qsd_crash_while_asleep(void **state)
     SKIP_WITHOUT_QSD();
     start_qsd(f);
     f->fds0 = tu_count_fds();
-    f->threads0 = count_threads();
+    f->threads0 = tu_count_threads();
 
     new_device(f);
     make_queues(f);
@@ -818,7 +663,7 @@ static void test_qsd_crash_while_asleep(void **state)
 
     assert_int_equal(kill(f->proc.pid, SIGKILL), 0);
     tu_stop(&f->proc);
-    sleep_ms(100);
+    tu_sleep_ms(100);
     assert_int_equal(atomic_load(&f->vmm.crashed), 0); /* nobody watching: asleep */
 
     /* Waking onto a dead back-end fails cleanly and leaves it inactive. */
@@ -827,7 +672,7 @@ static void test_qsd_crash_while_asleep(void **state)
                   atomic_load(&f->vmm.crashed));
     assert_true(r < 0);
     assert_false(vuf_frontend_is_active(f->dev));
-    assert_int_equal(count_threads(), f->threads0);
+    assert_int_equal(tu_count_threads(), f->threads0);
     /* The device never became active again: the failure is the wake's
      * return value, not a crash event (device.h: "while the device was
      * active"). The worker runs during activation, so try a few times to
@@ -854,6 +699,7 @@ int main(void)
 
     /* SIGPIPE must not kill us when a dead back-end's socket is written. */
     signal(SIGPIPE, SIG_IGN);
+    tu_warm_threads();
     vuf_log_set(log_sink, NULL, VUF_LOG_INFO);
     if (!tu_have_exe(QSD)) {
         fprintf(stderr, "SKIP: %s not installed (apt-get install qemu-system-common)\n", QSD);

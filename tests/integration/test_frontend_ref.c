@@ -49,6 +49,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backends.h"
+#include "fe_harness.h"
 #include "testutil.h"
 #include "vuf/conn.h"
 #include "vuf/device.h"
@@ -61,7 +63,7 @@
 
 #define BIT(n) (1ull << (n))
 #define NQ 2
-#define MAXQ 4 /* the queue_clamp test's back-end has 4 queues */
+#define MAXQ 4 /* the queue_clamp test's back-end has 4 queues (<= TU_VMM_MAXQ) */
 #define QSIZE 64u
 #define DISK_BYTES (4ull << 20)
 #define SHM_BYTES (1ull << 20)
@@ -81,54 +83,6 @@ static const char *backend_bin;
 /* ------------------------------------------------------------------------ */
 /* Helpers                                                                  */
 /* ------------------------------------------------------------------------ */
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-        ;
-}
-
-static void *nothing(void *arg)
-{
-    return arg;
-}
-
-/* Threads of this process. The first call starts and joins one thread so
- * that helper threads a runtime creates with the first pthread_create
- * (sanitizers) are in every baseline. */
-static int count_threads(void)
-{
-    static bool warm;
-    struct dirent *e;
-    DIR *d;
-    int n = 0;
-
-    if (!warm) {
-        pthread_t t;
-
-        warm = true;
-        if (pthread_create(&t, NULL, nothing, NULL) == 0)
-            pthread_join(t, NULL);
-    }
-    d = opendir("/proc/self/task");
-    if (!d)
-        return -1;
-    while ((e = readdir(d)))
-        if (e->d_name[0] != '.')
-            n++;
-    closedir(d);
-    return n;
-}
 
 static void fill(uint8_t *p, size_t len, uint32_t seed)
 {
@@ -167,72 +121,9 @@ static uint64_t fnv1a(const uint8_t *p, size_t n)
     return h;
 }
 
-static void log_sink(void *opaque, enum vuf_log_level level, const char *msg)
-{
-    static const char *const names[] = {"error", "warn", "info", "debug"};
-
-    (void)opaque;
-    fprintf(stderr, "[vuf %s] %s\n", names[level & 3], msg);
-}
-
 /* ------------------------------------------------------------------------ */
 /* The VMM: interrupts, events, and a shared-memory mapper                  */
 /* ------------------------------------------------------------------------ */
-
-struct vmm {
-    /* The driver's call eventfds; written while the device is inactive,
-     * only read by the worker. */
-    int call_fd[MAXQ];
-    bool msix[MAXQ];
-    atomic_int intx;
-    atomic_int config_changes;
-    atomic_int crashed;
-};
-
-static int vmm_irqfd(void *opaque, uint16_t vector)
-{
-    struct vmm *v = opaque;
-
-    if (vector < MAXQ && v->msix[vector])
-        return v->call_fd[vector];
-    return -1;
-}
-
-/* INTx: the transport cannot tell the queue; wake every queue without a
- * vector, as a guest's shared interrupt handler would look at all. */
-static void vmm_signal_used(void *opaque, uint16_t vector)
-{
-    struct vmm *v = opaque;
-    uint64_t one = 1;
-
-    (void)vector;
-    atomic_fetch_add(&v->intx, 1);
-    for (unsigned i = 0; i < MAXQ; i++)
-        if (!v->msix[i] && v->call_fd[i] >= 0 &&
-            write(v->call_fd[i], &one, sizeof(one)) != (ssize_t)sizeof(one))
-            fprintf(stderr, "INTx to queue %u: %s\n", i, strerror(errno));
-}
-
-static void vmm_config_changed(void *opaque)
-{
-    struct vmm *v = opaque;
-
-    atomic_fetch_add(&v->config_changes, 1);
-}
-
-static const struct vuf_interrupt_ops vmm_intr_ops = {
-    .irqfd = vmm_irqfd,
-    .signal_used_queue = vmm_signal_used,
-    .signal_config_changed = vmm_config_changed,
-};
-
-static void vmm_event(void *opaque, enum vuf_device_event ev)
-{
-    struct vmm *v = opaque;
-
-    if (ev == VUF_DEVICE_EVENT_CRASHED)
-        atomic_fetch_add(&v->crashed, 1);
-}
 
 /*
  * The mapper: the region is a PROT_NONE reservation of its length in this
@@ -416,7 +307,7 @@ struct fx {
     int fds0, threads0;
 
     struct be be[2];
-    struct vmm vmm;
+    struct tu_vmm vmm; /* queue 0: MSI-X vector 0; the others: INTx */
     struct vuf_interrupt intr;
     struct vuf_device *dev;
     struct tmap map;
@@ -465,48 +356,22 @@ static void be_start(struct fx *f, struct be *b, const char *name, ...)
     }
 }
 
-static bool log_has(const char *path, const char *needle)
-{
-    char line[1024];
-    bool found = false;
-    FILE *fp = fopen(path, "re");
-
-    if (!fp)
-        return false;
-    while (!found && fgets(line, sizeof(line), fp))
-        found = strstr(line, needle) != NULL;
-    fclose(fp);
-    return found;
-}
-
 /* SIGTERM: the back-end must exit 0 and remove its socket. */
 static void be_stop(struct be *b)
 {
-    int st;
-
     if (b->ctl_fd >= 0)
         close(b->ctl_fd);
     b->ctl_fd = -1;
     assert_true(b->proc.pid > 0);
     assert_int_equal(waitpid(b->proc.pid, NULL, WNOHANG), 0); /* still running */
-    st = tu_stop(&b->proc);
-    if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
-        tu_dump_log(&b->proc);
-        fail_msg("back-end exit status 0x%x, want exit 0", st);
-    }
-    assert_int_not_equal(access(b->sock, F_OK), 0);
-    /* Under -Db_sanitize a report need not change the exit status. */
-    if (log_has(b->log, "Sanitizer") || log_has(b->log, "runtime error")) {
-        tu_dump_log(&b->proc);
-        fail_msg("sanitizer report in the back-end's log");
-    }
+    tu_stop_clean(&b->proc, b->sock);
 }
 
 /* Send one control command and return its one-line answer. */
 static void ctl(struct be *b, const char *cmd, char *ans, size_t cap)
 {
     char line[256];
-    int64_t end = now_ms() + CTL_MS;
+    int64_t end = tu_now_ms() + CTL_MS;
     size_t have = 0, n;
 
     if (b->ctl_fd < 0) {
@@ -523,7 +388,7 @@ static void ctl(struct be *b, const char *cmd, char *ans, size_t cap)
     assert_int_equal(send(b->ctl_fd, line, n, MSG_NOSIGNAL), (ssize_t)n);
     while (have + 1 < cap) {
         struct pollfd p = {.fd = b->ctl_fd, .events = POLLIN};
-        int64_t left = end - now_ms();
+        int64_t left = end - tu_now_ms();
         ssize_t got;
 
         if (left <= 0)
@@ -602,8 +467,7 @@ static int setup(void **state)
         f->be[i].proc.pid = -1;
         f->be[i].ctl_fd = -1;
     }
-    for (unsigned i = 0; i < MAXQ; i++)
-        f->vmm.call_fd[i] = -1;
+    tu_vmm_init(&f->vmm);
     f->nq = NQ;
     f->qsize = QSIZE;
     f->dir = tu_mkdtemp("vuf-fe-ref");
@@ -623,8 +487,7 @@ static void free_queues(struct fx *f)
         f->blk[i] = NULL;
         vuf_virtq_free(f->vq[i]);
         f->vq[i] = NULL;
-        f->vmm.call_fd[i] = -1;
-        f->vmm.msix[i] = false;
+        tu_vmm_forget_queue(&f->vmm, i);
     }
 }
 
@@ -663,7 +526,7 @@ static int teardown(void **state)
 
 static void baseline(struct fx *f)
 {
-    f->threads0 = count_threads();
+    f->threads0 = tu_count_threads();
     f->fds0 = tu_count_fds();
 }
 
@@ -678,7 +541,7 @@ static struct vuf_device *connect_device(struct fx *f, struct be *b, uint16_t ma
     cfg.base_features =
         BIT(VUF_VIRTIO_F_VERSION_1) | BIT(VUF_VIRTIO_F_EVENT_IDX) | BIT(VUF_VIRTIO_F_INDIRECT_DESC);
     cfg.max_queue_size = max_queue_size;
-    cfg.event = vmm_event;
+    cfg.event = tu_vmm_event;
     cfg.event_opaque = &f->vmm;
     assert_int_equal(vuf_conn_connect(b->sock, 2000, &conn), 0);
     vuf_conn_set_timeout(conn, IO_MS);
@@ -717,28 +580,17 @@ static void make_queues(struct fx *f, unsigned nreqs0, uint32_t max_data0)
         assert_int_equal(vuf_guest_mem_new_simple(GUEST_GPA, GUEST_BYTES, &f->gm), 0);
     for (unsigned i = 0; i < f->nq; i++) {
         struct vuf_virtq_opts o = {.size = f->qsize, .index = i, .features = features};
-        struct vuf_virtq_layout l;
         struct vuf_queue *q = &f->q[i];
 
         assert_int_equal(vuf_virtq_new_opts(f->gm, &o, &f->vq[i]), 0);
         assert_int_equal(vuf_blk_new(f->vq[i], i == 0 ? nreqs0 : NREQS,
                                      i == 0 ? max_data0 : MAX_DATA, &f->blk[i]),
                          0);
-        vuf_virtq_layout(f->vq[i], &l);
-        memset(q, 0, sizeof(*q));
-        q->size = (uint16_t)f->qsize;
-        q->ready = true;
-        q->desc_addr = l.desc_gpa;
-        q->avail_addr = l.avail_gpa;
-        q->used_addr = l.used_gpa;
-        q->vector = i == 0 ? 0 : VUF_NO_VECTOR;
-        q->kick_fd = vuf_virtq_kick_fd(f->vq[i]);
-        q->next_avail = vuf_virtq_avail_idx(f->vq[i]);
-        q->next_used = vuf_virtq_used_idx(f->vq[i]);
+        tu_queue_from_virtq(q, f->vq[i], i == 0 ? 0 : VUF_NO_VECTOR);
         f->vmm.msix[i] = i == 0;
         f->vmm.call_fd[i] = vuf_virtq_call_fd(f->vq[i]);
     }
-    f->intr.ops = &vmm_intr_ops;
+    f->intr.ops = &tu_vmm_intr_ops;
     f->intr.opaque = &f->vmm;
 }
 
@@ -746,18 +598,12 @@ static void activate(struct fx *f)
 {
     assert_int_equal(vuf_device_activate(f->dev, f->gm, &f->intr, f->q, f->nq), 0);
     assert_true(vuf_frontend_is_active(f->dev));
-    assert_int_equal(count_threads(), f->threads0 + 1); /* the worker */
+    assert_int_equal(tu_count_threads(), f->threads0 + 1); /* the worker */
 }
 
 static void assert_reads(struct vuf_blk *blk, uint64_t sector, const uint8_t *want, size_t len)
 {
-    uint8_t *got = malloc(len);
-
-    assert_non_null(got);
-    memset(got, 0xee, len);
-    assert_int_equal(vuf_blk_read(blk, sector, got, len, IO_MS), 0);
-    assert_memory_equal(got, want, len);
-    free(got);
+    tu_assert_blk_reads(blk, sector, want, len, IO_MS);
 }
 
 static void destroy_device(struct fx *f)
@@ -773,7 +619,7 @@ static void check_no_leaks(struct fx *f)
     free_queues(f);
     vuf_guest_mem_free(f->gm);
     f->gm = NULL;
-    assert_int_equal(count_threads(), f->threads0);
+    assert_int_equal(tu_count_threads(), f->threads0);
     assert_int_equal(tu_count_fds(), f->fds0);
     assert_int_equal(atomic_load(&f->vmm.crashed), 0);
 }
@@ -977,7 +823,7 @@ static void migrate(struct fx *f, bool ram)
     /* --- A sleeps; the device hands the queues back -------------------- */
     memcpy(slept, f->q, sizeof(slept));
     assert_int_equal(vuf_device_sleep(f->dev, slept, NQ), 1);
-    assert_int_equal(count_threads(), f->threads0);
+    assert_int_equal(tu_count_threads(), f->threads0);
     for (unsigned i = 0; i < NQ; i++) {
         assert_int_equal(slept[i].next_avail, nreq[i]);
         assert_int_equal(slept[i].next_used, nreq[i]);
@@ -1031,7 +877,7 @@ static void migrate(struct fx *f, bool ram)
     /* --- A goes away ---------------------------------------------------- */
     destroy_device(f);
     be_stop(&f->be[0]);
-    assert_int_equal(count_threads(), f->threads0);
+    assert_int_equal(tu_count_threads(), f->threads0);
 
     /* --- B: a new process, a new front-end, restore --------------------- */
     if (ram)
@@ -1059,7 +905,7 @@ static void migrate(struct fx *f, bool ram)
     /* --- B wakes with the queues A handed back -------------------------- */
     assert_int_equal(vuf_device_wake(f->dev, f->gm, &f->intr, slept, NQ), 0);
     assert_true(vuf_frontend_is_active(f->dev));
-    assert_int_equal(count_threads(), f->threads0 + 1);
+    assert_int_equal(tu_count_threads(), f->threads0 + 1);
     if (!ram) {
         /* The request made while A slept completes on B, once. */
         assert_int_equal(vuf_blk_wait(f->blk[0], IO_MS, &done), 0);
@@ -1339,7 +1185,7 @@ static void test_shmem(void **state)
     nev = tm_nevents(&f->map);
     assert_int_equal(vuf_device_reset(f->dev), 0);
     assert_false(vuf_frontend_is_active(f->dev));
-    assert_int_equal(count_threads(), f->threads0);
+    assert_int_equal(tu_count_threads(), f->threads0);
     assert_int_equal(vuf_frontend_num_mappings(f->dev), 0);
     assert_int_equal(tm_live(&f->map), 0);
     assert_int_equal(tm_nevents(&f->map), nev + 3);
@@ -1385,10 +1231,10 @@ static void test_shmem(void **state)
 
 static void wait_config_changes(struct fx *f, int want)
 {
-    int64_t end = now_ms() + IO_MS;
+    int64_t end = tu_now_ms() + IO_MS;
 
-    while (atomic_load(&f->vmm.config_changes) < want && now_ms() < end)
-        sleep_ms(1);
+    while (atomic_load(&f->vmm.config_changes) < want && tu_now_ms() < end)
+        tu_sleep_ms(1);
     assert_int_equal(atomic_load(&f->vmm.config_changes), want);
 }
 
@@ -1413,7 +1259,7 @@ static void test_config_change(void **state)
     assert_int_equal(ctl_ack(&f->be[0], "config-change"), 0);
     wait_config_changes(f, 2);
     /* No stray one later, and the device is fine. */
-    sleep_ms(50);
+    tu_sleep_ms(50);
     assert_int_equal(atomic_load(&f->vmm.config_changes), 2);
     assert_int_equal(vuf_device_read_config(f->dev, 0, &cap, sizeof(cap)), 0);
     assert_int_equal(cap, DISK_BYTES / VUF_BLK_SECTOR_SIZE);
@@ -1469,7 +1315,7 @@ static void test_queue_clamp(void **state)
         qs[1] = big;
         assert_int_equal(vuf_device_activate(f->dev, f->gm, &f->intr, qs, CLAMP_NQ), -EINVAL);
         assert_false(vuf_frontend_is_active(f->dev));
-        assert_int_equal(count_threads(), f->threads0);
+        assert_int_equal(tu_count_threads(), f->threads0);
     }
 
     activate(f);
@@ -1526,14 +1372,14 @@ static int run_fds0, run_threads0;
 static int group_setup(void **state)
 {
     (void)state;
-    run_threads0 = count_threads();
+    run_threads0 = tu_count_threads();
     run_fds0 = tu_count_fds();
     return 0;
 }
 
 static int group_teardown(void **state)
 {
-    int fds = tu_count_fds(), threads = count_threads();
+    int fds = tu_count_fds(), threads = tu_count_threads();
 
     (void)state;
     if (fds != run_fds0 || threads != run_threads0) {
@@ -1564,6 +1410,7 @@ int main(void)
         fprintf(stderr, "SKIP: %s is not executable\n", backend_bin);
         return TEST_SKIP;
     }
-    vuf_log_set(log_sink, NULL, VUF_LOG_INFO);
+    vuf_log_set(tu_log_to_stderr, NULL, VUF_LOG_INFO);
+    tu_warm_threads();
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

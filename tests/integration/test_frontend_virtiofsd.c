@@ -29,6 +29,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backends.h"
+#include "fe_harness.h"
 #include "testutil.h"
 #include "vuf/conn.h"
 #include "vuf/device.h"
@@ -38,7 +40,7 @@
 #include "vuf/virtio.h"
 #include "vuf/virtq.h"
 
-#define VIRTIOFSD "/usr/lib/qemu/virtiofsd"
+#define VIRTIOFSD TU_VIRTIOFSD
 
 #define BIT(n) (1ull << (n))
 #define NQ 2 /* hiprio + one request queue */
@@ -130,107 +132,6 @@ struct fuse_entry_out {
 _Static_assert(sizeof(struct fuse_entry_out) == 128, "fuse_entry_out");
 
 /* ------------------------------------------------------------------------ */
-/* Helpers                                                                  */
-/* ------------------------------------------------------------------------ */
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-        ;
-}
-
-static void *nothing(void *arg)
-{
-    return arg;
-}
-
-/*
- * Threads of this process. The first call starts and joins one thread, so
- * that helper threads a runtime creates lazily with the first
- * pthread_create (ThreadSanitizer's background thread) are already in the
- * baseline.
- */
-static int count_threads(void)
-{
-    static bool warm;
-    struct dirent *e;
-    DIR *d;
-    int n = 0;
-
-    if (!warm) {
-        pthread_t t;
-
-        warm = true;
-        if (pthread_create(&t, NULL, nothing, NULL) == 0)
-            pthread_join(t, NULL);
-    }
-    d = opendir("/proc/self/task");
-    if (!d)
-        return -1;
-    while ((e = readdir(d)))
-        if (e->d_name[0] != '.')
-            n++;
-    closedir(d);
-    return n;
-}
-
-static void log_sink(void *opaque, enum vuf_log_level level, const char *msg)
-{
-    static const char *const names[] = {"error", "warn", "info", "debug"};
-
-    (void)opaque;
-    fprintf(stderr, "[vuf %s] %s\n", names[level & 3], msg);
-}
-
-/* ------------------------------------------------------------------------ */
-/* VMM side                                                                 */
-/* ------------------------------------------------------------------------ */
-
-struct vmm {
-    int call_fd[NQ]; /* each queue's MSI-X "irqfd" is the driver's call fd */
-    atomic_int intx;
-    atomic_int crashed;
-};
-
-static int vmm_irqfd(void *opaque, uint16_t vector)
-{
-    struct vmm *v = opaque;
-
-    return vector < NQ ? v->call_fd[vector] : -1;
-}
-
-static void vmm_signal_used(void *opaque, uint16_t vector)
-{
-    struct vmm *v = opaque;
-
-    (void)vector;
-    atomic_fetch_add(&v->intx, 1);
-}
-
-static const struct vuf_interrupt_ops vmm_intr_ops = {
-    .irqfd = vmm_irqfd,
-    .signal_used_queue = vmm_signal_used,
-};
-
-static void vmm_event(void *opaque, enum vuf_device_event ev)
-{
-    struct vmm *v = opaque;
-
-    if (ev == VUF_DEVICE_EVENT_CRASHED)
-        atomic_fetch_add(&v->crashed, 1);
-}
-
-/* ------------------------------------------------------------------------ */
 /* Fixture                                                                  */
 /* ------------------------------------------------------------------------ */
 
@@ -240,7 +141,7 @@ struct fx {
     struct tu_proc proc;
     int fds0, threads0;
 
-    struct vmm vmm;
+    struct tu_vmm vmm; /* queue i: MSI-X vector i, its irqfd the driver's call fd */
     struct vuf_interrupt intr;
     struct vuf_device *dev;
     struct vuf_guest_mem *gm;
@@ -256,6 +157,7 @@ static int setup(void **state)
     if (!f)
         return -1;
     f->proc.pid = -1;
+    tu_vmm_init(&f->vmm);
     f->dir = tu_mkdtemp("vuf-fe-vfs");
     if (!f->dir) {
         free(f);
@@ -282,10 +184,8 @@ static int teardown(void **state)
 
 static void start_virtiofsd(struct fx *f)
 {
-    char sockopt[320], srcopt[320];
-    char *argv[] = {VIRTIOFSD, sockopt, "-o", srcopt, NULL};
     char path[400];
-    int fd, r;
+    int fd;
 
     snprintf(f->share, sizeof(f->share), "%s/share", f->dir);
     snprintf(f->sock, sizeof(f->sock), "%s/vfs.sock", f->dir);
@@ -297,18 +197,8 @@ static void start_virtiofsd(struct fx *f)
     assert_true(fd >= 0);
     assert_int_equal(write(fd, "hello, vhost-user\n", 18), 18);
     close(fd);
-
-    snprintf(sockopt, sizeof(sockopt), "--socket-path=%s", f->sock);
-    /* Always a source: without one it silently shares "/". */
-    snprintf(srcopt, sizeof(srcopt), "source=%s", f->share);
-    assert_int_equal(tu_spawn(&f->proc, argv, f->log), 0);
-    /* File only: virtiofsd serves exactly one connection. */
-    r = tu_wait_socket_file(&f->proc, f->sock, 10000);
-    if (r) {
-        tu_dump_log(&f->proc);
-        fprintf(stderr, "virtiofsd did not create %s: %s\n", f->sock, strerror(-r));
-    }
-    assert_int_equal(r, 0);
+    /* Waited for by file only: virtiofsd serves exactly one connection. */
+    tu_start_virtiofsd(&f->proc, f->share, f->sock, f->log);
 }
 
 static void new_device(struct fx *f)
@@ -321,7 +211,7 @@ static void new_device(struct fx *f)
     cfg.device_type = VUF_DEV_FS;
     cfg.base_features = BIT(VUF_VIRTIO_F_VERSION_1) | BIT(VUF_VIRTIO_F_EVENT_IDX);
     cfg.max_queue_size = 1024;
-    cfg.event = vmm_event;
+    cfg.event = tu_vmm_event;
     cfg.event_opaque = &f->vmm;
 
     assert_int_equal(vuf_conn_connect(f->sock, 2000, &conn), 0);
@@ -347,22 +237,12 @@ static void make_queues(struct fx *f)
     assert_int_equal(vuf_guest_mem_new_simple(GUEST_GPA, GUEST_BYTES, &f->gm), 0);
     for (unsigned i = 0; i < NQ; i++) {
         struct vuf_virtq_opts o = {.size = QSIZE, .index = i, .features = acked};
-        struct vuf_virtq_layout l;
-        struct vuf_queue *q = &f->q[i];
-
         assert_int_equal(vuf_virtq_new_opts(f->gm, &o, &f->vq[i]), 0);
-        vuf_virtq_layout(f->vq[i], &l);
-        memset(q, 0, sizeof(*q));
-        q->size = QSIZE;
-        q->ready = true;
-        q->desc_addr = l.desc_gpa;
-        q->avail_addr = l.avail_gpa;
-        q->used_addr = l.used_gpa;
-        q->vector = (uint16_t)i;
-        q->kick_fd = vuf_virtq_kick_fd(f->vq[i]);
+        tu_queue_from_virtq(&f->q[i], f->vq[i], (uint16_t)i);
+        f->vmm.msix[i] = true;
         f->vmm.call_fd[i] = vuf_virtq_call_fd(f->vq[i]);
     }
-    f->intr.ops = &vmm_intr_ops;
+    f->intr.ops = &tu_vmm_intr_ops;
     f->intr.opaque = &f->vmm;
 }
 
@@ -496,37 +376,6 @@ static void do_fuse_lookup_hello(struct fx *f)
     assert_int_equal(e.attr.mode, st.st_mode);
 }
 
-/* virtiofsd exits with rc 0 once its one connection closed. Watched as a
- * zombie in /proc (not reaped here), then reaped by tu_stop. */
-static void assert_virtiofsd_exits(struct fx *f)
-{
-    int64_t end = now_ms() + 5000;
-    bool zombie = false;
-    char path[64], st[512];
-    int status;
-
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)f->proc.pid);
-    while (!zombie && now_ms() < end) {
-        FILE *fp = fopen(path, "re");
-        char *rp;
-
-        if (fp && fgets(st, sizeof(st), fp) && (rp = strrchr(st, ')')) && rp[1] == ' ' &&
-            rp[2] == 'Z')
-            zombie = true;
-        if (fp)
-            fclose(fp);
-        if (!zombie)
-            sleep_ms(5);
-    }
-    if (!zombie) {
-        tu_dump_log(&f->proc);
-        fail_msg("virtiofsd still running 5 s after the device was destroyed");
-    }
-    status = tu_stop(&f->proc);
-    assert_true(WIFEXITED(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
-}
-
 /* ------------------------------------------------------------------------ */
 /* Test                                                                     */
 /* ------------------------------------------------------------------------ */
@@ -539,13 +388,13 @@ static void test_virtiofsd_fuse_init(void **state)
 
     start_virtiofsd(f);
     f->fds0 = tu_count_fds();
-    f->threads0 = count_threads();
+    f->threads0 = tu_count_threads();
 
     new_device(f);
     make_queues(f);
     assert_int_equal(vuf_device_activate(f->dev, f->gm, &f->intr, f->q, NQ), 0);
     assert_true(vuf_frontend_is_active(f->dev));
-    assert_int_equal(count_threads(), f->threads0 + 1);
+    assert_int_equal(tu_count_threads(), f->threads0 + 1);
 
     do_fuse_init(f);
     do_fuse_lookup_hello(f);
@@ -559,7 +408,7 @@ static void test_virtiofsd_fuse_init(void **state)
     assert_int_equal(slept[REQ_Q].next_avail, avail);
     assert_int_equal(slept[REQ_Q].next_used, vuf_virtq_used_idx(f->vq[REQ_Q]));
     assert_int_equal(slept[0].next_avail, 0); /* hiprio: never used */
-    assert_int_equal(count_threads(), f->threads0);
+    assert_int_equal(tu_count_threads(), f->threads0);
 
     /* wake: the same rings go on where they were */
     assert_int_equal(vuf_device_wake(f->dev, f->gm, &f->intr, slept, NQ), 0);
@@ -578,9 +427,10 @@ static void test_virtiofsd_fuse_init(void **state)
     vuf_guest_mem_free(f->gm);
     f->gm = NULL;
     assert_int_equal(atomic_load(&f->vmm.crashed), 0);
-    assert_int_equal(count_threads(), f->threads0);
+    assert_int_equal(tu_count_threads(), f->threads0);
     assert_int_equal(tu_count_fds(), f->fds0);
-    assert_virtiofsd_exits(f);
+    /* virtiofsd exits with rc 0 once its one connection closed. */
+    tu_assert_exits_zero(&f->proc, 5000);
 }
 
 int main(void)
@@ -590,7 +440,7 @@ int main(void)
     };
 
     signal(SIGPIPE, SIG_IGN);
-    vuf_log_set(log_sink, NULL, VUF_LOG_INFO);
+    vuf_log_set(tu_log_to_stderr, NULL, VUF_LOG_INFO);
     if (!tu_have_exe(VIRTIOFSD)) {
         fprintf(stderr, "SKIP: %s not installed (apt-get install qemu-system-common)\n", VIRTIOFSD);
         return TEST_SKIP;
@@ -602,5 +452,6 @@ int main(void)
                 (unsigned)geteuid());
         return TEST_SKIP;
     }
+    tu_warm_threads();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -29,10 +29,11 @@
 
 #include <json-c/json.h>
 
+#include "backends.h"
 #include "testutil.h"
 
-#define QSD "/usr/bin/qemu-storage-daemon"
-#define VIRTIOFSD "/usr/lib/qemu/virtiofsd"
+#define QSD TU_QSD
+#define VIRTIOFSD TU_VIRTIOFSD
 #define VUGPU "/usr/lib/qemu/vhost-user-gpu"
 
 /* Longest a vuf run may take before the test kills it. */
@@ -42,111 +43,22 @@ static const char *tool;
 
 /* ---- running the vuf binary --------------------------------------------- */
 
-struct run {
-    int status; /* as from waitpid */
-    char out[65536];
-    char err[16384];
-    long elapsed_ms;
-};
-
-static long now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
-}
-
-static void drain(int *fd, char *buf, size_t cap, size_t *len)
-{
-    char tmp[4096];
-    ssize_t n = read(*fd, tmp, sizeof(tmp));
-
-    if (n < 0 && errno == EINTR)
-        return;
-    if (n <= 0) {
-        close(*fd);
-        *fd = -1;
-        return;
-    }
-    if (*len + 1 < cap) {
-        size_t k = (size_t)n < cap - 1 - *len ? (size_t)n : cap - 1 - *len;
-        memcpy(buf + *len, tmp, k);
-        *len += k;
-        buf[*len] = '\0';
-    }
-}
-
 /* Run `vuf args...`, capturing stdout and stderr; kill it after
  * RUN_DEADLINE_MS. Always reaps. */
-static void run_vuf(struct run *r, const char *const *args)
+static void run_vuf(struct tu_run *r, const char *const *args)
 {
-    char *argv[32];
-    int po[2], pe[2];
-    size_t ol = 0, el = 0;
-    long start = now_ms();
-    pid_t pid;
-    int n = 0;
-
-    memset(r, 0, sizeof(*r));
-    argv[n++] = (char *)tool;
-    for (; args[n - 1] && n < 31; n++)
-        argv[n] = (char *)args[n - 1];
-    argv[n] = NULL;
-
-    assert_int_equal(pipe2(po, O_CLOEXEC), 0);
-    assert_int_equal(pipe2(pe, O_CLOEXEC), 0);
-    pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(po[1], 1);
-        dup2(pe[1], 2);
-        execv(tool, argv);
-        fprintf(stderr, "exec %s: %s\n", tool, strerror(errno));
-        _exit(127);
-    }
-    close(po[1]);
-    close(pe[1]);
-    while (po[0] >= 0 || pe[0] >= 0) {
-        struct pollfd p[2] = {{.fd = po[0], .events = POLLIN}, {.fd = pe[0], .events = POLLIN}};
-        long left = start + RUN_DEADLINE_MS - now_ms();
-
-        if (left <= 0) {
-            kill(pid, SIGKILL);
-            break;
-        }
-        if (poll(p, 2, (int)left) < 0 && errno != EINTR)
-            break;
-        if (po[0] >= 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR)))
-            drain(&po[0], r->out, sizeof(r->out), &ol);
-        if (pe[0] >= 0 && (p[1].revents & (POLLIN | POLLHUP | POLLERR)))
-            drain(&pe[0], r->err, sizeof(r->err), &el);
-    }
-    if (po[0] >= 0)
-        close(po[0]);
-    if (pe[0] >= 0)
-        close(pe[0]);
-    while (waitpid(pid, &r->status, 0) < 0 && errno == EINTR)
-        ;
-    r->elapsed_ms = now_ms() - start;
-    if (r->err[0])
-        fprintf(stderr, "[vuf stderr] %s", r->err);
-}
-
-static int exit_code(const struct run *r)
-{
-    return WIFEXITED(r->status) ? WEXITSTATUS(r->status) : 128 + WTERMSIG(r->status);
+    tu_run_capture(r, tool, args, RUN_DEADLINE_MS);
 }
 
 /* Run a probe that must succeed with --json; returns the parsed object. */
 static json_object *probe_json(const char *const *args)
 {
-    struct run r;
+    struct tu_run r;
     json_object *j;
 
     run_vuf(&r, args);
     printf("%s", r.out); /* the exact output, for the test log */
-    assert_int_equal(exit_code(&r), 0);
+    assert_int_equal(tu_exit_code(&r), 0);
     j = json_tokener_parse(r.out);
     assert_non_null(j);
     assert_true(json_object_is_type(j, json_type_object));
@@ -228,50 +140,18 @@ static int teardown(void **state)
     return 0;
 }
 
+/* By file only: a test connect would use up a one-connection back-end
+ * (and leave a dead client in qsd's backlog). */
 static void start_backend(struct fixture *f, char *const argv[])
 {
-    int ret = tu_spawn(&f->proc, argv, f->log);
-
-    assert_int_equal(ret, 0);
-    /* By file only: a test connect would use up a one-connection back-end
-     * (and leave a dead client in qsd's backlog). */
-    ret = tu_wait_socket_file(&f->proc, f->sock, 10000);
-    if (ret) {
-        tu_dump_log(&f->proc);
-        fprintf(stderr, "back-end %s did not create %s: %s\n", argv[0], f->sock, strerror(-ret));
-    }
-    assert_int_equal(ret, 0);
+    tu_spawn_wait_file(&f->proc, argv, f->log, f->sock);
 }
 
 /* A one-connection back-end exits (rc 0) soon after the probe hangs up:
- * proof that the probe closed its connection. Checked without reaping
- * (tu_stop reaps and returns the status). */
+ * proof that the probe closed its connection. */
 static void assert_exits_cleanly(struct fixture *f)
 {
-    char path[64], st[512];
-    long end = now_ms() + 5000;
-    bool zombie = false;
-    int status;
-
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)f->proc.pid);
-    while (!zombie && now_ms() < end) {
-        FILE *fp = fopen(path, "r");
-        char *rp;
-
-        if (fp && fgets(st, sizeof(st), fp) && (rp = strrchr(st, ')')) && rp[1] == ' ' &&
-            rp[2] == 'Z')
-            zombie = true;
-        if (fp)
-            fclose(fp);
-        if (!zombie)
-            usleep(5000);
-    }
-    if (!zombie)
-        tu_dump_log(&f->proc);
-    assert_true(zombie);
-    status = tu_stop(&f->proc);
-    assert_true(WIFEXITED(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
+    tu_assert_exits_zero(&f->proc, 5000);
 }
 
 /* ---- qemu-storage-daemon: vhost-user-blk ----------------------------------- */
@@ -364,7 +244,7 @@ static void test_qsd_blk(void **state)
 static void test_qsd_sequential_and_refused_config(void **state)
 {
     struct fixture *f = *state;
-    struct run r;
+    struct tu_run r;
     json_object *j;
 
     if (!tu_have_exe(QSD)) {
@@ -377,7 +257,7 @@ static void test_qsd_sequential_and_refused_config(void **state)
     /* human output: every bit named, one per line, with its hex value */
     run_vuf(&r, (const char *[]){"probe", f->sock, "--device-type", "blk", NULL});
     printf("%s", r.out);
-    assert_int_equal(exit_code(&r), 0);
+    assert_int_equal(tu_exit_code(&r), 0);
     assert_non_null(strstr(r.out, "virtio features:   0x0000000175007e66\n"));
     assert_non_null(strstr(r.out, "bit  5  0x0000000000000020  RO"));
     assert_non_null(strstr(r.out, "bit 12  0x0000000000001000  MQ"));
@@ -392,7 +272,7 @@ static void test_qsd_sequential_and_refused_config(void **state)
     /* 72 bytes (the newer virtio_blk_config) is refused by qsd 7.2 */
     run_vuf(&r, (const char *[]){"probe", f->sock, "--device-type", "blk", "--config-size", "72",
                                  "--timeout-ms", "3000", NULL});
-    assert_int_equal(exit_code(&r), 1);
+    assert_int_equal(tu_exit_code(&r), 1);
     assert_string_equal(r.out, "");
     assert_non_null(strstr(r.err, "GET_CONFIG of 72 bytes refused"));
     assert_non_null(strstr(r.err, f->sock));
@@ -414,8 +294,7 @@ static void test_qsd_sequential_and_refused_config(void **state)
 static void test_virtiofsd(void **state)
 {
     struct fixture *f = *state;
-    char share[300], sockopt[300], srcopt[320];
-    char *argv[] = {VIRTIOFSD, sockopt, "-o", srcopt, NULL};
+    char share[300];
     json_object *j;
     uint64_t pf;
 
@@ -432,9 +311,7 @@ static void test_virtiofsd(void **state)
     assert_int_equal(mkdir(share, 0755), 0);
     snprintf(f->sock, sizeof(f->sock), "%s/vfs.sock", f->dir);
     snprintf(f->log, sizeof(f->log), "%s/virtiofsd.log", f->dir);
-    snprintf(sockopt, sizeof(sockopt), "--socket-path=%s", f->sock);
-    snprintf(srcopt, sizeof(srcopt), "source=%s", share);
-    start_backend(f, argv);
+    tu_start_virtiofsd(&f->proc, share, f->sock, f->log);
 
     j = probe_json((const char *[]){"probe", "--json", "--device-type", "fs", f->sock, NULL});
     assert_string_equal(json_object_get_string(get(j, "device_type")), "fs");
@@ -523,11 +400,11 @@ static void fill_sun(struct sockaddr_un *sa, const char *path)
 static void test_nothing_listening(void **state)
 {
     struct fixture *f = *state;
-    struct run r;
+    struct tu_run r;
 
     snprintf(f->sock, sizeof(f->sock), "%s/nobody.sock", f->dir);
     run_vuf(&r, (const char *[]){"probe", "--json", "--timeout-ms", "400", f->sock, NULL});
-    assert_int_equal(exit_code(&r), 1);
+    assert_int_equal(tu_exit_code(&r), 1);
     assert_string_equal(r.out, "");
     assert_non_null(strstr(r.err, f->sock));
     assert_non_null(strstr(r.err, "cannot connect"));
@@ -541,7 +418,7 @@ static void test_stale_socket(void **state)
 {
     struct fixture *f = *state;
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    struct run r;
+    struct tu_run r;
     int fd;
 
     snprintf(f->sock, sizeof(f->sock), "%s/stale.sock", f->dir);
@@ -552,7 +429,7 @@ static void test_stale_socket(void **state)
     close(fd);
 
     run_vuf(&r, (const char *[]){"probe", f->sock, "--timeout-ms", "300", NULL});
-    assert_int_equal(exit_code(&r), 1);
+    assert_int_equal(tu_exit_code(&r), 1);
     assert_string_equal(r.out, "");
     assert_non_null(strstr(r.err, "cannot connect"));
     assert_non_null(strstr(r.err, "Connection refused"));
@@ -564,7 +441,7 @@ static void test_peer_hangs_up(void **state)
 {
     struct fixture *f = *state;
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    struct run r;
+    struct tu_run r;
     pid_t pid;
     int lfd;
 
@@ -591,7 +468,7 @@ static void test_peer_hangs_up(void **state)
     close(lfd);
     run_vuf(&r, (const char *[]){"probe", f->sock, "--timeout-ms", "3000", NULL});
     waitpid(pid, NULL, 0);
-    assert_int_equal(exit_code(&r), 1);
+    assert_int_equal(tu_exit_code(&r), 1);
     assert_string_equal(r.out, "");
     assert_non_null(strstr(r.err, "GET_FEATURES failed"));
     assert_non_null(strstr(r.err, "hung up"));
@@ -601,53 +478,53 @@ static void test_peer_hangs_up(void **state)
 
 static void test_cli_usage(void **state)
 {
-    struct run r;
+    struct tu_run r;
     (void)state;
 
     run_vuf(&r, (const char *[]){"--help", NULL});
-    assert_int_equal(exit_code(&r), 0);
+    assert_int_equal(tu_exit_code(&r), 0);
     assert_non_null(strstr(r.out, "usage: vuf"));
     assert_non_null(strstr(r.out, "probe"));
 
     run_vuf(&r, (const char *[]){"probe", "--help", NULL});
-    assert_int_equal(exit_code(&r), 0);
+    assert_int_equal(tu_exit_code(&r), 0);
     assert_non_null(strstr(r.out, "usage: vuf probe SOCKET"));
     assert_non_null(strstr(r.out, "--device-type"));
 
     run_vuf(&r, (const char *[]){"frobnicate", NULL});
-    assert_int_equal(exit_code(&r), 2);
+    assert_int_equal(tu_exit_code(&r), 2);
     assert_string_equal(r.out, "");
     assert_non_null(strstr(r.err, "unknown command 'frobnicate'"));
     assert_non_null(strstr(r.err, "usage: vuf"));
 
     run_vuf(&r, (const char *[]){NULL});
-    assert_int_equal(exit_code(&r), 2);
+    assert_int_equal(tu_exit_code(&r), 2);
     assert_non_null(strstr(r.err, "usage: vuf"));
 
     run_vuf(&r, (const char *[]){"probe", NULL});
-    assert_int_equal(exit_code(&r), 2);
+    assert_int_equal(tu_exit_code(&r), 2);
     assert_non_null(strstr(r.err, "missing SOCKET"));
 
     run_vuf(&r, (const char *[]){"probe", "/x.sock", "--device-type", "floppy", NULL});
-    assert_int_equal(exit_code(&r), 2);
+    assert_int_equal(tu_exit_code(&r), 2);
     assert_non_null(strstr(r.err, "unknown device type 'floppy'"));
 
     run_vuf(&r, (const char *[]){"probe", "/x.sock", "--timeout-ms", "soon", NULL});
-    assert_int_equal(exit_code(&r), 2);
+    assert_int_equal(tu_exit_code(&r), 2);
 
     run_vuf(&r, (const char *[]){"probe", "/x.sock", "--config-size", "257", NULL});
-    assert_int_equal(exit_code(&r), 2);
+    assert_int_equal(tu_exit_code(&r), 2);
 
     run_vuf(&r, (const char *[]){"probe", "/x.sock", "--bogus", NULL});
-    assert_int_equal(exit_code(&r), 2);
+    assert_int_equal(tu_exit_code(&r), 2);
     assert_non_null(strstr(r.err, "unknown option '--bogus'"));
 
     run_vuf(&r, (const char *[]){"probe", "/a.sock", "/b.sock", NULL});
-    assert_int_equal(exit_code(&r), 2);
+    assert_int_equal(tu_exit_code(&r), 2);
     assert_non_null(strstr(r.err, "unexpected argument"));
 
     run_vuf(&r, (const char *[]){"probe", "/x.sock", "--device-type", NULL});
-    assert_int_equal(exit_code(&r), 2);
+    assert_int_equal(tu_exit_code(&r), 2);
     assert_non_null(strstr(r.err, "needs a value"));
 }
 

@@ -3,6 +3,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -258,4 +260,181 @@ const char *tu_which(const char *name)
         path = c + 1;
     }
     return NULL;
+}
+
+int64_t tu_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t tu_now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+void tu_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+int tu_count_threads(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *e;
+    int n = 0;
+
+    if (!d)
+        return -1;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n;
+}
+
+static void *nothing(void *arg)
+{
+    return arg;
+}
+
+void tu_warm_threads(void)
+{
+    static bool warm;
+    pthread_t t;
+
+    if (warm)
+        return;
+    warm = true;
+    if (pthread_create(&t, NULL, nothing, NULL) == 0)
+        pthread_join(t, NULL);
+}
+
+int tu_threads_settle(int want)
+{
+    int64_t until = tu_now_ms() + 1000;
+    int n;
+
+    while ((n = tu_count_threads()) != want && tu_now_ms() < until)
+        tu_sleep_ms(1);
+    return n;
+}
+
+void tu_log_to_stderr(void *opaque, enum vuf_log_level level, const char *msg)
+{
+    static const char *const names[] = {"error", "warn", "info", "debug"};
+
+    (void)opaque;
+    fprintf(stderr, "[vuf %s] %s\n", names[level & 3], msg);
+}
+
+bool tu_log_has(const char *path, const char *needle)
+{
+    char line[1024];
+    bool found = false;
+    FILE *fp = fopen(path, "re");
+
+    if (!fp)
+        return false;
+    while (!found && fgets(line, sizeof(line), fp))
+        found = strstr(line, needle) != NULL;
+    fclose(fp);
+    return found;
+}
+
+/* Append what *fd has to buf; closes *fd (and sets -1) at EOF or error. */
+static void pump(int *fd, char *buf, size_t cap, size_t *len)
+{
+    char tmp[8192];
+    ssize_t n = read(*fd, tmp, sizeof(tmp));
+
+    if (n < 0 && (errno == EINTR || errno == EAGAIN))
+        return;
+    if (n <= 0) {
+        close(*fd);
+        *fd = -1;
+        return;
+    }
+    if (*len + 1 < cap) {
+        size_t k = (size_t)n;
+
+        if (k > cap - 1 - *len)
+            k = cap - 1 - *len;
+        memcpy(buf + *len, tmp, k);
+        *len += k;
+        buf[*len] = '\0';
+    }
+}
+
+void tu_run_capture(struct tu_run *r, const char *prog, const char *const *args, int deadline_ms)
+{
+    char *argv[40];
+    int po[2], pe[2], n = 0;
+    size_t ol = 0, el = 0;
+    int64_t start = tu_now_ms();
+    pid_t pid;
+
+    r->status = -1;
+    r->elapsed_ms = 0;
+    r->out[0] = r->err[0] = '\0';
+    argv[n++] = (char *)prog;
+    while (args[n - 1] && n < 39) {
+        argv[n] = (char *)args[n - 1];
+        n++;
+    }
+    argv[n] = NULL;
+
+    assert_int_equal(pipe2(po, O_CLOEXEC), 0);
+    assert_int_equal(pipe2(pe, O_CLOEXEC), 0);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(po[1], STDOUT_FILENO);
+        dup2(pe[1], STDERR_FILENO);
+        execv(prog, argv);
+        fprintf(stderr, "exec %s: %s\n", prog, strerror(errno));
+        _exit(127);
+    }
+    close(po[1]);
+    close(pe[1]);
+    while (po[0] >= 0 || pe[0] >= 0) {
+        struct pollfd p[2] = {{.fd = po[0], .events = POLLIN}, {.fd = pe[0], .events = POLLIN}};
+        int64_t left = start + deadline_ms - tu_now_ms();
+
+        if (left <= 0) {
+            fprintf(stderr, "%s still running after %d ms: killed\n", prog, deadline_ms);
+            kill(pid, SIGKILL);
+            break;
+        }
+        if (poll(p, 2, (int)left) < 0 && errno != EINTR)
+            break;
+        if (po[0] >= 0 && p[0].revents)
+            pump(&po[0], r->out, sizeof(r->out), &ol);
+        if (pe[0] >= 0 && p[1].revents)
+            pump(&pe[0], r->err, sizeof(r->err), &el);
+    }
+    if (po[0] >= 0)
+        close(po[0]);
+    if (pe[0] >= 0)
+        close(pe[0]);
+    while (waitpid(pid, &r->status, 0) < 0 && errno == EINTR)
+        ;
+    r->elapsed_ms = (long)(tu_now_ms() - start);
+    if (r->err[0])
+        fprintf(stderr, "[vuf stderr] %s", r->err);
+}
+
+int tu_exit_code(const struct tu_run *r)
+{
+    if (WIFEXITED(r->status))
+        return WEXITSTATUS(r->status);
+    return 128 + WTERMSIG(r->status);
 }

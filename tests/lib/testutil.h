@@ -13,6 +13,8 @@
 
 #include <cmocka.h>
 
+#include "vuf/log.h"
+
 /* Exit status that makes Meson report a test as skipped. */
 #define TEST_SKIP 77
 
@@ -61,5 +63,63 @@ bool tu_have_exe(const char *path);
 
 /* Find a program in PATH; returns a static buffer or NULL. */
 const char *tu_which(const char *name);
+
+/* ---- time --------------------------------------------------------------- */
+
+/* CLOCK_MONOTONIC in milliseconds / nanoseconds. */
+int64_t tu_now_ms(void);
+int64_t tu_now_ns(void);
+
+/* Sleep `ms` milliseconds (restarted when a signal interrupts it). */
+void tu_sleep_ms(int ms);
+
+/* ---- threads ------------------------------------------------------------ */
+
+/* Number of threads of this process (entries of /proc/self/task), or -1. */
+int tu_count_threads(void);
+
+/* Start and join one thread, once per process (later calls do nothing), so
+ * that the helper threads a runtime creates lazily with the first
+ * pthread_create (sanitizers, ThreadSanitizer's background thread) already
+ * exist when a test takes its thread baseline. Call it before the first
+ * tu_count_threads() whose result is a baseline. */
+void tu_warm_threads(void);
+
+/* A joined thread can linger in /proc/self/task for a moment after
+ * pthread_join returns (the kernel wakes the joiner before the task is
+ * reaped): wait up to a second for tu_count_threads() to be `want`, and
+ * return the last count. */
+int tu_threads_settle(int want);
+
+/* ---- logs --------------------------------------------------------------- */
+
+/* A vuf_log sink (vuf_log_set_sink) printing "[vuf LEVEL] msg" to stderr,
+ * so the library's log stays in the test output. opaque is unused. */
+void tu_log_to_stderr(void *opaque, enum vuf_log_level level, const char *msg);
+
+/* True if a line of the file at `path` contains `needle` (false when the
+ * file cannot be opened). */
+bool tu_log_has(const char *path, const char *needle);
+
+/* ---- running a program to completion ------------------------------------ */
+
+/* What a program run by tu_run_capture printed, and how it ended. Large:
+ * allocate it on the heap or in static storage when stack is tight. */
+struct tu_run {
+    int status;      /* as from waitpid; -1 until reaped */
+    long elapsed_ms; /* from fork to reaping */
+    char out[256 * 1024];
+    char err[32 * 1024];
+};
+
+/* Run `prog args...` (args NULL-ended, at most 38 of them; argv[0] is prog)
+ * with stdout and stderr captured in r (NUL-terminated, cut at the buffer
+ * size) and stdin inherited. SIGKILLed after `deadline_ms`. The child is
+ * always reaped before this returns and the pipes are closed; nothing is
+ * left behind. What it wrote to stderr is echoed to our stderr. */
+void tu_run_capture(struct tu_run *r, const char *prog, const char *const *args, int deadline_ms);
+
+/* The exit code of a finished run; 128+signal if it was killed. */
+int tu_exit_code(const struct tu_run *r);
 
 #endif

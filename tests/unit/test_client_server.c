@@ -29,6 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fe_harness.h"
 #include "testutil.h"
 #include "vuf/vuf.h"
 
@@ -580,18 +581,7 @@ static int fx_teardown(void **state)
 static void raw_send(struct vuf_conn *c, uint32_t code, uint32_t flags, const void *p,
                      uint32_t size, const int *fds, unsigned nfds)
 {
-    struct vuf_msg m;
-
-    memset(&m, 0, sizeof(m));
-    m.hdr.request = code;
-    m.hdr.flags = flags;
-    m.hdr.size = size;
-    if (size)
-        memcpy(m.payload.raw, p, size);
-    for (unsigned i = 0; i < nfds; i++)
-        m.fds[i] = fds[i];
-    m.nfds = nfds;
-    assert_int_equal(vuf_conn_send(c, &m), 0);
+    assert_int_equal(tu_raw_send(c, code, flags, p, size, fds, nfds), 0);
 }
 
 #define REPLY (VUF_VERSION | VUF_FLAG_REPLY)

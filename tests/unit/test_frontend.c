@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fe_harness.h"
 #include "testutil.h"
 #include "vuf/breq.h"
 #include "vuf/conn.h"
@@ -38,53 +39,6 @@
 
 #define MAX_REC 1024
 #define MAX_Q 8
-
-/* ------------------------------------------------------------------------ */
-/* Small helpers                                                            */
-/* ------------------------------------------------------------------------ */
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-
-    nanosleep(&ts, NULL);
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int count_threads(void)
-{
-    DIR *d = opendir("/proc/self/task");
-    struct dirent *e;
-    int n = 0;
-
-    if (!d)
-        return -1;
-    while ((e = readdir(d)))
-        if (e->d_name[0] != '.')
-            n++;
-    closedir(d);
-    return n;
-}
-
-/* A joined thread can linger in /proc/self/task for a moment after
- * pthread_join returns (the kernel wakes the joiner before the task is
- * reaped): wait up to a second for the count to settle at `want`. */
-static int threads_settle(int want)
-{
-    int64_t until = now_ms() + 1000;
-    int n;
-
-    while ((n = count_threads()) != want && now_ms() < until)
-        sleep_ms(1);
-    return n;
-}
 
 /* ------------------------------------------------------------------------ */
 /* The in-test back-end                                                     */
@@ -431,11 +385,11 @@ static void print_seq(struct be *be, unsigned from)
  */
 static void expect_seq_(struct be *be, unsigned *mark, const uint32_t *codes, unsigned n, int line)
 {
-    int64_t until = now_ms() + 1000;
+    int64_t until = tu_now_ms() + 1000;
 
-    while (be_count(be) < *mark + n && now_ms() < until)
-        sleep_ms(1);
-    sleep_ms(5); /* anything extra would arrive now */
+    while (be_count(be) < *mark + n && tu_now_ms() < until)
+        tu_sleep_ms(1);
+    tu_sleep_ms(5); /* anything extra would arrive now */
     if (be_count(be) != *mark + n) {
         print_message("line %d: expected %u requests, got %u:\n", line, n, be_count(be) - *mark);
         print_seq(be, *mark);
@@ -619,7 +573,7 @@ static void fx_begin(struct fx *f)
 
     memset(f, 0, sizeof(*f));
     f->fds0 = tu_count_fds();
-    f->threads0 = count_threads();
+    f->threads0 = tu_count_threads();
     atomic_store(&crashes, 0);
     be_init(&f->be);
     assert_int_equal(vuf_conn_pair(&a, &b), 0);
@@ -656,29 +610,10 @@ static void fx_queues(struct fx *f, unsigned n)
 {
     assert_int_equal(vuf_guest_mem_new_simple(0x100000, 1 << 20, &f->mem), 0);
     f->nq = n;
-    for (unsigned i = 0; i < n; i++) {
-        struct vuf_queue *q = &f->q[i];
-
-        memset(q, 0, sizeof(*q));
-        q->size = 16;
-        q->ready = true;
-        assert_int_equal(vuf_guest_mem_alloc(f->mem, 16 * 16, 16, &q->desc_addr), 0);
-        assert_int_equal(vuf_guest_mem_alloc(f->mem, 6 + 2 * 16, 2, &q->avail_addr), 0);
-        assert_int_equal(vuf_guest_mem_alloc(f->mem, 6 + 8 * 16, 4, &q->used_addr), 0);
-        q->vector = i == 1 ? 1 : VUF_NO_VECTOR;
-        q->kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        assert_true(q->kick_fd >= 0);
-    }
+    for (unsigned i = 0; i < n; i++)
+        tu_ring_queue(f->mem, &f->q[i], i == 1 ? 1 : VUF_NO_VECTOR);
     f->intr.irqfd1 = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     assert_true(f->intr.irqfd1 >= 0);
-}
-
-static void set_used_idx(struct fx *f, unsigned i, uint16_t v)
-{
-    uint16_t *p = vuf_guest_mem_to_host(f->mem, f->q[i].used_addr + 2, 2);
-
-    assert_non_null(p);
-    *p = v;
 }
 
 static void fx_end(struct fx *f)
@@ -695,7 +630,7 @@ static void fx_end(struct fx *f)
     pthread_mutex_destroy(&f->map.lock);
     /* No fd and no thread outlives the device. */
     assert_int_equal(tu_count_fds(), f->fds0);
-    assert_int_equal(threads_settle(f->threads0), f->threads0);
+    assert_int_equal(tu_threads_settle(f->threads0), f->threads0);
 }
 
 static void fx_activate_ok(struct fx *f)
@@ -975,8 +910,8 @@ static void lifecycle(bool with_backend_req)
         config_change_ok(&f);
 
     /* sleep: the queues come back, reclaimed */
-    set_used_idx(&f, 0, 5);
-    set_used_idx(&f, 1, 6);
+    tu_set_used_idx(f.mem, &f.q[0], 5);
+    tu_set_used_idx(f.mem, &f.q[1], 6);
     f.be.vring_base = 9;
     struct vuf_queue back[MAX_Q];
     memcpy(back, f.q, sizeof(back));
@@ -1012,13 +947,13 @@ static void lifecycle(bool with_backend_req)
     vuf_device_destroy(f.dev);
     f.dev = NULL;
     {
-        int64_t until = now_ms() + 1000;
+        int64_t until = tu_now_ms() + 1000;
 
-        while (f.be.running && now_ms() < until) {
+        while (f.be.running && tu_now_ms() < until) {
             if (pthread_tryjoin_np(f.be.thread, NULL) == 0)
                 f.be.running = false;
             else
-                sleep_ms(1);
+                tu_sleep_ms(1);
         }
         assert_false(f.be.running); /* the server loop ended on ECONNRESET */
     }
@@ -1092,14 +1027,14 @@ static void test_vring_base_too_big(void **state)
      * inactive and can start again. */
     expect_seq(&f.be, &f.mark, SEQ_STOP, SEQ_STOP);
     assert_false(vuf_frontend_is_active(f.dev));
-    assert_int_equal(threads_settle(f.threads0 + 1), f.threads0 + 1); /* the back-end's only */
+    assert_int_equal(tu_threads_settle(f.threads0 + 1), f.threads0 + 1); /* the back-end's only */
     f.be.vring_base = 3;
     fx_activate_ok(&f);
     expect_seq(&f.be, &f.mark, R(SET_MEM_TABLE), SEQ_QUEUE, SEQ_QUEUE);
 
     /* The same on sleep: the queues still come back (used->idx fallback). */
-    set_used_idx(&f, 0, 4);
-    set_used_idx(&f, 1, 4);
+    tu_set_used_idx(f.mem, &f.q[0], 4);
+    tu_set_used_idx(f.mem, &f.q[1], 4);
     f.be.vring_base = 0x10000;
     memcpy(back, f.q, sizeof(back));
     back[0].next_avail = back[1].next_avail = 1;
@@ -1108,7 +1043,7 @@ static void test_vring_base_too_big(void **state)
     assert_int_equal(back[0].next_avail, 4);
     assert_int_equal(back[0].next_used, 4);
     assert_false(vuf_frontend_is_active(f.dev));
-    assert_int_equal(threads_settle(f.threads0 + 1), f.threads0 + 1);
+    assert_int_equal(tu_threads_settle(f.threads0 + 1), f.threads0 + 1);
     fx_end(&f);
 }
 
@@ -1175,7 +1110,7 @@ static void test_activate_nack_rolls_back(void **state)
                /* rolled back: both rings stopped again */
                SEQ_STOP, SEQ_STOP);
     assert_false(vuf_frontend_is_active(f.dev));
-    assert_int_equal(threads_settle(f.threads0 + 1), f.threads0 + 1);
+    assert_int_equal(tu_threads_settle(f.threads0 + 1), f.threads0 + 1);
     f.be.nack_code = 0;
     fx_activate_ok(&f);
     expect_seq(&f.be, &f.mark, R(SET_MEM_TABLE), SEQ_QUEUE, SEQ_QUEUE);
@@ -1217,16 +1152,16 @@ static void test_interrupts(void **state)
     fx_activate_ok(&f);
     /* Queue 0 has no vector: the shared eventfd -> signal_used_queue(NO_VECTOR). */
     assert_int_equal(write(f.be.call_fd[0], &one, 8), 8);
-    until = now_ms() + 1000;
-    while (atomic_load(&f.intr.used_calls) == 0 && now_ms() < until)
-        sleep_ms(1);
+    until = tu_now_ms() + 1000;
+    while (atomic_load(&f.intr.used_calls) == 0 && tu_now_ms() < until)
+        tu_sleep_ms(1);
     assert_int_equal(atomic_load(&f.intr.used_calls), 1);
     assert_int_equal(atomic_load(&f.intr.last_vector), VUF_NO_VECTOR);
     /* Queue 1's call fd is the irqfd of vector 1: straight to the VMM. */
     assert_int_equal(write(f.be.call_fd[1], &one, 8), 8);
     assert_int_equal(read(f.intr.irqfd1, &v, 8), 8);
     assert_int_equal(v, 1);
-    sleep_ms(20);
+    tu_sleep_ms(20);
     assert_int_equal(atomic_load(&f.intr.used_calls), 1);
     fx_end(&f);
 }
@@ -1592,9 +1527,9 @@ static void test_snapshot_variants(void **state)
     cfg.state_timeout_ms = 200;
     f.be.save_mode = SAVE_SILENT;
     assert_int_equal(fx_new(&f, &cfg), 0);
-    t0 = now_ms();
+    t0 = tu_now_ms();
     assert_int_equal(vuf_device_snapshot(f.dev, &snap, &len), -ETIMEDOUT);
-    assert_true(now_ms() - t0 < 2000);
+    assert_true(tu_now_ms() - t0 < 2000);
     fx_end(&f);
 
     /* No DEVICE_STATE. */
@@ -1625,16 +1560,16 @@ static void test_backend_crash(void **state)
     assert_int_equal(fx_new(&f, &cfg), 0);
     fx_queues(&f, 2);
     fx_activate_ok(&f);
-    set_used_idx(&f, 0, 11);
-    set_used_idx(&f, 1, 12);
+    tu_set_used_idx(f.mem, &f.q[0], 11);
+    tu_set_used_idx(f.mem, &f.q[1], 12);
 
-    t0 = now_ms();
+    t0 = tu_now_ms();
     be_kill(&f.be);
-    while (atomic_load(&crashes) == 0 && now_ms() - t0 < 1000)
-        sleep_ms(1);
+    while (atomic_load(&crashes) == 0 && tu_now_ms() - t0 < 1000)
+        tu_sleep_ms(1);
     assert_int_equal(atomic_load(&crashes), 1);
-    assert_true(now_ms() - t0 < 1000);
-    sleep_ms(20);
+    assert_true(tu_now_ms() - t0 < 1000);
+    tu_sleep_ms(20);
     assert_int_equal(atomic_load(&crashes), 1); /* once */
 
     /* Sleep fails fast but still hands the queues back (used->idx). */
@@ -1664,7 +1599,7 @@ static void test_crash_during_reset_path(void **state)
     /* reset reports the dead back-end, stops the worker anyway. */
     assert_true(vuf_device_reset(f.dev) < 0);
     assert_false(vuf_frontend_is_active(f.dev));
-    assert_int_equal(threads_settle(f.threads0), f.threads0);
+    assert_int_equal(tu_threads_settle(f.threads0), f.threads0);
     fx_end(&f);
 }
 

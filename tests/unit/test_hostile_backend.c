@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fe_harness.h"
 #include "testutil.h"
 #include "vuf/conn.h"
 #include "vuf/device.h"
@@ -49,67 +50,9 @@
 /* Helpers                                                                  */
 /* ------------------------------------------------------------------------ */
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-
-    nanosleep(&ts, NULL);
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int count_threads(void)
-{
-    DIR *d = opendir("/proc/self/task");
-    struct dirent *e;
-    int n = 0;
-
-    if (!d)
-        return -1;
-    while ((e = readdir(d)))
-        if (e->d_name[0] != '.')
-            n++;
-    closedir(d);
-    return n;
-}
-
-static int threads_settle(int want)
-{
-    int64_t until = now_ms() + 1000;
-    int n;
-
-    while ((n = count_threads()) != want && now_ms() < until)
-        sleep_ms(1);
-    return n;
-}
-
-/* A message built by hand (any flags, size, fds). */
-static int raw_send(struct vuf_conn *c, uint32_t code, uint32_t flags, const void *p, uint32_t size,
-                    const int *fds, unsigned nfds)
-{
-    struct vuf_msg m;
-
-    memset(&m, 0, sizeof(m));
-    m.hdr.request = code;
-    m.hdr.flags = flags;
-    m.hdr.size = size;
-    if (size)
-        memcpy(m.payload.raw, p, size);
-    for (unsigned i = 0; i < nfds; i++)
-        m.fds[i] = fds[i];
-    m.nfds = nfds;
-    return vuf_conn_send(c, &m);
-}
-
 static int raw_reply_u64(struct vuf_conn *c, uint32_t code, uint64_t v)
 {
-    return raw_send(c, code, REPLY, &v, 8, NULL, 0);
+    return tu_raw_send(c, code, REPLY, &v, 8, NULL, 0);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -187,7 +130,7 @@ static void hb_default(struct hb *hb, struct vuf_msg *req)
     case VUF_REQ_GET_VRING_BASE: {
         struct vuf_vring_state st = {.index = req->payload.state.index, .num = hb->vring_base};
 
-        raw_send(c, code, REPLY, &st, sizeof(st), NULL, 0);
+        tu_raw_send(c, code, REPLY, &st, sizeof(st), NULL, 0);
         return;
     }
     case VUF_REQ_GET_CONFIG: {
@@ -195,11 +138,11 @@ static void hb_default(struct hb *hb, struct vuf_msg *req)
 
         for (uint32_t i = 0; i < cfg.size && i < VUF_CONFIG_MAX; i++)
             cfg.region[i] = (uint8_t)(cfg.offset + i);
-        raw_send(c, code, REPLY, &cfg, VUF_CONFIG_HDR_SIZE + cfg.size, NULL, 0);
+        tu_raw_send(c, code, REPLY, &cfg, VUF_CONFIG_HDR_SIZE + cfg.size, NULL, 0);
         return;
     }
     case VUF_REQ_GET_SHMEM_CONFIG:
-        raw_send(c, code, REPLY, &hb->shm, sizeof(hb->shm), NULL, 0);
+        tu_raw_send(c, code, REPLY, &hb->shm, sizeof(hb->shm), NULL, 0);
         return;
     case VUF_REQ_SET_DEVICE_STATE_FD:
         if (req->payload.dstate.direction == VUF_STATE_DIR_SAVE) {
@@ -367,7 +310,7 @@ static int tm_add(void *opaque, int fd, uint64_t fd_offset, uint64_t len, uint64
     int ms = atomic_load(&t->slow_ms);
 
     if (ms)
-        sleep_ms(ms);
+        tu_sleep_ms(ms);
     if (fd_offset > (uint64_t)INT64_MAX)
         return -EINVAL;
     p = mmap(t->window + shm_offset, len, prot, MAP_SHARED | MAP_FIXED, fd, (off_t)fd_offset);
@@ -430,7 +373,7 @@ static void fx_begin(struct fx *f)
 
     memset(f, 0, sizeof(*f));
     f->fds0 = tu_count_fds();
-    f->threads0 = count_threads();
+    f->threads0 = tu_count_threads();
     atomic_store(&crashes, 0);
     atomic_store(&config_calls, 0);
     assert_int_equal(vuf_conn_pair(&a, &b), 0);
@@ -461,27 +404,8 @@ static void fx_queues(struct fx *f, unsigned n)
 {
     assert_int_equal(vuf_guest_mem_new_simple(0x100000, 1 << 20, &f->mem), 0);
     f->nq = n;
-    for (unsigned i = 0; i < n; i++) {
-        struct vuf_queue *q = &f->q[i];
-
-        memset(q, 0, sizeof(*q));
-        q->size = 16;
-        q->ready = true;
-        assert_int_equal(vuf_guest_mem_alloc(f->mem, 16 * 16, 16, &q->desc_addr), 0);
-        assert_int_equal(vuf_guest_mem_alloc(f->mem, 6 + 2 * 16, 2, &q->avail_addr), 0);
-        assert_int_equal(vuf_guest_mem_alloc(f->mem, 6 + 8 * 16, 4, &q->used_addr), 0);
-        q->vector = VUF_NO_VECTOR;
-        q->kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        assert_true(q->kick_fd >= 0);
-    }
-}
-
-static void set_used_idx(struct fx *f, unsigned i, uint16_t v)
-{
-    uint16_t *p = vuf_guest_mem_to_host(f->mem, f->q[i].used_addr + 2, 2);
-
-    assert_non_null(p);
-    *p = v;
+    for (unsigned i = 0; i < n; i++)
+        tu_ring_queue(f->mem, &f->q[i], VUF_NO_VECTOR);
 }
 
 /* The back-end's side of its request channel (after construction). */
@@ -517,7 +441,7 @@ static void fx_end(struct fx *f)
     pthread_mutex_destroy(&f->map.lock);
     /* No fd and no thread outlives the device. */
     assert_int_equal(tu_count_fds(), f->fds0);
-    assert_int_equal(threads_settle(f->threads0), f->threads0);
+    assert_int_equal(tu_threads_settle(f->threads0), f->threads0);
 }
 
 static int fx_activate(struct fx *f)
@@ -578,7 +502,7 @@ static enum hb_act hook_bad_shape(struct hb *hb, struct vuf_msg *req)
     switch (shape_case) {
     case 0: /* an fd riding along */
         fds[0] = eventfd(0, EFD_CLOEXEC);
-        raw_send(hb->conn, VUF_REQ_GET_FEATURES, REPLY, &v, 8, fds, 1);
+        tu_raw_send(hb->conn, VUF_REQ_GET_FEATURES, REPLY, &v, 8, fds, 1);
         close(fds[0]);
         break;
     case 1: /* 8 fds */
@@ -588,7 +512,7 @@ static enum hb_act hook_bad_shape(struct hb *hb, struct vuf_msg *req)
 
             for (int i = 0; i < 8; i++)
                 eight[i] = fds[0];
-            raw_send(hb->conn, VUF_REQ_GET_FEATURES, REPLY, &v, 8, eight, 8);
+            tu_raw_send(hb->conn, VUF_REQ_GET_FEATURES, REPLY, &v, 8, eight, 8);
         }
         close(fds[0]);
         break;
@@ -596,10 +520,10 @@ static enum hb_act hook_bad_shape(struct hb *hb, struct vuf_msg *req)
         raw_reply_u64(hb->conn, VUF_REQ_GET_PROTOCOL_FEATURES, v);
         break;
     case 3: /* a request instead of a reply */
-        raw_send(hb->conn, VUF_REQ_GET_FEATURES, REQ, &v, 8, NULL, 0);
+        tu_raw_send(hb->conn, VUF_REQ_GET_FEATURES, REQ, &v, 8, NULL, 0);
         break;
     case 4: /* short payload */
-        raw_send(hb->conn, VUF_REQ_GET_FEATURES, REPLY, &v, 4, NULL, 0);
+        tu_raw_send(hb->conn, VUF_REQ_GET_FEATURES, REPLY, &v, 4, NULL, 0);
         break;
     case 5: /* oversized header size: the stream is dead */
     {
@@ -620,7 +544,7 @@ static enum hb_act hook_bad_shape(struct hb *hb, struct vuf_msg *req)
             break;
     } break;
     case 7: /* NEED_REPLY on a reply */
-        raw_send(hb->conn, VUF_REQ_GET_FEATURES, REPLY | VUF_FLAG_NEED_REPLY, &v, 8, NULL, 0);
+        tu_raw_send(hb->conn, VUF_REQ_GET_FEATURES, REPLY | VUF_FLAG_NEED_REPLY, &v, 8, NULL, 0);
         break;
     default: /* hang up instead of answering */
         return HB_HANGUP;
@@ -641,10 +565,10 @@ static void test_new_bad_replies(void **state)
         f.hb.hook = hook_bad_shape;
         c = f.fe_conn;
         vuf_conn_set_timeout(c, 300);
-        t0 = now_ms();
+        t0 = tu_now_ms();
         r = fx_new(&f);
         assert_true(r < 0);
-        assert_true(now_ms() - t0 < 3000);
+        assert_true(tu_now_ms() - t0 < 3000);
         assert_null(f.dev);
         fx_end(&f);
     }
@@ -689,34 +613,35 @@ static enum hb_act hook_bad_config(struct hb *hb, struct vuf_msg *req)
     switch (cfg_case) {
     case 0: /* larger than asked */
         cfg.size += 4;
-        raw_send(hb->conn, VUF_REQ_GET_CONFIG, REPLY, &cfg, VUF_CONFIG_HDR_SIZE + cfg.size, NULL,
-                 0);
+        tu_raw_send(hb->conn, VUF_REQ_GET_CONFIG, REPLY, &cfg, VUF_CONFIG_HDR_SIZE + cfg.size, NULL,
+                    0);
         break;
     case 1: /* smaller */
         cfg.size -= 1;
-        raw_send(hb->conn, VUF_REQ_GET_CONFIG, REPLY, &cfg, VUF_CONFIG_HDR_SIZE + cfg.size, NULL,
-                 0);
+        tu_raw_send(hb->conn, VUF_REQ_GET_CONFIG, REPLY, &cfg, VUF_CONFIG_HDR_SIZE + cfg.size, NULL,
+                    0);
         break;
     case 2: /* size field disagrees with the message size */
-        raw_send(hb->conn, VUF_REQ_GET_CONFIG, REPLY, &cfg, VUF_CONFIG_HDR_SIZE + cfg.size + 4,
-                 NULL, 0);
+        tu_raw_send(hb->conn, VUF_REQ_GET_CONFIG, REPLY, &cfg, VUF_CONFIG_HDR_SIZE + cfg.size + 4,
+                    NULL, 0);
         break;
     case 3: /* fds attached */
         fd = eventfd(0, EFD_CLOEXEC);
-        raw_send(hb->conn, VUF_REQ_GET_CONFIG, REPLY, &cfg, VUF_CONFIG_HDR_SIZE + cfg.size, &fd, 1);
+        tu_raw_send(hb->conn, VUF_REQ_GET_CONFIG, REPLY, &cfg, VUF_CONFIG_HDR_SIZE + cfg.size, &fd,
+                    1);
         close(fd);
         break;
     case 4: /* bogus size field, larger than any config */
         cfg.size = 0xffffffffu;
-        raw_send(hb->conn, VUF_REQ_GET_CONFIG, REPLY, &cfg, VUF_CONFIG_HDR_SIZE + 8, NULL, 0);
+        tu_raw_send(hb->conn, VUF_REQ_GET_CONFIG, REPLY, &cfg, VUF_CONFIG_HDR_SIZE + 8, NULL, 0);
         break;
     case 5: /* only the header */
-        raw_send(hb->conn, VUF_REQ_GET_CONFIG, REPLY, &cfg, 4, NULL, 0);
+        tu_raw_send(hb->conn, VUF_REQ_GET_CONFIG, REPLY, &cfg, 4, NULL, 0);
         break;
     default: /* offset of the window (we ask from 0) */
         cfg.offset = 7;
-        raw_send(hb->conn, VUF_REQ_GET_CONFIG, REPLY, &cfg, VUF_CONFIG_HDR_SIZE + cfg.size, NULL,
-                 0);
+        tu_raw_send(hb->conn, VUF_REQ_GET_CONFIG, REPLY, &cfg, VUF_CONFIG_HDR_SIZE + cfg.size, NULL,
+                    0);
         break;
     }
     return HB_DONE;
@@ -762,9 +687,9 @@ static void test_unsolicited_reply_not_misattributed(void **state)
     bogus.size = 8;
     memset(bogus.region, 0x66, 8);
     assert_int_equal(
-        raw_send(f.hb.conn, VUF_REQ_GET_CONFIG, REPLY, &bogus, VUF_CONFIG_HDR_SIZE + 8, NULL, 0),
+        tu_raw_send(f.hb.conn, VUF_REQ_GET_CONFIG, REPLY, &bogus, VUF_CONFIG_HDR_SIZE + 8, NULL, 0),
         0);
-    sleep_ms(20);
+    tu_sleep_ms(20);
     hb_start(&f.hb);
     memset(buf, 0, sizeof(buf));
     r = vuf_device_read_config(f.dev, 0, buf, 8);
@@ -792,10 +717,10 @@ static enum hb_act hook_late_config(struct hb *hb, struct vuf_msg *req)
     if (req->hdr.request != VUF_REQ_GET_CONFIG)
         return HB_DEFAULT;
     if (atomic_fetch_add(&late_n, 1) == 0) {
-        sleep_ms(400);
+        tu_sleep_ms(400);
         memset(cfg.region, 0x66, sizeof(cfg.region)); /* the stale content */
-        raw_send(hb->conn, VUF_REQ_GET_CONFIG, REPLY, &cfg, VUF_CONFIG_HDR_SIZE + cfg.size, NULL,
-                 0);
+        tu_raw_send(hb->conn, VUF_REQ_GET_CONFIG, REPLY, &cfg, VUF_CONFIG_HDR_SIZE + cfg.size, NULL,
+                    0);
         return HB_DONE;
     }
     return HB_DEFAULT;
@@ -816,7 +741,7 @@ static void test_late_reply_not_misattributed(void **state)
     f.hb.hook = hook_late_config;
     assert_int_equal(fx_new(&f), 0);
     assert_int_equal(vuf_device_read_config(f.dev, 0, buf, 8), -ETIMEDOUT);
-    sleep_ms(400); /* the late reply is now queued */
+    tu_sleep_ms(400); /* the late reply is now queued */
     memset(buf, 0, sizeof(buf));
     r = vuf_device_read_config(f.dev, 0, buf, 8);
     if (r == 0)
@@ -844,7 +769,7 @@ static enum hb_act hook_dribble(struct hb *hb, struct vuf_msg *req)
     for (unsigned i = 0; i < sizeof(buf); i++) {
         if (send(vuf_conn_fd(hb->conn), buf + i, 1, MSG_NOSIGNAL) != 1)
             break;
-        sleep_ms(atomic_load(&dribble_ms));
+        tu_sleep_ms(atomic_load(&dribble_ms));
     }
     return HB_DONE;
 }
@@ -869,9 +794,9 @@ static void test_dribbled_reply(void **state)
     atomic_store(&dribble_ms, 40);
     vuf_conn_set_timeout(f.fe_conn, 300);
     f.hb.hook = hook_dribble;
-    t0 = now_ms();
+    t0 = tu_now_ms();
     assert_int_equal(fx_new(&f), -ETIMEDOUT);
-    assert_true(now_ms() - t0 < 700);
+    assert_true(tu_now_ms() - t0 < 700);
     fx_end(&f);
 }
 
@@ -897,7 +822,7 @@ static void test_hangup_during_activate_each_step(void **state)
         assert_int_equal(vuf_device_reset(f.dev), 0);
         /* A failed activation is not a crash. */
         assert_int_equal(atomic_load(&crashes), 0);
-        assert_int_equal(threads_settle(f.threads0), f.threads0);
+        assert_int_equal(tu_threads_settle(f.threads0), f.threads0);
         fx_end(&f);
     }
 }
@@ -916,8 +841,8 @@ static void test_hangup_during_stop(void **state)
             fx_begin(&f);
             assert_int_equal(fx_new(&f), 0);
             fx_queues(&f, 2);
-            set_used_idx(&f, 0, 3);
-            set_used_idx(&f, 1, 4);
+            tu_set_used_idx(f.mem, &f.q[0], 3);
+            tu_set_used_idx(f.mem, &f.q[1], 4);
             assert_int_equal(fx_activate(&f), 0);
             atomic_store(&hang_at, k);
             f.hb.hook = hook_hang_at;
@@ -933,7 +858,7 @@ static void test_hangup_during_stop(void **state)
             }
             assert_true(r < 0);
             assert_false(vuf_frontend_is_active(f.dev));
-            assert_int_equal(threads_settle(f.threads0), f.threads0);
+            assert_int_equal(tu_threads_settle(f.threads0), f.threads0);
             fx_end(&f);
         }
     }
@@ -951,22 +876,22 @@ static enum hb_act hook_bad_vring_base(struct hb *hb, struct vuf_msg *req)
     case 0: /* another ring */
         st.index ^= 1;
         st.num = 9;
-        raw_send(hb->conn, VUF_REQ_GET_VRING_BASE, REPLY, &st, 8, NULL, 0);
+        tu_raw_send(hb->conn, VUF_REQ_GET_VRING_BASE, REPLY, &st, 8, NULL, 0);
         break;
     case 1: /* too big */
         st.num = 0x10000;
-        raw_send(hb->conn, VUF_REQ_GET_VRING_BASE, REPLY, &st, 8, NULL, 0);
+        tu_raw_send(hb->conn, VUF_REQ_GET_VRING_BASE, REPLY, &st, 8, NULL, 0);
         break;
     case 2: /* with an fd */
         st.num = 9;
         fd = eventfd(0, EFD_CLOEXEC);
-        raw_send(hb->conn, VUF_REQ_GET_VRING_BASE, REPLY, &st, 8, &fd, 1);
+        tu_raw_send(hb->conn, VUF_REQ_GET_VRING_BASE, REPLY, &st, 8, &fd, 1);
         close(fd);
         break;
     case 3: /* answered twice: the second one is stale for the next ring */
         st.num = 9;
-        raw_send(hb->conn, VUF_REQ_GET_VRING_BASE, REPLY, &st, 8, NULL, 0);
-        raw_send(hb->conn, VUF_REQ_GET_VRING_BASE, REPLY, &st, 8, NULL, 0);
+        tu_raw_send(hb->conn, VUF_REQ_GET_VRING_BASE, REPLY, &st, 8, NULL, 0);
+        tu_raw_send(hb->conn, VUF_REQ_GET_VRING_BASE, REPLY, &st, 8, NULL, 0);
         break;
     default: /* never answered */
         break;
@@ -986,14 +911,14 @@ static void test_sleep_bad_vring_base(void **state)
         vuf_conn_set_timeout(f.fe_conn, 300);
         assert_int_equal(fx_new(&f), 0);
         fx_queues(&f, 2);
-        set_used_idx(&f, 0, 3);
-        set_used_idx(&f, 1, 4);
+        tu_set_used_idx(f.mem, &f.q[0], 3);
+        tu_set_used_idx(f.mem, &f.q[1], 4);
         assert_int_equal(fx_activate(&f), 0);
         f.hb.hook = hook_bad_vring_base;
         memcpy(back, f.q, sizeof(back));
-        t0 = now_ms();
+        t0 = tu_now_ms();
         assert_true(vuf_device_sleep(f.dev, back, f.nq) < 0);
-        assert_true(now_ms() - t0 < 3000);
+        assert_true(tu_now_ms() - t0 < 3000);
         /* Never the lie: a good base (9) or the used->idx fallback. */
         assert_true(back[0].next_avail == 9 || back[0].next_avail == 3);
         assert_int_equal(back[0].next_used, 3);
@@ -1125,7 +1050,7 @@ static enum hb_act hook_state(struct hb *hb, struct vuf_msg *req)
     default:
         return HB_DEFAULT;
     }
-    raw_send(c, VUF_REQ_SET_DEVICE_STATE_FD, REPLY, &v, 8, fds, n);
+    tu_raw_send(c, VUF_REQ_SET_DEVICE_STATE_FD, REPLY, &v, 8, fds, n);
     for (unsigned i = 0; i < 2; i++)
         if (fds[i] >= 0)
             close(fds[i]);
@@ -1148,9 +1073,9 @@ static void test_snapshot_hostile_fds(void **state)
         vuf_conn_set_timeout(f.fe_conn, 300);
         f.hb.hook = hook_state;
         assert_int_equal(fx_new(&f), 0);
-        t0 = now_ms();
+        t0 = tu_now_ms();
         r = vuf_device_snapshot(f.dev, &snap, &len);
-        assert_true(now_ms() - t0 < 3000);
+        assert_true(tu_now_ms() - t0 < 3000);
         spew_end();
         assert_true(r < 0);
         assert_null(snap);
@@ -1194,9 +1119,9 @@ static void test_restore_hostile_fds(void **state)
         vuf_conn_set_timeout(f.fe_conn, 300);
         f.hb.hook = hook_state;
         assert_int_equal(fx_new(&f), 0);
-        t0 = now_ms();
+        t0 = tu_now_ms();
         r = vuf_device_restore(f.dev, snap, len);
-        assert_true(now_ms() - t0 < 3000);
+        assert_true(tu_now_ms() - t0 < 3000);
         spew_end();
         switch (st_case) {
         case ST_SOCKET_SILENT: /* 40 bytes fit in the socket buffer */
@@ -1230,10 +1155,10 @@ struct thief {
 static void *thief_main(void *arg)
 {
     struct thief *th = arg;
-    int64_t until = now_ms() + 4000;
+    int64_t until = tu_now_ms() + 4000;
     char b = 'x';
 
-    while (!atomic_load(&th->stop) && now_ms() < until) {
+    while (!atomic_load(&th->stop) && tu_now_ms() < until) {
         if (send(th->wr, &b, 1, MSG_NOSIGNAL) != 1)
             break;
         while (recv(th->rd, &b, 1, MSG_DONTWAIT) == 1)
@@ -1258,7 +1183,7 @@ static enum hb_act hook_thief(struct hb *hb, struct vuf_msg *req)
     the_thief.rd = mine;
     the_thief.wr = sv[1];
     atomic_store(&the_thief.stop, 0);
-    raw_send(hb->conn, VUF_REQ_SET_DEVICE_STATE_FD, REPLY, &v, 8, &sv[0], 1);
+    tu_raw_send(hb->conn, VUF_REQ_SET_DEVICE_STATE_FD, REPLY, &v, 8, &sv[0], 1);
     close(sv[0]);
     pthread_create(&the_thief.t, NULL, thief_main, &the_thief);
     return HB_DONE;
@@ -1282,7 +1207,7 @@ static enum hb_act hook_lowat(struct hb *hb, struct vuf_msg *req)
     setsockopt(sv[0], SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof(lowat));
     if (send(sv[1], "x", 1, MSG_NOSIGNAL) != 1)
         return HB_HANGUP;
-    raw_send(hb->conn, VUF_REQ_SET_DEVICE_STATE_FD, REPLY, &v, 8, &sv[0], 1);
+    tu_raw_send(hb->conn, VUF_REQ_SET_DEVICE_STATE_FD, REPLY, &v, 8, &sv[0], 1);
     close(sv[0]);
     lowat_peer = sv[1];
     return HB_DONE;
@@ -1292,13 +1217,13 @@ static void *unstick_main(void *arg)
 {
     /* If the front-end is stuck, unstick it after 3 s so the test can
      * report the time instead of hanging. */
-    int64_t until = now_ms() + 3000;
+    int64_t until = tu_now_ms() + 3000;
 
     (void)arg;
-    while (now_ms() < until && lowat_peer < 0)
-        sleep_ms(1);
-    while (now_ms() < until)
-        sleep_ms(5);
+    while (tu_now_ms() < until && lowat_peer < 0)
+        tu_sleep_ms(1);
+    while (tu_now_ms() < until)
+        tu_sleep_ms(5);
     if (lowat_peer >= 0)
         shutdown(lowat_peer, SHUT_WR);
     return NULL;
@@ -1320,9 +1245,9 @@ static void test_snapshot_rcvlowat_no_hang(void **state)
     f.hb.hook = hook_lowat;
     assert_int_equal(fx_new(&f), 0);
     assert_int_equal(pthread_create(&un, NULL, unstick_main, NULL), 0);
-    t0 = now_ms();
+    t0 = tu_now_ms();
     r = vuf_device_snapshot(f.dev, &snap, &len);
-    dt = now_ms() - t0;
+    dt = tu_now_ms() - t0;
     pthread_join(un, NULL);
     close(lowat_peer);
     lowat_peer = -1;
@@ -1347,9 +1272,9 @@ static void test_snapshot_stolen_data_no_hang(void **state)
     f.cfg.max_state_size = 1 << 24;
     f.hb.hook = hook_thief;
     assert_int_equal(fx_new(&f), 0);
-    t0 = now_ms();
+    t0 = tu_now_ms();
     r = vuf_device_snapshot(f.dev, &snap, &len);
-    dt = now_ms() - t0;
+    dt = tu_now_ms() - t0;
     atomic_store(&the_thief.stop, 1);
     pthread_join(the_thief.t, NULL);
     close(the_thief.rd);
@@ -1375,16 +1300,16 @@ static void *filler_main(void *arg)
 {
     struct filler *fl = arg;
     static char junk[65536];
-    int64_t until = now_ms() + 4000;
+    int64_t until = tu_now_ms() + 4000;
     int fl0 = fcntl(fl->wr, F_GETFL);
 
-    while (!atomic_load(&fl->stop) && now_ms() < until) {
+    while (!atomic_load(&fl->stop) && tu_now_ms() < until) {
         /* Keep the pipe full without blocking ourselves. */
         fcntl(fl->wr, F_SETFL, fl0 | O_NONBLOCK);
         if (write(fl->wr, junk, sizeof(junk)) < 0 && errno != EAGAIN)
             break;
         fcntl(fl->wr, F_SETFL, fl0);
-        sleep_ms(1);
+        tu_sleep_ms(1);
     }
     return NULL;
 }
@@ -1404,7 +1329,7 @@ static enum hb_act hook_filler(struct hb *hb, struct vuf_msg *req)
     the_filler.wr = fcntl(p[1], F_DUPFD_CLOEXEC, 0);
     atomic_store(&the_filler.stop, 0);
     /* Slowly drain so that poll sees room now and then. */
-    raw_send(hb->conn, VUF_REQ_SET_DEVICE_STATE_FD, REPLY, &v, 8, &p[1], 1);
+    tu_raw_send(hb->conn, VUF_REQ_SET_DEVICE_STATE_FD, REPLY, &v, 8, &p[1], 1);
     close(p[1]);
     pthread_create(&the_filler.t, NULL, filler_main, &the_filler);
     return HB_DONE;
@@ -1412,16 +1337,16 @@ static enum hb_act hook_filler(struct hb *hb, struct vuf_msg *req)
 
 static void *drainer_main(void *arg)
 {
-    int64_t until = now_ms() + 4000;
+    int64_t until = tu_now_ms() + 4000;
     char b[8192];
 
     (void)arg;
-    while (atomic_load(&filler_rd) < 0 && now_ms() < until)
-        sleep_ms(1);
-    while (now_ms() < until && !atomic_load(&the_filler.stop)) {
+    while (atomic_load(&filler_rd) < 0 && tu_now_ms() < until)
+        tu_sleep_ms(1);
+    while (tu_now_ms() < until && !atomic_load(&the_filler.stop)) {
         if (read(atomic_load(&filler_rd), b, sizeof(b)) < 0)
             break;
-        sleep_ms(2);
+        tu_sleep_ms(2);
     }
     return NULL;
 }
@@ -1451,10 +1376,10 @@ static void test_restore_full_pipe_no_hang(void **state)
     f.cfg.state_timeout_ms = 300;
     f.hb.hook = hook_filler;
     assert_int_equal(fx_new(&f), 0);
-    t0 = now_ms();
+    t0 = tu_now_ms();
     assert_int_equal(pthread_create(&dr, NULL, drainer_main, NULL), 0);
     r = vuf_device_restore(f.dev, big, 24 + (1 << 20));
-    dt = now_ms() - t0;
+    dt = tu_now_ms() - t0;
     atomic_store(&the_filler.stop, 1);
     pthread_join(dr, NULL);
     pthread_join(the_filler.t, NULL);
@@ -1566,7 +1491,7 @@ static int64_t breq_map(struct fx *f, uint32_t code, uint32_t flags, int fd, uin
         .shmid = 0, .fd_offset = 0, .shm_offset = off, .len = len, .flags = VUF_SHMEM_MAP_RW};
     struct vuf_msg reply;
 
-    if (raw_send(fx_breq(f), code, flags, &m, sizeof(m), &fd, fd >= 0 ? 1 : 0) < 0)
+    if (tu_raw_send(fx_breq(f), code, flags, &m, sizeof(m), &fd, fd >= 0 ? 1 : 0) < 0)
         return INT64_MIN;
     if (!(flags & VUF_FLAG_NEED_REPLY))
         return 0;
@@ -1615,8 +1540,8 @@ static void test_breq_map_storm_and_bad_fds(void **state)
         struct vuf_shmem_map m = {.len = 4096, .flags = VUF_SHMEM_MAP_RW};
         struct vuf_msg reply;
 
-        assert_int_equal(raw_send(fx_breq(&f), VUF_BREQ_SHMEM_MAP, REQ_NR, &m, sizeof(m), eight, 8),
-                         0);
+        assert_int_equal(
+            tu_raw_send(fx_breq(&f), VUF_BREQ_SHMEM_MAP, REQ_NR, &m, sizeof(m), eight, 8), 0);
         assert_int_equal(vuf_conn_recv(f.breq, &reply), 0);
         assert_true((int64_t)reply.payload.u64 < 0);
         vuf_msg_close_fds(&reply);
@@ -1648,8 +1573,8 @@ static void test_breq_flood_nonblocking(void **state)
     /* Flood with config-change requests and unknown codes, never reading
      * replies, until the socket is full. */
     fcntl(fd, F_SETFL, flags | O_NONBLOCK);
-    t0 = now_ms();
-    while (now_ms() - t0 < 500) {
+    t0 = tu_now_ms();
+    while (tu_now_ms() - t0 < 500) {
         uint8_t msg[VUF_HDR_SIZE + 8];
         struct vuf_hdr h = {
             .request = (sent & 1) ? 99u : VUF_BREQ_CONFIG_CHANGE_MSG, .flags = REQ_NR, .size = 0};
@@ -1664,9 +1589,9 @@ static void test_breq_flood_nonblocking(void **state)
     assert_true(sent > 10);
     /* Reset must still finish promptly (the worker's reply sends are
      * bounded; stop wins). */
-    t0 = now_ms();
+    t0 = tu_now_ms();
     assert_int_equal(vuf_device_reset(f.dev), 0);
-    assert_true(now_ms() - t0 < 3000);
+    assert_true(tu_now_ms() - t0 < 3000);
     fx_end(&f);
 }
 
@@ -1683,10 +1608,11 @@ static void test_breq_need_reply_without_reply_ack(void **state)
     fx_begin(&f);
     fx_shm_active(&f, false);
     mfd = memfd_of(REGION_LEN);
-    assert_int_equal(raw_send(fx_breq(&f), VUF_BREQ_SHMEM_MAP, REQ_NR, &m, sizeof(m), &mfd, 1), 0);
-    t0 = now_ms();
-    while (vuf_frontend_num_mappings(f.dev) == 0 && now_ms() - t0 < 2000)
-        sleep_ms(1);
+    assert_int_equal(tu_raw_send(fx_breq(&f), VUF_BREQ_SHMEM_MAP, REQ_NR, &m, sizeof(m), &mfd, 1),
+                     0);
+    t0 = tu_now_ms();
+    while (vuf_frontend_num_mappings(f.dev) == 0 && tu_now_ms() - t0 < 2000)
+        tu_sleep_ms(1);
     assert_int_equal(vuf_frontend_num_mappings(f.dev), 1);
     p.fd = vuf_conn_fd(f.breq);
     p.events = POLLIN;
@@ -1711,10 +1637,10 @@ static void test_breq_stops_mid_payload(void **state)
     memset(msg + VUF_HDR_SIZE, 0, 10);
     assert_int_equal(send(vuf_conn_fd(fx_breq(&f)), msg, sizeof(msg), MSG_NOSIGNAL),
                      (ssize_t)sizeof(msg));
-    sleep_ms(50); /* the worker is now inside the read */
-    t0 = now_ms();
+    tu_sleep_ms(50); /* the worker is now inside the read */
+    t0 = tu_now_ms();
     assert_int_equal(vuf_device_reset(f.dev), 0);
-    assert_true(now_ms() - t0 < 2500);
+    assert_true(tu_now_ms() - t0 < 2500);
     /* The channel was dropped: our end sees EOF. */
     {
         char b;
@@ -1741,7 +1667,7 @@ static void test_breq_closed(void **state)
     fx_breq(&f);
     vuf_conn_close(f.breq);
     f.breq = NULL;
-    sleep_ms(50);
+    tu_sleep_ms(50);
     assert_int_equal(atomic_load(&crashes), 0);
     assert_int_equal(vuf_device_read_config(f.dev, 0, buf, 4), 0);
     assert_int_equal(vuf_device_reset(f.dev), 0);
@@ -1762,13 +1688,14 @@ static void test_destroy_while_handling(void **state)
     fx_shm_active(&f, true);
     mfd = memfd_of(REGION_LEN);
     atomic_store(&f.map.slow_ms, 200);
-    assert_int_equal(raw_send(fx_breq(&f), VUF_BREQ_SHMEM_MAP, REQ_NR, &m, sizeof(m), &mfd, 1), 0);
+    assert_int_equal(tu_raw_send(fx_breq(&f), VUF_BREQ_SHMEM_MAP, REQ_NR, &m, sizeof(m), &mfd, 1),
+                     0);
     close(mfd);
-    sleep_ms(50);
-    t0 = now_ms();
+    tu_sleep_ms(50);
+    t0 = tu_now_ms();
     vuf_device_destroy(f.dev);
     f.dev = NULL;
-    assert_true(now_ms() - t0 < 2000);
+    assert_true(tu_now_ms() - t0 < 2000);
     /* The mapping made while we waited was removed, and released. */
     assert_int_equal(f.map.live, 0);
     assert_int_equal(f.map.releases, 1);
@@ -1790,11 +1717,11 @@ static void test_crash_then_everything_fails(void **state)
     fx_shm_active(&f, true);
     hb_stop(&f.hb);
     hb_close_conn(&f.hb);
-    t0 = now_ms();
-    while (atomic_load(&crashes) == 0 && now_ms() - t0 < 2000)
-        sleep_ms(1);
+    t0 = tu_now_ms();
+    while (atomic_load(&crashes) == 0 && tu_now_ms() - t0 < 2000)
+        tu_sleep_ms(1);
     assert_int_equal(atomic_load(&crashes), 1);
-    t0 = now_ms();
+    t0 = tu_now_ms();
     assert_true(vuf_device_read_config(f.dev, 0, buf, 4) < 0);
     assert_true(vuf_device_write_config(f.dev, 0, buf, 4) < 0);
     memcpy(back, f.q, sizeof(back));
@@ -1802,7 +1729,7 @@ static void test_crash_then_everything_fails(void **state)
     assert_true(vuf_device_snapshot(f.dev, &snap, &len) < 0);
     assert_true(fx_activate(&f) < 0);
     assert_int_equal(vuf_device_reset(f.dev), 0);
-    assert_true(now_ms() - t0 < 1000);
+    assert_true(tu_now_ms() - t0 < 1000);
     fx_end(&f);
 }
 

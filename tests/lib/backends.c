@@ -1,0 +1,90 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "backends.h"
+
+void tu_spawn_wait_file(struct tu_proc *p, char *const argv[], const char *log, const char *sock)
+{
+    int r = tu_spawn(p, argv, log);
+
+    assert_int_equal(r, 0);
+    r = tu_wait_socket_file(p, sock, TU_START_MS);
+    if (r) {
+        tu_dump_log(p);
+        fprintf(stderr, "%s did not create %s: %s\n", argv[0], sock, strerror(-r));
+    }
+    assert_int_equal(r, 0);
+}
+
+void tu_start_qsd_file(struct tu_proc *p, const char *disk, unsigned num_queues, const char *sock,
+                       const char *log)
+{
+    char blockdev[400], exp[600];
+    char *argv[] = {TU_QSD, "--blockdev", blockdev, "--export", exp, NULL};
+
+    snprintf(blockdev, sizeof(blockdev), "driver=file,filename=%s,node-name=f0", disk);
+    snprintf(exp, sizeof(exp),
+             "type=vhost-user-blk,id=exp0,node-name=f0,addr.type=unix,addr.path=%s,"
+             "writable=on,num-queues=%u",
+             sock, num_queues);
+    tu_spawn_wait_file(p, argv, log, sock);
+}
+
+void tu_start_virtiofsd(struct tu_proc *p, const char *share, const char *sock, const char *log)
+{
+    char sockopt[320], srcopt[320];
+    char *argv[] = {TU_VIRTIOFSD, sockopt, "-o", srcopt, NULL};
+
+    snprintf(sockopt, sizeof(sockopt), "--socket-path=%s", sock);
+    snprintf(srcopt, sizeof(srcopt), "source=%s", share);
+    tu_spawn_wait_file(p, argv, log, sock);
+}
+
+void tu_stop_clean(struct tu_proc *p, const char *sock)
+{
+    int st = tu_stop(p);
+
+    if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
+        tu_dump_log(p);
+        fail_msg("back-end exit status 0x%x, want exit 0", st);
+    }
+    /* It removes its socket on the way out. */
+    assert_int_not_equal(access(sock, F_OK), 0);
+    if (tu_log_has(p->log_path, "Sanitizer") || tu_log_has(p->log_path, "runtime error")) {
+        tu_dump_log(p);
+        fail_msg("sanitizer report in the back-end's log");
+    }
+}
+
+void tu_assert_exits_zero(struct tu_proc *p, int timeout_ms)
+{
+    int64_t end = tu_now_ms() + timeout_ms;
+    bool zombie = false;
+    char path[64], st[512];
+    int status;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)p->pid);
+    while (!zombie && tu_now_ms() < end) {
+        FILE *fp = fopen(path, "re");
+        char *rp;
+
+        if (fp && fgets(st, sizeof(st), fp) && (rp = strrchr(st, ')')) && rp[1] == ' ' &&
+            rp[2] == 'Z')
+            zombie = true;
+        if (fp)
+            fclose(fp);
+        if (!zombie)
+            tu_sleep_ms(5);
+    }
+    if (!zombie) {
+        tu_dump_log(p);
+        fail_msg("%s still running %d ms after its connection ended", p->log_path, timeout_ms);
+    }
+    status = tu_stop(p);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}

@@ -1,0 +1,67 @@
+/* SPDX-License-Identifier: MIT */
+/* Real back-end processes for the integration tests: started with
+ * tu_spawn() in a test's temp dir and waited for by socket FILE. Every
+ * process started here is registered with testutil, so tu_reap_all() (also
+ * run at exit and on SIGINT/SIGTERM/SIGABRT) kills and reaps it if the test
+ * does not tu_stop() it first. */
+#ifndef VUF_TEST_BACKENDS_H
+#define VUF_TEST_BACKENDS_H
+
+#include "testutil.h"
+
+/* Paths of the system back-ends (Debian 12, QEMU 7.2). */
+#define TU_QSD "/usr/bin/qemu-storage-daemon"
+#define TU_VIRTIOFSD "/usr/lib/qemu/virtiofsd"
+
+/* How long a back-end may take to create its socket. */
+#define TU_START_MS 10000
+
+/*
+ * tu_spawn(p, argv, log) (argv[0] is the program), then wait up to
+ * TU_START_MS for the unix socket FILE `sock` to appear. No connection is
+ * made: qsd serves one client at a time and virtiofsd exactly one, so a
+ * probe connection would use one up or sit in the backlog. On failure the
+ * process's log is printed and the test fails (cmocka assertion); the
+ * process stays registered and is reaped by tu_stop()/tu_reap_all(). The
+ * caller owns *p and stops it with tu_stop().
+ */
+void tu_spawn_wait_file(struct tu_proc *p, char *const argv[], const char *log, const char *sock);
+
+/*
+ * qemu-storage-daemon exporting the existing raw file `disk` (node f0,
+ * driver=file) as a writable vhost-user-blk device with `num_queues`
+ * queues on `sock`; its output goes to `log`. The caller creates and sizes
+ * the file (and keeps or closes any fd of it). Started and waited for as
+ * tu_spawn_wait_file().
+ */
+void tu_start_qsd_file(struct tu_proc *p, const char *disk, unsigned num_queues, const char *sock,
+                       const char *log);
+
+/*
+ * virtiofsd (root only) sharing the existing directory `share` on `sock`;
+ * its output goes to `log`. Always given a source (without one it silently
+ * shares "/"). virtiofsd serves exactly ONE connection and exits when it
+ * ends. Started and waited for as tu_spawn_wait_file().
+ */
+void tu_start_virtiofsd(struct tu_proc *p, const char *share, const char *sock, const char *log);
+
+/*
+ * Stop a back-end that must end cleanly: tu_stop() (SIGTERM, SIGKILL after
+ * 2 s; always reaped), then fail the test unless it exited 0, removed its
+ * socket `sock`, and left no sanitizer report in its log (under
+ * -Db_sanitize a report need not change the exit status). The log is
+ * printed on failure. Whether the process was still running beforehand is
+ * the caller's check.
+ */
+void tu_stop_clean(struct tu_proc *p, const char *sock);
+
+/*
+ * A back-end that serves one connection must exit by itself once it ends:
+ * wait up to `timeout_ms` for *p to become a zombie (watched in /proc, not
+ * reaped, so its status is not lost), failing the test with its log
+ * printed if it does not; then reap it with tu_stop() and require exit
+ * status 0.
+ */
+void tu_assert_exits_zero(struct tu_proc *p, int timeout_ms);
+
+#endif

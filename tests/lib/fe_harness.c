@@ -1,0 +1,139 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "fe_harness.h"
+
+void tu_vmm_init(struct tu_vmm *v)
+{
+    memset(v, 0, sizeof(*v));
+    for (unsigned i = 0; i < TU_VMM_MAXQ; i++)
+        v->call_fd[i] = -1;
+}
+
+void tu_vmm_forget_queue(struct tu_vmm *v, unsigned i)
+{
+    v->call_fd[i] = -1;
+    v->msix[i] = false;
+}
+
+static int vmm_irqfd(void *opaque, uint16_t vector)
+{
+    struct tu_vmm *v = opaque;
+
+    atomic_fetch_add(&v->irqfd_asks, 1);
+    if (vector < TU_VMM_MAXQ && v->msix[vector])
+        return v->call_fd[vector];
+    return -1;
+}
+
+/* INTx: the transport cannot tell which queue; wake every queue without a
+ * vector. No cmocka assertion here: this runs on the worker thread. */
+static void vmm_signal_used(void *opaque, uint16_t vector)
+{
+    struct tu_vmm *v = opaque;
+    uint64_t one = 1;
+
+    if (vector != VUF_NO_VECTOR)
+        atomic_fetch_add(&v->bad_vector, 1);
+    atomic_fetch_add(&v->intx, 1);
+    for (unsigned i = 0; i < TU_VMM_MAXQ; i++)
+        if (!v->msix[i] && v->call_fd[i] >= 0 &&
+            write(v->call_fd[i], &one, sizeof(one)) != (ssize_t)sizeof(one))
+            fprintf(stderr, "forwarding INTx to queue %u: %s\n", i, strerror(errno));
+}
+
+static void vmm_config_changed(void *opaque)
+{
+    struct tu_vmm *v = opaque;
+
+    atomic_fetch_add(&v->config_changes, 1);
+}
+
+const struct vuf_interrupt_ops tu_vmm_intr_ops = {
+    .irqfd = vmm_irqfd,
+    .signal_used_queue = vmm_signal_used,
+    .signal_config_changed = vmm_config_changed,
+};
+
+void tu_vmm_event(void *opaque, enum vuf_device_event ev)
+{
+    struct tu_vmm *v = opaque;
+    long long zero = 0;
+
+    if (ev != VUF_DEVICE_EVENT_CRASHED)
+        return;
+    atomic_compare_exchange_strong(&v->crash_ns, &zero, (long long)tu_now_ns());
+    atomic_fetch_add(&v->crashed, 1);
+}
+
+void tu_queue_from_virtq(struct vuf_queue *q, struct vuf_virtq *vq, uint16_t vector)
+{
+    struct vuf_virtq_layout l;
+
+    vuf_virtq_layout(vq, &l);
+    memset(q, 0, sizeof(*q));
+    q->size = (uint16_t)vuf_virtq_size(vq);
+    q->ready = true;
+    q->desc_addr = l.desc_gpa;
+    q->avail_addr = l.avail_gpa;
+    q->used_addr = l.used_gpa;
+    q->vector = vector;
+    q->kick_fd = vuf_virtq_kick_fd(vq);
+    q->next_avail = vuf_virtq_avail_idx(vq);
+    q->next_used = vuf_virtq_used_idx(vq);
+}
+
+void tu_ring_queue(struct vuf_guest_mem *mem, struct vuf_queue *q, uint16_t vector)
+{
+    memset(q, 0, sizeof(*q));
+    q->size = 16;
+    q->ready = true;
+    assert_int_equal(vuf_guest_mem_alloc(mem, 16 * 16, 16, &q->desc_addr), 0);
+    assert_int_equal(vuf_guest_mem_alloc(mem, 6 + 2 * 16, 2, &q->avail_addr), 0);
+    assert_int_equal(vuf_guest_mem_alloc(mem, 6 + 8 * 16, 4, &q->used_addr), 0);
+    q->vector = vector;
+    q->kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    assert_true(q->kick_fd >= 0);
+}
+
+void tu_set_used_idx(struct vuf_guest_mem *mem, const struct vuf_queue *q, uint16_t v)
+{
+    uint16_t *p = vuf_guest_mem_to_host(mem, q->used_addr + 2, 2);
+
+    assert_non_null(p);
+    *p = v;
+}
+
+int tu_raw_send(struct vuf_conn *c, uint32_t code, uint32_t flags, const void *p, uint32_t size,
+                const int *fds, unsigned nfds)
+{
+    struct vuf_msg m;
+
+    memset(&m, 0, sizeof(m));
+    m.hdr.request = code;
+    m.hdr.flags = flags;
+    m.hdr.size = size;
+    if (size)
+        memcpy(m.payload.raw, p, size);
+    for (unsigned i = 0; i < nfds; i++)
+        m.fds[i] = fds[i];
+    m.nfds = nfds;
+    return vuf_conn_send(c, &m);
+}
+
+void tu_assert_blk_reads(struct vuf_blk *blk, uint64_t sector, const uint8_t *want, size_t len,
+                         int timeout_ms)
+{
+    uint8_t *got = malloc(len);
+
+    assert_non_null(got);
+    memset(got, 0xee, len);
+    assert_int_equal(vuf_blk_read(blk, sector, got, len, timeout_ms), 0);
+    assert_memory_equal(got, want, len);
+    free(got);
+}
