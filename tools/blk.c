@@ -160,49 +160,6 @@ static bool parse_u64(const char *s, uint64_t *out)
 }
 
 /* A byte count with an optional K/M/G suffix (1024-based). */
-static bool parse_bytes(const char *s, uint64_t *out)
-{
-    char *end;
-    unsigned long long v;
-    uint64_t mul = 1;
-
-    if (!s || !*s || *s == '-')
-        return false;
-    errno = 0;
-    v = strtoull(s, &end, 10);
-    if (errno || end == s)
-        return false;
-    switch (*end) {
-    case '\0':
-        break;
-    case 'k':
-    case 'K':
-        mul = 1ull << 10;
-        end++;
-        break;
-    case 'm':
-    case 'M':
-        mul = 1ull << 20;
-        end++;
-        break;
-    case 'g':
-    case 'G':
-        mul = 1ull << 30;
-        end++;
-        break;
-    default:
-        return false;
-    }
-    if (*end == 'i' || *end == 'I')
-        end++;
-    if (*end == 'b' || *end == 'B')
-        end++;
-    if (*end || (v && mul > UINT64_MAX / v))
-        return false;
-    *out = v * mul;
-    return true;
-}
-
 static bool parse_uint(const char *s, unsigned min, unsigned max, unsigned *out)
 {
     uint64_t v;
@@ -340,12 +297,12 @@ static int parse_args(int argc, char **argv, struct blk_opts *o, bool *help)
     while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
         switch (c) {
         case OPT_OFFSET:
-            if (!parse_bytes(optarg, &o->offset))
+            if (!cli_parse_bytes(optarg, &o->offset))
                 return cli_usage_error(&blk_cmd, "--offset wants a byte count, not '%s'", optarg);
             o->have_offset = true;
             break;
         case OPT_LEN:
-            if (!parse_bytes(optarg, &o->len))
+            if (!cli_parse_bytes(optarg, &o->len))
                 return cli_usage_error(&blk_cmd, "--len wants a byte count, not '%s'", optarg);
             o->have_len = true;
             break;
@@ -377,7 +334,7 @@ static int parse_args(int argc, char **argv, struct blk_opts *o, bool *help)
             break;
         }
         case OPT_BS:
-            if (!parse_bytes(optarg, &v) || v == 0 || v > (16u << 20))
+            if (!cli_parse_bytes(optarg, &v) || v == 0 || v > (16u << 20))
                 return cli_usage_error(&blk_cmd, "--bs wants 512 bytes to 16M, not '%s'", optarg);
             o->bs = (uint32_t)v;
             o->have_bs = true;
@@ -404,7 +361,7 @@ static int parse_args(int argc, char **argv, struct blk_opts *o, bool *help)
             o->have_ios = true;
             break;
         case OPT_RANGE:
-            if (!parse_bytes(optarg, &o->range) || o->range == 0)
+            if (!cli_parse_bytes(optarg, &o->range) || o->range == 0)
                 return cli_usage_error(&blk_cmd, "--range wants a byte count, not '%s'", optarg);
             o->have_range = true;
             break;

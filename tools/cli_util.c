@@ -5,6 +5,8 @@
 #include <errno.h>
 #include <getopt.h>
 #include <stdarg.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli_util.h"
@@ -45,5 +47,48 @@ bool cli_stdout_ok(const struct cli_cmd *cmd)
         fprintf(stderr, "%s: writing the output failed: %s\n", cmd->name, strerror(errno));
         return false;
     }
+    return true;
+}
+
+bool cli_parse_bytes(const char *s, uint64_t *out)
+{
+    char *end;
+    unsigned long long v;
+    uint64_t mul = 1;
+
+    if (!s || !*s || *s == '-')
+        return false;
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno || end == s)
+        return false;
+    switch (*end) {
+    case '\0':
+        break;
+    case 'k':
+    case 'K':
+        mul = 1ull << 10;
+        end++;
+        break;
+    case 'm':
+    case 'M':
+        mul = 1ull << 20;
+        end++;
+        break;
+    case 'g':
+    case 'G':
+        mul = 1ull << 30;
+        end++;
+        break;
+    default:
+        return false;
+    }
+    if (*end == 'i' || *end == 'I')
+        end++;
+    if (*end == 'b' || *end == 'B')
+        end++;
+    if (*end || (v && mul > UINT64_MAX / v))
+        return false;
+    *out = v * mul;
     return true;
 }

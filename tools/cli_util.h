@@ -7,6 +7,7 @@
 #define VUF_CLI_UTIL_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include <json-c/json.h>
@@ -32,5 +33,10 @@ void cli_print_json(json_object *root);
 
 /* Flush stdout; false (reported on stderr) if the output was not written. */
 bool cli_stdout_ok(const struct cli_cmd *cmd);
+
+/* A byte count: decimal digits with an optional K, M or G suffix (powers
+ * of 1024, optionally followed by "i" and/or "B"). False on anything else,
+ * including overflow. */
+bool cli_parse_bytes(const char *s, uint64_t *out);
 
 #endif

@@ -834,34 +834,6 @@ out:
 
 /* ---- main ------------------------------------------------------------------- */
 
-static bool parse_size(const char *s, uint64_t *out)
-{
-    char *end;
-    unsigned long long v;
-
-    if (!s || !*s || *s == '-')
-        return false;
-    errno = 0;
-    v = strtoull(s, &end, 10);
-    if (errno || end == s)
-        return false;
-    if (*end == 'k' || *end == 'K') {
-        if (v > (ULLONG_MAX >> 10))
-            return false;
-        v <<= 10;
-        end++;
-    } else if (*end == 'm' || *end == 'M') {
-        if (v > (ULLONG_MAX >> 20))
-            return false;
-        v <<= 20;
-        end++;
-    }
-    if (*end)
-        return false;
-    *out = v;
-    return true;
-}
-
 int vuf_cmd_demo(int argc, char **argv)
 {
     enum { OPT_DISK = 256, OPT_SIZE, OPT_NOTRACE, OPT_BACKEND };
@@ -896,7 +868,7 @@ int vuf_cmd_demo(int argc, char **argv)
                 return cli_usage_error(&demo_cmd, "--disk wants ram or file, not '%s'", optarg);
             break;
         case OPT_SIZE:
-            if (!parse_size(optarg, &d.disk_bytes) || d.disk_bytes < 1024 * 1024 ||
+            if (!cli_parse_bytes(optarg, &d.disk_bytes) || d.disk_bytes < 1024 * 1024 ||
                 d.disk_bytes > (64ull << 20) || d.disk_bytes % 4096)
                 return cli_usage_error(&demo_cmd, "--size wants 1M to 64M in 4K steps, not '%s'",
                                        optarg);
