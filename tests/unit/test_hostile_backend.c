@@ -1708,7 +1708,7 @@ static void test_crash_then_everything_fails(void **state)
 {
     struct fx f;
     struct vuf_queue back[MAX_Q];
-    uint8_t buf[4], *snap = NULL;
+    uint8_t buf[4] = {0}, *snap = NULL;
     size_t len;
     int64_t t0;
 
