@@ -77,6 +77,12 @@ import json, sys, os
 fuzz_pass, fuzz_fail, nsteps = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 steps = sys.argv[4:4 + nsteps]
 passed = failed = skipped = 0
+import re
+# Each test program is a cmocka group: count its cases from cmocka's own
+# summary lines; a program that died before printing them counts as one.
+def cases(out, tag):
+    m = re.findall(r"^\[\s*" + tag + r"\s*\] (\d+) test", out or "", re.M)
+    return sum(int(x) for x in m)
 for d in ("build", "build-san"):
     p = os.path.join(d, "meson-logs", "testlog.json")
     if not os.path.exists(p):
@@ -84,13 +90,16 @@ for d in ("build", "build-san"):
     for line in open(p):
         r = json.loads(line)
         res, name = r.get("result"), f'{d}:{r.get("name")}'
+        out = (r.get("stdout") or "") + (r.get("stderr") or "")
+        ok, bad = cases(out, "PASSED"), cases(out, "FAILED")
         if res in ("OK", "EXPECTEDFAIL"):
-            passed += 1
+            passed += ok or 1
         elif res == "SKIP":
             skipped += 1
             print(f"skipped: {name}")
         else:
-            failed += 1
+            passed += ok
+            failed += bad or 1
             print(f"FAILED: {name} ({res})")
 for s in steps:
     failed += 1
