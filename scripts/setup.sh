@@ -11,6 +11,7 @@ PKGS=(
   qemu-system-gui                               # vhost-user-gpu
   qemu-utils                                    # qemu-img (tests make disk images)
   util-linux procps jq                          # setpriv, ps, jq for CLI checks
+  dpdk-dev                                      # dpdk-testpmd (vhost-user-net back-end)
 )
 
 missing=()

@@ -39,6 +39,9 @@
 /* Per-message deadline on the back-end request channel. */
 #define FE_BREQ_TIMEOUT_MS 1000
 
+/* virtio-net feature bit (virtio 1.2 §5.1.3): the control virtqueue. */
+#define FE_NET_F_CTRL_VQ 17
+
 /* ------------------------------------------------------------------------ */
 /* Helpers                                                                  */
 /* ------------------------------------------------------------------------ */
@@ -1250,6 +1253,29 @@ unsigned vuf_frontend_num_mappings(const struct vuf_device *dev)
     return n;
 }
 
+/*
+ * The queue count of a net device whose back-end answered GET_QUEUE_NUM
+ * with `pairs` (>= 1) queue pairs: rx/tx per pair, plus the control queue
+ * (index 2 * pairs) when the back-end offers VIRTIO_NET_F_CTRL_VQ. The
+ * answer is the most pairs the back-end can serve (the driver picks how
+ * many it uses), so a larger one is clamped to what fits the ring index
+ * space rather than refused.
+ */
+static unsigned net_queues(const struct vuf_frontend *fe, uint64_t pairs)
+{
+    unsigned ctrl = (fe->avail_features & BIT(FE_NET_F_CTRL_VQ)) ? 1 : 0;
+    unsigned max_pairs = (VUF_FRONTEND_MAX_QUEUES - ctrl) / 2;
+
+    if (pairs > max_pairs) {
+        vuf_log(VUF_LOG_INFO,
+                "%s: back-end reports %llu queue pairs; using %u (at most %u queues%s)", fe->label,
+                (unsigned long long)pairs, max_pairs, VUF_FRONTEND_MAX_QUEUES,
+                ctrl ? " with the control queue" : "");
+        pairs = max_pairs;
+    }
+    return (unsigned)pairs * 2 + ctrl;
+}
+
 /* The constructor's negotiation (crosvm's VhostUserFrontend::new). */
 static int negotiate(struct vuf_frontend *fe)
 {
@@ -1344,12 +1370,15 @@ static int negotiate(struct vuf_frontend *fe)
         }
         /* crosvm takes any answer; 0 makes a useless device and a huge one
          * a huge allocation. */
-        if (n == 0 || n > VUF_FRONTEND_MAX_QUEUES) {
+        if (fe->cfg.device_type == VUF_DEV_NET && n > 0) {
+            fe->num_queues = net_queues(fe, n);
+        } else if (n == 0 || n > VUF_FRONTEND_MAX_QUEUES) {
             vuf_log(VUF_LOG_ERROR, "%s: back-end reports %llu queues (must be 1..%u)", fe->label,
                     (unsigned long long)n, VUF_FRONTEND_MAX_QUEUES);
             return -EPROTO;
+        } else {
+            fe->num_queues = (unsigned)n;
         }
-        fe->num_queues = (unsigned)n;
     } else if (info) {
         fe->num_queues = info->min_queues;
     } else {

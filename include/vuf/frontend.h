@@ -28,7 +28,27 @@
  *     and waits for the ack, so a failed SET_MEM_TABLE or SET_VRING_* is an
  *     error at the call instead of a silent desync (QEMU does the same).
  *     crosvm never sets NEED_REPLY; `crosvm_no_need_reply` restores that.
- *   - GET_QUEUE_NUM must answer 1..VUF_FRONTEND_MAX_QUEUES.
+ *   - GET_QUEUE_NUM must answer 1..VUF_FRONTEND_MAX_QUEUES, except for
+ *     net (below).
+ *   - Net (virtio id 1) with MQ: GET_QUEUE_NUM counts queue PAIRS, as the
+ *     vhost-user spec says and DPDK answers (crosvm takes it as the queue
+ *     count). The device has rx/tx queues 0..2*pairs-1, plus the
+ *     control queue at index 2*pairs when the back-end offers
+ *     VIRTIO_NET_F_CTRL_VQ (the layout virtio-net gives max_virtqueue_pairs
+ *     = pairs). The answer is the most pairs the back-end serves, not a
+ *     requirement (the driver picks how many it uses; DPDK 22.11 always
+ *     answers 128, whatever its queues= setting), so one that does not fit
+ *     in VUF_FRONTEND_MAX_QUEUES is clamped (127 pairs with a control
+ *     queue, 128 without) with a log line instead of refused; 0 is still
+ *     -EPROTO. Without MQ, net keeps crosvm's 3 queues (rx, tx, ctrl).
+ *     The control queue is not interpreted here: like every queue it is
+ *     handed to the back-end if the driver makes it ready. QEMU serves it
+ *     in the VMM instead, and back-ends written for QEMU (DPDK's vhost
+ *     PMD) offer CTRL_VQ without serving it; a VMM using such a back-end
+ *     must not offer CTRL_VQ (and the bits that need it: CTRL_RX,
+ *     CTRL_VLAN, GUEST_ANNOUNCE, MQ, CTRL_MAC_ADDR, ...) to its guest, or
+ *     must handle the control queue itself. A config-space
+ *     max_virtqueue_pairs above a clamped count is not patched.
  *   - A rejected back-end request (bad SHMEM_MAP, unknown code) gets an
  *     error reply and the device goes on; only a hang-up of the main socket
  *     is reported as VUF_DEVICE_EVENT_CRASHED.
@@ -46,6 +66,31 @@
  *   - A config read that fits one GET_CONFIG (offset + len <= 256) asks
  *     for [0, offset + len) and cuts the window out: libvhost-user up to
  *     QEMU 7.2 ignores the offset field and always answers from byte 0.
+ *
+ * After VUF_DEVICE_EVENT_CRASHED (reconnecting to a restarted back-end, as
+ * QEMU's vhost-user-blk does; docs/reconnect.md has the whole sequence):
+ *   - sleep is the call that gives the queues back. GET_VRING_BASE cannot
+ *     be sent, so it returns the first error (typically -ECONNRESET or
+ *     -EPIPE), and every queue the device had started is still written to
+ *     queues[] with next_avail = next_used = used->idx read from guest
+ *     memory (QEMU's resync); only -EINVAL (queues too short) changes
+ *     nothing. reset also stops the device but hands nothing back.
+ *   - The connection cannot be re-used: destroy the device and make a new
+ *     one over a new connection (vuf_conn_connect() with a timeout waits
+ *     for a back-end still restarting). The vuf_queue structs belong to the
+ *     VMM and name no device: the ones sleep returned go to the new
+ *     device's wake (or activate) as they are.
+ *   - The driver's features are not renegotiated with the guest: ack on the
+ *     new device what vuf_frontend_acked_features() of the old one said.
+ *     ack_features drops bits the new back-end does not offer, so check
+ *     that vuf_frontend_acked_features() of the new device equals it.
+ *   - Requests the dead back-end took but never completed lie in the avail
+ *     ring at [used->idx, avail->idx). Resuming at used->idx re-offers
+ *     those positions; they hold exactly the unfinished chains only if the
+ *     driver re-published them (vuf_virtq_requeue_inflight()) or the
+ *     back-end completed in order. A real guest's driver re-publishes
+ *     nothing: its requests would need INFLIGHT_SHMFD, which this device
+ *     does not negotiate (vuf/client.h only has the messages).
  *
  * Ownership: the device owns the connection (and closes it on destroy).
  * Thread-safety: as vuf/device.h (ops serialized by the caller; interrupt,
@@ -65,8 +110,9 @@
 extern "C" {
 #endif
 
-/* GET_QUEUE_NUM answers above this are refused: SET_VRING_KICK/CALL carry
- * the ring index in 8 bits, so no more rings can be started. */
+/* Most queues a device has: SET_VRING_KICK/CALL carry the ring index in 8
+ * bits, so no more rings can be started. GET_QUEUE_NUM answers above it
+ * are refused (net: clamped, see above). */
 #define VUF_FRONTEND_MAX_QUEUES 256u
 
 /* Defaults for the device-state transfer of snapshot/restore. */
@@ -100,8 +146,8 @@ struct vuf_frontend_config {
  * failure) and negotiate as listed above. On success *out is the device;
  * free it with vuf_device_destroy(). Errors: those of vuf/client.h for the
  * failing request, -EINVAL for a bad config, -EPROTO for a GET_QUEUE_NUM
- * answer of 0 or above VUF_FRONTEND_MAX_QUEUES, -ENOTSUP for an unknown
- * device type without MQ (no queue count to use).
+ * answer of 0 or (except for net) above VUF_FRONTEND_MAX_QUEUES, -ENOTSUP
+ * for an unknown device type without MQ (no queue count to use).
  */
 int vuf_frontend_new(const struct vuf_frontend_config *cfg, struct vuf_conn *conn,
                      struct vuf_device **out);

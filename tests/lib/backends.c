@@ -20,18 +20,38 @@ void tu_spawn_wait_file(struct tu_proc *p, char *const argv[], const char *log, 
     assert_int_equal(r, 0);
 }
 
+/* qsd's --blockdev and --export values for a file export. */
+static void qsd_file_opts(char blockdev[400], char exp[600], const char *disk, unsigned num_queues,
+                          const char *sock)
+{
+    snprintf(blockdev, 400, "driver=file,filename=%s,node-name=f0", disk);
+    snprintf(exp, 600,
+             "type=vhost-user-blk,id=exp0,node-name=f0,addr.type=unix,addr.path=%s,"
+             "writable=on,num-queues=%u",
+             sock, num_queues);
+}
+
 void tu_start_qsd_file(struct tu_proc *p, const char *disk, unsigned num_queues, const char *sock,
                        const char *log)
 {
     char blockdev[400], exp[600];
     char *argv[] = {TU_QSD, "--blockdev", blockdev, "--export", exp, NULL};
 
-    snprintf(blockdev, sizeof(blockdev), "driver=file,filename=%s,node-name=f0", disk);
-    snprintf(exp, sizeof(exp),
-             "type=vhost-user-blk,id=exp0,node-name=f0,addr.type=unix,addr.path=%s,"
-             "writable=on,num-queues=%u",
-             sock, num_queues);
+    qsd_file_opts(blockdev, exp, disk, num_queues, sock);
     tu_spawn_wait_file(p, argv, log, sock);
+}
+
+void tu_spawn_qsd_file_after(struct tu_proc *p, int delay_ms, const char *disk, unsigned num_queues,
+                             const char *sock, const char *log)
+{
+    char blockdev[400], exp[600], script[64];
+    /* The arguments reach qsd as "$0" "$@": no quoting of paths. */
+    char *argv[] = {"/bin/sh", "-c", script, TU_QSD, "--blockdev", blockdev, "--export", exp, NULL};
+
+    snprintf(script, sizeof(script), "sleep %d.%03d && exec \"$0\" \"$@\"", delay_ms / 1000,
+             delay_ms % 1000);
+    qsd_file_opts(blockdev, exp, disk, num_queues, sock);
+    assert_int_equal(tu_spawn(p, argv, log), 0);
 }
 
 void tu_start_virtiofsd(struct tu_proc *p, const char *share, const char *sock, const char *log)

@@ -38,6 +38,16 @@ void tu_start_qsd_file(struct tu_proc *p, const char *disk, unsigned num_queues,
                        const char *log);
 
 /*
+ * The same qemu-storage-daemon, started `delay_ms` after this call (a shell
+ * sleeps, then execs it under the same pid), without waiting for anything:
+ * for a front-end that must wait for a back-end still being restarted
+ * (vuf_conn_connect() with a timeout). Fails the test if the spawn fails;
+ * the caller owns *p and stops it with tu_stop().
+ */
+void tu_spawn_qsd_file_after(struct tu_proc *p, int delay_ms, const char *disk, unsigned num_queues,
+                             const char *sock, const char *log);
+
+/*
  * virtiofsd (root only) sharing the existing directory `share` on `sock`;
  * its output goes to `log`. Always given a source (without one it silently
  * shares "/"). virtiofsd serves exactly ONE connection and exits when it

@@ -816,6 +816,103 @@ static void test_queue_num_bounds(void **state)
     }
 }
 
+/* Lines of the library log that report a clamped net queue-pair count. */
+static atomic_int clamp_lines;
+
+static void count_clamp_log(void *opaque, enum vuf_log_level level, const char *msg)
+{
+    (void)opaque;
+    (void)level;
+    if (strstr(msg, "queue pairs; using"))
+        atomic_fetch_add(&clamp_lines, 1);
+}
+
+static void quiet_log(void *opaque, enum vuf_log_level level, const char *msg);
+
+/*
+ * Net with MQ: GET_QUEUE_NUM counts queue pairs. The device has 2 queues
+ * per pair, plus the control queue when the back-end offers CTRL_VQ; an
+ * answer that does not fit VUF_FRONTEND_MAX_QUEUES is clamped (logged),
+ * not refused (DPDK 22.11 answers 128 and offers CTRL_VQ); 0 is refused.
+ */
+static void test_net_queue_pairs(void **state)
+{
+    static const struct {
+        uint64_t pairs;
+        bool ctrl;
+        int r;
+        unsigned queues;
+        bool clamped;
+    } cases[] = {
+        {1, false, 0, 2, false},       {1, true, 0, 3, false},       {4, false, 0, 8, false},
+        {4, true, 0, 9, false},        {127, true, 0, 255, false},   {128, false, 0, 256, false},
+        {128, true, 0, 255, true}, /* DPDK 22.11's answer */
+        {129, false, 0, 256, true},    {100000, true, 0, 255, true}, {~0ull, false, 0, 256, true},
+        {0, false, -EPROTO, 0, false}, {0, true, -EPROTO, 0, false},
+    };
+    const uint64_t ctrl_vq = BIT(17); /* VIRTIO_NET_F_CTRL_VQ */
+
+    (void)state;
+    for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct fx f;
+        struct vuf_frontend_config cfg = fx_cfg(VUF_DEV_NET, F_VERSION_1);
+        const uint16_t *sizes;
+
+        fx_begin(&f);
+        f.be.protocol_features |= VUF_PF(MQ);
+        f.be.queue_num = cases[i].pairs;
+        if (cases[i].ctrl)
+            f.be.features |= ctrl_vq;
+        atomic_store(&clamp_lines, 0);
+        vuf_log_set(count_clamp_log, NULL, VUF_LOG_DEBUG);
+        assert_int_equal(fx_new(&f, &cfg), cases[i].r);
+        vuf_log_set(getenv("VUF_LOG") ? NULL : quiet_log, NULL,
+                    getenv("VUF_LOG") ? VUF_LOG_DEBUG : VUF_LOG_ERROR);
+        print_message("%llu pairs, CTRL_VQ %s: %d, %u queues\n", (unsigned long long)cases[i].pairs,
+                      cases[i].ctrl ? "on" : "off", cases[i].r,
+                      f.dev ? vuf_device_num_queues(f.dev) : 0);
+        if (cases[i].r == 0) {
+            assert_int_equal(vuf_device_num_queues(f.dev), cases[i].queues);
+            assert_true(vuf_device_num_queues(f.dev) <= VUF_FRONTEND_MAX_QUEUES);
+            /* CTRL_VQ is passed to the driver as offered. */
+            assert_int_equal(vuf_device_features(f.dev) & ctrl_vq, cases[i].ctrl ? ctrl_vq : 0);
+            /* One max size per queue, the last one included. */
+            sizes = vuf_device_queue_max_sizes(f.dev);
+            assert_int_equal(sizes[cases[i].queues - 1], 32768);
+        } else {
+            assert_null(f.dev);
+        }
+        assert_int_equal(atomic_load(&clamp_lines), cases[i].clamped ? 1 : 0);
+        fx_end(&f);
+    }
+
+    /* Other device types still count queues: 4 is 4 (fs) ... */
+    {
+        struct fx f;
+        struct vuf_frontend_config cfg = fx_cfg(VUF_DEV_FS, 0);
+
+        fx_begin(&f);
+        f.be.protocol_features |= VUF_PF(MQ);
+        f.be.queue_num = 4;
+        f.be.features |= ctrl_vq; /* a device-specific bit of another meaning */
+        assert_int_equal(fx_new(&f, &cfg), 0);
+        assert_int_equal(vuf_device_num_queues(f.dev), 4);
+        fx_end(&f);
+    }
+    /* ... and without MQ, net keeps crosvm's rx, tx, ctrl. */
+    {
+        struct fx f;
+        struct vuf_frontend_config cfg = fx_cfg(VUF_DEV_NET, 0);
+
+        fx_begin(&f);
+        f.be.queue_num = 64; /* not asked */
+        assert_int_equal(fx_new(&f, &cfg), 0);
+        expect_new(&f);
+        assert_int_equal(vuf_device_num_queues(f.dev), 3);
+        fx_end(&f);
+    }
+}
+
 static void test_new_errors(void **state)
 {
     struct fx f;
@@ -1603,6 +1700,73 @@ static void test_crash_during_reset_path(void **state)
     fx_end(&f);
 }
 
+/*
+ * Reconnect (docs/reconnect.md): after a crash, sleep hands the queues back
+ * resynced from used->idx; they start the rings of a NEW front-end on a
+ * new back-end as they are: SET_FEATURES carries the re-acked features and
+ * SET_VRING_BASE the used index.
+ */
+static void test_reconnect_new_backend(void **state)
+{
+    struct fx f, g;
+    struct vuf_frontend_config cfg = fx_cfg(VUF_DEV_CONSOLE, F_EVENT_IDX);
+    struct vuf_queue back[MAX_Q];
+    uint64_t acked;
+    int64_t t0;
+
+    (void)state;
+    fx_begin(&f);
+    assert_int_equal(fx_new(&f, &cfg), 0);
+    expect_new(&f);
+    fx_queues(&f, 2);
+    assert_int_equal(vuf_device_ack_features(f.dev, F_EVENT_IDX), 0);
+    fx_activate_ok(&f);
+    expect_seq(&f.be, &f.mark, R(SET_FEATURES), R(SET_MEM_TABLE), SEQ_QUEUE, SEQ_QUEUE);
+    tu_set_used_idx(f.mem, &f.q[0], 7);
+    tu_set_used_idx(f.mem, &f.q[1], 0xfffe);
+
+    t0 = tu_now_ms();
+    be_kill(&f.be);
+    while (atomic_load(&crashes) == 0 && tu_now_ms() - t0 < 1000)
+        tu_sleep_ms(1);
+    assert_int_equal(atomic_load(&crashes), 1);
+    memcpy(back, f.q, sizeof(back));
+    back[0].next_avail = back[1].next_avail = 1;
+    {
+        int r = vuf_device_sleep(f.dev, back, f.nq);
+
+        assert_true(r < 0);
+        assert_int_not_equal(r, -EINVAL); /* the queues came back */
+    }
+    assert_int_equal(back[0].next_avail, 7);
+    assert_int_equal(back[0].next_used, 7);
+    assert_int_equal(back[1].next_avail, 0xfffe);
+    assert_int_equal(back[1].next_used, 0xfffe);
+    assert_int_equal(back[1].used_addr, f.q[1].used_addr);
+    assert_int_equal(back[1].kick_fd, f.q[1].kick_fd);
+    acked = vuf_frontend_acked_features(f.dev);
+    assert_int_equal(acked, F_PROTO | F_EVENT_IDX);
+    vuf_device_destroy(f.dev);
+    f.dev = NULL;
+
+    /* The restarted back-end: a new connection, a new device. */
+    fx_begin(&g);
+    assert_int_equal(fx_new(&g, &cfg), 0);
+    expect_new(&g);
+    assert_int_equal(vuf_device_features(g.dev) & acked, acked);
+    assert_int_equal(vuf_device_ack_features(g.dev, acked), 0);
+    assert_int_equal(vuf_frontend_acked_features(g.dev), acked);
+    assert_int_equal(vuf_device_wake(g.dev, f.mem, &f.vi, back, f.nq), 0);
+    expect_seq(&g.be, &g.mark, R(SET_FEATURES), R(SET_MEM_TABLE), SEQ_QUEUE, SEQ_QUEUE);
+    assert_int_equal(g.be.acked, acked);
+    assert_int_equal(g.be.set_base[0], 7);
+    assert_int_equal(g.be.set_base[1], 0xfffe);
+    assert_true(vuf_frontend_is_active(g.dev));
+    assert_int_equal(atomic_load(&crashes), 0); /* fx_begin(&g) cleared it; none since */
+    fx_end(&g);
+    fx_end(&f);
+}
+
 static void *noop_thread(void *arg)
 {
     return arg;
@@ -1624,6 +1788,7 @@ int main(void)
         cmocka_unit_test(test_queue_max_size),
         cmocka_unit_test(test_backend_req_and_mq),
         cmocka_unit_test(test_queue_num_bounds),
+        cmocka_unit_test(test_net_queue_pairs),
         cmocka_unit_test(test_new_errors),
         cmocka_unit_test(test_lifecycle),
         cmocka_unit_test(test_lifecycle_with_backend_req),
@@ -1639,6 +1804,7 @@ int main(void)
         cmocka_unit_test(test_snapshot_variants),
         cmocka_unit_test(test_backend_crash),
         cmocka_unit_test(test_crash_during_reset_path),
+        cmocka_unit_test(test_reconnect_new_backend),
     };
 
     /* Sanitizer runtimes start a helper thread with the first
