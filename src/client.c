@@ -377,6 +377,10 @@ int vuf_client_set_log_base(struct vuf_client *c, uint64_t size, uint64_t offset
     if (vuf_decode_u64(&reply, &v) < 0)
         return bad_reply(VUF_REQ_SET_LOG_BASE, &reply, "undecodable u64");
     vuf_msg_close_fds(&reply);
+    /* libvhost-user (QEMU 7.2's qemu-storage-daemon) leaves the request's
+     * first u64 in place: the reply echoes mmap_size. */
+    if (v == size)
+        return 0;
     return status_result(VUF_REQ_SET_LOG_BASE, v);
 }
 

@@ -131,6 +131,16 @@ static int stream_check(struct vuf_frontend *fe)
     return fe->stream_err;
 }
 
+int fe_stream_check(struct vuf_frontend *fe)
+{
+    return stream_check(fe);
+}
+
+int fe_stream_note(struct vuf_frontend *fe, int r)
+{
+    return stream_note(fe, r);
+}
+
 int vuf_queue_reclaim(struct vuf_queue *q, const struct vuf_guest_mem *mem, uint32_t base)
 {
     const uint16_t *idx;
@@ -194,17 +204,18 @@ static int fe_ack_features(struct vuf_device *d, uint64_t features)
  * we go on sending SET_VRING_ENABLE). */
 static int send_features_if_needed(struct vuf_frontend *fe)
 {
+    uint64_t want = fe_features_to_send(fe);
     int r;
 
-    if (fe->features_sent && fe->acked_features == fe->last_sent_features)
+    if (fe->features_sent && want == fe->last_sent_features)
         return 0;
-    r = vuf_client_set_features(fe->client, fe->acked_features);
+    r = vuf_client_set_features(fe->client, want);
     if (r < 0) {
         vuf_log(VUF_LOG_ERROR, "%s: failed to set features 0x%llx: %s", fe->label,
-                (unsigned long long)fe->acked_features, vuf_strerror(r));
+                (unsigned long long)want, vuf_strerror(r));
         return r;
     }
-    fe->last_sent_features = fe->acked_features;
+    fe->last_sent_features = want;
     fe->features_sent = true;
     return 0;
 }
@@ -363,10 +374,30 @@ static int check_queue(struct vuf_frontend *fe, const struct vuf_guest_mem *mem,
     return 0;
 }
 
+void fe_vring_addr(const struct vuf_frontend *fe, const struct vuf_guest_mem *mem, unsigned i,
+                   const struct vuf_queue *q, struct vuf_vring_addr *addr)
+{
+    memset(addr, 0, sizeof(*addr));
+    addr->index = i;
+    /* Host addresses: the back-end translates them through the
+     * userspace_addr of SET_MEM_TABLE. check_queue() already bounds-checked
+     * the whole of each ring. */
+    addr->desc = (uint64_t)(uintptr_t)vuf_guest_mem_to_host(mem, q->desc_addr, desc_bytes(q->size));
+    addr->used = (uint64_t)(uintptr_t)vuf_guest_mem_to_host(mem, q->used_addr, used_bytes(q->size));
+    addr->avail =
+        (uint64_t)(uintptr_t)vuf_guest_mem_to_host(mem, q->avail_addr, avail_bytes(q->size));
+    /* While logging, used-ring writes are logged at this GPA (QEMU sends
+     * the used ring's guest-physical address). */
+    if (fe->log_bits) {
+        addr->flags = VUF_VRING_F_LOG;
+        addr->log = q->used_addr;
+    }
+}
+
 static int activate_vring(struct vuf_frontend *fe, const struct vuf_guest_mem *mem, unsigned i,
                           const struct vuf_queue *q, int call_fd)
 {
-    struct vuf_vring_addr addr = {.index = i, .flags = 0, .log = 0};
+    struct vuf_vring_addr addr;
     const char *step;
     int r;
 
@@ -374,13 +405,7 @@ static int activate_vring(struct vuf_frontend *fe, const struct vuf_guest_mem *m
     r = vuf_client_set_vring_num(fe->client, i, q->size);
     if (r < 0)
         goto fail;
-    /* Host addresses: the back-end translates them through the
-     * userspace_addr of SET_MEM_TABLE. check_queue() already bounds-checked
-     * the whole of each ring. */
-    addr.desc = (uint64_t)(uintptr_t)vuf_guest_mem_to_host(mem, q->desc_addr, desc_bytes(q->size));
-    addr.used = (uint64_t)(uintptr_t)vuf_guest_mem_to_host(mem, q->used_addr, used_bytes(q->size));
-    addr.avail =
-        (uint64_t)(uintptr_t)vuf_guest_mem_to_host(mem, q->avail_addr, avail_bytes(q->size));
+    fe_vring_addr(fe, mem, i, q, &addr);
     step = "SET_VRING_ADDR";
     r = vuf_client_set_vring_addr(fe->client, &addr);
     if (r < 0)
@@ -502,10 +527,8 @@ static int fe_activate(struct vuf_device *d, const struct vuf_guest_mem *mem,
                        unsigned nqueues)
 {
     struct vuf_frontend *fe = fe_of(d);
-    struct vuf_mem_region regions[VUF_MEM_TABLE_MAX];
-    int fds[VUF_MEM_TABLE_MAX];
     unsigned nready = 0;
-    int non_msix, nreg, r;
+    int non_msix, r;
 
     if (fe->active || fe->worker) {
         vuf_log(VUF_LOG_ERROR, "%s: activate while active", fe->label);
@@ -528,12 +551,9 @@ static int fe_activate(struct vuf_device *d, const struct vuf_guest_mem *mem,
             return r;
         nready++;
     }
-    nreg = vuf_guest_mem_mem_table(mem, regions, fds, VUF_MEM_TABLE_MAX);
-    if (nreg <= 0) {
-        vuf_log(VUF_LOG_ERROR, "%s: guest memory cannot be described (%d regions)", fe->label,
-                nreg);
-        return nreg < 0 ? nreg : -EINVAL;
-    }
+    r = fe_mem_check(fe, mem); /* 1..8 regions, or 1..max_mem_slots */
+    if (r < 0)
+        return r;
     r = stream_check(fe);
     if (r < 0)
         return r;
@@ -564,12 +584,12 @@ static int fe_activate(struct vuf_device *d, const struct vuf_guest_mem *mem,
     r = send_features_if_needed(fe);
     if (r < 0)
         goto fail;
-    r = vuf_client_set_mem_table(fe->client, regions, fds, (unsigned)nreg);
-    if (r < 0) {
-        vuf_log(VUF_LOG_ERROR, "%s: failed to set memory map regions: %s", fe->label,
-                vuf_strerror(r));
+    r = fe_mem_send(fe, mem); /* SET_MEM_TABLE or the ADD/REM_MEM_REG diff */
+    if (r < 0)
         goto fail;
-    }
+    r = fe_log_activate(fe, mem); /* SET_LOG_BASE while logging */
+    if (r < 0)
+        goto fail;
     for (unsigned i = 0; i < nqueues; i++) {
         const struct vuf_queue *q = &queues[i];
         int call_fd = -1;
@@ -627,6 +647,7 @@ static int fe_reset(struct vuf_device *d)
     if (r < 0 && !err)
         err = r;
     clear_active(fe);
+    fe_log_release(fe); /* reset ends dirty logging (vuf/frontend.h) */
     return err;
 }
 
@@ -1179,11 +1200,14 @@ static void fe_destroy(struct vuf_device *d)
         fe->have_mapper = false;
     }
     clear_active(fe);
+    fe_log_release(fe);
     vuf_server_free(fe->breq);
     vuf_client_free(fe->client);
     free(fe->maps);
     free(fe->queue_sizes);
     pthread_mutex_destroy(&fe->shm_lock);
+    pthread_mutex_destroy(&fe->log_lock);
+    fe_mem_fini(fe);
     free(fe);
 }
 
@@ -1307,7 +1331,10 @@ static int negotiate(struct vuf_frontend *fe)
     /* Device-type bits pass as offered; transport bits only if the VMM
      * supports them; bit 30 always. */
     allow = VUF_DEVICE_TYPE_SPECIFIC_FEATURES_MASK | base | F_PROTOCOL;
+    /* LOG_ALL is for dirty logging only, never for the driver. */
+    allow &= ~BIT(VUF_F_LOG_ALL);
     fe->avail_features = allow & features;
+    fe->log_all_offered = (features & BIT(VUF_F_LOG_ALL)) != 0;
     fe->acked_features = 0;
 
     if (fe->avail_features & F_PROTOCOL) {
@@ -1322,7 +1349,9 @@ static int negotiate(struct vuf_frontend *fe)
                     vuf_strerror(r));
             return r;
         }
-        fe->protocol_features = pf & FE_PROTOCOL_FEATURES;
+        fe->protocol_features =
+            pf & (FE_PROTOCOL_FEATURES | (fe->cfg.dirty_log ? VUF_PF(LOG_SHMFD) : 0) |
+                  (fe->cfg.mem_slots ? VUF_PF(CONFIGURE_MEM_SLOTS) : 0));
         r = vuf_client_set_protocol_features(fe->client, fe->protocol_features);
         if (r < 0) {
             vuf_log(VUF_LOG_ERROR, "%s: failed to set protocol features: %s", fe->label,
@@ -1386,6 +1415,10 @@ static int negotiate(struct vuf_frontend *fe)
         return -ENOTSUP;
     }
 
+    r = fe_mem_negotiate(fe); /* GET_MAX_MEM_SLOTS with CONFIGURE_MEM_SLOTS */
+    if (r < 0)
+        return r;
+
     qsize = pow2_le(fe->cfg.max_queue_size);
     if (qsize == 0)
         qsize = VUF_QUEUE_MAX_SIZE;
@@ -1430,8 +1463,16 @@ int vuf_frontend_new(const struct vuf_frontend_config *cfg, struct vuf_conn *con
         snprintf(fe->label, sizeof(fe->label), "%s", info->label);
     else
         snprintf(fe->label, sizeof(fe->label), "vu-%u", cfg->device_type);
+    fe->log_fd = -1;
     r = pthread_mutex_init(&fe->shm_lock, NULL);
     if (r) {
+        vuf_conn_close(conn);
+        free(fe);
+        return -r;
+    }
+    r = pthread_mutex_init(&fe->log_lock, NULL);
+    if (r) {
+        pthread_mutex_destroy(&fe->shm_lock);
         vuf_conn_close(conn);
         free(fe);
         return -r;
@@ -1439,6 +1480,7 @@ int vuf_frontend_new(const struct vuf_frontend_config *cfg, struct vuf_conn *con
     r = vuf_client_new(conn, &fe->client); /* owns conn from here on */
     if (r < 0) {
         pthread_mutex_destroy(&fe->shm_lock);
+        pthread_mutex_destroy(&fe->log_lock);
         free(fe);
         return r;
     }

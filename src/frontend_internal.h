@@ -85,6 +85,24 @@ struct vuf_frontend {
     struct vuf_interrupt intr;
 
     struct fe_worker *worker; /* running worker, or NULL */
+
+    /* Guest memory as the back-end has it (frontend_mem.c): the regions
+     * last sent (SET_MEM_TABLE) or added and not removed (ADD/REM_MEM_REG).
+     * max_mem_slots: GET_MAX_MEM_SLOTS capped at 512, 0 without
+     * CONFIGURE_MEM_SLOTS. Caller's thread only. */
+    unsigned max_mem_slots;
+    struct fe_mem_slot *mem_slots;
+    unsigned nmem_slots;
+
+    /* Dirty logging (frontend_log.c). log_all_offered: the back-end offers
+     * VHOST_F_LOG_ALL (kept out of avail_features). The log fields are
+     * written by the caller's thread under log_lock; log_sync reads them
+     * under it from any thread. log_bits == NULL: not logging. */
+    bool log_all_offered;
+    pthread_mutex_t log_lock;
+    uint64_t *log_bits; /* shared mapping of log_fd */
+    size_t log_size;    /* bytes, a multiple of 8 */
+    int log_fd;
 };
 
 static inline struct vuf_frontend *fe_of(struct vuf_device *d)
@@ -123,5 +141,47 @@ void fe_worker_stop(struct vuf_frontend *fe);
  * stopped). Returns 0 or the first mapper error; the table is emptied
  * either way. */
 int fe_remove_all_mappings(struct vuf_frontend *fe);
+
+/* ---- frontend_log.c ---------------------------------------------------- */
+
+/* The features SET_FEATURES carries: the acked ones, plus LOG_ALL while
+ * logging. */
+uint64_t fe_features_to_send(const struct vuf_frontend *fe);
+
+/* While logging, at activation after SET_MEM_TABLE: grow the log to cover
+ * `mem` if needed and send SET_LOG_BASE. 0 when not logging. */
+int fe_log_activate(struct vuf_frontend *fe, const struct vuf_guest_mem *mem);
+
+/* End logging without messages (reset, destroy). */
+void fe_log_release(struct vuf_frontend *fe);
+
+/* ---- frontend.c (for frontend_log.c) ------------------------------------ */
+
+/* stream_check() and stream_note() of frontend.c: refuse to send once the
+ * main socket's stream is out of step, and note errors that put it so. */
+int fe_stream_check(struct vuf_frontend *fe);
+int fe_stream_note(struct vuf_frontend *fe, int r);
+
+/* SET_VRING_ADDR for ready queue i (host addresses), with the LOG flag and
+ * the used ring's GPA while logging. The queue was checked already. */
+void fe_vring_addr(const struct vuf_frontend *fe, const struct vuf_guest_mem *mem, unsigned i,
+                   const struct vuf_queue *q, struct vuf_vring_addr *addr);
+
+/* ---- frontend_mem.c ---------------------------------------------------- */
+
+/* GET_MAX_MEM_SLOTS when CONFIGURE_MEM_SLOTS was negotiated (construction). */
+int fe_mem_negotiate(struct vuf_frontend *fe);
+
+/* Can `mem` be handed over (1 .. 8 or max_mem_slots regions)? Logs why
+ * not: -EINVAL (no region), -E2BIG (too many), -EBADF, -ENOMEM. Sends
+ * nothing. */
+int fe_mem_check(struct vuf_frontend *fe, const struct vuf_guest_mem *mem);
+
+/* Activation's memory step: SET_MEM_TABLE, or with CONFIGURE_MEM_SLOTS the
+ * REM_MEM_REG/ADD_MEM_REG diff against what the back-end has. */
+int fe_mem_send(struct vuf_frontend *fe, const struct vuf_guest_mem *mem);
+
+/* Forget the shadow table (destroy). */
+void fe_mem_fini(struct vuf_frontend *fe);
 
 #endif

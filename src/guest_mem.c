@@ -169,6 +169,22 @@ int vuf_guest_mem_add_fd(struct vuf_guest_mem *gm, uint64_t gpa, uint64_t size, 
     return insert_region(gm, slot, gpa, size, dfd, fd_offset);
 }
 
+int vuf_guest_mem_remove(struct vuf_guest_mem *gm, uint64_t gpa)
+{
+    if (!gm)
+        return -EINVAL;
+    for (unsigned i = 0; i < gm->n; i++) {
+        if (gm->r[i].gpa != gpa)
+            continue;
+        munmap(gm->r[i].host, (size_t)gm->r[i].size);
+        close(gm->r[i].fd);
+        memmove(&gm->r[i], &gm->r[i + 1], (gm->n - i - 1) * sizeof(gm->r[0]));
+        gm->n--;
+        return 0;
+    }
+    return -ENOENT;
+}
+
 unsigned vuf_guest_mem_nregions(const struct vuf_guest_mem *gm)
 {
     return gm ? gm->n : 0;

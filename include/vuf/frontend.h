@@ -9,9 +9,13 @@
  * virtio bit 30):
  *   new        SET_OWNER, GET_FEATURES, [GET_PROTOCOL_FEATURES,
  *              SET_PROTOCOL_FEATURES if PF], [SET_BACKEND_REQ_FD if
- *              BACKEND_REQ], [GET_QUEUE_NUM if MQ]
+ *              BACKEND_REQ], [GET_QUEUE_NUM if MQ], [GET_MAX_MEM_SLOTS if
+ *              CONFIGURE_MEM_SLOTS]
  *   activate   [SET_FEATURES if never sent or the acked set changed],
- *   and wake   SET_MEM_TABLE, then per ready queue, ascending:
+ *   and wake   SET_MEM_TABLE (with CONFIGURE_MEM_SLOTS instead: the
+ *              memory diff as for update_memory, possibly nothing),
+ *              [SET_LOG_BASE if logging], then per ready
+ *              queue, ascending:
  *              SET_VRING_NUM, SET_VRING_ADDR, SET_VRING_BASE, SET_VRING_CALL,
  *              SET_VRING_KICK, [SET_VRING_ENABLE(1) if PF]
  *   reset      per started queue: [SET_VRING_ENABLE(0) if PF],
@@ -20,6 +24,13 @@
  *   restore    [SET_FEATURES], SET_DEVICE_STATE_FD(load), write,
  *              CHECK_DEVICE_STATE
  *   config     GET_CONFIG / SET_CONFIG
+ *   update_memory (vuf_frontend_update_memory, while active)
+ *              with CONFIGURE_MEM_SLOTS: REM_MEM_REG per region the
+ *              back-end has and the new memory lacks, then ADD_MEM_REG
+ *              (one region, one fd) per new region, each in ascending GPA
+ *              order; nothing if nothing changed. Without: SET_MEM_TABLE
+ *              with the whole new memory if anything changed. Then
+ *              [SET_LOG_BASE if logging]
  *   shm region GET_SHMEM_CONFIG (once; the answer is cached)
  *
  * Where vuf differs from crosvm (each on purpose):
@@ -61,6 +72,20 @@
  *   - SET_FEATURES goes out at the first activation even if the driver
  *     acked nothing (crosvm then never sends it, leaving bit 30 unacked).
  *   - State transfers are bounded in size and time.
+ *   - CONFIGURE_MEM_SLOTS (opt-in: cfg.mem_slots), as QEMU does it:
+ *     GET_MAX_MEM_SLOTS at construction (an answer of 0 is -EPROTO; more
+ *     than VUF_FRONTEND_MAX_MEM_SLOTS is capped to it), and guest memory
+ *     goes over as ADD_MEM_REG/REM_MEM_REG diffs against a shadow of what
+ *     the back-end has (crosvm only ever sends SET_MEM_TABLE), so it may
+ *     have up to min(GET_MAX_MEM_SLOTS, 512) regions. A region is the same
+ *     one only if GPA, size, host address, fd offset and backing file
+ *     (st_dev/st_ino) all match; REM_MEM_REG carries no fd. The shadow
+ *     outlives sleep/reset (the back-end keeps its regions): a wake with
+ *     unchanged memory sends no memory message at all. Without
+ *     CONFIGURE_MEM_SLOTS, guest memory of more than 8 regions is refused
+ *     (-E2BIG) before anything is sent.
+ *   - Memory hot-(un)plug while active: vuf_frontend_update_memory() (crosvm
+ *     has none).
  *   - GET_CONFIG flags are the spec's value 0 ("writable fields"), not
  *     crosvm's 1.
  *   - A config read that fits one GET_CONFIG (offset + len <= 256) asks
@@ -119,6 +144,10 @@ extern "C" {
 #define VUF_FRONTEND_STATE_TIMEOUT_MS 30000
 #define VUF_FRONTEND_STATE_MAX_SIZE (64u * 1024 * 1024)
 
+/* Most memory slots used with CONFIGURE_MEM_SLOTS (QEMU's cap; also
+ * VUF_GUEST_MEM_MAX_REGIONS). */
+#define VUF_FRONTEND_MAX_MEM_SLOTS 512u
+
 /* Most SHMEM_MAP mappings kept at once (a back-end cannot exhaust memory
  * with tiny mappings). */
 #define VUF_FRONTEND_MAX_MAPPINGS 4096u
@@ -139,6 +168,14 @@ struct vuf_frontend_config {
      * negative = none) and largest back-end state accepted (0 = default). */
     int state_timeout_ms;
     size_t max_state_size;
+    /* true: also negotiate VHOST_USER_PROTOCOL_F_LOG_SHMFD, so that dirty
+     * logging (vuf_frontend_log_start) can be used. Off by default: a
+     * device that never migrates does not ask for it. */
+    bool dirty_log;
+    /* true: also negotiate VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS (QEMU),
+     * for guest memory of more than 8 regions and diff-based updates. Off
+     * by default: crosvm's protocol set, SET_MEM_TABLE only. */
+    bool mem_slots;
 };
 
 /*
@@ -166,6 +203,121 @@ bool vuf_frontend_last_sent_features(const struct vuf_device *dev, uint64_t *fea
 bool vuf_frontend_is_active(const struct vuf_device *dev);
 /* Number of SHMEM mappings currently held. */
 unsigned vuf_frontend_num_mappings(const struct vuf_device *dev);
+/* Most guest memory regions the device can hand over: min(GET_MAX_MEM_SLOTS,
+ * VUF_FRONTEND_MAX_MEM_SLOTS) with CONFIGURE_MEM_SLOTS, else 8. */
+unsigned vuf_frontend_max_mem_regions(const struct vuf_device *dev);
+
+/*
+ * Memory hot-(un)plug: tell the back-end that the guest memory is now
+ * `mem` (message sequences above). `mem` is borrowed like activate's: it
+ * replaces the guest memory the device uses and must outlive the device's
+ * active period (or the next update). Typically it is the guest_mem given
+ * to activate, changed in place:
+ *   hot-add     vuf_guest_mem_add_memfd/add_fd(gm, ...), then update;
+ *   hot-remove  make sure nothing uses the region (no ring, no buffer in
+ *               flight), vuf_guest_mem_remove(gm, gpa), then update. The
+ *               back-end keeps its own mapping until the REM_MEM_REG.
+ * The started rings must stay in regions the back-end keeps, unchanged
+ * (their host addresses were sent): otherwise -EBUSY, nothing sent.
+ *
+ * While the device is not active (before activate, asleep, reset) nothing
+ * is sent and 0 is returned: the next activate/wake sends the memory it is
+ * given (with CONFIGURE_MEM_SLOTS as a diff against what the back-end kept).
+ *
+ * While dirty logging, the log then grows to cover the new memory if
+ * needed (SET_LOG_BASE, as at a wake).
+ *
+ * Returns 0, or (nothing sent) -EINVAL (not a front-end, mem NULL or
+ * without regions), -E2BIG (more regions than vuf_frontend_max_mem_regions()),
+ * -EBUSY (rings), -EBADF (a region's fd), -ENOMEM, the sticky stream error;
+ * or the vuf/client.h error of the failing request. After a failed
+ * REM/ADD_MEM_REG the device still knows which regions the back-end has
+ * (the diff resumes at the next update or wake); the back-end may be left
+ * with part of the change.
+ *
+ * Thread-safety: a device operation (vuf/device.h): serialized with the
+ * others by the caller, and no other thread may use `mem` (translate,
+ * virtq calls) while it is being changed in place.
+ */
+int vuf_frontend_update_memory(struct vuf_device *dev, const struct vuf_guest_mem *mem);
+
+/*
+ * Dirty-page logging (live migration), as QEMU's vhost does it. Needs
+ * cfg.dirty_log, LOG_SHMFD negotiated and VHOST_F_LOG_ALL (virtio bit 26)
+ * offered by the back-end; bit 26 is kept for logging and never offered to
+ * the driver (it is not in vuf_device_features()).
+ *
+ * The log is a memfd shared with the back-end: 1 bit per
+ * VUF_FRONTEND_LOG_PAGE bytes of guest-physical address space, from GPA 0
+ * to the end of the highest guest memory region, page p at byte p / 8, bit
+ * p % 8. The back-end sets bits atomically; log_sync fetches and clears
+ * them with one atomic exchange per 64-bit word.
+ *
+ * Messages:
+ *   log_start  SET_LOG_BASE(size, offset 0) + memfd (reply expected),
+ *              SET_FEATURES(acked | LOG_ALL), then per started queue
+ *              SET_VRING_ADDR with VHOST_VRING_F_LOG and log = the used
+ *              ring's GPA (each waited for with REPLY_ACK)
+ *   log_stop   SET_FEATURES(acked), then per started queue SET_VRING_ADDR
+ *              without the flag; the log is released
+ *   while logging, activate/wake send SET_FEATURES with LOG_ALL (if not
+ *   already), SET_MEM_TABLE, SET_LOG_BASE (the log grows first, keeping
+ *   its bits, if the new guest memory reaches further), then the queues
+ *   with VHOST_VRING_F_LOG.
+ *
+ * Lifecycle: logging is a device state, not a queue state. It needs an
+ * active device to start (the guest memory sizes the log). sleep keeps it
+ * (nothing is sent; bits logged before sleep can still be synced) and wake
+ * re-sends it as above. reset and destroy end it without messages: the
+ * log is released here, and the next activation's SET_FEATURES drops
+ * LOG_ALL on the back-end (its value changed). A crashed back-end does not
+ * end it; log_stop (or reset/destroy) does.
+ *
+ * Thread-safety: log_start and log_stop are device operations (serialized
+ * with the others, as vuf/device.h says). log_is_active, log_bytes,
+ * log_sync and log_for_each_dirty may be called from any thread, also
+ * while another operation runs.
+ */
+#define VUF_FRONTEND_LOG_PAGE 4096u
+
+/*
+ * Start logging. 0, or: -ENOTSUP when cfg.dirty_log was not set, LOG_SHMFD
+ * was not negotiated or the back-end does not offer LOG_ALL; -EINVAL when
+ * the device is not active; -EALREADY when logging already; -ENOMEM /
+ * memfd errors; the vuf/client.h error of a failing request (then logging
+ * is not started; messages already sent are not undone).
+ */
+int vuf_frontend_log_start(struct vuf_device *dev);
+
+/* Stop logging (see above). 0, -EINVAL when not logging, or the first
+ * request error (the log is released and logging off either way). */
+int vuf_frontend_log_stop(struct vuf_device *dev);
+
+/* True while logging (between log_start and log_stop/reset/destroy). */
+bool vuf_frontend_log_is_active(const struct vuf_device *dev);
+
+/* Bytes of the bitmap (a multiple of 8), 0 when not logging. It can grow
+ * at a wake with more guest memory. */
+size_t vuf_frontend_log_bytes(const struct vuf_device *dev);
+
+/*
+ * Fetch and clear the dirty bits. With `bitmap`, they are copied to
+ * bitmap[0, log_bytes) in the log's layout and the rest of `len` is
+ * zeroed; bitmap NULL (len 0) only clears. *ndirty (may be NULL) = the
+ * number of dirty pages fetched. 0, or -EINVAL (not logging, bad
+ * arguments), -ENOSPC when len < log_bytes (nothing is cleared).
+ */
+int vuf_frontend_log_sync(struct vuf_device *dev, uint8_t *bitmap, size_t len, uint64_t *ndirty);
+
+/*
+ * Fetch and clear the dirty bits, calling fn(opaque, page) for each dirty
+ * page number in ascending order (page * VUF_FRONTEND_LOG_PAGE is its GPA).
+ * fn runs on the calling thread with the log locked: it must not call the
+ * log functions. A non-zero return from fn stops the walk and is returned;
+ * the bits not yet reported stay set. 0, or -EINVAL when not logging.
+ */
+int vuf_frontend_log_for_each_dirty(struct vuf_device *dev, int (*fn)(void *opaque, uint64_t page),
+                                    void *opaque);
 
 #ifdef __cplusplus
 }

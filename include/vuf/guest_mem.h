@@ -2,7 +2,9 @@
 /*
  * vuf/guest_mem.h - "guest memory" for a user-space virtio driver: a set of
  * shared-memory regions, each with a guest-physical address (GPA), that a
- * vhost-user back-end maps from the fds sent with SET_MEM_TABLE.
+ * vhost-user back-end maps from the fds sent with SET_MEM_TABLE (or, one
+ * region at a time, with ADD_MEM_REG when CONFIGURE_MEM_SLOTS is
+ * negotiated; see vuf/frontend.h).
  *
  * There is no guest: the front-end process itself plays the driver (see
  * vuf/virtq.h), so the same bytes are reachable three ways:
@@ -13,17 +15,20 @@
  *
  * Regions are sorted by GPA, page-aligned, non-overlapping, and never wrap
  * the 64-bit GPA space (gpa + size <= UINT64_MAX). At most
- * VUF_GUEST_MEM_MAX_REGIONS, the number SET_MEM_TABLE can carry.
+ * VUF_GUEST_MEM_MAX_REGIONS (512, QEMU's cap on memory slots); SET_MEM_TABLE
+ * carries only VUF_MEM_TABLE_MAX (8) of them, so more need a back-end with
+ * CONFIGURE_MEM_SLOTS. Regions can be removed (vuf_guest_mem_remove()) as
+ * well as added, for memory hot-(un)plug.
  *
  * Ownership: a guest_mem owns every region's fd and mapping; vuf_guest_mem_free()
  * unmaps and closes them all. Region fds handed out by the accessors are
  * borrowed (valid until the free); dup them to keep them longer. Host
  * pointers are valid until the free.
  *
- * Thread-safety: building (new/add) and the allocator (alloc/mark/rewind)
+ * Thread-safety: building (new/add/remove) and the allocator (alloc/mark/rewind)
  * need external serialization. Once built, the read-only calls
  * (translation, region accessors) may run concurrently from any thread,
- * provided no add/free runs at the same time. The memory itself is shared
+ * provided no add/remove/free runs at the same time. The memory itself is shared
  * with the back-end; the virtq layer defines the ordering rules for it.
  */
 #ifndef VUF_GUEST_MEM_H
@@ -37,8 +42,9 @@
 extern "C" {
 #endif
 
-/* SET_MEM_TABLE carries at most 8 regions (and 8 fds). */
-#define VUF_GUEST_MEM_MAX_REGIONS VUF_MEM_TABLE_MAX
+/* Most regions of one guest memory: QEMU's cap on vhost-user memory slots.
+ * SET_MEM_TABLE carries at most VUF_MEM_TABLE_MAX (8) regions (and 8 fds). */
+#define VUF_GUEST_MEM_MAX_REGIONS 512u
 
 struct vuf_guest_mem;
 
@@ -88,6 +94,17 @@ int vuf_guest_mem_add_memfd(struct vuf_guest_mem *gm, uint64_t gpa, uint64_t siz
  */
 int vuf_guest_mem_add_fd(struct vuf_guest_mem *gm, uint64_t gpa, uint64_t size, int fd,
                          uint64_t fd_offset);
+
+/*
+ * Remove the region that starts at `gpa`: unmap it and close its fd. Host
+ * pointers into it become invalid; GPAs in it no longer translate. Other
+ * regions (and their host mappings) are untouched; the allocator's position
+ * is kept. The caller guarantees that nothing still uses the region: no
+ * ring, no buffer in flight. A back-end that was given the region keeps
+ * its own mapping until told (vuf_frontend_update_memory()).
+ * 0, -EINVAL (gm NULL) or -ENOENT (no region starts at gpa).
+ */
+int vuf_guest_mem_remove(struct vuf_guest_mem *gm, uint64_t gpa);
 
 /* Number of regions. */
 unsigned vuf_guest_mem_nregions(const struct vuf_guest_mem *gm);

@@ -1415,6 +1415,10 @@ static void test_client_log_base(void **state)
         assert_int_equal(vuf_client_set_log_base(c, 0x1000, 0, fd), 0);
         raw_expect_request(f->raw, VUF_REQ_SET_LOG_BASE, REQ, 16, 1);
     }
+    /* libvhost-user 7.2 (qsd) answers a u64 equal to mmap_size: success. */
+    raw_reply_u64(f->raw, VUF_REQ_SET_LOG_BASE, 0x1000);
+    assert_int_equal(vuf_client_set_log_base(c, 0x1000, 0, fd), 0);
+    raw_expect_request(f->raw, VUF_REQ_SET_LOG_BASE, REQ, 16, 1);
     /* Any other size is a protocol violation. */
     {
         uint8_t odd[24] = {0};

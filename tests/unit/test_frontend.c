@@ -49,6 +49,8 @@ struct rec {
     uint32_t flags;
     uint32_t a, b; /* first two u32 of the payload */
     uint64_t u64;
+    unsigned nfds;
+    uint64_t gpa; /* ADD/REM_MEM_REG: the region's guest_phys_addr */
 };
 
 enum save_mode {
@@ -91,17 +93,25 @@ struct be {
     uint64_t acked;
     uint32_t set_base[MAX_Q];
     uint32_t mem_regions;
+    uint64_t max_slots;                /* GET_MAX_MEM_SLOTS answer */
+    unsigned slots_used;               /* regions held through ADD/REM_MEM_REG */
+    struct vuf_vring_addr addr[MAX_Q]; /* last SET_VRING_ADDR per queue */
+    uint8_t *log;                      /* our mapping of the dirty log */
+    size_t log_size;
+    unsigned log_nfds, log_bases; /* fds of the last SET_LOG_BASE, how many */
 };
 
 static void be_record(struct be *be, const struct vuf_msg *req)
 {
-    struct rec r = {.code = req->hdr.request, .flags = req->hdr.flags};
+    struct rec r = {.code = req->hdr.request, .flags = req->hdr.flags, .nfds = req->nfds};
 
     if (req->hdr.size >= 8) {
         memcpy(&r.a, req->payload.raw, 4);
         memcpy(&r.b, req->payload.raw + 4, 4);
         memcpy(&r.u64, req->payload.raw, 8);
     }
+    if (req->hdr.size >= 16)
+        memcpy(&r.gpa, req->payload.raw + 8, 8);
     pthread_mutex_lock(&be->lock);
     if (be->nrec < MAX_REC)
         be->rec[be->nrec++] = r;
@@ -138,6 +148,41 @@ static int be_handler(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
     case VUF_REQ_SET_MEM_TABLE:
         be->mem_regions = req->payload.mem.nregions;
         return req->nfds == req->payload.mem.nregions ? 0 : -EINVAL;
+    case VUF_REQ_GET_MAX_MEM_SLOTS:
+        reply->payload.u64 = be->max_slots;
+        reply->hdr.size = 8;
+        return 0;
+    case VUF_REQ_ADD_MEM_REG:
+        if (req->nfds != 1 || be->slots_used >= be->max_slots)
+            return -EINVAL;
+        be->slots_used++;
+        return 0;
+    case VUF_REQ_REM_MEM_REG:
+        if (req->nfds != 0 || be->slots_used == 0)
+            return -EINVAL;
+        be->slots_used--;
+        return 0;
+    case VUF_REQ_SET_VRING_ADDR:
+        if (req->payload.addr.index < MAX_Q)
+            be->addr[req->payload.addr.index] = req->payload.addr;
+        return 0;
+    case VUF_REQ_SET_LOG_BASE: {
+        size_t size = (size_t)req->payload.log.mmap_size;
+        void *p;
+
+        be->log_nfds = req->nfds;
+        be->log_bases++;
+        if (req->nfds != 1 || req->payload.log.mmap_offset != 0 || size == 0)
+            return -EINVAL;
+        p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, req->fds[0], 0);
+        if (p == MAP_FAILED)
+            return -errno;
+        if (be->log)
+            munmap(be->log, be->log_size);
+        be->log = p;
+        be->log_size = size;
+        return 0; /* the server closes the fd: the mapping stays */
+    }
     case VUF_REQ_SET_VRING_BASE:
         if (req->payload.state.index < MAX_Q)
             be->set_base[req->payload.state.index] = req->payload.state.num;
@@ -336,6 +381,9 @@ static void be_fini(struct be *be)
         close(be->load_fd);
     if (be->silent_fd >= 0)
         close(be->silent_fd);
+    if (be->log)
+        munmap(be->log, be->log_size);
+    be->log = NULL;
     pthread_mutex_destroy(&be->lock);
 }
 
@@ -1767,6 +1815,246 @@ static void test_reconnect_new_backend(void **state)
     fx_end(&f);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Dirty logging                                                            */
+/* ------------------------------------------------------------------------ */
+
+#define F_LOG_ALL BIT(VUF_F_LOG_ALL)
+
+/* The back-end logs `page` as libvhost-user does (atomic byte OR). */
+static void be_log_page(struct be *be, uint64_t page)
+{
+    assert_non_null(be->log);
+    assert_true(page / 8 < be->log_size);
+    __atomic_fetch_or(&be->log[page / 8], (uint8_t)(1u << (page % 8)), __ATOMIC_SEQ_CST);
+}
+
+/* Request `back` records ago, counted from the end. */
+static struct rec be_rec_back(struct be *be, unsigned mark, unsigned back)
+{
+    return be_rec(be, mark - back);
+}
+
+struct pages {
+    uint64_t p[16];
+    unsigned n;
+    unsigned stop_after; /* 0: never */
+};
+
+static int collect(void *opaque, uint64_t page)
+{
+    struct pages *ps = opaque;
+
+    if (ps->n < 16)
+        ps->p[ps->n] = page;
+    ps->n++;
+    return ps->stop_after && ps->n == ps->stop_after ? 7 : 0;
+}
+
+static void test_dirty_log(void **state)
+{
+    struct fx f;
+    struct vuf_frontend_config cfg = fx_cfg(VUF_DEV_CONSOLE, F_EVENT_IDX | F_LOG_ALL);
+    struct vuf_queue back[MAX_Q];
+    uint8_t bm[80];
+    uint64_t n = 99;
+    struct pages ps;
+    /* Guest memory is [0x100000, 0x200000): 512 pages from GPA 0 = 64 bytes. */
+    const size_t log_bytes = 64;
+    const uint64_t dirty[] = {0x100, 0x137, 0x1ff};
+
+    (void)state;
+    cfg.dirty_log = true;
+    fx_begin(&f);
+    f.be.features |= F_LOG_ALL;
+    f.be.protocol_features |= VUF_PF(LOG_SHMFD);
+    assert_int_equal(fx_new(&f, &cfg), 0);
+    expect_new(&f);
+    assert_true(vuf_frontend_protocol_features(f.dev) & VUF_PF(LOG_SHMFD));
+    /* LOG_ALL is never offered to the driver, even when base asks for it. */
+    assert_int_equal(vuf_device_features(f.dev) & F_LOG_ALL, 0);
+    assert_int_equal(vuf_device_ack_features(f.dev, F_LOG_ALL | F_EVENT_IDX), 0);
+    assert_int_equal(vuf_frontend_acked_features(f.dev), F_PROTO | F_EVENT_IDX);
+
+    /* Not active: nothing to size the log by. */
+    assert_int_equal(vuf_frontend_log_start(f.dev), -EINVAL);
+    assert_int_equal(vuf_frontend_log_sync(f.dev, NULL, 0, NULL), -EINVAL);
+    assert_int_equal(vuf_frontend_log_stop(f.dev), -EINVAL);
+    assert_false(vuf_frontend_log_is_active(f.dev));
+    expect_none(&f.be, &f.mark);
+
+    fx_queues(&f, 2);
+    fx_activate_ok(&f);
+    expect_seq(&f.be, &f.mark, R(SET_FEATURES), R(SET_MEM_TABLE), SEQ_QUEUE, SEQ_QUEUE);
+    assert_int_equal(f.be.addr[0].flags, 0);
+
+    /* start: SET_LOG_BASE + fd, SET_FEATURES | LOG_ALL, SET_VRING_ADDR with
+     * LOG and the used ring's GPA per started ring, each acked. */
+    assert_int_equal(vuf_frontend_log_start(f.dev), 0);
+    expect_seq(&f.be, &f.mark, R(SET_LOG_BASE), R(SET_FEATURES), R(SET_VRING_ADDR),
+               R(SET_VRING_ADDR));
+    assert_int_equal(vuf_frontend_log_start(f.dev), -EALREADY);
+    assert_true(vuf_frontend_log_is_active(f.dev));
+    assert_int_equal(vuf_frontend_log_bytes(f.dev), log_bytes);
+    assert_int_equal(be_rec_back(&f.be, f.mark, 4).u64, log_bytes);
+    assert_int_equal(f.be.log_nfds, 1);
+    assert_int_equal(f.be.log_size, log_bytes);
+    assert_int_equal(be_rec_back(&f.be, f.mark, 3).u64, F_PROTO | F_EVENT_IDX | F_LOG_ALL);
+    assert_int_equal(f.be.acked, F_PROTO | F_EVENT_IDX | F_LOG_ALL);
+    assert_true(be_rec_back(&f.be, f.mark, 3).flags & VUF_FLAG_NEED_REPLY);
+    for (unsigned i = 0; i < 2; i++) {
+        assert_true(be_rec_back(&f.be, f.mark, 2 - i).flags & VUF_FLAG_NEED_REPLY);
+        assert_int_equal(f.be.addr[i].flags, VUF_VRING_F_LOG);
+        assert_int_equal(f.be.addr[i].log, f.q[i].used_addr);
+        assert_int_equal(f.be.addr[i].used,
+                         (uint64_t)(uintptr_t)vuf_guest_mem_to_host(f.mem, f.q[i].used_addr, 8));
+    }
+    /* Nothing logged yet. */
+    assert_int_equal(vuf_frontend_log_sync(f.dev, bm, sizeof(bm), &n), 0);
+    assert_int_equal(n, 0);
+
+    /* The back-end's bits come back exactly, and are cleared. */
+    for (unsigned i = 0; i < 3; i++)
+        be_log_page(&f.be, dirty[i]);
+    assert_int_equal(vuf_frontend_log_sync(f.dev, bm, 8, &n), -ENOSPC);
+    memset(bm, 0xee, sizeof(bm));
+    assert_int_equal(vuf_frontend_log_sync(f.dev, bm, sizeof(bm), &n), 0);
+    assert_int_equal(n, 3);
+    for (uint64_t p = 0; p < sizeof(bm) * 8; p++) {
+        bool want = p == dirty[0] || p == dirty[1] || p == dirty[2];
+
+        assert_int_equal(!!(bm[p / 8] & (1u << (p % 8))), want);
+    }
+    for (size_t i = 0; i < log_bytes; i++)
+        assert_int_equal(f.be.log[i], 0);
+    assert_int_equal(vuf_frontend_log_sync(f.dev, bm, sizeof(bm), &n), 0);
+    assert_int_equal(n, 0);
+
+    /* Iterating: ascending page numbers; a stop keeps the rest. */
+    for (unsigned i = 0; i < 3; i++)
+        be_log_page(&f.be, dirty[2 - i]);
+    memset(&ps, 0, sizeof(ps));
+    ps.stop_after = 2;
+    assert_int_equal(vuf_frontend_log_for_each_dirty(f.dev, collect, &ps), 7);
+    assert_int_equal(ps.n, 2);
+    assert_int_equal(ps.p[0], dirty[0]);
+    assert_int_equal(ps.p[1], dirty[1]);
+    memset(&ps, 0, sizeof(ps));
+    assert_int_equal(vuf_frontend_log_for_each_dirty(f.dev, collect, &ps), 0);
+    assert_int_equal(ps.n, 1);
+    assert_int_equal(ps.p[0], dirty[2]);
+    assert_int_equal(vuf_frontend_log_sync(f.dev, NULL, 0, &n), 0);
+    assert_int_equal(n, 0);
+    expect_none(&f.be, &f.mark);
+
+    /* sleep keeps logging (nothing sent about it); bits stay syncable. */
+    be_log_page(&f.be, dirty[1]);
+    assert_int_equal(vuf_device_sleep(f.dev, back, f.nq), 1);
+    expect_seq(&f.be, &f.mark, SEQ_STOP, SEQ_STOP);
+    assert_true(vuf_frontend_log_is_active(f.dev));
+    assert_int_equal(vuf_frontend_log_sync(f.dev, NULL, 0, &n), 0);
+    assert_int_equal(n, 1);
+    /* wake re-sends the log and the flags (SET_FEATURES is unchanged). */
+    memset(f.be.addr, 0, sizeof(f.be.addr));
+    assert_int_equal(vuf_device_wake(f.dev, f.mem, &f.vi, back, f.nq), 0);
+    expect_seq(&f.be, &f.mark, R(SET_MEM_TABLE), R(SET_LOG_BASE), SEQ_QUEUE, SEQ_QUEUE);
+    assert_int_equal(f.be.log_bases, 2);
+    for (unsigned i = 0; i < 2; i++) {
+        assert_int_equal(f.be.addr[i].flags, VUF_VRING_F_LOG);
+        assert_int_equal(f.be.addr[i].log, f.q[i].used_addr);
+    }
+    be_log_page(&f.be, dirty[0]);
+    assert_int_equal(vuf_frontend_log_sync(f.dev, bm, sizeof(bm), &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(bm[dirty[0] / 8], 1u << (dirty[0] % 8));
+
+    /* stop reverses start; the log is gone. */
+    assert_int_equal(vuf_frontend_log_stop(f.dev), 0);
+    expect_seq(&f.be, &f.mark, R(SET_FEATURES), R(SET_VRING_ADDR), R(SET_VRING_ADDR));
+    assert_int_equal(f.be.acked, F_PROTO | F_EVENT_IDX);
+    for (unsigned i = 0; i < 2; i++) {
+        assert_int_equal(f.be.addr[i].flags, 0);
+        assert_int_equal(f.be.addr[i].log, 0);
+    }
+    assert_false(vuf_frontend_log_is_active(f.dev));
+    assert_int_equal(vuf_frontend_log_bytes(f.dev), 0);
+    assert_int_equal(vuf_frontend_log_sync(f.dev, bm, sizeof(bm), &n), -EINVAL);
+    assert_int_equal(vuf_frontend_log_stop(f.dev), -EINVAL);
+
+    /* reset ends logging without messages; the next activation's
+     * SET_FEATURES drops LOG_ALL and no SET_LOG_BASE goes out. */
+    assert_int_equal(vuf_frontend_log_start(f.dev), 0);
+    expect_seq(&f.be, &f.mark, R(SET_LOG_BASE), R(SET_FEATURES), R(SET_VRING_ADDR),
+               R(SET_VRING_ADDR));
+    assert_int_equal(vuf_device_reset(f.dev), 0);
+    expect_seq(&f.be, &f.mark, SEQ_STOP, SEQ_STOP);
+    assert_false(vuf_frontend_log_is_active(f.dev));
+    fx_activate_ok(&f);
+    expect_seq(&f.be, &f.mark, R(SET_FEATURES), R(SET_MEM_TABLE), SEQ_QUEUE, SEQ_QUEUE);
+    assert_int_equal(f.be.acked, F_PROTO | F_EVENT_IDX);
+    assert_int_equal(f.be.addr[0].flags, 0);
+
+    /* Logging at destroy: released with the device (no fd leak). */
+    assert_int_equal(vuf_frontend_log_start(f.dev), 0);
+    expect_seq(&f.be, &f.mark, R(SET_LOG_BASE), R(SET_FEATURES), R(SET_VRING_ADDR),
+               R(SET_VRING_ADDR));
+    fx_end(&f);
+}
+
+/* -ENOTSUP unless cfg.dirty_log, LOG_SHMFD and LOG_ALL all hold. */
+static void test_dirty_log_not_supported(void **state)
+{
+    (void)state;
+    for (int c = 0; c < 3; c++) {
+        struct fx f;
+        struct vuf_frontend_config cfg = fx_cfg(VUF_DEV_CONSOLE, F_EVENT_IDX);
+
+        fx_begin(&f);
+        cfg.dirty_log = c != 0;
+        f.be.features |= c == 1 ? 0 : F_LOG_ALL;
+        f.be.protocol_features |= c == 2 ? 0 : VUF_PF(LOG_SHMFD);
+        assert_int_equal(fx_new(&f, &cfg), 0);
+        expect_new(&f);
+        /* Without cfg.dirty_log, LOG_SHMFD is not negotiated. */
+        assert_int_equal(!!(vuf_frontend_protocol_features(f.dev) & VUF_PF(LOG_SHMFD)), c == 1);
+        assert_int_equal(vuf_device_features(f.dev) & F_LOG_ALL, 0);
+        fx_queues(&f, 2);
+        fx_activate_ok(&f);
+        expect_seq(&f.be, &f.mark, R(SET_FEATURES), R(SET_MEM_TABLE), SEQ_QUEUE, SEQ_QUEUE);
+        assert_int_equal(vuf_frontend_log_start(f.dev), -ENOTSUP);
+        assert_false(vuf_frontend_log_is_active(f.dev));
+        assert_int_equal(vuf_frontend_log_sync(f.dev, NULL, 0, NULL), -EINVAL);
+        expect_none(&f.be, &f.mark);
+        assert_int_equal(f.be.acked & F_LOG_ALL, 0);
+        fx_end(&f);
+    }
+}
+
+/* Without REPLY_ACK, a GET_FEATURES is the barrier after the log changes. */
+static void test_dirty_log_barrier(void **state)
+{
+    struct fx f;
+    struct vuf_frontend_config cfg = fx_cfg(VUF_DEV_CONSOLE, 0);
+
+    (void)state;
+    cfg.dirty_log = true;
+    fx_begin(&f);
+    f.be.features |= F_LOG_ALL;
+    f.be.protocol_features = VUF_PF(LOG_SHMFD);
+    assert_int_equal(fx_new(&f, &cfg), 0);
+    expect_new(&f);
+    fx_queues(&f, 1);
+    fx_activate_ok(&f);
+    expect_seq(&f.be, &f.mark, R(SET_FEATURES), R(SET_MEM_TABLE), SEQ_QUEUE);
+    assert_int_equal(vuf_frontend_log_start(f.dev), 0);
+    expect_seq(&f.be, &f.mark, R(SET_LOG_BASE), R(SET_FEATURES), R(SET_VRING_ADDR),
+               R(GET_FEATURES));
+    assert_int_equal(f.be.log_nfds, 1);
+    assert_int_equal(vuf_frontend_log_stop(f.dev), 0);
+    expect_seq(&f.be, &f.mark, R(SET_FEATURES), R(SET_VRING_ADDR), R(GET_FEATURES));
+    fx_end(&f);
+}
+
 static void *noop_thread(void *arg)
 {
     return arg;
@@ -1777,6 +2065,249 @@ static void quiet_log(void *opaque, enum vuf_log_level level, const char *msg)
     (void)opaque;
     (void)level;
     (void)msg;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Memory slots (CONFIGURE_MEM_SLOTS) and memory updates                    */
+/* ------------------------------------------------------------------------ */
+
+#define MS_BASE 0x10000000ull /* extra regions: one page each, 1 MiB apart */
+#define MS_GPA(i) (MS_BASE + (uint64_t)(i)*0x100000)
+
+/* Add `n` one-page regions MS_GPA(from) .. MS_GPA(from + n - 1). */
+static void ms_add(struct vuf_guest_mem *mem, unsigned from, unsigned n)
+{
+    uint64_t ps = (uint64_t)sysconf(_SC_PAGESIZE);
+
+    for (unsigned i = from; i < from + n; i++)
+        assert_int_equal(vuf_guest_mem_add_memfd(mem, MS_GPA(i), ps), 0);
+}
+
+/* The last `n` requests are `code`, each with exactly `nfds` fds; returns
+ * the GPA of the first. */
+static uint64_t ms_check(struct fx *f, unsigned n, uint32_t code, unsigned nfds)
+{
+    for (unsigned i = 0; i < n; i++) {
+        struct rec r = be_rec(&f->be, f->mark - n + i);
+
+        assert_int_equal(r.code, code);
+        assert_int_equal(r.nfds, nfds);
+        assert_true(r.flags & VUF_FLAG_NEED_REPLY);
+    }
+    return n ? be_rec(&f->be, f->mark - n).gpa : 0;
+}
+
+static struct vuf_frontend_config ms_cfg(void)
+{
+    struct vuf_frontend_config cfg = fx_cfg(VUF_DEV_CONSOLE, F_EVENT_IDX);
+
+    cfg.mem_slots = true;
+    return cfg;
+}
+
+static void test_mem_slots(void **state)
+{
+    struct fx f;
+    struct vuf_frontend_config cfg = ms_cfg();
+    struct vuf_guest_mem *other;
+    struct vuf_queue back[MAX_Q];
+    uint64_t ps = (uint64_t)sysconf(_SC_PAGESIZE);
+
+    (void)state;
+    fx_begin(&f);
+    f.be.protocol_features |= VUF_PF(CONFIGURE_MEM_SLOTS);
+    f.be.max_slots = 16;
+    assert_int_equal(fx_new(&f, &cfg), 0);
+    expect_seq(&f.be, &f.mark, R(SET_OWNER), R(GET_FEATURES), R(GET_PROTOCOL_FEATURES),
+               R(SET_PROTOCOL_FEATURES), R(GET_MAX_MEM_SLOTS));
+    assert_true(vuf_frontend_protocol_features(f.dev) & VUF_PF(CONFIGURE_MEM_SLOTS));
+    assert_int_equal(vuf_frontend_max_mem_regions(f.dev), 16);
+
+    /* 12 regions (more than SET_MEM_TABLE's 8): the rings' one + 11. */
+    fx_queues(&f, 2);
+    ms_add(f.mem, 0, 11);
+    /* Not active: nothing is sent. */
+    assert_int_equal(vuf_frontend_update_memory(f.dev, f.mem), 0);
+    expect_none(&f.be, &f.mark);
+    fx_activate_ok(&f);
+    expect_seq(&f.be, &f.mark, R(SET_FEATURES), R(ADD_MEM_REG), R(ADD_MEM_REG), R(ADD_MEM_REG),
+               R(ADD_MEM_REG), R(ADD_MEM_REG), R(ADD_MEM_REG), R(ADD_MEM_REG), R(ADD_MEM_REG),
+               R(ADD_MEM_REG), R(ADD_MEM_REG), R(ADD_MEM_REG), R(ADD_MEM_REG), SEQ_QUEUE,
+               SEQ_QUEUE);
+    for (unsigned i = 0; i < 12; i++) {
+        struct rec r = be_rec(&f.be, f.mark - 24 + i);
+
+        assert_int_equal(r.nfds, 1);
+        assert_true(r.flags & VUF_FLAG_NEED_REPLY);
+        assert_true(i == 0 ? r.gpa == 0x100000 : r.gpa == MS_GPA(i - 1));
+    }
+    assert_int_equal(f.be.slots_used, 12);
+
+    /* Unchanged: nothing. */
+    assert_int_equal(vuf_frontend_update_memory(f.dev, f.mem), 0);
+    expect_none(&f.be, &f.mark);
+
+    /* Hot-add: only ADD_MEM_REG for the new region, with its fd. */
+    ms_add(f.mem, 20, 1);
+    assert_int_equal(vuf_frontend_update_memory(f.dev, f.mem), 0);
+    expect_seq(&f.be, &f.mark, R(ADD_MEM_REG));
+    assert_int_equal(ms_check(&f, 1, R(ADD_MEM_REG), 1), MS_GPA(20));
+
+    /* Hot-remove: only REM_MEM_REG, no fd. */
+    assert_int_equal(vuf_guest_mem_remove(f.mem, MS_GPA(3)), 0);
+    assert_int_equal(vuf_guest_mem_remove(f.mem, MS_GPA(3)), -ENOENT);
+    assert_int_equal(vuf_frontend_update_memory(f.dev, f.mem), 0);
+    expect_seq(&f.be, &f.mark, R(REM_MEM_REG));
+    assert_int_equal(ms_check(&f, 1, R(REM_MEM_REG), 0), MS_GPA(3));
+    assert_int_equal(f.be.slots_used, 12);
+
+    /* Replaced (same GPA and size, new memfd) plus one new: REM first,
+     * then both ADDs in GPA order. */
+    assert_int_equal(vuf_guest_mem_remove(f.mem, MS_GPA(5)), 0);
+    assert_int_equal(vuf_guest_mem_add_memfd(f.mem, MS_GPA(5), ps), 0);
+    ms_add(f.mem, 3, 1);
+    assert_int_equal(vuf_frontend_update_memory(f.dev, f.mem), 0);
+    expect_seq(&f.be, &f.mark, R(REM_MEM_REG), R(ADD_MEM_REG), R(ADD_MEM_REG));
+    assert_int_equal(be_rec(&f.be, f.mark - 3).gpa, MS_GPA(5));
+    assert_int_equal(be_rec(&f.be, f.mark - 2).gpa, MS_GPA(3));
+    assert_int_equal(be_rec(&f.be, f.mark - 1).gpa, MS_GPA(5));
+    assert_int_equal(f.be.slots_used, 13);
+
+    /* More regions than slots: refused before anything is sent, and the
+     * back-end keeps what it had. */
+    ms_add(f.mem, 30, 4); /* 17 */
+    assert_int_equal(vuf_frontend_update_memory(f.dev, f.mem), -E2BIG);
+    expect_none(&f.be, &f.mark);
+    for (unsigned i = 30; i < 34; i++)
+        assert_int_equal(vuf_guest_mem_remove(f.mem, MS_GPA(i)), 0);
+
+    /* The rings must stay where they are: another guest memory maps them
+     * elsewhere. */
+    assert_int_equal(vuf_guest_mem_new_simple(0x100000, 1 << 20, &other), 0);
+    assert_int_equal(vuf_frontend_update_memory(f.dev, other), -EBUSY);
+    expect_none(&f.be, &f.mark);
+    vuf_guest_mem_free(other);
+    assert_int_equal(vuf_frontend_update_memory(f.dev, NULL), -EINVAL);
+
+    /* A refused ADD: the error is returned and the next update resumes
+     * the diff where it stopped. */
+    ms_add(f.mem, 40, 2);
+    f.be.nack_code = R(ADD_MEM_REG);
+    f.be.nack_skip = 1;
+    assert_true(vuf_frontend_update_memory(f.dev, f.mem) < 0);
+    expect_seq(&f.be, &f.mark, R(ADD_MEM_REG), R(ADD_MEM_REG));
+    f.be.nack_code = 0;
+    assert_int_equal(vuf_frontend_update_memory(f.dev, f.mem), 0);
+    expect_seq(&f.be, &f.mark, R(ADD_MEM_REG));
+    assert_int_equal(ms_check(&f, 1, R(ADD_MEM_REG), 1), MS_GPA(41));
+
+    /* Sleep / wake with the same memory: the back-end kept its regions, so
+     * no memory message at all. */
+    assert_int_equal(vuf_device_sleep(f.dev, back, f.nq), 1);
+    expect_seq(&f.be, &f.mark, SEQ_STOP, SEQ_STOP);
+    /* Asleep: an update is for the next wake. */
+    assert_int_equal(vuf_guest_mem_remove(f.mem, MS_GPA(40)), 0);
+    assert_int_equal(vuf_frontend_update_memory(f.dev, f.mem), 0);
+    expect_none(&f.be, &f.mark);
+    assert_int_equal(vuf_device_wake(f.dev, f.mem, &f.vi, back, f.nq), 0);
+    expect_seq(&f.be, &f.mark, R(REM_MEM_REG), SEQ_QUEUE, SEQ_QUEUE);
+    assert_int_equal(vuf_device_reset(f.dev), 0);
+    expect_seq(&f.be, &f.mark, SEQ_STOP, SEQ_STOP);
+    fx_end(&f);
+}
+
+static void test_mem_slots_limits(void **state)
+{
+    static const struct {
+        uint64_t answer;
+        int ret;
+        unsigned max;
+    } cases[] = {{0, -EPROTO, 0}, {1, 0, 1}, {512, 0, 512}, {100000, 0, 512}};
+    struct vuf_frontend_config cfg = ms_cfg();
+
+    (void)state;
+    for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct fx f;
+
+        fx_begin(&f);
+        f.be.protocol_features |= VUF_PF(CONFIGURE_MEM_SLOTS);
+        f.be.max_slots = cases[i].answer;
+        assert_int_equal(fx_new(&f, &cfg), cases[i].ret);
+        if (f.dev)
+            assert_int_equal(vuf_frontend_max_mem_regions(f.dev), cases[i].max);
+        fx_end(&f);
+    }
+
+    /* More regions than slots at activation: nothing is sent. */
+    {
+        struct fx f;
+
+        fx_begin(&f);
+        f.be.protocol_features |= VUF_PF(CONFIGURE_MEM_SLOTS);
+        f.be.max_slots = 4;
+        assert_int_equal(fx_new(&f, &cfg), 0);
+        expect_seq(&f.be, &f.mark, R(SET_OWNER), R(GET_FEATURES), R(GET_PROTOCOL_FEATURES),
+                   R(SET_PROTOCOL_FEATURES), R(GET_MAX_MEM_SLOTS));
+        fx_queues(&f, 1);
+        ms_add(f.mem, 0, 4);
+        assert_int_equal(vuf_device_activate(f.dev, f.mem, &f.vi, f.q, f.nq), -E2BIG);
+        expect_none(&f.be, &f.mark);
+        assert_false(vuf_frontend_is_active(f.dev));
+        /* A refused ADD fails the activation; the next one sends only the
+         * regions the back-end lacks. */
+        assert_int_equal(vuf_guest_mem_remove(f.mem, MS_GPA(0)), 0);
+        f.be.nack_code = R(ADD_MEM_REG);
+        f.be.nack_skip = 2;
+        assert_true(vuf_device_activate(f.dev, f.mem, &f.vi, f.q, f.nq) < 0);
+        expect_seq(&f.be, &f.mark, R(SET_FEATURES), R(ADD_MEM_REG), R(ADD_MEM_REG), R(ADD_MEM_REG));
+        assert_false(vuf_frontend_is_active(f.dev));
+        f.be.nack_code = 0;
+        fx_activate_ok(&f);
+        expect_seq(&f.be, &f.mark, R(ADD_MEM_REG), R(ADD_MEM_REG), SEQ_QUEUE);
+        assert_int_equal(f.be.slots_used, 4);
+        fx_end(&f);
+    }
+}
+
+static void test_mem_table_limits(void **state)
+{
+    struct fx f;
+    struct vuf_frontend_config cfg = fx_cfg(VUF_DEV_CONSOLE, F_EVENT_IDX);
+    uint64_t ps = (uint64_t)sysconf(_SC_PAGESIZE);
+
+    (void)state;
+    fx_begin(&f);
+    /* Offered, but not asked for (cfg.mem_slots false): crosvm's set. */
+    f.be.protocol_features |= VUF_PF(CONFIGURE_MEM_SLOTS);
+    assert_int_equal(fx_new(&f, &cfg), 0);
+    expect_new(&f);
+    assert_false(vuf_frontend_protocol_features(f.dev) & VUF_PF(CONFIGURE_MEM_SLOTS));
+    assert_int_equal(vuf_frontend_max_mem_regions(f.dev), 8);
+
+    /* 9 regions: refused before anything is sent. */
+    fx_queues(&f, 1);
+    ms_add(f.mem, 0, 8);
+    assert_int_equal(vuf_device_activate(f.dev, f.mem, &f.vi, f.q, f.nq), -E2BIG);
+    expect_none(&f.be, &f.mark);
+    /* 8 work. */
+    assert_int_equal(vuf_guest_mem_remove(f.mem, MS_GPA(7)), 0);
+    fx_activate_ok(&f);
+    expect_seq(&f.be, &f.mark, R(SET_FEATURES), R(SET_MEM_TABLE), SEQ_QUEUE);
+    assert_int_equal(f.be.mem_regions, 8);
+    /* Updates: SET_MEM_TABLE with everything when something changed. */
+    assert_int_equal(vuf_frontend_update_memory(f.dev, f.mem), 0);
+    expect_none(&f.be, &f.mark);
+    assert_int_equal(vuf_guest_mem_add_memfd(f.mem, MS_GPA(7), ps), 0);
+    assert_int_equal(vuf_frontend_update_memory(f.dev, f.mem), -E2BIG);
+    expect_none(&f.be, &f.mark);
+    assert_int_equal(vuf_guest_mem_remove(f.mem, MS_GPA(2)), 0);
+    assert_int_equal(vuf_frontend_update_memory(f.dev, f.mem), 0);
+    expect_seq(&f.be, &f.mark, R(SET_MEM_TABLE));
+    assert_int_equal(f.be.mem_regions, 8);
+    assert_int_equal(be_rec(&f.be, f.mark - 1).nfds, 8);
+    assert_int_equal(vuf_device_reset(f.dev), 0);
+    expect_seq(&f.be, &f.mark, SEQ_STOP);
+    fx_end(&f);
 }
 
 int main(void)
@@ -1805,6 +2336,12 @@ int main(void)
         cmocka_unit_test(test_backend_crash),
         cmocka_unit_test(test_crash_during_reset_path),
         cmocka_unit_test(test_reconnect_new_backend),
+        cmocka_unit_test(test_mem_slots),
+        cmocka_unit_test(test_mem_slots_limits),
+        cmocka_unit_test(test_mem_table_limits),
+        cmocka_unit_test(test_dirty_log),
+        cmocka_unit_test(test_dirty_log_not_supported),
+        cmocka_unit_test(test_dirty_log_barrier),
     };
 
     /* Sanitizer runtimes start a helper thread with the first
