@@ -5,7 +5,8 @@
  * A real device process built on vuf's back-end server (vuf/server.h),
  * offering what the packaged back-ends do not, so that every front-end path
  * has something to talk to: MQ, CONFIG, REPLY_ACK, BACKEND_REQ (+SEND_FD),
- * RESET_DEVICE, CONFIGURE_MEM_SLOTS, STATUS, DEVICE_STATE and SHMEM.
+ * RESET_DEVICE, CONFIGURE_MEM_SLOTS, STATUS, DEVICE_STATE, SHMEM and
+ * INFLIGHT_SHMFD (split layout).
  *
  * Conventions of real back-ends (qemu-storage-daemon): --socket-path or
  * --fd, a stale socket is replaced, one front-end at a time and the next
@@ -28,6 +29,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/signalfd.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -44,7 +46,7 @@
 #define BLK_PROTOCOL_FEATURES                                                       \
     (VUF_PF(MQ) | VUF_PF(REPLY_ACK) | VUF_PF(BACKEND_REQ) | VUF_PF(CONFIG) |        \
      VUF_PF(BACKEND_SEND_FD) | VUF_PF(RESET_DEVICE) | VUF_PF(CONFIGURE_MEM_SLOTS) | \
-     VUF_PF(STATUS) | VUF_PF(DEVICE_STATE) | VUF_PF(SHMEM))
+     VUF_PF(STATUS) | VUF_PF(DEVICE_STATE) | VUF_PF(SHMEM) | VUF_PF(INFLIGHT_SHMFD))
 
 /* ------------------------------------------------------------------------ */
 /* Config space                                                             */
@@ -191,6 +193,95 @@ static void reset_rings(struct blk_dev *d)
 {
     for (unsigned i = 0; i < d->nq; i++)
         be_vq_reset(&d->vqs[i]);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Inflight area (INFLIGHT_SHMFD)                                           */
+/* ------------------------------------------------------------------------ */
+
+struct be_infl_hdr *blk_infl_region(struct blk_dev *d, unsigned i)
+{
+    if (!d->infl_base || i >= d->infl_nq)
+        return NULL;
+    return (struct be_infl_hdr *)(d->infl_base + d->infl_region * i);
+}
+
+static void infl_unmap(struct blk_dev *d)
+{
+    for (unsigned i = 0; i < d->nq; i++)
+        d->vqs[i].infl = NULL;
+    if (d->infl_map)
+        munmap(d->infl_map, d->infl_map_len);
+    d->infl_map = NULL;
+    d->infl_base = NULL;
+    d->infl_map_len = 0;
+    d->infl_nq = d->infl_qsize = 0;
+}
+
+/* Map [offset, offset + size) of fd as the inflight area, replacing the
+ * current one. `fresh`: write the headers (a new zeroed memfd); otherwise
+ * every region's header must already say version 1 and desc_num. */
+static int infl_map(struct blk_dev *d, int fd, uint64_t offset, uint64_t size, uint16_t nq,
+                    uint16_t qsize, bool fresh)
+{
+    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE), delta = offset % page;
+    uint64_t region = be_infl_region_size(qsize);
+    void *m;
+
+    if (size > SIZE_MAX - delta)
+        return -EINVAL;
+    m = mmap(NULL, (size_t)(size + delta), PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+             (off_t)(offset - delta));
+    if (m == MAP_FAILED) {
+        int e = errno;
+        vuf_log(VUF_LOG_ERROR, "inflight area: mmap: %s", strerror(e));
+        return -e;
+    }
+    for (unsigned i = 0; i < nq; i++) {
+        struct be_infl_hdr *h = (struct be_infl_hdr *)((uint8_t *)m + delta + region * i);
+        if (fresh) {
+            h->version = BE_INFL_VERSION;
+            h->desc_num = qsize;
+        } else if (h->version != BE_INFL_VERSION || h->desc_num != qsize) {
+            vuf_log(VUF_LOG_ERROR,
+                    "SET_INFLIGHT_FD: queue %u region has version %u, desc_num %u "
+                    "(want %u, %u)",
+                    i, h->version, h->desc_num, BE_INFL_VERSION, qsize);
+            munmap(m, (size_t)(size + delta));
+            return -EINVAL;
+        }
+    }
+    infl_unmap(d);
+    d->infl_map = m;
+    d->infl_map_len = (size_t)(size + delta);
+    d->infl_base = (uint8_t *)m + delta;
+    d->infl_nq = nq;
+    d->infl_qsize = qsize;
+    d->infl_region = region;
+    return 0;
+}
+
+/* Checks shared by GET and SET_INFLIGHT_FD. */
+static int infl_request_ok(struct blk_dev *d, struct vuf_msg *req, struct vuf_inflight *in)
+{
+    const char *what = vuf_request_name(req->hdr.request);
+
+    if (vuf_decode_inflight(req, in) < 0)
+        return -EPROTO;
+    if (!(d->acked_protocol & VUF_PF(INFLIGHT_SHMFD))) {
+        vuf_log(VUF_LOG_ERROR, "%s: INFLIGHT_SHMFD was not negotiated", what);
+        return -ENOTSUP;
+    }
+    if (in->num_queues > d->nq || in->queue_size > d->o.queue_size_max) {
+        vuf_log(VUF_LOG_ERROR, "%s: %u queues of %u entries (limits: %u queues of %u)", what,
+                in->num_queues, in->queue_size, d->nq, d->o.queue_size_max);
+        return -EINVAL;
+    }
+    if (!all_rings_stopped(d)) {
+        vuf_log(VUF_LOG_ERROR, "%s: a ring is started", what);
+        return -EBUSY;
+    }
+    return 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -366,7 +457,10 @@ static int h_get_vring_base(void *opaque, struct vuf_msg *req, struct vuf_msg *r
 
     if (r < 0)
         return r;
-    /* Requests complete synchronously: nothing is in flight to drain. */
+    /* Requests complete synchronously; only held ones (the control hook)
+     * are in flight, and a stopped ring has none. */
+    if (vq->started)
+        blk_drain_held(d, vq);
     reply->payload.state.index = s.index;
     reply->payload.state.num = be_vq_stop(vq);
     reply->hdr.size = sizeof(reply->payload.state);
@@ -386,8 +480,12 @@ static int h_set_vring_kick(void *opaque, struct vuf_msg *req, struct vuf_msg *r
         return r;
     be_vq_set_kick(vq, nofd ? -1 : take_fd(req, 0));
     vq->polling = nofd;
-    if (!vq->started)
+    if (!vq->started) {
         vq->used_idx_valid = false; /* re-read used->idx from memory */
+        /* Requests the area records as in flight are recovered when the
+         * ring is first ready (blk_process_vq). */
+        be_vq_infl_attach(vq, blk_infl_region(d, index), d->infl_qsize);
+    }
     vq->started = true;
     vq->broken = false;
     vuf_log(VUF_LOG_INFO, "vq %u started (%s)", index, nofd ? "polling" : "kick eventfd");
@@ -607,6 +705,77 @@ static int h_get_shmem_config(void *opaque, struct vuf_msg *req, struct vuf_msg 
     return 0;
 }
 
+static int h_get_inflight_fd(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    struct blk_dev *d = opaque;
+    struct vuf_inflight in;
+    uint64_t size;
+    int fd, r = infl_request_ok(d, req, &in);
+
+    if (r < 0)
+        return r;
+    size = be_infl_region_size(in.queue_size) * in.num_queues;
+    fd = memfd_create("vuf-blk-inflight", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0 || ftruncate(fd, (off_t)size) < 0 ||
+        fcntl(fd, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) < 0) {
+        r = -errno;
+        vuf_log(VUF_LOG_ERROR, "GET_INFLIGHT_FD: memfd of %" PRIu64 " bytes: %s", size,
+                strerror(-r));
+        if (fd >= 0)
+            close(fd);
+        return r;
+    }
+    r = infl_map(d, fd, 0, size, in.num_queues, in.queue_size, true);
+    if (r < 0) {
+        close(fd);
+        return r;
+    }
+    reply->payload.inflight = (struct vuf_inflight){.mmap_size = size,
+                                                    .mmap_offset = 0,
+                                                    .num_queues = in.num_queues,
+                                                    .queue_size = in.queue_size};
+    reply->hdr.size = sizeof(reply->payload.inflight);
+    reply->fds[0] = fd; /* the server closes it once sent; our mapping stays */
+    reply->nfds = 1;
+    vuf_log(VUF_LOG_INFO, "inflight area: %u queues of %u entries, %" PRIu64 " bytes (new)",
+            in.num_queues, in.queue_size, size);
+    return 0;
+}
+
+static int h_set_inflight_fd(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    struct blk_dev *d = opaque;
+    struct vuf_inflight in;
+    struct stat st;
+    uint64_t need;
+    int r = infl_request_ok(d, req, &in);
+
+    if (r < 0)
+        return r;
+    need = be_infl_region_size(in.queue_size) * in.num_queues;
+    if (req->nfds != 1 || req->fds[0] < 0 || fstat(req->fds[0], &st) < 0) {
+        vuf_log(VUF_LOG_ERROR, "SET_INFLIGHT_FD: no usable fd");
+        return -EBADF;
+    }
+    if (in.mmap_size < need || in.mmap_offset % BE_INFL_ALIGN ||
+        in.mmap_offset > UINT64_MAX - in.mmap_size || st.st_size < 0 ||
+        (uint64_t)st.st_size < in.mmap_offset + in.mmap_size) {
+        vuf_log(VUF_LOG_ERROR,
+                "SET_INFLIGHT_FD: size %" PRIu64 " at offset %" PRIu64 " in a file of %lld "
+                "bytes; %u queues of %u entries need %" PRIu64 " bytes, %u-aligned",
+                in.mmap_size, in.mmap_offset, (long long)st.st_size, in.num_queues, in.queue_size,
+                need, BE_INFL_ALIGN);
+        return -EINVAL;
+    }
+    r = infl_map(d, req->fds[0], in.mmap_offset, in.mmap_size, in.num_queues, in.queue_size, false);
+    if (r < 0)
+        return r;
+    /* The server closes the fd; the mapping keeps the memory. */
+    vuf_log(VUF_LOG_INFO, "inflight area: %u queues of %u entries, %" PRIu64 " bytes (set)",
+            in.num_queues, in.queue_size, in.mmap_size);
+    return 0;
+}
+
 static void fill_server_config(struct blk_dev *d, struct vuf_server_config *cfg)
 {
     memset(cfg, 0, sizeof(*cfg));
@@ -639,6 +808,8 @@ static void fill_server_config(struct blk_dev *d, struct vuf_server_config *cfg)
     cfg->handlers[VUF_REQ_SET_DEVICE_STATE_FD] = h_set_device_state_fd;
     cfg->handlers[VUF_REQ_CHECK_DEVICE_STATE] = h_check_device_state;
     cfg->handlers[VUF_REQ_GET_SHMEM_CONFIG] = h_get_shmem_config;
+    cfg->handlers[VUF_REQ_GET_INFLIGHT_FD] = h_get_inflight_fd;
+    cfg->handlers[VUF_REQ_SET_INFLIGHT_FD] = h_set_inflight_fd;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -669,6 +840,7 @@ static void end_connection(struct blk_dev *d)
     finish_xfer(d, 0);
     reset_rings(d);
     be_mem_clear(&d->mem);
+    infl_unmap(d); /* the front-end keeps it (and what is marked in it) */
     be_breq_slot_set(&d->slot, NULL);
     be_breq_slot_set_features(&d->slot, 0);
     d->acked_features = d->acked_protocol = 0;
@@ -696,8 +868,8 @@ static bool drain_kick(struct be_vq *vq, short revents)
 /* Serve one front-end until it leaves (0) or a signal asks us to stop (1). */
 static int serve(struct blk_dev *d, struct vuf_conn *conn, int sig_fd)
 {
-    struct pollfd *pfd = calloc(2 + d->nq, sizeof(*pfd));
-    unsigned *which = calloc(2 + d->nq, sizeof(*which));
+    struct pollfd *pfd = calloc(3 + d->nq, sizeof(*pfd));
+    unsigned *which = calloc(3 + d->nq, sizeof(*which));
     struct vuf_server_config cfg;
     int ret = 0, r;
 
@@ -716,11 +888,12 @@ static int serve(struct blk_dev *d, struct vuf_conn *conn, int sig_fd)
     }
     vuf_log(VUF_LOG_INFO, "front-end connected");
     for (;;) {
-        unsigned n = 2;
+        unsigned n = 3;
         int timeout = -1;
 
         pfd[0] = (struct pollfd){.fd = sig_fd, .events = POLLIN};
         pfd[1] = (struct pollfd){.fd = vuf_server_fd(d->srv), .events = POLLIN};
+        pfd[2] = (struct pollfd){.fd = d->hold_efd, .events = POLLIN};
         for (unsigned i = 0; i < d->nq; i++) {
             struct be_vq *vq = &d->vqs[i];
             if (!vq->started || !vq->enabled || vq->broken)
@@ -754,7 +927,16 @@ static int serve(struct blk_dev *d, struct vuf_conn *conn, int sig_fd)
             }
             continue;
         }
-        for (unsigned k = 2; r > 0 && k < n; k++) {
+        if (r > 0 && pfd[2].revents) {
+            /* "hold off": the held requests are processed below. */
+            uint64_t v;
+            if (read(d->hold_efd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+                vuf_log(VUF_LOG_DEBUG, "hold eventfd read failed");
+            for (unsigned i = 0; i < d->nq; i++)
+                if (d->vqs[i].nheld)
+                    d->vqs[i].pending = true;
+        }
+        for (unsigned k = 3; r > 0 && k < n; k++) {
             struct be_vq *vq = &d->vqs[which[k]];
             if (!pfd[k].revents)
                 continue;
@@ -1040,6 +1222,11 @@ static int setup(struct blk_dev *d)
     d->nq = d->o.num_queues;
     d->writeback = 1;
     d->xfer_result = -ENODATA; /* no transfer yet */
+    d->hold_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (d->hold_efd < 0) {
+        perror("vuf-backend-blk: eventfd");
+        return -1;
+    }
     be_mem_init(&d->mem);
     be_breq_slot_init(&d->slot);
     if (open_disk(d) < 0 || open_shm(d) < 0)
@@ -1063,8 +1250,13 @@ static int setup(struct blk_dev *d)
             return -1;
         }
     if (d->o.control_path) {
-        struct be_control_ctx ctx = {
-            .slot = &d->slot, .shm_fd = d->shm_fd, .vqs = d->vqs, .nq = d->nq};
+        struct be_control_ctx ctx = {.slot = &d->slot,
+                                     .shm_fd = d->shm_fd,
+                                     .vqs = d->vqs,
+                                     .nq = d->nq,
+                                     .hold = &d->hold,
+                                     .release_gen = &d->release_gen,
+                                     .hold_efd = d->hold_efd};
         int r = be_control_start(d->o.control_path, &ctx, &d->control);
         if (r < 0) {
             fprintf(stderr, "vuf-backend-blk: control socket %s: %s\n", d->o.control_path,
@@ -1089,6 +1281,8 @@ static void teardown(struct blk_dev *d)
         close(d->disk_fd);
     if (d->shm_fd >= 0)
         close(d->shm_fd);
+    if (d->hold_efd >= 0)
+        close(d->hold_efd);
 }
 
 int main(int argc, char **argv)
@@ -1100,7 +1294,7 @@ int main(int argc, char **argv)
     sigset_t set;
 
     memset(&d, 0, sizeof(d));
-    d.disk_fd = d.shm_fd = -1;
+    d.disk_fd = d.shm_fd = d.hold_efd = -1;
     if (parse_args(argc, argv, &d.o, &caps) < 0)
         return 2;
     if (caps) {

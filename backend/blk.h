@@ -95,10 +95,33 @@ struct blk_dev {
 
     struct be_breq_slot slot;
     struct be_control *control;
+
+    /* INFLIGHT_SHMFD: the mapped inflight area (per connection), NULL if
+     * none. base = map + the front-end's mmap_offset within the page. */
+    void *infl_map;
+    size_t infl_map_len;
+    uint8_t *infl_base;
+    uint16_t infl_nq, infl_qsize;
+    uint64_t infl_region; /* bytes per queue */
+
+    /* Control hook "hold" (written by the control thread): popped requests
+     * are marked in flight and kept, not processed. hold: -1 = every one,
+     * N >= 0 = the next N (counted down by the main thread). "hold off"
+     * sets 0, bumps release_gen and writes hold_efd: the main loop then
+     * processes what the queues hold. */
+    int hold;
+    unsigned release_gen;
+    int hold_efd;
 };
+
+/* The inflight region of queue i, or NULL. */
+struct be_infl_hdr *blk_infl_region(struct blk_dev *d, unsigned i);
 
 /* blk_io.c: process every available request of a ready queue, then
  * interrupt the driver if it wants to hear. */
 void blk_process_vq(struct blk_dev *d, struct be_vq *vq);
+/* Process and complete the requests a queue holds (GET_VRING_BASE: a
+ * stopped ring has nothing in flight). */
+void blk_drain_held(struct blk_dev *d, struct be_vq *vq);
 
 #endif

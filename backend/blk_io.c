@@ -317,6 +317,68 @@ done:
     return used_len;
 }
 
+/* Should the request just popped be held? Takes one from a "hold N". */
+static bool take_hold(struct blk_dev *d)
+{
+    int h = __atomic_load_n(&d->hold, __ATOMIC_ACQUIRE);
+
+    for (;;) {
+        if (h == 0)
+            return false;
+        if (h < 0)
+            return true;
+        if (__atomic_compare_exchange_n(&d->hold, &h, h - 1, false, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE))
+            return true;
+    }
+}
+
+/* Process and complete the held requests in order. */
+static void run_held(struct blk_dev *d, struct be_vq *vq)
+{
+    unsigned n = __atomic_load_n(&vq->nheld, __ATOMIC_RELAXED);
+    struct be_chain c;
+
+    for (unsigned k = 0; k < n; k++) {
+        uint16_t head = vq->held[k];
+        int r = be_vq_chain_at(vq, &d->mem, head, &c);
+
+        be_vq_push(vq, head, r == 1 ? handle_request(d, vq, &c) : 0);
+    }
+    __atomic_store_n(&vq->nheld, 0, __ATOMIC_RELAXED);
+}
+
+/* Keep a popped (marked) request for later: the control hook's "hold on". */
+static void hold_head(struct be_vq *vq, uint16_t head)
+{
+    unsigned n = vq->nheld;
+
+    vq->held[n] = head;
+    __atomic_store_n(&vq->nheld, n + 1, __ATOMIC_RELAXED);
+}
+
+void blk_drain_held(struct blk_dev *d, struct be_vq *vq)
+{
+    uint16_t old_used;
+
+    if (__atomic_load_n(&vq->nheld, __ATOMIC_RELAXED) == 0)
+        return;
+    if (vq->broken || ((!vq->translated || vq->mem_gen != d->mem.generation) &&
+                       be_vq_translate(vq, &d->mem) < 0)) {
+        vuf_log(VUF_LOG_ERROR, "vq %u: %u held requests cannot complete (ring unusable)", vq->index,
+                vq->nheld);
+        return;
+    }
+    if (!vq->used_idx_valid) {
+        vq->used_idx = __atomic_load_n((uint16_t *)(vq->used + 2), __ATOMIC_ACQUIRE);
+        vq->used_idx_valid = true;
+    }
+    vq->event_idx = acked(d, VIRTIO_F_EVENT_IDX);
+    old_used = vq->used_idx;
+    run_held(d, vq);
+    be_vq_notify(vq, old_used);
+}
+
 void blk_process_vq(struct blk_dev *d, struct be_vq *vq)
 {
     struct be_chain c;
@@ -328,12 +390,28 @@ void blk_process_vq(struct blk_dev *d, struct be_vq *vq)
         return;
     vq->event_idx = acked(d, VIRTIO_F_EVENT_IDX);
     old_used = vq->used_idx;
+    /* Requests left in flight by a previous back-end come first (unless
+     * everything is held); then those a "hold off" released. */
+    if (vq->infl_recover && be_vq_infl_recover(vq) &&
+        __atomic_load_n(&d->hold, __ATOMIC_ACQUIRE) >= 0)
+        run_held(d, vq);
+    if (vq->release_seen != __atomic_load_n(&d->release_gen, __ATOMIC_ACQUIRE)) {
+        vq->release_seen = __atomic_load_n(&d->release_gen, __ATOMIC_ACQUIRE);
+        run_held(d, vq);
+    }
     /* One ring's worth per pass keeps the front-end socket served. */
     budget = vq->num;
     for (;;) {
-        int r = be_vq_pop(vq, &d->mem, &c);
+        int r;
 
-        if (r == 1)
+        /* A driver never has more than a ring's worth in flight. */
+        if (__atomic_load_n(&d->hold, __ATOMIC_RELAXED) != 0 &&
+            __atomic_load_n(&vq->nheld, __ATOMIC_RELAXED) >= vq->num)
+            break;
+        r = be_vq_pop(vq, &d->mem, &c);
+        if (r == 1 && take_hold(d))
+            hold_head(vq, c.head);
+        else if (r == 1)
             be_vq_push(vq, c.head, handle_request(d, vq, &c));
         else if (r == -EBADMSG)
             be_vq_push(vq, c.head, 0);

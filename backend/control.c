@@ -193,6 +193,39 @@ static void run_command(struct be_control *c, char *line, char *ans, size_t cap)
                                     __atomic_load_n(&q->bytes_read, __ATOMIC_RELAXED),
                                     __atomic_load_n(&q->bytes_written, __ATOMIC_RELAXED));
         }
+    } else if (strcmp(cmd, "hold") == 0 && n == 1) {
+        uint64_t one = 1;
+
+        if (strcmp(arg[0], "on") == 0) {
+            __atomic_store_n(c->ctx.hold, -1, __ATOMIC_RELEASE);
+            snprintf(ans, cap, "ok hold=on");
+        } else if (strcmp(arg[0], "off") == 0) {
+            __atomic_store_n(c->ctx.hold, 0, __ATOMIC_RELEASE);
+            __atomic_fetch_add(c->ctx.release_gen, 1, __ATOMIC_ACQ_REL);
+            if (write(c->ctx.hold_efd, &one, sizeof(one)) < 0) {
+                snprintf(ans, cap, "error wake-up: %s", strerror(errno));
+                return;
+            }
+            snprintf(ans, cap, "ok hold=off");
+        } else if (parse_u64(arg[0], &v[0]) && v[0] <= INT32_MAX) {
+            __atomic_store_n(c->ctx.hold, (int)v[0], __ATOMIC_RELEASE);
+            snprintf(ans, cap, "ok hold=%d", (int)v[0]);
+        } else {
+            snprintf(ans, cap, "error usage: hold on|off|N");
+        }
+    } else if (strcmp(cmd, "held") == 0 && n == 0) {
+        char per_q[1024];
+        unsigned total = 0;
+        size_t off = 0;
+
+        /* Each count read once, so that the total is their sum. */
+        per_q[0] = '\0';
+        for (unsigned i = 0; i < c->ctx.nq && off < sizeof(per_q); i++) {
+            unsigned h = __atomic_load_n(&c->ctx.vqs[i].nheld, __ATOMIC_RELAXED);
+            total += h;
+            off += (size_t)snprintf(per_q + off, sizeof(per_q) - off, " q%u=%u", i, h);
+        }
+        snprintf(ans, cap, "ok held=%u%s", total, per_q);
     } else {
         snprintf(ans, cap, "error unknown command or wrong argument count");
     }

@@ -9,12 +9,16 @@
  *   unmap SHMID SHM_OFFSET LEN                 BACKEND_SHMEM_UNMAP
  *   config-change                              BACKEND_CONFIG_CHANGE_MSG
  *   stats                                      per-queue counters
+ *   hold on|N|off                              keep popped requests in flight:
+ *                                              all, the next N; off: process
+ *                                              the held ones
+ *   held                                       requests held: total, per queue
  *   ping
  * Answers:
  *   ack N      the front-end's u64 reply as a signed decimal (0 = accepted);
  *              the request carried NEED_REPLY (REPLY_ACK negotiated)
  *   sent       sent without NEED_REPLY (REPLY_ACK not negotiated)
- *   ok ...     stats / ping
+ *   ok ...     stats / hold / held / ping
  *   error TEXT nothing was sent, or the channel failed
  *
  * The requests go out from the control thread, so the main loop keeps
@@ -57,6 +61,9 @@ struct be_control_ctx {
     int shm_fd; /* borrowed; -1 when there is no shared memory */
     struct be_vq *vqs;
     unsigned nq;
+    int *hold;             /* the main loop's hold budget (atomic) */
+    unsigned *release_gen; /* bumped on "hold off" (atomic) */
+    int hold_efd;          /* written on "hold off" to wake the main loop */
 };
 
 struct be_control;

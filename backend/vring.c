@@ -37,7 +37,8 @@ int be_vq_init(struct be_vq *vq, unsigned index, unsigned max_segs)
     vq->kick_fd = vq->call_fd = vq->err_fd = -1;
     vq->max_segs = max_segs;
     vq->seg_buf = calloc(max_segs, sizeof(*vq->seg_buf));
-    return vq->seg_buf ? 0 : -ENOMEM;
+    vq->held = calloc(max_segs, sizeof(*vq->held));
+    return vq->seg_buf && vq->held ? 0 : -ENOMEM;
 }
 
 void be_vq_destroy(struct be_vq *vq)
@@ -45,6 +46,8 @@ void be_vq_destroy(struct be_vq *vq)
     be_vq_reset(vq);
     free(vq->seg_buf);
     vq->seg_buf = NULL;
+    free(vq->held);
+    vq->held = NULL;
 }
 
 void be_vq_reset(struct be_vq *vq)
@@ -64,6 +67,11 @@ void be_vq_reset(struct be_vq *vq)
     vq->used_idx_valid = false;
     vq->event_idx = false;
     vq->started = vq->enabled = vq->polling = vq->broken = vq->pending = false;
+    /* Held requests stay marked in the inflight area, which is the
+     * front-end's: the next back-end instance (or session) recovers them. */
+    vq->infl = NULL;
+    vq->infl_recover = false;
+    __atomic_store_n(&vq->nheld, 0, __ATOMIC_RELAXED);
 }
 
 void be_vq_set_kick(struct be_vq *vq, int fd)
@@ -175,11 +183,6 @@ int be_vq_pop(struct be_vq *vq, const struct be_mem *mem, struct be_chain *c)
 {
     uint16_t avail = avail_idx(vq);
     uint16_t pending = (uint16_t)(avail - vq->last_avail);
-    uint64_t table = 0;
-    bool indirect = false, seen_write = false;
-    uint32_t table_len = vq->num, i, visited = 0;
-    struct be_desc d;
-    const char *err = NULL;
 
     c->segs = vq->seg_buf;
     c->nout = c->nin = 0;
@@ -197,7 +200,33 @@ int be_vq_pop(struct be_vq *vq, const struct be_mem *mem, struct be_chain *c)
         return -EPROTO;
     }
     vq->last_avail++;
+    if (vq->infl) {
+        /* In flight from now on: the counter first, then the flag that
+         * makes the entry count (README.md, "Inflight tracking"). */
+        struct be_infl_desc *e = &vq->infl->desc[c->head];
+        __atomic_store_n(&e->counter, ++vq->infl_seq, __ATOMIC_RELAXED);
+        __atomic_store_n(&e->next, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&e->inflight, 1, __ATOMIC_RELEASE);
+    }
+    return be_vq_chain_at(vq, mem, c->head, c);
+}
 
+int be_vq_chain_at(struct be_vq *vq, const struct be_mem *mem, uint16_t head, struct be_chain *c)
+{
+    uint64_t table = 0;
+    bool indirect = false, seen_write = false;
+    uint32_t table_len = vq->num, i, visited = 0;
+    struct be_desc d;
+    const char *err = NULL;
+
+    c->segs = vq->seg_buf;
+    c->nout = c->nin = 0;
+    c->out_bytes = c->in_bytes = 0;
+    c->head = head;
+    if (head >= vq->num) {
+        err = "head beyond the ring";
+        goto bad;
+    }
     i = c->head;
     read_desc(vq, mem, 0, false, i, &d);
     if (d.flags & BE_DESC_F_INDIRECT) {
@@ -277,7 +306,115 @@ void be_vq_push(struct be_vq *vq, uint16_t head, uint32_t len)
     vq->used_idx++;
     /* The element must be visible before the index that publishes it. */
     __atomic_store_n((uint16_t *)(vq->used + 2), vq->used_idx, __ATOMIC_RELEASE);
+    if (vq->infl && head < vq->infl_desc_num) {
+        /* Completed: the used ring first, then the entry, then the
+         * region's used_idx. A crash between any two steps leaves a used
+         * ring at most one element ahead of the region, which recovery
+         * reconciles (README.md, "Inflight tracking"). */
+        __atomic_store_n(&vq->infl->desc[head].inflight, 0, __ATOMIC_RELEASE);
+        __atomic_store_n(&vq->infl->last_batch_head, head, __ATOMIC_RELAXED);
+        __atomic_store_n(&vq->infl->used_idx, vq->used_idx, __ATOMIC_RELEASE);
+    }
     __atomic_fetch_add(&vq->completed, 1, __ATOMIC_RELAXED);
+}
+
+void be_vq_infl_attach(struct be_vq *vq, struct be_infl_hdr *region, uint16_t desc_num)
+{
+    vq->infl = NULL;
+    vq->infl_recover = false;
+    if (!region)
+        return;
+    if (vq->num > desc_num) {
+        vuf_log(VUF_LOG_ERROR,
+                "vq %u: ring size %u exceeds the inflight region's %u entries; "
+                "not tracked",
+                vq->index, vq->num, desc_num);
+        return;
+    }
+    vq->infl = region;
+    vq->infl_desc_num = desc_num;
+    vq->infl_recover = true;
+}
+
+struct infl_entry {
+    uint64_t counter;
+    uint16_t head;
+};
+
+static int by_counter(const void *a, const void *b)
+{
+    const struct infl_entry *x = a, *y = b;
+
+    if (x->counter != y->counter)
+        return x->counter < y->counter ? -1 : 1;
+    return x->head < y->head ? -1 : x->head > y->head;
+}
+
+unsigned be_vq_infl_recover(struct be_vq *vq)
+{
+    struct be_infl_hdr *h = vq->infl;
+    uint16_t used = vq->used_idx; /* loaded from used->idx by be_vq_ready */
+    uint16_t rused = __atomic_load_n(&h->used_idx, __ATOMIC_ACQUIRE);
+    uint16_t ahead = (uint16_t)(used - rused);
+    struct infl_entry *e;
+    unsigned n = 0;
+    uint64_t seq = 0;
+
+    vq->infl_recover = false;
+    if (ahead > vq->num) {
+        /* Not a crash window: an area that did not follow this ring
+         * (another ring, a reset driver). Nothing in it can be trusted. */
+        vuf_log(VUF_LOG_WARN,
+                "vq %u: inflight region used_idx %u vs used->idx %u; region reset, "
+                "next avail index %u kept",
+                vq->index, rused, used, vq->last_avail);
+        for (unsigned i = 0; i < vq->infl_desc_num; i++)
+            __atomic_store_n(&h->desc[i].inflight, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&h->used_idx, used, __ATOMIC_RELEASE);
+        vq->infl_seq = 0;
+        return 0;
+    }
+    /* Completions published in the used ring but not yet in the region
+     * (a crash inside be_vq_push): their heads are done, whatever their
+     * entries say. */
+    for (uint16_t k = rused; k != used; k++) {
+        uint32_t id;
+        memcpy(&id, vq->used + 4 + 8u * (k % vq->num), 4);
+        if (id < vq->infl_desc_num)
+            __atomic_store_n(&h->desc[id].inflight, 0, __ATOMIC_RELAXED);
+    }
+    __atomic_store_n(&h->used_idx, used, __ATOMIC_RELEASE);
+
+    e = calloc(vq->num, sizeof(*e));
+    for (unsigned i = 0; i < vq->infl_desc_num; i++) {
+        uint64_t ctr = __atomic_load_n(&h->desc[i].counter, __ATOMIC_RELAXED);
+        if (ctr > seq)
+            seq = ctr;
+        if (!__atomic_load_n(&h->desc[i].inflight, __ATOMIC_ACQUIRE))
+            continue;
+        if (i >= vq->num || !e) {
+            vuf_log(VUF_LOG_ERROR, "vq %u: in-flight entry %u %s; dropped", vq->index, i,
+                    e ? "beyond the ring" : "not recoverable (out of memory)");
+            __atomic_store_n(&h->desc[i].inflight, 0, __ATOMIC_RELAXED);
+            continue;
+        }
+        e[n++] = (struct infl_entry){ctr, (uint16_t)i};
+    }
+    vq->infl_seq = seq;
+    if (n)
+        qsort(e, n, sizeof(*e), by_counter);
+    for (unsigned k = 0; k < n; k++)
+        vq->held[k] = e[k].head;
+    free(e);
+    __atomic_store_n(&vq->nheld, n, __ATOMIC_RELAXED);
+    if (vq->last_avail != (uint16_t)(used + n))
+        vuf_log(VUF_LOG_INFO, "vq %u: next avail index %u replaced by %u (used %u + %u in flight)",
+                vq->index, vq->last_avail, (uint16_t)(used + n), used, n);
+    vq->last_avail = (uint16_t)(used + n);
+    if (n)
+        vuf_log(VUF_LOG_INFO, "vq %u: %u requests in flight recovered from the inflight area",
+                vq->index, n);
+    return n;
 }
 
 bool be_vq_more(struct be_vq *vq)

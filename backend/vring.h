@@ -60,6 +60,40 @@ struct be_chain {
     struct be_seg *segs; /* capacity: the queue's max_segs */
 };
 
+/*
+ * The inflight area (INFLIGHT_SHMFD), split-ring layout: one region per
+ * queue, each BE_INFL_ALIGN-aligned, a header then desc_num entries. It is
+ * shared with the front-end, which keeps it across our crashes; see
+ * README.md "Inflight tracking" for the update order and the recovery rule.
+ */
+#define BE_INFL_VERSION 1u
+#define BE_INFL_ALIGN 64u
+
+struct be_infl_desc {
+    uint8_t inflight;
+    uint8_t padding[5];
+    uint16_t next;
+    uint64_t counter;
+};
+_Static_assert(sizeof(struct be_infl_desc) == 16, "inflight desc");
+
+struct be_infl_hdr {
+    uint64_t features;
+    uint16_t version;
+    uint16_t desc_num;
+    uint16_t last_batch_head;
+    uint16_t used_idx;
+    struct be_infl_desc desc[];
+};
+_Static_assert(sizeof(struct be_infl_hdr) == 16, "inflight header");
+
+/* Bytes of one queue's region for desc_num entries. */
+static inline uint64_t be_infl_region_size(uint32_t desc_num)
+{
+    uint64_t n = sizeof(struct be_infl_hdr) + sizeof(struct be_infl_desc) * (uint64_t)desc_num;
+    return (n + BE_INFL_ALIGN - 1) / BE_INFL_ALIGN * BE_INFL_ALIGN;
+}
+
 struct be_vq {
     unsigned index;
     uint32_t num; /* 0 until SET_VRING_NUM */
@@ -84,6 +118,22 @@ struct be_vq {
 
     unsigned max_segs;
     struct be_seg *seg_buf; /* max_segs entries, owned */
+
+    /* Inflight tracking: this queue's region of the inflight area (NULL:
+     * none), its entry count (our validated copy), the last counter used,
+     * and whether the region still has to be recovered (ring start). */
+    struct be_infl_hdr *infl;
+    uint16_t infl_desc_num;
+    uint64_t infl_seq;
+    bool infl_recover;
+
+    /* Heads popped (and marked in flight) but not processed: the control
+     * hook's "hold on", and the requests recovered from the inflight area
+     * (in counter order). held[0..nheld), capacity max_segs; nheld is
+     * read by the control thread (relaxed atomics). */
+    uint16_t *held;
+    unsigned nheld;
+    unsigned release_seen; /* the blk_dev release_gen last acted on */
 
     /* Device-lifetime counters, read by other threads (relaxed atomics). */
     uint64_t completed, bytes_read, bytes_written;
@@ -123,8 +173,27 @@ uint16_t be_vq_stop(struct be_vq *vq);
  */
 int be_vq_pop(struct be_vq *vq, const struct be_mem *mem, struct be_chain *c);
 
-/* Put {head, len} on the used ring and publish the new used->idx. */
+/* Parse the chain at `head` into *c, as be_vq_pop does after taking a
+ * head from the avail ring (held and recovered requests). 1 or -EBADMSG. */
+int be_vq_chain_at(struct be_vq *vq, const struct be_mem *mem, uint16_t head, struct be_chain *c);
+
+/* Put {head, len} on the used ring and publish the new used->idx; with
+ * inflight tracking, then clear the head's entry and advance the region's
+ * used_idx. */
 void be_vq_push(struct be_vq *vq, uint16_t head, uint32_t len);
+
+/* Attach this queue's inflight region (NULL to detach). A region whose
+ * desc_num is below the ring size is refused (logged, no tracking).
+ * Attaching arms the recovery, done by be_vq_infl_recover. */
+void be_vq_infl_attach(struct be_vq *vq, struct be_infl_hdr *region, uint16_t desc_num);
+
+/*
+ * Recover a ready queue's region (once per attach): reconcile the region
+ * with used->idx, queue the in-flight heads in counter order on held[],
+ * and set the next avail index to used->idx + their number. Returns how
+ * many were queued.
+ */
+unsigned be_vq_infl_recover(struct be_vq *vq);
 
 /* With EVENT_IDX: publish avail_event = last_avail, then re-check the
  * ring. True if more chains are available (call be_vq_pop again). */

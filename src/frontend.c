@@ -554,6 +554,9 @@ static int fe_activate(struct vuf_device *d, const struct vuf_guest_mem *mem,
     r = fe_mem_check(fe, mem); /* 1..8 regions, or 1..max_mem_slots */
     if (r < 0)
         return r;
+    r = fe_inflight_check(fe, queues, nqueues); /* the sizes fit a kept area */
+    if (r < 0)
+        return r;
     r = stream_check(fe);
     if (r < 0)
         return r;
@@ -582,6 +585,10 @@ static int fe_activate(struct vuf_device *d, const struct vuf_guest_mem *mem,
     }
 
     r = send_features_if_needed(fe);
+    if (r < 0)
+        goto fail;
+    /* QEMU's order: the inflight area before the memory and the rings. */
+    r = fe_inflight_activate(fe, queues, nqueues); /* [GET_]SET_INFLIGHT_FD */
     if (r < 0)
         goto fail;
     r = fe_mem_send(fe, mem); /* SET_MEM_TABLE or the ADD/REM_MEM_REG diff */
@@ -648,6 +655,9 @@ static int fe_reset(struct vuf_device *d)
         err = r;
     clear_active(fe);
     fe_log_release(fe); /* reset ends dirty logging (vuf/frontend.h) */
+    /* A guest reset: nothing is in flight any more, so the area goes (as
+     * QEMU frees it); the next activation asks for a new one. */
+    fe_inflight_release(fe);
     return err;
 }
 
@@ -1201,6 +1211,7 @@ static void fe_destroy(struct vuf_device *d)
     }
     clear_active(fe);
     fe_log_release(fe);
+    fe_inflight_release(fe);
     vuf_server_free(fe->breq);
     vuf_client_free(fe->client);
     free(fe->maps);
@@ -1351,7 +1362,8 @@ static int negotiate(struct vuf_frontend *fe)
         }
         fe->protocol_features =
             pf & (FE_PROTOCOL_FEATURES | (fe->cfg.dirty_log ? VUF_PF(LOG_SHMFD) : 0) |
-                  (fe->cfg.mem_slots ? VUF_PF(CONFIGURE_MEM_SLOTS) : 0));
+                  (fe->cfg.mem_slots ? VUF_PF(CONFIGURE_MEM_SLOTS) : 0) |
+                  (fe->cfg.inflight ? VUF_PF(INFLIGHT_SHMFD) : 0));
         r = vuf_client_set_protocol_features(fe->client, fe->protocol_features);
         if (r < 0) {
             vuf_log(VUF_LOG_ERROR, "%s: failed to set protocol features: %s", fe->label,
@@ -1447,7 +1459,9 @@ int vuf_frontend_new(const struct vuf_frontend_config *cfg, struct vuf_conn *con
     struct vuf_frontend *fe;
     int r;
 
-    if (!cfg || !conn || !out) {
+    /* An inflight area is only for a device that uses inflight. */
+    if (!cfg || !conn || !out ||
+        (cfg->inflight_area && (!cfg->inflight || cfg->inflight_area->fd < 0))) {
         vuf_conn_close(conn);
         return -EINVAL;
     }
@@ -1458,12 +1472,14 @@ int vuf_frontend_new(const struct vuf_frontend_config *cfg, struct vuf_conn *con
     }
     fe->dev.ops = &frontend_ops;
     fe->cfg = *cfg;
+    fe->cfg.inflight_area = NULL; /* borrowed for this call only */
     info = vuf_device_info(cfg->device_type);
     if (info)
         snprintf(fe->label, sizeof(fe->label), "%s", info->label);
     else
         snprintf(fe->label, sizeof(fe->label), "vu-%u", cfg->device_type);
     fe->log_fd = -1;
+    fe->inflight_fd = -1;
     r = pthread_mutex_init(&fe->shm_lock, NULL);
     if (r) {
         vuf_conn_close(conn);
@@ -1487,6 +1503,8 @@ int vuf_frontend_new(const struct vuf_frontend_config *cfg, struct vuf_conn *con
     vuf_client_set_need_reply(fe->client, !cfg->crosvm_no_need_reply);
 
     r = negotiate(fe);
+    if (r == 0)
+        r = fe_inflight_init(fe, cfg->inflight_area); /* adopt a dup of it */
     if (r < 0) {
         fe_destroy(&fe->dev);
         return r;

@@ -29,6 +29,13 @@ enum fe_shm_state {
     FE_SHM_ERROR,       /* a permanent answer we cannot use: fe->shm_err */
 };
 
+/* Where the device stands with its inflight area. */
+enum fe_inflight_state {
+    FE_INFL_UNKNOWN = 0, /* not asked (yet, or since a reset) */
+    FE_INFL_NONE,        /* the back-end has none (GET_INFLIGHT_FD said 0) */
+    FE_INFL_AREA,        /* inflight_fd / inflight hold the area */
+};
+
 /* A queue handed to the back-end, with its index. */
 struct fe_sent_queue {
     unsigned index;
@@ -103,6 +110,15 @@ struct vuf_frontend {
     uint64_t *log_bits; /* shared mapping of log_fd */
     size_t log_size;    /* bytes, a multiple of 8 */
     int log_fd;
+
+    /* Inflight area (frontend_inflight.c). inflight_state says whether the
+     * back-end was asked: FE_INFL_UNKNOWN (not yet, or freed by reset),
+     * FE_INFL_NONE (it answered mmap_size 0: nothing more is sent),
+     * FE_INFL_AREA (inflight_fd and inflight hold the area). Caller's
+     * thread only. */
+    enum fe_inflight_state inflight_state;
+    int inflight_fd;
+    struct vuf_inflight inflight;
 };
 
 static inline struct vuf_frontend *fe_of(struct vuf_device *d)
@@ -166,6 +182,27 @@ int fe_stream_note(struct vuf_frontend *fe, int r);
  * the used ring's GPA while logging. The queue was checked already. */
 void fe_vring_addr(const struct vuf_frontend *fe, const struct vuf_guest_mem *mem, unsigned i,
                    const struct vuf_queue *q, struct vuf_vring_addr *addr);
+
+/* ---- frontend_inflight.c ----------------------------------------------- */
+
+/* At construction, after negotiation: adopt a dup of `area`
+ * (cfg.inflight_area, borrowed; NULL: nothing) after checking it, when
+ * INFLIGHT_SHMFD was negotiated. -EINVAL / -EBADF for an area that does
+ * not fit the device or whose fd is not a large enough regular file. */
+int fe_inflight_init(struct vuf_frontend *fe, const struct vuf_inflight_area *area);
+
+/* Can the ready queues use the device's area (sizes within its
+ * queue_size)? Sends nothing. 0 when there is no area. */
+int fe_inflight_check(struct vuf_frontend *fe, const struct vuf_queue *queues, unsigned nqueues);
+
+/* Activation's inflight step (after SET_FEATURES, before the memory):
+ * GET_INFLIGHT_FD if the device has no area yet, then SET_INFLIGHT_FD
+ * while it has one. 0 without INFLIGHT_SHMFD. */
+int fe_inflight_activate(struct vuf_frontend *fe, const struct vuf_queue *queues, unsigned nqueues);
+
+/* Free the area without messages (reset, destroy): the next activation
+ * asks for a new one. */
+void fe_inflight_release(struct vuf_frontend *fe);
 
 /* ---- frontend_mem.c ---------------------------------------------------- */
 

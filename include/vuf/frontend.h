@@ -12,7 +12,9 @@
  *              BACKEND_REQ], [GET_QUEUE_NUM if MQ], [GET_MAX_MEM_SLOTS if
  *              CONFIGURE_MEM_SLOTS]
  *   activate   [SET_FEATURES if never sent or the acked set changed],
- *   and wake   SET_MEM_TABLE (with CONFIGURE_MEM_SLOTS instead: the
+ *   and wake   [GET_INFLIGHT_FD if INFLIGHT_SHMFD and the device has no
+ *              inflight area yet], [SET_INFLIGHT_FD while it has one],
+ *              SET_MEM_TABLE (with CONFIGURE_MEM_SLOTS instead: the
  *              memory diff as for update_memory, possibly nothing),
  *              [SET_LOG_BASE if logging], then per ready
  *              queue, ascending:
@@ -72,6 +74,8 @@
  *   - SET_FEATURES goes out at the first activation even if the driver
  *     acked nothing (crosvm then never sends it, leaving bit 30 unacked).
  *   - State transfers are bounded in size and time.
+ *   - INFLIGHT_SHMFD (opt-in: cfg.inflight), as QEMU does it (crosvm has
+ *     none); see "Inflight area" below.
  *   - CONFIGURE_MEM_SLOTS (opt-in: cfg.mem_slots), as QEMU does it:
  *     GET_MAX_MEM_SLOTS at construction (an answer of 0 is -EPROTO; more
  *     than VUF_FRONTEND_MAX_MEM_SLOTS is capped to it), and guest memory
@@ -114,8 +118,12 @@
  *     those positions; they hold exactly the unfinished chains only if the
  *     driver re-published them (vuf_virtq_requeue_inflight()) or the
  *     back-end completed in order. A real guest's driver re-publishes
- *     nothing: its requests would need INFLIGHT_SHMFD, which this device
- *     does not negotiate (vuf/client.h only has the messages).
+ *     nothing. With a back-end that offers INFLIGHT_SHMFD (cfg.inflight on
+ *     both devices), export the old device's inflight area
+ *     (vuf_frontend_inflight_export) before destroying it and give it to
+ *     the new one as cfg.inflight_area: the restarted back-end gets it with
+ *     SET_INFLIGHT_FD before its rings start and resubmits the unfinished
+ *     requests itself, so no driver-side requeue is needed.
  *
  * Ownership: the device owns the connection (and closes it on destroy).
  * Thread-safety: as vuf/device.h (ops serialized by the caller; interrupt,
@@ -152,6 +160,26 @@ extern "C" {
  * with tiny mappings). */
 #define VUF_FRONTEND_MAX_MAPPINGS 4096u
 
+/*
+ * An inflight area (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD) as the front-end
+ * keeps it: the back-end's file (a memfd) and the values of its
+ * GET_INFLIGHT_FD answer, which SET_INFLIGHT_FD hands back. The layout
+ * inside is the back-end's business; vuf never maps it. `fd` is owned by
+ * whoever holds the struct: vuf_frontend_inflight_export() gives the
+ * caller a dup it must close; vuf_frontend_new() only borrows
+ * cfg.inflight_area.
+ */
+struct vuf_inflight_area {
+    int fd;
+    uint64_t mmap_size;
+    uint64_t mmap_offset;
+    uint16_t num_queues;
+    uint16_t queue_size;
+};
+
+/* Largest inflight area (mmap_size) accepted from a back-end. */
+#define VUF_FRONTEND_INFLIGHT_MAX_SIZE (64u * 1024 * 1024)
+
 struct vuf_frontend_config {
     uint32_t device_type;   /* virtio device id (enum vuf_device_type) */
     uint64_t base_features; /* transport/ring bits to offer, e.g. VERSION_1 |
@@ -176,6 +204,16 @@ struct vuf_frontend_config {
      * for guest memory of more than 8 regions and diff-based updates. Off
      * by default: crosvm's protocol set, SET_MEM_TABLE only. */
     bool mem_slots;
+    /* true: also negotiate VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD when the
+     * back-end offers it, and keep an inflight area for it (see "Inflight
+     * area" below). Off by default (crosvm has none). */
+    bool inflight;
+    /* NULL, or an area exported (vuf_frontend_inflight_export) from an
+     * earlier device of the same VMM device whose back-end crashed, to hand
+     * to the restarted back-end. Needs `inflight`. Borrowed for the call to
+     * vuf_frontend_new only: the device keeps a dup of its fd, the caller
+     * still owns (and closes) area->fd. */
+    const struct vuf_inflight_area *inflight_area;
 };
 
 /*
@@ -184,7 +222,9 @@ struct vuf_frontend_config {
  * free it with vuf_device_destroy(). Errors: those of vuf/client.h for the
  * failing request, -EINVAL for a bad config, -EPROTO for a GET_QUEUE_NUM
  * answer of 0 or (except for net) above VUF_FRONTEND_MAX_QUEUES, -ENOTSUP
- * for an unknown device type without MQ (no queue count to use).
+ * for an unknown device type without MQ (no queue count to use), -EINVAL
+ * or -EBADF for a cfg.inflight_area that does not fit (see "Inflight
+ * area"; -EINVAL also when given without cfg.inflight or with fd < 0).
  */
 int vuf_frontend_new(const struct vuf_frontend_config *cfg, struct vuf_conn *conn,
                      struct vuf_device **out);
@@ -240,6 +280,56 @@ unsigned vuf_frontend_max_mem_regions(const struct vuf_device *dev);
  * virtq calls) while it is being changed in place.
  */
 int vuf_frontend_update_memory(struct vuf_device *dev, const struct vuf_guest_mem *mem);
+
+/*
+ * Inflight area (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD, opt-in:
+ * cfg.inflight), as QEMU's vhost-user-blk keeps it for reconnect. The
+ * back-end records in it the requests it has taken from the rings and not
+ * completed; a restarted back-end given the same area resubmits them, so a
+ * real guest loses no request across a back-end crash.
+ *
+ * Messages (at activate and wake, after SET_FEATURES and before the memory,
+ * QEMU's order):
+ *   - the device has no area (first activation, or since a reset):
+ *     GET_INFLIGHT_FD(num_queues = the device's queue count, queue_size =
+ *     the largest size of the queues being started, or the device's queue
+ *     size if none is), answered with the area's fd, size and offset. An
+ *     answer of mmap_size 0 (no fd) means the back-end keeps none: nothing
+ *     more is sent until a reset. An answer that cannot be a real area is
+ *     refused (-EPROTO, the fd closed, the activation fails, the next one
+ *     asks again): more than VUF_FRONTEND_INFLIGHT_MAX_SIZE or than
+ *     num_queues x round_up(64 + 32 x queue_size, 4096), or an fd that is
+ *     not a regular file (memfd) of at least mmap_offset + mmap_size bytes.
+ *   - while the device has an area: SET_INFLIGHT_FD(the area's mmap_size,
+ *     mmap_offset, num_queues, queue_size) with its fd, at every
+ *     activation and wake.
+ *
+ * Lifecycle: the area is the device's, not the connection's. sleep keeps
+ * it (nothing is sent) and wake hands it back; reset frees it without a
+ * message (the guest starts over: nothing is in flight; QEMU frees it on
+ * a guest reset too), so the next activation asks for a new one; destroy
+ * closes it. vuf never maps it.
+ *
+ * Reconnect: export the area of the crashed back-end's device
+ * (vuf_frontend_inflight_export), give it as cfg.inflight_area to the
+ * device of the restarted back-end, and close the exported fd after
+ * vuf_frontend_new. The new device keeps a dup and sends no
+ * GET_INFLIGHT_FD, only SET_INFLIGHT_FD with that area at its wake. The
+ * area given must have the new device's queue count (else -EINVAL) and
+ * pass the checks above (else -EINVAL or -EBADF); it is ignored, with a
+ * warning, when the new back-end does not offer INFLIGHT_SHMFD (check
+ * vuf_frontend_protocol_features()). Queues larger than the area's
+ * queue_size are refused at activation (-EINVAL, nothing sent).
+ */
+
+/*
+ * A dup of the device's inflight area fd (close-on-exec; the caller owns
+ * and closes it) and the area's values in *out. 0, or -EINVAL (not a
+ * front-end, out NULL), -ENOENT (the device has no area: INFLIGHT_SHMFD
+ * not negotiated, not activated yet, the back-end has none, or reset since),
+ * or the dup's error. A device operation (vuf/device.h).
+ */
+int vuf_frontend_inflight_export(struct vuf_device *dev, struct vuf_inflight_area *out);
 
 /*
  * Dirty-page logging (live migration), as QEMU's vhost does it. Needs

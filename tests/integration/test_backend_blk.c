@@ -53,7 +53,7 @@
 #define EXPECT_PROTOCOL                                                             \
     (VUF_PF(MQ) | VUF_PF(REPLY_ACK) | VUF_PF(BACKEND_REQ) | VUF_PF(CONFIG) |        \
      VUF_PF(BACKEND_SEND_FD) | VUF_PF(RESET_DEVICE) | VUF_PF(CONFIGURE_MEM_SLOTS) | \
-     VUF_PF(STATUS) | VUF_PF(DEVICE_STATE) | VUF_PF(SHMEM))
+     VUF_PF(STATUS) | VUF_PF(DEVICE_STATE) | VUF_PF(SHMEM) | VUF_PF(INFLIGHT_SHMFD))
 
 static const char *backend_bin;
 static char *tmpdir;
@@ -1236,6 +1236,95 @@ static void test_fd_hygiene(void **state)
     be_stop(&b);
 }
 
+/* ---- inflight area -------------------------------------------------------- */
+
+/* GET_INFLIGHT_FD's area and SET_INFLIGHT_FD's checks (backend/README.md,
+ * "Inflight tracking"); the data path is test_inflight_ref's. */
+static void test_inflight_area(void **state)
+{
+    const uint64_t region = (16 + 16 * 64 + 63) / 64 * 64;
+    struct vuf_inflight a, bad;
+    struct vuf_client *c;
+    struct stat st;
+    uint8_t *m;
+    uint16_t v;
+    int fd = -1, fd2 = -1;
+    struct be b;
+
+    be_start(&b, NULL);
+    c = be_connect(&b);
+    /* Not negotiated: no area (the error form, mmap_size 0). */
+    negotiate(c, ~VUF_PF(INFLIGHT_SHMFD));
+    assert_int_equal(vuf_client_get_inflight_fd(c, 2, 64, &a, &fd), 0);
+    assert_int_equal(fd, -1);
+    vuf_client_free(c);
+
+    c = be_connect(&b);
+    negotiate(c, ~0ull);
+    /* Beyond the limits: 2 queues, 1024 entries. */
+    assert_int_equal(vuf_client_get_inflight_fd(c, 3, 64, &a, &fd), 0);
+    assert_int_equal(fd, -1);
+    assert_int_equal(vuf_client_get_inflight_fd(c, 2, 2048, &a, &fd), 0);
+    assert_int_equal(fd, -1);
+
+    assert_int_equal(vuf_client_get_inflight_fd(c, 2, 64, &a, &fd), 0);
+    assert_true(fd >= 0);
+    assert_int_equal(a.mmap_size, 2 * region);
+    assert_int_equal(a.mmap_offset, 0);
+    assert_int_equal(a.num_queues, 2);
+    assert_int_equal(a.queue_size, 64);
+    assert_int_equal(fstat(fd, &st), 0);
+    assert_int_equal(st.st_size, (off_t)a.mmap_size);
+    assert_int_equal(fcntl(fd, F_GET_SEALS) & (F_SEAL_GROW | F_SEAL_SHRINK),
+                     F_SEAL_GROW | F_SEAL_SHRINK);
+    m = mmap(NULL, a.mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    assert_true(m != MAP_FAILED);
+    for (unsigned q = 0; q < 2; q++) {
+        memcpy(&v, m + region * q + 8, 2);
+        assert_int_equal(v, 1); /* version */
+        memcpy(&v, m + region * q + 10, 2);
+        assert_int_equal(v, 64); /* desc_num */
+        for (unsigned i = 0; i < 64; i++)
+            assert_int_equal(m[region * q + 16 + 16 * i], 0);
+    }
+
+    /* The area handed back as it is. */
+    assert_int_equal(vuf_client_set_inflight_fd(c, &a, fd), 0);
+    /* Refused: too small, misaligned offset, past the file, too many queues
+     * or entries, a region with a foreign header. */
+    bad = a;
+    bad.mmap_size = 2 * region - 1;
+    assert_true(vuf_client_set_inflight_fd(c, &bad, fd) < 0);
+    bad = a;
+    bad.mmap_offset = 8;
+    bad.mmap_size = region;
+    bad.num_queues = 1;
+    assert_true(vuf_client_set_inflight_fd(c, &bad, fd) < 0);
+    bad = a;
+    bad.mmap_offset = 64;
+    assert_true(vuf_client_set_inflight_fd(c, &bad, fd) < 0);
+    bad = a;
+    bad.num_queues = 3;
+    bad.mmap_size = 3 * region;
+    assert_true(vuf_client_set_inflight_fd(c, &bad, fd) < 0);
+    bad = a;
+    bad.queue_size = 2048;
+    assert_true(vuf_client_set_inflight_fd(c, &bad, fd) < 0);
+    m[region + 8] = 2; /* queue 1: version 2 */
+    assert_true(vuf_client_set_inflight_fd(c, &a, fd) < 0);
+    m[region + 8] = 1;
+    assert_int_equal(vuf_client_set_inflight_fd(c, &a, fd), 0);
+    /* A second GET makes a new area. */
+    assert_int_equal(vuf_client_get_inflight_fd(c, 1, 16, &a, &fd2), 0);
+    assert_true(fd2 >= 0 && fd2 != fd);
+    assert_int_equal(a.mmap_size, (16 + 16 * 16 + 63) / 64 * 64);
+    close(fd2);
+    munmap(m, 2 * region);
+    close(fd);
+    vuf_client_free(c);
+    be_stop(&b);
+}
+
 /* ---- main ---------------------------------------------------------------- */
 
 static int group_setup(void **state)
@@ -1269,6 +1358,7 @@ int main(void)
         cmocka_unit_test(test_bad_descriptors),
         cmocka_unit_test(test_bad_memory_and_rings),
         cmocka_unit_test(test_fd_hygiene),
+        cmocka_unit_test(test_inflight_area),
     };
 
     backend_bin = getenv("VUF_BACKEND_BLK");

@@ -1,0 +1,710 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Reconnect with INFLIGHT_SHMFD: a back-end killed with requests in flight
+ * is restarted, gets the same inflight area back with SET_INFLIGHT_FD and
+ * resubmits exactly the requests that were in flight, WITHOUT the driver
+ * re-publishing anything (a real guest's driver would not). The version
+ * of test_reconnect_qsd without vuf_virtq_requeue_inflight().
+ *
+ * Against the reference back-end, vuf-backend-blk ($VUF_BACKEND_BLK), with
+ * a shared raw --file and --control: its `hold N` keeps popped requests
+ * in flight (marked in the area, never processed), so the set in flight
+ * at the crash is known exactly.
+ *
+ *   back-end A, front-end with cfg.inflight -> activate 2 queues -> some
+ *   completed writes -> per queue: `hold 3`, then 5 writes (own pattern and
+ *   sector each): the first 3 are held, the last 2 complete, out of order ->
+ *   `held` reports 3 + 3 -> SIGKILL A ->
+ *   VUF_DEVICE_EVENT_CRASHED -> vuf_device_sleep hands the queues back ->
+ *   the area is exported (the test checks its layout: one split region per
+ *   queue, exactly the held heads marked) -> destroy -> back-end B on the
+ *   same file -> a new front-end with cfg.inflight_area -> re-ack the same
+ *   features -> wake with the queues as sleep returned them -> forced kick
+ *   -> every held write completes exactly once, OK, done by B; the file has
+ *   every pattern; more I/O works; B's counters agree; no fd or thread
+ *   left; B exits 0 on SIGTERM.
+ *
+ * The completions out of order make the test tell recovery from luck: the
+ * avail ring at [used->idx, avail->idx), where a back-end without the area
+ * would resume, holds the LAST held write and the two completed ones; only
+ * a back-end that resubmits from the area (and resumes at used->idx + 3)
+ * completes each write exactly once.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "backends.h"
+#include "fe_harness.h"
+#include "testutil.h"
+#include "vuf/conn.h"
+#include "vuf/device.h"
+#include "vuf/frontend.h"
+#include "vuf/guest_mem.h"
+#include "vuf/log.h"
+#include "vuf/virtio.h"
+#include "vuf/virtio_blk.h"
+#include "vuf/virtq.h"
+
+#define BIT(n) (1ull << (n))
+#define NQ 2
+#define QSIZE 64u
+#define DISK_BYTES (16ull << 20)
+#define GUEST_GPA 0x100000ull
+#define GUEST_BYTES (8ull << 20)
+#define IO_MS 5000
+#define CTL_MS 5000
+#define START_MS 10000
+
+#define BEFORE 6 /* completed writes per queue before the hold */
+#define HELD 3   /* writes per queue in flight at the crash */
+#define EXTRA 2  /* writes per queue completed after the held ones */
+#define AFTER 4  /* writes per queue after the recovery */
+#define NREQS 8  /* driver requests per queue */
+#define WLEN (8u * 1024)
+#define WSECTORS (WLEN / VUF_BLK_SECTOR_SIZE)
+#define SEC_W 2048ull /* write w goes to SEC_W + w * WSECTORS */
+#define MAX_WRITES 256u
+
+/* The reference back-end's split inflight region (backend/README.md). */
+#define INFL_HDR 16u
+#define INFL_DESC 16u
+#define INFL_ALIGN 64u
+
+static const char *backend_bin;
+
+static void fill(uint8_t *p, size_t len, uint32_t seed)
+{
+    for (size_t i = 0; i < len; i++)
+        p[i] = (uint8_t)((i * 131u + seed * 7u + (i >> 9) * 13u) ^ seed);
+}
+
+static uint32_t seed_of(unsigned id)
+{
+    return 0x9e3779b1u * (id + 1);
+}
+
+static uint64_t sector_of(unsigned id)
+{
+    return SEC_W + (uint64_t)id * WSECTORS;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Fixture                                                                  */
+/* ------------------------------------------------------------------------ */
+
+enum phase { PH_FIRST = 1, PH_RECOVERED };
+
+struct wr {
+    unsigned queue;
+    int completions;
+    int result;
+    enum phase done_in;
+};
+
+struct be {
+    struct tu_proc proc;
+    char sock[300], ctl[300], log[300];
+    int ctl_fd;
+};
+
+struct fx {
+    char *dir;
+    char disk[300];
+    int disk_fd;
+    int fds0, threads0, queue_fds;
+    struct be a, b;
+
+    struct tu_vmm vmm; /* queue 0: MSI-X vector 0; queue 1: INTx */
+    struct vuf_interrupt intr;
+    struct vuf_device *dev;
+    struct vuf_guest_mem *gm;
+    struct vuf_virtq *vq[NQ];
+    struct vuf_blk *blk[NQ];
+    struct vuf_queue q[NQ];
+
+    enum phase phase;
+    unsigned nwrites;
+    unsigned pending[NQ];
+    struct wr w[MAX_WRITES];
+    uint8_t buf[WLEN];
+};
+
+static void be_start(struct fx *f, struct be *b, const char *name)
+{
+    char sockarg[320], ctlarg[320], filearg[320];
+    char *argv[] = {(char *)backend_bin, sockarg, ctlarg, filearg, "--num-queues=2", NULL};
+    int r;
+
+    snprintf(b->sock, sizeof(b->sock), "%s/%s.sock", f->dir, name);
+    snprintf(b->ctl, sizeof(b->ctl), "%s/%s.ctl", f->dir, name);
+    snprintf(b->log, sizeof(b->log), "%s/%s.log", f->dir, name);
+    snprintf(sockarg, sizeof(sockarg), "--socket-path=%s", b->sock);
+    snprintf(ctlarg, sizeof(ctlarg), "--control=%s", b->ctl);
+    snprintf(filearg, sizeof(filearg), "--file=%s", f->disk);
+    b->ctl_fd = -1;
+    assert_int_equal(tu_spawn(&b->proc, argv, b->log), 0);
+    r = tu_wait_socket_file(&b->proc, b->sock, START_MS);
+    if (r == 0)
+        r = tu_wait_socket_file(&b->proc, b->ctl, START_MS);
+    if (r) {
+        tu_dump_log(&b->proc);
+        fail_msg("%s did not come up: %s", name, strerror(-r));
+    }
+}
+
+static void ctl_close(struct be *b)
+{
+    if (b->ctl_fd >= 0)
+        close(b->ctl_fd);
+    b->ctl_fd = -1;
+}
+
+/* One control command, its one-line answer. */
+static void ctl(struct be *b, const char *cmd, char *ans, size_t cap)
+{
+    char line[256];
+    int64_t end = tu_now_ms() + CTL_MS;
+    size_t have = 0, n;
+
+    if (b->ctl_fd < 0) {
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+
+        assert_true(strlen(b->ctl) < sizeof(sa.sun_path));
+        memcpy(sa.sun_path, b->ctl, strlen(b->ctl) + 1);
+        b->ctl_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        assert_true(b->ctl_fd >= 0);
+        assert_int_equal(connect(b->ctl_fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    }
+    n = (size_t)snprintf(line, sizeof(line), "%s\n", cmd);
+    assert_true(n < sizeof(line));
+    assert_int_equal(send(b->ctl_fd, line, n, MSG_NOSIGNAL), (ssize_t)n);
+    while (have + 1 < cap) {
+        struct pollfd p = {.fd = b->ctl_fd, .events = POLLIN};
+        int64_t left = end - tu_now_ms();
+
+        if (left <= 0)
+            fail_msg("control command '%s': no answer in %d ms", cmd, CTL_MS);
+        assert_int_equal(poll(&p, 1, (int)left), 1);
+        assert_int_equal(read(b->ctl_fd, ans + have, 1), 1);
+        if (ans[have] == '\n')
+            break;
+        have++;
+    }
+    ans[have] = '\0';
+}
+
+/* `held`: the total and per-queue counts. */
+static unsigned ctl_held(struct be *b, unsigned per_q[NQ])
+{
+    char ans[256];
+    unsigned total, idx[NQ];
+
+    ctl(b, "held", ans, sizeof(ans));
+    assert_int_equal(
+        sscanf(ans, "ok held=%u q%u=%u q%u=%u", &total, &idx[0], &per_q[0], &idx[1], &per_q[1]), 5);
+    assert_int_equal(idx[0], 0);
+    assert_int_equal(idx[1], 1);
+    assert_int_equal(total, per_q[0] + per_q[1]);
+    return total;
+}
+
+/* `stats`: requests completed by queue. */
+static void ctl_completed(struct be *b, uint64_t done[NQ])
+{
+    char ans[512];
+    unsigned idx;
+    uint64_t rd, wr;
+    int used = 0;
+    const char *p;
+
+    ctl(b, "stats", ans, sizeof(ans));
+    assert_true(strncmp(ans, "ok", 2) == 0);
+    p = ans + 2;
+    for (unsigned i = 0; i < NQ; i++) {
+        assert_int_equal(sscanf(p,
+                                " q%u completed=%" SCNu64 " read=%" SCNu64 " written=%" SCNu64 "%n",
+                                &idx, &done[i], &rd, &wr, &used),
+                         4);
+        assert_int_equal(idx, i);
+        p += used;
+    }
+}
+
+static int setup(void **state)
+{
+    struct fx *f = calloc(1, sizeof(*f));
+
+    if (!f)
+        return -1;
+    f->a.proc.pid = f->b.proc.pid = -1;
+    f->a.ctl_fd = f->b.ctl_fd = -1;
+    f->disk_fd = -1;
+    tu_vmm_init(&f->vmm);
+    f->dir = tu_mkdtemp("vuf-inflight");
+    if (!f->dir) {
+        free(f);
+        return -1;
+    }
+    snprintf(f->disk, sizeof(f->disk), "%s/disk.img", f->dir);
+    *state = f;
+    return 0;
+}
+
+static void free_queues(struct fx *f)
+{
+    for (unsigned i = 0; i < NQ; i++) {
+        vuf_blk_free(f->blk[i]);
+        f->blk[i] = NULL;
+        vuf_virtq_free(f->vq[i]);
+        f->vq[i] = NULL;
+        tu_vmm_forget_queue(&f->vmm, i);
+    }
+}
+
+static int teardown(void **state)
+{
+    struct fx *f = *state;
+
+    vuf_device_destroy(f->dev);
+    free_queues(f);
+    vuf_guest_mem_free(f->gm);
+    if (f->disk_fd >= 0)
+        close(f->disk_fd);
+    ctl_close(&f->a);
+    ctl_close(&f->b);
+    if (f->a.proc.pid > 0)
+        tu_stop(&f->a.proc);
+    if (f->b.proc.pid > 0)
+        tu_stop(&f->b.proc);
+    tu_rmtree(f->dir);
+    free(f);
+    return 0;
+}
+
+/* A front-end device with cfg.inflight on back-end `b`; `area` (or NULL)
+ * is the area to hand over. ack == 0: ack all offered; else exactly ack. */
+static void connect_device(struct fx *f, struct be *b, const struct vuf_inflight_area *area,
+                           uint64_t ack)
+{
+    struct vuf_frontend_config cfg;
+    struct vuf_conn *conn = NULL;
+    uint64_t offered;
+
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.device_type = VUF_DEV_BLK;
+    cfg.base_features =
+        BIT(VUF_VIRTIO_F_VERSION_1) | BIT(VUF_VIRTIO_F_EVENT_IDX) | BIT(VUF_VIRTIO_F_INDIRECT_DESC);
+    cfg.max_queue_size = 256;
+    cfg.event = tu_vmm_event;
+    cfg.event_opaque = &f->vmm;
+    cfg.inflight = true;
+    cfg.inflight_area = area;
+
+    assert_int_equal(vuf_conn_connect(b->sock, 2000, &conn), 0);
+    vuf_conn_set_timeout(conn, IO_MS);
+    assert_int_equal(vuf_frontend_new(&cfg, conn, &f->dev), 0);
+    assert_true(vuf_frontend_protocol_features(f->dev) & VUF_PF(INFLIGHT_SHMFD));
+    assert_int_equal(vuf_device_num_queues(f->dev), NQ);
+    offered = vuf_device_features(f->dev);
+    if (!ack)
+        ack = offered;
+    assert_int_equal(offered & ack, ack);
+    assert_int_equal(vuf_device_ack_features(f->dev, ack & 0xffffffffull), 0);
+    assert_int_equal(vuf_device_ack_features(f->dev, ack & ~0xffffffffull), 0);
+    assert_int_equal(vuf_frontend_acked_features(f->dev), ack);
+}
+
+static void make_queues(struct fx *f)
+{
+    uint64_t acked = vuf_frontend_acked_features(f->dev);
+    int before = tu_count_fds();
+
+    assert_int_equal(vuf_guest_mem_new_simple(GUEST_GPA, GUEST_BYTES, &f->gm), 0);
+    for (unsigned i = 0; i < NQ; i++) {
+        struct vuf_virtq_opts o = {.size = QSIZE, .index = i, .features = acked};
+
+        assert_int_equal(vuf_virtq_new_opts(f->gm, &o, &f->vq[i]), 0);
+        assert_int_equal(vuf_blk_new(f->vq[i], NREQS, WLEN, &f->blk[i]), 0);
+        tu_queue_from_virtq(&f->q[i], f->vq[i], i == 0 ? 0 : VUF_NO_VECTOR);
+        f->vmm.msix[i] = f->q[i].vector != VUF_NO_VECTOR;
+        f->vmm.call_fd[i] = vuf_virtq_call_fd(f->vq[i]);
+    }
+    f->intr.ops = &tu_vmm_intr_ops;
+    f->intr.opaque = &f->vmm;
+    f->queue_fds = tu_count_fds() - before;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The guest's writes                                                       */
+/* ------------------------------------------------------------------------ */
+
+static void submit_write(struct fx *f, unsigned qi)
+{
+    unsigned id = f->nwrites;
+    struct vuf_blk_req *req = vuf_blk_req_get(f->blk[qi]);
+
+    assert_true(id < MAX_WRITES);
+    assert_non_null(req);
+    fill(vuf_blk_req_buf(req, NULL), WLEN, seed_of(id));
+    assert_int_equal(vuf_blk_req_prep(req, VUF_BLK_T_OUT, sector_of(id), WLEN), 0);
+    vuf_blk_req_set_user(req, (void *)(uintptr_t)(id + 1));
+    assert_int_equal(vuf_blk_submit(f->blk[qi], req, 0), 0);
+    f->w[id] = (struct wr){.queue = qi};
+    f->nwrites++;
+    f->pending[qi]++;
+}
+
+static void complete(struct fx *f, unsigned qi, struct vuf_blk_req *req)
+{
+    uintptr_t u = (uintptr_t)vuf_blk_req_user(req);
+
+    assert_true(u >= 1 && u <= f->nwrites);
+    assert_int_equal(f->w[u - 1].queue, qi);
+    f->w[u - 1].completions++;
+    f->w[u - 1].result = vuf_blk_req_result(req);
+    f->w[u - 1].done_in = f->phase;
+    assert_int_equal(vuf_blk_req_put(f->blk[qi], req), 0);
+    assert_true(f->pending[qi] > 0);
+    f->pending[qi]--;
+}
+
+static unsigned reap_now(struct fx *f, unsigned qi)
+{
+    struct vuf_blk_req *req;
+    unsigned n = 0;
+    int r;
+
+    while ((r = vuf_blk_reap(f->blk[qi], &req)) == 0) {
+        complete(f, qi, req);
+        n++;
+    }
+    assert_int_equal(r, -EAGAIN);
+    return n;
+}
+
+static void drain(struct fx *f)
+{
+    int64_t until = tu_now_ms() + IO_MS;
+
+    while (f->pending[0] || f->pending[1]) {
+        if (tu_now_ms() >= until)
+            fail_msg("still in flight after %d ms: queue 0 %u, queue 1 %u", IO_MS, f->pending[0],
+                     f->pending[1]);
+        for (unsigned i = 0; i < NQ; i++) {
+            struct vuf_blk_req *req;
+            int r;
+
+            if (!f->pending[i])
+                continue;
+            r = vuf_blk_wait(f->blk[i], 1, &req);
+            if (r == -ETIMEDOUT)
+                continue;
+            assert_int_equal(r, 0);
+            complete(f, i, req);
+            reap_now(f, i);
+        }
+    }
+}
+
+static void assert_file_has(struct fx *f, uint64_t sector, const uint8_t *want, size_t len)
+{
+    uint8_t *got = malloc(len);
+
+    assert_non_null(got);
+    assert_int_equal(pread(f->disk_fd, got, len, (off_t)(sector * VUF_BLK_SECTOR_SIZE)),
+                     (ssize_t)len);
+    if (memcmp(got, want, len) != 0) {
+        size_t i = 0;
+
+        while (i < len && got[i] == want[i])
+            i++;
+        fprintf(stderr, "disk.img differs at sector %llu + byte %zu: 0x%02x, want 0x%02x\n",
+                (unsigned long long)sector, i, got[i], want[i]);
+        free(got);
+        fail();
+    }
+    free(got);
+}
+
+/* Every write so far completed exactly once, OK, and is on disk; the rings
+ * agree (nothing in flight, nothing unconsumed, not broken). */
+static void assert_all_writes_done(struct fx *f)
+{
+    for (unsigned id = 0; id < f->nwrites; id++) {
+        if (f->w[id].completions != 1 || f->w[id].result != 0)
+            fail_msg("write %u (queue %u): %d completions, result %d", id, f->w[id].queue,
+                     f->w[id].completions, f->w[id].result);
+        fill(f->buf, WLEN, seed_of(id));
+        assert_file_has(f, sector_of(id), f->buf, WLEN);
+    }
+    for (unsigned i = 0; i < NQ; i++) {
+        assert_int_equal(f->pending[i], 0);
+        assert_false(vuf_virtq_broken(f->vq[i]));
+        assert_int_equal(vuf_virtq_num_inflight(f->vq[i]), 0);
+        assert_false(vuf_virtq_has_used(f->vq[i]));
+        assert_int_equal(vuf_virtq_used_idx(f->vq[i]), vuf_virtq_avail_idx(f->vq[i]));
+    }
+}
+
+/*
+ * The exported area, read as the reference back-end lays it out: one
+ * 64-byte aligned split region per queue, version 1, desc_num = the
+ * area's queue_size, used_idx = the ring's used->idx, and exactly `want`
+ * entries marked in flight with distinct non-zero counters.
+ */
+static void check_area(const struct vuf_inflight_area *a, const uint16_t used[NQ], unsigned want)
+{
+    uint64_t region =
+        (INFL_HDR + INFL_DESC * (uint64_t)a->queue_size + INFL_ALIGN - 1) / INFL_ALIGN * INFL_ALIGN;
+    struct stat st;
+    uint8_t *m;
+
+    assert_int_equal(fstat(a->fd, &st), 0);
+    assert_true((uint64_t)st.st_size >= a->mmap_offset + a->mmap_size);
+    assert_true(a->mmap_size >= region * a->num_queues);
+    assert_int_equal(a->mmap_offset, 0);
+    m = mmap(NULL, a->mmap_size, PROT_READ, MAP_SHARED, a->fd, 0);
+    assert_true(m != MAP_FAILED);
+    for (unsigned q = 0; q < a->num_queues; q++) {
+        const uint8_t *r = m + region * q;
+        uint16_t version, desc_num, used_idx;
+        unsigned marked = 0;
+
+        memcpy(&version, r + 8, 2);
+        memcpy(&desc_num, r + 10, 2);
+        memcpy(&used_idx, r + 14, 2);
+        assert_int_equal(version, 1);
+        assert_int_equal(desc_num, a->queue_size);
+        assert_int_equal(used_idx, used[q]);
+        for (unsigned i = 0; i < desc_num; i++) {
+            const uint8_t *e = r + INFL_HDR + INFL_DESC * i;
+            uint64_t ctr;
+
+            memcpy(&ctr, e + 8, 8);
+            if (e[0] == 1) {
+                assert_true(ctr != 0);
+                marked++;
+            } else {
+                assert_int_equal(e[0], 0);
+            }
+        }
+        assert_int_equal(marked, want);
+    }
+    munmap(m, a->mmap_size);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The test                                                                 */
+/* ------------------------------------------------------------------------ */
+
+static void test_inflight_reconnect(void **state)
+{
+    struct fx *f = *state;
+    struct vuf_queue slept[NQ];
+    struct vuf_inflight_area area;
+    unsigned per_q[NQ];
+    uint16_t used[NQ];
+    uint64_t acked, done[NQ];
+    char ans[256];
+    int64_t t_kill, until;
+    int r, status;
+
+    f->disk_fd = open(f->disk, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    assert_true(f->disk_fd >= 0);
+    assert_int_equal(ftruncate(f->disk_fd, (off_t)DISK_BYTES), 0);
+    be_start(f, &f->a, "a");
+    f->fds0 = tu_count_fds();
+    f->threads0 = tu_count_threads();
+
+    /* --- back-end A: some writes complete ---------------------------------- */
+    connect_device(f, &f->a, NULL, 0);
+    make_queues(f);
+    assert_int_equal(vuf_device_activate(f->dev, f->gm, &f->intr, f->q, NQ), 0);
+    f->phase = PH_FIRST;
+    for (unsigned k = 0; k < BEFORE; k++)
+        for (unsigned i = 0; i < NQ; i++)
+            submit_write(f, i);
+    drain(f);
+    assert_all_writes_done(f);
+
+    /* --- A takes HELD writes per queue and never finishes them ------------- *
+     * One queue at a time, so that the hold budget (global) goes to it;
+     * the EXTRA writes behind them complete. */
+    for (unsigned i = 0; i < NQ; i++) {
+        char cmd[32];
+
+        snprintf(cmd, sizeof(cmd), "hold %u", HELD);
+        ctl(&f->a, cmd, ans, sizeof(ans));
+        assert_string_equal(ans, "ok hold=3");
+        for (unsigned k = 0; k < HELD + EXTRA; k++)
+            submit_write(f, i);
+        until = tu_now_ms() + IO_MS;
+        while (f->pending[i] > HELD) {
+            struct vuf_blk_req *req;
+
+            if (tu_now_ms() >= until)
+                fail_msg("queue %u: %u in flight after %d ms, want %u", i, f->pending[i], IO_MS,
+                         HELD);
+            r = vuf_blk_wait(f->blk[i], 1, &req);
+            if (r == -ETIMEDOUT)
+                continue;
+            assert_int_equal(r, 0);
+            complete(f, i, req);
+        }
+        assert_int_equal(ctl_held(&f->a, per_q), (i + 1) * HELD);
+        assert_int_equal(per_q[i], HELD);
+    }
+    /* The extras completed (in A), the held ones did not. */
+    for (unsigned id = NQ * BEFORE; id < f->nwrites; id++) {
+        bool held = (id - NQ * BEFORE) % (HELD + EXTRA) < HELD;
+
+        assert_int_equal(f->w[id].completions, held ? 0 : 1);
+    }
+    tu_sleep_ms(20);
+    for (unsigned i = 0; i < NQ; i++) {
+        assert_int_equal(reap_now(f, i), 0);
+        assert_int_equal(f->pending[i], HELD);
+        used[i] = vuf_virtq_used_idx(f->vq[i]);
+        assert_int_equal(used[i], BEFORE + EXTRA);
+    }
+    assert_int_equal(ctl_held(&f->a, per_q), NQ * HELD);
+
+    /* --- A dies ------------------------------------------------------------ */
+    ctl_close(&f->a);
+    t_kill = tu_now_ms();
+    assert_int_equal(kill(f->a.proc.pid, SIGKILL), 0);
+    while (!atomic_load(&f->vmm.crashed) && tu_now_ms() - t_kill < 3000)
+        tu_sleep_ms(1);
+    assert_int_equal(atomic_load(&f->vmm.crashed), 1);
+    status = tu_stop(&f->a.proc);
+    assert_true(WIFSIGNALED(status));
+    assert_int_equal(WTERMSIG(status), SIGKILL);
+    for (unsigned i = 0; i < NQ; i++)
+        assert_int_equal(reap_now(f, i), 0);
+
+    /* --- VMM: the queues back, the area out, the dead device gone ---------- */
+    for (unsigned i = 0; i < NQ; i++) {
+        slept[i] = f->q[i];
+        slept[i].next_avail = slept[i].next_used = 0xdead;
+    }
+    r = vuf_device_sleep(f->dev, slept, NQ);
+    assert_true(r < 0);
+    assert_int_not_equal(r, -EINVAL);
+    for (unsigned i = 0; i < NQ; i++) {
+        assert_int_equal(slept[i].next_used, used[i]);
+        assert_int_equal(slept[i].next_avail, used[i]);
+        /* The held writes are still published, after used->idx. */
+        assert_int_equal((uint16_t)(vuf_virtq_avail_idx(f->vq[i]) - used[i]), HELD);
+    }
+    memset(&area, 0, sizeof(area));
+    area.fd = -1;
+    assert_int_equal(vuf_frontend_inflight_export(f->dev, &area), 0);
+    assert_true(area.fd >= 0);
+    assert_int_equal(area.num_queues, NQ);
+    assert_int_equal(area.queue_size, QSIZE);
+    check_area(&area, used, HELD);
+    acked = vuf_frontend_acked_features(f->dev);
+    vuf_device_destroy(f->dev);
+    f->dev = NULL;
+    assert_int_equal(tu_threads_settle(f->threads0), f->threads0);
+    assert_int_equal(tu_count_fds(), f->fds0 + f->queue_fds + 1); /* + the area */
+
+    /* --- back-end B on the same file gets the area back -------------------- */
+    be_start(f, &f->b, "b");
+    connect_device(f, &f->b, &area, acked);
+    close(area.fd);
+    area.fd = -1;
+    f->phase = PH_RECOVERED;
+    /* No driver requeue: the queues exactly as sleep returned them. */
+    assert_int_equal(vuf_device_wake(f->dev, f->gm, &f->intr, slept, NQ), 0);
+    assert_true(vuf_frontend_is_active(f->dev));
+    for (unsigned i = 0; i < NQ; i++)
+        assert_int_equal(vuf_virtq_kick(f->vq[i], VUF_VIRTQ_KICK_FORCE), 1);
+    drain(f);
+    {
+        unsigned recovered = 0;
+
+        for (unsigned id = 0; id < f->nwrites; id++) {
+            bool was_held = id >= NQ * BEFORE && (id - NQ * BEFORE) % (HELD + EXTRA) < HELD;
+
+            assert_int_equal(f->w[id].done_in, was_held ? PH_RECOVERED : PH_FIRST);
+            recovered += f->w[id].done_in == PH_RECOVERED;
+        }
+        assert_int_equal(recovered, NQ * HELD);
+    }
+    assert_int_equal(vuf_blk_flush(f->blk[0], IO_MS), 0);
+    assert_int_equal(vuf_blk_flush(f->blk[1], IO_MS), 0);
+    assert_all_writes_done(f);
+    ctl_completed(&f->b, done);
+    assert_int_equal(done[0], HELD + 1); /* + the flush */
+    assert_int_equal(done[1], HELD + 1);
+    assert_int_equal(ctl_held(&f->b, per_q), 0);
+
+    /* --- and the device goes on -------------------------------------------- */
+    for (unsigned k = 0; k < AFTER; k++)
+        for (unsigned i = 0; i < NQ; i++)
+            submit_write(f, i);
+    drain(f);
+    assert_all_writes_done(f);
+    {
+        unsigned ids[3] = {0, NQ * BEFORE, f->nwrites - 1};
+
+        for (unsigned k = 0; k < 3; k++) {
+            fill(f->buf, WLEN, seed_of(ids[k]));
+            tu_assert_blk_reads(f->blk[(f->w[ids[k]].queue + 1) % NQ], sector_of(ids[k]), f->buf,
+                                WLEN, IO_MS);
+        }
+    }
+    ctl_completed(&f->b, done);
+    assert_int_equal(done[0] + done[1], 2 * (HELD + 1) + NQ * AFTER + 3);
+    assert_int_equal(atomic_load(&f->vmm.crashed), 1);
+    assert_int_equal(atomic_load(&f->vmm.bad_vector), 0);
+
+    /* --- nothing left behind ----------------------------------------------- */
+    vuf_device_destroy(f->dev);
+    f->dev = NULL;
+    free_queues(f);
+    vuf_guest_mem_free(f->gm);
+    f->gm = NULL;
+    ctl_close(&f->b);
+    assert_int_equal(tu_threads_settle(f->threads0), f->threads0);
+    assert_int_equal(tu_count_fds(), f->fds0);
+    assert_int_equal(waitpid(f->b.proc.pid, NULL, WNOHANG), 0); /* still running */
+    tu_stop_clean(&f->b.proc, f->b.sock);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_inflight_reconnect, setup, teardown),
+    };
+
+    signal(SIGPIPE, SIG_IGN);
+    backend_bin = getenv("VUF_BACKEND_BLK");
+    if (!backend_bin || !*backend_bin) {
+        fprintf(stderr, "SKIP: VUF_BACKEND_BLK is not set (run through meson test)\n");
+        return TEST_SKIP;
+    }
+    if (!tu_have_exe(backend_bin)) {
+        fprintf(stderr, "SKIP: %s is not executable\n", backend_bin);
+        return TEST_SKIP;
+    }
+    tu_warm_threads();
+    vuf_log_set(tu_log_to_stderr, NULL, VUF_LOG_INFO);
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
