@@ -430,6 +430,17 @@ static int activate_vring(struct vuf_frontend *fe, const struct vuf_guest_mem *m
         if (r < 0)
             goto fail;
     }
+    /* One kick once the ring is set up (the spec's "should"; newest QEMU
+     * always does it): after a wake or a reconnect the avail ring may
+     * already hold buffers, and a back-end that only looks on a kick would
+     * wait for the next one. A full eventfd counter already means "kicked". */
+    {
+        uint64_t one = 1;
+
+        if (write(q->kick_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+            vuf_log(VUF_LOG_WARN, "%s: queue %u: initial kick failed: %s", fe->label, i,
+                    strerror(errno));
+    }
     return 0;
 fail:
     vuf_log(VUF_LOG_ERROR, "%s: queue %u: %s failed: %s", fe->label, i, step, vuf_strerror(r));
@@ -724,7 +735,11 @@ static int64_t state_deadline(const struct vuf_frontend *fe)
 
 static size_t state_max(const struct vuf_frontend *fe)
 {
-    return fe->cfg.max_state_size ? fe->cfg.max_state_size : VUF_FRONTEND_STATE_MAX_SIZE;
+    size_t max = fe->cfg.max_state_size ? fe->cfg.max_state_size : VUF_FRONTEND_STATE_MAX_SIZE;
+    /* read_to_eof adds the blob header and one probe byte to the bound. */
+    size_t limit = SIZE_MAX - sizeof(struct snap_hdr) - 1;
+
+    return max > limit ? limit : max;
 }
 
 /*
@@ -958,6 +973,12 @@ static int fe_snapshot(struct vuf_device *d, uint8_t **data, size_t *len)
 
     if (!data || !len)
         return -EINVAL;
+    if (fe->active) {
+        /* The state is only defined with every ring stopped (spec:
+         * "Migrating back-end state"); sleep first. */
+        vuf_log(VUF_LOG_ERROR, "%s: snapshot while active", fe->label);
+        return -EBUSY;
+    }
     r = require_device_state(fe, "snapshot");
     if (r == 0)
         r = stream_check(fe);
@@ -1000,7 +1021,7 @@ static int fe_restore(struct vuf_device *d, const uint8_t *data, size_t len)
     struct vuf_frontend *fe = fe_of(d);
     struct snap_hdr h;
     int pipe_fd, backend_fd = -1, r;
-    uint64_t missing;
+    uint64_t missing, old_acked;
     bool sock = false;
 
     r = require_device_state(fe, "restore");
@@ -1029,15 +1050,17 @@ static int fe_restore(struct vuf_device *d, const uint8_t *data, size_t len)
     if (r < 0)
         return r;
     /* Bit 30 stays whenever this back-end offers it: it decides whether
-     * the rings wait for SET_VRING_ENABLE. */
+     * the rings wait for SET_VRING_ENABLE. A failed restore leaves the
+     * acked set as it was (the next activation then re-sends it). */
+    old_acked = fe->acked_features;
     fe->acked_features = h.acked_features | (fe->avail_features & F_PROTOCOL);
     r = stream_note(fe, send_features_if_needed(fe));
     if (r < 0)
-        return r;
+        goto fail;
 
     r = open_state_channel(fe, VUF_STATE_DIR_LOAD, &pipe_fd, &backend_fd);
     if (r < 0)
-        return r;
+        goto fail;
     if (backend_fd >= 0) {
         r = own_state_fd(&backend_fd, O_WRONLY, &sock);
         if (r == 0)
@@ -1052,9 +1075,14 @@ static int fe_restore(struct vuf_device *d, const uint8_t *data, size_t len)
         close(backend_fd);
     if (r < 0) {
         vuf_log(VUF_LOG_ERROR, "%s: failed to write device state: %s", fe->label, vuf_strerror(r));
-        return r;
+        goto fail;
     }
-    return check_state_transfer(fe);
+    r = check_state_transfer(fe);
+    if (r == 0)
+        return 0;
+fail:
+    fe->acked_features = old_acked;
+    return r;
 }
 
 /* ------------------------------------------------------------------------ */

@@ -106,29 +106,52 @@ static int send_log_base(struct vuf_frontend *fe)
 
 int fe_log_activate(struct vuf_frontend *fe, const struct vuf_guest_mem *mem)
 {
-    size_t need;
-    uint64_t *bits;
-    int fd, r;
+    size_t need, old_size;
+    uint64_t *bits, *old_bits;
+    int fd, old_fd, r;
 
     if (!fe->log_bits)
         return 0;
     need = log_bytes_for(mem);
-    if (need > fe->log_size) {
-        /* More guest memory than when logging started: a larger log that
-         * keeps the bits not synced yet (the back-end is stopped). */
-        r = log_alloc(need, &fd, &bits);
-        if (r < 0) {
-            vuf_log(VUF_LOG_ERROR, "%s: cannot grow the dirty log to %zu bytes: %s", fe->label,
-                    need, vuf_strerror(r));
-            return r;
-        }
-        pthread_mutex_lock(&fe->log_lock);
-        for (size_t i = 0; i < fe->log_size / 8; i++)
-            bits[i] = __atomic_exchange_n(&fe->log_bits[i], 0, __ATOMIC_SEQ_CST);
-        pthread_mutex_unlock(&fe->log_lock);
-        log_swap(fe, fd, bits, need);
+    if (need <= fe->log_size)
+        return send_log_base(fe);
+
+    /*
+     * More guest memory than the log covers. The rings may be running
+     * (vuf_frontend_update_memory), so the back-end can set bits in the old
+     * log until it has switched: keep the old log mapped, hand over the new
+     * one, and only once SET_LOG_BASE's reply says the back-end switched
+     * (LOG_SHMFD: the reply is always awaited) fold the old bits into the
+     * new log and free the old one. On failure the old log stays in force.
+     */
+    r = log_alloc(need, &fd, &bits);
+    if (r < 0) {
+        vuf_log(VUF_LOG_ERROR, "%s: cannot grow the dirty log to %zu bytes: %s", fe->label, need,
+                vuf_strerror(r));
+        return r;
     }
-    return send_log_base(fe);
+    r = fe_stream_note(fe, vuf_client_set_log_base(fe->client, need, 0, fd));
+    if (r < 0) {
+        vuf_log(VUF_LOG_ERROR, "%s: SET_LOG_BASE (%zu bytes) failed: %s", fe->label, need,
+                vuf_strerror(r));
+        munmap(bits, need);
+        close(fd);
+        return r;
+    }
+    pthread_mutex_lock(&fe->log_lock);
+    old_bits = fe->log_bits;
+    old_size = fe->log_size;
+    old_fd = fe->log_fd;
+    for (size_t i = 0; i < old_size / 8; i++)
+        __atomic_fetch_or(&bits[i], __atomic_exchange_n(&old_bits[i], 0, __ATOMIC_SEQ_CST),
+                          __ATOMIC_SEQ_CST);
+    fe->log_bits = bits;
+    fe->log_size = need;
+    fe->log_fd = fd;
+    pthread_mutex_unlock(&fe->log_lock);
+    munmap(old_bits, old_size);
+    close(old_fd);
+    return 0;
 }
 
 /*

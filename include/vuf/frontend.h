@@ -19,7 +19,8 @@
  *              [SET_LOG_BASE if logging], then per ready
  *              queue, ascending:
  *              SET_VRING_NUM, SET_VRING_ADDR, SET_VRING_BASE, SET_VRING_CALL,
- *              SET_VRING_KICK, [SET_VRING_ENABLE(1) if PF]
+ *              SET_VRING_KICK, [SET_VRING_ENABLE(1) if PF], then one
+ *              write to the queue's kick eventfd (not a message)
  *   reset      per started queue: [SET_VRING_ENABLE(0) if PF],
  *   and sleep  GET_VRING_BASE
  *   snapshot   SET_DEVICE_STATE_FD(save), read to EOF, CHECK_DEVICE_STATE
@@ -92,6 +93,12 @@
  *     has none).
  *   - GET_CONFIG flags are the spec's value 0 ("writable fields"), not
  *     crosvm's 1.
+ *   - Each started ring gets one kick (a write to its kick eventfd) after
+ *     its set-up, as the spec recommends and newest QEMU does: after a wake
+ *     or a reconnect the ring may already hold buffers.
+ *   - snapshot refuses an active device (-EBUSY): the back-end state is
+ *     only defined with every ring stopped; sleep first (crosvm relies on
+ *     its caller). A failed restore leaves the acked features as they were.
  *   - A config read that fits one GET_CONFIG (offset + len <= 256) asks
  *     for [0, offset + len) and cuts the window out: libvhost-user up to
  *     QEMU 7.2 ignores the offset field and always answers from byte 0.

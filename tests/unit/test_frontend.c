@@ -95,6 +95,7 @@ struct be {
     uint8_t state[3000];
     size_t state_len;
     int load_fd, silent_fd;
+    uint64_t check_status; /* CHECK_DEVICE_STATE's answer (0 = OK) */
     uint8_t loaded[4096];
     size_t loaded_len;
 
@@ -111,6 +112,7 @@ struct be {
     uint8_t *log;                      /* our mapping of the dirty log */
     size_t log_size;
     unsigned log_nfds, log_bases; /* fds of the last SET_LOG_BASE, how many */
+    uint64_t log_page_at_switch;  /* if non-zero: set in the OLD log while switching */
 
     /* inflight */
     enum infl_mode infl_mode;
@@ -198,6 +200,12 @@ static int be_handler(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
         p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, req->fds[0], 0);
         if (p == MAP_FAILED)
             return -errno;
+        if (be->log && be->log_page_at_switch) {
+            /* A running back-end logs into the old log until it switches. */
+            __atomic_fetch_or(&be->log[be->log_page_at_switch / 8],
+                              (uint8_t)(1u << (be->log_page_at_switch % 8)), __ATOMIC_SEQ_CST);
+            be->log_page_at_switch = 0;
+        }
         if (be->log)
             munmap(be->log, be->log_size);
         be->log = p;
@@ -358,7 +366,7 @@ static int be_handler(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
             close(be->load_fd);
             be->load_fd = -1;
         }
-        reply->payload.u64 = 0;
+        reply->payload.u64 = be->check_status;
         reply->hdr.size = 8;
         return 0;
     default:
@@ -1118,6 +1126,17 @@ static void lifecycle(bool with_backend_req)
     assert_int_equal(be_rec(&f.be, f.mark - 1).b, 1); /* ENABLE(1) */
     assert_true(vuf_frontend_is_active(f.dev));
     assert_int_equal(vuf_device_activate(f.dev, f.mem, &f.vi, f.q, f.nq), -EBUSY);
+    /* Each started ring got one kick after its set-up. */
+    for (unsigned i = 0; i < 2; i++) {
+        uint64_t kicks = 0;
+
+        assert_int_equal(read(f.q[i].kick_fd, &kicks, sizeof(kicks)), (ssize_t)sizeof(kicks));
+        assert_int_equal(kicks, 1);
+    }
+    /* The back-end state is only defined with the rings stopped. */
+    assert_int_equal(vuf_device_snapshot(f.dev, &snap, &snap_len), -EBUSY);
+    assert_null(snap);
+    expect_none(&f.be, &f.mark);
 
     /* reset */
     assert_int_equal(vuf_device_reset(f.dev), 0);
@@ -1717,6 +1736,22 @@ static void test_snapshot_variants(void **state)
     expect_none(&g.be, &g.mark);
     fx_end(&g);
 
+    /* A back-end that rejects the loaded state: the restore fails and the
+     * acked features stay as they were (SET_FEATURES went out, so the next
+     * activation sends the old set again). */
+    fx_begin(&g);
+    g.be.check_status = 1;
+    assert_int_equal(fx_new(&g, &cfg), 0);
+    expect_new(&g);
+    {
+        uint64_t before = vuf_frontend_acked_features(g.dev);
+
+        assert_int_equal(vuf_device_restore(g.dev, snap, len), -EIO);
+        expect_seq(&g.be, &g.mark, R(SET_FEATURES), R(SET_DEVICE_STATE_FD), R(CHECK_DEVICE_STATE));
+        assert_int_equal(vuf_frontend_acked_features(g.dev), before);
+    }
+    fx_end(&g);
+
     /* A matching back-end takes the big state. */
     fx_begin(&g);
     assert_int_equal(fx_new(&g, &cfg), 0);
@@ -2046,6 +2081,33 @@ static void test_dirty_log(void **state)
     assert_int_equal(vuf_frontend_log_sync(f.dev, bm, sizeof(bm), &n), 0);
     assert_int_equal(n, 1);
     assert_int_equal(bm[dirty[0] / 8], 1u << (dirty[0] % 8));
+
+    /* Hot-adding memory above the log's end while the rings run grows the
+     * log: bits the back-end sets in the old log (before the update, and
+     * while it switches to the new one) are all kept. */
+    {
+        uint8_t big[160];
+        const uint64_t at_switch = 0x150, high = 0x480;
+
+        be_log_page(&f.be, dirty[2]);
+        f.be.log_page_at_switch = at_switch;
+        assert_int_equal(vuf_guest_mem_add_memfd(f.mem, 0x400000, 0x100000), 0);
+        assert_int_equal(vuf_frontend_update_memory(f.dev, f.mem), 0);
+        expect_seq(&f.be, &f.mark, R(SET_MEM_TABLE), R(SET_LOG_BASE));
+        /* GPA 0 .. 0x500000: 1280 pages, 160 bytes. */
+        assert_int_equal(vuf_frontend_log_bytes(f.dev), 160);
+        assert_int_equal(f.be.log_size, 160);
+        be_log_page(&f.be, high);
+        assert_int_equal(vuf_frontend_log_sync(f.dev, big, sizeof(big), &n), 0);
+        assert_int_equal(n, 3);
+        assert_int_equal(big[dirty[2] / 8], 1u << (dirty[2] % 8));
+        assert_int_equal(big[at_switch / 8], 1u << (at_switch % 8));
+        assert_int_equal(big[high / 8], 1u << (high % 8));
+        /* And back: the log keeps its size, the table shrinks. */
+        assert_int_equal(vuf_guest_mem_remove(f.mem, 0x400000), 0);
+        assert_int_equal(vuf_frontend_update_memory(f.dev, f.mem), 0);
+        expect_seq(&f.be, &f.mark, R(SET_MEM_TABLE), R(SET_LOG_BASE));
+    }
 
     /* stop reverses start; the log is gone. */
     assert_int_equal(vuf_frontend_log_stop(f.dev), 0);
