@@ -202,14 +202,11 @@ static int fe_ack_features(struct vuf_device *d, uint64_t features)
  * also send it when nothing was ever sent (crosvm skips it then if the
  * driver acked nothing, which leaves bit 30 unacked on the back-end while
  * we go on sending SET_VRING_ENABLE). */
-static int send_features_if_needed(struct vuf_frontend *fe)
+int fe_send_features(struct vuf_frontend *fe)
 {
     uint64_t want = fe_features_to_send(fe);
-    int r;
+    int r = vuf_client_set_features(fe->client, want);
 
-    if (fe->features_sent && want == fe->last_sent_features)
-        return 0;
-    r = vuf_client_set_features(fe->client, want);
     if (r < 0) {
         vuf_log(VUF_LOG_ERROR, "%s: failed to set features 0x%llx: %s", fe->label,
                 (unsigned long long)want, vuf_strerror(r));
@@ -218,6 +215,13 @@ static int send_features_if_needed(struct vuf_frontend *fe)
     fe->last_sent_features = want;
     fe->features_sent = true;
     return 0;
+}
+
+static int send_features_if_needed(struct vuf_frontend *fe)
+{
+    if (fe->features_sent && fe_features_to_send(fe) == fe->last_sent_features)
+        return 0;
+    return fe_send_features(fe);
 }
 
 /*

@@ -163,6 +163,9 @@ int fe_remove_all_mappings(struct vuf_frontend *fe);
 /* The features SET_FEATURES carries: the acked ones, plus LOG_ALL while
  * logging. */
 uint64_t fe_features_to_send(const struct vuf_frontend *fe);
+/* SET_FEATURES with fe_features_to_send() (always sent), recorded as the
+ * last value sent; logs and returns the error. */
+int fe_send_features(struct vuf_frontend *fe);
 
 /* While logging, at activation after SET_MEM_TABLE: grow the log to cover
  * `mem` if needed and send SET_LOG_BASE. 0 when not logging. */

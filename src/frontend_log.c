@@ -162,17 +162,12 @@ int fe_log_activate(struct vuf_frontend *fe, const struct vuf_guest_mem *mem)
  */
 static int send_log_state(struct vuf_frontend *fe)
 {
-    uint64_t want = fe_features_to_send(fe), dummy;
+    uint64_t dummy;
     int r;
 
-    r = fe_stream_note(fe, vuf_client_set_features(fe->client, want));
-    if (r < 0) {
-        vuf_log(VUF_LOG_ERROR, "%s: failed to set features 0x%llx: %s", fe->label,
-                (unsigned long long)want, vuf_strerror(r));
+    r = fe_stream_note(fe, fe_send_features(fe));
+    if (r < 0)
         return r;
-    }
-    fe->last_sent_features = want;
-    fe->features_sent = true;
     for (unsigned k = 0; fe->active && k < fe->nsent; k++) {
         struct vuf_vring_addr addr;
 
