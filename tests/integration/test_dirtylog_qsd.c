@@ -155,9 +155,7 @@ static void test_qsd_dirty_log(void **state)
     assert_int_equal(vuf_guest_mem_alloc(gm, DATA_LEN, PG, &gpa_u), 0);
     host_u = vuf_guest_mem_to_host(gm, gpa_u, DATA_LEN);
     assert_non_null(host_u);
-    tu_queue_from_virtq(&q, vq, 0);
-    vmm.msix[0] = true;
-    vmm.call_fd[0] = vuf_virtq_call_fd(vq);
+    tu_vmm_add_queue(&vmm, 0, &q, vq, 0);
     used_page = q.used_addr / PG;
 
     assert_int_equal(vuf_frontend_log_start(dev), -EINVAL); /* not active */

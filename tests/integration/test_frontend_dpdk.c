@@ -287,9 +287,7 @@ static void make_queues(struct fx *f)
         struct vuf_virtq_opts o = {.size = QSIZE, .index = i, .features = features};
 
         assert_int_equal(vuf_virtq_new_opts(f->gm, &o, &f->vq[i]), 0);
-        tu_queue_from_virtq(&f->q[i], f->vq[i], i == RXQ ? 0 : VUF_NO_VECTOR);
-        f->vmm.msix[i] = i == RXQ;
-        f->vmm.call_fd[i] = vuf_virtq_call_fd(f->vq[i]);
+        tu_vmm_add_queue(&f->vmm, i, &f->q[i], f->vq[i], i == RXQ ? 0 : VUF_NO_VECTOR);
     }
     f->intr.ops = &tu_vmm_intr_ops;
     f->intr.opaque = &f->vmm;

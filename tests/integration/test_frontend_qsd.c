@@ -62,13 +62,6 @@
 /* Helpers                                                                  */
 /* ------------------------------------------------------------------------ */
 
-/* A recognisable pattern per (seed, byte). */
-static void fill(uint8_t *p, size_t len, uint32_t seed)
-{
-    for (size_t i = 0; i < len; i++)
-        p[i] = (uint8_t)((i * 131u + seed * 7u + (i >> 9) * 13u) ^ seed);
-}
-
 /* ------------------------------------------------------------------------ */
 /* Library log: keep it in the test output and notice "device crashed"      */
 /* ------------------------------------------------------------------------ */
@@ -136,13 +129,7 @@ static int setup(void **state)
 
 static void free_queues(struct fx *f)
 {
-    for (unsigned i = 0; i < NQ; i++) {
-        vuf_blk_free(f->blk[i]);
-        f->blk[i] = NULL;
-        vuf_virtq_free(f->vq[i]);
-        f->vq[i] = NULL;
-        tu_vmm_forget_queue(&f->vmm, i);
-    }
+    tu_free_queues(&f->vmm, f->blk, f->vq, NQ);
 }
 
 static int teardown(void **state)
@@ -263,9 +250,7 @@ static void make_queues(struct fx *f)
 
         assert_int_equal(vuf_virtq_new_opts(f->gm, &o, &f->vq[i]), 0);
         assert_int_equal(vuf_blk_new(f->vq[i], NREQS, MAX_DATA, &f->blk[i]), 0);
-        tu_queue_from_virtq(q, f->vq[i], i == 0 ? 0 : VUF_NO_VECTOR);
-        f->vmm.msix[i] = q->vector != VUF_NO_VECTOR;
-        f->vmm.call_fd[i] = vuf_virtq_call_fd(f->vq[i]);
+        tu_vmm_add_queue(&f->vmm, i, q, f->vq[i], i == 0 ? 0 : VUF_NO_VECTOR);
     }
     f->intr.ops = &tu_vmm_intr_ops;
     f->intr.opaque = &f->vmm;
@@ -279,27 +264,6 @@ static void activate(struct fx *f)
     assert_true(vuf_frontend_is_active(f->dev));
     /* The irqfd of queue 0's vector was asked for (queue 1 has none). */
     assert_true(atomic_load(&f->vmm.irqfd_asks) > asks);
-}
-
-/* Compare `len` bytes at `sector` of the backing file with `want`. */
-static void assert_file_has(struct fx *f, uint64_t sector, const uint8_t *want, size_t len)
-{
-    uint8_t *got = malloc(len);
-
-    assert_non_null(got);
-    assert_int_equal(pread(f->disk_fd, got, len, (off_t)(sector * VUF_BLK_SECTOR_SIZE)),
-                     (ssize_t)len);
-    if (memcmp(got, want, len) != 0) {
-        size_t i = 0;
-
-        while (i < len && got[i] == want[i])
-            i++;
-        fprintf(stderr, "disk.img differs at sector %llu + byte %zu: 0x%02x, want 0x%02x\n",
-                (unsigned long long)sector, i, got[i], want[i]);
-        free(got);
-        fail();
-    }
-    free(got);
 }
 
 static void assert_reads(struct vuf_blk *blk, uint64_t sector, const uint8_t *want, size_t len)
@@ -369,10 +333,10 @@ static void test_qsd_io_sleep_wake_reset(void **state)
     d = malloc(4096);
     z = calloc(1, 4096);
     assert_true(a && b && c && d && z);
-    fill(a, LEN_A, 0xa1);
-    fill(b, LEN_B, 0xb2);
-    fill(c, LEN_A, 0xc3);
-    fill(d, 4096, 0xd4);
+    tu_fill_pattern(a, LEN_A, 0xa1);
+    tu_fill_pattern(b, LEN_B, 0xb2);
+    tu_fill_pattern(c, LEN_A, 0xc3);
+    tu_fill_pattern(d, 4096, 0xd4);
 
     new_device(f);
     make_queues(f);
@@ -391,8 +355,8 @@ static void test_qsd_io_sleep_wake_reset(void **state)
     assert_int_equal(vuf_blk_flush(f->blk[0], IO_MS), 0);
     assert_int_equal(vuf_blk_flush(f->blk[1], IO_MS), 0);
     /* The host's view of the backing file. */
-    assert_file_has(f, SEC_A, a, LEN_A);
-    assert_file_has(f, SEC_B, b, LEN_B);
+    tu_assert_file_has(f->disk_fd, SEC_A, a, LEN_A);
+    tu_assert_file_has(f->disk_fd, SEC_B, b, LEN_B);
     /*
      * Queue 1 has no vector: its calls go qsd -> the front-end's shared
      * eventfd -> worker -> signal_used_queue(VUF_NO_VECTOR) -> our "INTx"
@@ -460,7 +424,7 @@ static void test_qsd_io_sleep_wake_reset(void **state)
     assert_int_equal(vuf_virtq_notify(f->vq[0]), 0); /* the kick lands in the eventfd */
     assert_int_equal(vuf_blk_wait(f->blk[0], 300, &done), -ETIMEDOUT);
     assert_int_equal(vuf_virtq_used_idx(f->vq[0]), used[0]);
-    assert_file_has(f, SEC_D, z, 4096);
+    tu_assert_file_has(f->disk_fd, SEC_D, z, 4096);
 
     /* --- wake: the same queues, SET_VRING_BASE = reclaimed next_avail --- */
     assert_int_equal(vuf_device_wake(f->dev, f->gm, &f->intr, slept, NQ), 0);
@@ -473,13 +437,13 @@ static void test_qsd_io_sleep_wake_reset(void **state)
     assert_int_equal(vuf_blk_req_result(req), 0);
     assert_int_equal(vuf_blk_req_put(f->blk[0], req), 0);
     assert_int_equal(vuf_virtq_used_idx(f->vq[0]), (uint16_t)(used[0] + 1));
-    assert_file_has(f, SEC_D, d, 4096);
+    tu_assert_file_has(f->disk_fd, SEC_D, d, 4096);
     /* Further requests complete on both queues. */
     assert_int_equal(vuf_blk_write(f->blk[1], SEC_C, c, LEN_A, IO_MS), 0);
     assert_reads(f->blk[0], SEC_C, c, LEN_A);
     assert_reads(f->blk[1], SEC_A, a, LEN_A);
     assert_int_equal(vuf_blk_flush(f->blk[1], IO_MS), 0);
-    assert_file_has(f, SEC_C, c, LEN_A);
+    tu_assert_file_has(f->disk_fd, SEC_C, c, LEN_A);
     /* Sleep/wake once more: indices keep counting from where they were. */
     for (unsigned i = 0; i < NQ; i++)
         slept[i] = f->q[i];
@@ -506,11 +470,11 @@ static void test_qsd_io_sleep_wake_reset(void **state)
     assert_reads(f->blk[0], SEC_B, b, LEN_B);
     assert_reads(f->blk[1], SEC_A, a, LEN_A);
     assert_reads(f->blk[1], SEC_C, c, LEN_A);
-    fill(a, LEN_A, 0x5e);
+    tu_fill_pattern(a, LEN_A, 0x5e);
     assert_int_equal(vuf_blk_write(f->blk[0], SEC_A, a, LEN_A, IO_MS), 0);
     assert_int_equal(vuf_blk_flush(f->blk[0], IO_MS), 0);
     assert_reads(f->blk[1], SEC_A, a, LEN_A);
-    assert_file_has(f, SEC_A, a, LEN_A);
+    tu_assert_file_has(f->disk_fd, SEC_A, a, LEN_A);
     assert_int_equal(atomic_load(&f->vmm.crashed), 0);
 
     /* --- destroy while active: no fd, no thread left -------------------- */
@@ -540,7 +504,7 @@ static void *io_main(void *arg)
         uint64_t sector = 4096 + (n % 64) * 32;
         int r;
 
-        fill(buf, sizeof(buf), n);
+        tu_fill_pattern(buf, sizeof(buf), n);
         r = vuf_blk_write(io->blk, sector, buf, sizeof(buf), 500);
         if (r == 0)
             r = vuf_blk_read(io->blk, sector, back, sizeof(back), 500);
@@ -652,7 +616,7 @@ static void test_qsd_crash_while_asleep(void **state)
     new_device(f);
     make_queues(f);
     activate(f);
-    fill(blk4k, sizeof(blk4k), 77);
+    tu_fill_pattern(blk4k, sizeof(blk4k), 77);
     assert_int_equal(vuf_blk_write(f->blk[0], 8, blk4k, sizeof(blk4k), IO_MS), 0);
     assert_int_equal(vuf_blk_write(f->blk[1], 16, blk4k, sizeof(blk4k), IO_MS), 0);
     for (unsigned i = 0; i < NQ; i++)
@@ -683,8 +647,8 @@ static void test_qsd_crash_while_asleep(void **state)
     }
     print_message("crash events after 51 failed wakes: %d\n", atomic_load(&f->vmm.crashed));
     assert_int_equal(atomic_load(&f->vmm.crashed), 0);
-    assert_file_has(f, 8, blk4k, sizeof(blk4k));
-    assert_file_has(f, 16, blk4k, sizeof(blk4k));
+    tu_assert_file_has(f->disk_fd, 8, blk4k, sizeof(blk4k));
+    tu_assert_file_has(f->disk_fd, 16, blk4k, sizeof(blk4k));
 
     destroy_and_check_leaks(f);
 }

@@ -73,7 +73,6 @@
 #define NREQS 4
 #define IO_MS 5000
 #define CTL_MS 5000
-#define START_MS 10000
 
 /* virtio_blk_config.writeback (virtio 1.2 §5.2.4). */
 #define CFG_WRITEBACK 32
@@ -328,7 +327,6 @@ static void be_start(struct fx *f, struct be *b, const char *name, ...)
     unsigned n = 0;
     const char *a;
     va_list ap;
-    int r;
 
     snprintf(b->sock, sizeof(b->sock), "%s/%s.sock", f->dir, name);
     snprintf(b->ctl, sizeof(b->ctl), "%s/%s.ctl", f->dir, name);
@@ -344,16 +342,9 @@ static void be_start(struct fx *f, struct be *b, const char *name, ...)
     va_end(ap);
     argv[n] = NULL;
     b->ctl_fd = -1;
-    assert_int_equal(tu_spawn(&b->proc, argv, b->log), 0);
     /* By file: a probe connection would be a front-end of its own. The
      * control socket is set up before the main one listens. */
-    r = tu_wait_socket_file(&b->proc, b->sock, START_MS);
-    if (r == 0)
-        r = tu_wait_socket_file(&b->proc, b->ctl, START_MS);
-    if (r) {
-        tu_dump_log(&b->proc);
-        fail_msg("%s did not come up: %s", name, strerror(-r));
-    }
+    tu_spawn_wait_files(&b->proc, argv, b->log, b->sock, b->ctl, name);
 }
 
 /* SIGTERM: the back-end must exit 0 and remove its socket. */
@@ -370,37 +361,7 @@ static void be_stop(struct be *b)
 /* Send one control command and return its one-line answer. */
 static void ctl(struct be *b, const char *cmd, char *ans, size_t cap)
 {
-    char line[256];
-    int64_t end = tu_now_ms() + CTL_MS;
-    size_t have = 0, n;
-
-    if (b->ctl_fd < 0) {
-        struct sockaddr_un sa = {.sun_family = AF_UNIX};
-
-        assert_true(strlen(b->ctl) < sizeof(sa.sun_path));
-        memcpy(sa.sun_path, b->ctl, strlen(b->ctl) + 1);
-        b->ctl_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        assert_true(b->ctl_fd >= 0);
-        assert_int_equal(connect(b->ctl_fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    }
-    n = (size_t)snprintf(line, sizeof(line), "%s\n", cmd);
-    assert_true(n < sizeof(line));
-    assert_int_equal(send(b->ctl_fd, line, n, MSG_NOSIGNAL), (ssize_t)n);
-    while (have + 1 < cap) {
-        struct pollfd p = {.fd = b->ctl_fd, .events = POLLIN};
-        int64_t left = end - tu_now_ms();
-        ssize_t got;
-
-        if (left <= 0)
-            fail_msg("control command '%s': no answer in %d ms", cmd, CTL_MS);
-        assert_int_equal(poll(&p, 1, (int)left), 1);
-        got = read(b->ctl_fd, ans + have, 1);
-        assert_int_equal(got, 1);
-        if (ans[have] == '\n')
-            break;
-        have++;
-    }
-    ans[have] = '\0';
+    tu_ctl_command(&b->ctl_fd, b->ctl, cmd, ans, cap, CTL_MS);
     print_message("control: %-44s -> %s\n", cmd, ans);
 }
 
@@ -482,13 +443,7 @@ static int setup(void **state)
 
 static void free_queues(struct fx *f)
 {
-    for (unsigned i = 0; i < MAXQ; i++) {
-        vuf_blk_free(f->blk[i]);
-        f->blk[i] = NULL;
-        vuf_virtq_free(f->vq[i]);
-        f->vq[i] = NULL;
-        tu_vmm_forget_queue(&f->vmm, i);
-    }
+    tu_free_queues(&f->vmm, f->blk, f->vq, MAXQ);
 }
 
 static void map_close(struct tmap *t)
@@ -586,9 +541,7 @@ static void make_queues(struct fx *f, unsigned nreqs0, uint32_t max_data0)
         assert_int_equal(vuf_blk_new(f->vq[i], i == 0 ? nreqs0 : NREQS,
                                      i == 0 ? max_data0 : MAX_DATA, &f->blk[i]),
                          0);
-        tu_queue_from_virtq(q, f->vq[i], i == 0 ? 0 : VUF_NO_VECTOR);
-        f->vmm.msix[i] = i == 0;
-        f->vmm.call_fd[i] = vuf_virtq_call_fd(f->vq[i]);
+        tu_vmm_add_queue(&f->vmm, i, q, f->vq[i], i == 0 ? 0 : VUF_NO_VECTOR);
     }
     f->intr.ops = &tu_vmm_intr_ops;
     f->intr.opaque = &f->vmm;

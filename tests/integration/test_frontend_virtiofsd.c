@@ -238,9 +238,7 @@ static void make_queues(struct fx *f)
     for (unsigned i = 0; i < NQ; i++) {
         struct vuf_virtq_opts o = {.size = QSIZE, .index = i, .features = acked};
         assert_int_equal(vuf_virtq_new_opts(f->gm, &o, &f->vq[i]), 0);
-        tu_queue_from_virtq(&f->q[i], f->vq[i], (uint16_t)i);
-        f->vmm.msix[i] = true;
-        f->vmm.call_fd[i] = vuf_virtq_call_fd(f->vq[i]);
+        tu_vmm_add_queue(&f->vmm, i, &f->q[i], f->vq[i], (uint16_t)i);
     }
     f->intr.ops = &tu_vmm_intr_ops;
     f->intr.opaque = &f->vmm;

@@ -68,7 +68,6 @@
 #define GUEST_BYTES (8ull << 20)
 #define IO_MS 5000
 #define CTL_MS 5000
-#define START_MS 10000
 
 #define BEFORE 6 /* completed writes per queue before the hold */
 #define HELD 3   /* writes per queue in flight at the crash */
@@ -86,12 +85,6 @@
 #define INFL_ALIGN 64u
 
 static const char *backend_bin;
-
-static void fill(uint8_t *p, size_t len, uint32_t seed)
-{
-    for (size_t i = 0; i < len; i++)
-        p[i] = (uint8_t)((i * 131u + seed * 7u + (i >> 9) * 13u) ^ seed);
-}
 
 static uint32_t seed_of(unsigned id)
 {
@@ -148,7 +141,6 @@ static void be_start(struct fx *f, struct be *b, const char *name)
 {
     char sockarg[320], ctlarg[320], filearg[320];
     char *argv[] = {(char *)backend_bin, sockarg, ctlarg, filearg, "--num-queues=2", NULL};
-    int r;
 
     snprintf(b->sock, sizeof(b->sock), "%s/%s.sock", f->dir, name);
     snprintf(b->ctl, sizeof(b->ctl), "%s/%s.ctl", f->dir, name);
@@ -157,14 +149,7 @@ static void be_start(struct fx *f, struct be *b, const char *name)
     snprintf(ctlarg, sizeof(ctlarg), "--control=%s", b->ctl);
     snprintf(filearg, sizeof(filearg), "--file=%s", f->disk);
     b->ctl_fd = -1;
-    assert_int_equal(tu_spawn(&b->proc, argv, b->log), 0);
-    r = tu_wait_socket_file(&b->proc, b->sock, START_MS);
-    if (r == 0)
-        r = tu_wait_socket_file(&b->proc, b->ctl, START_MS);
-    if (r) {
-        tu_dump_log(&b->proc);
-        fail_msg("%s did not come up: %s", name, strerror(-r));
-    }
+    tu_spawn_wait_files(&b->proc, argv, b->log, b->sock, b->ctl, name);
 }
 
 static void ctl_close(struct be *b)
@@ -177,35 +162,7 @@ static void ctl_close(struct be *b)
 /* One control command, its one-line answer. */
 static void ctl(struct be *b, const char *cmd, char *ans, size_t cap)
 {
-    char line[256];
-    int64_t end = tu_now_ms() + CTL_MS;
-    size_t have = 0, n;
-
-    if (b->ctl_fd < 0) {
-        struct sockaddr_un sa = {.sun_family = AF_UNIX};
-
-        assert_true(strlen(b->ctl) < sizeof(sa.sun_path));
-        memcpy(sa.sun_path, b->ctl, strlen(b->ctl) + 1);
-        b->ctl_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        assert_true(b->ctl_fd >= 0);
-        assert_int_equal(connect(b->ctl_fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    }
-    n = (size_t)snprintf(line, sizeof(line), "%s\n", cmd);
-    assert_true(n < sizeof(line));
-    assert_int_equal(send(b->ctl_fd, line, n, MSG_NOSIGNAL), (ssize_t)n);
-    while (have + 1 < cap) {
-        struct pollfd p = {.fd = b->ctl_fd, .events = POLLIN};
-        int64_t left = end - tu_now_ms();
-
-        if (left <= 0)
-            fail_msg("control command '%s': no answer in %d ms", cmd, CTL_MS);
-        assert_int_equal(poll(&p, 1, (int)left), 1);
-        assert_int_equal(read(b->ctl_fd, ans + have, 1), 1);
-        if (ans[have] == '\n')
-            break;
-        have++;
-    }
-    ans[have] = '\0';
+    tu_ctl_command(&b->ctl_fd, b->ctl, cmd, ans, cap, CTL_MS);
 }
 
 /* `held`: the total and per-queue counts. */
@@ -267,13 +224,7 @@ static int setup(void **state)
 
 static void free_queues(struct fx *f)
 {
-    for (unsigned i = 0; i < NQ; i++) {
-        vuf_blk_free(f->blk[i]);
-        f->blk[i] = NULL;
-        vuf_virtq_free(f->vq[i]);
-        f->vq[i] = NULL;
-        tu_vmm_forget_queue(&f->vmm, i);
-    }
+    tu_free_queues(&f->vmm, f->blk, f->vq, NQ);
 }
 
 static int teardown(void **state)
@@ -303,7 +254,6 @@ static void connect_device(struct fx *f, struct be *b, const struct vuf_inflight
 {
     struct vuf_frontend_config cfg;
     struct vuf_conn *conn = NULL;
-    uint64_t offered;
 
     memset(&cfg, 0, sizeof(cfg));
     cfg.device_type = VUF_DEV_BLK;
@@ -320,13 +270,7 @@ static void connect_device(struct fx *f, struct be *b, const struct vuf_inflight
     assert_int_equal(vuf_frontend_new(&cfg, conn, &f->dev), 0);
     assert_true(vuf_frontend_protocol_features(f->dev) & VUF_PF(INFLIGHT_SHMFD));
     assert_int_equal(vuf_device_num_queues(f->dev), NQ);
-    offered = vuf_device_features(f->dev);
-    if (!ack)
-        ack = offered;
-    assert_int_equal(offered & ack, ack);
-    assert_int_equal(vuf_device_ack_features(f->dev, ack & 0xffffffffull), 0);
-    assert_int_equal(vuf_device_ack_features(f->dev, ack & ~0xffffffffull), 0);
-    assert_int_equal(vuf_frontend_acked_features(f->dev), ack);
+    tu_ack_features(f->dev, ack);
 }
 
 static void make_queues(struct fx *f)
@@ -340,9 +284,7 @@ static void make_queues(struct fx *f)
 
         assert_int_equal(vuf_virtq_new_opts(f->gm, &o, &f->vq[i]), 0);
         assert_int_equal(vuf_blk_new(f->vq[i], NREQS, WLEN, &f->blk[i]), 0);
-        tu_queue_from_virtq(&f->q[i], f->vq[i], i == 0 ? 0 : VUF_NO_VECTOR);
-        f->vmm.msix[i] = f->q[i].vector != VUF_NO_VECTOR;
-        f->vmm.call_fd[i] = vuf_virtq_call_fd(f->vq[i]);
+        tu_vmm_add_queue(&f->vmm, i, &f->q[i], f->vq[i], i == 0 ? 0 : VUF_NO_VECTOR);
     }
     f->intr.ops = &tu_vmm_intr_ops;
     f->intr.opaque = &f->vmm;
@@ -360,7 +302,7 @@ static void submit_write(struct fx *f, unsigned qi)
 
     assert_true(id < MAX_WRITES);
     assert_non_null(req);
-    fill(vuf_blk_req_buf(req, NULL), WLEN, seed_of(id));
+    tu_fill_pattern(vuf_blk_req_buf(req, NULL), WLEN, seed_of(id));
     assert_int_equal(vuf_blk_req_prep(req, VUF_BLK_T_OUT, sector_of(id), WLEN), 0);
     vuf_blk_req_set_user(req, (void *)(uintptr_t)(id + 1));
     assert_int_equal(vuf_blk_submit(f->blk[qi], req, 0), 0);
@@ -421,26 +363,6 @@ static void drain(struct fx *f)
     }
 }
 
-static void assert_file_has(struct fx *f, uint64_t sector, const uint8_t *want, size_t len)
-{
-    uint8_t *got = malloc(len);
-
-    assert_non_null(got);
-    assert_int_equal(pread(f->disk_fd, got, len, (off_t)(sector * VUF_BLK_SECTOR_SIZE)),
-                     (ssize_t)len);
-    if (memcmp(got, want, len) != 0) {
-        size_t i = 0;
-
-        while (i < len && got[i] == want[i])
-            i++;
-        fprintf(stderr, "disk.img differs at sector %llu + byte %zu: 0x%02x, want 0x%02x\n",
-                (unsigned long long)sector, i, got[i], want[i]);
-        free(got);
-        fail();
-    }
-    free(got);
-}
-
 /* Every write so far completed exactly once, OK, and is on disk; the rings
  * agree (nothing in flight, nothing unconsumed, not broken). */
 static void assert_all_writes_done(struct fx *f)
@@ -449,8 +371,8 @@ static void assert_all_writes_done(struct fx *f)
         if (f->w[id].completions != 1 || f->w[id].result != 0)
             fail_msg("write %u (queue %u): %d completions, result %d", id, f->w[id].queue,
                      f->w[id].completions, f->w[id].result);
-        fill(f->buf, WLEN, seed_of(id));
-        assert_file_has(f, sector_of(id), f->buf, WLEN);
+        tu_fill_pattern(f->buf, WLEN, seed_of(id));
+        tu_assert_file_has(f->disk_fd, sector_of(id), f->buf, WLEN);
     }
     for (unsigned i = 0; i < NQ; i++) {
         assert_int_equal(f->pending[i], 0);
@@ -665,7 +587,7 @@ static void test_inflight_reconnect(void **state)
         unsigned ids[3] = {0, NQ * BEFORE, f->nwrites - 1};
 
         for (unsigned k = 0; k < 3; k++) {
-            fill(f->buf, WLEN, seed_of(ids[k]));
+            tu_fill_pattern(f->buf, WLEN, seed_of(ids[k]));
             tu_assert_blk_reads(f->blk[(f->w[ids[k]].queue + 1) % NQ], sector_of(ids[k]), f->buf,
                                 WLEN, IO_MS);
         }

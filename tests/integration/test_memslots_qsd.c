@@ -61,12 +61,6 @@ struct fx {
     struct vuf_queue q[NQ];
 };
 
-static void fill(uint8_t *p, size_t len, uint32_t seed)
-{
-    for (size_t i = 0; i < len; i++)
-        p[i] = (uint8_t)((i * 131u + seed * 7u + (i >> 9) * 13u) ^ seed);
-}
-
 static int setup(void **state)
 {
     struct fx *f = calloc(1, sizeof(*f));
@@ -87,13 +81,7 @@ static int setup(void **state)
 
 static void free_queues(struct fx *f)
 {
-    for (unsigned i = 0; i < NQ; i++) {
-        vuf_blk_free(f->blk[i]);
-        f->blk[i] = NULL;
-        vuf_virtq_free(f->vq[i]);
-        f->vq[i] = NULL;
-        tu_vmm_forget_queue(&f->vmm, i);
-    }
+    tu_free_queues(&f->vmm, f->blk, f->vq, NQ);
 }
 
 static int teardown(void **state)
@@ -144,7 +132,7 @@ static void io_check(struct fx *f, unsigned i, uint64_t sector, uint32_t seed)
 {
     uint8_t want[MAX_DATA + 4096], got[sizeof(want)];
 
-    fill(want, sizeof(want), seed);
+    tu_fill_pattern(want, sizeof(want), seed);
     assert_int_equal(vuf_blk_write(f->blk[i], sector, want, sizeof(want), IO_MS), 0);
     tu_assert_blk_reads(f->blk[i], sector, want, sizeof(want), IO_MS);
     assert_int_equal(pread(f->disk_fd, got, sizeof(got), (off_t)(sector * VUF_BLK_SECTOR_SIZE)),
@@ -195,9 +183,7 @@ static void test_memslots_qsd(void **state)
         struct vuf_virtq_opts o = {.size = QSIZE, .index = i, .features = acked};
 
         assert_int_equal(vuf_virtq_new_opts(f->gm, &o, &f->vq[i]), 0);
-        tu_queue_from_virtq(&f->q[i], f->vq[i], i == 0 ? 0 : VUF_NO_VECTOR);
-        f->vmm.msix[i] = f->q[i].vector != VUF_NO_VECTOR;
-        f->vmm.call_fd[i] = vuf_virtq_call_fd(f->vq[i]);
+        tu_vmm_add_queue(&f->vmm, i, &f->q[i], f->vq[i], i == 0 ? 0 : VUF_NO_VECTOR);
     }
     assert_true(vuf_guest_mem_alloc_mark(f->gm) <= RING_GPA + RING_BYTES);
     f->intr.ops = &tu_vmm_intr_ops;

@@ -1,7 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,6 +21,55 @@ void tu_spawn_wait_file(struct tu_proc *p, char *const argv[], const char *log, 
         fprintf(stderr, "%s did not create %s: %s\n", argv[0], sock, strerror(-r));
     }
     assert_int_equal(r, 0);
+}
+
+void tu_spawn_wait_files(struct tu_proc *p, char *const argv[], const char *log, const char *sock,
+                         const char *ctl, const char *name)
+{
+    int r;
+
+    assert_int_equal(tu_spawn(p, argv, log), 0);
+    r = tu_wait_socket_file(p, sock, TU_START_MS);
+    if (r == 0)
+        r = tu_wait_socket_file(p, ctl, TU_START_MS);
+    if (r) {
+        tu_dump_log(p);
+        fail_msg("%s did not come up: %s", name, strerror(-r));
+    }
+}
+
+void tu_ctl_command(int *fd, const char *path, const char *cmd, char *ans, size_t cap,
+                    int timeout_ms)
+{
+    char line[256];
+    int64_t end = tu_now_ms() + timeout_ms;
+    size_t have = 0, n;
+
+    if (*fd < 0) {
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+
+        assert_true(strlen(path) < sizeof(sa.sun_path));
+        memcpy(sa.sun_path, path, strlen(path) + 1);
+        *fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        assert_true(*fd >= 0);
+        assert_int_equal(connect(*fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    }
+    n = (size_t)snprintf(line, sizeof(line), "%s\n", cmd);
+    assert_true(n < sizeof(line));
+    assert_int_equal(send(*fd, line, n, MSG_NOSIGNAL), (ssize_t)n);
+    while (have + 1 < cap) {
+        struct pollfd p = {.fd = *fd, .events = POLLIN};
+        int64_t left = end - tu_now_ms();
+
+        if (left <= 0)
+            fail_msg("control command '%s': no answer in %d ms", cmd, timeout_ms);
+        assert_int_equal(poll(&p, 1, (int)left), 1);
+        assert_int_equal(read(*fd, ans + have, 1), 1);
+        if (ans[have] == '\n')
+            break;
+        have++;
+    }
+    ans[have] = '\0';
 }
 
 /* qsd's --blockdev and --export values for a file export. */

@@ -28,6 +28,27 @@
 void tu_spawn_wait_file(struct tu_proc *p, char *const argv[], const char *log, const char *sock);
 
 /*
+ * tu_spawn(p, argv, log), then wait up to TU_START_MS for two socket FILES:
+ * `sock`, then `ctl` (the reference back-end's --socket-path and
+ * --control). On failure the log is printed and the test fails with "<name>
+ * did not come up: <error>". The caller owns *p and stops it with
+ * tu_stop().
+ */
+void tu_spawn_wait_files(struct tu_proc *p, char *const argv[], const char *log, const char *sock,
+                         const char *ctl, const char *name);
+
+/*
+ * One command on the reference back-end's control socket at `path`
+ * (--control, backend/README.md): connects on first use (*fd < 0; the
+ * caller keeps and closes *fd), sends "cmd\n" and reads the one-line answer
+ * into ans (NUL-terminated, without the newline, cut at cap - 1 bytes).
+ * Fails the test if the socket cannot be reached or no answer came within
+ * timeout_ms.
+ */
+void tu_ctl_command(int *fd, const char *path, const char *cmd, char *ans, size_t cap,
+                    int timeout_ms);
+
+/*
  * qemu-storage-daemon exporting the existing raw file `disk` (node f0,
  * driver=file) as a writable vhost-user-blk device with `num_queues`
  * queues on `sock`; its output goes to `log`. The caller creates and sizes

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "fe_harness.h"
+#include "vuf/frontend.h"
 
 void tu_vmm_init(struct tu_vmm *v)
 {
@@ -136,4 +137,63 @@ void tu_assert_blk_reads(struct vuf_blk *blk, uint64_t sector, const uint8_t *wa
     assert_int_equal(vuf_blk_read(blk, sector, got, len, timeout_ms), 0);
     assert_memory_equal(got, want, len);
     free(got);
+}
+
+void tu_vmm_add_queue(struct tu_vmm *v, unsigned i, struct vuf_queue *q, struct vuf_virtq *vq,
+                      uint16_t vector)
+{
+    assert_true(i < TU_VMM_MAXQ);
+    tu_queue_from_virtq(q, vq, vector);
+    v->msix[i] = vector != VUF_NO_VECTOR;
+    v->call_fd[i] = vuf_virtq_call_fd(vq);
+}
+
+void tu_free_queues(struct tu_vmm *v, struct vuf_blk **blk, struct vuf_virtq **vq, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++) {
+        if (blk) {
+            vuf_blk_free(blk[i]);
+            blk[i] = NULL;
+        }
+        vuf_virtq_free(vq[i]);
+        vq[i] = NULL;
+        tu_vmm_forget_queue(v, i);
+    }
+}
+
+void tu_fill_pattern(uint8_t *p, size_t len, uint32_t seed)
+{
+    for (size_t i = 0; i < len; i++)
+        p[i] = (uint8_t)((i * 131u + seed * 7u + (i >> 9) * 13u) ^ seed);
+}
+
+void tu_assert_file_has(int fd, uint64_t sector, const uint8_t *want, size_t len)
+{
+    uint8_t *got = malloc(len);
+
+    assert_non_null(got);
+    assert_int_equal(pread(fd, got, len, (off_t)(sector * VUF_BLK_SECTOR_SIZE)), (ssize_t)len);
+    if (memcmp(got, want, len) != 0) {
+        size_t i = 0;
+
+        while (i < len && got[i] == want[i])
+            i++;
+        fprintf(stderr, "disk.img differs at sector %llu + byte %zu: 0x%02x, want 0x%02x\n",
+                (unsigned long long)sector, i, got[i], want[i]);
+        free(got);
+        fail();
+    }
+    free(got);
+}
+
+void tu_ack_features(struct vuf_device *dev, uint64_t ack)
+{
+    uint64_t offered = vuf_device_features(dev);
+
+    if (!ack)
+        ack = offered;
+    assert_int_equal(offered & ack, ack);
+    assert_int_equal(vuf_device_ack_features(dev, ack & 0xffffffffull), 0);
+    assert_int_equal(vuf_device_ack_features(dev, ack & ~0xffffffffull), 0);
+    assert_int_equal(vuf_frontend_acked_features(dev), ack);
 }

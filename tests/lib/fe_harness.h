@@ -55,6 +55,15 @@ extern const struct vuf_interrupt_ops tu_vmm_intr_ops;
 /* The vuf_frontend_config.event callback; opaque is a struct tu_vmm. */
 void tu_vmm_event(void *opaque, enum vuf_device_event ev);
 
+/*
+ * The driver's feature negotiation on a new front-end device: ack == 0 acks
+ * everything `dev` offers; otherwise (a device replacing one the driver
+ * already negotiated with) `dev` must offer all of `ack` and exactly that
+ * is acked. Acked in two halves (low, then high 32 bits) and checked with
+ * vuf_frontend_acked_features(); the test fails otherwise.
+ */
+void tu_ack_features(struct vuf_device *dev, uint64_t ack);
+
 /* ---- queues for vuf_device_activate ------------------------------------- */
 
 /*
@@ -64,6 +73,22 @@ void tu_vmm_event(void *opaque, enum vuf_device_event ev);
  * owning it.
  */
 void tu_queue_from_virtq(struct vuf_queue *q, struct vuf_virtq *vq, uint16_t vector);
+
+/*
+ * tu_queue_from_virtq(q, vq, vector), and make it queue i of the VMM `v`:
+ * an MSI-X vector exactly when `vector` is not VUF_NO_VECTOR, and vq's call
+ * eventfd (borrowed) as its interrupt fd.
+ */
+void tu_vmm_add_queue(struct tu_vmm *v, unsigned i, struct vuf_queue *q, struct vuf_virtq *vq,
+                      uint16_t vector);
+
+/*
+ * Free the driver's queues 0..n-1: vuf_blk_free(blk[i]) (blk may be NULL,
+ * for queues without a virtio-blk driver), vuf_virtq_free(vq[i]), both set
+ * to NULL, and tu_vmm_forget_queue(v, i). Safe on a half-built or already
+ * freed set (both frees accept NULL).
+ */
+void tu_free_queues(struct tu_vmm *v, struct vuf_blk **blk, struct vuf_virtq **vq, unsigned n);
 
 /*
  * Rings for a 16-entry split queue allocated in `mem` (no driver behind
@@ -80,6 +105,18 @@ void tu_set_used_idx(struct vuf_guest_mem *mem, const struct vuf_queue *q, uint1
  * (within timeout_ms) and they equal `want`; the test fails otherwise. */
 void tu_assert_blk_reads(struct vuf_blk *blk, uint64_t sector, const uint8_t *want, size_t len,
                          int timeout_ms);
+
+/* ---- data patterns and the back-end's disk image ------------------------ */
+
+/* Fill p[0..len) with a recognisable pattern for `seed` (byte i depends on
+ * i and seed; different seeds give different data). */
+void tu_fill_pattern(uint8_t *p, size_t len, uint32_t seed);
+
+/* pread `len` bytes at `sector` (VUF_BLK_SECTOR_SIZE units) of the disk
+ * image open as `fd` and require them to equal `want`; on a difference the
+ * first differing byte is printed ("disk.img differs at ...") and the test
+ * fails. */
+void tu_assert_file_has(int fd, uint64_t sector, const uint8_t *want, size_t len);
 
 /* ---- hand-built messages ------------------------------------------------ */
 
