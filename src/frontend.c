@@ -23,6 +23,7 @@
 
 #include "deadline.h"
 #include "frontend_internal.h"
+#include "peer_eventfd.h"
 #include "vuf/log.h"
 #include "vuf/virtio.h"
 
@@ -437,14 +438,12 @@ static int activate_vring(struct vuf_frontend *fe, const struct vuf_guest_mem *m
     /* One kick once the ring is set up (the spec's "should"; newest QEMU
      * always does it): after a wake or a reconnect the avail ring may
      * already hold buffers, and a back-end that only looks on a kick would
-     * wait for the next one. A full eventfd counter already means "kicked". */
-    {
-        uint64_t one = 1;
-
-        if (write(q->kick_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-            vuf_log(VUF_LOG_WARN, "%s: queue %u: initial kick failed: %s", fe->label, i,
-                    strerror(errno));
-    }
+     * wait for the next one. The back-end holds the kick fd and could
+     * make a write() block (O_NONBLOCK cleared, counter full), so the kick
+     * goes through vuf_peer_efd_signal(), which cannot. */
+    r = vuf_peer_efd_signal(q->kick_fd);
+    if (r < 0)
+        vuf_log(VUF_LOG_WARN, "%s: queue %u: initial kick failed: %s", fe->label, i, strerror(-r));
     return 0;
 fail:
     vuf_log(VUF_LOG_ERROR, "%s: queue %u: %s failed: %s", fe->label, i, step, vuf_strerror(r));

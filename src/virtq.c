@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "deadline.h"
+#include "peer_eventfd.h"
 #include "vuf/log.h"
 #include "vuf/virtq.h"
 
@@ -507,20 +508,11 @@ bool vuf_virtq_kick_needed(struct vuf_virtq *vq)
 
 int vuf_virtq_notify(struct vuf_virtq *vq)
 {
-    uint64_t one = 1;
-
     if (vq->kick_fd < 0)
         return -EBADF;
-    for (;;) {
-        if (write(vq->kick_fd, &one, sizeof(one)) == (ssize_t)sizeof(one))
-            return 0;
-        if (errno == EINTR)
-            continue;
-        /* A saturated eventfd counter is still readable: the device wakes. */
-        if (errno == EAGAIN)
-            return 0;
-        return -errno;
-    }
+    /* The back-end holds this eventfd too: a plain write() would block
+     * forever if it cleared O_NONBLOCK and filled the counter. */
+    return vuf_peer_efd_signal(vq->kick_fd);
 }
 
 int vuf_virtq_kick(struct vuf_virtq *vq, unsigned flags)
@@ -628,14 +620,6 @@ int vuf_virtq_get_used(struct vuf_virtq *vq, void **cookie, uint32_t *len)
     return 0;
 }
 
-static void drain_eventfd(int fd)
-{
-    uint64_t v;
-
-    while (read(fd, &v, sizeof(v)) < 0 && errno == EINTR)
-        ;
-}
-
 int vuf_virtq_wait(struct vuf_virtq *vq, int timeout_ms)
 {
     int64_t deadline = vuf_deadline(timeout_ms);
@@ -666,8 +650,11 @@ int vuf_virtq_wait(struct vuf_virtq *vq, int timeout_ms)
         }
         if (pfd.revents & POLLNVAL)
             return -EBADF;
+        /* Never read(): a back-end thread blocked in read() on its copy
+         * may take the count first, and ours would then wait for the
+         * next signal, past the deadline. Nothing taken: look again. */
         if (pfd.revents & POLLIN)
-            drain_eventfd(vq->call_fd);
+            vuf_peer_efd_take(vq->call_fd, NULL);
         else if (pfd.revents & POLLERR)
             return -EIO;
     }

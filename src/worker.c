@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "frontend_internal.h"
+#include "peer_eventfd.h"
 #include "vuf/log.h"
 
 struct fe_worker {
@@ -303,9 +304,11 @@ static void *worker_main(void *arg)
             case TOK_NON_MSIX: {
                 uint64_t cnt;
 
-                /* Non-blocking: a spurious wake-up reads nothing. */
-                if (read(w->non_msix_fd, &cnt, sizeof(cnt)) == (ssize_t)sizeof(cnt) &&
-                    fe->intr.ops->signal_used_queue)
+                /* The back-end holds this fd (it is the queues' call fd)
+                 * and may take the count first, with O_NONBLOCK cleared:
+                 * a read() here could block the worker, and with it
+                 * reset, sleep and destroy. Nothing taken: nothing to do. */
+                if (vuf_peer_efd_take(w->non_msix_fd, &cnt) == 1 && fe->intr.ops->signal_used_queue)
                     fe->intr.ops->signal_used_queue(fe->intr.opaque, VUF_NO_VECTOR);
                 break;
             }

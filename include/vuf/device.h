@@ -56,6 +56,10 @@ extern "C" {
  * closes `kick_fd`. The VMM must keep `kick_fd` open while the queue is
  * active (the transport normally also registers it as the ioeventfd of the
  * queue's notify address, so guest kicks reach the device directly).
+ * The back-end shares the kick fd's open file (flags included); the one
+ * kick a device sends after activation cannot block on it whatever the
+ * back-end does, and a VMM that writes kick or irqfds itself should not
+ * rely on O_NONBLOCK either (the back-end can clear it).
  *
  * Only split rings are supported (VIRTIO_F_RING_PACKED is never offered).
  */

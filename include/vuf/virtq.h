@@ -200,9 +200,10 @@ int vuf_virtq_call_fd(const struct vuf_virtq *vq);
 
 /*
  * Replace an eventfd with the caller's `fd` (or -1 for none). The queue
- * takes ownership of `fd` and closes the one it had. The call fd should be
- * non-blocking (vuf_virtq_wait() reads it after poll() says it is
- * readable). With no kick fd, notify by other means (in-band VRING_KICK)
+ * takes ownership of `fd` and closes the one it had. Neither needs any
+ * flag: the queue never blocks on them, whatever the back-end (which holds
+ * the same open file) does to their O_NONBLOCK flag or counter. With no
+ * kick fd, notify by other means (in-band VRING_KICK)
  * using vuf_virtq_kick_needed(); with no call fd, use vuf_virtq_wait_busy().
  */
 void vuf_virtq_set_kick_fd(struct vuf_virtq *vq, int fd);
@@ -245,8 +246,10 @@ int vuf_virtq_add(struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, unsign
  */
 bool vuf_virtq_kick_needed(struct vuf_virtq *vq);
 
-/* Write 1 to the kick eventfd unconditionally. 0, -EBADF without a kick fd,
- * or -errno from write(). */
+/* Add 1 to the kick eventfd's counter unconditionally, without ever
+ * blocking: a counter the back-end filled stays full, which still wakes it.
+ * Returns 0, -EBADF without a kick fd, or another negative errno (-EINVAL
+ * when the kick fd is no eventfd and cannot be written). */
 int vuf_virtq_notify(struct vuf_virtq *vq);
 
 #define VUF_VIRTQ_KICK_FORCE 0x1u
@@ -277,7 +280,9 @@ void vuf_virtq_disable_cb(struct vuf_virtq *vq);
 
 /*
  * Wait until a used entry is pending: enable calls and poll() the call fd
- * (draining it). timeout_ms < 0 waits forever. Returns 0, -ETIMEDOUT,
+ * (draining it without blocking: a back-end that takes the signals first
+ * cannot stretch the wait past timeout_ms). timeout_ms < 0 waits forever.
+ * Returns 0, -ETIMEDOUT,
  * -EBADF without a call fd, -EPROTO if broken, or -errno from poll().
  */
 int vuf_virtq_wait(struct vuf_virtq *vq, int timeout_ms);
