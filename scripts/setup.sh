@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PKGS=(
-  meson ninja-build gcc clang clang-format pkg-config git  # build, format check
+  meson ninja-build gcc g++ clang clang-format pkg-config git  # build (g++: C++ header test), format check
   libcmocka-dev libjson-c-dev                   # unit tests, JSON output
   libclang-rt-dev                               # libFuzzer + sanitizer runtimes
   qemu-system-common                            # qemu-storage-daemon, C virtiofsd

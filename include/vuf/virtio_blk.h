@@ -70,7 +70,7 @@ struct vuf_blk_outhdr {
     uint32_t ioprio; /* "reserved" since virtio 1.0 (legacy ioprio); sent as 0 */
     uint64_t sector; /* 512-byte units; 0 for FLUSH, GET_ID, DISCARD, WRITE_ZEROES */
 };
-_Static_assert(sizeof(struct vuf_blk_outhdr) == 16, "virtio_blk_outhdr");
+VUF_STATIC_ASSERT(sizeof(struct vuf_blk_outhdr) == 16, "virtio_blk_outhdr");
 
 /* Data of DISCARD / WRITE_ZEROES: one or more of these. */
 #define VUF_BLK_WZ_F_UNMAP 0x1u
@@ -79,7 +79,7 @@ struct vuf_blk_discard_wz {
     uint32_t num_sectors;
     uint32_t flags; /* bit 0: unmap (WRITE_ZEROES only); others reserved */
 };
-_Static_assert(sizeof(struct vuf_blk_discard_wz) == 16, "discard/write-zeroes segment");
+VUF_STATIC_ASSERT(sizeof(struct vuf_blk_discard_wz) == 16, "discard/write-zeroes segment");
 
 /* Status byte -> 0 / -EIO / -ENOTSUP / -EPROTO. */
 int vuf_blk_status_errno(uint8_t status);

@@ -71,7 +71,7 @@ struct vuf_vring_desc {
     uint16_t flags;
     uint16_t next;
 };
-_Static_assert(sizeof(struct vuf_vring_desc) == 16, "split descriptor");
+VUF_STATIC_ASSERT(sizeof(struct vuf_vring_desc) == 16, "split descriptor");
 
 #define VUF_VRING_AVAIL_F_NO_INTERRUPT 1u
 /* Followed by uint16_t used_event (EVENT_IDX) after ring[size]. */
@@ -85,7 +85,7 @@ struct vuf_vring_used_elem {
     uint32_t id;  /* head of the chain */
     uint32_t len; /* bytes written into the chain's writable buffers */
 };
-_Static_assert(sizeof(struct vuf_vring_used_elem) == 8, "used element");
+VUF_STATIC_ASSERT(sizeof(struct vuf_vring_used_elem) == 8, "used element");
 
 #define VUF_VRING_USED_F_NO_NOTIFY 1u
 /* Followed by uint16_t avail_event (EVENT_IDX) after ring[size]. */

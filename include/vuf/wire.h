@@ -19,6 +19,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Compile-time layout checks that read the same in C11 and C++11. */
+#ifdef __cplusplus
+#define VUF_STATIC_ASSERT(expr, msg) static_assert(expr, msg)
+#else
+#define VUF_STATIC_ASSERT(expr, msg) _Static_assert(expr, msg)
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -47,7 +54,7 @@ struct vuf_hdr {
     uint32_t flags;
     uint32_t size;
 };
-_Static_assert(sizeof(struct vuf_hdr) == VUF_HDR_SIZE, "header is 12 bytes");
+VUF_STATIC_ASSERT(sizeof(struct vuf_hdr) == VUF_HDR_SIZE, "header is 12 bytes");
 
 /* Which channel a message travels on: it selects the request table. */
 enum vuf_channel {
@@ -237,7 +244,7 @@ struct vuf_vring_state {
     uint32_t index;
     uint32_t num;
 };
-_Static_assert(sizeof(struct vuf_vring_state) == 8, "vring state");
+VUF_STATIC_ASSERT(sizeof(struct vuf_vring_state) == 8, "vring state");
 
 #define VUF_VRING_F_LOG 0x1u
 struct vuf_vring_addr {
@@ -248,7 +255,7 @@ struct vuf_vring_addr {
     uint64_t avail;
     uint64_t log;
 };
-_Static_assert(sizeof(struct vuf_vring_addr) == 40, "vring addr");
+VUF_STATIC_ASSERT(sizeof(struct vuf_vring_addr) == 40, "vring addr");
 
 /* SET_VRING_KICK/CALL/ERR u64: bits 0-7 index, bit 8 no fd. */
 #define VUF_VRING_IDX_MASK 0xffull
@@ -260,7 +267,7 @@ struct vuf_mem_region {
     uint64_t userspace_addr;
     uint64_t mmap_offset;
 };
-_Static_assert(sizeof(struct vuf_mem_region) == 32, "memory region");
+VUF_STATIC_ASSERT(sizeof(struct vuf_mem_region) == 32, "memory region");
 
 #define VUF_MEM_TABLE_MAX 8u
 struct vuf_mem_table {
@@ -268,20 +275,20 @@ struct vuf_mem_table {
     uint32_t padding;
     struct vuf_mem_region regions[VUF_MEM_TABLE_MAX];
 };
-_Static_assert(sizeof(struct vuf_mem_table) == 264, "memory table");
+VUF_STATIC_ASSERT(sizeof(struct vuf_mem_table) == 264, "memory table");
 #define VUF_MEM_TABLE_SIZE(n) (8u + 32u * (n))
 
 struct vuf_mem_single {
     uint64_t padding;
     struct vuf_mem_region region;
 };
-_Static_assert(sizeof(struct vuf_mem_single) == 40, "single region");
+VUF_STATIC_ASSERT(sizeof(struct vuf_mem_single) == 40, "single region");
 
 struct vuf_log {
     uint64_t mmap_size;
     uint64_t mmap_offset;
 };
-_Static_assert(sizeof(struct vuf_log) == 16, "log");
+VUF_STATIC_ASSERT(sizeof(struct vuf_log) == 16, "log");
 
 struct vuf_iotlb_msg {
     uint64_t iova;
@@ -291,7 +298,7 @@ struct vuf_iotlb_msg {
     uint8_t type;
     uint8_t pad[6];
 };
-_Static_assert(sizeof(struct vuf_iotlb_msg) == 32, "iotlb");
+VUF_STATIC_ASSERT(sizeof(struct vuf_iotlb_msg) == 32, "iotlb");
 
 /* GET_CONFIG / SET_CONFIG. The spec makes flags a value, not a mask. */
 #define VUF_CONFIG_HDR_SIZE 12u
@@ -304,14 +311,14 @@ struct vuf_config {
     uint32_t flags;
     uint8_t region[VUF_CONFIG_MAX];
 };
-_Static_assert(sizeof(struct vuf_config) == 268, "config");
+VUF_STATIC_ASSERT(sizeof(struct vuf_config) == 268, "config");
 
 struct vuf_vring_area {
     uint64_t u64; /* bits 0-7 queue index, bit 8 no fd */
     uint64_t size;
     uint64_t offset;
 };
-_Static_assert(sizeof(struct vuf_vring_area) == 24, "vring area");
+VUF_STATIC_ASSERT(sizeof(struct vuf_vring_area) == 24, "vring area");
 
 struct vuf_inflight {
     uint64_t mmap_size;
@@ -320,12 +327,12 @@ struct vuf_inflight {
     uint16_t queue_size;
     uint32_t padding;
 };
-_Static_assert(sizeof(struct vuf_inflight) == 24, "inflight");
+VUF_STATIC_ASSERT(sizeof(struct vuf_inflight) == 24, "inflight");
 
 struct vuf_shared_object {
     uint8_t uuid[16];
 };
-_Static_assert(sizeof(struct vuf_shared_object) == 16, "shared object");
+VUF_STATIC_ASSERT(sizeof(struct vuf_shared_object) == 16, "shared object");
 
 #define VUF_STATE_DIR_SAVE 0u
 #define VUF_STATE_DIR_LOAD 1u
@@ -337,7 +344,7 @@ struct vuf_device_state {
     uint32_t direction;
     uint32_t phase;
 };
-_Static_assert(sizeof(struct vuf_device_state) == 8, "device state");
+VUF_STATIC_ASSERT(sizeof(struct vuf_device_state) == 8, "device state");
 
 #define VUF_SHMEM_MAP_RW 0x1ull
 struct vuf_shmem_map {
@@ -348,7 +355,7 @@ struct vuf_shmem_map {
     uint64_t len;
     uint64_t flags;
 };
-_Static_assert(sizeof(struct vuf_shmem_map) == 40, "shmem map");
+VUF_STATIC_ASSERT(sizeof(struct vuf_shmem_map) == 40, "shmem map");
 
 #define VUF_SHMEM_MAX_REGIONS 256u
 struct vuf_shmem_config {
@@ -356,7 +363,7 @@ struct vuf_shmem_config {
     uint32_t padding;
     uint64_t memory_sizes[VUF_SHMEM_MAX_REGIONS];
 };
-_Static_assert(sizeof(struct vuf_shmem_config) == VUF_MAX_PAYLOAD, "shmem config");
+VUF_STATIC_ASSERT(sizeof(struct vuf_shmem_config) == VUF_MAX_PAYLOAD, "shmem config");
 
 /* Crypto sessions are carried opaquely (layout is QEMU's
  * VhostUserCryptoSession); vuf only checks the size. */
@@ -386,7 +393,7 @@ union vuf_payload {
     struct vuf_shmem_config shmem;
     struct vuf_crypto_session crypto;
 };
-_Static_assert(sizeof(union vuf_payload) == VUF_MAX_PAYLOAD, "payload union");
+VUF_STATIC_ASSERT(sizeof(union vuf_payload) == VUF_MAX_PAYLOAD, "payload union");
 
 /*
  * A message in memory. fds[0..nfds) are the descriptors that travel (or
