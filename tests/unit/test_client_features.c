@@ -9,6 +9,8 @@
  */
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -450,6 +452,179 @@ static void test_einval_before_enotsup(void **state)
     assert_nothing_sent(f, "bad arguments");
 }
 
+/* ------------------------------------------------------------------------ */
+/* The front-end device: config space without CONFIG                        */
+/* ------------------------------------------------------------------------ */
+
+/* An in-process back-end: the server's built-ins for negotiation, handlers
+ * for GET/SET_CONFIG that count. It is served by a thread only while the
+ * test wants answers, so that "nothing was sent" can be read off the idle
+ * socket. */
+struct dfx {
+    struct vuf_server *srv;
+    pthread_t thr;
+    int stop; /* eventfd: the serving thread returns when it is readable */
+    atomic_int get_config, set_config;
+    uint8_t config[16];
+    int fds0;
+};
+
+static int h_get_config(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    struct dfx *d = opaque;
+    struct vuf_config c;
+
+    atomic_fetch_add(&d->get_config, 1);
+    if (vuf_decode_config(req, &c) < 0 || c.offset + c.size > sizeof(d->config))
+        return -EINVAL;
+    memcpy(c.region, d->config + c.offset, c.size);
+    memcpy(reply->payload.raw, &c, VUF_CONFIG_HDR_SIZE + c.size);
+    reply->hdr.size = VUF_CONFIG_HDR_SIZE + c.size;
+    return 0;
+}
+
+static int h_set_config(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    struct dfx *d = opaque;
+
+    (void)req;
+    (void)reply;
+    atomic_fetch_add(&d->set_config, 1);
+    return 0;
+}
+
+static void *dfx_serve(void *arg)
+{
+    struct dfx *d = arg;
+
+    for (;;) {
+        struct pollfd p[2] = {{.fd = vuf_server_fd(d->srv), .events = POLLIN},
+                              {.fd = d->stop, .events = POLLIN}};
+
+        if (poll(p, 2, -1) < 0)
+            break;
+        if (p[1].revents)
+            break;
+        if (vuf_server_process_one(d->srv) == -ECONNRESET)
+            break;
+    }
+    return NULL;
+}
+
+static void dfx_serve_start(struct dfx *d)
+{
+    uint64_t v;
+
+    while (read(d->stop, &v, sizeof(v)) == sizeof(v))
+        ; /* drain a previous stop (nonblocking) */
+    assert_int_equal(pthread_create(&d->thr, NULL, dfx_serve, d), 0);
+}
+
+static void dfx_serve_stop(struct dfx *d)
+{
+    uint64_t one = 1;
+
+    assert_int_equal(write(d->stop, &one, sizeof(one)), 8);
+    assert_int_equal(pthread_join(d->thr, NULL), 0);
+}
+
+/* A net device on a back-end offering `pf`; the constructor's negotiation
+ * is served, then the back-end goes idle. */
+static struct vuf_device *dfx_begin(struct dfx *d, uint64_t pf)
+{
+    struct vuf_server_config sc;
+    struct vuf_frontend_config fc;
+    struct vuf_conn *a = NULL, *b = NULL;
+    struct vuf_device *dev = NULL;
+
+    memset(d, 0, sizeof(*d));
+    d->fds0 = tu_count_fds();
+    for (unsigned i = 0; i < sizeof(d->config); i++)
+        d->config[i] = (uint8_t)(0x40 + i);
+    d->stop = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    assert_true(d->stop >= 0);
+    assert_int_equal(vuf_conn_pair(&a, &b), 0);
+    vuf_conn_set_timeout(a, 2000);
+    vuf_conn_set_timeout(b, 2000);
+    memset(&sc, 0, sizeof(sc));
+    sc.channel = VUF_CH_FRONTEND;
+    sc.features = (1ull << VUF_F_PROTOCOL_FEATURES) | (1ull << 32);
+    sc.protocol_features = pf;
+    sc.handlers[VUF_REQ_GET_CONFIG] = h_get_config;
+    sc.handlers[VUF_REQ_SET_CONFIG] = h_set_config;
+    sc.opaque = d;
+    assert_int_equal(vuf_server_new(b, &sc, &d->srv), 0);
+
+    memset(&fc, 0, sizeof(fc));
+    fc.device_type = VUF_DEV_NET;
+    fc.base_features = 1ull << 32;
+    dfx_serve_start(d);
+    assert_int_equal(vuf_frontend_new(&fc, a, &dev), 0);
+    dfx_serve_stop(d);
+    assert_int_equal(vuf_frontend_protocol_features(dev), pf);
+    return dev;
+}
+
+static void dfx_end(struct dfx *d, struct vuf_device *dev)
+{
+    vuf_device_destroy(dev);
+    vuf_server_free(d->srv);
+    close(d->stop);
+    assert_int_equal(tu_count_fds(), d->fds0);
+}
+
+static void assert_server_idle(struct dfx *d)
+{
+    struct pollfd p = {.fd = vuf_server_fd(d->srv), .events = POLLIN};
+
+    assert_int_equal(poll(&p, 1, 0), 0);
+}
+
+/* Issue 7: DPDK closes the socket on a GET_CONFIG it did not agree to, so
+ * a guest driver's first config read must not send one. */
+static void test_device_config_without_CONFIG(void **state)
+{
+    struct dfx d;
+    struct vuf_device *dev;
+    uint8_t mac[6] = {1, 2, 3, 4, 5, 6}, big[300];
+
+    (void)state;
+    dev = dfx_begin(&d, VUF_PF(REPLY_ACK));
+    assert_int_equal(vuf_device_read_config(dev, 0, mac, sizeof(mac)), -ENOTSUP);
+    assert_int_equal(vuf_device_read_config(dev, 6, mac, 2), -ENOTSUP);
+    assert_int_equal(vuf_device_read_config(dev, 0, big, sizeof(big)), -ENOTSUP); /* split */
+    assert_int_equal(vuf_device_write_config(dev, 0, mac, sizeof(mac)), -ENOTSUP);
+    assert_int_equal(vuf_device_write_config(dev, 0, big, sizeof(big)), -ENOTSUP);
+    assert_memory_equal(mac, "\1\2\3\4\5\6", 6); /* untouched */
+    /* Zero-length accesses stay no-ops. */
+    assert_int_equal(vuf_device_read_config(dev, 0, mac, 0), 0);
+    assert_int_equal(vuf_device_write_config(dev, 0, mac, 0), 0);
+    assert_server_idle(&d);
+    assert_int_equal(atomic_load(&d.get_config), 0);
+    assert_int_equal(atomic_load(&d.set_config), 0);
+    dfx_end(&d, dev);
+}
+
+/* With CONFIG the same calls reach the back-end (a window that fits one
+ * message is still read from offset 0 and cut out). */
+static void test_device_config_with_CONFIG(void **state)
+{
+    struct dfx d;
+    struct vuf_device *dev;
+    uint8_t buf[4] = {0};
+
+    (void)state;
+    dev = dfx_begin(&d, VUF_PF(REPLY_ACK) | VUF_PF(CONFIG));
+    dfx_serve_start(&d);
+    assert_int_equal(vuf_device_read_config(dev, 2, buf, sizeof(buf)), 0);
+    assert_memory_equal(buf, d.config + 2, sizeof(buf));
+    assert_int_equal(vuf_device_write_config(dev, 2, buf, sizeof(buf)), 0);
+    dfx_serve_stop(&d);
+    assert_int_equal(atomic_load(&d.get_config), 1);
+    assert_int_equal(atomic_load(&d.set_config), 1);
+    dfx_end(&d, dev);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -458,6 +633,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_walk_every_row, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_negotiation_keeps_refusing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_einval_before_enotsup, setup, teardown),
+        cmocka_unit_test(test_device_config_without_CONFIG),
+        cmocka_unit_test(test_device_config_with_CONFIG),
     };
 
     vuf_log_set(NULL, NULL, VUF_LOG_ERROR);
