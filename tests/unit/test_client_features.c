@@ -503,9 +503,14 @@ static void *dfx_serve(void *arg)
 
         if (poll(p, 2, -1) < 0)
             break;
+        /* Serve what was sent before the stop: a request that needs no
+         * reply may still be queued when its sender returned. */
+        if (p[0].revents) {
+            if (vuf_server_process_one(d->srv) == -ECONNRESET)
+                break;
+            continue;
+        }
         if (p[1].revents)
-            break;
-        if (vuf_server_process_one(d->srv) == -ECONNRESET)
             break;
     }
     return NULL;
