@@ -14,7 +14,7 @@
  * maps, ...) is not checked here: this layer sends on a bare connection and
  * does not know what was negotiated. A back-end that does checks
  * vuf_msg_needs_met() first (the reference back-end's control socket,
- * backend/control.c, sends what it is told, which tests rely on).
+ * backend/control.c, does not: it sends what it is told).
  */
 #include <errno.h>
 #include <stddef.h>
