@@ -9,6 +9,12 @@
  * front-end's problem. Replies are checked strictly, as QEMU and crosvm do
  * for theirs: flags exactly VERSION|REPLY, the same request code, the reply
  * size and fd count of the table.
+ *
+ * The table's "needs" column (CONFIG for CONFIG_CHANGE_MSG, SHMEM for the
+ * maps, ...) is not checked here: this layer sends on a bare connection and
+ * does not know what was negotiated. A back-end that does checks
+ * vuf_msg_needs_met() first (the reference back-end's control socket,
+ * backend/control.c, does not: it sends what it is told).
  */
 #include <errno.h>
 #include <stddef.h>

@@ -24,6 +24,7 @@
 struct vuf_client {
     struct vuf_conn *conn;
     uint64_t protocol_features; /* recorded after SET_PROTOCOL_FEATURES succeeded */
+    uint64_t features;          /* recorded after SET_FEATURES succeeded */
     bool need_reply;
 };
 
@@ -105,6 +106,20 @@ static int client_call(struct vuf_client *c, uint32_t code, const void *payload,
         vuf_log(VUF_LOG_DEBUG, "client: %s: request refused before sending (%s)", name,
                 vuf_strerror(r));
         return -EINVAL;
+    }
+    /* A back-end may drop the connection on a request it did not agree to
+     * (DPDK closes the socket on GET_CONFIG without CONFIG), so refuse it
+     * here, before anything is on the wire; a bad argument still gives
+     * -EINVAL first. */
+    r = vuf_msg_needs_met(rule, c->protocol_features, c->features);
+    if (r < 0) {
+        if (rule->need_pf >= 0 && !(c->protocol_features & (1ull << rule->need_pf)))
+            vuf_log(VUF_LOG_DEBUG, "client: %s: not sent: protocol feature %s not negotiated", name,
+                    vuf_protocol_feature_name((unsigned)rule->need_pf));
+        else
+            vuf_log(VUF_LOG_DEBUG, "client: %s: not sent: virtio feature bit %d not acked", name,
+                    rule->need_vf);
+        return r;
     }
 
     vuf_log(VUF_LOG_DEBUG, "client: -> %s (flags 0x%x, size %u, %u fds)", name, req.hdr.flags,
@@ -321,7 +336,12 @@ int vuf_client_get_features(struct vuf_client *c, uint64_t *features)
 
 int vuf_client_set_features(struct vuf_client *c, uint64_t features)
 {
-    return set_u64(c, VUF_REQ_SET_FEATURES, features);
+    int r = set_u64(c, VUF_REQ_SET_FEATURES, features);
+
+    /* Gates SET_VRING_ENABLE (bit 30); recorded only on success. */
+    if (r == 0)
+        c->features = features;
+    return r;
 }
 
 int vuf_client_set_owner(struct vuf_client *c)

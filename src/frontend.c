@@ -226,9 +226,24 @@ static int send_features_if_needed(struct vuf_frontend *fe)
 }
 
 /*
+ * Config space reaches the back-end only with CONFIG negotiated: DPDK's
+ * vhost closes the socket on a GET_CONFIG it did not agree to, which would
+ * take the whole device down on the guest driver's first config read. So
+ * without it both accesses are -ENOTSUP, nothing sent (the VMM builds the
+ * config space itself, as QEMU does for net).
+ */
+static int config_negotiated(struct vuf_frontend *fe)
+{
+    if (vuf_client_protocol_features(fe->client) & VUF_PF(CONFIG))
+        return 0;
+    vuf_log(VUF_LOG_DEBUG, "%s: config access refused: the back-end did not negotiate CONFIG",
+            fe->label);
+    return -ENOTSUP;
+}
+
+/*
  * GET_CONFIG/SET_CONFIG carry at most VUF_CONFIG_MAX bytes, so longer
- * accesses are split. They are sent whether or not CONFIG was negotiated,
- * like crosvm (the driver reads config before anything else can tell).
+ * accesses are split.
  */
 static int fe_read_config(struct vuf_device *d, uint64_t offset, void *data, size_t len)
 {
@@ -246,6 +261,9 @@ static int fe_read_config(struct vuf_device *d, uint64_t offset, void *data, siz
     }
     if (len == 0)
         return 0;
+    r = config_negotiated(fe);
+    if (r < 0)
+        return r;
     r = stream_check(fe);
     if (r < 0)
         return r;
@@ -308,7 +326,12 @@ static int fe_write_config(struct vuf_device *d, uint64_t offset, const void *da
                 (unsigned long long)offset, len);
         return -EINVAL;
     }
-    r = len ? stream_check(fe) : 0;
+    if (len == 0)
+        return 0;
+    r = config_negotiated(fe);
+    if (r < 0)
+        return r;
+    r = stream_check(fe);
     if (r < 0)
         return r;
     while (done < len) {

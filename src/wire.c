@@ -12,7 +12,8 @@
 /* Config space is at most a 4 KiB window (virtio PCI device config). */
 #define CONFIG_SPACE_LIMIT 0x1000u
 
-#define ROW(nm, code_, smin, smax, sstep, fmin, fmax, kind, rmin, rmax, rstep, rfmin, rfmax) \
+#define ROW(nm, code_, smin, smax, sstep, fmin, fmax, kind, rmin, rmax, rstep, rfmin, rfmax, \
+            needs)                                                                           \
     [code_] = {.name = #nm,                                                                  \
                .code = code_,                                                                \
                .size_min = smin,                                                             \
@@ -25,7 +26,9 @@
                .reply_max = rmax,                                                            \
                .reply_step = rstep,                                                          \
                .reply_fds_min = rfmin,                                                       \
-               .reply_fds_max = rfmax},
+               .reply_fds_max = rfmax,                                                       \
+               .need_pf = VUF_NEED_PF_##needs,                                               \
+               .need_vf = VUF_NEED_VF_##needs},
 
 static const struct vuf_msg_rule frontend_rules[VUF_REQ_MAX + 1] = {VUF_FRONTEND_REQUESTS(ROW)};
 static const struct vuf_msg_rule backend_rules[VUF_BREQ_MAX + 1] = {VUF_BACKEND_REQUESTS(ROW)};
@@ -55,6 +58,18 @@ const char *vuf_request_name(uint32_t code)
 const char *vuf_backend_request_name(uint32_t code)
 {
     return vuf_msg_name(VUF_CH_BACKEND, code);
+}
+
+int vuf_msg_needs_met(const struct vuf_msg_rule *rule, uint64_t protocol_features,
+                      uint64_t virtio_features)
+{
+    if (!rule)
+        return -EINVAL;
+    if (rule->need_pf >= 0 && !(protocol_features & (1ull << rule->need_pf)))
+        return -ENOTSUP;
+    if (rule->need_vf >= 0 && !(virtio_features & (1ull << rule->need_vf)))
+        return -ENOTSUP;
+    return 0;
 }
 
 bool vuf_msg_expects_reply(const struct vuf_msg_rule *rule, uint32_t flags,

@@ -8,7 +8,12 @@
  *             VERSION|REPLY, another request code, wrong size, wrong fd
  *             count, or a payload that fails its decoder)
  *   -EIO      the back-end answered with a non-zero ack or status
- *   -ENOTSUP  the request needs a protocol feature that was not negotiated
+ *   -ENOTSUP  the request needs a feature that was not negotiated: the
+ *             protocol feature in its message-table row (wire.h, "needs")
+ *             is not in the set the last successful SET_PROTOCOL_FEATURES
+ *             acked, or, for SET_VRING_ENABLE, virtio bit 30 is not in the
+ *             last successful SET_FEATURES. Nothing is sent; the connection
+ *             stays usable. Checked after the arguments (-EINVAL first).
  *   -EINVAL   a bad argument (checked before anything is sent)
  *   and every error of vuf_conn_send()/vuf_conn_recv() (-ETIMEDOUT,
  *   -ECONNRESET, ...).

@@ -102,6 +102,9 @@
  *   - A config read that fits one GET_CONFIG (offset + len <= 256) asks
  *     for [0, offset + len) and cuts the window out: libvhost-user up to
  *     QEMU 7.2 ignores the offset field and always answers from byte 0.
+ *   - Without VHOST_USER_PROTOCOL_F_CONFIG negotiated, config reads and
+ *     writes return -ENOTSUP and send nothing (DPDK's vhost closes the
+ *     socket on such a GET_CONFIG); the VMM builds that config space itself.
  *
  * After VUF_DEVICE_EVENT_CRASHED (reconnecting to a restarted back-end, as
  * QEMU's vhost-user-blk does; docs/reconnect.md has the whole sequence):

@@ -67,7 +67,7 @@ enum vuf_channel {
 /*                                                                          */
 /* X(NAME, code, size_min, size_max, size_step, fds_min, fds_max,           */
 /*   reply_kind, reply_min, reply_max, reply_step, reply_fds_min,           */
-/*   reply_fds_max)                                                         */
+/*   reply_fds_max, needs), each row under a one-line meaning.              */
 /*                                                                          */
 /* A payload size s is legal iff min <= s <= max and, when step > 0,        */
 /* (s - min) % step == 0. Typed decoders add the semantic checks (region    */
@@ -77,70 +77,143 @@ enum vuf_channel {
 /*                      REPLY_ACK was negotiated;                           */
 /*             LOG    - always replies (u64) when LOG_SHMFD is negotiated,  */
 /*                      otherwise as ACK (SET_LOG_BASE).                    */
+/* needs: what must be negotiated before the request may be sent (the spec */
+/*        names it per message; a peer may drop the connection otherwise): */
+/*        NONE; PF(X) - protocol feature VUF_PF_X acked with                */
+/*        SET_PROTOCOL_FEATURES; VF(X) - virtio feature bit VUF_F_X acked   */
+/*        with SET_FEATURES. Not in the column: GET/SET_PROTOCOL_FEATURES   */
+/*        need bit 30 *offered* by GET_FEATURES, IOTLB_MSG needs the        */
+/*        device feature IOMMU_PLATFORM; every back-end request needs       */
+/*        BACKEND_REQ for the channel to exist at all.                      */
 /* ------------------------------------------------------------------------ */
+
+/* The needs column as rule fields: VUF_NEED_PF_##needs and                 */
+/* VUF_NEED_VF_##needs paste into these (PF(MQ) -> VUF_NEED_PF_PF(MQ)).     */
+#define VUF_NEED_PF_NONE (-1)
+#define VUF_NEED_PF_PF(n) VUF_PF_##n
+#define VUF_NEED_PF_VF(n) (-1)
+#define VUF_NEED_VF_NONE (-1)
+#define VUF_NEED_VF_PF(n) (-1)
+#define VUF_NEED_VF_VF(n) VUF_F_##n
 
 #define VUF_CRYPTO_SESSION_SIZE 1064u
 
 /* clang-format off */
-#define VUF_FRONTEND_REQUESTS(X)                                                     \
-    X(GET_FEATURES, 1, 0, 0, 0, 0, 0, ALWAYS, 8, 8, 0, 0, 0)                         \
-    X(SET_FEATURES, 2, 8, 8, 0, 0, 0, ACK, 8, 8, 0, 0, 0)                            \
-    X(SET_OWNER, 3, 0, 0, 0, 0, 0, ACK, 8, 8, 0, 0, 0)                               \
-    X(RESET_OWNER, 4, 0, 0, 0, 0, 0, ACK, 8, 8, 0, 0, 0)                             \
-    X(SET_MEM_TABLE, 5, 8, 264, 32, 0, 8, ACK, 8, 8, 0, 0, 0)                        \
-    X(SET_LOG_BASE, 6, 16, 16, 0, 0, 1, LOG, 8, 16, 8, 0, 0)                         \
-    X(SET_LOG_FD, 7, 0, 0, 0, 1, 1, ACK, 8, 8, 0, 0, 0)                              \
-    X(SET_VRING_NUM, 8, 8, 8, 0, 0, 0, ACK, 8, 8, 0, 0, 0)                           \
-    X(SET_VRING_ADDR, 9, 40, 40, 0, 0, 0, ACK, 8, 8, 0, 0, 0)                        \
-    X(SET_VRING_BASE, 10, 8, 8, 0, 0, 0, ACK, 8, 8, 0, 0, 0)                         \
-    X(GET_VRING_BASE, 11, 8, 8, 0, 0, 0, ALWAYS, 8, 8, 0, 0, 0)                      \
-    X(SET_VRING_KICK, 12, 8, 8, 0, 0, 1, ACK, 8, 8, 0, 0, 0)                         \
-    X(SET_VRING_CALL, 13, 8, 8, 0, 0, 1, ACK, 8, 8, 0, 0, 0)                         \
-    X(SET_VRING_ERR, 14, 8, 8, 0, 0, 1, ACK, 8, 8, 0, 0, 0)                          \
-    X(GET_PROTOCOL_FEATURES, 15, 0, 0, 0, 0, 0, ALWAYS, 8, 8, 0, 0, 0)               \
-    X(SET_PROTOCOL_FEATURES, 16, 8, 8, 0, 0, 0, ACK, 8, 8, 0, 0, 0)                  \
-    X(GET_QUEUE_NUM, 17, 0, 0, 0, 0, 0, ALWAYS, 8, 8, 0, 0, 0)                       \
-    X(SET_VRING_ENABLE, 18, 8, 8, 0, 0, 0, ACK, 8, 8, 0, 0, 0)                       \
-    X(SEND_RARP, 19, 8, 8, 0, 0, 0, ACK, 8, 8, 0, 0, 0)                              \
-    X(NET_SET_MTU, 20, 8, 8, 0, 0, 0, ACK, 8, 8, 0, 0, 0)                            \
-    X(SET_BACKEND_REQ_FD, 21, 0, 0, 0, 1, 1, ACK, 8, 8, 0, 0, 0)                     \
-    X(IOTLB_MSG, 22, 32, 32, 0, 0, 0, ACK, 8, 8, 0, 0, 0)                            \
-    X(SET_VRING_ENDIAN, 23, 8, 8, 0, 0, 0, ACK, 8, 8, 0, 0, 0)                       \
-    X(GET_CONFIG, 24, 12, 268, 1, 0, 0, ALWAYS, 0, 268, 1, 0, 0)                     \
-    X(SET_CONFIG, 25, 12, 268, 1, 0, 0, ACK, 8, 8, 0, 0, 0)                          \
-    X(CREATE_CRYPTO_SESSION, 26, VUF_CRYPTO_SESSION_SIZE, VUF_CRYPTO_SESSION_SIZE, 0, \
-      0, 0, ALWAYS, VUF_CRYPTO_SESSION_SIZE, VUF_CRYPTO_SESSION_SIZE, 0, 0, 0)       \
-    X(CLOSE_CRYPTO_SESSION, 27, 8, 8, 0, 0, 0, ACK, 8, 8, 0, 0, 0)                   \
-    X(POSTCOPY_ADVISE, 28, 0, 0, 0, 0, 0, ALWAYS, 0, 0, 0, 1, 1)                     \
-    X(POSTCOPY_LISTEN, 29, 0, 0, 0, 0, 0, ACK, 8, 8, 0, 0, 0)                        \
-    X(POSTCOPY_END, 30, 0, 0, 0, 0, 0, ALWAYS, 8, 8, 0, 0, 0)                        \
-    X(GET_INFLIGHT_FD, 31, 24, 24, 0, 0, 0, ALWAYS, 24, 24, 0, 0, 1)                 \
-    X(SET_INFLIGHT_FD, 32, 24, 24, 0, 1, 1, ACK, 8, 8, 0, 0, 0)                      \
-    X(GPU_SET_SOCKET, 33, 0, 0, 0, 1, 1, ACK, 8, 8, 0, 0, 0)                         \
-    X(RESET_DEVICE, 34, 0, 0, 0, 0, 0, ACK, 8, 8, 0, 0, 0)                           \
-    X(VRING_KICK, 35, 8, 8, 0, 0, 0, ACK, 8, 8, 0, 0, 0)                             \
-    X(GET_MAX_MEM_SLOTS, 36, 0, 0, 0, 0, 0, ALWAYS, 8, 8, 0, 0, 0)                   \
-    X(ADD_MEM_REG, 37, 40, 40, 0, 1, 1, ACK, 8, 8, 0, 0, 0)                          \
-    X(REM_MEM_REG, 38, 40, 40, 0, 0, 1, ACK, 8, 8, 0, 0, 0)                          \
-    X(SET_STATUS, 39, 8, 8, 0, 0, 0, ACK, 8, 8, 0, 0, 0)                             \
-    X(GET_STATUS, 40, 0, 0, 0, 0, 0, ALWAYS, 8, 8, 0, 0, 0)                          \
-    X(GET_SHARED_OBJECT, 41, 16, 16, 0, 0, 0, ALWAYS, 8, 8, 0, 0, 1)                 \
-    X(SET_DEVICE_STATE_FD, 42, 8, 8, 0, 1, 1, ALWAYS, 8, 8, 0, 0, 1)                 \
-    X(CHECK_DEVICE_STATE, 43, 0, 0, 0, 0, 0, ALWAYS, 8, 8, 0, 0, 0)                  \
-    X(GET_SHMEM_CONFIG, 44, 0, 0, 0, 0, 0, ALWAYS, 2056, 2056, 0, 0, 0)              \
-    X(GET_VRING_BASE_SKIP_DRAIN, 45, 8, 8, 0, 0, 0, ALWAYS, 8, 8, 0, 0, 0)
+#define VUF_FRONTEND_REQUESTS(X)                                                            \
+    /* virtio features the back-end offers */                                               \
+    X(GET_FEATURES, 1, 0, 0, 0, 0, 0, ALWAYS, 8, 8, 0, 0, 0, NONE)                          \
+    /* the virtio features in use */                                                        \
+    X(SET_FEATURES, 2, 8, 8, 0, 0, 0, ACK, 8, 8, 0, 0, 0, NONE)                             \
+    /* claim the back-end for this session */                                               \
+    X(SET_OWNER, 3, 0, 0, 0, 0, 0, ACK, 8, 8, 0, 0, 0, NONE)                                \
+    /* deprecated; never sent */                                                            \
+    X(RESET_OWNER, 4, 0, 0, 0, 0, 0, ACK, 8, 8, 0, 0, 0, NONE)                              \
+    /* guest memory, one fd per region */                                                   \
+    X(SET_MEM_TABLE, 5, 8, 264, 32, 0, 8, ACK, 8, 8, 0, 0, 0, NONE)                         \
+    /* the dirty log (fd with LOG_SHMFD) */                                                 \
+    X(SET_LOG_BASE, 6, 16, 16, 0, 0, 1, LOG, 8, 16, 8, 0, 0, NONE)                          \
+    /* eventfd for "log changed" */                                                         \
+    X(SET_LOG_FD, 7, 0, 0, 0, 1, 1, ACK, 8, 8, 0, 0, 0, NONE)                               \
+    /* ring size */                                                                         \
+    X(SET_VRING_NUM, 8, 8, 8, 0, 0, 0, ACK, 8, 8, 0, 0, 0, NONE)                            \
+    /* ring addresses */                                                                    \
+    X(SET_VRING_ADDR, 9, 40, 40, 0, 0, 0, ACK, 8, 8, 0, 0, 0, NONE)                         \
+    /* next avail index */                                                                  \
+    X(SET_VRING_BASE, 10, 8, 8, 0, 0, 0, ACK, 8, 8, 0, 0, 0, NONE)                          \
+    /* stop a ring, get its index */                                                        \
+    X(GET_VRING_BASE, 11, 8, 8, 0, 0, 0, ALWAYS, 8, 8, 0, 0, 0, NONE)                       \
+    /* kick eventfd; starts the ring */                                                     \
+    X(SET_VRING_KICK, 12, 8, 8, 0, 0, 1, ACK, 8, 8, 0, 0, 0, NONE)                          \
+    /* call (interrupt) eventfd */                                                          \
+    X(SET_VRING_CALL, 13, 8, 8, 0, 0, 1, ACK, 8, 8, 0, 0, 0, NONE)                          \
+    /* error eventfd */                                                                     \
+    X(SET_VRING_ERR, 14, 8, 8, 0, 0, 1, ACK, 8, 8, 0, 0, 0, NONE)                           \
+    /* protocol features offered (bit 30 offered) */                                        \
+    X(GET_PROTOCOL_FEATURES, 15, 0, 0, 0, 0, 0, ALWAYS, 8, 8, 0, 0, 0, NONE)                \
+    /* protocol features in use (bit 30 offered) */                                         \
+    X(SET_PROTOCOL_FEATURES, 16, 8, 8, 0, 0, 0, ACK, 8, 8, 0, 0, 0, NONE)                   \
+    /* queues the back-end serves */                                                        \
+    X(GET_QUEUE_NUM, 17, 0, 0, 0, 0, 0, ALWAYS, 8, 8, 0, 0, 0, PF(MQ))                      \
+    /* enable or disable a ring */                                                          \
+    X(SET_VRING_ENABLE, 18, 8, 8, 0, 0, 0, ACK, 8, 8, 0, 0, 0, VF(PROTOCOL_FEATURES))       \
+    /* announce a MAC after migration */                                                    \
+    X(SEND_RARP, 19, 8, 8, 0, 0, 0, ACK, 8, 8, 0, 0, 0, PF(RARP))                           \
+    /* the net device MTU */                                                                \
+    X(NET_SET_MTU, 20, 8, 8, 0, 0, 0, ACK, 8, 8, 0, 0, 0, PF(NET_MTU))                      \
+    /* socket of the back-end request channel */                                            \
+    X(SET_BACKEND_REQ_FD, 21, 0, 0, 0, 1, 1, ACK, 8, 8, 0, 0, 0, PF(BACKEND_REQ))           \
+    /* IOTLB update/invalidate (virtio IOMMU_PLATFORM) */                                   \
+    X(IOTLB_MSG, 22, 32, 32, 0, 0, 0, ACK, 8, 8, 0, 0, 0, NONE)                             \
+    /* ring byte order (legacy) */                                                          \
+    X(SET_VRING_ENDIAN, 23, 8, 8, 0, 0, 0, ACK, 8, 8, 0, 0, 0, PF(CROSS_ENDIAN))            \
+    /* read config space */                                                                 \
+    X(GET_CONFIG, 24, 12, 268, 1, 0, 0, ALWAYS, 0, 268, 1, 0, 0, PF(CONFIG))                \
+    /* write config space */                                                                \
+    X(SET_CONFIG, 25, 12, 268, 1, 0, 0, ACK, 8, 8, 0, 0, 0, PF(CONFIG))                     \
+    /* open a crypto session */                                                             \
+    X(CREATE_CRYPTO_SESSION, 26, VUF_CRYPTO_SESSION_SIZE, VUF_CRYPTO_SESSION_SIZE, 0,       \
+      0, 0, ALWAYS, VUF_CRYPTO_SESSION_SIZE, VUF_CRYPTO_SESSION_SIZE, 0, 0, 0,              \
+      PF(CRYPTO_SESSION))                                                                   \
+    /* close a crypto session */                                                            \
+    X(CLOSE_CRYPTO_SESSION, 27, 8, 8, 0, 0, 0, ACK, 8, 8, 0, 0, 0, PF(CRYPTO_SESSION))      \
+    /* get the back-end's userfaultfd */                                                    \
+    X(POSTCOPY_ADVISE, 28, 0, 0, 0, 0, 0, ALWAYS, 0, 0, 0, 1, 1, PF(PAGEFAULT))             \
+    /* enter postcopy listening */                                                          \
+    X(POSTCOPY_LISTEN, 29, 0, 0, 0, 0, 0, ACK, 8, 8, 0, 0, 0, PF(PAGEFAULT))                \
+    /* postcopy done */                                                                     \
+    X(POSTCOPY_END, 30, 0, 0, 0, 0, 0, ALWAYS, 8, 8, 0, 0, 0, PF(PAGEFAULT))                \
+    /* get the inflight area */                                                             \
+    X(GET_INFLIGHT_FD, 31, 24, 24, 0, 0, 0, ALWAYS, 24, 24, 0, 0, 1, PF(INFLIGHT_SHMFD))    \
+    /* hand back the inflight area */                                                       \
+    X(SET_INFLIGHT_FD, 32, 24, 24, 0, 1, 1, ACK, 8, 8, 0, 0, 0, PF(INFLIGHT_SHMFD))         \
+    /* vhost-user-gpu socket */                                                             \
+    X(GPU_SET_SOCKET, 33, 0, 0, 0, 1, 1, ACK, 8, 8, 0, 0, 0, NONE)                          \
+    /* reset the device, keep ownership */                                                  \
+    X(RESET_DEVICE, 34, 0, 0, 0, 0, 0, ACK, 8, 8, 0, 0, 0, PF(RESET_DEVICE))                \
+    /* in-band kick */                                                                      \
+    X(VRING_KICK, 35, 8, 8, 0, 0, 0, ACK, 8, 8, 0, 0, 0, PF(INBAND_NOTIFICATIONS))          \
+    /* memory slots the back-end supports */                                                \
+    X(GET_MAX_MEM_SLOTS, 36, 0, 0, 0, 0, 0, ALWAYS, 8, 8, 0, 0, 0, PF(CONFIGURE_MEM_SLOTS)) \
+    /* add one memory region */                                                             \
+    X(ADD_MEM_REG, 37, 40, 40, 0, 1, 1, ACK, 8, 8, 0, 0, 0, PF(CONFIGURE_MEM_SLOTS))        \
+    /* remove one memory region */                                                          \
+    X(REM_MEM_REG, 38, 40, 40, 0, 0, 1, ACK, 8, 8, 0, 0, 0, PF(CONFIGURE_MEM_SLOTS))        \
+    /* virtio device status byte */                                                         \
+    X(SET_STATUS, 39, 8, 8, 0, 0, 0, ACK, 8, 8, 0, 0, 0, PF(STATUS))                        \
+    /* read the device status byte */                                                       \
+    X(GET_STATUS, 40, 0, 0, 0, 0, 0, ALWAYS, 8, 8, 0, 0, 0, PF(STATUS))                     \
+    /* dmabuf for a shared-object UUID */                                                   \
+    X(GET_SHARED_OBJECT, 41, 16, 16, 0, 0, 0, ALWAYS, 8, 8, 0, 0, 1, PF(SHARED_OBJECT))     \
+    /* pipe to save/load device state */                                                    \
+    X(SET_DEVICE_STATE_FD, 42, 8, 8, 0, 1, 1, ALWAYS, 8, 8, 0, 0, 1, PF(DEVICE_STATE))      \
+    /* did the transfer succeed */                                                          \
+    X(CHECK_DEVICE_STATE, 43, 0, 0, 0, 0, 0, ALWAYS, 8, 8, 0, 0, 0, PF(DEVICE_STATE))       \
+    /* shared-memory region sizes */                                                        \
+    X(GET_SHMEM_CONFIG, 44, 0, 0, 0, 0, 0, ALWAYS, 2056, 2056, 0, 0, 0, PF(SHMEM))          \
+    /* stop a ring without draining it */                                                   \
+    X(GET_VRING_BASE_SKIP_DRAIN, 45, 8, 8, 0, 0, 0, ALWAYS, 8, 8, 0, 0, 0, PF(GET_VRING_BASE_SKIP_DRAIN))
 
-#define VUF_BACKEND_REQUESTS(X)                                                  \
-    X(IOTLB_MSG, 1, 32, 32, 0, 0, 0, ACK, 8, 8, 0, 0, 0)                         \
-    X(CONFIG_CHANGE_MSG, 2, 0, 0, 0, 0, 0, ACK, 8, 8, 0, 0, 0)                   \
-    X(VRING_HOST_NOTIFIER_MSG, 3, 24, 24, 0, 0, 1, ACK, 8, 8, 0, 0, 0)           \
-    X(VRING_CALL, 4, 8, 8, 0, 0, 0, ACK, 8, 8, 0, 0, 0)                          \
-    X(VRING_ERR, 5, 8, 8, 0, 0, 0, ACK, 8, 8, 0, 0, 0)                           \
-    X(SHARED_OBJECT_ADD, 6, 16, 16, 0, 0, 0, ACK, 8, 8, 0, 0, 0)                 \
-    X(SHARED_OBJECT_REMOVE, 7, 16, 16, 0, 0, 0, ACK, 8, 8, 0, 0, 0)              \
-    X(SHARED_OBJECT_LOOKUP, 8, 16, 16, 0, 0, 0, ALWAYS, 8, 8, 0, 0, 1)           \
-    X(SHMEM_MAP, 9, 40, 40, 0, 1, 1, ACK, 8, 8, 0, 0, 0)                         \
-    X(SHMEM_UNMAP, 10, 40, 40, 0, 0, 0, ACK, 8, 8, 0, 0, 0)
+#define VUF_BACKEND_REQUESTS(X)                                                             \
+    /* IOTLB miss/access failure (virtio IOMMU_PLATFORM) */                                 \
+    X(IOTLB_MSG, 1, 32, 32, 0, 0, 0, ACK, 8, 8, 0, 0, 0, NONE)                              \
+    /* config space changed */                                                              \
+    X(CONFIG_CHANGE_MSG, 2, 0, 0, 0, 0, 0, ACK, 8, 8, 0, 0, 0, PF(CONFIG))                  \
+    /* map a host notifier page for a ring */                                               \
+    X(VRING_HOST_NOTIFIER_MSG, 3, 24, 24, 0, 0, 1, ACK, 8, 8, 0, 0, 0, PF(HOST_NOTIFIER))   \
+    /* in-band call */                                                                      \
+    X(VRING_CALL, 4, 8, 8, 0, 0, 0, ACK, 8, 8, 0, 0, 0, PF(INBAND_NOTIFICATIONS))           \
+    /* in-band error */                                                                     \
+    X(VRING_ERR, 5, 8, 8, 0, 0, 0, ACK, 8, 8, 0, 0, 0, PF(INBAND_NOTIFICATIONS))            \
+    /* export a shared object */                                                            \
+    X(SHARED_OBJECT_ADD, 6, 16, 16, 0, 0, 0, ACK, 8, 8, 0, 0, 0, PF(SHARED_OBJECT))         \
+    /* withdraw a shared object */                                                          \
+    X(SHARED_OBJECT_REMOVE, 7, 16, 16, 0, 0, 0, ACK, 8, 8, 0, 0, 0, PF(SHARED_OBJECT))      \
+    /* look a shared object up */                                                           \
+    X(SHARED_OBJECT_LOOKUP, 8, 16, 16, 0, 0, 0, ALWAYS, 8, 8, 0, 0, 1, PF(SHARED_OBJECT))   \
+    /* map into a shared-memory region */                                                   \
+    X(SHMEM_MAP, 9, 40, 40, 0, 1, 1, ACK, 8, 8, 0, 0, 0, PF(SHMEM))                         \
+    /* unmap from a shared-memory region */                                                 \
+    X(SHMEM_UNMAP, 10, 40, 40, 0, 0, 0, ACK, 8, 8, 0, 0, 0, PF(SHMEM))
 
 enum vuf_frontend_req {
 #define VUF_X_ENUM(name, code, ...) VUF_REQ_##name = code,
@@ -170,6 +243,8 @@ struct vuf_msg_rule {
     enum vuf_reply_kind reply;
     uint16_t reply_min, reply_max, reply_step;
     uint8_t reply_fds_min, reply_fds_max;
+    int8_t need_pf; /* VUF_PF_* bit that must be negotiated, or -1 */
+    int8_t need_vf; /* virtio feature bit that must be acked, or -1 */
 };
 
 /* The rule for a request code, or NULL if the code is unknown on that
@@ -181,6 +256,11 @@ const struct vuf_msg_rule *vuf_msg_rule(enum vuf_channel ch, uint32_t code);
 const char *vuf_request_name(uint32_t code);
 const char *vuf_backend_request_name(uint32_t code);
 const char *vuf_msg_name(enum vuf_channel ch, uint32_t code);
+
+/* 0 if a request with this rule may be sent with these acked protocol and
+ * virtio features, else -ENOTSUP (the rule's needs column). NULL: -EINVAL. */
+int vuf_msg_needs_met(const struct vuf_msg_rule *rule, uint64_t protocol_features,
+                      uint64_t virtio_features);
 
 /* True if a request with this rule gets a reply, given the request's flags
  * and the negotiated protocol features. */

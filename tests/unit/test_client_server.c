@@ -625,6 +625,14 @@ static uint64_t raw_expect_u64_reply(struct vuf_conn *c, uint32_t code)
     return m.payload.u64;
 }
 
+/* The client sends only what was negotiated: negotiate `pf` (without
+ * REPLY_ACK, so nothing to answer) against the raw peer. */
+static void raw_negotiate(struct fx *f, uint64_t pf)
+{
+    assert_int_equal(vuf_client_set_protocol_features(f->cli, pf), 0);
+    raw_expect_request(f->raw, VUF_REQ_SET_PROTOCOL_FEATURES, REQ, 8, 0);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Round trips: every request 1-45 through the real server                  */
 /* ------------------------------------------------------------------------ */
@@ -1052,7 +1060,9 @@ static void test_handler_errors_acked(void **state)
 {
     struct fx *f = *state;
     struct vuf_client *c = f->cli;
-    const uint64_t pf = VUF_PF(REPLY_ACK) | VUF_PF(LOG_SHMFD) | VUF_PF(CONFIG);
+    const uint64_t pf = VUF_PF(REPLY_ACK) | VUF_PF(LOG_SHMFD) | VUF_PF(CONFIG) |
+                        VUF_PF(CONFIGURE_MEM_SLOTS) | VUF_PF(DEVICE_STATE) | VUF_PF(PAGEFAULT) |
+                        VUF_PF(SHARED_OBJECT) | VUF_PF(INFLIGHT_SHMFD);
     struct vuf_mem_region r = {.memory_size = 0x1000, .userspace_addr = 0x10000};
     uint8_t cfg[8];
     uint64_t u;
@@ -1145,6 +1155,8 @@ static void test_handler_errors_plain(void **state)
     struct fx *f = *state;
     struct vuf_client *c = f->cli;
 
+    assert_int_equal(vuf_client_set_protocol_features(c, VUF_PF(DEVICE_STATE)), 0);
+    assert_int_equal(srv_sync(f), 0);
     fx_set_fail(f, -EINVAL);
     /* Without REPLY_ACK the front-end cannot know: 0 here, the error stays
      * on the server's side. */
@@ -1164,6 +1176,8 @@ static void test_handler_bad_reply(void **state)
     uint64_t u = 0;
     uint8_t cfg[4];
 
+    assert_int_equal(vuf_client_set_protocol_features(f->cli, VUF_PF(CONFIG)), 0);
+    assert_int_equal(srv_sync(f), 0);
     fx_lock(f);
     f->bad_reply = true;
     fx_unlock(f);
@@ -1198,9 +1212,11 @@ static void test_builtins(void **state)
     assert_int_equal(vuf_client_get_protocol_features(c, &u), 0);
     assert_int_equal(srv_sync(f), 0);
     assert_int_equal(u, TEST_PFEATURES);
-    assert_int_equal(vuf_client_set_protocol_features(c, VUF_PF(REPLY_ACK) | VUF_PF(MQ)), 0);
+    assert_int_equal(
+        vuf_client_set_protocol_features(c, VUF_PF(REPLY_ACK) | VUF_PF(MQ) | VUF_PF(CONFIG)), 0);
     assert_int_equal(srv_sync(f), 0);
-    assert_int_equal(vuf_server_protocol_features(f->srv), VUF_PF(REPLY_ACK) | VUF_PF(MQ));
+    assert_int_equal(vuf_server_protocol_features(f->srv),
+                     VUF_PF(REPLY_ACK) | VUF_PF(MQ) | VUF_PF(CONFIG));
     /* From here on the built-ins ack too. */
     assert_int_equal(vuf_client_set_owner(c), 0);
     assert_int_equal(srv_sync(f), 0);
@@ -1298,7 +1314,8 @@ static void test_client_extra_fd_closed(void **state)
     raw_expect_request(f->raw, VUF_REQ_GET_FEATURES, REQ, 0, 0);
 
     /* Same on an ack. */
-    assert_int_equal(vuf_client_set_protocol_features(f->cli, VUF_PF(REPLY_ACK)), 0);
+    assert_int_equal(
+        vuf_client_set_protocol_features(f->cli, VUF_PF(REPLY_ACK) | VUF_PF(SHARED_OBJECT)), 0);
     raw_expect_request(f->raw, VUF_REQ_SET_PROTOCOL_FEATURES, REQ, 8, 0);
     efd = make_eventfd(0);
     v = 0;
@@ -1345,6 +1362,9 @@ static void test_client_acks(void **state)
     raw_reply_u64(f->raw, VUF_REQ_SET_VRING_NUM, 1);
     assert_int_equal(vuf_client_set_vring_num(c, 0, 256), -EIO);
     raw_expect_request(f->raw, VUF_REQ_SET_VRING_NUM, REQ_NR, 8, 0);
+    raw_reply_u64(f->raw, VUF_REQ_SET_FEATURES, 0); /* bit 30: SET_VRING_ENABLE is legal */
+    assert_int_equal(vuf_client_set_features(c, 1ull << VUF_F_PROTOCOL_FEATURES), 0);
+    raw_expect_request(f->raw, VUF_REQ_SET_FEATURES, REQ_NR, 8, 0);
     raw_reply_u64(f->raw, VUF_REQ_SET_VRING_ENABLE, (uint64_t)(int64_t)-EINVAL);
     assert_int_equal(vuf_client_set_vring_enable(c, 0, true), -EIO);
     raw_expect_request(f->raw, VUF_REQ_SET_VRING_ENABLE, REQ_NR, 8, 0);
@@ -1440,6 +1460,7 @@ static void test_client_get_config(void **state)
     uint8_t buf[8];
     const uint32_t req_size = VUF_CONFIG_HDR_SIZE + 8;
 
+    raw_negotiate(f, VUF_PF(CONFIG));
     memset(&cfg, 0, sizeof(cfg));
     cfg.offset = 0x10;
     cfg.size = 8;
@@ -1500,6 +1521,7 @@ static void test_client_device_state_fd(void **state)
     uint64_t v;
     char buf[8];
 
+    raw_negotiate(f, VUF_PF(DEVICE_STATE));
     assert_int_equal(pipe2(p, O_CLOEXEC), 0);
     before = tu_count_fds();
 
@@ -1577,6 +1599,7 @@ static void test_client_other_replies(void **state)
     uint32_t base;
     uint64_t v;
 
+    raw_negotiate(f, PF_BASE);
     /* GET_VRING_BASE for another ring. */
     {
         struct vuf_vring_state st = {.index = 2, .num = 5};
@@ -2085,6 +2108,8 @@ static void test_backend_channel_via_client(void **state)
 
     memset(&cfg, 0, sizeof(cfg));
     assert_int_equal(vuf_server_new_backend_channel(&cfg, &bsrv, &peer), 0);
+    assert_int_equal(vuf_client_set_protocol_features(f->cli, VUF_PF(BACKEND_REQ)), 0);
+    assert_int_equal(srv_sync(f), 0);
     assert_int_equal(vuf_client_set_backend_req_fd(f->cli, peer), 0);
     assert_int_equal(srv_sync(f), 0);
     close(peer);

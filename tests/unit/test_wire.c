@@ -85,7 +85,7 @@ struct exp_rule {
     unsigned rmin, rmax, rstep, rfmin, rfmax;
 };
 
-#define X_EXP(nm, code_, a, b, c, d, e, rk, f, g, h, i, j) \
+#define X_EXP(nm, code_, a, b, c, d, e, rk, f, g, h, i, j, needs) \
     {#nm, code_, a, b, c, d, e, VUF_REPLY_##rk, f, g, h, i, j},
 static const struct exp_rule fe_rules[] = {VUF_FRONTEND_REQUESTS(X_EXP)};
 static const struct exp_rule be_rules[] = {VUF_BACKEND_REQUESTS(X_EXP)};
