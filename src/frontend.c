@@ -63,45 +63,10 @@ static bool is_pow2(uint32_t v)
     return v && !(v & (v - 1));
 }
 
-/* A client error after which the main socket's stream cannot be trusted:
- * sending more requests would only read garbage or wait for nothing. */
-static bool conn_broken(int r)
-{
-    switch (-r) {
-    case ECONNRESET:
-    case ECONNABORTED:
-    case EPIPE:
-    case ETIMEDOUT:
-    case EPROTO:
-    case EBADMSG:
-    case EMSGSIZE:
-    case ETOOMANYREFS:
-        return true;
-    default:
-        return false;
-    }
-}
-
-/* Errors after which a reply may still be on its way, or part of one is
- * still queued: the stream position is unknown for good. */
-static bool stream_lost(int r)
-{
-    switch (-r) {
-    case ETIMEDOUT:
-    case ECONNABORTED:
-    case EBADMSG:
-    case EMSGSIZE:
-    case ETOOMANYREFS:
-        return true;
-    default:
-        return false;
-    }
-}
-
 /* Remember an error that put the main socket's stream out of step. */
 static int stream_note(struct vuf_frontend *fe, int r)
 {
-    if (r < 0 && stream_lost(r) && !fe->stream_err)
+    if (vuf_conn_error_is_fatal(r) && !fe->stream_err)
         fe->stream_err = r;
     return r;
 }
@@ -468,7 +433,7 @@ static int deactivate_vring(struct vuf_frontend *fe, unsigned i, uint32_t *base,
             vuf_log(VUF_LOG_ERROR, "%s: queue %u: disable failed: %s", fe->label, i,
                     vuf_strerror(r));
             err = r;
-            if (conn_broken(r)) {
+            if (vuf_conn_error_is_fatal(r)) {
                 *broken = true;
                 return r;
             }
@@ -478,7 +443,7 @@ static int deactivate_vring(struct vuf_frontend *fe, unsigned i, uint32_t *base,
     if (r < 0) {
         vuf_log(VUF_LOG_ERROR, "%s: queue %u: failed to get vring base: %s", fe->label, i,
                 vuf_strerror(r));
-        if (conn_broken(r))
+        if (vuf_conn_error_is_fatal(r))
             *broken = true;
         return r;
     }
@@ -646,7 +611,7 @@ fail:
     stream_note(fe, r);
     /* crosvm leaves started rings running on the back-end; stop them so it
      * no longer touches guest memory the transport will reset. */
-    if (!conn_broken(r))
+    if (!vuf_conn_error_is_fatal(r))
         stop_queues(fe, false);
     fe_worker_stop(fe);
     clear_active(fe);
