@@ -9,6 +9,9 @@
  *             count, or a payload that fails its decoder)
  *   -EIO      the back-end answered with a non-zero ack or status
  *   -ENOTSUP  the request needs a protocol feature that was not negotiated
+ *             (nothing sent). The required feature of each request is the
+ *             message table's column in vuf/wire.h; the check is made only
+ *             for requests whose row names one.
  *   -EINVAL   a bad argument (checked before anything is sent)
  *   and every error of vuf_conn_send()/vuf_conn_recv() (-ETIMEDOUT,
  *   -ECONNRESET, ...).
