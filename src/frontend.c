@@ -3,7 +3,7 @@
  * The vhost-user front-end as a virtio device (vuf/device.h): every
  * operation of crosvm's VhostUserFrontend, over vuf_client on the main
  * socket and a VUF_CH_BACKEND vuf_server on the back-end request channel.
- * The message sequences are listed in vuf/frontend.h; the worker thread and
+ * The message sequences are listed in docs/frontend.md; the worker thread and
  * the back-end request handlers are in worker.c.
  */
 #include <errno.h>
@@ -634,7 +634,7 @@ static int fe_reset(struct vuf_device *d)
     if (r < 0 && !err)
         err = r;
     clear_active(fe);
-    fe_log_release(fe); /* reset ends dirty logging (vuf/frontend.h) */
+    fe_log_release(fe); /* reset ends dirty logging (docs/frontend.md) */
     /* A guest reset: nothing is in flight any more, so the area goes (as
      * QEMU frees it); the next activation asks for a new one. */
     fe_inflight_release(fe);
