@@ -858,7 +858,11 @@ static bool run_demo(struct demo *d)
 
 /* ---- main ------------------------------------------------------------------- */
 
-int vuf_cmd_demo(int argc, char **argv)
+/* What parse_demo_args returns when the demo is to run. */
+#define DEMO_RUN (-1)
+
+/* DEMO_RUN, or the exit code (help, usage error). */
+static int parse_demo_args(int argc, char **argv, struct demo *d, const char **given)
 {
     enum { OPT_DISK = 256, OPT_SIZE, OPT_NOTRACE, OPT_BACKEND };
     static const struct option longopts[] = {
@@ -869,39 +873,36 @@ int vuf_cmd_demo(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *given = NULL, *tmp;
-    struct sigaction sa;
-    struct demo d;
-    bool ok, dir_removed;
     int c;
 
-    memset(&d, 0, sizeof(d));
-    d.disk = DISK_RAM;
-    d.disk_bytes = DEMO_DISK_DEFAULT;
-    d.trace = true;
+    memset(d, 0, sizeof(*d));
+    d->disk = DISK_RAM;
+    d->disk_bytes = DEMO_DISK_DEFAULT;
+    d->trace = true;
+    *given = NULL;
     opterr = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
         switch (c) {
         case OPT_DISK:
             if (strcmp(optarg, "ram") == 0)
-                d.disk = DISK_RAM;
+                d->disk = DISK_RAM;
             else if (strcmp(optarg, "file") == 0)
-                d.disk = DISK_FILE;
+                d->disk = DISK_FILE;
             else
                 return cli_usage_error(&demo_cmd, "--disk wants ram or file, not '%s'", optarg);
             break;
         case OPT_SIZE:
-            if (!cli_parse_bytes(optarg, &d.disk_bytes) || d.disk_bytes < 1024 * 1024 ||
-                d.disk_bytes > (64ull << 20) || d.disk_bytes % 4096)
+            if (!cli_parse_bytes(optarg, &d->disk_bytes) || d->disk_bytes < 1024 * 1024 ||
+                d->disk_bytes > (64ull << 20) || d->disk_bytes % 4096)
                 return cli_usage_error(&demo_cmd, "--size wants 1M to 64M in 4K steps, not '%s'",
                                        optarg);
             break;
         case OPT_NOTRACE:
-            d.trace = false;
+            d->trace = false;
             break;
         case OPT_BACKEND:
-            given = optarg;
+            *given = optarg;
             break;
         case 'h':
             vuf_demo_usage(stdout);
@@ -912,7 +913,129 @@ int vuf_cmd_demo(int argc, char **argv)
     }
     if (optind < argc)
         return cli_usage_error(&demo_cmd, "unexpected argument '%s'", argv[optind]);
+    return DEMO_RUN;
+}
 
+static void install_signals(void)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigfillset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    sigaction(SIGPIPE, &sa, NULL); /* stdout closed (| head) */
+}
+
+/* The private temp dir in g_dir, and the names of everything in it. */
+static bool make_temp_dir(struct demo *d)
+{
+    const char *tmp = getenv("TMPDIR");
+    char dir[sizeof(g_dir)];
+    sigset_t all, old;
+
+    /* Socket paths are short (sun_path): a long TMPDIR is not used. */
+    if (!tmp || !*tmp || strlen(tmp) > 80)
+        tmp = "/tmp";
+    snprintf(dir, sizeof(dir), "%s/vuf-demo.XXXXXX", tmp);
+    /* The signal handler must see the dir either not made or recorded. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    if (!mkdtemp(dir)) {
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        fprintf(stderr, "vuf demo: cannot make a temp dir in %s: %s\n", tmp, strerror(errno));
+        return false;
+    }
+    snprintf(g_dir, sizeof(g_dir), "%s", dir);
+    g_have_dir = 1;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+
+    for (int i = 0; i < 2; i++) {
+        d->be[i].name = i ? "B" : "A";
+        d->be[i].slot = i;
+        snprintf(d->be[i].sock, sizeof(d->be[i].sock), "%s/backend-%c.sock", g_dir, 'a' + i);
+        snprintf(d->be[i].log, sizeof(d->be[i].log), "%s/backend-%c.log", g_dir, 'a' + i);
+        add_file(d->be[i].sock);
+        add_file(d->be[i].log);
+    }
+    snprintf(d->disk_path, sizeof(d->disk_path), "%s/disk.img", g_dir);
+    add_file(d->disk_path);
+    return true;
+}
+
+static void print_banner(const struct demo *d)
+{
+    printf("vuf demo: a vhost-user-blk device's life cycle, vuf as the VMM\n");
+    printf("    back-end binary: %s\n", d->bin);
+    printf("    temp dir:        %s\n", g_dir);
+    printf("    disk:            %s, %" PRIu64 " bytes%s\n",
+           d->disk == DISK_RAM ? "RAM" : "file disk.img", d->disk_bytes,
+           d->disk == DISK_RAM ? " (carried in the device state: --state-includes-ram)"
+                               : " (shared by both back-ends)");
+    if (d->trace)
+        printf("    message lines: '-> NAME flags, payload' sent by the front-end, '<- reply'\n"
+               "    on the same line; flags 0x1 = protocol version 1, 0x9 = also NEED_REPLY\n"
+               "    (REPLY_ACK: the back-end acks each such request)\n");
+}
+
+/* --disk file: the disk image both back-ends share. */
+static bool make_disk_file(const struct demo *d)
+{
+    int fd = open(d->disk_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+
+    if (fd < 0 || ftruncate(fd, (off_t)d->disk_bytes) < 0) {
+        fprintf(stderr, "vuf demo: %s: %s\n", d->disk_path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return false;
+    }
+    close(fd);
+    return true;
+}
+
+/* Always: stop what still runs, remove the files and the dir; then the
+ * verdict. The exit code. */
+static int finish(struct demo *d, bool ok)
+{
+    bool dir_removed;
+
+    for (int i = 0; i < 2; i++)
+        if (d->be[i].pid > 0)
+            stop_backend(&d->be[i]);
+    kill_and_clean();
+    dir_removed = access(g_dir, F_OK) != 0;
+    if (ok) {
+        d->checks++;
+        printf("    check: temp dir removed: %s\n", dir_removed ? "ok" : "FAILED");
+        if (!dir_removed) {
+            d->failed++;
+            ok = false;
+        }
+    } else if (!dir_removed) {
+        fprintf(stderr, "vuf demo: could not remove %s\n", g_dir);
+    }
+
+    if (ok && d->failed == 0) {
+        printf("\nvuf demo: PASSED: %d steps, %u checks, %" PRId64 " ms\n", d->step, d->checks,
+               now_ms() - d->t0);
+        return VUF_EXIT_OK;
+    }
+    printf("\nvuf demo: FAILED at step %d (%u of %u checks failed)\n", d->step, d->failed,
+           d->checks);
+    return VUF_EXIT_FAIL;
+}
+
+int vuf_cmd_demo(int argc, char **argv)
+{
+    const char *given;
+    struct demo d;
+    bool ok;
+    int r = parse_demo_args(argc, argv, &d, &given);
+
+    if (r != DEMO_RUN)
+        return r;
     d.bin = find_backend(&d, given);
     if (!d.bin) {
         fprintf(stderr,
@@ -925,68 +1048,13 @@ int vuf_cmd_demo(int argc, char **argv)
     /* Line-buffered, so the log is whole up to the last line even if a
      * signal ends us. */
     setvbuf(stdout, NULL, _IOLBF, 0);
-
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigfillset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL);
-    sigaction(SIGPIPE, &sa, NULL); /* stdout closed (| head) */
-
-    tmp = getenv("TMPDIR");
-    /* Socket paths are short (sun_path): a long TMPDIR is not used. */
-    if (!tmp || !*tmp || strlen(tmp) > 80)
-        tmp = "/tmp";
-    {
-        char dir[sizeof(g_dir)];
-        sigset_t all, old;
-
-        snprintf(dir, sizeof(dir), "%s/vuf-demo.XXXXXX", tmp);
-        sigfillset(&all);
-        pthread_sigmask(SIG_BLOCK, &all, &old);
-        if (!mkdtemp(dir)) {
-            pthread_sigmask(SIG_SETMASK, &old, NULL);
-            fprintf(stderr, "vuf demo: cannot make a temp dir in %s: %s\n", tmp, strerror(errno));
-            return VUF_EXIT_FAIL;
-        }
-        snprintf(g_dir, sizeof(g_dir), "%s", dir);
-        g_have_dir = 1;
-        pthread_sigmask(SIG_SETMASK, &old, NULL);
-    }
-    for (int i = 0; i < 2; i++) {
-        d.be[i].name = i ? "B" : "A";
-        d.be[i].slot = i;
-        snprintf(d.be[i].sock, sizeof(d.be[i].sock), "%s/backend-%c.sock", g_dir, 'a' + i);
-        snprintf(d.be[i].log, sizeof(d.be[i].log), "%s/backend-%c.log", g_dir, 'a' + i);
-        add_file(d.be[i].sock);
-        add_file(d.be[i].log);
-    }
-    snprintf(d.disk_path, sizeof(d.disk_path), "%s/disk.img", g_dir);
-    add_file(d.disk_path);
-
-    printf("vuf demo: a vhost-user-blk device's life cycle, vuf as the VMM\n");
-    printf("    back-end binary: %s\n", d.bin);
-    printf("    temp dir:        %s\n", g_dir);
-    printf("    disk:            %s, %" PRIu64 " bytes%s\n",
-           d.disk == DISK_RAM ? "RAM" : "file disk.img", d.disk_bytes,
-           d.disk == DISK_RAM ? " (carried in the device state: --state-includes-ram)"
-                              : " (shared by both back-ends)");
-    if (d.trace)
-        printf("    message lines: '-> NAME flags, payload' sent by the front-end, '<- reply'\n"
-               "    on the same line; flags 0x1 = protocol version 1, 0x9 = also NEED_REPLY\n"
-               "    (REPLY_ACK: the back-end acks each such request)\n");
-
-    if (d.disk == DISK_FILE) {
-        int fd = open(d.disk_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (fd < 0 || ftruncate(fd, (off_t)d.disk_bytes) < 0) {
-            fprintf(stderr, "vuf demo: %s: %s\n", d.disk_path, strerror(errno));
-            if (fd >= 0)
-                close(fd);
-            kill_and_clean();
-            return VUF_EXIT_FAIL;
-        }
-        close(fd);
+    install_signals();
+    if (!make_temp_dir(&d))
+        return VUF_EXIT_FAIL;
+    print_banner(&d);
+    if (d.disk == DISK_FILE && !make_disk_file(&d)) {
+        kill_and_clean();
+        return VUF_EXIT_FAIL;
     }
 
     vuf_log_set(demo_log, &d, VUF_LOG_DEBUG);
@@ -994,29 +1062,5 @@ int vuf_cmd_demo(int argc, char **argv)
     ok = run_demo(&d);
     flush_trace();
     vuf_log_set(NULL, NULL, VUF_LOG_WARN);
-
-    /* Always: stop what still runs, remove the files and the dir. */
-    for (int i = 0; i < 2; i++)
-        if (d.be[i].pid > 0)
-            stop_backend(&d.be[i]);
-    kill_and_clean();
-    dir_removed = access(g_dir, F_OK) != 0;
-    if (ok) {
-        d.checks++;
-        printf("    check: temp dir removed: %s\n", dir_removed ? "ok" : "FAILED");
-        if (!dir_removed) {
-            d.failed++;
-            ok = false;
-        }
-    } else if (!dir_removed) {
-        fprintf(stderr, "vuf demo: could not remove %s\n", g_dir);
-    }
-
-    if (ok && d.failed == 0) {
-        printf("\nvuf demo: PASSED: %d steps, %u checks, %" PRId64 " ms\n", d.step, d.checks,
-               now_ms() - d.t0);
-        return VUF_EXIT_OK;
-    }
-    printf("\nvuf demo: FAILED at step %d (%u of %u checks failed)\n", d.step, d.failed, d.checks);
-    return VUF_EXIT_FAIL;
+    return finish(&d, ok);
 }
