@@ -816,25 +816,6 @@ static void fill_server_config(struct blk_dev *d, struct vuf_server_config *cfg)
 /* Main loop                                                                */
 /* ------------------------------------------------------------------------ */
 
-/* Errors after which the front-end socket is no longer usable. */
-static bool fatal_conn_error(int r)
-{
-    switch (-r) {
-    case ECONNRESET:
-    case ECONNABORTED:
-    case EBADMSG:
-    case EMSGSIZE:
-    case ETIMEDOUT:
-    case ETOOMANYREFS:
-    case EPIPE:
-    case ENOTCONN:
-    case EBADF:
-        return true;
-    default:
-        return false;
-    }
-}
-
 static void end_connection(struct blk_dev *d)
 {
     finish_xfer(d, 0);
@@ -920,7 +901,7 @@ static int serve(struct blk_dev *d, struct vuf_conn *conn, int sig_fd)
             /* Serve the front-end first; kick fds may change under us, so
              * they wait for the next round. */
             r = vuf_server_process_one(d->srv);
-            if (r < 0 && fatal_conn_error(r)) {
+            if (vuf_conn_error_is_fatal(r)) {
                 if (r != -ECONNRESET)
                     vuf_log(VUF_LOG_WARN, "front-end connection failed: %s", vuf_strerror(r));
                 break;

@@ -422,3 +422,20 @@ bool vuf_conn_peer_closed(const struct vuf_conn *c)
         return false;
     return true;
 }
+
+bool vuf_conn_error_is_fatal(int err)
+{
+    switch (-err) {
+    case ECONNRESET:
+    case EPIPE:
+    case ENOTCONN:
+    case ECONNABORTED:
+    case ETIMEDOUT:
+    case EBADMSG:
+    case EMSGSIZE:
+    case ETOOMANYREFS:
+        return true;
+    default:
+        return false;
+    }
+}

@@ -3,7 +3,7 @@
  * The vhost-user front-end as a virtio device (vuf/device.h): every
  * operation of crosvm's VhostUserFrontend, over vuf_client on the main
  * socket and a VUF_CH_BACKEND vuf_server on the back-end request channel.
- * The message sequences are listed in vuf/frontend.h; the worker thread and
+ * The message sequences are listed in docs/frontend.md; the worker thread and
  * the back-end request handlers are in worker.c.
  */
 #include <errno.h>
@@ -64,45 +64,10 @@ static bool is_pow2(uint32_t v)
     return v && !(v & (v - 1));
 }
 
-/* A client error after which the main socket's stream cannot be trusted:
- * sending more requests would only read garbage or wait for nothing. */
-static bool conn_broken(int r)
-{
-    switch (-r) {
-    case ECONNRESET:
-    case ECONNABORTED:
-    case EPIPE:
-    case ETIMEDOUT:
-    case EPROTO:
-    case EBADMSG:
-    case EMSGSIZE:
-    case ETOOMANYREFS:
-        return true;
-    default:
-        return false;
-    }
-}
-
-/* Errors after which a reply may still be on its way, or part of one is
- * still queued: the stream position is unknown for good. */
-static bool stream_lost(int r)
-{
-    switch (-r) {
-    case ETIMEDOUT:
-    case ECONNABORTED:
-    case EBADMSG:
-    case EMSGSIZE:
-    case ETOOMANYREFS:
-        return true;
-    default:
-        return false;
-    }
-}
-
 /* Remember an error that put the main socket's stream out of step. */
 static int stream_note(struct vuf_frontend *fe, int r)
 {
-    if (r < 0 && stream_lost(r) && !fe->stream_err)
+    if (vuf_conn_error_is_fatal(r) && !fe->stream_err)
         fe->stream_err = r;
     return r;
 }
@@ -490,7 +455,7 @@ static int deactivate_vring(struct vuf_frontend *fe, unsigned i, uint32_t *base,
             vuf_log(VUF_LOG_ERROR, "%s: queue %u: disable failed: %s", fe->label, i,
                     vuf_strerror(r));
             err = r;
-            if (conn_broken(r)) {
+            if (vuf_conn_error_is_fatal(r)) {
                 *broken = true;
                 return r;
             }
@@ -500,7 +465,7 @@ static int deactivate_vring(struct vuf_frontend *fe, unsigned i, uint32_t *base,
     if (r < 0) {
         vuf_log(VUF_LOG_ERROR, "%s: queue %u: failed to get vring base: %s", fe->label, i,
                 vuf_strerror(r));
-        if (conn_broken(r))
+        if (vuf_conn_error_is_fatal(r))
             *broken = true;
         return r;
     }
@@ -559,13 +524,15 @@ static void clear_active(struct vuf_frontend *fe)
     memset(&fe->intr, 0, sizeof(fe->intr));
 }
 
-static int fe_activate(struct vuf_device *d, const struct vuf_guest_mem *mem,
-                       const struct vuf_interrupt *intr, const struct vuf_queue *queues,
-                       unsigned nqueues)
+/*
+ * Everything activate can check before the first message, so that a bad
+ * argument leaves the back-end untouched. *nready = the ready queues.
+ */
+static int check_activation(struct vuf_frontend *fe, const struct vuf_guest_mem *mem,
+                            const struct vuf_interrupt *intr, const struct vuf_queue *queues,
+                            unsigned nqueues, unsigned *nready)
 {
-    struct vuf_frontend *fe = fe_of(d);
-    unsigned nready = 0;
-    int non_msix, r;
+    int r;
 
     if (fe->active || fe->worker) {
         vuf_log(VUF_LOG_ERROR, "%s: activate while active", fe->label);
@@ -578,15 +545,14 @@ static int fe_activate(struct vuf_device *d, const struct vuf_guest_mem *mem,
                 fe->num_queues);
         return -EINVAL;
     }
-    /* Check everything before the first message, so that a bad argument
-     * leaves the back-end untouched. */
+    *nready = 0;
     for (unsigned i = 0; i < nqueues; i++) {
         if (!queues[i].ready)
             continue;
         r = check_queue(fe, mem, i, &queues[i]);
         if (r < 0)
             return r;
-        nready++;
+        (*nready)++;
     }
     r = fe_mem_check(fe, mem); /* 1..8 regions, or 1..max_mem_slots */
     if (r < 0)
@@ -594,9 +560,19 @@ static int fe_activate(struct vuf_device *d, const struct vuf_guest_mem *mem,
     r = fe_inflight_check(fe, queues, nqueues); /* the sizes fit a kept area */
     if (r < 0)
         return r;
-    r = stream_check(fe);
-    if (r < 0)
-        return r;
+    return stream_check(fe);
+}
+
+/*
+ * Take on the active state and start the worker, before any message.
+ * *non_msix = the eventfd shared by every queue without an irqfd (the
+ * worker owns it). On failure the device is left inactive.
+ */
+static int start_worker(struct vuf_frontend *fe, const struct vuf_guest_mem *mem,
+                        const struct vuf_interrupt *intr, unsigned nready, int *non_msix)
+{
+    int r;
+
     fe->sent = calloc(nready ? nready : 1, sizeof(*fe->sent));
     if (!fe->sent)
         return -ENOMEM;
@@ -604,8 +580,8 @@ static int fe_activate(struct vuf_device *d, const struct vuf_guest_mem *mem,
 
     /* One eventfd for every queue without an irqfd; the worker turns its
      * signals into signal_used_queue(VUF_NO_VECTOR). */
-    non_msix = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (non_msix < 0) {
+    *non_msix = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (*non_msix < 0) {
         r = -errno;
         clear_active(fe);
         return r;
@@ -615,28 +591,20 @@ static int fe_activate(struct vuf_device *d, const struct vuf_guest_mem *mem,
     /* Start the worker first (crosvm starts it last): with REPLY_ACK we wait
      * for acks here, and a back-end may need a back-end request served
      * before it answers. */
-    r = fe_worker_start(fe, non_msix); /* takes non_msix, also on failure */
-    if (r < 0) {
+    r = fe_worker_start(fe, *non_msix); /* takes non_msix, also on failure */
+    if (r < 0)
         clear_active(fe);
-        return r;
-    }
+    return r;
+}
 
-    r = send_features_if_needed(fe);
-    if (r < 0)
-        goto fail;
-    /* QEMU's order: the inflight area before the memory and the rings. */
-    r = fe_inflight_activate(fe, queues, nqueues); /* [GET_]SET_INFLIGHT_FD */
-    if (r < 0)
-        goto fail;
-    r = fe_mem_send(fe, mem); /* SET_MEM_TABLE or the ADD/REM_MEM_REG diff */
-    if (r < 0)
-        goto fail;
-    r = fe_log_activate(fe, mem); /* SET_LOG_BASE while logging */
-    if (r < 0)
-        goto fail;
+/* Set up every ready queue on the back-end, ascending. */
+static int start_queues(struct vuf_frontend *fe, const struct vuf_guest_mem *mem,
+                        const struct vuf_interrupt *intr, const struct vuf_queue *queues,
+                        unsigned nqueues, int non_msix)
+{
     for (unsigned i = 0; i < nqueues; i++) {
         const struct vuf_queue *q = &queues[i];
-        int call_fd = -1;
+        int call_fd = -1, r;
 
         if (!q->ready)
             continue;
@@ -651,8 +619,38 @@ static int fe_activate(struct vuf_device *d, const struct vuf_guest_mem *mem,
         fe->nsent++;
         r = activate_vring(fe, mem, i, q, call_fd);
         if (r < 0)
-            goto fail;
+            return r;
     }
+    return 0;
+}
+
+static int fe_activate(struct vuf_device *d, const struct vuf_guest_mem *mem,
+                       const struct vuf_interrupt *intr, const struct vuf_queue *queues,
+                       unsigned nqueues)
+{
+    struct vuf_frontend *fe = fe_of(d);
+    unsigned nready = 0;
+    int non_msix, r;
+
+    r = check_activation(fe, mem, intr, queues, nqueues, &nready);
+    if (r < 0)
+        return r;
+    r = start_worker(fe, mem, intr, nready, &non_msix);
+    if (r < 0)
+        return r;
+
+    r = send_features_if_needed(fe);
+    /* QEMU's order: the inflight area before the memory and the rings. */
+    if (r == 0)
+        r = fe_inflight_activate(fe, queues, nqueues); /* [GET_]SET_INFLIGHT_FD */
+    if (r == 0)
+        r = fe_mem_send(fe, mem); /* SET_MEM_TABLE or the ADD/REM_MEM_REG diff */
+    if (r == 0)
+        r = fe_log_activate(fe, mem); /* SET_LOG_BASE while logging */
+    if (r == 0)
+        r = start_queues(fe, mem, intr, queues, nqueues, non_msix);
+    if (r < 0)
+        goto fail;
     /* Only an active device reports a crash (a failed activation reports
      * its error); a hang-up during activation is still seen now. */
     r = fe_worker_watch_backend(fe);
@@ -668,7 +666,7 @@ fail:
     stream_note(fe, r);
     /* crosvm leaves started rings running on the back-end; stop them so it
      * no longer touches guest memory the transport will reset. */
-    if (!conn_broken(r))
+    if (!vuf_conn_error_is_fatal(r))
         stop_queues(fe, false);
     fe_worker_stop(fe);
     clear_active(fe);
@@ -691,7 +689,7 @@ static int fe_reset(struct vuf_device *d)
     if (r < 0 && !err)
         err = r;
     clear_active(fe);
-    fe_log_release(fe); /* reset ends dirty logging (vuf/frontend.h) */
+    fe_log_release(fe); /* reset ends dirty logging (docs/frontend.md) */
     /* A guest reset: nothing is in flight any more, so the area goes (as
      * QEMU frees it); the next activation asks for a new one. */
     fe_inflight_release(fe);
@@ -1365,12 +1363,10 @@ static unsigned net_queues(const struct vuf_frontend *fe, uint64_t pairs)
     return (unsigned)pairs * 2 + ctrl;
 }
 
-/* The constructor's negotiation (crosvm's VhostUserFrontend::new). */
-static int negotiate(struct vuf_frontend *fe)
+/* SET_OWNER, GET_FEATURES: what the driver may be offered. */
+static int negotiate_features(struct vuf_frontend *fe)
 {
-    const struct vuf_device_info *info = vuf_device_info(fe->cfg.device_type);
     uint64_t base = fe->cfg.base_features, features = 0, allow;
-    uint16_t qsize;
     int r;
 
     /* Packed rings are not handled at the protocol layer (no wrap counters
@@ -1382,7 +1378,6 @@ static int negotiate(struct vuf_frontend *fe)
                 "vhost-user front-end; disabled",
                 fe->label);
     }
-
     r = vuf_client_set_owner(fe->client);
     if (r < 0) {
         vuf_log(VUF_LOG_ERROR, "%s: failed to set owner: %s", fe->label, vuf_strerror(r));
@@ -1401,87 +1396,120 @@ static int negotiate(struct vuf_frontend *fe)
     fe->avail_features = allow & features;
     fe->log_all_offered = (features & BIT(VUF_F_LOG_ALL)) != 0;
     fe->acked_features = 0;
+    return 0;
+}
 
-    if (fe->avail_features & F_PROTOCOL) {
-        uint64_t pf = 0;
+/* GET/SET_PROTOCOL_FEATURES, when the back-end offers bit 30. */
+static int negotiate_protocol(struct vuf_frontend *fe)
+{
+    uint64_t pf = 0;
+    int r;
 
-        /* Acked now so every later SET_FEATURES carries it, but not sent:
-         * GET/SET_PROTOCOL_FEATURES are legal before SET_FEATURES. */
-        fe->acked_features |= F_PROTOCOL;
-        r = vuf_client_get_protocol_features(fe->client, &pf);
-        if (r < 0) {
-            vuf_log(VUF_LOG_ERROR, "%s: failed to get protocol features: %s", fe->label,
-                    vuf_strerror(r));
-            return r;
-        }
-        fe->protocol_features =
-            pf & (FE_PROTOCOL_FEATURES | (fe->cfg.dirty_log ? VUF_PF(LOG_SHMFD) : 0) |
-                  (fe->cfg.mem_slots ? VUF_PF(CONFIGURE_MEM_SLOTS) : 0) |
-                  (fe->cfg.inflight ? VUF_PF(INFLIGHT_SHMFD) : 0));
-        r = vuf_client_set_protocol_features(fe->client, fe->protocol_features);
-        if (r < 0) {
-            vuf_log(VUF_LOG_ERROR, "%s: failed to set protocol features: %s", fe->label,
-                    vuf_strerror(r));
-            return r;
-        }
+    if (!(fe->avail_features & F_PROTOCOL))
+        return 0;
+    /* Acked now so every later SET_FEATURES carries it, but not sent:
+     * GET/SET_PROTOCOL_FEATURES are legal before SET_FEATURES. */
+    fe->acked_features |= F_PROTOCOL;
+    r = vuf_client_get_protocol_features(fe->client, &pf);
+    if (r < 0) {
+        vuf_log(VUF_LOG_ERROR, "%s: failed to get protocol features: %s", fe->label,
+                vuf_strerror(r));
+        return r;
     }
+    fe->protocol_features =
+        pf & (FE_PROTOCOL_FEATURES | (fe->cfg.dirty_log ? VUF_PF(LOG_SHMFD) : 0) |
+              (fe->cfg.mem_slots ? VUF_PF(CONFIGURE_MEM_SLOTS) : 0) |
+              (fe->cfg.inflight ? VUF_PF(INFLIGHT_SHMFD) : 0));
+    r = vuf_client_set_protocol_features(fe->client, fe->protocol_features);
+    if (r < 0)
+        vuf_log(VUF_LOG_ERROR, "%s: failed to set protocol features: %s", fe->label,
+                vuf_strerror(r));
+    return r;
+}
 
-    if (fe->protocol_features & VUF_PF(BACKEND_REQ)) {
-        struct vuf_server_config scfg;
-        int peer = -1;
+/* SET_BACKEND_REQ_FD with one end of a new back-end request channel. */
+static int open_backend_channel(struct vuf_frontend *fe)
+{
+    struct vuf_server_config scfg;
+    int peer = -1, r;
 
-        memset(&scfg, 0, sizeof(scfg));
-        fe_breq_handlers(fe, &scfg);
-        r = vuf_server_new_backend_channel(&scfg, &fe->breq, &peer);
-        if (r < 0) {
-            vuf_log(VUF_LOG_ERROR, "%s: could not create the back-end request channel: %s",
-                    fe->label, vuf_strerror(r));
-            return r;
-        }
-        /* Acks to the back-end's requests follow its REPLY_ACK. */
-        vuf_server_set_protocol_features(fe->breq, fe->protocol_features);
-        /* The worker reads a request only once epoll says it is there, so
-         * this bounds how long a half-sent one can hold the worker (and a
-         * reset or sleep waiting to stop it). */
-        vuf_conn_set_timeout(vuf_server_conn(fe->breq), FE_BREQ_TIMEOUT_MS);
-        r = vuf_client_set_backend_req_fd(fe->client, peer);
-        /* The back-end has its own copy now. */
-        close(peer);
-        if (r < 0) {
-            vuf_log(VUF_LOG_ERROR, "%s: failed to set device request channel: %s", fe->label,
-                    vuf_strerror(r));
-            return r;
-        }
+    if (!(fe->protocol_features & VUF_PF(BACKEND_REQ)))
+        return 0;
+    memset(&scfg, 0, sizeof(scfg));
+    fe_breq_handlers(fe, &scfg);
+    r = vuf_server_new_backend_channel(&scfg, &fe->breq, &peer);
+    if (r < 0) {
+        vuf_log(VUF_LOG_ERROR, "%s: could not create the back-end request channel: %s", fe->label,
+                vuf_strerror(r));
+        return r;
     }
+    /* Acks to the back-end's requests follow its REPLY_ACK. */
+    vuf_server_set_protocol_features(fe->breq, fe->protocol_features);
+    /* The worker reads a request only once epoll says it is there, so
+     * this bounds how long a half-sent one can hold the worker (and a
+     * reset or sleep waiting to stop it). */
+    vuf_conn_set_timeout(vuf_server_conn(fe->breq), FE_BREQ_TIMEOUT_MS);
+    r = vuf_client_set_backend_req_fd(fe->client, peer);
+    /* The back-end has its own copy now. */
+    close(peer);
+    if (r < 0)
+        vuf_log(VUF_LOG_ERROR, "%s: failed to set device request channel: %s", fe->label,
+                vuf_strerror(r));
+    return r;
+}
 
-    if (fe->protocol_features & VUF_PF(MQ)) {
-        uint64_t n = 0;
+/* The queue count: GET_QUEUE_NUM with MQ, else the device type's. */
+static int negotiate_queue_count(struct vuf_frontend *fe)
+{
+    const struct vuf_device_info *info = vuf_device_info(fe->cfg.device_type);
+    uint64_t n = 0;
+    int r;
 
-        r = vuf_client_get_queue_num(fe->client, &n);
-        if (r < 0) {
-            vuf_log(VUF_LOG_ERROR, "%s: failed to get number of queues: %s", fe->label,
-                    vuf_strerror(r));
-            return r;
+    if (!(fe->protocol_features & VUF_PF(MQ))) {
+        if (!info) {
+            vuf_log(VUF_LOG_ERROR, "%s: unknown device type and no MQ: queue count unknown",
+                    fe->label);
+            return -ENOTSUP;
         }
-        /* crosvm takes any answer; 0 makes a useless device and a huge one
-         * a huge allocation. */
-        if (fe->cfg.device_type == VUF_DEV_NET && n > 0) {
-            fe->num_queues = net_queues(fe, n);
-        } else if (n == 0 || n > VUF_FRONTEND_MAX_QUEUES) {
-            vuf_log(VUF_LOG_ERROR, "%s: back-end reports %llu queues (must be 1..%u)", fe->label,
-                    (unsigned long long)n, VUF_FRONTEND_MAX_QUEUES);
-            return -EPROTO;
-        } else {
-            fe->num_queues = (unsigned)n;
-        }
-    } else if (info) {
         fe->num_queues = info->min_queues;
-    } else {
-        vuf_log(VUF_LOG_ERROR, "%s: unknown device type and no MQ: queue count unknown", fe->label);
-        return -ENOTSUP;
+        return 0;
     }
+    r = vuf_client_get_queue_num(fe->client, &n);
+    if (r < 0) {
+        vuf_log(VUF_LOG_ERROR, "%s: failed to get number of queues: %s", fe->label,
+                vuf_strerror(r));
+        return r;
+    }
+    /* crosvm takes any answer; 0 makes a useless device and a huge one
+     * a huge allocation. */
+    if (fe->cfg.device_type == VUF_DEV_NET && n > 0) {
+        fe->num_queues = net_queues(fe, n);
+    } else if (n == 0 || n > VUF_FRONTEND_MAX_QUEUES) {
+        vuf_log(VUF_LOG_ERROR, "%s: back-end reports %llu queues (must be 1..%u)", fe->label,
+                (unsigned long long)n, VUF_FRONTEND_MAX_QUEUES);
+        return -EPROTO;
+    } else {
+        fe->num_queues = (unsigned)n;
+    }
+    return 0;
+}
 
-    r = fe_mem_negotiate(fe); /* GET_MAX_MEM_SLOTS with CONFIGURE_MEM_SLOTS */
+/* The constructor's negotiation (crosvm's VhostUserFrontend::new), step by
+ * step in the order of its messages. */
+static int negotiate(struct vuf_frontend *fe)
+{
+    uint16_t qsize;
+    int r;
+
+    r = negotiate_features(fe);
+    if (r == 0)
+        r = negotiate_protocol(fe);
+    if (r == 0)
+        r = open_backend_channel(fe);
+    if (r == 0)
+        r = negotiate_queue_count(fe);
+    if (r == 0)
+        r = fe_mem_negotiate(fe); /* GET_MAX_MEM_SLOTS with CONFIGURE_MEM_SLOTS */
     if (r < 0)
         return r;
 

@@ -1,7 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Private to frontend.c and worker.c: the front-end's state, the worker
- * thread, and the back-end request handlers.
+ * Private to the front-end device's five sources: frontend.c (the device
+ * operations), worker.c (the worker thread and the back-end request
+ * handlers), frontend_mem.c (guest memory as the back-end has it),
+ * frontend_log.c (dirty logging) and frontend_inflight.c (the inflight
+ * area). The state they share, and what each exports to the others.
  */
 #ifndef VUF_FRONTEND_INTERNAL_H
 #define VUF_FRONTEND_INTERNAL_H
@@ -163,9 +166,6 @@ int fe_remove_all_mappings(struct vuf_frontend *fe);
 /* The features SET_FEATURES carries: the acked ones, plus LOG_ALL while
  * logging. */
 uint64_t fe_features_to_send(const struct vuf_frontend *fe);
-/* SET_FEATURES with fe_features_to_send() (always sent), recorded as the
- * last value sent; logs and returns the error. */
-int fe_send_features(struct vuf_frontend *fe);
 
 /* While logging, at activation after SET_MEM_TABLE: grow the log to cover
  * `mem` if needed and send SET_LOG_BASE. 0 when not logging. */
@@ -174,7 +174,11 @@ int fe_log_activate(struct vuf_frontend *fe, const struct vuf_guest_mem *mem);
 /* End logging without messages (reset, destroy). */
 void fe_log_release(struct vuf_frontend *fe);
 
-/* ---- frontend.c (for frontend_log.c) ------------------------------------ */
+/* ---- frontend.c (for frontend_log.c, frontend_mem.c) -------------------- */
+
+/* SET_FEATURES with fe_features_to_send() (always sent), recorded as the
+ * last value sent; logs and returns the error. */
+int fe_send_features(struct vuf_frontend *fe);
 
 /* stream_check() and stream_note() of frontend.c: refuse to send once the
  * main socket's stream is out of step, and note errors that put it so. */

@@ -5,7 +5,7 @@
  * construction and REM_MEM_REG/ADD_MEM_REG diffs against a shadow of what
  * the back-end was given (QEMU's scheme), at activation and for memory
  * hot-(un)plug (vuf_frontend_update_memory). The rules are in
- * vuf/frontend.h.
+ * docs/frontend.md.
  */
 #include <errno.h>
 #include <stdlib.h>

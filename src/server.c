@@ -140,28 +140,41 @@ static int send_rejection(struct vuf_server *s, const struct vuf_msg_rule *rule,
 /* Built-in answers (front-end channel, no handler installed)               */
 /* ------------------------------------------------------------------------ */
 
-static int builtin(struct vuf_server *s, const struct vuf_msg *req, struct vuf_msg *reply,
-                   bool *handled)
+static int builtin_get_features(struct vuf_server *s, struct vuf_msg *reply)
 {
-    *handled = true;
-    switch (req->hdr.request) {
-    case VUF_REQ_GET_FEATURES:
-        reply->payload.u64 = s->cfg.features;
-        reply->hdr.size = sizeof(uint64_t);
-        return 0;
-    case VUF_REQ_GET_PROTOCOL_FEATURES:
-        reply->payload.u64 = s->cfg.protocol_features;
-        reply->hdr.size = sizeof(uint64_t);
-        return 0;
-    case VUF_REQ_SET_FEATURES:          /* recorded by the caller on success */
-    case VUF_REQ_SET_PROTOCOL_FEATURES: /* likewise */
-    case VUF_REQ_SET_OWNER:
-        return 0;
-    default:
-        *handled = false;
-        return -ENOTSUP;
-    }
+    reply->payload.u64 = s->cfg.features;
+    reply->hdr.size = sizeof(uint64_t);
+    return 0;
 }
+
+static int builtin_get_protocol_features(struct vuf_server *s, struct vuf_msg *reply)
+{
+    reply->payload.u64 = s->cfg.protocol_features;
+    reply->hdr.size = sizeof(uint64_t);
+    return 0;
+}
+
+/* SET_FEATURES and SET_PROTOCOL_FEATURES are recorded by
+ * record_negotiation() on success, whoever handled them; SET_OWNER has
+ * nothing to do. */
+static int builtin_accept(struct vuf_server *s, struct vuf_msg *reply)
+{
+    (void)s;
+    (void)reply;
+    return 0;
+}
+
+typedef int (*builtin_fn)(struct vuf_server *s, struct vuf_msg *reply);
+
+/* By front-end request code; the codes and their rules stay the message
+ * table's (vuf/wire.h). */
+static const builtin_fn builtins[VUF_SERVER_MAX_CODE + 1] = {
+    [VUF_REQ_GET_FEATURES] = builtin_get_features,
+    [VUF_REQ_GET_PROTOCOL_FEATURES] = builtin_get_protocol_features,
+    [VUF_REQ_SET_FEATURES] = builtin_accept,
+    [VUF_REQ_SET_PROTOCOL_FEATURES] = builtin_accept,
+    [VUF_REQ_SET_OWNER] = builtin_accept,
+};
 
 /* Does the handler's "always" reply fit the table's reply rule? */
 static bool reply_fits(const struct vuf_msg_rule *rule, const struct vuf_msg *reply)
@@ -263,18 +276,14 @@ uint64_t vuf_server_acked_features(const struct vuf_server *s)
     return s ? s->acked_features : 0;
 }
 
-int vuf_server_process_one(struct vuf_server *s)
-{
-    const struct vuf_msg_rule *rule;
-    struct vuf_msg req, reply;
-    vuf_server_handler fn;
-    bool expects, handled;
-    uint32_t code;
-    int r, hr, sr;
+/* ------------------------------------------------------------------------ */
+/* One request: receive, look up, dispatch, answer                          */
+/* ------------------------------------------------------------------------ */
 
-    if (!s)
-        return -EINVAL;
-    r = vuf_conn_recv(s->conn, &req);
+static int recv_request(struct vuf_server *s, struct vuf_msg *req)
+{
+    int r = vuf_conn_recv(s->conn, req);
+
     if (r < 0) {
         /* The conn closed whatever fds arrived. A clean hang-up or a quiet
          * peer is the caller's business; anything else broke the stream. */
@@ -283,32 +292,143 @@ int vuf_server_process_one(struct vuf_server *s)
                     vuf_strerror(r));
         return r;
     }
-    code = req.hdr.request;
-    vuf_log(VUF_LOG_DEBUG, "server: <- %s (flags 0x%x, size %u, %u fds)", srv_name(s, code),
-            req.hdr.flags, req.hdr.size, req.nfds);
+    vuf_log(VUF_LOG_DEBUG, "server: <- %s (flags 0x%x, size %u, %u fds)",
+            srv_name(s, req->hdr.request), req->hdr.flags, req->hdr.size, req->nfds);
+    return 0;
+}
 
-    rule = vuf_msg_rule(s->cfg.channel, code);
-    if (!rule) {
+/*
+ * The request's row of the message table, once the request passes it. An
+ * unknown code or a request that breaks its row is answered with an error
+ * (where one is owed), its fds closed, and the error returned.
+ */
+static int lookup(struct vuf_server *s, struct vuf_msg *req, const struct vuf_msg_rule **rule)
+{
+    uint32_t code = req->hdr.request;
+    int r, sr;
+
+    *rule = vuf_msg_rule(s->cfg.channel, code);
+    if (!*rule) {
         vuf_log(VUF_LOG_WARN,
                 "server: unknown %s request %u (flags 0x%x, size %u, %u fds) rejected",
-                chan_name(s), code, req.hdr.flags, req.hdr.size, req.nfds);
-        vuf_msg_close_fds(&req);
-        sr = send_rejection(s, NULL, &req, -ENOTSUP);
+                chan_name(s), code, req->hdr.flags, req->hdr.size, req->nfds);
+        vuf_msg_close_fds(req);
+        sr = send_rejection(s, NULL, req, -ENOTSUP);
         return sr < 0 ? sr : -ENOTSUP;
     }
-
-    r = vuf_msg_check(&req, s->cfg.channel, false);
+    r = vuf_msg_check(req, s->cfg.channel, false);
     if (r < 0) {
         /* Whatever the table check called it (size, fd count, payload),
          * the message was read whole and the stream is still in step:
          * report one "malformed" error the caller can recover from. */
         vuf_log(VUF_LOG_WARN, "server: malformed %s (flags 0x%x, size %u, %u fds) rejected: %s",
-                srv_name(s, code), req.hdr.flags, req.hdr.size, req.nfds, vuf_strerror(r));
-        vuf_msg_close_fds(&req);
-        sr = send_rejection(s, rule, &req, -EPROTO);
+                srv_name(s, code), req->hdr.flags, req->hdr.size, req->nfds, vuf_strerror(r));
+        vuf_msg_close_fds(req);
+        sr = send_rejection(s, *rule, req, -EPROTO);
         return sr < 0 ? sr : -EPROTO;
     }
+    return 0;
+}
 
+/* Run the installed handler, else the built-in answer (front-end channel
+ * only). Request fds the handler did not keep are closed. */
+static int dispatch(struct vuf_server *s, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    uint32_t code = req->hdr.request;
+    vuf_server_handler fn = code <= VUF_SERVER_MAX_CODE ? s->cfg.handlers[code] : NULL;
+    builtin_fn bi = NULL;
+    int hr = -ENOTSUP;
+
+    if (!fn && s->cfg.channel == VUF_CH_FRONTEND && code <= VUF_SERVER_MAX_CODE)
+        bi = builtins[code];
+    if (fn)
+        hr = fn(s->cfg.opaque, req, reply);
+    else if (bi)
+        hr = bi(s, reply);
+    /* The handler has kept what it wanted (set to -1); the rest goes. */
+    close_fd_array(req->fds, req->nfds);
+    req->nfds = 0;
+
+    if (!fn && !bi)
+        vuf_log(VUF_LOG_WARN, "server: %s request %s has no handler", chan_name(s),
+                srv_name(s, code));
+    else if (hr < 0)
+        vuf_log(VUF_LOG_INFO, "server: %s handler failed: %s", srv_name(s, code), vuf_strerror(hr));
+    return hr;
+}
+
+/* What the reply rules depend on, recorded once its request succeeded. */
+static void record_negotiation(struct vuf_server *s, const struct vuf_msg *req, int hr)
+{
+    if (hr != 0 || s->cfg.channel != VUF_CH_FRONTEND)
+        return;
+    if (req->hdr.request == VUF_REQ_SET_PROTOCOL_FEATURES)
+        s->protocol_features = req->payload.u64;
+    else if (req->hdr.request == VUF_REQ_SET_FEATURES)
+        s->acked_features = req->payload.u64;
+}
+
+/* An "always" row: the handler's reply if it fits the row, else the
+ * protocol's error form (*hr becomes -EINVAL for a reply that does not
+ * fit). The reply's fds are closed after sending. */
+static int send_always_reply(struct vuf_server *s, const struct vuf_msg_rule *rule,
+                             const struct vuf_msg *req, struct vuf_msg *reply, int *hr)
+{
+    uint32_t code = req->hdr.request;
+    int sr;
+
+    /* Pin the header: whatever the handler did, this is the reply to this
+     * request. */
+    reply->hdr.request = code;
+    reply->hdr.flags = VUF_VERSION | VUF_FLAG_REPLY;
+    if (*hr == 0 && !reply_fits(rule, reply)) {
+        vuf_log(VUF_LOG_WARN,
+                "server: %s handler built an invalid reply (size %u, %u fds); "
+                "sending an error instead",
+                srv_name(s, code), reply->hdr.size, reply->nfds);
+        *hr = -EINVAL;
+    }
+    if (*hr == 0) {
+        sr = vuf_conn_send(s->conn, reply);
+        vuf_log(VUF_LOG_DEBUG, "server: -> %s reply (size %u, %u fds): %s", srv_name(s, code),
+                reply->hdr.size, reply->nfds, vuf_strerror(sr));
+    } else {
+        sr = send_error_form(s, rule, req, *hr);
+    }
+    close_fd_array(reply->fds, reply->nfds);
+    return sr;
+}
+
+/* ACK rows, and SET_LOG_BASE under LOG_SHMFD: a u64 status, if owed. */
+static int send_ack(struct vuf_server *s, const struct vuf_msg *req, struct vuf_msg *reply,
+                    bool expects, int hr)
+{
+    int sr = 0;
+
+    close_fd_array(reply->fds, reply->nfds);
+    if (expects) {
+        sr = send_u64(s, req, (uint64_t)(int64_t)hr);
+        vuf_log(VUF_LOG_DEBUG, "server: -> %s ack %d", srv_name(s, req->hdr.request), hr);
+    }
+    return sr;
+}
+
+int vuf_server_process_one(struct vuf_server *s)
+{
+    const struct vuf_msg_rule *rule;
+    struct vuf_msg req, reply;
+    bool expects;
+    int r, hr, sr;
+
+    if (!s)
+        return -EINVAL;
+    r = recv_request(s, &req);
+    if (r < 0)
+        return r;
+    r = lookup(s, &req, &rule);
+    if (r < 0)
+        return r;
+    /* Decided by the rules in force before this request (see the top). */
     expects = vuf_msg_expects_reply(rule, req.hdr.flags, s->protocol_features);
     r = vuf_msg_init_reply(&reply, &req, NULL, 0);
     if (r < 0) {
@@ -319,63 +439,11 @@ int vuf_server_process_one(struct vuf_server *s)
         reply.fds[i] = -1;
     reply.nfds = 0;
 
-    fn = code <= VUF_SERVER_MAX_CODE ? s->cfg.handlers[code] : NULL;
-    if (fn) {
-        hr = fn(s->cfg.opaque, &req, &reply);
-        handled = true;
-    } else if (s->cfg.channel == VUF_CH_FRONTEND) {
-        hr = builtin(s, &req, &reply, &handled);
-    } else {
-        hr = -ENOTSUP;
-        handled = false;
-    }
-    /* The handler has kept what it wanted (set to -1); the rest goes. */
-    close_fd_array(req.fds, req.nfds);
-    req.nfds = 0;
-
-    if (!handled)
-        vuf_log(VUF_LOG_WARN, "server: %s request %s has no handler", chan_name(s),
-                srv_name(s, code));
-    else if (hr < 0)
-        vuf_log(VUF_LOG_INFO, "server: %s handler failed: %s", srv_name(s, code), vuf_strerror(hr));
-
-    if (hr == 0 && s->cfg.channel == VUF_CH_FRONTEND) {
-        if (code == VUF_REQ_SET_PROTOCOL_FEATURES)
-            s->protocol_features = req.payload.u64;
-        else if (code == VUF_REQ_SET_FEATURES)
-            s->acked_features = req.payload.u64;
-    }
-
-    if (rule->reply == VUF_REPLY_ALWAYS) {
-        /* Pin the header: whatever the handler did, this is the reply to
-         * this request. */
-        reply.hdr.request = code;
-        reply.hdr.flags = VUF_VERSION | VUF_FLAG_REPLY;
-        if (hr == 0 && !reply_fits(rule, &reply)) {
-            vuf_log(VUF_LOG_WARN,
-                    "server: %s handler built an invalid reply (size %u, %u fds); "
-                    "sending an error instead",
-                    srv_name(s, code), reply.hdr.size, reply.nfds);
-            hr = -EINVAL;
-        }
-        if (hr == 0) {
-            sr = vuf_conn_send(s->conn, &reply);
-            vuf_log(VUF_LOG_DEBUG, "server: -> %s reply (size %u, %u fds): %s", srv_name(s, code),
-                    reply.hdr.size, reply.nfds, vuf_strerror(sr));
-        } else {
-            sr = send_error_form(s, rule, &req, hr);
-        }
-        close_fd_array(reply.fds, reply.nfds);
-    } else {
-        /* ACK rows, and SET_LOG_BASE under LOG_SHMFD: a u64 status. */
-        close_fd_array(reply.fds, reply.nfds);
-        sr = 0;
-        if (expects) {
-            sr = send_u64(s, &req, (uint64_t)(int64_t)hr);
-            vuf_log(VUF_LOG_DEBUG, "server: -> %s ack %d", srv_name(s, code), hr);
-        }
-    }
-    if (sr < 0)
-        return sr;
-    return hr;
+    hr = dispatch(s, &req, &reply);
+    record_negotiation(s, &req, hr);
+    if (rule->reply == VUF_REPLY_ALWAYS)
+        sr = send_always_reply(s, rule, &req, &reply, &hr);
+    else
+        sr = send_ack(s, &req, &reply, expects, hr);
+    return sr < 0 ? sr : hr;
 }

@@ -237,26 +237,6 @@ int fe_remove_all_mappings(struct vuf_frontend *fe)
 /* The thread                                                               */
 /* ------------------------------------------------------------------------ */
 
-/* Errors of vuf_server_process_one() after which the channel's byte stream
- * can no longer be trusted (or is gone). Anything else was a request that
- * was read whole and answered: the channel stays. */
-static bool breq_channel_lost(int r)
-{
-    switch (-r) {
-    case ECONNRESET:   /* clean hang-up */
-    case ECONNABORTED: /* hang-up mid-message */
-    case EBADMSG:      /* truncated header */
-    case EMSGSIZE:     /* size field out of bounds: nothing more read */
-    case ETIMEDOUT:    /* a message started but did not finish */
-    case ETOOMANYREFS:
-    case EPIPE:
-    case EBADF:
-        return true;
-    default:
-        return false;
-    }
-}
-
 static void drop_breq(struct fe_worker *w, int why)
 {
     epoll_ctl(w->epfd, EPOLL_CTL_DEL, vuf_server_fd(w->breq), NULL);
@@ -318,7 +298,7 @@ static void *worker_main(void *arg)
                 if (!w->breq)
                     break;
                 r = vuf_server_process_one(w->breq);
-                if (r < 0 && breq_channel_lost(r))
+                if (vuf_conn_error_is_fatal(r))
                     drop_breq(w, r);
                 else if (r < 0)
                     vuf_log(VUF_LOG_WARN, "%s: back-end request refused: %s", fe->label,

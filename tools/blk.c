@@ -253,6 +253,182 @@ static int check_op_options(const struct blk_opts *o)
     return 0;
 }
 
+/* What the parse_*_option functions return for an option not theirs. */
+#define NOT_MINE (-1)
+
+/* The read/write/verify options. 0, NOT_MINE, or the usage error. */
+static int parse_io_option(struct blk_opts *o, int c)
+{
+    switch (c) {
+    case OPT_OFFSET:
+        if (!cli_parse_bytes(optarg, &o->offset))
+            return cli_usage_error(&blk_cmd, "--offset wants a byte count, not '%s'", optarg);
+        o->have_offset = true;
+        return 0;
+    case OPT_LEN:
+        if (!cli_parse_bytes(optarg, &o->len))
+            return cli_usage_error(&blk_cmd, "--len wants a byte count, not '%s'", optarg);
+        o->have_len = true;
+        return 0;
+    case OPT_PATTERN:
+        if (!parse_u64(optarg, &o->seed))
+            return cli_usage_error(&blk_cmd, "--pattern wants a number, not '%s'", optarg);
+        o->have_seed = true;
+        return 0;
+    case OPT_HEXDUMP:
+        o->hexdump = true;
+        return 0;
+    case OPT_OUT:
+        o->out = optarg;
+        return 0;
+    case OPT_NOFLUSH:
+        o->no_flush = true;
+        return 0;
+    default:
+        return NOT_MINE;
+    }
+}
+
+static int parse_rw(struct blk_opts *o)
+{
+    bool found = false;
+
+    for (unsigned i = 0; i < 4; i++)
+        if (strcmp(optarg, rw_names[i]) == 0) {
+            o->rw = (enum bench_rw)i;
+            found = true;
+        }
+    if (!found)
+        return cli_usage_error(&blk_cmd, "--rw wants randread, randwrite, read or write, not '%s'",
+                               optarg);
+    o->have_rw = true;
+    return 0;
+}
+
+static int parse_seconds(struct blk_opts *o)
+{
+    char *end;
+
+    errno = 0;
+    o->seconds = strtod(optarg, &end);
+    if (errno || *end || !(o->seconds > 0) || o->seconds > 86400)
+        return cli_usage_error(&blk_cmd, "--seconds wants a duration > 0, not '%s'", optarg);
+    o->have_seconds = true;
+    return 0;
+}
+
+/* The bench options. 0, NOT_MINE, or the usage error. */
+static int parse_bench_option(struct blk_opts *o, int c)
+{
+    uint64_t v;
+
+    switch (c) {
+    case OPT_RW:
+        return parse_rw(o);
+    case OPT_BS:
+        if (!cli_parse_bytes(optarg, &v) || v == 0 || v > (16u << 20))
+            return cli_usage_error(&blk_cmd, "--bs wants 512 bytes to 16M, not '%s'", optarg);
+        o->bs = (uint32_t)v;
+        o->have_bs = true;
+        return 0;
+    case OPT_DEPTH:
+        if (!parse_uint(optarg, 1, MAX_QUEUE_SIZE, &o->iodepth))
+            return cli_usage_error(&blk_cmd, "--iodepth wants 1-%u, not '%s'", MAX_QUEUE_SIZE,
+                                   optarg);
+        o->have_depth = true;
+        return 0;
+    case OPT_SECONDS:
+        return parse_seconds(o);
+    case OPT_IOS:
+        if (!parse_u64(optarg, &o->ios) || o->ios == 0)
+            return cli_usage_error(&blk_cmd, "--ios wants a count >= 1, not '%s'", optarg);
+        o->have_ios = true;
+        return 0;
+    case OPT_RANGE:
+        if (!cli_parse_bytes(optarg, &o->range) || o->range == 0)
+            return cli_usage_error(&blk_cmd, "--range wants a byte count, not '%s'", optarg);
+        o->have_range = true;
+        return 0;
+    case OPT_JSON:
+        o->json = true;
+        return 0;
+    default:
+        return NOT_MINE;
+    }
+}
+
+/* The options of the device and its queues, for every operation. 0,
+ * NOT_MINE, or the usage error. */
+static int parse_session_option(struct blk_opts *o, int c)
+{
+    unsigned t;
+
+    switch (c) {
+    case OPT_QUEUES:
+        if (!parse_uint(optarg, 1, VUF_FRONTEND_MAX_QUEUES, &o->queues))
+            return cli_usage_error(&blk_cmd, "--queues wants 1-%u, not '%s'",
+                                   VUF_FRONTEND_MAX_QUEUES, optarg);
+        return 0;
+    case OPT_QSIZE:
+        if (!parse_uint(optarg, 1, MAX_QUEUE_SIZE, &o->queue_size) || !is_pow2(o->queue_size))
+            return cli_usage_error(&blk_cmd, "--queue-size wants a power of two up to %u, not '%s'",
+                                   MAX_QUEUE_SIZE, optarg);
+        return 0;
+    case OPT_BUSY:
+        o->busy_poll = true;
+        return 0;
+    case OPT_TIMEOUT:
+        if (!parse_uint(optarg, 1, INT_MAX, &t))
+            return cli_usage_error(&blk_cmd, "--timeout-ms wants a number of ms >= 1, not '%s'",
+                                   optarg);
+        o->timeout_ms = (int)t;
+        return 0;
+    case OPT_NO_EIDX:
+        o->no_event_idx = true;
+        return 0;
+    case OPT_NO_IND:
+        o->no_indirect = true;
+        return 0;
+    default:
+        return NOT_MINE;
+    }
+}
+
+static void default_opts(struct blk_opts *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->timeout_ms = DEFAULT_TIMEOUT_MS;
+    o->queues = 1;
+    o->seed = DEFAULT_SEED;
+    o->rw = RW_RANDREAD;
+    o->bs = 4096;
+    o->iodepth = 1;
+    o->seconds = DEFAULT_SECONDS;
+}
+
+/* SOCKET and the operation, after the options. */
+static int parse_positionals(int argc, char **argv, struct blk_opts *o)
+{
+    const char *pos[2] = {NULL, NULL};
+    unsigned npos = 0;
+
+    while (optind < argc) {
+        if (npos == 2)
+            return cli_usage_error(&blk_cmd, "unexpected argument '%s'", argv[optind]);
+        pos[npos++] = argv[optind++];
+    }
+    if (npos < 1)
+        return cli_usage_error(&blk_cmd, "missing SOCKET");
+    if (npos < 2)
+        return cli_usage_error(&blk_cmd, "missing the operation (read, write, verify or bench)");
+    o->socket = pos[0];
+    o->op = parse_op(pos[1]);
+    if (o->op == OP_NONE)
+        return cli_usage_error(&blk_cmd, "unknown operation '%s' (read, write, verify or bench)",
+                               pos[1]);
+    return 0;
+}
+
 static int parse_args(int argc, char **argv, struct blk_opts *o, bool *help)
 {
     static const struct option longopts[] = {
@@ -278,146 +454,29 @@ static int parse_args(int argc, char **argv, struct blk_opts *o, bool *help)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *pos[2] = {NULL, NULL};
-    unsigned npos = 0;
-    uint64_t v;
-    int c;
+    int c, r;
 
     *help = false;
-    memset(o, 0, sizeof(*o));
-    o->timeout_ms = DEFAULT_TIMEOUT_MS;
-    o->queues = 1;
-    o->seed = DEFAULT_SEED;
-    o->rw = RW_RANDREAD;
-    o->bs = 4096;
-    o->iodepth = 1;
-    o->seconds = DEFAULT_SECONDS;
+    default_opts(o);
     opterr = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
-        switch (c) {
-        case OPT_OFFSET:
-            if (!cli_parse_bytes(optarg, &o->offset))
-                return cli_usage_error(&blk_cmd, "--offset wants a byte count, not '%s'", optarg);
-            o->have_offset = true;
-            break;
-        case OPT_LEN:
-            if (!cli_parse_bytes(optarg, &o->len))
-                return cli_usage_error(&blk_cmd, "--len wants a byte count, not '%s'", optarg);
-            o->have_len = true;
-            break;
-        case OPT_PATTERN:
-            if (!parse_u64(optarg, &o->seed))
-                return cli_usage_error(&blk_cmd, "--pattern wants a number, not '%s'", optarg);
-            o->have_seed = true;
-            break;
-        case OPT_HEXDUMP:
-            o->hexdump = true;
-            break;
-        case OPT_OUT:
-            o->out = optarg;
-            break;
-        case OPT_NOFLUSH:
-            o->no_flush = true;
-            break;
-        case OPT_RW: {
-            bool found = false;
-            for (unsigned i = 0; i < 4; i++)
-                if (strcmp(optarg, rw_names[i]) == 0) {
-                    o->rw = (enum bench_rw)i;
-                    found = true;
-                }
-            if (!found)
-                return cli_usage_error(
-                    &blk_cmd, "--rw wants randread, randwrite, read or write, not '%s'", optarg);
-            o->have_rw = true;
-            break;
-        }
-        case OPT_BS:
-            if (!cli_parse_bytes(optarg, &v) || v == 0 || v > (16u << 20))
-                return cli_usage_error(&blk_cmd, "--bs wants 512 bytes to 16M, not '%s'", optarg);
-            o->bs = (uint32_t)v;
-            o->have_bs = true;
-            break;
-        case OPT_DEPTH:
-            if (!parse_uint(optarg, 1, MAX_QUEUE_SIZE, &o->iodepth))
-                return cli_usage_error(&blk_cmd, "--iodepth wants 1-%u, not '%s'", MAX_QUEUE_SIZE,
-                                       optarg);
-            o->have_depth = true;
-            break;
-        case OPT_SECONDS: {
-            char *end;
-            errno = 0;
-            o->seconds = strtod(optarg, &end);
-            if (errno || *end || !(o->seconds > 0) || o->seconds > 86400)
-                return cli_usage_error(&blk_cmd, "--seconds wants a duration > 0, not '%s'",
-                                       optarg);
-            o->have_seconds = true;
-            break;
-        }
-        case OPT_IOS:
-            if (!parse_u64(optarg, &o->ios) || o->ios == 0)
-                return cli_usage_error(&blk_cmd, "--ios wants a count >= 1, not '%s'", optarg);
-            o->have_ios = true;
-            break;
-        case OPT_RANGE:
-            if (!cli_parse_bytes(optarg, &o->range) || o->range == 0)
-                return cli_usage_error(&blk_cmd, "--range wants a byte count, not '%s'", optarg);
-            o->have_range = true;
-            break;
-        case OPT_JSON:
-            o->json = true;
-            break;
-        case OPT_QUEUES:
-            if (!parse_uint(optarg, 1, VUF_FRONTEND_MAX_QUEUES, &o->queues))
-                return cli_usage_error(&blk_cmd, "--queues wants 1-%u, not '%s'",
-                                       VUF_FRONTEND_MAX_QUEUES, optarg);
-            break;
-        case OPT_QSIZE:
-            if (!parse_uint(optarg, 1, MAX_QUEUE_SIZE, &o->queue_size) || !is_pow2(o->queue_size))
-                return cli_usage_error(&blk_cmd,
-                                       "--queue-size wants a power of two up to %u, not '%s'",
-                                       MAX_QUEUE_SIZE, optarg);
-            break;
-        case OPT_BUSY:
-            o->busy_poll = true;
-            break;
-        case OPT_TIMEOUT: {
-            unsigned t;
-            if (!parse_uint(optarg, 1, INT_MAX, &t))
-                return cli_usage_error(&blk_cmd, "--timeout-ms wants a number of ms >= 1, not '%s'",
-                                       optarg);
-            o->timeout_ms = (int)t;
-            break;
-        }
-        case OPT_NO_EIDX:
-            o->no_event_idx = true;
-            break;
-        case OPT_NO_IND:
-            o->no_indirect = true;
-            break;
-        case 'h':
+        if (c == 'h') {
             *help = true;
             return 0;
-        default:
-            return cli_option_error(&blk_cmd, c, argv);
         }
+        r = parse_io_option(o, c);
+        if (r == NOT_MINE)
+            r = parse_bench_option(o, c);
+        if (r == NOT_MINE)
+            r = parse_session_option(o, c);
+        if (r == NOT_MINE)
+            return cli_option_error(&blk_cmd, c, argv);
+        if (r)
+            return r;
     }
-    while (optind < argc) {
-        if (npos == 2)
-            return cli_usage_error(&blk_cmd, "unexpected argument '%s'", argv[optind]);
-        pos[npos++] = argv[optind++];
-    }
-    if (npos < 1)
-        return cli_usage_error(&blk_cmd, "missing SOCKET");
-    if (npos < 2)
-        return cli_usage_error(&blk_cmd, "missing the operation (read, write, verify or bench)");
-    o->socket = pos[0];
-    o->op = parse_op(pos[1]);
-    if (o->op == OP_NONE)
-        return cli_usage_error(&blk_cmd, "unknown operation '%s' (read, write, verify or bench)",
-                               pos[1]);
-    return check_op_options(o);
+    r = parse_positionals(argc, argv, o);
+    return r ? r : check_op_options(o);
 }
 
 /* ---- helpers ---------------------------------------------------------------- */
@@ -789,14 +848,10 @@ static uint64_t pct(const uint64_t *v, size_t n, double p)
     return v[k - 1];
 }
 
-static int do_bench(const struct blk_opts *o, struct ts_session *s)
+/* The byte range bench works in: --range, else the disk. An exit code. */
+static int bench_range(const struct blk_opts *o, const struct ts_session *s, uint64_t *out)
 {
-    struct bench_job *jobs;
-    pthread_t *th;
-    uint64_t claimed = 0, range, t0 = UINT64_MAX, t1 = 0, *all = NULL, sum = 0;
-    size_t n = 0;
-    unsigned started = 0;
-    int rc = VUF_EXIT_OK;
+    uint64_t range;
 
     if (s->have_config) {
         range = o->have_range ? o->range : disk_bytes(s);
@@ -823,46 +878,60 @@ static int do_bench(const struct blk_opts *o, struct ts_session *s)
         fprintf(stderr, "vuf blk: %s: the device is read-only (VIRTIO_BLK_F_RO)\n", o->socket);
         return VUF_EXIT_FAIL;
     }
+    *out = range;
+    return VUF_EXIT_OK;
+}
 
-    jobs = calloc(s->nq, sizeof(*jobs));
-    th = calloc(s->nq, sizeof(*th));
-    if (!jobs || !th) {
-        free(jobs);
-        free(th);
-        fprintf(stderr, "vuf blk: out of memory\n");
-        return VUF_EXIT_FAIL;
-    }
-    {
-        uint64_t deadline = now_ns() + (uint64_t)(o->seconds * 1e9);
-        for (unsigned i = 0; i < s->nq; i++) {
-            jobs[i] = (struct bench_job){
-                .o = o,
-                .s = s,
-                .qi = i,
-                .claimed = &claimed,
-                .deadline = deadline,
-                .nblocks = range / o->bs,
-                .rng = 0x9e3779b97f4a7c15ull * (i + 1) ^ 0x76756621ull,
-                .seq = (range / o->bs) / s->nq * i,
-            };
-        }
-        for (unsigned i = 0; i < s->nq; i++) {
-            if (pthread_create(&th[i], NULL, bench_thread, &jobs[i]) != 0) {
-                jobs[i].err = -EAGAIN;
-                jobs[i].err_what = "starting a thread";
-                break;
-            }
-            started++;
-        }
-        for (unsigned i = 0; i < started; i++)
-            pthread_join(th[i], NULL);
-    }
+/* One thread per queue until the deadline or --ios; joined here. */
+static void bench_run(const struct blk_opts *o, struct ts_session *s, struct bench_job *jobs,
+                      pthread_t *th, uint64_t range)
+{
+    uint64_t claimed = 0, deadline = now_ns() + (uint64_t)(o->seconds * 1e9);
+    unsigned started = 0;
 
     for (unsigned i = 0; i < s->nq; i++) {
-        if (jobs[i].err && rc == VUF_EXIT_OK) {
+        jobs[i] = (struct bench_job){
+            .o = o,
+            .s = s,
+            .qi = i,
+            .claimed = &claimed,
+            .deadline = deadline,
+            .nblocks = range / o->bs,
+            .rng = 0x9e3779b97f4a7c15ull * (i + 1) ^ 0x76756621ull,
+            .seq = (range / o->bs) / s->nq * i,
+        };
+    }
+    for (unsigned i = 0; i < s->nq; i++) {
+        if (pthread_create(&th[i], NULL, bench_thread, &jobs[i]) != 0) {
+            jobs[i].err = -EAGAIN;
+            jobs[i].err_what = "starting a thread";
+            break;
+        }
+        started++;
+    }
+    for (unsigned i = 0; i < started; i++)
+        pthread_join(th[i], NULL);
+}
+
+/* What bench reports: every queue's latencies, merged. */
+struct bench_stats {
+    size_t n;
+    double elapsed, iops, mean;
+    uint64_t mn, med, p99, mx;
+};
+
+/* The first job error, else the merged statistics. An exit code. */
+static int bench_collect(const struct blk_opts *o, const struct ts_session *s,
+                         const struct bench_job *jobs, struct bench_stats *st)
+{
+    uint64_t t0 = UINT64_MAX, t1 = 0, sum = 0, *all;
+    size_t n = 0, k = 0;
+
+    for (unsigned i = 0; i < s->nq; i++) {
+        if (jobs[i].err) {
             fprintf(stderr, "vuf blk: %s: queue %u: %s failed: %s\n", o->socket, i,
                     jobs[i].err_what, vuf_strerror(jobs[i].err));
-            rc = VUF_EXIT_FAIL;
+            return VUF_EXIT_FAIL;
         }
         if (jobs[i].nlat) {
             if (jobs[i].t_start < t0)
@@ -872,80 +941,111 @@ static int do_bench(const struct blk_opts *o, struct ts_session *s)
         }
         n += jobs[i].nlat;
     }
-    if (rc == VUF_EXIT_OK && n == 0) {
+    if (n == 0) {
         fprintf(stderr, "vuf blk: %s: no request completed\n", o->socket);
-        rc = VUF_EXIT_FAIL;
+        return VUF_EXIT_FAIL;
     }
-    if (rc == VUF_EXIT_OK) {
-        all = malloc(n * sizeof(*all));
-        if (!all) {
-            fprintf(stderr, "vuf blk: out of memory\n");
-            rc = VUF_EXIT_FAIL;
-        }
+    all = malloc(n * sizeof(*all));
+    if (!all) {
+        fprintf(stderr, "vuf blk: out of memory\n");
+        return VUF_EXIT_FAIL;
     }
-    if (rc == VUF_EXIT_OK) {
-        size_t k = 0;
-        double elapsed = (double)(t1 - t0) / 1e9, iops, mean;
-        uint64_t mn, med, p99, mx;
-        const char *wait = o->busy_poll ? "busy-poll" : "eventfd";
-
-        for (unsigned i = 0; i < s->nq; i++) {
-            memcpy(all + k, jobs[i].lat, jobs[i].nlat * sizeof(*all));
-            k += jobs[i].nlat;
-        }
-        qsort(all, n, sizeof(*all), cmp_u64);
-        for (size_t i = 0; i < n; i++)
-            sum += all[i];
-        mean = (double)sum / (double)n;
-        mn = all[0];
-        mx = all[n - 1];
-        med = pct(all, n, 0.5);
-        p99 = pct(all, n, 0.99);
-        iops = elapsed > 0 ? (double)n / elapsed : 0;
-
-        if (o->json) {
-            json_object *root = json_object_new_object(), *lat = json_object_new_object();
-            if (!root || !lat) {
-                json_object_put(root);
-                json_object_put(lat);
-                fprintf(stderr, "vuf blk: out of memory building JSON\n");
-                rc = VUF_EXIT_FAIL;
-            } else {
-                json_object_object_add(root, "socket", json_object_new_string(o->socket));
-                json_object_object_add(root, "rw", json_object_new_string(rw_names[o->rw]));
-                json_object_object_add(root, "bs", json_object_new_uint64(o->bs));
-                json_object_object_add(root, "iodepth", json_object_new_uint64(o->iodepth));
-                json_object_object_add(root, "queues", json_object_new_uint64(s->nq));
-                json_object_object_add(root, "queue_size", json_object_new_uint64(s->o.queue_size));
-                json_object_object_add(root, "wait", json_object_new_string(wait));
-                json_object_object_add(root, "ios", json_object_new_uint64(n));
-                json_object_object_add(root, "elapsed_s", json_object_new_double(elapsed));
-                json_object_object_add(root, "iops", json_object_new_double(iops));
-                json_object_object_add(root, "bytes_per_s", json_object_new_double(iops * o->bs));
-                json_object_object_add(lat, "min", json_object_new_uint64(mn));
-                json_object_object_add(lat, "median", json_object_new_uint64(med));
-                json_object_object_add(lat, "mean", json_object_new_double(mean));
-                json_object_object_add(lat, "p99", json_object_new_uint64(p99));
-                json_object_object_add(lat, "max", json_object_new_uint64(mx));
-                json_object_object_add(root, "latency_ns", lat);
-                json_object_object_add(root, "features", json_object_new_uint64(s->acked));
-                json_object_object_add(root, "protocol_features",
-                                       json_object_new_uint64(s->protocol));
-                cli_print_json(root);
-            }
-        } else {
-            printf("vuf blk bench: %s, bs %u, iodepth %u x %u queue%s (size %u), wait: %s\n",
-                   rw_names[o->rw], o->bs, o->iodepth, s->nq, s->nq == 1 ? "" : "s",
-                   s->o.queue_size, wait);
-            printf("  requests:    %zu in %.3f s\n", n, elapsed);
-            printf("  IOPS:        %.0f\n", iops);
-            printf("  throughput:  %.1f MiB/s\n", iops * o->bs / (1024.0 * 1024.0));
-            printf("  latency us:  min %.1f  median %.1f  mean %.1f  p99 %.1f  max %.1f\n",
-                   (double)mn / 1e3, (double)med / 1e3, mean / 1e3, (double)p99 / 1e3,
-                   (double)mx / 1e3);
-        }
+    for (unsigned i = 0; i < s->nq; i++) {
+        memcpy(all + k, jobs[i].lat, jobs[i].nlat * sizeof(*all));
+        k += jobs[i].nlat;
     }
+    qsort(all, n, sizeof(*all), cmp_u64);
+    for (size_t i = 0; i < n; i++)
+        sum += all[i];
+    st->n = n;
+    st->elapsed = (double)(t1 - t0) / 1e9;
+    st->mean = (double)sum / (double)n;
+    st->mn = all[0];
+    st->mx = all[n - 1];
+    st->med = pct(all, n, 0.5);
+    st->p99 = pct(all, n, 0.99);
+    st->iops = st->elapsed > 0 ? (double)n / st->elapsed : 0;
     free(all);
+    return VUF_EXIT_OK;
+}
+
+static const char *bench_wait(const struct blk_opts *o)
+{
+    return o->busy_poll ? "busy-poll" : "eventfd";
+}
+
+static int bench_print_json(const struct blk_opts *o, const struct ts_session *s,
+                            const struct bench_stats *st)
+{
+    json_object *root = json_object_new_object(), *lat = json_object_new_object();
+
+    if (!root || !lat) {
+        json_object_put(root);
+        json_object_put(lat);
+        fprintf(stderr, "vuf blk: out of memory building JSON\n");
+        return VUF_EXIT_FAIL;
+    }
+    json_object_object_add(root, "socket", json_object_new_string(o->socket));
+    json_object_object_add(root, "rw", json_object_new_string(rw_names[o->rw]));
+    json_object_object_add(root, "bs", json_object_new_uint64(o->bs));
+    json_object_object_add(root, "iodepth", json_object_new_uint64(o->iodepth));
+    json_object_object_add(root, "queues", json_object_new_uint64(s->nq));
+    json_object_object_add(root, "queue_size", json_object_new_uint64(s->o.queue_size));
+    json_object_object_add(root, "wait", json_object_new_string(bench_wait(o)));
+    json_object_object_add(root, "ios", json_object_new_uint64(st->n));
+    json_object_object_add(root, "elapsed_s", json_object_new_double(st->elapsed));
+    json_object_object_add(root, "iops", json_object_new_double(st->iops));
+    json_object_object_add(root, "bytes_per_s", json_object_new_double(st->iops * o->bs));
+    json_object_object_add(lat, "min", json_object_new_uint64(st->mn));
+    json_object_object_add(lat, "median", json_object_new_uint64(st->med));
+    json_object_object_add(lat, "mean", json_object_new_double(st->mean));
+    json_object_object_add(lat, "p99", json_object_new_uint64(st->p99));
+    json_object_object_add(lat, "max", json_object_new_uint64(st->mx));
+    json_object_object_add(root, "latency_ns", lat);
+    json_object_object_add(root, "features", json_object_new_uint64(s->acked));
+    json_object_object_add(root, "protocol_features", json_object_new_uint64(s->protocol));
+    cli_print_json(root);
+    return VUF_EXIT_OK;
+}
+
+static void bench_print_text(const struct blk_opts *o, const struct ts_session *s,
+                             const struct bench_stats *st)
+{
+    printf("vuf blk bench: %s, bs %u, iodepth %u x %u queue%s (size %u), wait: %s\n",
+           rw_names[o->rw], o->bs, o->iodepth, s->nq, s->nq == 1 ? "" : "s", s->o.queue_size,
+           bench_wait(o));
+    printf("  requests:    %zu in %.3f s\n", st->n, st->elapsed);
+    printf("  IOPS:        %.0f\n", st->iops);
+    printf("  throughput:  %.1f MiB/s\n", st->iops * o->bs / (1024.0 * 1024.0));
+    printf("  latency us:  min %.1f  median %.1f  mean %.1f  p99 %.1f  max %.1f\n",
+           (double)st->mn / 1e3, (double)st->med / 1e3, st->mean / 1e3, (double)st->p99 / 1e3,
+           (double)st->mx / 1e3);
+}
+
+static int do_bench(const struct blk_opts *o, struct ts_session *s)
+{
+    struct bench_stats st;
+    struct bench_job *jobs;
+    pthread_t *th;
+    uint64_t range = 0;
+    int rc = bench_range(o, s, &range);
+
+    if (rc != VUF_EXIT_OK)
+        return rc;
+    jobs = calloc(s->nq, sizeof(*jobs));
+    th = calloc(s->nq, sizeof(*th));
+    if (!jobs || !th) {
+        free(jobs);
+        free(th);
+        fprintf(stderr, "vuf blk: out of memory\n");
+        return VUF_EXIT_FAIL;
+    }
+    bench_run(o, s, jobs, th, range);
+    rc = bench_collect(o, s, jobs, &st);
+    if (rc == VUF_EXIT_OK && o->json)
+        rc = bench_print_json(o, s, &st);
+    else if (rc == VUF_EXIT_OK)
+        bench_print_text(o, s, &st);
     for (unsigned i = 0; i < s->nq; i++)
         free(jobs[i].lat);
     free(jobs);

@@ -588,253 +588,281 @@ static void print_queues(const struct ts_session *s)
              vuf_virtq_used_idx(s->vq[i]));
 }
 
-static bool run_demo(struct demo *d)
-{
-    struct ts_opts to = {
-        .timeout_ms = DEMO_TIMEOUT_MS,
-        .queues = DEMO_QUEUES,
-        .queue_size = 64,
-        .nreqs = 4,
-        .max_data = 32 * 1024,
-    };
-    struct ts_session s, ctl;
-    const uint64_t off1 = 0, off2 = d->disk_bytes / 2, off3 = d->disk_bytes / 4;
-    uint8_t *snap = NULL;
-    size_t snap_len = 0;
+/* What the demo's steps share: the session, where the data went and what
+ * came back from the first back-end. */
+struct run {
+    struct ts_opts to;
+    struct ts_session s;
+    uint64_t off1, off2, off3;
+    uint8_t *snap;
+    size_t snap_len;
     uint16_t avail_before[DEMO_QUEUES];
-    char names[512];
-    bool ok = false;
-    int r, status;
+};
 
-    ts_init(&s, &to);
+/* A session call's result: false (and the step reported failed) on error. */
+static bool done(struct demo *d, const struct ts_session *s, int r)
+{
+    return r >= 0 || step_failed(d, s, r);
+}
+
+static bool stopped_cleanly(struct demo *d, struct backend *b)
+{
+    int status = stop_backend(b);
+
+    return check(d, status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                 "back-end %s exited with status 0 on SIGTERM", b->name);
+}
+
+static bool demo_connect_a(struct demo *d, struct run *x)
+{
+    char names[512];
 
     step(d, "Start back-end A (%s disk of %" PRIu64 " bytes)", d->disk == DISK_RAM ? "RAM" : "file",
          d->disk_bytes);
     if (!start_backend(d, &d->be[0]))
-        goto out;
+        return false;
 
     step(d, "Connect and negotiate with back-end A");
-    if (!do_connect(d, &s, &d->be[0]))
-        goto out;
+    if (!do_connect(d, &x->s, &d->be[0]))
+        return false;
 
     step(d, "Driver: ack features, read the config space");
-    r = ts_driver(&s);
-    if (r < 0) {
-        step_failed(d, &s, r);
-        goto out;
-    }
-    info("driver acks 0x%016" PRIx64 ": %s", s.acked,
-         ts_feature_names(s.acked, names, sizeof(names)));
+    if (!done(d, &x->s, ts_driver(&x->s)))
+        return false;
+    info("driver acks 0x%016" PRIx64 ": %s", x->s.acked,
+         ts_feature_names(x->s.acked, names, sizeof(names)));
     info("(the front-end sends SET_FEATURES at activation, not now)");
-    if (!check(d, s.have_config, "GET_CONFIG answered"))
-        goto out;
-    info("config: capacity %" PRIu64 " sectors, blk_size %u, num_queues %u", s.capacity, s.blk_size,
-         s.cfg_num_queues);
-    if (!check(d, s.capacity * 512 == d->disk_bytes, "capacity is the disk size"))
-        goto out;
+    if (!check(d, x->s.have_config, "GET_CONFIG answered"))
+        return false;
+    info("config: capacity %" PRIu64 " sectors, blk_size %u, num_queues %u", x->s.capacity,
+         x->s.blk_size, x->s.cfg_num_queues);
+    return check(d, x->s.capacity * 512 == d->disk_bytes, "capacity is the disk size");
+}
+
+static bool demo_activate(struct demo *d, struct run *x)
+{
+    struct ts_session *s = &x->s;
 
     step(d, "Guest memory and queues");
-    r = ts_queues(&s);
-    if (r < 0) {
-        step_failed(d, &s, r);
-        goto out;
-    }
-    info("guest memory: one memfd region of %" PRIu64 " KiB at GPA 0", s.mem_size >> 10);
-    for (unsigned i = 0; i < s.nq; i++)
+    if (!done(d, s, ts_queues(s)))
+        return false;
+    info("guest memory: one memfd region of %" PRIu64 " KiB at GPA 0", s->mem_size >> 10);
+    for (unsigned i = 0; i < s->nq; i++)
         info("queue %u: %u entries, desc 0x%" PRIx64 " avail 0x%" PRIx64 " used 0x%" PRIx64
              ", call fd = its irqfd (vector %u)",
-             i, s.q[i].size, s.q[i].desc_addr, s.q[i].avail_addr, s.q[i].used_addr, i);
+             i, s->q[i].size, s->q[i].desc_addr, s->q[i].avail_addr, s->q[i].used_addr, i);
 
     step(d, "Activate (memory table and rings to the back-end)");
-    r = ts_activate(&s);
-    if (r < 0) {
-        step_failed(d, &s, r);
-        goto out;
-    }
-    if (!check(d, vuf_frontend_is_active(s.dev), "device active"))
-        goto out;
+    if (!done(d, s, ts_activate(s)))
+        return false;
+    return check(d, vuf_frontend_is_active(s->dev), "device active");
+}
+
+static bool demo_io_a(struct demo *d, struct run *x)
+{
+    struct ts_session *s = &x->s;
 
     step(d, "I/O on back-end A: write, flush, read back");
-    if (!do_write(d, &s, 0, off1, DEMO_IO_BYTES, DEMO_SEED_1) ||
-        !do_write(d, &s, 1, off2, DEMO_IO_BYTES, DEMO_SEED_2))
-        goto out;
-    if (s.has_flush) {
-        r = ts_flush(&s, 0);
-        if (r < 0) {
-            step_failed(d, &s, r);
-            goto out;
-        }
+    if (!do_write(d, s, 0, x->off1, DEMO_IO_BYTES, DEMO_SEED_1) ||
+        !do_write(d, s, 1, x->off2, DEMO_IO_BYTES, DEMO_SEED_2))
+        return false;
+    if (s->has_flush) {
+        if (!done(d, s, ts_flush(s, 0)))
+            return false;
         info("queue 0: FLUSH ok");
     }
-    if (!do_verify(d, &s, 1, off1, DEMO_IO_BYTES, DEMO_SEED_1, true,
+    if (!do_verify(d, s, 1, x->off1, DEMO_IO_BYTES, DEMO_SEED_1, true,
                    "data written on queue 0 reads back on queue 1") ||
-        !do_verify(d, &s, 0, off2, DEMO_IO_BYTES, DEMO_SEED_2, true,
+        !do_verify(d, s, 0, x->off2, DEMO_IO_BYTES, DEMO_SEED_2, true,
                    "data written on queue 1 reads back on queue 0"))
-        goto out;
-    if (d->disk == DISK_FILE && !check_host_file(d, off1, DEMO_IO_BYTES, DEMO_SEED_1))
-        goto out;
+        return false;
+    return d->disk != DISK_FILE || check_host_file(d, x->off1, DEMO_IO_BYTES, DEMO_SEED_1);
+}
+
+static bool demo_sleep(struct demo *d, struct run *x)
+{
+    struct ts_session *s = &x->s;
+    bool same = true;
 
     step(d, "Sleep (stop the rings, get their positions back)");
-    r = ts_sleep(&s);
-    if (r < 0) {
-        step_failed(d, &s, r);
-        goto out;
+    if (!done(d, s, ts_sleep(s)))
+        return false;
+    print_queues(s);
+    for (unsigned i = 0; i < s->nq; i++) {
+        x->avail_before[i] = vuf_virtq_avail_idx(s->vq[i]);
+        same &= s->q[i].next_avail == x->avail_before[i] && s->q[i].next_used == x->avail_before[i];
     }
-    print_queues(&s);
-    {
-        bool same = true;
-        for (unsigned i = 0; i < s.nq; i++) {
-            avail_before[i] = vuf_virtq_avail_idx(s.vq[i]);
-            same &= s.q[i].next_avail == avail_before[i] && s.q[i].next_used == avail_before[i];
-        }
-        if (!check(d, !vuf_frontend_is_active(s.dev), "device asleep") ||
-            !check(d, same,
-                   "back-end consumed and completed everything the driver made "
-                   "available"))
-            goto out;
-    }
+    return check(d, !vuf_frontend_is_active(s->dev), "device asleep") &&
+           check(d, same,
+                 "back-end consumed and completed everything the driver made "
+                 "available");
+}
 
+static bool demo_snapshot(struct demo *d, struct run *x)
+{
     step(d, "Snapshot the device state");
-    r = ts_snapshot(&s, &snap, &snap_len);
-    if (r < 0) {
-        step_failed(d, &s, r);
-        goto out;
-    }
+    if (!done(d, &x->s, ts_snapshot(&x->s, &x->snap, &x->snap_len)))
+        return false;
     info("<- %zu bytes of state (front-end header with the acked features + the "
          "back-end's own state)",
-         snap_len);
+         x->snap_len);
     if (d->disk == DISK_RAM) {
         info("back-end A runs with --state-includes-ram: its %" PRIu64
              "-byte RAM disk is inside this state",
              d->disk_bytes);
-        if (!check(d, snap_len > d->disk_bytes, "state is larger than the disk"))
-            goto out;
-    } else {
-        info("the disk is a shared file: the state holds queue positions and counters, "
-             "not data");
-        if (!check(d, snap_len > 0 && snap_len < d->disk_bytes, "state is small"))
-            goto out;
+        return check(d, x->snap_len > d->disk_bytes, "state is larger than the disk");
     }
+    info("the disk is a shared file: the state holds queue positions and counters, "
+         "not data");
+    return check(d, x->snap_len > 0 && x->snap_len < d->disk_bytes, "state is small");
+}
 
+static bool demo_replace_backend(struct demo *d, struct run *x)
+{
     step(d, "Disconnect from back-end A and stop it");
-    ts_detach(&s);
-    status = stop_backend(&d->be[0]);
-    if (!check(d, status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
-               "back-end A exited with status 0 on SIGTERM"))
-        goto out;
+    ts_detach(&x->s);
+    if (!stopped_cleanly(d, &d->be[0]))
+        return false;
     if (d->disk == DISK_RAM)
         info("A's RAM disk is gone with its process");
 
     step(d, "Start a fresh back-end B (new process, %s)",
          d->disk == DISK_RAM ? "new empty RAM disk" : "same file");
-    if (!start_backend(d, &d->be[1]))
-        goto out;
+    return start_backend(d, &d->be[1]);
+}
+
+/* What B's disk holds before any restore, seen through a throw-away
+ * front-end of its own. */
+static bool demo_control(struct demo *d, struct run *x)
+{
+    struct ts_opts co = x->to;
+    struct ts_session ctl;
+    bool cok;
+    int r;
 
     step(d, "Control: what B's disk holds before any restore (throw-away front-end)");
-    {
-        struct ts_opts co = to;
-        bool cok;
-
-        co.queues = 1;
-        ts_init(&ctl, &co);
-        r = ts_start(&ctl, d->be[1].sock);
-        if (r < 0) {
-            step_failed(d, &ctl, r);
-            ts_close(&ctl);
-            goto out;
-        }
-        if (d->disk == DISK_RAM)
-            cok = do_verify(d, &ctl, 0, off1, DEMO_IO_BYTES, 0, false,
-                            "B's RAM disk does not have the data yet");
-        else
-            cok = do_verify(d, &ctl, 0, off1, DEMO_IO_BYTES, DEMO_SEED_1, true,
-                            "B already sees the data in the shared file");
-        r = ts_reset(&ctl);
+    co.queues = 1;
+    ts_init(&ctl, &co);
+    r = ts_start(&ctl, d->be[1].sock);
+    if (r < 0) {
+        step_failed(d, &ctl, r);
         ts_close(&ctl);
-        info("throw-away front-end reset and disconnected");
-        if (!cok)
-            goto out;
-        if (r < 0) {
-            step_failed(d, &ctl, r);
-            goto out;
-        }
+        return false;
     }
+    if (d->disk == DISK_RAM)
+        cok = do_verify(d, &ctl, 0, x->off1, DEMO_IO_BYTES, 0, false,
+                        "B's RAM disk does not have the data yet");
+    else
+        cok = do_verify(d, &ctl, 0, x->off1, DEMO_IO_BYTES, DEMO_SEED_1, true,
+                        "B already sees the data in the shared file");
+    r = ts_reset(&ctl);
+    ts_close(&ctl);
+    info("throw-away front-end reset and disconnected");
+    if (!cok)
+        return false;
+    return done(d, &ctl, r);
+}
+
+static bool demo_restore(struct demo *d, struct run *x)
+{
+    struct ts_session *s = &x->s;
 
     step(d, "Connect a new front-end to back-end B");
-    if (!do_connect(d, &s, &d->be[1]))
-        goto out;
+    if (!do_connect(d, s, &d->be[1]))
+        return false;
 
     step(d, "Restore the state into back-end B");
-    r = ts_restore(&s, snap, snap_len);
-    if (r < 0) {
-        step_failed(d, &s, r);
-        goto out;
-    }
-    info("-> %zu bytes written; acked features now 0x%016" PRIx64, snap_len, s.acked);
+    if (!done(d, s, ts_restore(s, x->snap, x->snap_len)))
+        return false;
+    info("-> %zu bytes written; acked features now 0x%016" PRIx64, x->snap_len, s->acked);
 
     step(d, "Wake (same guest memory, same rings, restored positions)");
-    r = ts_wake(&s);
-    if (r < 0) {
-        step_failed(d, &s, r);
-        goto out;
-    }
-    if (!check(d, vuf_frontend_is_active(s.dev), "device active on back-end B"))
-        goto out;
+    if (!done(d, s, ts_wake(s)))
+        return false;
+    return check(d, vuf_frontend_is_active(s->dev), "device active on back-end B");
+}
+
+static bool demo_io_b(struct demo *d, struct run *x)
+{
+    struct ts_session *s = &x->s;
+    bool moved = true;
 
     step(d, "I/O on back-end B: the old data, then new data");
-    if (!do_verify(d, &s, 0, off1, DEMO_IO_BYTES, DEMO_SEED_1, true,
+    if (!do_verify(d, s, 0, x->off1, DEMO_IO_BYTES, DEMO_SEED_1, true,
                    d->disk == DISK_RAM ? "data intact (it came with the state)"
                                        : "data intact (from the shared file)") ||
-        !do_verify(d, &s, 1, off2, DEMO_IO_BYTES, DEMO_SEED_2, true, "data intact"))
-        goto out;
-    if (!do_write(d, &s, 1, off3, DEMO_IO_BYTES, DEMO_SEED_3) ||
-        !do_verify(d, &s, 0, off3, DEMO_IO_BYTES, DEMO_SEED_3, true, "new data reads back"))
-        goto out;
-    {
-        bool moved = true;
-        for (unsigned i = 0; i < s.nq; i++) {
-            info("queue %u: avail idx %u -> %u, used idx %u", i, avail_before[i],
-                 vuf_virtq_avail_idx(s.vq[i]), vuf_virtq_used_idx(s.vq[i]));
-            moved &= vuf_virtq_avail_idx(s.vq[i]) != avail_before[i] &&
-                     vuf_virtq_used_idx(s.vq[i]) == vuf_virtq_avail_idx(s.vq[i]);
-        }
-        if (!check(d, moved, "both rings went on from where back-end A stopped"))
-            goto out;
+        !do_verify(d, s, 1, x->off2, DEMO_IO_BYTES, DEMO_SEED_2, true, "data intact"))
+        return false;
+    if (!do_write(d, s, 1, x->off3, DEMO_IO_BYTES, DEMO_SEED_3) ||
+        !do_verify(d, s, 0, x->off3, DEMO_IO_BYTES, DEMO_SEED_3, true, "new data reads back"))
+        return false;
+    for (unsigned i = 0; i < s->nq; i++) {
+        info("queue %u: avail idx %u -> %u, used idx %u", i, x->avail_before[i],
+             vuf_virtq_avail_idx(s->vq[i]), vuf_virtq_used_idx(s->vq[i]));
+        moved &= vuf_virtq_avail_idx(s->vq[i]) != x->avail_before[i] &&
+                 vuf_virtq_used_idx(s->vq[i]) == vuf_virtq_avail_idx(s->vq[i]);
     }
-    if (d->disk == DISK_FILE && !check_host_file(d, off3, DEMO_IO_BYTES, DEMO_SEED_3))
-        goto out;
+    if (!check(d, moved, "both rings went on from where back-end A stopped"))
+        return false;
+    return d->disk != DISK_FILE || check_host_file(d, x->off3, DEMO_IO_BYTES, DEMO_SEED_3);
+}
 
+static bool demo_teardown(struct demo *d, struct run *x)
+{
     step(d, "Reset the device");
-    r = ts_reset(&s);
-    if (r < 0) {
-        step_failed(d, &s, r);
-        goto out;
-    }
-    if (!check(d, !vuf_frontend_is_active(s.dev), "device inactive"))
-        goto out;
+    if (!done(d, &x->s, ts_reset(&x->s)))
+        return false;
+    if (!check(d, !vuf_frontend_is_active(x->s.dev), "device inactive"))
+        return false;
 
     step(d, "Tear down: disconnect, stop back-end B, remove the temp dir");
-    ts_close(&s);
-    status = stop_backend(&d->be[1]);
-    if (!check(d, status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
-               "back-end B exited with status 0 on SIGTERM"))
-        goto out;
-    ok = true;
+    ts_close(&x->s);
+    return stopped_cleanly(d, &d->be[1]);
+}
 
-out:
+/* The life cycle, in order; the first step that fails ends it. */
+static bool (*const demo_steps[])(struct demo *, struct run *) = {
+    demo_connect_a,       demo_activate, demo_io_a,    demo_sleep, demo_snapshot,
+    demo_replace_backend, demo_control,  demo_restore, demo_io_b,  demo_teardown,
+};
+
+static bool run_demo(struct demo *d)
+{
+    struct run x = {
+        .to =
+            {
+                .timeout_ms = DEMO_TIMEOUT_MS,
+                .queues = DEMO_QUEUES,
+                .queue_size = 64,
+                .nreqs = 4,
+                .max_data = 32 * 1024,
+            },
+        .off1 = 0,
+        .off2 = d->disk_bytes / 2,
+        .off3 = d->disk_bytes / 4,
+    };
+    bool ok = true;
+
+    ts_init(&x.s, &x.to);
+    for (size_t i = 0; ok && i < sizeof(demo_steps) / sizeof(demo_steps[0]); i++)
+        ok = demo_steps[i](d, &x);
     if (!ok) {
         for (int i = 0; i < 2; i++)
             if (d->be[i].pid > 0)
                 dump_log(&d->be[i]);
     }
-    free(snap);
-    ts_close(&s);
+    free(x.snap);
+    ts_close(&x.s);
     return ok;
 }
 
 /* ---- main ------------------------------------------------------------------- */
 
-int vuf_cmd_demo(int argc, char **argv)
+/* What parse_demo_args returns when the demo is to run. */
+#define DEMO_RUN (-1)
+
+/* DEMO_RUN, or the exit code (help, usage error). */
+static int parse_demo_args(int argc, char **argv, struct demo *d, const char **given)
 {
     enum { OPT_DISK = 256, OPT_SIZE, OPT_NOTRACE, OPT_BACKEND };
     static const struct option longopts[] = {
@@ -845,39 +873,36 @@ int vuf_cmd_demo(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *given = NULL, *tmp;
-    struct sigaction sa;
-    struct demo d;
-    bool ok, dir_removed;
     int c;
 
-    memset(&d, 0, sizeof(d));
-    d.disk = DISK_RAM;
-    d.disk_bytes = DEMO_DISK_DEFAULT;
-    d.trace = true;
+    memset(d, 0, sizeof(*d));
+    d->disk = DISK_RAM;
+    d->disk_bytes = DEMO_DISK_DEFAULT;
+    d->trace = true;
+    *given = NULL;
     opterr = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
         switch (c) {
         case OPT_DISK:
             if (strcmp(optarg, "ram") == 0)
-                d.disk = DISK_RAM;
+                d->disk = DISK_RAM;
             else if (strcmp(optarg, "file") == 0)
-                d.disk = DISK_FILE;
+                d->disk = DISK_FILE;
             else
                 return cli_usage_error(&demo_cmd, "--disk wants ram or file, not '%s'", optarg);
             break;
         case OPT_SIZE:
-            if (!cli_parse_bytes(optarg, &d.disk_bytes) || d.disk_bytes < 1024 * 1024 ||
-                d.disk_bytes > (64ull << 20) || d.disk_bytes % 4096)
+            if (!cli_parse_bytes(optarg, &d->disk_bytes) || d->disk_bytes < 1024 * 1024 ||
+                d->disk_bytes > (64ull << 20) || d->disk_bytes % 4096)
                 return cli_usage_error(&demo_cmd, "--size wants 1M to 64M in 4K steps, not '%s'",
                                        optarg);
             break;
         case OPT_NOTRACE:
-            d.trace = false;
+            d->trace = false;
             break;
         case OPT_BACKEND:
-            given = optarg;
+            *given = optarg;
             break;
         case 'h':
             vuf_demo_usage(stdout);
@@ -888,7 +913,129 @@ int vuf_cmd_demo(int argc, char **argv)
     }
     if (optind < argc)
         return cli_usage_error(&demo_cmd, "unexpected argument '%s'", argv[optind]);
+    return DEMO_RUN;
+}
 
+static void install_signals(void)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigfillset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    sigaction(SIGPIPE, &sa, NULL); /* stdout closed (| head) */
+}
+
+/* The private temp dir in g_dir, and the names of everything in it. */
+static bool make_temp_dir(struct demo *d)
+{
+    const char *tmp = getenv("TMPDIR");
+    char dir[sizeof(g_dir)];
+    sigset_t all, old;
+
+    /* Socket paths are short (sun_path): a long TMPDIR is not used. */
+    if (!tmp || !*tmp || strlen(tmp) > 80)
+        tmp = "/tmp";
+    snprintf(dir, sizeof(dir), "%s/vuf-demo.XXXXXX", tmp);
+    /* The signal handler must see the dir either not made or recorded. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    if (!mkdtemp(dir)) {
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        fprintf(stderr, "vuf demo: cannot make a temp dir in %s: %s\n", tmp, strerror(errno));
+        return false;
+    }
+    snprintf(g_dir, sizeof(g_dir), "%s", dir);
+    g_have_dir = 1;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+
+    for (int i = 0; i < 2; i++) {
+        d->be[i].name = i ? "B" : "A";
+        d->be[i].slot = i;
+        snprintf(d->be[i].sock, sizeof(d->be[i].sock), "%s/backend-%c.sock", g_dir, 'a' + i);
+        snprintf(d->be[i].log, sizeof(d->be[i].log), "%s/backend-%c.log", g_dir, 'a' + i);
+        add_file(d->be[i].sock);
+        add_file(d->be[i].log);
+    }
+    snprintf(d->disk_path, sizeof(d->disk_path), "%s/disk.img", g_dir);
+    add_file(d->disk_path);
+    return true;
+}
+
+static void print_banner(const struct demo *d)
+{
+    printf("vuf demo: a vhost-user-blk device's life cycle, vuf as the VMM\n");
+    printf("    back-end binary: %s\n", d->bin);
+    printf("    temp dir:        %s\n", g_dir);
+    printf("    disk:            %s, %" PRIu64 " bytes%s\n",
+           d->disk == DISK_RAM ? "RAM" : "file disk.img", d->disk_bytes,
+           d->disk == DISK_RAM ? " (carried in the device state: --state-includes-ram)"
+                               : " (shared by both back-ends)");
+    if (d->trace)
+        printf("    message lines: '-> NAME flags, payload' sent by the front-end, '<- reply'\n"
+               "    on the same line; flags 0x1 = protocol version 1, 0x9 = also NEED_REPLY\n"
+               "    (REPLY_ACK: the back-end acks each such request)\n");
+}
+
+/* --disk file: the disk image both back-ends share. */
+static bool make_disk_file(const struct demo *d)
+{
+    int fd = open(d->disk_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+
+    if (fd < 0 || ftruncate(fd, (off_t)d->disk_bytes) < 0) {
+        fprintf(stderr, "vuf demo: %s: %s\n", d->disk_path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return false;
+    }
+    close(fd);
+    return true;
+}
+
+/* Always: stop what still runs, remove the files and the dir; then the
+ * verdict. The exit code. */
+static int finish(struct demo *d, bool ok)
+{
+    bool dir_removed;
+
+    for (int i = 0; i < 2; i++)
+        if (d->be[i].pid > 0)
+            stop_backend(&d->be[i]);
+    kill_and_clean();
+    dir_removed = access(g_dir, F_OK) != 0;
+    if (ok) {
+        d->checks++;
+        printf("    check: temp dir removed: %s\n", dir_removed ? "ok" : "FAILED");
+        if (!dir_removed) {
+            d->failed++;
+            ok = false;
+        }
+    } else if (!dir_removed) {
+        fprintf(stderr, "vuf demo: could not remove %s\n", g_dir);
+    }
+
+    if (ok && d->failed == 0) {
+        printf("\nvuf demo: PASSED: %d steps, %u checks, %" PRId64 " ms\n", d->step, d->checks,
+               now_ms() - d->t0);
+        return VUF_EXIT_OK;
+    }
+    printf("\nvuf demo: FAILED at step %d (%u of %u checks failed)\n", d->step, d->failed,
+           d->checks);
+    return VUF_EXIT_FAIL;
+}
+
+int vuf_cmd_demo(int argc, char **argv)
+{
+    const char *given;
+    struct demo d;
+    bool ok;
+    int r = parse_demo_args(argc, argv, &d, &given);
+
+    if (r != DEMO_RUN)
+        return r;
     d.bin = find_backend(&d, given);
     if (!d.bin) {
         fprintf(stderr,
@@ -901,68 +1048,13 @@ int vuf_cmd_demo(int argc, char **argv)
     /* Line-buffered, so the log is whole up to the last line even if a
      * signal ends us. */
     setvbuf(stdout, NULL, _IOLBF, 0);
-
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigfillset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL);
-    sigaction(SIGPIPE, &sa, NULL); /* stdout closed (| head) */
-
-    tmp = getenv("TMPDIR");
-    /* Socket paths are short (sun_path): a long TMPDIR is not used. */
-    if (!tmp || !*tmp || strlen(tmp) > 80)
-        tmp = "/tmp";
-    {
-        char dir[sizeof(g_dir)];
-        sigset_t all, old;
-
-        snprintf(dir, sizeof(dir), "%s/vuf-demo.XXXXXX", tmp);
-        sigfillset(&all);
-        pthread_sigmask(SIG_BLOCK, &all, &old);
-        if (!mkdtemp(dir)) {
-            pthread_sigmask(SIG_SETMASK, &old, NULL);
-            fprintf(stderr, "vuf demo: cannot make a temp dir in %s: %s\n", tmp, strerror(errno));
-            return VUF_EXIT_FAIL;
-        }
-        snprintf(g_dir, sizeof(g_dir), "%s", dir);
-        g_have_dir = 1;
-        pthread_sigmask(SIG_SETMASK, &old, NULL);
-    }
-    for (int i = 0; i < 2; i++) {
-        d.be[i].name = i ? "B" : "A";
-        d.be[i].slot = i;
-        snprintf(d.be[i].sock, sizeof(d.be[i].sock), "%s/backend-%c.sock", g_dir, 'a' + i);
-        snprintf(d.be[i].log, sizeof(d.be[i].log), "%s/backend-%c.log", g_dir, 'a' + i);
-        add_file(d.be[i].sock);
-        add_file(d.be[i].log);
-    }
-    snprintf(d.disk_path, sizeof(d.disk_path), "%s/disk.img", g_dir);
-    add_file(d.disk_path);
-
-    printf("vuf demo: a vhost-user-blk device's life cycle, vuf as the VMM\n");
-    printf("    back-end binary: %s\n", d.bin);
-    printf("    temp dir:        %s\n", g_dir);
-    printf("    disk:            %s, %" PRIu64 " bytes%s\n",
-           d.disk == DISK_RAM ? "RAM" : "file disk.img", d.disk_bytes,
-           d.disk == DISK_RAM ? " (carried in the device state: --state-includes-ram)"
-                              : " (shared by both back-ends)");
-    if (d.trace)
-        printf("    message lines: '-> NAME flags, payload' sent by the front-end, '<- reply'\n"
-               "    on the same line; flags 0x1 = protocol version 1, 0x9 = also NEED_REPLY\n"
-               "    (REPLY_ACK: the back-end acks each such request)\n");
-
-    if (d.disk == DISK_FILE) {
-        int fd = open(d.disk_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (fd < 0 || ftruncate(fd, (off_t)d.disk_bytes) < 0) {
-            fprintf(stderr, "vuf demo: %s: %s\n", d.disk_path, strerror(errno));
-            if (fd >= 0)
-                close(fd);
-            kill_and_clean();
-            return VUF_EXIT_FAIL;
-        }
-        close(fd);
+    install_signals();
+    if (!make_temp_dir(&d))
+        return VUF_EXIT_FAIL;
+    print_banner(&d);
+    if (d.disk == DISK_FILE && !make_disk_file(&d)) {
+        kill_and_clean();
+        return VUF_EXIT_FAIL;
     }
 
     vuf_log_set(demo_log, &d, VUF_LOG_DEBUG);
@@ -970,29 +1062,5 @@ int vuf_cmd_demo(int argc, char **argv)
     ok = run_demo(&d);
     flush_trace();
     vuf_log_set(NULL, NULL, VUF_LOG_WARN);
-
-    /* Always: stop what still runs, remove the files and the dir. */
-    for (int i = 0; i < 2; i++)
-        if (d.be[i].pid > 0)
-            stop_backend(&d.be[i]);
-    kill_and_clean();
-    dir_removed = access(g_dir, F_OK) != 0;
-    if (ok) {
-        d.checks++;
-        printf("    check: temp dir removed: %s\n", dir_removed ? "ok" : "FAILED");
-        if (!dir_removed) {
-            d.failed++;
-            ok = false;
-        }
-    } else if (!dir_removed) {
-        fprintf(stderr, "vuf demo: could not remove %s\n", g_dir);
-    }
-
-    if (ok && d.failed == 0) {
-        printf("\nvuf demo: PASSED: %d steps, %u checks, %" PRId64 " ms\n", d.step, d.checks,
-               now_ms() - d.t0);
-        return VUF_EXIT_OK;
-    }
-    printf("\nvuf demo: FAILED at step %d (%u of %u checks failed)\n", d.step, d.failed, d.checks);
-    return VUF_EXIT_FAIL;
+    return finish(&d, ok);
 }

@@ -17,8 +17,10 @@
  *   -EINVAL   a bad argument (checked before anything is sent)
  *   and every error of vuf_conn_send()/vuf_conn_recv() (-ETIMEDOUT,
  *   -ECONNRESET, ...).
- * After -EPROTO, -ETIMEDOUT or a connection error the stream may be out of
- * sync; the caller should treat the back-end as failed.
+ * vuf_conn_error_is_fatal() (vuf/conn.h) says after which of these the
+ * stream is out of step and no further request may be sent. -EPROTO is not
+ * one of them (the reply was read whole), but a back-end that broke the
+ * protocol once is not to be trusted: going on is the caller's choice.
  *
  * REPLY_ACK: once SET_PROTOCOL_FEATURES including REPLY_ACK succeeded, every
  * request whose table entry says "ack" is sent with NEED_REPLY and waits for

@@ -15,8 +15,9 @@
  *                  that did arrive has been closed
  *   -E2BIG         a send was asked to carry more than VUF_MAX_FDS fds
  *   -EPROTO        fds arrived with a payload chunk instead of the header
+ *   -EBADF         a send was given a negative fd (nothing sent)
  *   other          a socket error from the kernel
- * After any error but -E2BIG the connection should be treated as broken.
+ * Which of these leave the stream unusable: vuf_conn_error_is_fatal().
  *
  * Thread-safety: a vuf_conn is not thread-safe; one thread sends and
  * receives at a time. Distinct connections are independent.
@@ -90,6 +91,32 @@ int vuf_conn_recv(struct vuf_conn *c, struct vuf_msg *m);
 /* True once the peer has hung up (poll reports HUP/ERR and no data). Does
  * not consume anything. */
 bool vuf_conn_peer_closed(const struct vuf_conn *c);
+
+/*
+ * The one rule for "this error means the stream is dead", for any error
+ * returned by a call that sends or receives on a vhost-user stream
+ * (vuf_conn_*, vuf_client_*, vuf_server_process_one(), and the front-end
+ * device's operations that pass them on). True when nothing more may be
+ * sent or received on it, because the peer is gone or because the two ends
+ * no longer agree where the next message starts:
+ *   -ECONNRESET, -EPIPE, -ENOTCONN  the peer hung up (or was never there)
+ *   -ECONNABORTED  the peer hung up in the middle of a message
+ *   -ETIMEDOUT     a message (or its reply) may still arrive: messages carry
+ *                  no request id, so a late reply would be taken for the
+ *                  answer to the next request
+ *   -EBADMSG, -EMSGSIZE, -ETOOMANYREFS  the framing broke: the rest of the
+ *                  message was left unread
+ * False for everything else, notably -EPROTO: a message that was read whole
+ * but broke the protocol (a bad size for its code, a payload that fails its
+ * decoder, a reply that answers something else) leaves the stream in step,
+ * and whether to go on with such a peer is the caller's policy. The
+ * exception is vuf_conn_recv()'s own -EPROTO (fds with a payload chunk),
+ * which leaves the rest of that message unread: the next read starts inside
+ * it. -E2BIG, -EBADF, -EINVAL, -ENOTSUP, -EIO and -ENOMEM are refusals
+ * before or after a whole exchange. `err` is a negative errno; 0 and
+ * positive values give false. Thread-safe (a pure function).
+ */
+bool vuf_conn_error_is_fatal(int err);
 
 /* Close every fd in m->fds[0..nfds) that is >= 0 and set nfds to 0. */
 void vuf_msg_close_fds(struct vuf_msg *m);

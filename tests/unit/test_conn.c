@@ -1299,6 +1299,29 @@ static void test_msg_close_fds(void **state)
     close(e);
 }
 
+/* The one "stream is dead" rule (conn.h): every errno this library
+ * returns, on the side it belongs to. */
+static void test_error_is_fatal(void **state)
+{
+    static const int fatal[] = {ECONNRESET, EPIPE,   ENOTCONN, ECONNABORTED,
+                                ETIMEDOUT,  EBADMSG, EMSGSIZE, ETOOMANYREFS};
+    static const int kept[] = {EPROTO, E2BIG,  EBADF, EINVAL, ENOTSUP, EIO,
+                               ENOMEM, EAGAIN, EPERM, EBUSY,  ENOENT,  EFAULT};
+
+    (void)state;
+    for (unsigned i = 0; i < sizeof(fatal) / sizeof(fatal[0]); i++) {
+        if (!vuf_conn_error_is_fatal(-fatal[i]))
+            fail_msg("-%s should be fatal", strerror(fatal[i]));
+    }
+    for (unsigned i = 0; i < sizeof(kept) / sizeof(kept[0]); i++) {
+        if (vuf_conn_error_is_fatal(-kept[i]))
+            fail_msg("-%s should leave the stream usable", strerror(kept[i]));
+    }
+    assert_false(vuf_conn_error_is_fatal(0));
+    assert_false(vuf_conn_error_is_fatal(1));
+    assert_false(vuf_conn_error_is_fatal(ECONNRESET)); /* positive: not an error */
+}
+
 /* Runs last: the whole suite left no fd behind. */
 static void test_no_fd_leak_whole_suite(void **state)
 {
@@ -1371,6 +1394,7 @@ int main(void)
         PLAIN(test_adopt),
         PLAIN(test_pair_and_close),
         PLAIN(test_msg_close_fds),
+        PLAIN(test_error_is_fatal),
         {"test_no_fd_leak_whole_suite", test_no_fd_leak_whole_suite, NULL, NULL, NULL},
     };
 
