@@ -29,13 +29,11 @@
 #include <stdint.h>
 
 #include "mem.h"
+#include "vuf/virtq.h"
 #include "vuf/wire.h"
 
-/* virtio 1.2 §2.7.5 */
-#define BE_DESC_F_NEXT 1u
-#define BE_DESC_F_WRITE 2u
-#define BE_DESC_F_INDIRECT 4u
-#define BE_AVAIL_F_NO_INTERRUPT 1u
+/* virtio 1.2 §2.7.5; the descriptor and ring flag bits are the public
+ * VUF_VRING_* ones (vuf/virtq.h). */
 #define BE_VQ_MAX_SIZE 32768u
 
 struct be_desc {

@@ -532,7 +532,7 @@ static int one_cycle(struct cycles_run *k, unsigned cycle)
     if (r == 0)
         r = ts_sleep(&s);
     if (r == 0) {
-        bool offered = (s.protocol & VUF_PF(DEVICE_STATE)) != 0;
+        bool offered = (s.protocol & VUF_PROTO_MASK(DEVICE_STATE)) != 0;
 
         if (k->snap_checked < 0)
             k->snapshot = offered;

@@ -15,6 +15,16 @@
 extern "C" {
 #endif
 
+/* A feature mask from a bit number: VUF_BIT(VUF_VIRTIO_F_VERSION_1). */
+#define VUF_BIT(bit) (1ull << (bit))
+
+/* Virtio transport feature bits (bit numbers; virtio 1.2 §6). */
+#define VUF_VIRTIO_F_INDIRECT_DESC 28
+#define VUF_VIRTIO_F_EVENT_IDX 29
+#define VUF_VIRTIO_F_VERSION_1 32
+#define VUF_VIRTIO_F_ACCESS_PLATFORM 33
+#define VUF_VIRTIO_F_RING_PACKED 34
+
 enum vuf_device_type {
     VUF_DEV_NET = 1,
     VUF_DEV_BLK = 2,

@@ -56,10 +56,8 @@ extern "C" {
 
 #define VUF_VIRTQ_MAX_SIZE 32768u
 
-/* Feature bits the ring layer acts on (virtio 1.2 §6). */
-#define VUF_VIRTIO_F_INDIRECT_DESC 28
-#define VUF_VIRTIO_F_EVENT_IDX 29
-#define VUF_VIRTIO_F_VERSION_1 32
+/* The ring layer acts on VUF_VIRTIO_F_INDIRECT_DESC and _EVENT_IDX
+ * (vuf/virtio.h). */
 
 #define VUF_VRING_DESC_F_NEXT 1u
 #define VUF_VRING_DESC_F_WRITE 2u

@@ -19,6 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "vuf/virtio.h"
+
 /* Compile-time layout checks that read the same in C11 and C++11. */
 #ifdef __cplusplus
 #define VUF_STATIC_ASSERT(expr, msg) static_assert(expr, msg)
@@ -79,7 +81,7 @@ enum vuf_channel {
 /*                      otherwise as ACK (SET_LOG_BASE).                    */
 /* needs: what must be negotiated before the request may be sent (the spec */
 /*        names it per message; a peer may drop the connection otherwise): */
-/*        NONE; PF(X) - protocol feature VUF_PF_X acked with                */
+/*        NONE; PF(X) - protocol feature VUF_PROTO_F_X acked with                */
 /*        SET_PROTOCOL_FEATURES; VF(X) - virtio feature bit VUF_F_X acked   */
 /*        with SET_FEATURES. Not in the column: GET/SET_PROTOCOL_FEATURES   */
 /*        need bit 30 *offered* by GET_FEATURES, IOTLB_MSG needs the        */
@@ -90,11 +92,11 @@ enum vuf_channel {
 /* The needs column as rule fields: VUF_NEED_PF_##needs and                 */
 /* VUF_NEED_VF_##needs paste into these (PF(MQ) -> VUF_NEED_PF_PF(MQ)).     */
 #define VUF_NEED_PF_NONE (-1)
-#define VUF_NEED_PF_PF(n) VUF_PF_##n
+#define VUF_NEED_PF_PF(n) VUF_PROTO_F_##n
 #define VUF_NEED_PF_VF(n) (-1)
 #define VUF_NEED_VF_NONE (-1)
 #define VUF_NEED_VF_PF(n) (-1)
-#define VUF_NEED_VF_VF(n) VUF_F_##n
+#define VUF_NEED_VF_VF(n) VUF_VHOST_F_##n
 
 #define VUF_CRYPTO_SESSION_SIZE 1064u
 
@@ -243,7 +245,7 @@ struct vuf_msg_rule {
     enum vuf_reply_kind reply;
     uint16_t reply_min, reply_max, reply_step;
     uint8_t reply_fds_min, reply_fds_max;
-    int8_t need_pf; /* VUF_PF_* bit that must be negotiated, or -1 */
+    int8_t need_pf; /* VUF_PROTO_F_* bit that must be negotiated, or -1 */
     int8_t need_vf; /* virtio feature bit that must be acked, or -1 */
 };
 
@@ -299,19 +301,25 @@ bool vuf_msg_expects_reply(const struct vuf_msg_rule *rule, uint32_t flags,
 
 /* clang-format off */
 enum vuf_protocol_feature_bit {
-#define VUF_X_PF(name, bit) VUF_PF_##name = bit,
-    VUF_PROTOCOL_FEATURES(VUF_X_PF)
-    VUF_PF_COUNT = 24
+#define VUF_X_PROTO_F(name, bit) VUF_PROTO_F_##name = bit,
+    VUF_PROTOCOL_FEATURES(VUF_X_PROTO_F)
+    VUF_PROTO_F_COUNT = 24
 };
 /* clang-format on */
-#define VUF_PF(name) (1ull << VUF_PF_##name)
+/*
+ * Naming: *_F_* is a bit NUMBER in its space (VUF_PROTO_F_: vhost-user
+ * protocol features; VUF_VHOST_F_: vhost-user's own bits in the virtio
+ * feature space; VUF_VIRTIO_F_ (vuf/virtio.h): virtio transport bits;
+ * VUF_BLK_F_, VUF_NET_F_: device bits). A MASK is always spelled
+ * VUF_BIT(bit), or VUF_PROTO_MASK(NAME) for VUF_BIT(VUF_PROTO_F_NAME).
+ */
+#define VUF_PROTO_MASK(name) VUF_BIT(VUF_PROTO_F_##name)
 /* Every protocol bit this library knows a meaning for. */
-#define VUF_PF_KNOWN_MASK ((1ull << VUF_PF_COUNT) - 1)
+#define VUF_PROTO_KNOWN_MASK (VUF_BIT(VUF_PROTO_F_COUNT) - 1)
 
 /* Virtio feature bits the vhost-user protocol itself gives meaning to. */
-#define VUF_F_LOG_ALL 26
-#define VUF_F_PROTOCOL_FEATURES 30
-#define VUF_F_RING_PACKED 34
+#define VUF_VHOST_F_LOG_ALL 26
+#define VUF_VHOST_F_PROTOCOL_FEATURES 30
 
 /* "REPLY_ACK" for bit 3; NULL for a bit with no known name. */
 const char *vuf_protocol_feature_name(unsigned bit);

@@ -45,16 +45,17 @@
 #define QSIZE 64u
 #define IO_TIMEOUT_MS 5000
 
-/* What the back-end must offer (backend/blk.c). */
+/* What the back-end must offer (backend/blk_device.c). */
 #define F(bit) (1ull << (bit))
 #define EXPECT_FEATURES                                                                      \
     (F(32) | F(29) | F(28) | F(30) | F(VUF_BLK_F_SEG_MAX) | F(VUF_BLK_F_BLK_SIZE) |          \
      F(VUF_BLK_F_FLUSH) | F(VUF_BLK_F_CONFIG_WCE) | F(VUF_BLK_F_MQ) | F(VUF_BLK_F_DISCARD) | \
      F(VUF_BLK_F_WRITE_ZEROES))
-#define EXPECT_PROTOCOL                                                             \
-    (VUF_PF(MQ) | VUF_PF(REPLY_ACK) | VUF_PF(BACKEND_REQ) | VUF_PF(CONFIG) |        \
-     VUF_PF(BACKEND_SEND_FD) | VUF_PF(RESET_DEVICE) | VUF_PF(CONFIGURE_MEM_SLOTS) | \
-     VUF_PF(STATUS) | VUF_PF(DEVICE_STATE) | VUF_PF(SHMEM) | VUF_PF(INFLIGHT_SHMFD))
+#define EXPECT_PROTOCOL                                                                            \
+    (VUF_PROTO_MASK(MQ) | VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(BACKEND_REQ) |                \
+     VUF_PROTO_MASK(CONFIG) | VUF_PROTO_MASK(BACKEND_SEND_FD) | VUF_PROTO_MASK(RESET_DEVICE) |     \
+     VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS) | VUF_PROTO_MASK(STATUS) | VUF_PROTO_MASK(DEVICE_STATE) | \
+     VUF_PROTO_MASK(SHMEM) | VUF_PROTO_MASK(INFLIGHT_SHMFD))
 
 static const char *backend_bin;
 static char *tmpdir;
@@ -844,7 +845,7 @@ static void test_backend_channel_no_reply_ack(void **state)
 
     be_start(&b, NULL);
     c = be_connect(&b);
-    pf = negotiate(c, ~VUF_PF(REPLY_ACK));
+    pf = negotiate(c, ~VUF_PROTO_MASK(REPLY_ACK));
     srv = backend_channel(c, &seen, pf);
     ctl = ctl_open(&b);
     ctl_breq(ctl, srv, "config-change\n", 0, ans, sizeof(ans));
@@ -1270,7 +1271,7 @@ static void test_inflight_area(void **state)
     c = be_connect(&b);
     /* Not negotiated: no area (the error form, mmap_size 0). The client
      * refuses to send it (-ENOTSUP), so it goes out by hand. */
-    negotiate(c, ~VUF_PF(INFLIGHT_SHMFD));
+    negotiate(c, ~VUF_PROTO_MASK(INFLIGHT_SHMFD));
     assert_int_equal(vuf_client_get_inflight_fd(c, 2, 64, &a, &fd), -ENOTSUP);
     {
         struct vuf_inflight req = {.num_queues = 2, .queue_size = 64};

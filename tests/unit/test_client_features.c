@@ -35,45 +35,45 @@ struct need {
 };
 
 static const struct need fe_needs[] = {
-    {VUF_REQ_GET_QUEUE_NUM, VUF_PF_MQ, -1},
-    {VUF_REQ_SET_VRING_ENABLE, -1, VUF_F_PROTOCOL_FEATURES},
-    {VUF_REQ_SEND_RARP, VUF_PF_RARP, -1},
-    {VUF_REQ_NET_SET_MTU, VUF_PF_NET_MTU, -1},
-    {VUF_REQ_SET_BACKEND_REQ_FD, VUF_PF_BACKEND_REQ, -1},
-    {VUF_REQ_SET_VRING_ENDIAN, VUF_PF_CROSS_ENDIAN, -1},
-    {VUF_REQ_GET_CONFIG, VUF_PF_CONFIG, -1},
-    {VUF_REQ_SET_CONFIG, VUF_PF_CONFIG, -1},
-    {VUF_REQ_CREATE_CRYPTO_SESSION, VUF_PF_CRYPTO_SESSION, -1},
-    {VUF_REQ_CLOSE_CRYPTO_SESSION, VUF_PF_CRYPTO_SESSION, -1},
-    {VUF_REQ_POSTCOPY_ADVISE, VUF_PF_PAGEFAULT, -1},
-    {VUF_REQ_POSTCOPY_LISTEN, VUF_PF_PAGEFAULT, -1},
-    {VUF_REQ_POSTCOPY_END, VUF_PF_PAGEFAULT, -1},
-    {VUF_REQ_GET_INFLIGHT_FD, VUF_PF_INFLIGHT_SHMFD, -1},
-    {VUF_REQ_SET_INFLIGHT_FD, VUF_PF_INFLIGHT_SHMFD, -1},
-    {VUF_REQ_RESET_DEVICE, VUF_PF_RESET_DEVICE, -1},
-    {VUF_REQ_VRING_KICK, VUF_PF_INBAND_NOTIFICATIONS, -1},
-    {VUF_REQ_GET_MAX_MEM_SLOTS, VUF_PF_CONFIGURE_MEM_SLOTS, -1},
-    {VUF_REQ_ADD_MEM_REG, VUF_PF_CONFIGURE_MEM_SLOTS, -1},
-    {VUF_REQ_REM_MEM_REG, VUF_PF_CONFIGURE_MEM_SLOTS, -1},
-    {VUF_REQ_SET_STATUS, VUF_PF_STATUS, -1},
-    {VUF_REQ_GET_STATUS, VUF_PF_STATUS, -1},
-    {VUF_REQ_GET_SHARED_OBJECT, VUF_PF_SHARED_OBJECT, -1},
-    {VUF_REQ_SET_DEVICE_STATE_FD, VUF_PF_DEVICE_STATE, -1},
-    {VUF_REQ_CHECK_DEVICE_STATE, VUF_PF_DEVICE_STATE, -1},
-    {VUF_REQ_GET_SHMEM_CONFIG, VUF_PF_SHMEM, -1},
-    {VUF_REQ_GET_VRING_BASE_SKIP_DRAIN, VUF_PF_GET_VRING_BASE_SKIP_DRAIN, -1},
+    {VUF_REQ_GET_QUEUE_NUM, VUF_PROTO_F_MQ, -1},
+    {VUF_REQ_SET_VRING_ENABLE, -1, VUF_VHOST_F_PROTOCOL_FEATURES},
+    {VUF_REQ_SEND_RARP, VUF_PROTO_F_RARP, -1},
+    {VUF_REQ_NET_SET_MTU, VUF_PROTO_F_NET_MTU, -1},
+    {VUF_REQ_SET_BACKEND_REQ_FD, VUF_PROTO_F_BACKEND_REQ, -1},
+    {VUF_REQ_SET_VRING_ENDIAN, VUF_PROTO_F_CROSS_ENDIAN, -1},
+    {VUF_REQ_GET_CONFIG, VUF_PROTO_F_CONFIG, -1},
+    {VUF_REQ_SET_CONFIG, VUF_PROTO_F_CONFIG, -1},
+    {VUF_REQ_CREATE_CRYPTO_SESSION, VUF_PROTO_F_CRYPTO_SESSION, -1},
+    {VUF_REQ_CLOSE_CRYPTO_SESSION, VUF_PROTO_F_CRYPTO_SESSION, -1},
+    {VUF_REQ_POSTCOPY_ADVISE, VUF_PROTO_F_PAGEFAULT, -1},
+    {VUF_REQ_POSTCOPY_LISTEN, VUF_PROTO_F_PAGEFAULT, -1},
+    {VUF_REQ_POSTCOPY_END, VUF_PROTO_F_PAGEFAULT, -1},
+    {VUF_REQ_GET_INFLIGHT_FD, VUF_PROTO_F_INFLIGHT_SHMFD, -1},
+    {VUF_REQ_SET_INFLIGHT_FD, VUF_PROTO_F_INFLIGHT_SHMFD, -1},
+    {VUF_REQ_RESET_DEVICE, VUF_PROTO_F_RESET_DEVICE, -1},
+    {VUF_REQ_VRING_KICK, VUF_PROTO_F_INBAND_NOTIFICATIONS, -1},
+    {VUF_REQ_GET_MAX_MEM_SLOTS, VUF_PROTO_F_CONFIGURE_MEM_SLOTS, -1},
+    {VUF_REQ_ADD_MEM_REG, VUF_PROTO_F_CONFIGURE_MEM_SLOTS, -1},
+    {VUF_REQ_REM_MEM_REG, VUF_PROTO_F_CONFIGURE_MEM_SLOTS, -1},
+    {VUF_REQ_SET_STATUS, VUF_PROTO_F_STATUS, -1},
+    {VUF_REQ_GET_STATUS, VUF_PROTO_F_STATUS, -1},
+    {VUF_REQ_GET_SHARED_OBJECT, VUF_PROTO_F_SHARED_OBJECT, -1},
+    {VUF_REQ_SET_DEVICE_STATE_FD, VUF_PROTO_F_DEVICE_STATE, -1},
+    {VUF_REQ_CHECK_DEVICE_STATE, VUF_PROTO_F_DEVICE_STATE, -1},
+    {VUF_REQ_GET_SHMEM_CONFIG, VUF_PROTO_F_SHMEM, -1},
+    {VUF_REQ_GET_VRING_BASE_SKIP_DRAIN, VUF_PROTO_F_GET_VRING_BASE_SKIP_DRAIN, -1},
 };
 
 static const struct need be_needs[] = {
-    {VUF_BREQ_CONFIG_CHANGE_MSG, VUF_PF_CONFIG, -1},
-    {VUF_BREQ_VRING_HOST_NOTIFIER_MSG, VUF_PF_HOST_NOTIFIER, -1},
-    {VUF_BREQ_VRING_CALL, VUF_PF_INBAND_NOTIFICATIONS, -1},
-    {VUF_BREQ_VRING_ERR, VUF_PF_INBAND_NOTIFICATIONS, -1},
-    {VUF_BREQ_SHARED_OBJECT_ADD, VUF_PF_SHARED_OBJECT, -1},
-    {VUF_BREQ_SHARED_OBJECT_REMOVE, VUF_PF_SHARED_OBJECT, -1},
-    {VUF_BREQ_SHARED_OBJECT_LOOKUP, VUF_PF_SHARED_OBJECT, -1},
-    {VUF_BREQ_SHMEM_MAP, VUF_PF_SHMEM, -1},
-    {VUF_BREQ_SHMEM_UNMAP, VUF_PF_SHMEM, -1},
+    {VUF_BREQ_CONFIG_CHANGE_MSG, VUF_PROTO_F_CONFIG, -1},
+    {VUF_BREQ_VRING_HOST_NOTIFIER_MSG, VUF_PROTO_F_HOST_NOTIFIER, -1},
+    {VUF_BREQ_VRING_CALL, VUF_PROTO_F_INBAND_NOTIFICATIONS, -1},
+    {VUF_BREQ_VRING_ERR, VUF_PROTO_F_INBAND_NOTIFICATIONS, -1},
+    {VUF_BREQ_SHARED_OBJECT_ADD, VUF_PROTO_F_SHARED_OBJECT, -1},
+    {VUF_BREQ_SHARED_OBJECT_REMOVE, VUF_PROTO_F_SHARED_OBJECT, -1},
+    {VUF_BREQ_SHARED_OBJECT_LOOKUP, VUF_PROTO_F_SHARED_OBJECT, -1},
+    {VUF_BREQ_SHMEM_MAP, VUF_PROTO_F_SHMEM, -1},
+    {VUF_BREQ_SHMEM_UNMAP, VUF_PROTO_F_SHMEM, -1},
 };
 
 #define N_FE_NEEDS (sizeof(fe_needs) / sizeof(fe_needs[0]))
@@ -81,8 +81,8 @@ static const struct need be_needs[] = {
 
 /* Every protocol feature but REPLY_ACK (so no request waits for an ack the
  * raw peer would have to write) and LOG_SHMFD (SET_LOG_BASE's reply). */
-#define PF_ALL (VUF_PF_KNOWN_MASK & ~(VUF_PF(REPLY_ACK) | VUF_PF(LOG_SHMFD)))
-#define F_ALL ((1ull << VUF_F_PROTOCOL_FEATURES) | (1ull << 32))
+#define PF_ALL (VUF_PROTO_KNOWN_MASK & ~(VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(LOG_SHMFD)))
+#define F_ALL ((1ull << VUF_VHOST_F_PROTOCOL_FEATURES) | (1ull << 32))
 
 static const struct need *find_need(const struct need *t, size_t n, uint32_t code)
 {
@@ -121,14 +121,14 @@ static void test_needs_met(void **state)
     const struct vuf_msg_rule *cfg = vuf_msg_rule(VUF_CH_FRONTEND, VUF_REQ_GET_CONFIG);
     const struct vuf_msg_rule *en = vuf_msg_rule(VUF_CH_FRONTEND, VUF_REQ_SET_VRING_ENABLE);
     const struct vuf_msg_rule *num = vuf_msg_rule(VUF_CH_FRONTEND, VUF_REQ_SET_VRING_NUM);
-    const uint64_t f30 = 1ull << VUF_F_PROTOCOL_FEATURES;
+    const uint64_t f30 = 1ull << VUF_VHOST_F_PROTOCOL_FEATURES;
 
     (void)state;
     assert_int_equal(vuf_msg_needs_met(NULL, ~0ull, ~0ull), -EINVAL);
     assert_int_equal(vuf_msg_needs_met(num, 0, 0), 0);
     assert_int_equal(vuf_msg_needs_met(cfg, 0, ~0ull), -ENOTSUP);
-    assert_int_equal(vuf_msg_needs_met(cfg, ~VUF_PF(CONFIG), ~0ull), -ENOTSUP);
-    assert_int_equal(vuf_msg_needs_met(cfg, VUF_PF(CONFIG), 0), 0);
+    assert_int_equal(vuf_msg_needs_met(cfg, ~VUF_PROTO_MASK(CONFIG), ~0ull), -ENOTSUP);
+    assert_int_equal(vuf_msg_needs_met(cfg, VUF_PROTO_MASK(CONFIG), 0), 0);
     /* Bit 30 is a virtio bit: the protocol bit 30 (none) does not count. */
     assert_int_equal(vuf_msg_needs_met(en, ~0ull, ~f30), -ENOTSUP);
     assert_int_equal(vuf_msg_needs_met(en, 0, f30), 0);
@@ -424,17 +424,18 @@ static void test_failed_negotiation_keeps_refusing(void **state)
     uint8_t cfg[4];
 
     /* REPLY_ACK so that the failure is seen. */
-    assert_int_equal(vuf_client_set_protocol_features(f->cli, VUF_PF(REPLY_ACK)), 0);
+    assert_int_equal(vuf_client_set_protocol_features(f->cli, VUF_PROTO_MASK(REPLY_ACK)), 0);
     expect_request(f, VUF_REQ_SET_PROTOCOL_FEATURES);
     reply_u64(f, VUF_REQ_SET_PROTOCOL_FEATURES, 1);
-    assert_int_equal(vuf_client_set_protocol_features(f->cli, VUF_PF(REPLY_ACK) | VUF_PF(CONFIG)),
+    assert_int_equal(vuf_client_set_protocol_features(f->cli, VUF_PROTO_MASK(REPLY_ACK) |
+                                                                  VUF_PROTO_MASK(CONFIG)),
                      -EIO);
     expect_request(f, VUF_REQ_SET_PROTOCOL_FEATURES);
     assert_int_equal(vuf_client_get_config(f->cli, 0, 0, cfg, sizeof(cfg)), -ENOTSUP);
     assert_nothing_sent(f, "GET_CONFIG");
 
     reply_u64(f, VUF_REQ_SET_FEATURES, 1);
-    assert_int_equal(vuf_client_set_features(f->cli, 1ull << VUF_F_PROTOCOL_FEATURES), -EIO);
+    assert_int_equal(vuf_client_set_features(f->cli, 1ull << VUF_VHOST_F_PROTOCOL_FEATURES), -EIO);
     expect_request(f, VUF_REQ_SET_FEATURES);
     assert_int_equal(vuf_client_set_vring_enable(f->cli, 0, true), -ENOTSUP);
     assert_nothing_sent(f, "SET_VRING_ENABLE");
@@ -553,7 +554,7 @@ static struct vuf_device *dfx_begin(struct dfx *d, uint64_t pf)
     vuf_conn_set_timeout(b, 2000);
     memset(&sc, 0, sizeof(sc));
     sc.channel = VUF_CH_FRONTEND;
-    sc.features = (1ull << VUF_F_PROTOCOL_FEATURES) | (1ull << 32);
+    sc.features = (1ull << VUF_VHOST_F_PROTOCOL_FEATURES) | (1ull << 32);
     sc.protocol_features = pf;
     sc.handlers[VUF_REQ_GET_CONFIG] = h_get_config;
     sc.handlers[VUF_REQ_SET_CONFIG] = h_set_config;
@@ -594,7 +595,7 @@ static void test_device_config_without_CONFIG(void **state)
     uint8_t mac[6] = {1, 2, 3, 4, 5, 6}, big[300];
 
     (void)state;
-    dev = dfx_begin(&d, VUF_PF(REPLY_ACK));
+    dev = dfx_begin(&d, VUF_PROTO_MASK(REPLY_ACK));
     assert_int_equal(vuf_device_read_config(dev, 0, mac, sizeof(mac)), -ENOTSUP);
     assert_int_equal(vuf_device_read_config(dev, 6, mac, 2), -ENOTSUP);
     assert_int_equal(vuf_device_read_config(dev, 0, big, sizeof(big)), -ENOTSUP); /* split */
@@ -619,7 +620,7 @@ static void test_device_config_with_CONFIG(void **state)
     uint8_t buf[4] = {0};
 
     (void)state;
-    dev = dfx_begin(&d, VUF_PF(REPLY_ACK) | VUF_PF(CONFIG));
+    dev = dfx_begin(&d, VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(CONFIG));
     dfx_serve_start(&d);
     assert_int_equal(vuf_device_read_config(dev, 2, buf, sizeof(buf)), 0);
     assert_memory_equal(buf, d.config + 2, sizeof(buf));

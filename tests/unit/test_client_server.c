@@ -437,8 +437,9 @@ static void assert_nothing_pending(struct vuf_conn *c, int wait_ms)
 
 enum fx_kind { FX_THREADED, FX_BUILTIN, FX_RAW_CLIENT, FX_RAW_SERVER, FX_BACKEND_CHANNEL };
 
-#define TEST_FEATURES ((1ull << VUF_F_PROTOCOL_FEATURES) | (1ull << VUF_F_LOG_ALL) | 0x3ull)
-#define TEST_PFEATURES VUF_PF_KNOWN_MASK
+#define TEST_FEATURES \
+    ((1ull << VUF_VHOST_F_PROTOCOL_FEATURES) | (1ull << VUF_VHOST_F_LOG_ALL) | 0x3ull)
+#define TEST_PFEATURES VUF_PROTO_KNOWN_MASK
 
 static void fill_handlers(struct vuf_server_config *cfg, struct fx *f)
 {
@@ -663,7 +664,7 @@ static void expect_seen(struct fx *f, uint32_t code, uint32_t size, unsigned nfd
 static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
 {
     struct vuf_client *c = f->cli;
-    bool acked = (pf & VUF_PF(REPLY_ACK)) && need_reply;
+    bool acked = (pf & VUF_PROTO_MASK(REPLY_ACK)) && need_reply;
     uint64_t u;
     uint32_t base;
     int fd, efd, memfd0, memfd1, sp[2], p[2];
@@ -730,7 +731,7 @@ static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
     }
 
     /* 6: with LOG_SHMFD the log fd rides along and the client waits. */
-    if (pf & VUF_PF(LOG_SHMFD)) {
+    if (pf & VUF_PROTO_MASK(LOG_SHMFD)) {
         fd = make_memfd("log", 0x2000);
         assert_int_equal(vuf_client_set_log_base(c, 0x2000, 0x100, fd), 0);
         expect_seen(f, VUF_REQ_SET_LOG_BASE, 16, 1, false);
@@ -1034,7 +1035,7 @@ static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
     fx_unlock(f);
 }
 
-#define PF_BASE (VUF_PF_KNOWN_MASK & ~(VUF_PF(REPLY_ACK) | VUF_PF(LOG_SHMFD)))
+#define PF_BASE (VUF_PROTO_KNOWN_MASK & ~(VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(LOG_SHMFD)))
 
 static void test_all_requests_plain(void **state)
 {
@@ -1043,13 +1044,14 @@ static void test_all_requests_plain(void **state)
 
 static void test_all_requests_reply_ack(void **state)
 {
-    run_all_requests(*state, PF_BASE | VUF_PF(REPLY_ACK) | VUF_PF(LOG_SHMFD), true);
+    run_all_requests(*state, PF_BASE | VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(LOG_SHMFD), true);
 }
 
 /* crosvm's mode: REPLY_ACK negotiated, but the front-end never asks. */
 static void test_all_requests_need_reply_off(void **state)
 {
-    run_all_requests(*state, PF_BASE | VUF_PF(REPLY_ACK) | VUF_PF(LOG_SHMFD), false);
+    run_all_requests(*state, PF_BASE | VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(LOG_SHMFD),
+                     false);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1060,9 +1062,10 @@ static void test_handler_errors_acked(void **state)
 {
     struct fx *f = *state;
     struct vuf_client *c = f->cli;
-    const uint64_t pf = VUF_PF(REPLY_ACK) | VUF_PF(LOG_SHMFD) | VUF_PF(CONFIG) |
-                        VUF_PF(CONFIGURE_MEM_SLOTS) | VUF_PF(DEVICE_STATE) | VUF_PF(PAGEFAULT) |
-                        VUF_PF(SHARED_OBJECT) | VUF_PF(INFLIGHT_SHMFD);
+    const uint64_t pf = VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(LOG_SHMFD) |
+                        VUF_PROTO_MASK(CONFIG) | VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS) |
+                        VUF_PROTO_MASK(DEVICE_STATE) | VUF_PROTO_MASK(PAGEFAULT) |
+                        VUF_PROTO_MASK(SHARED_OBJECT) | VUF_PROTO_MASK(INFLIGHT_SHMFD);
     struct vuf_mem_region r = {.memory_size = 0x1000, .userspace_addr = 0x10000};
     uint8_t cfg[8];
     uint64_t u;
@@ -1155,7 +1158,7 @@ static void test_handler_errors_plain(void **state)
     struct fx *f = *state;
     struct vuf_client *c = f->cli;
 
-    assert_int_equal(vuf_client_set_protocol_features(c, VUF_PF(DEVICE_STATE)), 0);
+    assert_int_equal(vuf_client_set_protocol_features(c, VUF_PROTO_MASK(DEVICE_STATE)), 0);
     assert_int_equal(srv_sync(f), 0);
     fx_set_fail(f, -EINVAL);
     /* Without REPLY_ACK the front-end cannot know: 0 here, the error stays
@@ -1176,7 +1179,7 @@ static void test_handler_bad_reply(void **state)
     uint64_t u = 0;
     uint8_t cfg[4];
 
-    assert_int_equal(vuf_client_set_protocol_features(f->cli, VUF_PF(CONFIG)), 0);
+    assert_int_equal(vuf_client_set_protocol_features(f->cli, VUF_PROTO_MASK(CONFIG)), 0);
     assert_int_equal(srv_sync(f), 0);
     fx_lock(f);
     f->bad_reply = true;
@@ -1212,17 +1215,19 @@ static void test_builtins(void **state)
     assert_int_equal(vuf_client_get_protocol_features(c, &u), 0);
     assert_int_equal(srv_sync(f), 0);
     assert_int_equal(u, TEST_PFEATURES);
-    assert_int_equal(
-        vuf_client_set_protocol_features(c, VUF_PF(REPLY_ACK) | VUF_PF(MQ) | VUF_PF(CONFIG)), 0);
+    assert_int_equal(vuf_client_set_protocol_features(c, VUF_PROTO_MASK(REPLY_ACK) |
+                                                             VUF_PROTO_MASK(MQ) |
+                                                             VUF_PROTO_MASK(CONFIG)),
+                     0);
     assert_int_equal(srv_sync(f), 0);
     assert_int_equal(vuf_server_protocol_features(f->srv),
-                     VUF_PF(REPLY_ACK) | VUF_PF(MQ) | VUF_PF(CONFIG));
+                     VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(MQ) | VUF_PROTO_MASK(CONFIG));
     /* From here on the built-ins ack too. */
     assert_int_equal(vuf_client_set_owner(c), 0);
     assert_int_equal(srv_sync(f), 0);
-    assert_int_equal(vuf_client_set_features(c, 1ull << VUF_F_PROTOCOL_FEATURES), 0);
+    assert_int_equal(vuf_client_set_features(c, 1ull << VUF_VHOST_F_PROTOCOL_FEATURES), 0);
     assert_int_equal(srv_sync(f), 0);
-    assert_int_equal(vuf_server_acked_features(f->srv), 1ull << VUF_F_PROTOCOL_FEATURES);
+    assert_int_equal(vuf_server_acked_features(f->srv), 1ull << VUF_VHOST_F_PROTOCOL_FEATURES);
 
     /* Anything else has no handler: logged, answered with an error. */
     before = warn_count();
@@ -1314,8 +1319,9 @@ static void test_client_extra_fd_closed(void **state)
     raw_expect_request(f->raw, VUF_REQ_GET_FEATURES, REQ, 0, 0);
 
     /* Same on an ack. */
-    assert_int_equal(
-        vuf_client_set_protocol_features(f->cli, VUF_PF(REPLY_ACK) | VUF_PF(SHARED_OBJECT)), 0);
+    assert_int_equal(vuf_client_set_protocol_features(f->cli, VUF_PROTO_MASK(REPLY_ACK) |
+                                                                  VUF_PROTO_MASK(SHARED_OBJECT)),
+                     0);
     raw_expect_request(f->raw, VUF_REQ_SET_PROTOCOL_FEATURES, REQ, 8, 0);
     efd = make_eventfd(0);
     v = 0;
@@ -1344,7 +1350,7 @@ static void test_client_acks(void **state)
 {
     struct fx *f = *state;
     struct vuf_client *c = f->cli;
-    const uint64_t pf = VUF_PF(REPLY_ACK) | VUF_PF(MQ);
+    const uint64_t pf = VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(MQ);
 
     /* Before REPLY_ACK: no flag, no wait (nothing queued, and it returns). */
     assert_int_equal(vuf_client_set_vring_num(c, 0, 256), 0);
@@ -1363,7 +1369,7 @@ static void test_client_acks(void **state)
     assert_int_equal(vuf_client_set_vring_num(c, 0, 256), -EIO);
     raw_expect_request(f->raw, VUF_REQ_SET_VRING_NUM, REQ_NR, 8, 0);
     raw_reply_u64(f->raw, VUF_REQ_SET_FEATURES, 0); /* bit 30: SET_VRING_ENABLE is legal */
-    assert_int_equal(vuf_client_set_features(c, 1ull << VUF_F_PROTOCOL_FEATURES), 0);
+    assert_int_equal(vuf_client_set_features(c, 1ull << VUF_VHOST_F_PROTOCOL_FEATURES), 0);
     raw_expect_request(f->raw, VUF_REQ_SET_FEATURES, REQ_NR, 8, 0);
     raw_reply_u64(f->raw, VUF_REQ_SET_VRING_ENABLE, (uint64_t)(int64_t)-EINVAL);
     assert_int_equal(vuf_client_set_vring_enable(c, 0, true), -EIO);
@@ -1399,7 +1405,7 @@ static void test_client_acks(void **state)
 
     /* Dropping REPLY_ACK (acked under the old rules) turns it off. */
     raw_reply_u64(f->raw, VUF_REQ_SET_PROTOCOL_FEATURES, 0);
-    assert_int_equal(vuf_client_set_protocol_features(c, VUF_PF(MQ)), 0);
+    assert_int_equal(vuf_client_set_protocol_features(c, VUF_PROTO_MASK(MQ)), 0);
     raw_expect_request(f->raw, VUF_REQ_SET_PROTOCOL_FEATURES, REQ_NR, 8, 0);
     assert_int_equal(vuf_client_set_vring_num(c, 0, 256), 0);
     raw_expect_request(f->raw, VUF_REQ_SET_VRING_NUM, REQ, 8, 0);
@@ -1413,14 +1419,16 @@ static void test_client_log_base(void **state)
     int fd = make_memfd("log", 0x1000);
 
     /* REPLY_ACK alone: SET_LOG_BASE is not an ack-type request. */
-    assert_int_equal(vuf_client_set_protocol_features(c, VUF_PF(REPLY_ACK)), 0);
+    assert_int_equal(vuf_client_set_protocol_features(c, VUF_PROTO_MASK(REPLY_ACK)), 0);
     raw_expect_request(f->raw, VUF_REQ_SET_PROTOCOL_FEATURES, REQ, 8, 0);
     assert_int_equal(vuf_client_set_log_base(c, 0x1000, 0, -1), 0);
     raw_expect_request(f->raw, VUF_REQ_SET_LOG_BASE, REQ, 16, 0);
 
     /* LOG_SHMFD: the reply is waited for, without NEED_REPLY. */
     raw_reply_u64(f->raw, VUF_REQ_SET_PROTOCOL_FEATURES, 0);
-    assert_int_equal(vuf_client_set_protocol_features(c, VUF_PF(REPLY_ACK) | VUF_PF(LOG_SHMFD)), 0);
+    assert_int_equal(
+        vuf_client_set_protocol_features(c, VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(LOG_SHMFD)),
+        0);
     raw_expect_request(f->raw, VUF_REQ_SET_PROTOCOL_FEATURES, REQ_NR, 8, 0);
     raw_reply_u64(f->raw, VUF_REQ_SET_LOG_BASE, 0);
     assert_int_equal(vuf_client_set_log_base(c, 0x1000, 0, fd), 0);
@@ -1460,7 +1468,7 @@ static void test_client_get_config(void **state)
     uint8_t buf[8];
     const uint32_t req_size = VUF_CONFIG_HDR_SIZE + 8;
 
-    raw_negotiate(f, VUF_PF(CONFIG));
+    raw_negotiate(f, VUF_PROTO_MASK(CONFIG));
     memset(&cfg, 0, sizeof(cfg));
     cfg.offset = 0x10;
     cfg.size = 8;
@@ -1521,7 +1529,7 @@ static void test_client_device_state_fd(void **state)
     uint64_t v;
     char buf[8];
 
-    raw_negotiate(f, VUF_PF(DEVICE_STATE));
+    raw_negotiate(f, VUF_PROTO_MASK(DEVICE_STATE));
     assert_int_equal(pipe2(p, O_CLOEXEC), 0);
     before = tu_count_fds();
 
@@ -1807,7 +1815,7 @@ static void test_client_invalid_args(void **state)
 
 static void srv_set_reply_ack(struct fx *f)
 {
-    vuf_server_set_protocol_features(f->srv, VUF_PF(REPLY_ACK));
+    vuf_server_set_protocol_features(f->srv, VUF_PROTO_MASK(REPLY_ACK));
 }
 
 static void test_server_unknown_code(void **state)
@@ -1967,13 +1975,13 @@ static void test_server_no_handler(void **state)
 static void test_server_protocol_features_rules(void **state)
 {
     struct fx *f = *state;
-    uint64_t v = VUF_PF(REPLY_ACK);
+    uint64_t v = VUF_PROTO_MASK(REPLY_ACK);
 
     /* NEED_REPLY before REPLY_ACK exists: no ack; then it is in force. */
     raw_send(f->raw, VUF_REQ_SET_PROTOCOL_FEATURES, REQ_NR, &v, 8, NULL, 0);
     assert_int_equal(vuf_server_process_one(f->srv), 0);
     assert_nothing_pending(f->raw, 20);
-    assert_int_equal(vuf_server_protocol_features(f->srv), VUF_PF(REPLY_ACK));
+    assert_int_equal(vuf_server_protocol_features(f->srv), VUF_PROTO_MASK(REPLY_ACK));
     /* Turning it off is still acked (old rules). */
     v = 0;
     raw_send(f->raw, VUF_REQ_SET_PROTOCOL_FEATURES, REQ_NR, &v, 8, NULL, 0);
@@ -1982,14 +1990,14 @@ static void test_server_protocol_features_rules(void **state)
     assert_int_equal(vuf_server_protocol_features(f->srv), 0);
     /* A failing handler: not recorded. */
     fx_set_fail(f, -EPERM);
-    v = VUF_PF(REPLY_ACK);
+    v = VUF_PROTO_MASK(REPLY_ACK);
     raw_send(f->raw, VUF_REQ_SET_PROTOCOL_FEATURES, REQ, &v, 8, NULL, 0);
     assert_int_equal(vuf_server_process_one(f->srv), -EPERM);
     assert_int_equal(vuf_server_protocol_features(f->srv), 0);
     fx_set_fail(f, 0);
 
     /* LOG_SHMFD: SET_LOG_BASE always answered, NEED_REPLY or not. */
-    vuf_server_set_protocol_features(f->srv, VUF_PF(LOG_SHMFD));
+    vuf_server_set_protocol_features(f->srv, VUF_PROTO_MASK(LOG_SHMFD));
     {
         struct vuf_log lg = {.mmap_size = 0x1000};
         int fd = make_memfd("log", 0x1000);
@@ -2033,7 +2041,7 @@ static void test_backend_channel(void **state)
     int before = tu_count_fds(), fd;
 
     assert_true(vuf_server_fd(f->srv) >= 0);
-    vuf_server_set_protocol_features(f->srv, VUF_PF(REPLY_ACK));
+    vuf_server_set_protocol_features(f->srv, VUF_PROTO_MASK(REPLY_ACK));
 
     /* CONFIG_CHANGE_MSG (code 2 = SET_FEATURES on the other channel). */
     raw_send(f->raw, VUF_BREQ_CONFIG_CHANGE_MSG, REQ_NR, NULL, 0, NULL, 0);
@@ -2108,7 +2116,7 @@ static void test_backend_channel_via_client(void **state)
 
     memset(&cfg, 0, sizeof(cfg));
     assert_int_equal(vuf_server_new_backend_channel(&cfg, &bsrv, &peer), 0);
-    assert_int_equal(vuf_client_set_protocol_features(f->cli, VUF_PF(BACKEND_REQ)), 0);
+    assert_int_equal(vuf_client_set_protocol_features(f->cli, VUF_PROTO_MASK(BACKEND_REQ)), 0);
     assert_int_equal(srv_sync(f), 0);
     assert_int_equal(vuf_client_set_backend_req_fd(f->cli, peer), 0);
     assert_int_equal(srv_sync(f), 0);
@@ -2117,7 +2125,7 @@ static void test_backend_channel_via_client(void **state)
     assert_true(rfd >= 0);
     assert_int_equal(vuf_conn_adopt(rfd, &bconn), 0);
     vuf_conn_set_timeout(bconn, 1000);
-    vuf_server_set_protocol_features(bsrv, VUF_PF(REPLY_ACK));
+    vuf_server_set_protocol_features(bsrv, VUF_PROTO_MASK(REPLY_ACK));
     /* No handlers on that server: an acked request gets -ENOTSUP back. */
     raw_send(bconn, VUF_BREQ_CONFIG_CHANGE_MSG, REQ_NR, NULL, 0, NULL, 0);
     assert_int_equal(vuf_server_process_one(bsrv), -ENOTSUP);

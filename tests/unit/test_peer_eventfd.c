@@ -389,13 +389,14 @@ static int tbe_handler(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
 
     switch (req->hdr.request) {
     case VUF_REQ_GET_FEATURES:
-        reply->payload.u64 = (1ull << VUF_VIRTIO_F_VERSION_1) | (1ull << VUF_F_PROTOCOL_FEATURES);
+        reply->payload.u64 =
+            (1ull << VUF_VIRTIO_F_VERSION_1) | (1ull << VUF_VHOST_F_PROTOCOL_FEATURES);
         reply->hdr.size = 8;
         return 0;
     case VUF_REQ_GET_PROTOCOL_FEATURES:
         /* REPLY_ACK: the front-end waits until SET_VRING_KICK was handled,
          * so the trick is in place before the activation's kick. */
-        reply->payload.u64 = VUF_PF(REPLY_ACK);
+        reply->payload.u64 = VUF_PROTO_MASK(REPLY_ACK);
         reply->hdr.size = 8;
         return 0;
     case VUF_REQ_GET_VRING_BASE:

@@ -28,14 +28,14 @@
 #include "vuf/virtio.h"
 
 #define BIT(n) (1ull << (n))
-#define F_PROTOCOL BIT(VUF_F_PROTOCOL_FEATURES)
+#define F_PROTOCOL BIT(VUF_VHOST_F_PROTOCOL_FEATURES)
 
 /* The protocol features the front-end can use (crosvm's set). REPLY_ACK is
  * needed for the back-end's SHMEM_MAP acks, and vuf also uses it for its own
  * requests unless crosvm_no_need_reply. */
-#define FE_PROTOCOL_FEATURES                                                 \
-    (VUF_PF(MQ) | VUF_PF(REPLY_ACK) | VUF_PF(BACKEND_REQ) | VUF_PF(CONFIG) | \
-     VUF_PF(DEVICE_STATE) | VUF_PF(SHMEM))
+#define FE_PROTOCOL_FEATURES                                                        \
+    (VUF_PROTO_MASK(MQ) | VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(BACKEND_REQ) | \
+     VUF_PROTO_MASK(CONFIG) | VUF_PROTO_MASK(DEVICE_STATE) | VUF_PROTO_MASK(SHMEM))
 
 /* Per-message deadline on the back-end request channel. */
 #define FE_BREQ_TIMEOUT_MS 1000
@@ -65,7 +65,7 @@ static bool is_pow2(uint32_t v)
 }
 
 /* Remember an error that put the main socket's stream out of step. */
-static int stream_note(struct vuf_frontend *fe, int r)
+int fe_stream_note(struct vuf_frontend *fe, int r)
 {
     if (vuf_conn_error_is_fatal(r) && !fe->stream_err)
         fe->stream_err = r;
@@ -79,7 +79,7 @@ static int stream_note(struct vuf_frontend *fe, int r)
  * the protocol cannot tell apart when the codes match. Fail instead, now
  * and from then on. A hang-up (EOF, no data) is left to the send.
  */
-static int stream_check(struct vuf_frontend *fe)
+int fe_stream_check(struct vuf_frontend *fe)
 {
     struct pollfd p = {.fd = vuf_conn_fd(vuf_client_conn(fe->client)), .events = POLLIN};
     char b;
@@ -95,16 +95,6 @@ static int stream_check(struct vuf_frontend *fe)
         fe->stream_err = -EPROTO;
     }
     return fe->stream_err;
-}
-
-int fe_stream_check(struct vuf_frontend *fe)
-{
-    return stream_check(fe);
-}
-
-int fe_stream_note(struct vuf_frontend *fe, int r)
-{
-    return stream_note(fe, r);
 }
 
 int vuf_queue_reclaim(struct vuf_queue *q, const struct vuf_guest_mem *mem, uint32_t base)
@@ -199,7 +189,7 @@ static int send_features_if_needed(struct vuf_frontend *fe)
  */
 static int config_negotiated(struct vuf_frontend *fe)
 {
-    if (vuf_client_protocol_features(fe->client) & VUF_PF(CONFIG))
+    if (vuf_client_protocol_features(fe->client) & VUF_PROTO_MASK(CONFIG))
         return 0;
     vuf_log(VUF_LOG_DEBUG, "%s: config access refused: the back-end did not negotiate CONFIG",
             fe->label);
@@ -229,7 +219,7 @@ static int fe_read_config(struct vuf_device *d, uint64_t offset, void *data, siz
     r = config_negotiated(fe);
     if (r < 0)
         return r;
-    r = stream_check(fe);
+    r = fe_stream_check(fe);
     if (r < 0)
         return r;
     /*
@@ -246,8 +236,8 @@ static int fe_read_config(struct vuf_device *d, uint64_t offset, void *data, siz
         tmp = malloc(whole);
         if (!tmp)
             return -ENOMEM;
-        r = stream_note(fe,
-                        vuf_client_get_config(fe->client, 0, VUF_CONFIG_FLAG_WRITABLE, tmp, whole));
+        r = fe_stream_note(
+            fe, vuf_client_get_config(fe->client, 0, VUF_CONFIG_FLAG_WRITABLE, tmp, whole));
         if (r < 0)
             vuf_log(VUF_LOG_ERROR, "%s: failed to read config 0x%llx+%zu: %s", fe->label,
                     (unsigned long long)offset, len, vuf_strerror(r));
@@ -263,8 +253,8 @@ static int fe_read_config(struct vuf_device *d, uint64_t offset, void *data, siz
     while (done < len) {
         uint32_t n = len - done > VUF_CONFIG_MAX ? VUF_CONFIG_MAX : (uint32_t)(len - done);
 
-        r = stream_note(fe, vuf_client_get_config(fe->client, (uint32_t)(offset + done),
-                                                  VUF_CONFIG_FLAG_WRITABLE, tmp + done, n));
+        r = fe_stream_note(fe, vuf_client_get_config(fe->client, (uint32_t)(offset + done),
+                                                     VUF_CONFIG_FLAG_WRITABLE, tmp + done, n));
         if (r < 0) {
             vuf_log(VUF_LOG_ERROR, "%s: failed to read config at 0x%llx: %s", fe->label,
                     (unsigned long long)(offset + done), vuf_strerror(r));
@@ -296,15 +286,15 @@ static int fe_write_config(struct vuf_device *d, uint64_t offset, const void *da
     r = config_negotiated(fe);
     if (r < 0)
         return r;
-    r = stream_check(fe);
+    r = fe_stream_check(fe);
     if (r < 0)
         return r;
     while (done < len) {
         uint32_t n = len - done > VUF_CONFIG_MAX ? VUF_CONFIG_MAX : (uint32_t)(len - done);
 
-        r = stream_note(fe, vuf_client_set_config(fe->client, (uint32_t)(offset + done),
-                                                  VUF_CONFIG_FLAG_WRITABLE,
-                                                  (const uint8_t *)data + done, n));
+        r = fe_stream_note(fe, vuf_client_set_config(fe->client, (uint32_t)(offset + done),
+                                                     VUF_CONFIG_FLAG_WRITABLE,
+                                                     (const uint8_t *)data + done, n));
 
         if (r < 0) {
             vuf_log(VUF_LOG_ERROR, "%s: failed to write config at 0x%llx: %s", fe->label,
@@ -490,7 +480,7 @@ static int deactivate_vring(struct vuf_frontend *fe, unsigned i, uint32_t *base,
  */
 static int stop_queues(struct vuf_frontend *fe, bool reclaim)
 {
-    int err = fe->nsent ? stream_check(fe) : 0;
+    int err = fe->nsent ? fe_stream_check(fe) : 0;
     bool broken = err < 0;
 
     for (unsigned k = 0; k < fe->nsent; k++) {
@@ -500,7 +490,7 @@ static int stop_queues(struct vuf_frontend *fe, bool reclaim)
         int r = -ECONNRESET;
 
         if (!broken)
-            r = stream_note(fe, deactivate_vring(fe, s->index, &base, &have_base, &broken));
+            r = fe_stream_note(fe, deactivate_vring(fe, s->index, &base, &have_base, &broken));
         if (r < 0 && !err)
             err = r;
         if (!reclaim)
@@ -560,7 +550,7 @@ static int check_activation(struct vuf_frontend *fe, const struct vuf_guest_mem 
     r = fe_inflight_check(fe, queues, nqueues); /* the sizes fit a kept area */
     if (r < 0)
         return r;
-    return stream_check(fe);
+    return fe_stream_check(fe);
 }
 
 /*
@@ -663,7 +653,7 @@ static int fe_activate(struct vuf_device *d, const struct vuf_guest_mem *mem,
     return 0;
 
 fail:
-    stream_note(fe, r);
+    fe_stream_note(fe, r);
     /* crosvm leaves started rings running on the back-end; stop them so it
      * no longer touches guest memory the transport will reset. */
     if (!vuf_conn_error_is_fatal(r))
@@ -939,7 +929,7 @@ static int make_pipe(int p[2], int ours)
 
 static int require_device_state(const struct vuf_frontend *fe, const char *what)
 {
-    if (!(fe->protocol_features & VUF_PF(DEVICE_STATE))) {
+    if (!(fe->protocol_features & VUF_PROTO_MASK(DEVICE_STATE))) {
         vuf_log(VUF_LOG_ERROR, "%s: %s requires VHOST_USER_PROTOCOL_F_DEVICE_STATE", fe->label,
                 what);
         return -ENOTSUP;
@@ -958,8 +948,8 @@ static int open_state_channel(struct vuf_frontend *fe, uint32_t dir, int *ours, 
     r = make_pipe(p, end);
     if (r < 0)
         return r;
-    r = stream_note(fe, vuf_client_set_device_state_fd(fe->client, dir, VUF_STATE_PHASE_STOPPED,
-                                                       p[1 - end], backend_fd));
+    r = fe_stream_note(fe, vuf_client_set_device_state_fd(fe->client, dir, VUF_STATE_PHASE_STOPPED,
+                                                          p[1 - end], backend_fd));
     /* Saving, EOF ends the state, so our write end must be gone before we
      * read. Loading, the back-end has its own copy of the read end; without
      * ours, a back-end that stops reading makes our write fail instead of
@@ -978,7 +968,7 @@ static int open_state_channel(struct vuf_frontend *fe, uint32_t dir, int *ours, 
 /* CHECK_DEVICE_STATE once the state went through the channel. */
 static int check_state_transfer(struct vuf_frontend *fe)
 {
-    int r = stream_note(fe, vuf_client_check_device_state(fe->client));
+    int r = fe_stream_note(fe, vuf_client_check_device_state(fe->client));
 
     if (r < 0)
         vuf_log(VUF_LOG_ERROR, "%s: failed to transfer device state: %s", fe->label,
@@ -1005,7 +995,7 @@ static int fe_snapshot(struct vuf_device *d, uint8_t **data, size_t *len)
     }
     r = require_device_state(fe, "snapshot");
     if (r == 0)
-        r = stream_check(fe);
+        r = fe_stream_check(fe);
     if (r == 0)
         r = open_state_channel(fe, VUF_STATE_DIR_SAVE, &pipe_fd, &backend_fd);
     if (r < 0)
@@ -1070,7 +1060,7 @@ static int fe_restore(struct vuf_device *d, const uint8_t *data, size_t len)
                 fe->label, (unsigned long long)missing);
         return -ENOTSUP;
     }
-    r = stream_check(fe);
+    r = fe_stream_check(fe);
     if (r < 0)
         return r;
     /* Bit 30 stays whenever this back-end offers it: it decides whether
@@ -1078,7 +1068,7 @@ static int fe_restore(struct vuf_device *d, const uint8_t *data, size_t len)
      * acked set as it was (the next activation then re-sends it). */
     old_acked = fe->acked_features;
     fe->acked_features = h.acked_features | (fe->avail_features & F_PROTOCOL);
-    r = stream_note(fe, send_features_if_needed(fe));
+    r = fe_stream_note(fe, send_features_if_needed(fe));
     if (r < 0)
         goto fail;
 
@@ -1121,7 +1111,7 @@ static int fe_get_shm_region(struct vuf_device *d, struct vuf_shm_region *out)
     unsigned count = 0;
     int r;
 
-    if (!(fe->protocol_features & VUF_PF(SHMEM)))
+    if (!(fe->protocol_features & VUF_PROTO_MASK(SHMEM)))
         return 0;
 
     pthread_mutex_lock(&fe->shm_lock);
@@ -1145,13 +1135,13 @@ static int fe_get_shm_region(struct vuf_device *d, struct vuf_shm_region *out)
     if (r != -EAGAIN)
         return r;
 
-    r = stream_check(fe);
+    r = fe_stream_check(fe);
     if (r < 0)
         return r;
     cfg = malloc(sizeof(*cfg)); /* 2 KiB: keep it off the stack */
     if (!cfg)
         return -ENOMEM;
-    r = stream_note(fe, vuf_client_get_shmem_config(fe->client, cfg));
+    r = fe_stream_note(fe, vuf_client_get_shmem_config(fe->client, cfg));
     if (r < 0) {
         vuf_log(VUF_LOG_ERROR, "%s: failed to get shared memory config: %s", fe->label,
                 vuf_strerror(r));
@@ -1209,7 +1199,7 @@ static int fe_set_shm_mapper(struct vuf_device *d, const struct vuf_shm_mapper *
         return -EINVAL;
     /* Mappings are requested on the back-end channel: without it the
      * mapper would never be used. */
-    if (!(fe->protocol_features & VUF_PF(BACKEND_REQ))) {
+    if (!(fe->protocol_features & VUF_PROTO_MASK(BACKEND_REQ))) {
         vuf_log(VUF_LOG_ERROR,
                 "%s: error setting shared memory mapper: protocol feature is not "
                 "negotiated: BACKEND_REQ",
@@ -1371,8 +1361,8 @@ static int negotiate_features(struct vuf_frontend *fe)
 
     /* Packed rings are not handled at the protocol layer (no wrap counters
      * in SET/GET_VRING_BASE, no packed reclaim). */
-    if (base & BIT(VUF_F_RING_PACKED)) {
-        base &= ~BIT(VUF_F_RING_PACKED);
+    if (base & BIT(VUF_VIRTIO_F_RING_PACKED)) {
+        base &= ~BIT(VUF_VIRTIO_F_RING_PACKED);
         vuf_log(VUF_LOG_WARN,
                 "%s: VIRTIO_F_RING_PACKED requested, but not supported by the "
                 "vhost-user front-end; disabled",
@@ -1392,9 +1382,9 @@ static int negotiate_features(struct vuf_frontend *fe)
      * supports them; bit 30 always. */
     allow = VUF_DEVICE_TYPE_SPECIFIC_FEATURES_MASK | base | F_PROTOCOL;
     /* LOG_ALL is for dirty logging only, never for the driver. */
-    allow &= ~BIT(VUF_F_LOG_ALL);
+    allow &= ~BIT(VUF_VHOST_F_LOG_ALL);
     fe->avail_features = allow & features;
-    fe->log_all_offered = (features & BIT(VUF_F_LOG_ALL)) != 0;
+    fe->log_all_offered = (features & BIT(VUF_VHOST_F_LOG_ALL)) != 0;
     fe->acked_features = 0;
     return 0;
 }
@@ -1417,9 +1407,9 @@ static int negotiate_protocol(struct vuf_frontend *fe)
         return r;
     }
     fe->protocol_features =
-        pf & (FE_PROTOCOL_FEATURES | (fe->cfg.dirty_log ? VUF_PF(LOG_SHMFD) : 0) |
-              (fe->cfg.mem_slots ? VUF_PF(CONFIGURE_MEM_SLOTS) : 0) |
-              (fe->cfg.inflight ? VUF_PF(INFLIGHT_SHMFD) : 0));
+        pf & (FE_PROTOCOL_FEATURES | (fe->cfg.dirty_log ? VUF_PROTO_MASK(LOG_SHMFD) : 0) |
+              (fe->cfg.mem_slots ? VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS) : 0) |
+              (fe->cfg.inflight ? VUF_PROTO_MASK(INFLIGHT_SHMFD) : 0));
     r = vuf_client_set_protocol_features(fe->client, fe->protocol_features);
     if (r < 0)
         vuf_log(VUF_LOG_ERROR, "%s: failed to set protocol features: %s", fe->label,
@@ -1433,7 +1423,7 @@ static int open_backend_channel(struct vuf_frontend *fe)
     struct vuf_server_config scfg;
     int peer = -1, r;
 
-    if (!(fe->protocol_features & VUF_PF(BACKEND_REQ)))
+    if (!(fe->protocol_features & VUF_PROTO_MASK(BACKEND_REQ)))
         return 0;
     memset(&scfg, 0, sizeof(scfg));
     fe_breq_handlers(fe, &scfg);
@@ -1465,7 +1455,7 @@ static int negotiate_queue_count(struct vuf_frontend *fe)
     uint64_t n = 0;
     int r;
 
-    if (!(fe->protocol_features & VUF_PF(MQ))) {
+    if (!(fe->protocol_features & VUF_PROTO_MASK(MQ))) {
         if (!info) {
             vuf_log(VUF_LOG_ERROR, "%s: unknown device type and no MQ: queue count unknown",
                     fe->label);

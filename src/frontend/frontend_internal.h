@@ -180,8 +180,8 @@ void fe_log_release(struct vuf_frontend *fe);
  * last value sent; logs and returns the error. */
 int fe_send_features(struct vuf_frontend *fe);
 
-/* stream_check() and stream_note() of frontend.c: refuse to send once the
- * main socket's stream is out of step, and note errors that put it so. */
+/* frontend.c: refuse to send once the main socket's stream is out of step
+ * (fe_stream_check), and note errors that put it so (fe_stream_note). */
 int fe_stream_check(struct vuf_frontend *fe);
 int fe_stream_note(struct vuf_frontend *fe, int r);
 
