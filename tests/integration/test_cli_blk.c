@@ -454,9 +454,9 @@ static void *liar_main(void *arg)
 
     memset(&cfg, 0, sizeof(cfg));
     cfg.channel = VUF_CH_FRONTEND;
-    cfg.features = (1ull << VUF_VIRTIO_F_VERSION_1) | (1ull << VUF_F_PROTOCOL_FEATURES) |
+    cfg.features = (1ull << VUF_VIRTIO_F_VERSION_1) | (1ull << VUF_VHOST_F_PROTOCOL_FEATURES) |
                    (1ull << VUF_BLK_F_BLK_SIZE);
-    cfg.protocol_features = VUF_PF(CONFIG);
+    cfg.protocol_features = VUF_PROTO_MASK(CONFIG);
     cfg.handlers[VUF_REQ_GET_CONFIG] = liar_get_config;
     cfg.opaque = l;
     if (vuf_conn_accept(l->lfd, RUN_DEADLINE_MS, &c) < 0)
@@ -483,7 +483,7 @@ static void run_against_liar(struct fixture *f, struct tu_run *r, uint64_t capac
     struct liar l = {.capacity = capacity, .blk_size = blk_size};
     int fds0 = tu_count_fds();
 
-    assert_int_equal(vuf_listen(f->sock, &l.lfd), 0);
+    assert_int_equal(vuf_conn_listen(f->sock, &l.lfd), 0);
     assert_int_equal(pthread_create(&l.th, NULL, liar_main, &l), 0);
     expect(r, code, args);
     pthread_join(l.th, NULL);

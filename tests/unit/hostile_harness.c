@@ -147,7 +147,7 @@ void hb_init(struct hb *hb, struct vuf_conn *conn)
     pthread_mutex_init(&hb->lock, NULL);
     hb->conn = conn;
     hb->features = F_PROTO | F_VERSION_1 | BIT(0);
-    hb->protocol_features = VUF_PF(CONFIG) | VUF_PF(DEVICE_STATE) | VUF_PF(REPLY_ACK);
+    hb->protocol_features = VUF_PROTO_MASK(CONFIG) | VUF_PROTO_MASK(DEVICE_STATE) | VUF_PROTO_MASK(REPLY_ACK);
     hb->queue_num = 2;
     hb->vring_base = 5;
     hb->breq_fd = -1;

@@ -26,7 +26,7 @@
 #include "vuf/guest_mem.h"
 
 #define BIT(n) (1ull << (n))
-#define F_PROTO BIT(VUF_F_PROTOCOL_FEATURES)
+#define F_PROTO BIT(VUF_VHOST_F_PROTOCOL_FEATURES)
 #define F_VERSION_1 BIT(32)
 #define REPLY (VUF_VERSION | VUF_FLAG_REPLY)
 #define REQ VUF_VERSION

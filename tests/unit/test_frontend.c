@@ -34,10 +34,10 @@
 #include "vuf/virtio.h"
 
 #define BIT(n) (1ull << (n))
-#define F_PROTO BIT(VUF_F_PROTOCOL_FEATURES)
+#define F_PROTO BIT(VUF_VHOST_F_PROTOCOL_FEATURES)
 #define F_EVENT_IDX BIT(29)
 #define F_VERSION_1 BIT(32)
-#define F_PACKED BIT(VUF_F_RING_PACKED)
+#define F_PACKED BIT(VUF_VIRTIO_F_RING_PACKED)
 
 #define MAX_REC 1024
 #define MAX_Q 8
@@ -401,7 +401,7 @@ static void be_init(struct be *be)
     memset(be, 0, sizeof(*be));
     pthread_mutex_init(&be->lock, NULL);
     be->features = F_PROTO | F_EVENT_IDX | F_VERSION_1 | BIT(0);
-    be->protocol_features = VUF_PF(CONFIG) | VUF_PF(DEVICE_STATE) | VUF_PF(REPLY_ACK);
+    be->protocol_features = VUF_PROTO_MASK(CONFIG) | VUF_PROTO_MASK(DEVICE_STATE) | VUF_PROTO_MASK(REPLY_ACK);
     be->queue_num = 3;
     be->vring_base = 7;
     be->breq_fd = -1;
@@ -782,9 +782,9 @@ static void expect_new(struct fx *f)
                          R(SET_PROTOCOL_FEATURES)};
     unsigned n = 4;
 
-    if (pf & VUF_PF(BACKEND_REQ))
+    if (pf & VUF_PROTO_MASK(BACKEND_REQ))
         codes[n++] = R(SET_BACKEND_REQ_FD);
-    if (pf & VUF_PF(MQ))
+    if (pf & VUF_PROTO_MASK(MQ))
         codes[n++] = R(GET_QUEUE_NUM);
     expect_seq_(&f->be, &f->mark, codes, n, __LINE__);
 }
@@ -804,15 +804,15 @@ static void test_new_sequence_and_features(void **state)
      * front-end does not use. */
     f.be.features = F_PROTO | F_EVENT_IDX | F_VERSION_1 | F_PACKED | BIT(0) | BIT(23) | BIT(24) |
                     BIT(50) | BIT(63);
-    f.be.protocol_features |= VUF_PF(LOG_SHMFD) | VUF_PF(STATUS) | BIT(40);
+    f.be.protocol_features |= VUF_PROTO_MASK(LOG_SHMFD) | VUF_PROTO_MASK(STATUS) | BIT(40);
     assert_int_equal(fx_new(&f, &cfg), 0);
     expect_seq(&f.be, &f.mark, R(SET_OWNER), R(GET_FEATURES), R(GET_PROTOCOL_FEATURES),
                R(SET_PROTOCOL_FEATURES));
     /* Only the allowed protocol bits are acked. */
     assert_int_equal(be_rec(&f.be, 3).u64,
-                     VUF_PF(CONFIG) | VUF_PF(DEVICE_STATE) | VUF_PF(REPLY_ACK));
+                     VUF_PROTO_MASK(CONFIG) | VUF_PROTO_MASK(DEVICE_STATE) | VUF_PROTO_MASK(REPLY_ACK));
     assert_int_equal(vuf_frontend_protocol_features(f.dev),
-                     VUF_PF(CONFIG) | VUF_PF(DEVICE_STATE) | VUF_PF(REPLY_ACK));
+                     VUF_PROTO_MASK(CONFIG) | VUF_PROTO_MASK(DEVICE_STATE) | VUF_PROTO_MASK(REPLY_ACK));
     /* Device-type bits pass, transport bits only from base, bit 30 always. */
     assert_int_equal(vuf_device_features(f.dev),
                      F_PROTO | F_EVENT_IDX | BIT(0) | BIT(23) | BIT(50) | BIT(63));
@@ -908,7 +908,7 @@ static void test_backend_req_and_mq(void **state)
 
     (void)state;
     fx_begin(&f);
-    f.be.protocol_features |= VUF_PF(BACKEND_REQ) | VUF_PF(MQ);
+    f.be.protocol_features |= VUF_PROTO_MASK(BACKEND_REQ) | VUF_PROTO_MASK(MQ);
     f.be.queue_num = 4;
     assert_int_equal(fx_new(&f, &cfg), 0);
     expect_seq(&f.be, &f.mark, R(SET_OWNER), R(GET_FEATURES), R(GET_PROTOCOL_FEATURES),
@@ -940,7 +940,7 @@ static void test_queue_num_bounds(void **state)
         struct vuf_frontend_config cfg = fx_cfg(VUF_DEV_BLK, 0);
 
         fx_begin(&f);
-        f.be.protocol_features |= VUF_PF(MQ);
+        f.be.protocol_features |= VUF_PROTO_MASK(MQ);
         f.be.queue_num = cases[i].n;
         assert_int_equal(fx_new(&f, &cfg), cases[i].r);
         if (cases[i].r == 0)
@@ -994,7 +994,7 @@ static void test_net_queue_pairs(void **state)
         const uint16_t *sizes;
 
         fx_begin(&f);
-        f.be.protocol_features |= VUF_PF(MQ);
+        f.be.protocol_features |= VUF_PROTO_MASK(MQ);
         f.be.queue_num = cases[i].pairs;
         if (cases[i].ctrl)
             f.be.features |= ctrl_vq;
@@ -1027,7 +1027,7 @@ static void test_net_queue_pairs(void **state)
         struct vuf_frontend_config cfg = fx_cfg(VUF_DEV_FS, 0);
 
         fx_begin(&f);
-        f.be.protocol_features |= VUF_PF(MQ);
+        f.be.protocol_features |= VUF_PROTO_MASK(MQ);
         f.be.queue_num = 4;
         f.be.features |= ctrl_vq; /* a device-specific bit of another meaning */
         assert_int_equal(fx_new(&f, &cfg), 0);
@@ -1061,7 +1061,7 @@ static void test_new_errors(void **state)
 
     /* Unknown type with MQ is fine. */
     fx_begin(&f);
-    f.be.protocol_features |= VUF_PF(MQ);
+    f.be.protocol_features |= VUF_PROTO_MASK(MQ);
     assert_int_equal(fx_new(&f, &cfg), 0);
     assert_string_equal(vuf_device_label(f.dev), "vu-30583");
     fx_end(&f);
@@ -1101,7 +1101,7 @@ static void lifecycle(bool with_backend_req)
 
     fx_begin(&f);
     if (with_backend_req)
-        f.be.protocol_features |= VUF_PF(BACKEND_REQ);
+        f.be.protocol_features |= VUF_PROTO_MASK(BACKEND_REQ);
     assert_int_equal(fx_new(&f, &cfg), 0);
     if (with_backend_req)
         expect_seq(&f.be, &f.mark, R(SET_OWNER), R(GET_FEATURES), R(GET_PROTOCOL_FEATURES),
@@ -1205,7 +1205,7 @@ static void lifecycle(bool with_backend_req)
     /* restore on a fresh connection */
     fx_begin(&g);
     if (with_backend_req)
-        g.be.protocol_features |= VUF_PF(BACKEND_REQ);
+        g.be.protocol_features |= VUF_PROTO_MASK(BACKEND_REQ);
     assert_int_equal(fx_new(&g, &cfg), 0);
     if (with_backend_req)
         expect_seq(&g.be, &g.mark, R(SET_OWNER), R(GET_FEATURES), R(GET_PROTOCOL_FEATURES),
@@ -1467,7 +1467,7 @@ static void fx_shm_device(struct fx *f, uint8_t shmid)
     struct vuf_shm_mapper m = {&tmap_ops, &f->map};
     struct vuf_shm_region reg;
 
-    f->be.protocol_features |= VUF_PF(BACKEND_REQ) | VUF_PF(SHMEM);
+    f->be.protocol_features |= VUF_PROTO_MASK(BACKEND_REQ) | VUF_PROTO_MASK(SHMEM);
     f->be.shm.nregions = 1;
     f->be.shm.memory_sizes[shmid] = REGION_LEN;
     assert_int_equal(fx_new(f, &cfg), 0);
@@ -1634,7 +1634,7 @@ static void test_shmem_region_cases(void **state)
 
     /* Two regions: an error, cached. */
     fx_begin(&f);
-    f.be.protocol_features |= VUF_PF(SHMEM) | VUF_PF(BACKEND_REQ);
+    f.be.protocol_features |= VUF_PROTO_MASK(SHMEM) | VUF_PROTO_MASK(BACKEND_REQ);
     f.be.shm.nregions = 2;
     f.be.shm.memory_sizes[0] = 4096;
     f.be.shm.memory_sizes[5] = 8192;
@@ -1649,7 +1649,7 @@ static void test_shmem_region_cases(void **state)
 
     /* No region: cached "none"; a mapper has nothing to map. */
     fx_begin(&f);
-    f.be.protocol_features |= VUF_PF(SHMEM) | VUF_PF(BACKEND_REQ);
+    f.be.protocol_features |= VUF_PROTO_MASK(SHMEM) | VUF_PROTO_MASK(BACKEND_REQ);
     assert_int_equal(fx_new(&f, &cfg), 0);
     expect_new(&f);
     assert_int_equal(vuf_device_get_shm_region(f.dev, &reg), 0);
@@ -1668,7 +1668,7 @@ static void test_map_before_mapper(void **state)
 
     (void)state;
     fx_begin(&f);
-    f.be.protocol_features |= VUF_PF(BACKEND_REQ) | VUF_PF(SHMEM);
+    f.be.protocol_features |= VUF_PROTO_MASK(BACKEND_REQ) | VUF_PROTO_MASK(SHMEM);
     f.be.shm.nregions = 1;
     f.be.shm.memory_sizes[0] = REGION_LEN;
     assert_int_equal(fx_new(&f, &cfg), 0);
@@ -1793,7 +1793,7 @@ static void test_snapshot_variants(void **state)
 
     /* No DEVICE_STATE. */
     fx_begin(&f);
-    f.be.protocol_features = VUF_PF(CONFIG);
+    f.be.protocol_features = VUF_PROTO_MASK(CONFIG);
     assert_int_equal(fx_new(&f, &cfg), 0);
     expect_new(&f);
     assert_int_equal(vuf_device_snapshot(f.dev, &snap, &len), -ENOTSUP);
@@ -1815,7 +1815,7 @@ static void test_backend_crash(void **state)
 
     (void)state;
     fx_begin(&f);
-    f.be.protocol_features |= VUF_PF(BACKEND_REQ);
+    f.be.protocol_features |= VUF_PROTO_MASK(BACKEND_REQ);
     assert_int_equal(fx_new(&f, &cfg), 0);
     fx_queues(&f, 2);
     fx_activate_ok(&f);
@@ -1933,7 +1933,7 @@ static void test_reconnect_new_backend(void **state)
 /* Dirty logging                                                            */
 /* ------------------------------------------------------------------------ */
 
-#define F_LOG_ALL BIT(VUF_F_LOG_ALL)
+#define F_LOG_ALL BIT(VUF_VHOST_F_LOG_ALL)
 
 /* The back-end logs `page` as libvhost-user does (atomic byte OR). */
 static void be_log_page(struct be *be, uint64_t page)
@@ -1981,10 +1981,10 @@ static void test_dirty_log(void **state)
     cfg.dirty_log = true;
     fx_begin(&f);
     f.be.features |= F_LOG_ALL;
-    f.be.protocol_features |= VUF_PF(LOG_SHMFD);
+    f.be.protocol_features |= VUF_PROTO_MASK(LOG_SHMFD);
     assert_int_equal(fx_new(&f, &cfg), 0);
     expect_new(&f);
-    assert_true(vuf_frontend_protocol_features(f.dev) & VUF_PF(LOG_SHMFD));
+    assert_true(vuf_frontend_protocol_features(f.dev) & VUF_PROTO_MASK(LOG_SHMFD));
     /* LOG_ALL is never offered to the driver, even when base asks for it. */
     assert_int_equal(vuf_device_features(f.dev) & F_LOG_ALL, 0);
     assert_int_equal(vuf_device_ack_features(f.dev, F_LOG_ALL | F_EVENT_IDX), 0);
@@ -2153,11 +2153,11 @@ static void test_dirty_log_not_supported(void **state)
         fx_begin(&f);
         cfg.dirty_log = c != 0;
         f.be.features |= c == 1 ? 0 : F_LOG_ALL;
-        f.be.protocol_features |= c == 2 ? 0 : VUF_PF(LOG_SHMFD);
+        f.be.protocol_features |= c == 2 ? 0 : VUF_PROTO_MASK(LOG_SHMFD);
         assert_int_equal(fx_new(&f, &cfg), 0);
         expect_new(&f);
         /* Without cfg.dirty_log, LOG_SHMFD is not negotiated. */
-        assert_int_equal(!!(vuf_frontend_protocol_features(f.dev) & VUF_PF(LOG_SHMFD)), c == 1);
+        assert_int_equal(!!(vuf_frontend_protocol_features(f.dev) & VUF_PROTO_MASK(LOG_SHMFD)), c == 1);
         assert_int_equal(vuf_device_features(f.dev) & F_LOG_ALL, 0);
         fx_queues(&f, 2);
         fx_activate_ok(&f);
@@ -2181,7 +2181,7 @@ static void test_dirty_log_barrier(void **state)
     cfg.dirty_log = true;
     fx_begin(&f);
     f.be.features |= F_LOG_ALL;
-    f.be.protocol_features = VUF_PF(LOG_SHMFD);
+    f.be.protocol_features = VUF_PROTO_MASK(LOG_SHMFD);
     assert_int_equal(fx_new(&f, &cfg), 0);
     expect_new(&f);
     fx_queues(&f, 1);
@@ -2256,12 +2256,12 @@ static void test_mem_slots(void **state)
 
     (void)state;
     fx_begin(&f);
-    f.be.protocol_features |= VUF_PF(CONFIGURE_MEM_SLOTS);
+    f.be.protocol_features |= VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS);
     f.be.max_slots = 16;
     assert_int_equal(fx_new(&f, &cfg), 0);
     expect_seq(&f.be, &f.mark, R(SET_OWNER), R(GET_FEATURES), R(GET_PROTOCOL_FEATURES),
                R(SET_PROTOCOL_FEATURES), R(GET_MAX_MEM_SLOTS));
-    assert_true(vuf_frontend_protocol_features(f.dev) & VUF_PF(CONFIGURE_MEM_SLOTS));
+    assert_true(vuf_frontend_protocol_features(f.dev) & VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS));
     assert_int_equal(vuf_frontend_max_mem_regions(f.dev), 16);
 
     /* 12 regions (more than SET_MEM_TABLE's 8): the rings' one + 11. */
@@ -2371,7 +2371,7 @@ static void test_mem_slots_limits(void **state)
         struct fx f;
 
         fx_begin(&f);
-        f.be.protocol_features |= VUF_PF(CONFIGURE_MEM_SLOTS);
+        f.be.protocol_features |= VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS);
         f.be.max_slots = cases[i].answer;
         assert_int_equal(fx_new(&f, &cfg), cases[i].ret);
         if (f.dev)
@@ -2384,7 +2384,7 @@ static void test_mem_slots_limits(void **state)
         struct fx f;
 
         fx_begin(&f);
-        f.be.protocol_features |= VUF_PF(CONFIGURE_MEM_SLOTS);
+        f.be.protocol_features |= VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS);
         f.be.max_slots = 4;
         assert_int_equal(fx_new(&f, &cfg), 0);
         expect_seq(&f.be, &f.mark, R(SET_OWNER), R(GET_FEATURES), R(GET_PROTOCOL_FEATURES),
@@ -2419,10 +2419,10 @@ static void test_mem_table_limits(void **state)
     (void)state;
     fx_begin(&f);
     /* Offered, but not asked for (cfg.mem_slots false): crosvm's set. */
-    f.be.protocol_features |= VUF_PF(CONFIGURE_MEM_SLOTS);
+    f.be.protocol_features |= VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS);
     assert_int_equal(fx_new(&f, &cfg), 0);
     expect_new(&f);
-    assert_false(vuf_frontend_protocol_features(f.dev) & VUF_PF(CONFIGURE_MEM_SLOTS));
+    assert_false(vuf_frontend_protocol_features(f.dev) & VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS));
     assert_int_equal(vuf_frontend_max_mem_regions(f.dev), 8);
 
     /* 9 regions: refused before anything is sent. */
@@ -2498,12 +2498,12 @@ static void test_inflight_sequence(void **state)
 
     (void)state;
     fx_begin(&f);
-    f.be.protocol_features |= VUF_PF(INFLIGHT_SHMFD);
+    f.be.protocol_features |= VUF_PROTO_MASK(INFLIGHT_SHMFD);
     f.be.infl_offset = 8192; /* the area need not start the file */
     assert_int_equal(fx_new(&f, &cfg), 0);
     expect_new(&f);
-    assert_true(be_rec(&f.be, 3).u64 & VUF_PF(INFLIGHT_SHMFD));
-    assert_true(vuf_frontend_protocol_features(f.dev) & VUF_PF(INFLIGHT_SHMFD));
+    assert_true(be_rec(&f.be, 3).u64 & VUF_PROTO_MASK(INFLIGHT_SHMFD));
+    assert_true(vuf_frontend_protocol_features(f.dev) & VUF_PROTO_MASK(INFLIGHT_SHMFD));
     nq = (uint16_t)vuf_device_num_queues(f.dev);
     fx_queues(&f, 2);
     assert_int_equal(vuf_frontend_inflight_export(f.dev, &a), -ENOENT);
@@ -2587,7 +2587,7 @@ static void test_inflight_export_import(void **state)
 
     (void)state;
     fx_begin(&f);
-    f.be.protocol_features |= VUF_PF(INFLIGHT_SHMFD);
+    f.be.protocol_features |= VUF_PROTO_MASK(INFLIGHT_SHMFD);
     assert_int_equal(fx_new(&f, &cfg), 0);
     expect_new(&f);
     nq = (uint16_t)vuf_device_num_queues(f.dev);
@@ -2604,7 +2604,7 @@ static void test_inflight_export_import(void **state)
     be_kill(&f.be); /* its thread is gone before g counts threads */
 
     fx_begin(&g); /* counts the export's fd: closed after fx_end(&g) */
-    g.be.protocol_features |= VUF_PF(INFLIGHT_SHMFD);
+    g.be.protocol_features |= VUF_PROTO_MASK(INFLIGHT_SHMFD);
     cfg.inflight_area = &a;
     assert_int_equal(fx_new(&g, &cfg), 0);
     expect_new(&g);
@@ -2643,7 +2643,7 @@ static int try_import(const struct vuf_inflight_area *area, bool inflight, bool 
 
     fx_begin(&f);
     if (offer)
-        f.be.protocol_features |= VUF_PF(INFLIGHT_SHMFD);
+        f.be.protocol_features |= VUF_PROTO_MASK(INFLIGHT_SHMFD);
     cfg.inflight = inflight;
     cfg.inflight_area = area;
     r = fx_new(&f, &cfg);
@@ -2724,7 +2724,7 @@ static void test_inflight_bad_answers(void **state)
         struct vuf_frontend_config cfg = infl_cfg();
 
         fx_begin(&f);
-        f.be.protocol_features |= VUF_PF(INFLIGHT_SHMFD);
+        f.be.protocol_features |= VUF_PROTO_MASK(INFLIGHT_SHMFD);
         f.be.infl_mode = bad[i].mode;
         f.be.infl_size = bad[i].size;
         f.be.infl_file = bad[i].file;
@@ -2754,7 +2754,7 @@ static void test_inflight_bad_answers(void **state)
         struct vuf_frontend_config cfg = infl_cfg();
 
         fx_begin(&f);
-        f.be.protocol_features |= VUF_PF(INFLIGHT_SHMFD);
+        f.be.protocol_features |= VUF_PROTO_MASK(INFLIGHT_SHMFD);
         f.be.infl_mode = INFL_NONE;
         assert_int_equal(fx_new(&f, &cfg), 0);
         expect_new(&f);
@@ -2788,11 +2788,11 @@ static void test_inflight_off(void **state)
         cfg.inflight = on;
         fx_begin(&f);
         if (!on)
-            f.be.protocol_features |= VUF_PF(INFLIGHT_SHMFD);
+            f.be.protocol_features |= VUF_PROTO_MASK(INFLIGHT_SHMFD);
         assert_int_equal(fx_new(&f, &cfg), 0);
         expect_new(&f);
-        assert_false(be_rec(&f.be, 3).u64 & VUF_PF(INFLIGHT_SHMFD));
-        assert_false(vuf_frontend_protocol_features(f.dev) & VUF_PF(INFLIGHT_SHMFD));
+        assert_false(be_rec(&f.be, 3).u64 & VUF_PROTO_MASK(INFLIGHT_SHMFD));
+        assert_false(vuf_frontend_protocol_features(f.dev) & VUF_PROTO_MASK(INFLIGHT_SHMFD));
         fx_queues(&f, 2);
         fx_activate_ok(&f);
         expect_seq(&f.be, &f.mark, R(SET_FEATURES), R(SET_MEM_TABLE), SEQ_QUEUE, SEQ_QUEUE);

@@ -56,10 +56,10 @@ static void test_every_bit_set(void **state)
     f.hb.queue_num = 3;
     assert_int_equal(fx_new(&f), 0);
     /* Only what we can use is kept: no packed rings, no unknown PF. */
-    assert_int_equal(vuf_device_features(f.dev) & BIT(VUF_F_RING_PACKED), 0);
+    assert_int_equal(vuf_device_features(f.dev) & BIT(VUF_VIRTIO_F_RING_PACKED), 0);
     assert_int_equal(vuf_frontend_protocol_features(f.dev) &
-                         ~(VUF_PF(MQ) | VUF_PF(REPLY_ACK) | VUF_PF(BACKEND_REQ) | VUF_PF(CONFIG) |
-                           VUF_PF(DEVICE_STATE) | VUF_PF(SHMEM)),
+                         ~(VUF_PROTO_MASK(MQ) | VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(BACKEND_REQ) | VUF_PROTO_MASK(CONFIG) |
+                           VUF_PROTO_MASK(DEVICE_STATE) | VUF_PROTO_MASK(SHMEM)),
                      0);
     assert_int_equal(vuf_device_num_queues(f.dev), 3);
     fx_end(&f);
@@ -74,7 +74,7 @@ static void test_queue_num_extremes(void **state)
         struct fx f;
 
         fx_begin(&f);
-        f.hb.protocol_features |= VUF_PF(MQ);
+        f.hb.protocol_features |= VUF_PROTO_MASK(MQ);
         f.hb.queue_num = bad[i];
         assert_int_equal(fx_new(&f), -EPROTO);
         assert_null(f.dev);
@@ -188,7 +188,7 @@ static void test_new_hangup_each_step(void **state)
         struct fx f;
 
         fx_begin(&f);
-        f.hb.protocol_features |= VUF_PF(MQ) | VUF_PF(BACKEND_REQ);
+        f.hb.protocol_features |= VUF_PROTO_MASK(MQ) | VUF_PROTO_MASK(BACKEND_REQ);
         atomic_store(&hang_at, k);
         f.hb.hook = hook_hang_at;
         /* The hang-up comes instead of an answer, between messages. */
@@ -1047,7 +1047,7 @@ static void test_shmem_config_cases(void **state)
         int r;
 
         fx_begin(&f);
-        f.hb.protocol_features |= VUF_PF(SHMEM) | VUF_PF(BACKEND_REQ);
+        f.hb.protocol_features |= VUF_PROTO_MASK(SHMEM) | VUF_PROTO_MASK(BACKEND_REQ);
         switch (c) {
         case 0: /* nregions says 2, one size */
             f.hb.shm.nregions = 2;
@@ -1109,7 +1109,7 @@ static void fx_shm_active(struct fx *f, bool reply_ack)
 
     f->cfg.device_type = VUF_DEV_GPU;
     f->hb.protocol_features =
-        VUF_PF(SHMEM) | VUF_PF(BACKEND_REQ) | VUF_PF(CONFIG) | (reply_ack ? VUF_PF(REPLY_ACK) : 0);
+        VUF_PROTO_MASK(SHMEM) | VUF_PROTO_MASK(BACKEND_REQ) | VUF_PROTO_MASK(CONFIG) | (reply_ack ? VUF_PROTO_MASK(REPLY_ACK) : 0);
     f->hb.shm.nregions = 1;
     f->hb.shm.memory_sizes[0] = REGION_LEN;
     assert_int_equal(fx_new(f), 0);

@@ -23,7 +23,7 @@ static void fx_breq_device(struct fx *f, bool reply_ack)
 {
     f->cfg.device_type = VUF_DEV_GPU;
     f->hb.protocol_features =
-        VUF_PF(SHMEM) | VUF_PF(BACKEND_REQ) | VUF_PF(CONFIG) | (reply_ack ? VUF_PF(REPLY_ACK) : 0);
+        VUF_PROTO_MASK(SHMEM) | VUF_PROTO_MASK(BACKEND_REQ) | VUF_PROTO_MASK(CONFIG) | (reply_ack ? VUF_PROTO_MASK(REPLY_ACK) : 0);
     f->hb.shm.nregions = 1;
     f->hb.shm.memory_sizes[0] = REGION_LEN;
     assert_int_equal(fx_new(f), 0);

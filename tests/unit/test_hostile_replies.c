@@ -218,7 +218,7 @@ static void test_max_mem_slots_extremes(void **state)
 
         fx_begin(&f);
         f.cfg.mem_slots = true;
-        f.hb.protocol_features |= VUF_PF(CONFIGURE_MEM_SLOTS);
+        f.hb.protocol_features |= VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS);
         slots_answer = answers[i];
         f.hb.hook = hook_slots;
         if (answers[i] == 0) {
