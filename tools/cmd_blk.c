@@ -88,7 +88,8 @@ void cmd_blk_usage(FILE *f)
         "config, share guest memory (one memfd), start Q queues (SET_MEM_TABLE,\n"
         "SET_VRING_*), do the I/O, stop the queues (GET_VRING_BASE) and disconnect.\n"
         "BYTES take K, M, G suffixes (1024-based); offsets and lengths must be\n"
-        "multiples of 512.\n"
+        "multiples of 512, and of the disk's logical block size when it reports\n"
+        "a larger one (VIRTIO_BLK_F_BLK_SIZE).\n"
         "\n"
         "  read      read LEN bytes at OFFSET; print a hex dump (default) or write\n"
         "            the raw bytes to FILE ('-' for stdout)\n"
@@ -488,9 +489,64 @@ static int fail_session(const struct blk_opts *o, const struct ts_session *s, in
     return VUF_EXIT_FAIL;
 }
 
+/* Valid once check_disk() accepted the config: the product cannot wrap. */
 static uint64_t disk_bytes(const struct ts_session *s)
 {
     return s->capacity * VUF_BLK_SECTOR_SIZE;
+}
+
+/* Requests are built in 512-byte sectors; a disk with larger logical blocks
+ * (VIRTIO_BLK_F_BLK_SIZE) fails every request that is not a whole number of
+ * its blocks, as "peer reported failure". */
+static uint32_t block_size(const struct ts_session *s)
+{
+    return s->blk_size > VUF_BLK_SECTOR_SIZE ? s->blk_size : VUF_BLK_SECTOR_SIZE;
+}
+
+/* What the back-end's config says about the disk, checked against the
+ * operation before any request goes out. */
+static int check_disk(const struct blk_opts *o, const struct ts_session *s)
+{
+    uint32_t bsz = block_size(s);
+
+    if (!s->have_config)
+        return VUF_EXIT_OK;
+    if (s->capacity > UINT64_MAX / VUF_BLK_SECTOR_SIZE) {
+        fprintf(stderr,
+                "vuf blk: %s: the back-end reports a capacity of %" PRIu64
+                " sectors, more bytes than 64 bits hold; refusing the device\n",
+                o->socket, s->capacity);
+        return VUF_EXIT_FAIL;
+    }
+    /* Same bounds as Linux's virtio-blk driver applies (a power of two up
+     * to a page), widened to what the chunking here keeps aligned. */
+    if (s->blk_size && (s->blk_size < VUF_BLK_SECTOR_SIZE || s->blk_size > RW_CHUNK ||
+                        (s->blk_size & (s->blk_size - 1)))) {
+        fprintf(stderr,
+                "vuf blk: %s: the back-end reports a logical block size of %" PRIu32
+                " bytes (VIRTIO_BLK_F_BLK_SIZE); supported: a power of two from 512 to %u\n",
+                o->socket, s->blk_size, RW_CHUNK);
+        return VUF_EXIT_FAIL;
+    }
+    if (o->op == OP_BENCH) {
+        if (o->bs % bsz) {
+            fprintf(stderr,
+                    "vuf blk: %s: --bs %" PRIu32 " is not a multiple of the disk's %" PRIu32
+                    "-byte logical block (VIRTIO_BLK_F_BLK_SIZE)\n",
+                    o->socket, o->bs, bsz);
+            return VUF_EXIT_FAIL;
+        }
+        return VUF_EXIT_OK;
+    }
+    if (o->offset % bsz || o->len % bsz) {
+        fprintf(stderr,
+                "vuf blk: %s: --offset %" PRIu64 " and --len %" PRIu64
+                " must be multiples of the disk's %" PRIu32
+                "-byte logical block (VIRTIO_BLK_F_BLK_SIZE)\n",
+                o->socket, o->offset, o->len, bsz);
+        return VUF_EXIT_FAIL;
+    }
+    return VUF_EXIT_OK;
 }
 
 static void hexdump(uint64_t base, const uint8_t *p, size_t len)
@@ -1116,7 +1172,21 @@ int cmd_blk(int argc, char **argv)
     }
 
     ts_init(&s, &to);
-    r = ts_start(&s, o.socket);
+    /* The disk is checked between reading its config and handing memory
+     * and rings to the back-end, so a refused disk costs no activation. */
+    r = ts_open(&s, o.socket);
+    if (r == 0)
+        r = ts_driver(&s);
+    if (r == 0) {
+        rc = check_disk(&o, &s);
+        if (rc != VUF_EXIT_OK) {
+            ts_close(&s);
+            return rc;
+        }
+        r = ts_queues(&s);
+    }
+    if (r == 0)
+        r = ts_activate(&s);
     if (r < 0) {
         rc = fail_session(&o, &s, r);
         ts_close(&s);

@@ -39,8 +39,9 @@ struct vuf_conn;
 #define VUF_DEFAULT_TIMEOUT_MS 5000
 
 /* Connect to a unix socket at `path`, retrying ECONNREFUSED/ENOENT every few
- * ms until `connect_timeout_ms` has passed (0: one attempt). The new conn
- * owns its socket. */
+ * ms until `connect_timeout_ms` has passed (0: one attempt). A path that
+ * exists but is not a socket (a regular file, a directory) fails at once
+ * with -ENOTSOCK. The new conn owns its socket. */
 int vuf_conn_connect(const char *path, int connect_timeout_ms, struct vuf_conn **out);
 
 /* Create a listening socket bound at `path` (a stale socket file there is

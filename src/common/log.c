@@ -92,6 +92,8 @@ const char *vuf_strerror(int err)
         return "wrong number of file descriptors";
     case EINVAL:
         return "invalid argument";
+    case ENOTSOCK:
+        return "not a socket";
     default:
         return strerror(-err);
     }

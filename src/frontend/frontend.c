@@ -97,19 +97,39 @@ int fe_stream_check(struct vuf_frontend *fe)
     return fe->stream_err;
 }
 
-int vuf_queue_reclaim(struct vuf_queue *q, const struct vuf_guest_mem *mem, uint32_t base)
+/* used->idx as the back-end last published it. */
+static int queue_used_idx(const struct vuf_queue *q, const struct vuf_guest_mem *mem,
+                          uint16_t *used)
 {
     const uint16_t *idx;
 
-    if (!q || !mem || base > 0xffff)
-        return -EINVAL;
     /* used->idx is the u16 after used->flags (virtio 1.2 §2.7.8). */
     if (q->used_addr > UINT64_MAX - 2)
         return -EFAULT;
     idx = vuf_guest_mem_to_host(mem, q->used_addr + 2, sizeof(*idx));
     if (!idx || ((uintptr_t)idx & 1))
         return -EFAULT;
-    q->next_used = __atomic_load_n(idx, __ATOMIC_ACQUIRE);
+    *used = __atomic_load_n(idx, __ATOMIC_ACQUIRE);
+    return 0;
+}
+
+int vuf_queue_reclaim(struct vuf_queue *q, const struct vuf_guest_mem *mem, uint32_t base)
+{
+    uint16_t used;
+    int r;
+
+    if (!q || !mem || base > 0xffff)
+        return -EINVAL;
+    r = queue_used_idx(q, mem, &used);
+    if (r < 0)
+        return r;
+    /* At most a queue's worth of buffers is ever in flight (taken from
+     * the avail ring, not yet in the used ring); a base further ahead of
+     * used->idx, or behind it, would make the driver wait for buffers
+     * that cannot exist or skip ones it never got back. */
+    if (q->size && (uint16_t)(base - used) > q->size)
+        return -EPROTO;
+    q->next_used = used;
     q->next_avail = (uint16_t)base;
     return 0;
 }
@@ -487,6 +507,7 @@ static int stop_queues(struct vuf_frontend *fe, bool reclaim)
         struct fe_sent_queue *s = &fe->sent[k];
         bool have_base = false;
         uint32_t base = 0;
+        uint16_t used;
         int r = -ECONNRESET;
 
         if (!broken)
@@ -495,10 +516,22 @@ static int stop_queues(struct vuf_frontend *fe, bool reclaim)
             err = r;
         if (!reclaim)
             continue;
-        if (have_base && vuf_queue_reclaim(&s->q, fe->mem, base) == 0)
-            continue;
-        if (vuf_queue_reclaim(&s->q, fe->mem, 0) == 0)
-            s->q.next_avail = s->q.next_used;
+        if (have_base) {
+            int rc = vuf_queue_reclaim(&s->q, fe->mem, base);
+
+            if (rc == 0)
+                continue;
+            if (rc == -EPROTO) {
+                vuf_log(VUF_LOG_ERROR,
+                        "%s: queue %u: vring base %u is more than the queue size (%u) "
+                        "from used->idx",
+                        fe->label, s->index, base, s->q.size);
+                if (!err)
+                    err = rc;
+            }
+        }
+        if (queue_used_idx(&s->q, fe->mem, &used) == 0)
+            s->q.next_avail = s->q.next_used = used;
     }
     return err;
 }
@@ -1574,7 +1607,12 @@ int vuf_frontend_new(const struct vuf_frontend_config *cfg, struct vuf_conn *con
     }
     vuf_client_set_need_reply(fe->client, !cfg->crosvm_no_need_reply);
 
-    r = negotiate(fe);
+    /* Bytes already waiting before our first request can only be a
+     * back-end speaking out of turn; read as the GET_FEATURES answer they
+     * would set the device's features. */
+    r = fe_stream_check(fe);
+    if (r == 0)
+        r = negotiate(fe);
     if (r == 0)
         r = fe_inflight_init(fe, cfg->inflight_area); /* adopt a dup of it */
     if (r < 0) {

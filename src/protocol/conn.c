@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -59,6 +60,17 @@ static int fill_addr(const char *path, struct sockaddr_un *sa)
     return 0;
 }
 
+/* False only when `path` names something other than a socket; a path that
+ * vanished in the meantime (a back-end restarting) counts as a socket. */
+static bool is_socket_or_gone(const char *path)
+{
+    struct stat st;
+
+    if (stat(path, &st) < 0)
+        return true;
+    return S_ISSOCK(st.st_mode);
+}
+
 int vuf_conn_connect(const char *path, int connect_timeout_ms, struct vuf_conn **out)
 {
     struct sockaddr_un sa;
@@ -82,6 +94,12 @@ int vuf_conn_connect(const char *path, int connect_timeout_ms, struct vuf_conn *
         }
         ret = -errno;
         close(fd);
+        /* Linux refuses a connect() to a file that is not a socket with
+         * ECONNREFUSED, the same as a socket with no listener yet; no
+         * back-end will ever listen on a regular file or a directory, so
+         * waiting out the deadline would only delay the error. */
+        if (ret == -ECONNREFUSED && !is_socket_or_gone(path))
+            ret = -ENOTSOCK;
         /* The socket file appears at bind(), slightly before listen(): a
          * back-end still starting looks like ENOENT or ECONNREFUSED. */
         if ((ret != -ENOENT && ret != -ECONNREFUSED && ret != -EAGAIN) || vuf_now_ms() >= deadline)

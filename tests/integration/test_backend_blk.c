@@ -1226,10 +1226,18 @@ static void test_fd_hygiene(void **state)
     struct be b;
 
     be_start(&b, NULL);
-    /* A first throwaway connection: the baseline is "between clients". */
+    /* The baseline is "between clients". The back-end serves one client at
+     * a time, so an answer on a second connection proves the first one is
+     * torn down; the second then holds exactly its socket. */
     vuf_client_free(be_connect(&b));
-    usleep(50000);
-    before = be_count_fds(&b);
+    {
+        struct vuf_client *c = be_connect(&b);
+        uint64_t f;
+
+        assert_int_equal(vuf_client_get_features(c, &f), 0);
+        before = be_count_fds(&b) - 1;
+        vuf_client_free(c);
+    }
     assert_true(before > 0);
 
     session_open(&s, &b, EXPECT_FEATURES, 2);

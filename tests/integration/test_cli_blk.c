@@ -25,10 +25,16 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <pthread.h>
+
 #include <json-c/json.h>
 
 #include "backends.h"
 #include "testutil.h"
+#include "vuf/conn.h"
+#include "vuf/server.h"
+#include "vuf/virtio_blk.h"
+#include "vuf/virtq.h"
 
 #define QSD TU_QSD
 #define RUN_DEADLINE_MS 60000
@@ -401,6 +407,214 @@ static void test_backend_bench(void **state)
     free(r);
 }
 
+/* ---- a back-end whose config space lies ------------------------------------- */
+
+/*
+ * A vhost-user-blk back-end built on the library's server, in a thread of
+ * this process, serving one `vuf` run: it answers negotiation and GET_CONFIG
+ * with the capacity and logical block size the test chose, and nothing past
+ * that (no memory table, no rings), since the tool must refuse the disk
+ * before activating it. No cmocka assertion runs on its thread.
+ */
+struct liar {
+    int lfd;
+    uint64_t capacity;
+    uint32_t blk_size;
+    pthread_t th;
+    int served; /* GET_CONFIG requests answered */
+};
+
+static int liar_get_config(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
+{
+    struct liar *l = opaque;
+    struct vuf_config c;
+    uint8_t cfg[60] = {0};
+
+    if (vuf_decode_config(req, &c) < 0 || c.offset > sizeof(cfg) || c.size > sizeof(cfg) - c.offset)
+        return -EINVAL;
+    for (int i = 0; i < 8; i++)
+        cfg[i] = (uint8_t)(l->capacity >> (8 * i));
+    for (int i = 0; i < 4; i++)
+        cfg[20 + i] = (uint8_t)(l->blk_size >> (8 * i));
+    reply->payload.config.offset = c.offset;
+    reply->payload.config.size = c.size;
+    reply->payload.config.flags = c.flags;
+    memcpy(reply->payload.config.region, cfg + c.offset, c.size);
+    reply->hdr.size = VUF_CONFIG_HDR_SIZE + c.size;
+    l->served++;
+    return 0;
+}
+
+static void *liar_main(void *arg)
+{
+    struct liar *l = arg;
+    struct vuf_server_config cfg;
+    struct vuf_server *srv;
+    struct vuf_conn *c;
+
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.channel = VUF_CH_FRONTEND;
+    cfg.features = (1ull << VUF_VIRTIO_F_VERSION_1) | (1ull << VUF_VHOST_F_PROTOCOL_FEATURES) |
+                   (1ull << VUF_BLK_F_BLK_SIZE);
+    cfg.protocol_features = VUF_PROTO_MASK(CONFIG);
+    cfg.handlers[VUF_REQ_GET_CONFIG] = liar_get_config;
+    cfg.opaque = l;
+    if (vuf_conn_accept(l->lfd, RUN_DEADLINE_MS, &c) < 0)
+        return NULL;
+    vuf_conn_set_timeout(c, RUN_DEADLINE_MS);
+    if (vuf_server_new(c, &cfg, &srv) < 0)
+        return NULL;
+    /* Until the tool hangs up (-ECONNRESET) or breaks the stream; requests
+     * with no handler are answered with an error and served on. */
+    for (;;) {
+        int r = vuf_server_process_one(srv);
+
+        if (r == -ECONNRESET || r == -ECONNABORTED || r == -ETIMEDOUT || r == -EBADMSG)
+            break;
+    }
+    vuf_server_free(srv);
+    return NULL;
+}
+
+/* Run `vuf blk SOCK args...` against a liar with this config. */
+static void run_against_liar(struct fixture *f, struct tu_run *r, uint64_t capacity,
+                             uint32_t blk_size, int code, const char *const *args)
+{
+    struct liar l = {.capacity = capacity, .blk_size = blk_size};
+    int fds0 = tu_count_fds();
+
+    assert_int_equal(vuf_conn_listen(f->sock, &l.lfd), 0);
+    assert_int_equal(pthread_create(&l.th, NULL, liar_main, &l), 0);
+    expect(r, code, args);
+    pthread_join(l.th, NULL);
+    close(l.lfd);
+    unlink(f->sock);
+    assert_int_equal(l.served, 1);
+    assert_int_equal(tu_count_fds(), fds0);
+}
+
+static void test_blk_capacity_overflow(void **state)
+{
+    struct fixture *f = *state;
+    struct tu_run *r = new_run();
+
+    /* 2^55 sectors is 2^64 bytes: the byte size wraps to 0. */
+    run_against_liar(
+        f, r, 1ull << 55, 512, 1,
+        (const char *[]){"blk", f->sock, "read", "--offset", "0", "--len", "512", NULL});
+    assert_has(r->err, "capacity of 36028797018963968 sectors, more bytes than 64 bits hold");
+    assert_null(strstr(r->err, "beyond the disk's end"));
+    run_against_liar(f, r, UINT64_MAX, 512, 1,
+                     (const char *[]){"blk", f->sock, "bench", "--ios", "1", NULL});
+    assert_has(r->err, "capacity of 18446744073709551615 sectors");
+    free(r);
+}
+
+static void test_blk_bad_block_size(void **state)
+{
+    struct fixture *f = *state;
+    struct tu_run *r = new_run();
+    const uint32_t bad[] = {3, 256, 1536, 1u << 20};
+
+    for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char want[160];
+
+        run_against_liar(
+            f, r, 2048, bad[i], 1,
+            (const char *[]){"blk", f->sock, "read", "--offset", "0", "--len", "4096", NULL});
+        snprintf(want, sizeof(want), "logical block size of %u bytes", bad[i]);
+        assert_has(r->err, want);
+    }
+    /* A 4 KiB disk: 512-byte offsets and lengths are refused before any
+     * request goes out (the liar has no rings to serve one). */
+    run_against_liar(
+        f, r, 2048, 4096, 1,
+        (const char *[]){"blk", f->sock, "read", "--offset", "512", "--len", "4096", NULL});
+    assert_has(r->err, "--offset 512 and --len 4096 must be multiples of the disk's 4096-byte "
+                       "logical block");
+    run_against_liar(f, r, 2048, 4096, 1,
+                     (const char *[]){"blk", f->sock, "bench", "--bs", "512", "--ios", "1", NULL});
+    assert_has(r->err, "--bs 512 is not a multiple of the disk's 4096-byte logical block");
+    free(r);
+}
+
+/* ---- a disk with 4 KiB logical blocks (qemu-storage-daemon) ----------------- */
+
+static void test_qsd_4k_blocks(void **state)
+{
+    struct fixture *f = *state;
+    struct tu_run *r;
+    char blockdev[400], exp[600];
+    char *argv[] = {QSD, "--blockdev", blockdev, "--export", exp, NULL};
+    int fd;
+
+    /* scripts/setup.sh installs it: missing is a broken set-up. */
+    if (!tu_have_exe(QSD))
+        fail_msg("%s not installed (scripts/setup.sh installs qemu-system-common)", QSD);
+    fd = open(f->disk, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, DISK_BYTES), 0);
+    close(fd);
+    snprintf(blockdev, sizeof(blockdev), "driver=file,filename=%s,node-name=f0", f->disk);
+    snprintf(exp, sizeof(exp),
+             "type=vhost-user-blk,id=exp0,node-name=f0,addr.type=unix,addr.path=%s,"
+             "writable=on,logical-block-size=4096",
+             f->sock);
+    tu_spawn_wait_file(&f->proc, argv, f->log, f->sock);
+    r = new_run();
+
+    /* Whole 4 KiB blocks go through. */
+    expect(r, 0,
+           (const char *[]){"blk", f->sock, "write", "--offset", "8K", "--len", "16K", "--pattern",
+                            "7", NULL});
+    expect(r, 0,
+           (const char *[]){"blk", f->sock, "verify", "--offset", "8K", "--len", "16K", "--pattern",
+                            "7", NULL});
+    /* 512-byte granularity is refused by the tool, naming the block size,
+     * instead of coming back from qsd as "peer reported failure". */
+    expect(r, 1, (const char *[]){"blk", f->sock, "read", "--offset", "512", "--len", "4K", NULL});
+    assert_has(r->err, "--offset 512 and --len 4096 must be multiples of the disk's 4096-byte "
+                       "logical block (VIRTIO_BLK_F_BLK_SIZE)");
+    assert_null(strstr(r->err, "peer reported failure"));
+    expect(r, 1, (const char *[]){"blk", f->sock, "write", "--offset", "0", "--len", "512", NULL});
+    assert_has(r->err, "must be multiples of the disk's 4096-byte logical block");
+    expect(r, 1, (const char *[]){"blk", f->sock, "bench", "--bs", "512", "--ios", "4", NULL});
+    assert_has(r->err, "--bs 512 is not a multiple of the disk's 4096-byte logical block");
+    expect(r, 0, (const char *[]){"blk", f->sock, "bench", "--bs", "4K", "--ios", "16", NULL});
+    free(r);
+    tu_stop(&f->proc);
+}
+
+/* ---- a path that is not a socket -------------------------------------------- */
+
+/* A regular file or a directory can never become a back-end: `vuf blk` and
+ * `vuf probe` fail at once, well inside a long connect timeout. */
+static void test_blk_not_a_socket(void **state)
+{
+    struct fixture *f = *state;
+    struct tu_run *r = new_run();
+    const char *paths[2];
+    int fd = open(f->disk, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+    assert_true(fd >= 0);
+    close(fd);
+    paths[0] = f->disk;
+    paths[1] = f->dir;
+    for (unsigned i = 0; i < 2; i++) {
+        expect(r, 1,
+               (const char *[]){"blk", paths[i], "read", "--offset", "0", "--len", "512",
+                                "--timeout-ms", "20000", NULL});
+        assert_has(r->err, "not a socket");
+        if (r->elapsed_ms >= 10000)
+            fail_msg("vuf blk on %s took %ld ms (timeout 20000 ms)", paths[i], r->elapsed_ms);
+        expect(r, 1, (const char *[]){"probe", paths[i], "--timeout-ms", "20000", NULL});
+        assert_has(r->err, "not a socket");
+        if (r->elapsed_ms >= 10000)
+            fail_msg("vuf probe on %s took %ld ms (timeout 20000 ms)", paths[i], r->elapsed_ms);
+    }
+    free(r);
+}
+
 /* ---- usage and error paths -------------------------------------------------- */
 
 static void test_blk_usage(void **state)
@@ -447,6 +661,10 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_blk_usage, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_blk_capacity_overflow, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_blk_bad_block_size, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_blk_not_a_socket, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_qsd_4k_blocks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_demo_usage, setup, teardown),
         cmocka_unit_test_setup_teardown(test_demo_ram, setup, teardown),
         cmocka_unit_test_setup_teardown(test_demo_file, setup, teardown),

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <sys/uio.h>
@@ -1049,6 +1050,54 @@ static void test_connect_stale_socket(void **state)
     tu_rmtree(dir);
 }
 
+/* A path that exists but is not a socket can never become a back-end: a
+ * regular file and a directory fail at once with -ENOTSOCK instead of being
+ * retried like a back-end that is still starting. The bound is half the
+ * timeout, far from both the retry loop (the whole timeout) and the time a
+ * single failed connect takes. */
+static void connect_not_socket(const char *path)
+{
+    const int timeout_ms = 4000;
+    struct vuf_conn *c = NULL;
+    int fds0 = tu_count_fds();
+    long long t0, dt;
+    int rc;
+
+    t0 = now_ms();
+    rc = vuf_conn_connect(path, timeout_ms, &c);
+    dt = now_ms() - t0;
+    if (rc == 0)
+        vuf_conn_close(c);
+    assert_int_equal(rc, -ENOTSOCK);
+    assert_null(c);
+    if (dt >= timeout_ms / 2)
+        fail_msg("connect to non-socket %s took %lld ms (timeout %d ms)", path, dt, timeout_ms);
+    assert_int_equal(tu_count_fds(), fds0);
+}
+
+static void test_connect_not_a_socket(void **state)
+{
+    char *dir = tu_mkdtemp("vuf-conn");
+    char path[256];
+    int fd;
+
+    (void)state;
+    assert_non_null(dir);
+    snprintf(path, sizeof(path), "%s/file", dir);
+    fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+    assert_true(fd >= 0);
+    close(fd);
+    connect_not_socket(path);
+    snprintf(path, sizeof(path), "%s/dir", dir);
+    assert_int_equal(mkdir(path, 0700), 0);
+    connect_not_socket(path);
+    /* A symlink is followed, as connect() follows it. */
+    snprintf(path, sizeof(path), "%s/link", dir);
+    assert_int_equal(symlink("file", path), 0);
+    connect_not_socket(path);
+    tu_rmtree(dir);
+}
+
 struct late_listen_args {
     const char *path;
     int delay_ms;
@@ -1387,6 +1436,7 @@ int main(void)
         PAIR(test_recv_survives_signals),
         PLAIN(test_connect_nothing_there),
         PLAIN(test_connect_stale_socket),
+        PLAIN(test_connect_not_a_socket),
         PLAIN(test_connect_retry),
         PLAIN(test_connect_backlog_full),
         PLAIN(test_path_too_long),
