@@ -102,10 +102,8 @@ static void test_qsd_dirty_log(void **state)
     int fds0, threads0, disk_fd;
 
     (void)state;
-    if (!tu_have_exe(TU_QSD)) {
-        fprintf(stderr, "SKIP: %s not installed\n", TU_QSD);
-        skip();
-    }
+    if (!tu_backend_installed(TU_QSD, "qemu-system-common"))
+        fail();
     fds0 = tu_count_fds();
     threads0 = tu_count_threads();
     tu_vmm_init(&vmm);

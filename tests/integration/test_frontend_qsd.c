@@ -287,15 +287,10 @@ static void destroy_and_check_leaks(struct fx *f)
 /* Tests                                                                    */
 /* ------------------------------------------------------------------------ */
 
-#define SKIP_WITHOUT_QSD()                                     \
-    do {                                                       \
-        if (!tu_have_exe(QSD)) {                               \
-            fprintf(stderr,                                    \
-                    "SKIP: %s not installed (apt-get install " \
-                    "qemu-system-common)\n",                   \
-                    QSD);                                      \
-            skip();                                            \
-        }                                                      \
+#define REQUIRE_QSD()                                         \
+    do {                                                      \
+        if (!tu_backend_installed(QSD, "qemu-system-common")) \
+            fail();                                           \
     } while (0)
 
 /* Sectors used: queue 0 writes at A, queue 1 at B; C and D later. */
@@ -322,7 +317,7 @@ static void test_qsd_io_sleep_wake_reset(void **state)
     uint16_t avail[NQ], used[NQ];
     int intx0;
 
-    SKIP_WITHOUT_QSD();
+    REQUIRE_QSD();
     start_qsd(f);
     f->fds0 = tu_count_fds();
     f->threads0 = tu_count_threads();
@@ -527,7 +522,7 @@ static void test_qsd_crash_detected(void **state)
     int64_t t_kill, deadline, latency_ms;
     int status;
 
-    SKIP_WITHOUT_QSD();
+    REQUIRE_QSD();
     start_qsd(f);
     f->fds0 = tu_count_fds();
     f->threads0 = tu_count_threads();
@@ -608,7 +603,7 @@ static void test_qsd_crash_while_asleep(void **state)
     uint8_t blk4k[4096];
     int r;
 
-    SKIP_WITHOUT_QSD();
+    REQUIRE_QSD();
     start_qsd(f);
     f->fds0 = tu_count_fds();
     f->threads0 = tu_count_threads();
@@ -665,9 +660,7 @@ int main(void)
     signal(SIGPIPE, SIG_IGN);
     tu_warm_threads();
     vuf_log_set(log_sink, NULL, VUF_LOG_INFO);
-    if (!tu_have_exe(QSD)) {
-        fprintf(stderr, "SKIP: %s not installed (apt-get install qemu-system-common)\n", QSD);
-        return TEST_SKIP;
-    }
+    if (!tu_backend_installed(QSD, "qemu-system-common"))
+        return 1;
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

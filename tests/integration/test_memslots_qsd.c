@@ -242,9 +242,7 @@ int main(void)
     signal(SIGPIPE, SIG_IGN);
     tu_warm_threads();
     vuf_log_set(tu_log_to_stderr, NULL, VUF_LOG_INFO);
-    if (!tu_have_exe(TU_QSD)) {
-        fprintf(stderr, "SKIP: %s not installed (apt-get install qemu-system-common)\n", TU_QSD);
-        return TEST_SKIP;
-    }
+    if (!tu_backend_installed(TU_QSD, "qemu-system-common"))
+        return 1;
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

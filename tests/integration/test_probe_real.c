@@ -4,8 +4,9 @@
  * (shared/spec/real-backends.md): qemu-storage-daemon (blk), the C
  * virtiofsd (fs) and vhost-user-gpu, plus the CLI's usage and error paths.
  *
- * The vuf binary comes from $VUF_TOOL (set by meson). Each back-end test
- * skips when its binary is missing; virtiofsd also needs root. The values
+ * The vuf binary comes from $VUF_TOOL (set by meson). A back-end binary
+ * that scripts/setup.sh installs being missing fails its test; only
+ * virtiofsd, which needs root, skips when not run as root. The values
  * asserted are what QEMU 7.2's back-ends answer.
  *
  * Back-ends are always started in a fresh temp dir (no stale socket file)
@@ -177,10 +178,8 @@ static void test_qsd_blk(void **state)
     json_object *j, *cfg;
     uint64_t pf, feat;
 
-    if (!tu_have_exe(QSD)) {
-        fprintf(stderr, "SKIP: %s not installed (apt-get install qemu-system-common)\n", QSD);
-        skip();
-    }
+    if (!tu_backend_installed(QSD, "qemu-system-common"))
+        fail();
     start_qsd(f, ",writable=on,num-queues=4");
 
     j = probe_json((const char *[]){"probe", "--json", "--device-type", "blk", "--timeout-ms",
@@ -247,10 +246,8 @@ static void test_qsd_sequential_and_refused_config(void **state)
     struct tu_run r;
     json_object *j;
 
-    if (!tu_have_exe(QSD)) {
-        fprintf(stderr, "SKIP: %s not installed\n", QSD);
-        skip();
-    }
+    if (!tu_backend_installed(QSD, "qemu-system-common"))
+        fail();
     /* read-only export, default queue count */
     start_qsd(f, "");
 
@@ -298,10 +295,8 @@ static void test_virtiofsd(void **state)
     json_object *j;
     uint64_t pf;
 
-    if (!tu_have_exe(VIRTIOFSD)) {
-        fprintf(stderr, "SKIP: %s not installed (apt-get install qemu-system-common)\n", VIRTIOFSD);
-        skip();
-    }
+    if (!tu_backend_installed(VIRTIOFSD, "qemu-system-common"))
+        fail();
     if (geteuid() != 0) {
         fprintf(stderr, "SKIP: virtiofsd needs root (pid file under /var/run/virtiofsd, "
                         "unshare/chroot sandbox)\n");
@@ -369,19 +364,15 @@ static void run_gpu(struct fixture *f, bool virgl)
 
 static void test_gpu(void **state)
 {
-    if (!tu_have_exe(VUGPU)) {
-        fprintf(stderr, "SKIP: %s not installed (apt-get install qemu-system-gui)\n", VUGPU);
-        skip();
-    }
+    if (!tu_backend_installed(VUGPU, "qemu-system-gui"))
+        fail();
     run_gpu(*state, false);
 }
 
 static void test_gpu_virgl(void **state)
 {
-    if (!tu_have_exe(VUGPU)) {
-        fprintf(stderr, "SKIP: %s not installed (apt-get install qemu-system-gui)\n", VUGPU);
-        skip();
-    }
+    if (!tu_backend_installed(VUGPU, "qemu-system-gui"))
+        fail();
     run_gpu(*state, true);
 }
 
@@ -542,11 +533,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_peer_hangs_up, setup, teardown),
     };
 
-    tool = getenv("VUF_TOOL");
-    if (!tool || !*tool || !tu_have_exe(tool)) {
-        fprintf(stderr, "SKIP: VUF_TOOL does not name the vuf binary (run via meson test)\n");
-        return TEST_SKIP;
-    }
+    tool = tu_built_exe("VUF_TOOL");
+    if (!tool)
+        return 1;
     /* A probe hitting a dead back-end must not kill the test. */
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests(tests, NULL, NULL);
