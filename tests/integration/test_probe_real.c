@@ -434,7 +434,7 @@ static void test_peer_hangs_up(void **state)
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     struct tu_run r;
     pid_t pid;
-    int lfd;
+    int lfd, status;
 
     snprintf(f->sock, sizeof(f->sock), "%s/hangup.sock", f->dir);
     fill_sun(&sa, f->sock);
@@ -445,20 +445,33 @@ static void test_peer_hangs_up(void **state)
     pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
-        /* read SET_OWNER + GET_FEATURES request headers, then hang up */
+        /* read SET_OWNER + GET_FEATURES request headers (12 bytes each, no
+         * payload), however slowly they come, then hang up */
         int c = accept(lfd, NULL, NULL);
         char buf[64];
+        size_t got = 0;
 
         if (c >= 0) {
-            usleep(50000);
-            (void)!read(c, buf, sizeof(buf));
+            while (got < 24) {
+                struct pollfd pfd = {.fd = c, .events = POLLIN};
+                ssize_t n;
+
+                if (poll(&pfd, 1, 10000) != 1)
+                    break;
+                n = read(c, buf, 24 - got);
+                if (n <= 0)
+                    break;
+                got += (size_t)n;
+            }
             close(c);
         }
-        _exit(0);
+        _exit(got == 24 ? 0 : 1);
     }
     close(lfd);
     run_vuf(&r, (const char *[]){"probe", f->sock, "--timeout-ms", "3000", NULL});
-    waitpid(pid, NULL, 0);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0); /* it saw both requests */
     assert_int_equal(tu_exit_code(&r), 1);
     assert_string_equal(r.out, "");
     assert_non_null(strstr(r.err, "GET_FEATURES failed"));

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -278,7 +279,11 @@ static void *be_main(void *arg)
         if (p[1].revents)
             break;
         if (p[0].revents) {
-            int r = vuf_server_process_one(be->srv);
+            int r;
+
+            atomic_store(&be->busy, 1);
+            r = vuf_server_process_one(be->srv);
+            atomic_store(&be->busy, 0);
 
             if (r == -ECONNRESET || r == -ECONNABORTED || r == -EBADMSG)
                 break;
@@ -403,13 +408,32 @@ void print_seq(struct be *be, unsigned from)
         print_message("  [%u] %s\n", i, vuf_request_name(be_rec(be, i).code));
 }
 
+/*
+ * Everything the front-end has sent so far has been recorded: nothing is
+ * left in the back-end's socket and the thread is not between taking a
+ * message and recording it. The library sends on the caller's thread
+ * before the call returns, so once this holds an extra message cannot
+ * still be on its way. FIONREAD is read before busy: a message the thread
+ * has taken off the socket (FIONREAD 0) was taken with busy set.
+ */
+static bool be_drained(struct be *be)
+{
+    int pending = 0;
+
+    if (!be->running || !be->srv)
+        return true;
+    if (ioctl(vuf_server_fd(be->srv), FIONREAD, &pending) < 0)
+        return true;
+    return pending == 0 && atomic_load(&be->busy) == 0;
+}
+
 void expect_seq_(struct be *be, unsigned *mark, const uint32_t *codes, unsigned n, int line)
 {
-    int64_t until = tu_now_ms() + 1000;
+    int64_t until = tu_now_ms() + 10000;
 
-    while (be_count(be) < *mark + n && tu_now_ms() < until)
+    /* Generous: a loaded machine may deschedule the back-end thread. */
+    while ((be_count(be) < *mark + n || !be_drained(be)) && tu_now_ms() < until)
         tu_sleep_ms(1);
-    tu_sleep_ms(5); /* anything extra would arrive now */
     if (be_count(be) != *mark + n) {
         print_message("line %d: expected %u requests, got %u:\n", line, n, be_count(be) - *mark);
         print_seq(be, *mark);

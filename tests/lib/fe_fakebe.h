@@ -68,6 +68,7 @@ struct be {
     pthread_t thread;
     int stop_fd;
     bool running;
+    atomic_int busy; /* between taking a message off the socket and recording it */
 
     pthread_mutex_t lock;
     struct rec rec[MAX_REC];
@@ -129,8 +130,10 @@ struct rec be_rec(struct be *be, unsigned i);
 void print_seq(struct be *be, unsigned from);
 
 /*
- * The back-end must have received exactly `codes` since *mark (waiting up to
- * a second for requests that get no reply). Advances *mark.
+ * The back-end must have received exactly `codes` since *mark. Waits (up to
+ * 10 s) until it has recorded at least that many and nothing more is on its
+ * socket, so an unexpected extra request is always seen, however slowly the
+ * back-end thread runs. Advances *mark.
  */
 void expect_seq_(struct be *be, unsigned *mark, const uint32_t *codes, unsigned n, int line);
 #define expect_seq(be, mark, ...)                                                    \
