@@ -2,7 +2,8 @@
 # The project's whole test command (README: `make test`; CI: .ci/run).
 #   1. install dependencies (scripts/setup.sh, apt-get)
 #   2. gcc build with -Werror, every unit and integration test
-#   3. the same tests under AddressSanitizer + UndefinedBehaviorSanitizer
+#   3. the same tests under AddressSanitizer + UndefinedBehaviorSanitizer,
+#      and the threaded ones under ThreadSanitizer (clang, build-tsan)
 #   4. a clang build (warnings are errors there too) and a clang-format check
 #   5. each libFuzzer target for a bounded time (FUZZ_SECONDS, default 30)
 # Ends with one line "N passed, N failed, N skipped".
@@ -42,6 +43,21 @@ run_suite "gcc" build
 configure build-san -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false
 run_suite "asan+ubsan" build-san
 
+# ThreadSanitizer (clang: gcc's -fsanitize=thread with -Werror rejects the
+# atomic_thread_fence in src/virtq.c) on the tests that run threads against
+# the library (`suite : 'threads'` in tests/meson.build); meson builds only
+# what those tests need. Suppressions, each with its reason: tests/tsan.supp.
+echo "== tsan: build and tests (suite threads) =="
+if command -v clang >/dev/null && CC=clang configure build-tsan -Dwerror=true \
+    -Db_sanitize=thread -Db_lundef=false; then
+  rm -f build-tsan/meson-logs/testlog.json
+  TSAN_OPTIONS=${TSAN_OPTIONS:-suppressions=$PWD/tests/tsan.supp:second_deadlock_stack=1} \
+    meson test -C build-tsan --suite threads --print-errorlogs --num-processes 1 || true
+  [ -f build-tsan/meson-logs/testlog.json ] || failed_steps+=("tsan build")
+else
+  failed_steps+=("tsan build")
+fi
+
 echo "== clang: build =="
 if CC=clang configure build-clang -Dwerror=true && ninja -C build-clang -j "$JOBS" >/dev/null; then
   echo "clang build: ok"
@@ -75,4 +91,4 @@ fi
 # Cases are counted one by one from cmocka's output (a skip() is a skip,
 # named); see scripts/test_summary.py.
 python3 scripts/test_summary.py "$fuzz_pass" "$fuzz_fail" "${#failed_steps[@]}" "${failed_steps[@]}" \
-  -- build build-san
+  -- build build-san build-tsan

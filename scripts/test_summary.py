@@ -52,7 +52,9 @@ def main(argv):
             continue
         for line in open(p):
             r = json.loads(line)
-            res, name = r.get("result"), f'{d}:{r.get("name")}'
+            # meson names a test "project:suite+suite / name"; the build dir
+            # and the test's own name are what identify it here.
+            res, name = r.get("result"), f'{d}:{r.get("name", "").split(" / ")[-1]}'
             out = (r.get("stdout") or "") + (r.get("stderr") or "")
             is_cmocka, ok, bad, skip, skip_names, bad_names = program(out)
             for case in skip_names:

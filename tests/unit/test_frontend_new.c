@@ -233,16 +233,16 @@ static void test_net_queue_pairs(void **state)
         struct vuf_frontend_config cfg = fx_cfg(VUF_DEV_NET, F_VERSION_1);
         const uint16_t *sizes;
 
+        /* vuf_log_set() only while no other thread uses the library
+         * (log.h): before the back-end thread starts, after it is joined. */
+        atomic_store(&clamp_lines, 0);
+        vuf_log_set(count_clamp_log, NULL, VUF_LOG_DEBUG);
         fx_begin(&f);
         f.be.protocol_features |= VUF_PF(MQ);
         f.be.queue_num = cases[i].pairs;
         if (cases[i].ctrl)
             f.be.features |= ctrl_vq;
-        atomic_store(&clamp_lines, 0);
-        vuf_log_set(count_clamp_log, NULL, VUF_LOG_DEBUG);
         assert_int_equal(fx_new(&f, &cfg), cases[i].r);
-        vuf_log_set(getenv("VUF_LOG") ? NULL : quiet_log, NULL,
-                    getenv("VUF_LOG") ? VUF_LOG_DEBUG : VUF_LOG_ERROR);
         print_message("%llu pairs, CTRL_VQ %s: %d, %u queues\n", (unsigned long long)cases[i].pairs,
                       cases[i].ctrl ? "on" : "off", cases[i].r,
                       f.dev ? vuf_device_num_queues(f.dev) : 0);
@@ -259,6 +259,8 @@ static void test_net_queue_pairs(void **state)
         }
         assert_int_equal(atomic_load(&clamp_lines), cases[i].clamped ? 1 : 0);
         fx_end(&f);
+        vuf_log_set(getenv("VUF_LOG") ? NULL : quiet_log, NULL,
+                    getenv("VUF_LOG") ? VUF_LOG_DEBUG : VUF_LOG_ERROR);
     }
 
     /* Other device types still count queues: 4 is 4 (fs) ... */
