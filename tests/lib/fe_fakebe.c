@@ -70,6 +70,19 @@ static int be_handler(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
     case VUF_REQ_ADD_MEM_REG:
         if (req->nfds != 1 || be->slots_used >= be->max_slots)
             return -EINVAL;
+        if (be->read_regions) {
+            /* Read the region through the fd it came with, as a back-end
+             * doing I/O would: the first u64 must be its GPA. */
+            const struct vuf_mem_region *mr = &req->payload.mem_single.region;
+            uint64_t *p = mmap(NULL, mr->memory_size, PROT_READ, MAP_SHARED, req->fds[0],
+                               (off_t)mr->mmap_offset);
+
+            if (p == MAP_FAILED)
+                return -EINVAL;
+            if (p[0] == mr->guest_phys_addr)
+                be->regions_tagged++;
+            munmap(p, mr->memory_size);
+        }
         be->slots_used++;
         return 0;
     case VUF_REQ_REM_MEM_REG:

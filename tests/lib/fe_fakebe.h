@@ -101,6 +101,8 @@ struct be {
     uint32_t mem_regions;
     uint64_t max_slots;                /* GET_MAX_MEM_SLOTS answer */
     unsigned slots_used;               /* regions held through ADD/REM_MEM_REG */
+    bool read_regions;                 /* map each ADD_MEM_REG region and read it: */
+    unsigned regions_tagged;           /* ... how many began with their own GPA (u64) */
     struct vuf_vring_addr addr[MAX_Q]; /* last SET_VRING_ADDR per queue */
     uint8_t *log;                      /* our mapping of the dirty log */
     size_t log_size;

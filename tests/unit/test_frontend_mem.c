@@ -233,6 +233,68 @@ static void test_mem_slots_limits(void **state)
     }
 }
 
+/*
+ * The full 512 regions (VUF_FRONTEND_MAX_MEM_SLOTS) go over at activation,
+ * one ADD_MEM_REG with one fd each, and each fd maps the memory of its GPA:
+ * the back-end reads every region's first word, which the guest set to the
+ * region's GPA. Guest memory refuses a 513th region (-ENOSPC). (The
+ * real back-ends installed here offer 32 slots, qemu-storage-daemon 7.2 and
+ * vuf-backend-blk alike: test_memslots_qsd does I/O through 12.)
+ */
+static void test_mem_slots_512(void **state)
+{
+    struct vuf_frontend_config cfg = ms_cfg();
+    struct vuf_guest_region gr;
+    unsigned n;
+    struct fx f;
+
+    (void)state;
+    fx_begin(&f);
+    f.be.protocol_features |= VUF_PF(CONFIGURE_MEM_SLOTS);
+    f.be.max_slots = 100000;
+    f.be.read_regions = true;
+    assert_int_equal(fx_new(&f, &cfg), 0);
+    expect_seq(&f.be, &f.mark, R(SET_OWNER), R(GET_FEATURES), R(GET_PROTOCOL_FEATURES),
+               R(SET_PROTOCOL_FEATURES), R(GET_MAX_MEM_SLOTS));
+    assert_int_equal(vuf_frontend_max_mem_regions(f.dev), VUF_FRONTEND_MAX_MEM_SLOTS);
+    fx_queues(&f, 1);
+    n = vuf_guest_mem_nregions(f.mem);
+    ms_add(f.mem, 0, VUF_FRONTEND_MAX_MEM_SLOTS - n);
+    assert_int_equal(vuf_guest_mem_nregions(f.mem), VUF_FRONTEND_MAX_MEM_SLOTS);
+    /* Tag every region with its GPA (in region 0 that overwrites the start
+     * of the idle rings: nothing reads them here). */
+    for (unsigned i = 0; i < VUF_FRONTEND_MAX_MEM_SLOTS; i++) {
+        uint64_t *p;
+
+        assert_int_equal(vuf_guest_mem_region(f.mem, i, &gr), 0);
+        p = vuf_guest_mem_to_host(f.mem, gr.gpa, 8);
+        assert_non_null(p);
+        *p = gr.gpa;
+    }
+    fx_activate_ok(&f);
+    {
+        uint32_t codes[VUF_FRONTEND_MAX_MEM_SLOTS + 7];
+        unsigned k = 0;
+
+        codes[k++] = R(SET_FEATURES);
+        for (unsigned i = 0; i < VUF_FRONTEND_MAX_MEM_SLOTS; i++)
+            codes[k++] = R(ADD_MEM_REG);
+        codes[k++] = R(SET_VRING_NUM);
+        codes[k++] = R(SET_VRING_ADDR);
+        codes[k++] = R(SET_VRING_BASE);
+        codes[k++] = R(SET_VRING_CALL);
+        codes[k++] = R(SET_VRING_KICK);
+        codes[k++] = R(SET_VRING_ENABLE);
+        expect_seq_(&f.be, &f.mark, codes, k, __LINE__);
+    }
+    assert_int_equal(f.be.slots_used, VUF_FRONTEND_MAX_MEM_SLOTS);
+    assert_int_equal(f.be.regions_tagged, VUF_FRONTEND_MAX_MEM_SLOTS);
+    assert_int_equal(vuf_guest_mem_add_memfd(f.mem, MS_GPA(VUF_FRONTEND_MAX_MEM_SLOTS),
+                                             (uint64_t)sysconf(_SC_PAGESIZE)),
+                     -ENOSPC);
+    fx_end(&f);
+}
+
 static void test_mem_table_limits(void **state)
 {
     struct fx f;
@@ -281,6 +343,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mem_slots),
         cmocka_unit_test(test_mem_slots_limits),
+        cmocka_unit_test(test_mem_slots_512),
         cmocka_unit_test(test_mem_table_limits),
     };
 
