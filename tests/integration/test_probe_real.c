@@ -532,9 +532,50 @@ static void test_cli_usage(void **state)
     assert_non_null(strstr(r.err, "needs a value"));
 }
 
+/*
+ * The default logger honours VUF_LOG (README, vuf/log.h): debug (any case)
+ * traces every message the probe sends; unset, warn, error or an unknown
+ * word keep the default (warn), so a clean probe prints no log line at all.
+ */
+static void test_vuf_log_env(void **state)
+{
+    static const struct {
+        const char *value; /* NULL: unset */
+        bool trace;
+    } cases[] = {{"debug", true}, {"DEBUG", true},  {NULL, false},
+                 {"warn", false}, {"error", false}, {"nonsense", false}};
+    struct fixture *f = *state;
+    static struct tu_run r;
+
+    if (!tu_backend_installed(QSD, "qemu-system-common"))
+        fail();
+    start_qsd(f, "");
+    for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        if (cases[i].value)
+            assert_int_equal(setenv("VUF_LOG", cases[i].value, 1), 0);
+        else
+            assert_int_equal(unsetenv("VUF_LOG"), 0);
+        run_vuf(&r, (const char *[]){"probe", f->sock, "--json", NULL});
+        unsetenv("VUF_LOG");
+        print_message("VUF_LOG=%s: exit %d, %zu bytes on stderr\n",
+                      cases[i].value ? cases[i].value : "(unset)", tu_exit_code(&r), strlen(r.err));
+        assert_int_equal(tu_exit_code(&r), 0);
+        if (cases[i].trace) {
+            assert_non_null(strstr(r.err, "vuf debug: "));
+            assert_non_null(strstr(r.err, "SET_OWNER"));
+            assert_non_null(strstr(r.err, "GET_FEATURES"));
+            assert_non_null(strstr(r.err, "GET_PROTOCOL_FEATURES"));
+            assert_non_null(strstr(r.err, "GET_QUEUE_NUM"));
+        } else {
+            assert_string_equal(r.err, "");
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_vuf_log_env, setup, teardown),
         cmocka_unit_test(test_cli_usage),
         cmocka_unit_test_setup_teardown(test_qsd_blk, setup, teardown),
         cmocka_unit_test_setup_teardown(test_qsd_sequential_and_refused_config, setup, teardown),
