@@ -290,6 +290,47 @@ static void test_net_queue_pairs(void **state)
     }
 }
 
+/*
+ * A back-end that hangs up while the front-end waits for GET_FEATURES's
+ * reply, at three points (conn.h): before the reply (-ECONNRESET), after
+ * half of its header (-EBADMSG), in the middle of its payload
+ * (-ECONNABORTED). vuf_frontend_new() returns exactly that error,
+ * with no device and no fd left behind. The peer end only ever stops
+ * writing (SHUT_WR): it still takes the requests the front-end sends.
+ */
+static void test_new_hangup_mid_reply(void **state)
+{
+    const uint32_t hdr[3] = {VUF_REQ_GET_FEATURES, VUF_VERSION | VUF_FLAG_REPLY, 8};
+    static const struct {
+        const char *what;
+        size_t bytes; /* of the 20-byte reply (header + u64) sent before the hang-up */
+        int ret;
+    } cases[] = {{"no reply", 0, -ECONNRESET},
+                 {"half a header", 6, -EBADMSG},
+                 {"header and half the payload", 16, -ECONNABORTED}};
+
+    (void)state;
+    for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct vuf_frontend_config cfg = fx_cfg(VUF_DEV_CONSOLE, F_EVENT_IDX);
+        uint8_t reply[20] = {0};
+        struct vuf_device *dev = NULL;
+        struct vuf_conn *c;
+        int sv[2], fds0 = tu_count_fds();
+
+        memcpy(reply, hdr, sizeof(hdr));
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        assert_int_equal(vuf_conn_adopt(sv[0], &c), 0);
+        if (cases[i].bytes)
+            assert_int_equal(write(sv[1], reply, cases[i].bytes), (ssize_t)cases[i].bytes);
+        assert_int_equal(shutdown(sv[1], SHUT_WR), 0);
+        print_message("%s\n", cases[i].what);
+        assert_int_equal(vuf_frontend_new(&cfg, c, &dev), cases[i].ret);
+        assert_null(dev);
+        close(sv[1]);
+        assert_int_equal(tu_count_fds(), fds0);
+    }
+}
+
 static void test_new_errors(void **state)
 {
     struct fx f;
@@ -330,6 +371,7 @@ int main(void)
         cmocka_unit_test(test_queue_num_bounds),
         cmocka_unit_test(test_net_queue_pairs),
         cmocka_unit_test(test_new_errors),
+        cmocka_unit_test(test_new_hangup_mid_reply),
     };
 
     fe_test_prepare();
