@@ -7,7 +7,7 @@
  * qsd write guest memory, and the log must show every page of them plus
  * the used ring, and no page nobody wrote. WRITE requests (the device only
  * reads the data) dirty the used ring and the status byte only. After
- * log_stop nothing is logged. Skips (77) without qemu-storage-daemon.
+ * log_stop nothing is logged. Fails without qemu-storage-daemon.
  */
 #include <errno.h>
 #include <fcntl.h>

@@ -16,7 +16,8 @@
  *
  * qsd serves one client at a time: it is waited for by socket FILE (no
  * probe connection), and every test has its own daemon and temp dir.
- * Skips (77) when qemu-storage-daemon is not installed.
+ * Fails when qemu-storage-daemon is not installed (scripts/setup.sh
+ * installs it).
  */
 #include <dirent.h>
 #include <errno.h>

@@ -12,7 +12,8 @@
  *
  * virtiofsd needs root (pid-file directory, namespace sandbox) and serves
  * exactly ONE connection, so it is waited for by socket FILE only. Skips
- * (77) without the binary or without root.
+ * (77) without root; fails without the binary (scripts/setup.sh installs
+ * it).
  */
 #include <dirent.h>
 #include <errno.h>

@@ -8,7 +8,8 @@
  * backing file. Then memory hot-plug while active: a region is added, new
  * buffers are placed in it and I/O works; a region nothing uses is removed
  * (REM_MEM_REG) and I/O still works. No fd or thread outlives the device.
- * Skips (77) when qemu-storage-daemon is not installed.
+ * Fails when qemu-storage-daemon is not installed (scripts/setup.sh
+ * installs it).
  */
 #include <errno.h>
 #include <fcntl.h>

@@ -26,7 +26,7 @@
  * real guest's driver would not; see docs/reconnect.md.
  *
  * Variants: qsd restarted at once, and restarted only after a delay while
- * the VMM waits in vuf_conn_connect(). Skips (77) without qsd.
+ * the VMM waits in vuf_conn_connect(). Fails without qsd.
  */
 #include <errno.h>
 #include <fcntl.h>
