@@ -44,9 +44,9 @@
 
 /* Protocol features this back-end implements. */
 #define BLK_PROTOCOL_FEATURES                                                       \
-    (VUF_PF(MQ) | VUF_PF(REPLY_ACK) | VUF_PF(BACKEND_REQ) | VUF_PF(CONFIG) |        \
-     VUF_PF(BACKEND_SEND_FD) | VUF_PF(RESET_DEVICE) | VUF_PF(CONFIGURE_MEM_SLOTS) | \
-     VUF_PF(STATUS) | VUF_PF(DEVICE_STATE) | VUF_PF(SHMEM) | VUF_PF(INFLIGHT_SHMFD))
+    (VUF_PROTO_MASK(MQ) | VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(BACKEND_REQ) | VUF_PROTO_MASK(CONFIG) |        \
+     VUF_PROTO_MASK(BACKEND_SEND_FD) | VUF_PROTO_MASK(RESET_DEVICE) | VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS) | \
+     VUF_PROTO_MASK(STATUS) | VUF_PROTO_MASK(DEVICE_STATE) | VUF_PROTO_MASK(SHMEM) | VUF_PROTO_MASK(INFLIGHT_SHMFD))
 
 /* ------------------------------------------------------------------------ */
 /* Config space                                                             */
@@ -268,7 +268,7 @@ static int infl_request_ok(struct blk_dev *d, struct vuf_msg *req, struct vuf_in
 
     if (vuf_decode_inflight(req, in) < 0)
         return -EPROTO;
-    if (!(d->acked_protocol & VUF_PF(INFLIGHT_SHMFD))) {
+    if (!(d->acked_protocol & VUF_PROTO_MASK(INFLIGHT_SHMFD))) {
         vuf_log(VUF_LOG_ERROR, "%s: INFLIGHT_SHMFD was not negotiated", what);
         return -ENOTSUP;
     }
@@ -298,7 +298,7 @@ static int h_set_features(void *opaque, struct vuf_msg *req, struct vuf_msg *rep
         return r;
     d->acked_features = f;
     /* Without PROTOCOL_FEATURES rings start enabled (spec, "Ring states"). */
-    if (!(f & (1ull << VUF_F_PROTOCOL_FEATURES)))
+    if (!(f & (1ull << VUF_VHOST_F_PROTOCOL_FEATURES)))
         for (unsigned i = 0; i < d->nq; i++)
             d->vqs[i].enabled = true;
     return 0;
@@ -1231,15 +1231,15 @@ static int setup(struct blk_dev *d)
     be_breq_slot_init(&d->slot);
     if (open_disk(d) < 0 || open_shm(d) < 0)
         return -1;
-    d->features = (1ull << VIRTIO_F_VERSION_1) | (1ull << VIRTIO_F_EVENT_IDX) |
-                  (1ull << VIRTIO_F_INDIRECT_DESC) | (1ull << VUF_F_PROTOCOL_FEATURES) |
-                  (1ull << VIRTIO_BLK_F_SEG_MAX) | (1ull << VIRTIO_BLK_F_BLK_SIZE) |
-                  (1ull << VIRTIO_BLK_F_FLUSH) | (1ull << VIRTIO_BLK_F_CONFIG_WCE) |
-                  (1ull << VIRTIO_BLK_F_MQ);
+    d->features = (1ull << VUF_VIRTIO_F_VERSION_1) | (1ull << VUF_VIRTIO_F_EVENT_IDX) |
+                  (1ull << VUF_VIRTIO_F_INDIRECT_DESC) | (1ull << VUF_VHOST_F_PROTOCOL_FEATURES) |
+                  (1ull << VUF_BLK_F_SEG_MAX) | (1ull << VUF_BLK_F_BLK_SIZE) |
+                  (1ull << VUF_BLK_F_FLUSH) | (1ull << VUF_BLK_F_CONFIG_WCE) |
+                  (1ull << VUF_BLK_F_MQ);
     if (d->o.read_only)
-        d->features |= 1ull << VIRTIO_BLK_F_RO;
+        d->features |= 1ull << VUF_BLK_F_RO;
     else
-        d->features |= (1ull << VIRTIO_BLK_F_DISCARD) | (1ull << VIRTIO_BLK_F_WRITE_ZEROES);
+        d->features |= (1ull << VUF_BLK_F_DISCARD) | (1ull << VUF_BLK_F_WRITE_ZEROES);
     d->protocol_features = BLK_PROTOCOL_FEATURES & d->o.protocol_mask;
     d->vqs = calloc(d->nq, sizeof(*d->vqs));
     if (!d->vqs)
@@ -1319,7 +1319,7 @@ int main(int argc, char **argv)
         goto out;
 
     if (d.o.socket_path) {
-        r = vuf_listen(d.o.socket_path, &listen_fd);
+        r = vuf_conn_listen(d.o.socket_path, &listen_fd);
         if (r < 0) {
             fprintf(stderr, "vuf-backend-blk: listen on %s: %s\n", d.o.socket_path, strerror(-r));
             goto out;

@@ -23,30 +23,30 @@
 #include "vuf/server.h"
 
 /* virtio-blk feature bits (virtio 1.2 §5.2.3) */
-#define VIRTIO_BLK_F_SEG_MAX 2
-#define VIRTIO_BLK_F_RO 5
-#define VIRTIO_BLK_F_BLK_SIZE 6
-#define VIRTIO_BLK_F_FLUSH 9
-#define VIRTIO_BLK_F_CONFIG_WCE 11
-#define VIRTIO_BLK_F_MQ 12
-#define VIRTIO_BLK_F_DISCARD 13
-#define VIRTIO_BLK_F_WRITE_ZEROES 14
-#define VIRTIO_F_INDIRECT_DESC 28
-#define VIRTIO_F_EVENT_IDX 29
-#define VIRTIO_F_VERSION_1 32
+#define VUF_BLK_F_SEG_MAX 2
+#define VUF_BLK_F_RO 5
+#define VUF_BLK_F_BLK_SIZE 6
+#define VUF_BLK_F_FLUSH 9
+#define VUF_BLK_F_CONFIG_WCE 11
+#define VUF_BLK_F_MQ 12
+#define VUF_BLK_F_DISCARD 13
+#define VUF_BLK_F_WRITE_ZEROES 14
+#define VUF_VIRTIO_F_INDIRECT_DESC 28
+#define VUF_VIRTIO_F_EVENT_IDX 29
+#define VUF_VIRTIO_F_VERSION_1 32
 
 /* Request types and status values (§5.2.6) */
-#define VIRTIO_BLK_T_IN 0
-#define VIRTIO_BLK_T_OUT 1
-#define VIRTIO_BLK_T_FLUSH 4
-#define VIRTIO_BLK_T_GET_ID 8
-#define VIRTIO_BLK_T_DISCARD 11
-#define VIRTIO_BLK_T_WRITE_ZEROES 13
-#define VIRTIO_BLK_S_OK 0
-#define VIRTIO_BLK_S_IOERR 1
-#define VIRTIO_BLK_S_UNSUPP 2
-#define VIRTIO_BLK_ID_BYTES 20
-#define VIRTIO_BLK_WZ_F_UNMAP 1u
+#define VUF_BLK_T_IN 0
+#define VUF_BLK_T_OUT 1
+#define VUF_BLK_T_FLUSH 4
+#define VUF_BLK_T_GET_ID 8
+#define VUF_BLK_T_DISCARD 11
+#define VUF_BLK_T_WRITE_ZEROES 13
+#define VUF_BLK_S_OK 0
+#define VUF_BLK_S_IOERR 1
+#define VUF_BLK_S_UNSUPP 2
+#define VUF_BLK_ID_BYTES 20
+#define VUF_BLK_WZ_F_UNMAP 1u
 
 #define BLK_SECTOR 512u
 #define BLK_ID_STRING "vuf-backend-blk"

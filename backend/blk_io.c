@@ -135,9 +135,9 @@ static bool acked(const struct blk_dev *d, unsigned bit)
  * writeback = 0, the device is writethrough). */
 static bool writethrough(const struct blk_dev *d)
 {
-    if (!acked(d, VIRTIO_BLK_F_FLUSH))
+    if (!acked(d, VUF_BLK_F_FLUSH))
         return true;
-    return acked(d, VIRTIO_BLK_F_CONFIG_WCE) && d->writeback == 0;
+    return acked(d, VUF_BLK_F_CONFIG_WCE) && d->writeback == 0;
 }
 
 static bool range_ok(const struct blk_dev *d, uint64_t sector, uint64_t bytes)
@@ -174,43 +174,43 @@ static uint8_t discard_or_zero(struct blk_dev *d, const struct be_chain *c, uint
     uint64_t bytes = c->out_bytes - sizeof(struct blk_req_hdr);
     unsigned n;
 
-    if (!acked(d, type == VIRTIO_BLK_T_DISCARD ? VIRTIO_BLK_F_DISCARD : VIRTIO_BLK_F_WRITE_ZEROES))
-        return VIRTIO_BLK_S_UNSUPP;
+    if (!acked(d, type == VUF_BLK_T_DISCARD ? VUF_BLK_F_DISCARD : VUF_BLK_F_WRITE_ZEROES))
+        return VUF_BLK_S_UNSUPP;
     if (d->o.read_only)
-        return VIRTIO_BLK_S_IOERR;
+        return VUF_BLK_S_IOERR;
     if (bytes == 0 || bytes % sizeof(segs[0]) != 0 || bytes / sizeof(segs[0]) > BLK_MAX_DISCARD_SEG)
-        return VIRTIO_BLK_S_IOERR;
+        return VUF_BLK_S_IOERR;
     n = (unsigned)(bytes / sizeof(segs[0]));
     if (gather(&d->mem, c->segs, c->nout, sizeof(struct blk_req_hdr), segs, n * sizeof(segs[0])) <
         0)
-        return VIRTIO_BLK_S_IOERR;
+        return VUF_BLK_S_IOERR;
     /* Check every segment before touching the disk. */
     for (unsigned i = 0; i < n; i++) {
-        uint32_t known = type == VIRTIO_BLK_T_WRITE_ZEROES ? VIRTIO_BLK_WZ_F_UNMAP : 0;
+        uint32_t known = type == VUF_BLK_T_WRITE_ZEROES ? VUF_BLK_WZ_F_UNMAP : 0;
         if (segs[i].flags & ~known)
-            return VIRTIO_BLK_S_UNSUPP; /* §5.2.6.2: unknown flags, unmap on discard */
+            return VUF_BLK_S_UNSUPP; /* §5.2.6.2: unknown flags, unmap on discard */
         if (segs[i].num_sectors > BLK_MAX_DISCARD_SECTORS ||
             !range_ok(d, segs[i].sector, (uint64_t)segs[i].num_sectors * BLK_SECTOR))
-            return VIRTIO_BLK_S_IOERR;
+            return VUF_BLK_S_IOERR;
     }
     for (unsigned i = 0; i < n; i++) {
         uint64_t off = segs[i].sector * BLK_SECTOR;
         uint64_t len = (uint64_t)segs[i].num_sectors * BLK_SECTOR;
         if (len == 0)
             continue;
-        if (type == VIRTIO_BLK_T_DISCARD) {
+        if (type == VUF_BLK_T_DISCARD) {
             /* Advisory: a file system without hole punching just keeps the data. */
             if (fallocate(d->disk_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
                           (off_t)len) < 0 &&
                 errno != EOPNOTSUPP)
-                return VIRTIO_BLK_S_IOERR;
-        } else if (zero_range(d->disk_fd, off, len, segs[i].flags & VIRTIO_BLK_WZ_F_UNMAP) < 0) {
-            return VIRTIO_BLK_S_IOERR;
+                return VUF_BLK_S_IOERR;
+        } else if (zero_range(d->disk_fd, off, len, segs[i].flags & VUF_BLK_WZ_F_UNMAP) < 0) {
+            return VUF_BLK_S_IOERR;
         }
     }
     if (writethrough(d) && fdatasync(d->disk_fd) < 0)
-        return VIRTIO_BLK_S_IOERR;
-    return VIRTIO_BLK_S_OK;
+        return VUF_BLK_S_IOERR;
+    return VUF_BLK_S_OK;
 }
 
 /* Find the GPA of the last device-writable byte: the status. */
@@ -235,7 +235,7 @@ static uint32_t handle_request(struct blk_dev *d, struct be_vq *vq, const struct
     struct blk_req_hdr h;
     uint64_t st_gpa, data;
     uint32_t used_len = 1;
-    uint8_t status = VIRTIO_BLK_S_OK;
+    uint8_t status = VUF_BLK_S_OK;
 
     if (!status_gpa(c, &st_gpa)) {
         vuf_log(VUF_LOG_ERROR, "vq %u: request at head %u has no status byte", vq->index, c->head);
@@ -243,71 +243,71 @@ static uint32_t handle_request(struct blk_dev *d, struct be_vq *vq, const struct
     }
     if (c->out_bytes < sizeof(h) || gather(&d->mem, c->segs, c->nout, 0, &h, sizeof(h)) < 0) {
         vuf_log(VUF_LOG_WARN, "vq %u: request at head %u: unreadable header", vq->index, c->head);
-        status = VIRTIO_BLK_S_IOERR;
+        status = VUF_BLK_S_IOERR;
         goto done;
     }
 
     switch (h.type) {
-    case VIRTIO_BLK_T_IN: {
+    case VUF_BLK_T_IN: {
         struct disk_ctx dc = {d->disk_fd, h.sector * BLK_SECTOR, false};
         data = c->in_bytes - 1;
         if (data % BLK_SECTOR || data > UINT32_MAX - 1 || !range_ok(d, h.sector, data)) {
-            status = VIRTIO_BLK_S_IOERR;
+            status = VUF_BLK_S_IOERR;
             break;
         }
         if (for_each_piece(&d->mem, in, c->nin, 0, data, disk_piece, &dc) < 0) {
             vuf_log(VUF_LOG_WARN, "vq %u: read sector %llu +%llu failed", vq->index,
                     (unsigned long long)h.sector, (unsigned long long)data);
-            status = VIRTIO_BLK_S_IOERR;
+            status = VUF_BLK_S_IOERR;
             break;
         }
         used_len = (uint32_t)data + 1;
         __atomic_fetch_add(&vq->bytes_read, data, __ATOMIC_RELAXED);
         break;
     }
-    case VIRTIO_BLK_T_OUT: {
+    case VUF_BLK_T_OUT: {
         struct disk_ctx dc = {d->disk_fd, h.sector * BLK_SECTOR, true};
         data = c->out_bytes - sizeof(h);
         if (d->o.read_only || data % BLK_SECTOR || !range_ok(d, h.sector, data)) {
-            status = VIRTIO_BLK_S_IOERR;
+            status = VUF_BLK_S_IOERR;
             break;
         }
         if (for_each_piece(&d->mem, c->segs, c->nout, sizeof(h), data, disk_piece, &dc) < 0 ||
             (writethrough(d) && fdatasync(d->disk_fd) < 0)) {
             vuf_log(VUF_LOG_WARN, "vq %u: write sector %llu +%llu failed", vq->index,
                     (unsigned long long)h.sector, (unsigned long long)data);
-            status = VIRTIO_BLK_S_IOERR;
+            status = VUF_BLK_S_IOERR;
             break;
         }
         __atomic_fetch_add(&vq->bytes_written, data, __ATOMIC_RELAXED);
         break;
     }
-    case VIRTIO_BLK_T_FLUSH:
+    case VUF_BLK_T_FLUSH:
         if (fdatasync(d->disk_fd) < 0)
-            status = VIRTIO_BLK_S_IOERR;
+            status = VUF_BLK_S_IOERR;
         break;
-    case VIRTIO_BLK_T_GET_ID: {
-        char id[VIRTIO_BLK_ID_BYTES] = {0};
+    case VUF_BLK_T_GET_ID: {
+        char id[VUF_BLK_ID_BYTES] = {0};
         size_t n = c->in_bytes - 1 < sizeof(id) ? (size_t)(c->in_bytes - 1) : sizeof(id);
         memcpy(id, BLK_ID_STRING, strlen(BLK_ID_STRING));
         if (scatter(&d->mem, in, c->nin, id, n) < 0) {
-            status = VIRTIO_BLK_S_IOERR;
+            status = VUF_BLK_S_IOERR;
             break;
         }
         used_len = (uint32_t)n + 1;
         break;
     }
-    case VIRTIO_BLK_T_DISCARD:
-    case VIRTIO_BLK_T_WRITE_ZEROES:
+    case VUF_BLK_T_DISCARD:
+    case VUF_BLK_T_WRITE_ZEROES:
         status = discard_or_zero(d, c, h.type);
         break;
     default:
-        status = VIRTIO_BLK_S_UNSUPP;
+        status = VUF_BLK_S_UNSUPP;
         break;
     }
 
 done:
-    if (status != VIRTIO_BLK_S_OK)
+    if (status != VUF_BLK_S_OK)
         used_len = 1;
     if (be_mem_write(&d->mem, st_gpa, &status, 1) < 0) {
         vuf_log(VUF_LOG_ERROR, "vq %u: status byte of head %u outside guest memory", vq->index,
@@ -373,7 +373,7 @@ void blk_drain_held(struct blk_dev *d, struct be_vq *vq)
         vq->used_idx = __atomic_load_n((uint16_t *)(vq->used + 2), __ATOMIC_ACQUIRE);
         vq->used_idx_valid = true;
     }
-    vq->event_idx = acked(d, VIRTIO_F_EVENT_IDX);
+    vq->event_idx = acked(d, VUF_VIRTIO_F_EVENT_IDX);
     old_used = vq->used_idx;
     run_held(d, vq);
     be_vq_notify(vq, old_used);
@@ -388,7 +388,7 @@ void blk_process_vq(struct blk_dev *d, struct be_vq *vq)
     vq->pending = false;
     if (!be_vq_ready(vq, &d->mem))
         return;
-    vq->event_idx = acked(d, VIRTIO_F_EVENT_IDX);
+    vq->event_idx = acked(d, VUF_VIRTIO_F_EVENT_IDX);
     old_used = vq->used_idx;
     /* Requests left in flight by a previous back-end come first (unless
      * everything is held); then those a "hold off" released. */

@@ -121,7 +121,7 @@ static void send_breq(struct be_control *c, int kind, const struct vuf_shmem_map
         snprintf(ans, cap, "error no back-end request channel (SET_BACKEND_REQ_FD)");
         return;
     }
-    need_reply = (pf & VUF_PF(REPLY_ACK)) != 0;
+    need_reply = (pf & VUF_PROTO_MASK(REPLY_ACK)) != 0;
     if (kind == VUF_BREQ_SHMEM_MAP)
         r = vuf_breq_shmem_map(conn, m, c->ctx.shm_fd, need_reply, &ack);
     else if (kind == VUF_BREQ_SHMEM_UNMAP)
@@ -318,7 +318,7 @@ int be_control_start(const char *path, const struct be_control_ctx *ctx, struct 
         free(c);
         return -ENOMEM;
     }
-    r = vuf_listen(path, &c->listen_fd);
+    r = vuf_conn_listen(path, &c->listen_fd);
     if (r < 0) {
         free(c->path);
         free(c);

@@ -229,7 +229,7 @@ int be_vq_chain_at(struct be_vq *vq, const struct be_mem *mem, uint16_t head, st
     }
     i = c->head;
     read_desc(vq, mem, 0, false, i, &d);
-    if (d.flags & BE_DESC_F_INDIRECT) {
+    if (d.flags & VUF_VRING_DESC_F_INDIRECT) {
         /* One table per chain, described by the head (virtio 1.2 §2.7.5.3). */
         if (d.len == 0 || d.len % 16 != 0 || d.len / 16 > BE_VQ_MAX_SIZE) {
             err = "bad indirect table length";
@@ -253,7 +253,7 @@ int be_vq_chain_at(struct be_vq *vq, const struct be_mem *mem, uint16_t head, st
             err = "descriptor loop";
             goto bad;
         }
-        if (d.flags & BE_DESC_F_INDIRECT) {
+        if (d.flags & VUF_VRING_DESC_F_INDIRECT) {
             err = indirect ? "nested indirect descriptor" : "indirect descriptor inside a chain";
             goto bad;
         }
@@ -261,7 +261,7 @@ int be_vq_chain_at(struct be_vq *vq, const struct be_mem *mem, uint16_t head, st
             err = "chain longer than seg_max allows";
             goto bad;
         }
-        if (d.flags & BE_DESC_F_WRITE) {
+        if (d.flags & VUF_VRING_DESC_F_WRITE) {
             seen_write = true;
             c->segs[c->nout + c->nin++] = (struct be_seg){d.addr, d.len};
             c->in_bytes += d.len;
@@ -273,7 +273,7 @@ int be_vq_chain_at(struct be_vq *vq, const struct be_mem *mem, uint16_t head, st
             c->segs[c->nout++] = (struct be_seg){d.addr, d.len};
             c->out_bytes += d.len;
         }
-        if (!(d.flags & BE_DESC_F_NEXT))
+        if (!(d.flags & VUF_VRING_DESC_F_NEXT))
             break;
         i = d.next;
         if (i >= table_len) {
@@ -443,7 +443,7 @@ void be_vq_notify(struct be_vq *vq, uint16_t old_used)
         /* virtio 1.2 §2.7.10: notify iff used_event lies in (old, now]. */
         fire = (uint16_t)(now - used_event - 1) < (uint16_t)(now - old_used);
     } else {
-        fire = !(__atomic_load_n(&vq->avail[0], __ATOMIC_RELAXED) & BE_AVAIL_F_NO_INTERRUPT);
+        fire = !(__atomic_load_n(&vq->avail[0], __ATOMIC_RELAXED) & VUF_VRING_AVAIL_F_NO_INTERRUPT);
     }
     if (fire) {
         uint64_t one = 1;

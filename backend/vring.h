@@ -32,10 +32,10 @@
 #include "vuf/wire.h"
 
 /* virtio 1.2 §2.7.5 */
-#define BE_DESC_F_NEXT 1u
-#define BE_DESC_F_WRITE 2u
-#define BE_DESC_F_INDIRECT 4u
-#define BE_AVAIL_F_NO_INTERRUPT 1u
+#define VUF_VRING_DESC_F_NEXT 1u
+#define VUF_VRING_DESC_F_WRITE 2u
+#define VUF_VRING_DESC_F_INDIRECT 4u
+#define VUF_VRING_AVAIL_F_NO_INTERRUPT 1u
 #define BE_VQ_MAX_SIZE 32768u
 
 struct be_desc {

@@ -305,7 +305,7 @@ static void fuzz_server(unsigned sel, const uint8_t *data, size_t size)
     CHECK(vuf_conn_adopt(peer, &be) == 0);
     vuf_conn_set_timeout(be, 0);
     if (sel & SEL_REPLY_ACK)
-        vuf_server_set_protocol_features(srv, VUF_PF(REPLY_ACK));
+        vuf_server_set_protocol_features(srv, VUF_PROTO_MASK(REPLY_ACK));
     /* EOF ends every input; the timeout only bounds a bug. */
     vuf_conn_set_timeout(vuf_server_conn(srv), 1000);
 

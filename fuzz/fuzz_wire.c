@@ -239,7 +239,7 @@ static void parse_one(const uint8_t *buf, size_t len, unsigned nfds, enum vuf_ch
     if (!is_reply) {
         CHECK(m.nfds >= rule->fds_min && m.nfds <= rule->fds_max);
         (void)vuf_msg_expects_reply(rule, m.hdr.flags, 0);
-        (void)vuf_msg_expects_reply(rule, m.hdr.flags, VUF_PF_KNOWN_MASK);
+        (void)vuf_msg_expects_reply(rule, m.hdr.flags, VUF_PROTO_KNOWN_MASK);
         if (rule->reply == VUF_REPLY_ALWAYS)
             CHECK(vuf_msg_expects_reply(rule, m.hdr.flags, 0));
     }

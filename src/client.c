@@ -85,7 +85,7 @@ static int client_call(struct vuf_client *c, uint32_t code, const void *payload,
 
     if (!rule || nfds > VUF_MAX_FDS)
         return -EINVAL;
-    if (rule->reply == VUF_REPLY_ACK && c->need_reply && (c->protocol_features & VUF_PF(REPLY_ACK)))
+    if (rule->reply == VUF_REPLY_ACK && c->need_reply && (c->protocol_features & VUF_PROTO_MASK(REPLY_ACK)))
         flags |= VUF_FLAG_NEED_REPLY;
     /* POSTCOPY_END always replies, but QEMU also sets NEED_REPLY on it and
      * rust-vmm back-ends only answer when it is set; a second reply is never

@@ -94,7 +94,7 @@ int vuf_conn_connect(const char *path, int connect_timeout_ms, struct vuf_conn *
     return ret;
 }
 
-int vuf_listen(const char *path, int *listen_fd)
+int vuf_conn_listen(const char *path, int *listen_fd)
 {
     struct sockaddr_un sa;
     struct stat st;

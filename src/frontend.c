@@ -27,14 +27,14 @@
 #include "vuf/virtio.h"
 
 #define BIT(n) (1ull << (n))
-#define F_PROTOCOL BIT(VUF_F_PROTOCOL_FEATURES)
+#define F_PROTOCOL BIT(VUF_VHOST_F_PROTOCOL_FEATURES)
 
 /* The protocol features the front-end can use (crosvm's set). REPLY_ACK is
  * needed for the back-end's SHMEM_MAP acks, and vuf also uses it for its own
  * requests unless crosvm_no_need_reply. */
 #define FE_PROTOCOL_FEATURES                                                 \
-    (VUF_PF(MQ) | VUF_PF(REPLY_ACK) | VUF_PF(BACKEND_REQ) | VUF_PF(CONFIG) | \
-     VUF_PF(DEVICE_STATE) | VUF_PF(SHMEM))
+    (VUF_PROTO_MASK(MQ) | VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(BACKEND_REQ) | VUF_PROTO_MASK(CONFIG) | \
+     VUF_PROTO_MASK(DEVICE_STATE) | VUF_PROTO_MASK(SHMEM))
 
 /* Per-message deadline on the back-end request channel. */
 #define FE_BREQ_TIMEOUT_MS 1000
@@ -919,7 +919,7 @@ static int make_pipe(int p[2], int ours)
 
 static int require_device_state(const struct vuf_frontend *fe, const char *what)
 {
-    if (!(fe->protocol_features & VUF_PF(DEVICE_STATE))) {
+    if (!(fe->protocol_features & VUF_PROTO_MASK(DEVICE_STATE))) {
         vuf_log(VUF_LOG_ERROR, "%s: %s requires VHOST_USER_PROTOCOL_F_DEVICE_STATE", fe->label,
                 what);
         return -ENOTSUP;
@@ -1101,7 +1101,7 @@ static int fe_get_shm_region(struct vuf_device *d, struct vuf_shm_region *out)
     unsigned count = 0;
     int r;
 
-    if (!(fe->protocol_features & VUF_PF(SHMEM)))
+    if (!(fe->protocol_features & VUF_PROTO_MASK(SHMEM)))
         return 0;
 
     pthread_mutex_lock(&fe->shm_lock);
@@ -1189,7 +1189,7 @@ static int fe_set_shm_mapper(struct vuf_device *d, const struct vuf_shm_mapper *
         return -EINVAL;
     /* Mappings are requested on the back-end channel: without it the
      * mapper would never be used. */
-    if (!(fe->protocol_features & VUF_PF(BACKEND_REQ))) {
+    if (!(fe->protocol_features & VUF_PROTO_MASK(BACKEND_REQ))) {
         vuf_log(VUF_LOG_ERROR,
                 "%s: error setting shared memory mapper: protocol feature is not "
                 "negotiated: BACKEND_REQ",
@@ -1353,8 +1353,8 @@ static int negotiate(struct vuf_frontend *fe)
 
     /* Packed rings are not handled at the protocol layer (no wrap counters
      * in SET/GET_VRING_BASE, no packed reclaim). */
-    if (base & BIT(VUF_F_RING_PACKED)) {
-        base &= ~BIT(VUF_F_RING_PACKED);
+    if (base & BIT(VUF_VIRTIO_F_RING_PACKED)) {
+        base &= ~BIT(VUF_VIRTIO_F_RING_PACKED);
         vuf_log(VUF_LOG_WARN,
                 "%s: VIRTIO_F_RING_PACKED requested, but not supported by the "
                 "vhost-user front-end; disabled",
@@ -1375,9 +1375,9 @@ static int negotiate(struct vuf_frontend *fe)
      * supports them; bit 30 always. */
     allow = VUF_DEVICE_TYPE_SPECIFIC_FEATURES_MASK | base | F_PROTOCOL;
     /* LOG_ALL is for dirty logging only, never for the driver. */
-    allow &= ~BIT(VUF_F_LOG_ALL);
+    allow &= ~BIT(VUF_VHOST_F_LOG_ALL);
     fe->avail_features = allow & features;
-    fe->log_all_offered = (features & BIT(VUF_F_LOG_ALL)) != 0;
+    fe->log_all_offered = (features & BIT(VUF_VHOST_F_LOG_ALL)) != 0;
     fe->acked_features = 0;
 
     if (fe->avail_features & F_PROTOCOL) {
@@ -1393,9 +1393,9 @@ static int negotiate(struct vuf_frontend *fe)
             return r;
         }
         fe->protocol_features =
-            pf & (FE_PROTOCOL_FEATURES | (fe->cfg.dirty_log ? VUF_PF(LOG_SHMFD) : 0) |
-                  (fe->cfg.mem_slots ? VUF_PF(CONFIGURE_MEM_SLOTS) : 0) |
-                  (fe->cfg.inflight ? VUF_PF(INFLIGHT_SHMFD) : 0));
+            pf & (FE_PROTOCOL_FEATURES | (fe->cfg.dirty_log ? VUF_PROTO_MASK(LOG_SHMFD) : 0) |
+                  (fe->cfg.mem_slots ? VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS) : 0) |
+                  (fe->cfg.inflight ? VUF_PROTO_MASK(INFLIGHT_SHMFD) : 0));
         r = vuf_client_set_protocol_features(fe->client, fe->protocol_features);
         if (r < 0) {
             vuf_log(VUF_LOG_ERROR, "%s: failed to set protocol features: %s", fe->label,
@@ -1404,7 +1404,7 @@ static int negotiate(struct vuf_frontend *fe)
         }
     }
 
-    if (fe->protocol_features & VUF_PF(BACKEND_REQ)) {
+    if (fe->protocol_features & VUF_PROTO_MASK(BACKEND_REQ)) {
         struct vuf_server_config scfg;
         int peer = -1;
 
@@ -1432,7 +1432,7 @@ static int negotiate(struct vuf_frontend *fe)
         }
     }
 
-    if (fe->protocol_features & VUF_PF(MQ)) {
+    if (fe->protocol_features & VUF_PROTO_MASK(MQ)) {
         uint64_t n = 0;
 
         r = vuf_client_get_queue_num(fe->client, &n);

@@ -21,7 +21,7 @@
 
 static bool negotiated(const struct vuf_frontend *fe)
 {
-    return (fe->protocol_features & VUF_PF(INFLIGHT_SHMFD)) != 0;
+    return (fe->protocol_features & VUF_PROTO_MASK(INFLIGHT_SHMFD)) != 0;
 }
 
 /*

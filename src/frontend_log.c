@@ -15,7 +15,7 @@
 #include "vuf/guest_mem.h"
 #include "vuf/log.h"
 
-#define LOG_ALL (1ull << VUF_F_LOG_ALL)
+#define LOG_ALL (1ull << VUF_VHOST_F_LOG_ALL)
 
 uint64_t fe_features_to_send(const struct vuf_frontend *fe)
 {
@@ -179,7 +179,7 @@ static int send_log_state(struct vuf_frontend *fe)
             return r;
         }
     }
-    if (!(fe->protocol_features & VUF_PF(REPLY_ACK)) || fe->cfg.crosvm_no_need_reply) {
+    if (!(fe->protocol_features & VUF_PROTO_MASK(REPLY_ACK)) || fe->cfg.crosvm_no_need_reply) {
         r = fe_stream_note(fe, vuf_client_get_features(fe->client, &dummy));
         if (r < 0) {
             vuf_log(VUF_LOG_ERROR, "%s: GET_FEATURES (barrier) failed: %s", fe->label,
@@ -204,7 +204,7 @@ int vuf_frontend_log_start(struct vuf_device *dev)
 
     if (!fe)
         return -EINVAL;
-    if (!(fe->protocol_features & VUF_PF(LOG_SHMFD)) || !fe->log_all_offered) {
+    if (!(fe->protocol_features & VUF_PROTO_MASK(LOG_SHMFD)) || !fe->log_all_offered) {
         vuf_log(VUF_LOG_ERROR, "%s: dirty logging needs LOG_SHMFD%s and VHOST_F_LOG_ALL", fe->label,
                 fe->cfg.dirty_log ? "" : " (cfg.dirty_log)");
         return -ENOTSUP;

@@ -33,7 +33,7 @@ static bool slot_same(const struct fe_mem_slot *a, const struct fe_mem_slot *b)
 
 static bool slots_mode(const struct vuf_frontend *fe)
 {
-    return (fe->protocol_features & VUF_PF(CONFIGURE_MEM_SLOTS)) != 0;
+    return (fe->protocol_features & VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS)) != 0;
 }
 
 static unsigned max_regions(const struct vuf_frontend *fe)

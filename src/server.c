@@ -125,7 +125,7 @@ static int send_rejection(struct vuf_server *s, const struct vuf_msg_rule *rule,
     if (!is_request_header(&req->hdr))
         return 0;
     if (!rule) {
-        if ((req->hdr.flags & VUF_FLAG_NEED_REPLY) && (s->protocol_features & VUF_PF(REPLY_ACK)))
+        if ((req->hdr.flags & VUF_FLAG_NEED_REPLY) && (s->protocol_features & VUF_PROTO_MASK(REPLY_ACK)))
             return send_u64(s, req, (uint64_t)(int64_t)err);
         return 0;
     }

@@ -66,16 +66,16 @@ bool vuf_msg_expects_reply(const struct vuf_msg_rule *rule, uint32_t flags,
     case VUF_REPLY_ALWAYS:
         return true;
     case VUF_REPLY_LOG:
-        if (protocol_features & VUF_PF(LOG_SHMFD))
+        if (protocol_features & VUF_PROTO_MASK(LOG_SHMFD))
             return true;
         break;
     case VUF_REPLY_ACK:
         break;
     }
-    return (flags & VUF_FLAG_NEED_REPLY) && (protocol_features & VUF_PF(REPLY_ACK));
+    return (flags & VUF_FLAG_NEED_REPLY) && (protocol_features & VUF_PROTO_MASK(REPLY_ACK));
 }
 
-static const char *const pf_names[VUF_PF_COUNT] = {
+static const char *const pf_names[VUF_PROTO_F_COUNT] = {
 #define PF_NAME(name, bit) [bit] = #name,
     VUF_PROTOCOL_FEATURES(PF_NAME)
 #undef PF_NAME
@@ -83,7 +83,7 @@ static const char *const pf_names[VUF_PF_COUNT] = {
 
 const char *vuf_protocol_feature_name(unsigned bit)
 {
-    return bit < VUF_PF_COUNT ? pf_names[bit] : NULL;
+    return bit < VUF_PROTO_F_COUNT ? pf_names[bit] : NULL;
 }
 
 /* ------------------------------------------------------------------------ */

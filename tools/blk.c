@@ -69,7 +69,7 @@ struct blk_opts {
     bool json;
 };
 
-void vuf_blk_usage(FILE *f)
+void cmd_blk_usage(FILE *f)
 {
     fprintf(
         f,
@@ -140,7 +140,7 @@ void vuf_blk_usage(FILE *f)
         DEFAULT_SEED, DEFAULT_SECONDS, MAX_QUEUE_SIZE, DEFAULT_QUEUE_SIZE, DEFAULT_TIMEOUT_MS);
 }
 
-static const struct cli_cmd blk_cmd = {"vuf blk", vuf_blk_usage};
+static const struct cli_cmd blk_cmd = {"vuf blk", cmd_blk_usage};
 
 /* ---- parsing ---------------------------------------------------------------- */
 
@@ -964,7 +964,7 @@ static unsigned pow2_at_least(unsigned v)
     return p;
 }
 
-int vuf_cmd_blk(int argc, char **argv)
+int cmd_blk(int argc, char **argv)
 {
     struct blk_opts o;
     struct ts_opts to;
@@ -976,7 +976,7 @@ int vuf_cmd_blk(int argc, char **argv)
     if (r)
         return r;
     if (help) {
-        vuf_blk_usage(stdout);
+        cmd_blk_usage(stdout);
         return VUF_EXIT_OK;
     }
 

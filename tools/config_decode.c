@@ -2,7 +2,7 @@
 /*
  * Device config-space layouts (virtio 1.3 §5), as tables of fields. One
  * table per device type is the only description of each layout; the probe's
- * human and JSON outputs are both built from what vuf_config_decode()
+ * human and JSON outputs are both built from what config_decode()
  * returns.
  *
  * Config space is little-endian for virtio 1.x devices.
@@ -17,7 +17,7 @@
 struct layout_field {
     const char *name;
     const char *group;
-    enum vuf_cfg_kind kind;
+    enum cfg_kind kind;
     unsigned offset;
     unsigned width;
 };
@@ -182,8 +182,8 @@ static void escape_string(const uint8_t *p, unsigned width, char *out, size_t ca
     out[o] = '\0';
 }
 
-size_t vuf_config_decode(uint32_t device_type, const uint8_t *buf, size_t len,
-                         struct vuf_cfg_field *out, size_t max)
+size_t config_decode(uint32_t device_type, const uint8_t *buf, size_t len,
+                         struct cfg_field *out, size_t max)
 {
     size_t n = 0;
 
@@ -192,7 +192,7 @@ size_t vuf_config_decode(uint32_t device_type, const uint8_t *buf, size_t len,
             continue;
         for (size_t i = 0; i < layouts[l].n && n < max; i++) {
             const struct layout_field *f = &layouts[l].fields[i];
-            struct vuf_cfg_field *d = &out[n];
+            struct cfg_field *d = &out[n];
 
             if ((size_t)f->offset + f->width > len)
                 break; /* fields are in offset order: the rest is absent */

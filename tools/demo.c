@@ -116,7 +116,7 @@ struct demo {
     int64_t t0;
 };
 
-void vuf_demo_usage(FILE *f)
+void cmd_demo_usage(FILE *f)
 {
     fprintf(f, "usage: vuf demo [--disk ram|file] [--size BYTES] [--no-trace]\n"
                "                [--backend PATH]\n"
@@ -154,7 +154,7 @@ void vuf_demo_usage(FILE *f)
                "signal N (after cleaning up).\n");
 }
 
-static const struct cli_cmd demo_cmd = {"vuf demo", vuf_demo_usage};
+static const struct cli_cmd demo_cmd = {"vuf demo", cmd_demo_usage};
 
 static int64_t now_ms(void)
 {
@@ -507,7 +507,7 @@ static bool do_connect(struct demo *d, struct ts_session *s, const struct backen
     if (r < 0)
         return step_failed(d, s, r);
     print_negotiated(s);
-    if (!check(d, (s->protocol & VUF_PF(DEVICE_STATE)) != 0,
+    if (!check(d, (s->protocol & VUF_PROTO_MASK(DEVICE_STATE)) != 0,
                "DEVICE_STATE negotiated (snapshot/restore possible)"))
         return false;
     return check(d, s->dev_queues >= DEMO_QUEUES, "at least %u queues", DEMO_QUEUES);
@@ -834,7 +834,7 @@ out:
 
 /* ---- main ------------------------------------------------------------------- */
 
-int vuf_cmd_demo(int argc, char **argv)
+int cmd_demo(int argc, char **argv)
 {
     enum { OPT_DISK = 256, OPT_SIZE, OPT_NOTRACE, OPT_BACKEND };
     static const struct option longopts[] = {
@@ -880,7 +880,7 @@ int vuf_cmd_demo(int argc, char **argv)
             given = optarg;
             break;
         case 'h':
-            vuf_demo_usage(stdout);
+            cmd_demo_usage(stdout);
             return VUF_EXIT_OK;
         default:
             return cli_option_error(&demo_cmd, c, argv);

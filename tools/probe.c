@@ -41,8 +41,8 @@
  * LOG_SHMFD, ...) are left out.
  */
 #define PROBE_PF_ACK                                                                  \
-    (VUF_PF(MQ) | VUF_PF(REPLY_ACK) | VUF_PF(BACKEND_REQ) | VUF_PF(BACKEND_SEND_FD) | \
-     VUF_PF(CONFIG) | VUF_PF(CONFIGURE_MEM_SLOTS) | VUF_PF(DEVICE_STATE) | VUF_PF(SHMEM))
+    (VUF_PROTO_MASK(MQ) | VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(BACKEND_REQ) | VUF_PROTO_MASK(BACKEND_SEND_FD) | \
+     VUF_PROTO_MASK(CONFIG) | VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS) | VUF_PROTO_MASK(DEVICE_STATE) | VUF_PROTO_MASK(SHMEM))
 
 #define PROBE_DEFAULT_TIMEOUT_MS VUF_DEFAULT_TIMEOUT_MS
 
@@ -68,7 +68,7 @@ struct probe_result {
     uint8_t config[VUF_CONFIG_MAX];
 };
 
-void vuf_probe_usage(FILE *f)
+void cmd_probe_usage(FILE *f)
 {
     fprintf(f,
             "usage: vuf probe SOCKET [--json] [--device-type TYPE] [--config-size N]\n"
@@ -112,7 +112,7 @@ void vuf_probe_usage(FILE *f)
             VUF_CONFIG_MAX, PROBE_DEFAULT_TIMEOUT_MS);
 }
 
-static const struct cli_cmd probe_cmd = {"vuf probe", vuf_probe_usage};
+static const struct cli_cmd probe_cmd = {"vuf probe", cmd_probe_usage};
 
 /* A decimal number in [min, max], the whole string. */
 static bool parse_long(const char *s, long min, long max, long *out)
@@ -220,7 +220,7 @@ static int negotiate(struct vuf_client *c, const struct probe_opts *o, struct pr
     if (ret)
         return fail(o, "GET_FEATURES", ret);
 
-    r->has_pf = r->features & (1ull << VUF_F_PROTOCOL_FEATURES);
+    r->has_pf = r->features & (1ull << VUF_VHOST_F_PROTOCOL_FEATURES);
     if (r->has_pf) {
         ret = vuf_client_get_protocol_features(c, &r->offered_pf);
         if (ret)
@@ -232,13 +232,13 @@ static int negotiate(struct vuf_client *c, const struct probe_opts *o, struct pr
             return fail(o, "SET_PROTOCOL_FEATURES", ret);
     }
 
-    if (r->acked_pf & VUF_PF(MQ)) {
+    if (r->acked_pf & VUF_PROTO_MASK(MQ)) {
         ret = vuf_client_get_queue_num(c, &r->queues);
         if (ret)
             return fail(o, "GET_QUEUE_NUM", ret);
         r->has_queues = true;
     }
-    if (r->acked_pf & VUF_PF(CONFIGURE_MEM_SLOTS)) {
+    if (r->acked_pf & VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS)) {
         ret = vuf_client_get_max_mem_slots(c, &r->slots);
         if (ret)
             return fail(o, "GET_MAX_MEM_SLOTS", ret);
@@ -249,7 +249,7 @@ static int negotiate(struct vuf_client *c, const struct probe_opts *o, struct pr
         cfg_len = (uint32_t)o->config_size;
     else if (o->dev)
         cfg_len = o->dev->config_size;
-    if ((r->acked_pf & VUF_PF(CONFIG)) && cfg_len > 0) {
+    if ((r->acked_pf & VUF_PROTO_MASK(CONFIG)) && cfg_len > 0) {
         ret = vuf_client_get_config(c, 0, VUF_CONFIG_FLAG_WRITABLE, r->config, cfg_len);
         if (ret == -EIO) {
             /* libvhost-user answers a length it does not serve with an
@@ -363,7 +363,7 @@ static void print_text(const struct probe_opts *o, const struct probe_result *r)
         printf("max mem slots:     no CONFIGURE_MEM_SLOTS\n");
 
     if (!r->has_config) {
-        if (!(r->acked_pf & VUF_PF(CONFIG)))
+        if (!(r->acked_pf & VUF_PROTO_MASK(CONFIG)))
             printf("config:            no CONFIG protocol feature\n");
         else
             printf("config:            not read (give --device-type or --config-size)\n");
@@ -371,8 +371,8 @@ static void print_text(const struct probe_opts *o, const struct probe_result *r)
     }
     printf("config:            %u bytes at offset 0\n", r->config_len);
     {
-        struct vuf_cfg_field f[VUF_CFG_MAX_FIELDS];
-        size_t n = vuf_config_decode(o->dev ? (uint32_t)o->dev->type : 0, r->config, r->config_len,
+        struct cfg_field f[VUF_CFG_MAX_FIELDS];
+        size_t n = config_decode(o->dev ? (uint32_t)o->dev->type : 0, r->config, r->config_len,
                                      f, VUF_CFG_MAX_FIELDS);
         for (size_t i = 0; i < n; i++) {
             char name[80];
@@ -438,9 +438,9 @@ static json_object *build_json(const struct probe_opts *o, const struct probe_re
     json_object_object_add(root, "max_mem_slots", r->has_slots ? json_u64(r->slots) : NULL);
 
     if (r->has_config) {
-        struct vuf_cfg_field f[VUF_CFG_MAX_FIELDS];
+        struct cfg_field f[VUF_CFG_MAX_FIELDS];
         json_object *cfg = json_object_new_object();
-        size_t n = vuf_config_decode(o->dev ? (uint32_t)o->dev->type : 0, r->config, r->config_len,
+        size_t n = config_decode(o->dev ? (uint32_t)o->dev->type : 0, r->config, r->config_len,
                                      f, VUF_CFG_MAX_FIELDS);
         char hex[2 * VUF_CONFIG_MAX + 1];
 
@@ -462,7 +462,7 @@ static json_object *build_json(const struct probe_opts *o, const struct probe_re
     return root;
 }
 
-int vuf_cmd_probe(int argc, char **argv)
+int cmd_probe(int argc, char **argv)
 {
     struct probe_opts o;
     struct probe_result r;
@@ -475,7 +475,7 @@ int vuf_cmd_probe(int argc, char **argv)
     if (ret)
         return ret;
     if (help) {
-        vuf_probe_usage(stdout);
+        cmd_probe_usage(stdout);
         return VUF_EXIT_OK;
     }
 

@@ -160,7 +160,7 @@ int ts_driver(struct ts_session *s)
     if (r < 0) {
         /* Without the CONFIG protocol feature there is nothing to read:
          * the size is then unknown and not checked. */
-        if (!(s->protocol & VUF_PF(CONFIG)))
+        if (!(s->protocol & VUF_PROTO_MASK(CONFIG)))
             return 0;
         return fail(s, "GET_CONFIG", r);
     }

@@ -15,11 +15,11 @@ static const struct {
     void (*usage)(FILE *f);
     const char *summary;
 } commands[] = {
-    {"probe", vuf_cmd_probe, vuf_probe_usage,
+    {"probe", cmd_probe, cmd_probe_usage,
      "connect to a vhost-user back-end and report what it offers (read-only)"},
-    {"blk", vuf_cmd_blk, vuf_blk_usage,
+    {"blk", cmd_blk, cmd_blk_usage,
      "be the VMM of a vhost-user-blk back-end: read, write, verify, bench"},
-    {"demo", vuf_cmd_demo, vuf_demo_usage,
+    {"demo", cmd_demo, cmd_demo_usage,
      "walk the whole device life cycle against the reference back-end"},
 };
 

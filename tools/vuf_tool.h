@@ -16,30 +16,30 @@
 #define VUF_EXIT_USAGE 2 /* bad command line (usage on stderr) */
 
 /* `vuf probe ...`; argv[0] is "probe". Returns the exit code. */
-int vuf_cmd_probe(int argc, char **argv);
-void vuf_probe_usage(FILE *f);
+int cmd_probe(int argc, char **argv);
+void cmd_probe_usage(FILE *f);
 
 /* `vuf blk SOCKET read|write|verify|bench ...` (blk.c). */
-int vuf_cmd_blk(int argc, char **argv);
-void vuf_blk_usage(FILE *f);
+int cmd_blk(int argc, char **argv);
+void cmd_blk_usage(FILE *f);
 
 /* `vuf demo` (demo.c). */
-int vuf_cmd_demo(int argc, char **argv);
-void vuf_demo_usage(FILE *f);
+int cmd_demo(int argc, char **argv);
+void cmd_demo_usage(FILE *f);
 
 /* ---- device config decoding (config_decode.c) ------------------------ */
 
-enum vuf_cfg_kind {
+enum cfg_kind {
     VUF_CFG_UINT,   /* little-endian unsigned integer of `width` bytes */
     VUF_CFG_STRING, /* NUL-padded byte string (fs tag), escaped into text */
     VUF_CFG_MAC,    /* 6-byte MAC address, "xx:xx:xx:xx:xx:xx" in text */
 };
 
 /* One decoded field of a device's config space. */
-struct vuf_cfg_field {
+struct cfg_field {
     const char *name;  /* the virtio spec's field name; unique per device */
     const char *group; /* the spec's enclosing struct ("geometry"), or NULL */
-    enum vuf_cfg_kind kind;
+    enum cfg_kind kind;
     unsigned offset; /* byte offset in the config space */
     unsigned width;  /* bytes */
     uint64_t value;  /* VUF_CFG_UINT */
@@ -55,7 +55,7 @@ struct vuf_cfg_field {
  * Returns the number of fields written to out[0..max), 0 when the device
  * type has no known layout. Pure; thread-safe.
  */
-size_t vuf_config_decode(uint32_t device_type, const uint8_t *buf, size_t len,
-                         struct vuf_cfg_field *out, size_t max);
+size_t config_decode(uint32_t device_type, const uint8_t *buf, size_t len,
+                         struct cfg_field *out, size_t max);
 
 #endif

@@ -45,7 +45,7 @@ int vuf_conn_connect(const char *path, int connect_timeout_ms, struct vuf_conn *
 /* Create a listening socket bound at `path` (a stale socket file there is
  * unlinked first). *listen_fd is owned by the caller (close it, and unlink
  * the path, when done). */
-int vuf_listen(const char *path, int *listen_fd);
+int vuf_conn_listen(const char *path, int *listen_fd);
 
 /* Accept one connection on a listening socket, waiting at most timeout_ms
  * (negative: forever). */

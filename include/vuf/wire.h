@@ -212,19 +212,19 @@ bool vuf_msg_expects_reply(const struct vuf_msg_rule *rule, uint32_t flags,
 
 /* clang-format off */
 enum vuf_protocol_feature_bit {
-#define VUF_X_PF(name, bit) VUF_PF_##name = bit,
-    VUF_PROTOCOL_FEATURES(VUF_X_PF)
-    VUF_PF_COUNT = 24
+#define VUF_X_PROTO_F(name, bit) VUF_PROTO_F_##name = bit,
+    VUF_PROTOCOL_FEATURES(VUF_X_PROTO_F)
+    VUF_PROTO_F_COUNT = 24
 };
 /* clang-format on */
-#define VUF_PF(name) (1ull << VUF_PF_##name)
+#define VUF_PROTO_MASK(name) (1ull << VUF_PROTO_F_##name)
 /* Every protocol bit this library knows a meaning for. */
-#define VUF_PF_KNOWN_MASK ((1ull << VUF_PF_COUNT) - 1)
+#define VUF_PROTO_KNOWN_MASK ((1ull << VUF_PROTO_F_COUNT) - 1)
 
 /* Virtio feature bits the vhost-user protocol itself gives meaning to. */
-#define VUF_F_LOG_ALL 26
-#define VUF_F_PROTOCOL_FEATURES 30
-#define VUF_F_RING_PACKED 34
+#define VUF_VHOST_F_LOG_ALL 26
+#define VUF_VHOST_F_PROTOCOL_FEATURES 30
+#define VUF_VIRTIO_F_RING_PACKED 34
 
 /* "REPLY_ACK" for bit 3; NULL for a bit with no known name. */
 const char *vuf_protocol_feature_name(unsigned bit);

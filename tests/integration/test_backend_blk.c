@@ -51,9 +51,9 @@
      F(VUF_BLK_F_FLUSH) | F(VUF_BLK_F_CONFIG_WCE) | F(VUF_BLK_F_MQ) | F(VUF_BLK_F_DISCARD) | \
      F(VUF_BLK_F_WRITE_ZEROES))
 #define EXPECT_PROTOCOL                                                             \
-    (VUF_PF(MQ) | VUF_PF(REPLY_ACK) | VUF_PF(BACKEND_REQ) | VUF_PF(CONFIG) |        \
-     VUF_PF(BACKEND_SEND_FD) | VUF_PF(RESET_DEVICE) | VUF_PF(CONFIGURE_MEM_SLOTS) | \
-     VUF_PF(STATUS) | VUF_PF(DEVICE_STATE) | VUF_PF(SHMEM) | VUF_PF(INFLIGHT_SHMFD))
+    (VUF_PROTO_MASK(MQ) | VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(BACKEND_REQ) | VUF_PROTO_MASK(CONFIG) |        \
+     VUF_PROTO_MASK(BACKEND_SEND_FD) | VUF_PROTO_MASK(RESET_DEVICE) | VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS) | \
+     VUF_PROTO_MASK(STATUS) | VUF_PROTO_MASK(DEVICE_STATE) | VUF_PROTO_MASK(SHMEM) | VUF_PROTO_MASK(INFLIGHT_SHMFD))
 
 static const char *backend_bin;
 static char *tmpdir;
@@ -843,7 +843,7 @@ static void test_backend_channel_no_reply_ack(void **state)
 
     be_start(&b, NULL);
     c = be_connect(&b);
-    pf = negotiate(c, ~VUF_PF(REPLY_ACK));
+    pf = negotiate(c, ~VUF_PROTO_MASK(REPLY_ACK));
     srv = backend_channel(c, &seen, pf);
     ctl = ctl_open(&b);
     ctl_breq(ctl, srv, "config-change\n", 0, ans, sizeof(ans));
@@ -1261,7 +1261,7 @@ static void test_inflight_area(void **state)
     be_start(&b, NULL);
     c = be_connect(&b);
     /* Not negotiated: no area (the error form, mmap_size 0). */
-    negotiate(c, ~VUF_PF(INFLIGHT_SHMFD));
+    negotiate(c, ~VUF_PROTO_MASK(INFLIGHT_SHMFD));
     assert_int_equal(vuf_client_get_inflight_fd(c, 2, 64, &a, &fd), 0);
     assert_int_equal(fd, -1);
     vuf_client_free(c);

@@ -129,9 +129,9 @@ static void test_qsd_dirty_log(void **state)
     vuf_conn_set_timeout(conn, IO_MS);
     assert_int_equal(vuf_frontend_new(&cfg, conn, &dev), 0);
     /* qsd negotiates LOG_SHMFD; its LOG_ALL stays away from the driver. */
-    assert_true(vuf_frontend_protocol_features(dev) & VUF_PF(LOG_SHMFD));
+    assert_true(vuf_frontend_protocol_features(dev) & VUF_PROTO_MASK(LOG_SHMFD));
     offered = vuf_device_features(dev);
-    assert_false(offered & BIT(VUF_F_LOG_ALL));
+    assert_false(offered & BIT(VUF_VHOST_F_LOG_ALL));
     assert_int_equal(vuf_device_ack_features(dev, offered), 0);
 
     /* Guest memory: the queue, two read buffers, a write buffer and an

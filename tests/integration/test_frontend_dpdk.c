@@ -257,20 +257,20 @@ static void new_device(struct fx *f)
     assert_int_equal(vuf_device_queue_max_sizes(f->dev)[RXQ], QSIZE);
     offered = vuf_device_features(f->dev);
     assert_int_equal(offered, DPDK_FEATURES & (VUF_DEVICE_TYPE_SPECIFIC_FEATURES_MASK |
-                                               cfg.base_features | BIT(VUF_F_PROTOCOL_FEATURES)));
+                                               cfg.base_features | BIT(VUF_VHOST_F_PROTOCOL_FEATURES)));
     assert_true(offered & BIT(NET_F_CTRL_VQ));
     assert_true(offered & BIT(NET_F_MQ));
     assert_true(offered & BIT(NET_F_MRG_RXBUF));
     assert_false(offered & BIT(NET_F_MAC)); /* the VMM would have to supply one */
     assert_int_equal(vuf_frontend_protocol_features(f->dev),
-                     VUF_PF(MQ) | VUF_PF(REPLY_ACK) | VUF_PF(BACKEND_REQ));
+                     VUF_PROTO_MASK(MQ) | VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(BACKEND_REQ));
 
     /* The guest acks only VERSION_1 and EVENT_IDX (no MRG_RXBUF, no control
      * queue: a 12-byte header, one buffer per frame). */
     want = BIT(VUF_VIRTIO_F_VERSION_1) | BIT(VUF_VIRTIO_F_EVENT_IDX);
     assert_int_equal(vuf_device_ack_features(f->dev, want & 0xffffffffull), 0);
     assert_int_equal(vuf_device_ack_features(f->dev, want & ~0xffffffffull), 0);
-    assert_int_equal(vuf_frontend_acked_features(f->dev), want | BIT(VUF_F_PROTOCOL_FEATURES));
+    assert_int_equal(vuf_frontend_acked_features(f->dev), want | BIT(VUF_VHOST_F_PROTOCOL_FEATURES));
     assert_false(vuf_frontend_is_active(f->dev));
 }
 
@@ -624,9 +624,9 @@ static void test_dpdk_probe(void **state)
      * BACKEND_SEND_FD HOST_NOTIFIER STATUS; no CONFIG, no
      * CONFIGURE_MEM_SLOTS. */
     assert_int_equal(jget_u64(j, "offered_protocol_features"), DPDK_PROTOCOL_OFFERED);
-    assert_int_equal(jget_u64(j, "protocol_features"), VUF_PF(MQ) | VUF_PF(REPLY_ACK) |
-                                                           VUF_PF(BACKEND_REQ) |
-                                                           VUF_PF(BACKEND_SEND_FD));
+    assert_int_equal(jget_u64(j, "protocol_features"), VUF_PROTO_MASK(MQ) | VUF_PROTO_MASK(REPLY_ACK) |
+                                                           VUF_PROTO_MASK(BACKEND_REQ) |
+                                                           VUF_PROTO_MASK(BACKEND_SEND_FD));
     assert_true(jarray_has(j, "offered_protocol_feature_names", "STATUS"));
     /* Queue PAIRS: the compile-time maximum, not the queues=1 setting. */
     assert_int_equal(jget_u64(j, "queues"), DPDK_QUEUE_PAIRS);

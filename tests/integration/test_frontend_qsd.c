@@ -201,13 +201,13 @@ static void new_device(struct fx *f)
     /* qsd 7.2 offers 0x175007e46; bits the VMM did not ask for (LOG_ALL,
      * NOTIFY_ON_EMPTY) are not passed to the driver. */
     assert_int_equal(offered, 0x175007e46ull & (VUF_DEVICE_TYPE_SPECIFIC_FEATURES_MASK |
-                                                cfg.base_features | BIT(VUF_F_PROTOCOL_FEATURES)));
+                                                cfg.base_features | BIT(VUF_VHOST_F_PROTOCOL_FEATURES)));
     assert_true(offered & BIT(VUF_BLK_F_FLUSH));
     assert_true(offered & BIT(VUF_BLK_F_MQ));
     assert_false(offered & BIT(VUF_BLK_F_RO));
     /* MQ REPLY_ACK BACKEND_REQ CONFIG of qsd's 0x8f2b. */
     assert_int_equal(vuf_frontend_protocol_features(f->dev),
-                     VUF_PF(MQ) | VUF_PF(REPLY_ACK) | VUF_PF(BACKEND_REQ) | VUF_PF(CONFIG));
+                     VUF_PROTO_MASK(MQ) | VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(BACKEND_REQ) | VUF_PROTO_MASK(CONFIG));
 
     /* The driver acks in two 32-bit words, as a PCI transport does. */
     assert_int_equal(vuf_device_ack_features(f->dev, offered & 0xffffffffull), 0);

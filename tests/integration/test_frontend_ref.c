@@ -504,10 +504,10 @@ static struct vuf_device *connect_device(struct fx *f, struct be *b, uint16_t ma
     assert_int_equal(vuf_device_type(dev), VUF_DEV_BLK);
     /* The reference back-end offers every protocol feature the front-end
      * uses; the ones these tests rely on: */
-    assert_true(vuf_frontend_protocol_features(dev) & VUF_PF(REPLY_ACK));
-    assert_true(vuf_frontend_protocol_features(dev) & VUF_PF(BACKEND_REQ));
-    assert_true(vuf_frontend_protocol_features(dev) & VUF_PF(DEVICE_STATE));
-    assert_true(vuf_frontend_protocol_features(dev) & VUF_PF(SHMEM));
+    assert_true(vuf_frontend_protocol_features(dev) & VUF_PROTO_MASK(REPLY_ACK));
+    assert_true(vuf_frontend_protocol_features(dev) & VUF_PROTO_MASK(BACKEND_REQ));
+    assert_true(vuf_frontend_protocol_features(dev) & VUF_PROTO_MASK(DEVICE_STATE));
+    assert_true(vuf_frontend_protocol_features(dev) & VUF_PROTO_MASK(SHMEM));
     return dev;
 }
 

@@ -223,10 +223,10 @@ static void new_device(struct fx *f)
     offered = vuf_device_features(f->dev);
     /* virtiofsd 7.2 offers 0x175000000: no fs device bits. */
     assert_int_equal(offered, BIT(VUF_VIRTIO_F_VERSION_1) | BIT(VUF_VIRTIO_F_EVENT_IDX) |
-                                  BIT(VUF_F_PROTOCOL_FEATURES));
+                                  BIT(VUF_VHOST_F_PROTOCOL_FEATURES));
     /* of its 0x8c2b: MQ REPLY_ACK BACKEND_REQ (no CONFIG) */
     assert_int_equal(vuf_frontend_protocol_features(f->dev),
-                     VUF_PF(MQ) | VUF_PF(REPLY_ACK) | VUF_PF(BACKEND_REQ));
+                     VUF_PROTO_MASK(MQ) | VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(BACKEND_REQ));
     assert_int_equal(vuf_device_ack_features(f->dev, offered), 0);
     assert_int_equal(vuf_frontend_acked_features(f->dev), offered);
 }

@@ -268,7 +268,7 @@ static void connect_device(struct fx *f, struct be *b, const struct vuf_inflight
     assert_int_equal(vuf_conn_connect(b->sock, 2000, &conn), 0);
     vuf_conn_set_timeout(conn, IO_MS);
     assert_int_equal(vuf_frontend_new(&cfg, conn, &f->dev), 0);
-    assert_true(vuf_frontend_protocol_features(f->dev) & VUF_PF(INFLIGHT_SHMFD));
+    assert_true(vuf_frontend_protocol_features(f->dev) & VUF_PROTO_MASK(INFLIGHT_SHMFD));
     assert_int_equal(vuf_device_num_queues(f->dev), NQ);
     tu_ack_features(f->dev, ack);
 }

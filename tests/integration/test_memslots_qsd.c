@@ -170,7 +170,7 @@ static void test_memslots_qsd(void **state)
     vuf_conn_set_timeout(conn, IO_MS);
     assert_int_equal(vuf_frontend_new(&cfg, conn, &f->dev), 0);
     /* qsd 7.2 offers CONFIGURE_MEM_SLOTS and answers 32. */
-    assert_true(vuf_frontend_protocol_features(f->dev) & VUF_PF(CONFIGURE_MEM_SLOTS));
+    assert_true(vuf_frontend_protocol_features(f->dev) & VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS));
     assert_int_equal(vuf_frontend_max_mem_regions(f->dev), 32);
     assert_int_equal(vuf_device_ack_features(f->dev, vuf_device_features(f->dev)), 0);
     acked = vuf_frontend_acked_features(f->dev);

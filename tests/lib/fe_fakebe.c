@@ -310,7 +310,7 @@ void be_init(struct be *be)
     memset(be, 0, sizeof(*be));
     pthread_mutex_init(&be->lock, NULL);
     be->features = F_PROTO | F_EVENT_IDX | F_VERSION_1 | BIT(0);
-    be->protocol_features = VUF_PF(CONFIG) | VUF_PF(DEVICE_STATE) | VUF_PF(REPLY_ACK);
+    be->protocol_features = VUF_PROTO_MASK(CONFIG) | VUF_PROTO_MASK(DEVICE_STATE) | VUF_PROTO_MASK(REPLY_ACK);
     be->queue_num = 3;
     be->vring_base = 7;
     be->breq_fd = -1;
@@ -649,9 +649,9 @@ void expect_new(struct fx *f)
                          R(SET_PROTOCOL_FEATURES)};
     unsigned n = 4;
 
-    if (pf & VUF_PF(BACKEND_REQ))
+    if (pf & VUF_PROTO_MASK(BACKEND_REQ))
         codes[n++] = R(SET_BACKEND_REQ_FD);
-    if (pf & VUF_PF(MQ))
+    if (pf & VUF_PROTO_MASK(MQ))
         codes[n++] = R(GET_QUEUE_NUM);
     expect_seq_(&f->be, &f->mark, codes, n, __LINE__);
 }

@@ -26,10 +26,10 @@
 #include "vuf/server.h"
 
 #define BIT(n) (1ull << (n))
-#define F_PROTO BIT(VUF_F_PROTOCOL_FEATURES)
+#define F_PROTO BIT(VUF_VHOST_F_PROTOCOL_FEATURES)
 #define F_EVENT_IDX BIT(29)
 #define F_VERSION_1 BIT(32)
-#define F_PACKED BIT(VUF_F_RING_PACKED)
+#define F_PACKED BIT(VUF_VIRTIO_F_RING_PACKED)
 
 #define MAX_REC 1024
 #define MAX_Q 8

@@ -138,8 +138,8 @@ static void fe_close(struct fe *f)
 
 static void reply_ack_on(struct fe *f)
 {
-    vuf_server_set_protocol_features(f->srv, VUF_PF(REPLY_ACK));
-    assert_true(vuf_server_protocol_features(f->srv) & VUF_PF(REPLY_ACK));
+    vuf_server_set_protocol_features(f->srv, VUF_PROTO_MASK(REPLY_ACK));
+    assert_true(vuf_server_protocol_features(f->srv) & VUF_PROTO_MASK(REPLY_ACK));
 }
 
 static void *serve_thread(void *p)

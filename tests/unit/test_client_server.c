@@ -437,8 +437,8 @@ static void assert_nothing_pending(struct vuf_conn *c, int wait_ms)
 
 enum fx_kind { FX_THREADED, FX_BUILTIN, FX_RAW_CLIENT, FX_RAW_SERVER, FX_BACKEND_CHANNEL };
 
-#define TEST_FEATURES ((1ull << VUF_F_PROTOCOL_FEATURES) | (1ull << VUF_F_LOG_ALL) | 0x3ull)
-#define TEST_PFEATURES VUF_PF_KNOWN_MASK
+#define TEST_FEATURES ((1ull << VUF_VHOST_F_PROTOCOL_FEATURES) | (1ull << VUF_VHOST_F_LOG_ALL) | 0x3ull)
+#define TEST_PFEATURES VUF_PROTO_KNOWN_MASK
 
 static void fill_handlers(struct vuf_server_config *cfg, struct fx *f)
 {
@@ -727,7 +727,7 @@ static void rt_log_base(struct fx *f, struct vuf_client *c, uint64_t pf, bool ac
 {
     int fd;
 
-    if (pf & VUF_PF(LOG_SHMFD)) {
+    if (pf & VUF_PROTO_MASK(LOG_SHMFD)) {
         fd = make_memfd("log", 0x2000);
         assert_int_equal(vuf_client_set_log_base(c, 0x2000, 0x100, fd), 0);
         expect_seen(f, VUF_REQ_SET_LOG_BASE, 16, 1, false);
@@ -1113,7 +1113,7 @@ static void (*const rt_steps[])(struct fx *, struct vuf_client *, uint64_t, bool
  */
 static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
 {
-    bool acked = (pf & VUF_PF(REPLY_ACK)) && need_reply;
+    bool acked = (pf & VUF_PROTO_MASK(REPLY_ACK)) && need_reply;
 
     vuf_client_set_need_reply(f->cli, need_reply);
     for (size_t i = 0; i < sizeof(rt_steps) / sizeof(rt_steps[0]); i++)
@@ -1130,7 +1130,7 @@ static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
     fx_unlock(f);
 }
 
-#define PF_BASE (VUF_PF_KNOWN_MASK & ~(VUF_PF(REPLY_ACK) | VUF_PF(LOG_SHMFD)))
+#define PF_BASE (VUF_PROTO_KNOWN_MASK & ~(VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(LOG_SHMFD)))
 
 static void test_all_requests_plain(void **state)
 {
@@ -1139,13 +1139,13 @@ static void test_all_requests_plain(void **state)
 
 static void test_all_requests_reply_ack(void **state)
 {
-    run_all_requests(*state, PF_BASE | VUF_PF(REPLY_ACK) | VUF_PF(LOG_SHMFD), true);
+    run_all_requests(*state, PF_BASE | VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(LOG_SHMFD), true);
 }
 
 /* crosvm's mode: REPLY_ACK negotiated, but the front-end never asks. */
 static void test_all_requests_need_reply_off(void **state)
 {
-    run_all_requests(*state, PF_BASE | VUF_PF(REPLY_ACK) | VUF_PF(LOG_SHMFD), false);
+    run_all_requests(*state, PF_BASE | VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(LOG_SHMFD), false);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1156,7 +1156,7 @@ static void test_handler_errors_acked(void **state)
 {
     struct fx *f = *state;
     struct vuf_client *c = f->cli;
-    const uint64_t pf = VUF_PF(REPLY_ACK) | VUF_PF(LOG_SHMFD) | VUF_PF(CONFIG);
+    const uint64_t pf = VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(LOG_SHMFD) | VUF_PROTO_MASK(CONFIG);
     struct vuf_mem_region r = {.memory_size = 0x1000, .userspace_addr = 0x10000};
     uint8_t cfg[8];
     uint64_t u;
@@ -1302,15 +1302,15 @@ static void test_builtins(void **state)
     assert_int_equal(vuf_client_get_protocol_features(c, &u), 0);
     assert_int_equal(srv_sync(f), 0);
     assert_int_equal(u, TEST_PFEATURES);
-    assert_int_equal(vuf_client_set_protocol_features(c, VUF_PF(REPLY_ACK) | VUF_PF(MQ)), 0);
+    assert_int_equal(vuf_client_set_protocol_features(c, VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(MQ)), 0);
     assert_int_equal(srv_sync(f), 0);
-    assert_int_equal(vuf_server_protocol_features(f->srv), VUF_PF(REPLY_ACK) | VUF_PF(MQ));
+    assert_int_equal(vuf_server_protocol_features(f->srv), VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(MQ));
     /* From here on the built-ins ack too. */
     assert_int_equal(vuf_client_set_owner(c), 0);
     assert_int_equal(srv_sync(f), 0);
-    assert_int_equal(vuf_client_set_features(c, 1ull << VUF_F_PROTOCOL_FEATURES), 0);
+    assert_int_equal(vuf_client_set_features(c, 1ull << VUF_VHOST_F_PROTOCOL_FEATURES), 0);
     assert_int_equal(srv_sync(f), 0);
-    assert_int_equal(vuf_server_acked_features(f->srv), 1ull << VUF_F_PROTOCOL_FEATURES);
+    assert_int_equal(vuf_server_acked_features(f->srv), 1ull << VUF_VHOST_F_PROTOCOL_FEATURES);
 
     /* Anything else has no handler: logged, answered with an error. */
     before = warn_count();
@@ -1402,7 +1402,7 @@ static void test_client_extra_fd_closed(void **state)
     raw_expect_request(f->raw, VUF_REQ_GET_FEATURES, REQ, 0, 0);
 
     /* Same on an ack. */
-    assert_int_equal(vuf_client_set_protocol_features(f->cli, VUF_PF(REPLY_ACK)), 0);
+    assert_int_equal(vuf_client_set_protocol_features(f->cli, VUF_PROTO_MASK(REPLY_ACK)), 0);
     raw_expect_request(f->raw, VUF_REQ_SET_PROTOCOL_FEATURES, REQ, 8, 0);
     efd = make_eventfd(0);
     v = 0;
@@ -1431,7 +1431,7 @@ static void test_client_acks(void **state)
 {
     struct fx *f = *state;
     struct vuf_client *c = f->cli;
-    const uint64_t pf = VUF_PF(REPLY_ACK) | VUF_PF(MQ);
+    const uint64_t pf = VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(MQ);
 
     /* Before REPLY_ACK: no flag, no wait (nothing queued, and it returns). */
     assert_int_equal(vuf_client_set_vring_num(c, 0, 256), 0);
@@ -1483,7 +1483,7 @@ static void test_client_acks(void **state)
 
     /* Dropping REPLY_ACK (acked under the old rules) turns it off. */
     raw_reply_u64(f->raw, VUF_REQ_SET_PROTOCOL_FEATURES, 0);
-    assert_int_equal(vuf_client_set_protocol_features(c, VUF_PF(MQ)), 0);
+    assert_int_equal(vuf_client_set_protocol_features(c, VUF_PROTO_MASK(MQ)), 0);
     raw_expect_request(f->raw, VUF_REQ_SET_PROTOCOL_FEATURES, REQ_NR, 8, 0);
     assert_int_equal(vuf_client_set_vring_num(c, 0, 256), 0);
     raw_expect_request(f->raw, VUF_REQ_SET_VRING_NUM, REQ, 8, 0);
@@ -1497,14 +1497,14 @@ static void test_client_log_base(void **state)
     int fd = make_memfd("log", 0x1000);
 
     /* REPLY_ACK alone: SET_LOG_BASE is not an ack-type request. */
-    assert_int_equal(vuf_client_set_protocol_features(c, VUF_PF(REPLY_ACK)), 0);
+    assert_int_equal(vuf_client_set_protocol_features(c, VUF_PROTO_MASK(REPLY_ACK)), 0);
     raw_expect_request(f->raw, VUF_REQ_SET_PROTOCOL_FEATURES, REQ, 8, 0);
     assert_int_equal(vuf_client_set_log_base(c, 0x1000, 0, -1), 0);
     raw_expect_request(f->raw, VUF_REQ_SET_LOG_BASE, REQ, 16, 0);
 
     /* LOG_SHMFD: the reply is waited for, without NEED_REPLY. */
     raw_reply_u64(f->raw, VUF_REQ_SET_PROTOCOL_FEATURES, 0);
-    assert_int_equal(vuf_client_set_protocol_features(c, VUF_PF(REPLY_ACK) | VUF_PF(LOG_SHMFD)), 0);
+    assert_int_equal(vuf_client_set_protocol_features(c, VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(LOG_SHMFD)), 0);
     raw_expect_request(f->raw, VUF_REQ_SET_PROTOCOL_FEATURES, REQ_NR, 8, 0);
     raw_reply_u64(f->raw, VUF_REQ_SET_LOG_BASE, 0);
     assert_int_equal(vuf_client_set_log_base(c, 0x1000, 0, fd), 0);
@@ -1888,7 +1888,7 @@ static void test_client_invalid_args(void **state)
 
 static void srv_set_reply_ack(struct fx *f)
 {
-    vuf_server_set_protocol_features(f->srv, VUF_PF(REPLY_ACK));
+    vuf_server_set_protocol_features(f->srv, VUF_PROTO_MASK(REPLY_ACK));
 }
 
 static void test_server_unknown_code(void **state)
@@ -2048,13 +2048,13 @@ static void test_server_no_handler(void **state)
 static void test_server_protocol_features_rules(void **state)
 {
     struct fx *f = *state;
-    uint64_t v = VUF_PF(REPLY_ACK);
+    uint64_t v = VUF_PROTO_MASK(REPLY_ACK);
 
     /* NEED_REPLY before REPLY_ACK exists: no ack; then it is in force. */
     raw_send(f->raw, VUF_REQ_SET_PROTOCOL_FEATURES, REQ_NR, &v, 8, NULL, 0);
     assert_int_equal(vuf_server_process_one(f->srv), 0);
     assert_nothing_pending(f->raw, 20);
-    assert_int_equal(vuf_server_protocol_features(f->srv), VUF_PF(REPLY_ACK));
+    assert_int_equal(vuf_server_protocol_features(f->srv), VUF_PROTO_MASK(REPLY_ACK));
     /* Turning it off is still acked (old rules). */
     v = 0;
     raw_send(f->raw, VUF_REQ_SET_PROTOCOL_FEATURES, REQ_NR, &v, 8, NULL, 0);
@@ -2063,14 +2063,14 @@ static void test_server_protocol_features_rules(void **state)
     assert_int_equal(vuf_server_protocol_features(f->srv), 0);
     /* A failing handler: not recorded. */
     fx_set_fail(f, -EPERM);
-    v = VUF_PF(REPLY_ACK);
+    v = VUF_PROTO_MASK(REPLY_ACK);
     raw_send(f->raw, VUF_REQ_SET_PROTOCOL_FEATURES, REQ, &v, 8, NULL, 0);
     assert_int_equal(vuf_server_process_one(f->srv), -EPERM);
     assert_int_equal(vuf_server_protocol_features(f->srv), 0);
     fx_set_fail(f, 0);
 
     /* LOG_SHMFD: SET_LOG_BASE always answered, NEED_REPLY or not. */
-    vuf_server_set_protocol_features(f->srv, VUF_PF(LOG_SHMFD));
+    vuf_server_set_protocol_features(f->srv, VUF_PROTO_MASK(LOG_SHMFD));
     {
         struct vuf_log lg = {.mmap_size = 0x1000};
         int fd = make_memfd("log", 0x1000);
@@ -2114,7 +2114,7 @@ static void test_backend_channel(void **state)
     int before = tu_count_fds(), fd;
 
     assert_true(vuf_server_fd(f->srv) >= 0);
-    vuf_server_set_protocol_features(f->srv, VUF_PF(REPLY_ACK));
+    vuf_server_set_protocol_features(f->srv, VUF_PROTO_MASK(REPLY_ACK));
 
     /* CONFIG_CHANGE_MSG (code 2 = SET_FEATURES on the other channel). */
     raw_send(f->raw, VUF_BREQ_CONFIG_CHANGE_MSG, REQ_NR, NULL, 0, NULL, 0);
@@ -2196,7 +2196,7 @@ static void test_backend_channel_via_client(void **state)
     assert_true(rfd >= 0);
     assert_int_equal(vuf_conn_adopt(rfd, &bconn), 0);
     vuf_conn_set_timeout(bconn, 1000);
-    vuf_server_set_protocol_features(bsrv, VUF_PF(REPLY_ACK));
+    vuf_server_set_protocol_features(bsrv, VUF_PROTO_MASK(REPLY_ACK));
     /* No handlers on that server: an acked request gets -ENOTSUP back. */
     raw_send(bconn, VUF_BREQ_CONFIG_CHANGE_MSG, REQ_NR, NULL, 0, NULL, 0);
     assert_int_equal(vuf_server_process_one(bsrv), -ENOTSUP);

@@ -7,7 +7,7 @@
  * receive must close every fd that arrived.
  *
  * Tests that take a fixture run twice: over vuf_conn_pair ("pair/...") and
- * over vuf_listen + vuf_conn_connect + vuf_conn_accept ("unix/..."). In the
+ * over vuf_conn_listen + vuf_conn_connect + vuf_conn_accept ("unix/..."). In the
  * fixture, `a` receives and `b` is the peer.
  */
 #include <errno.h>
@@ -158,9 +158,9 @@ static int setup_unix(void **state)
     if (!f->dir)
         goto fail;
     snprintf(f->path, sizeof(f->path), "%s/s.sock", f->dir);
-    rc = vuf_listen(f->path, &f->lfd);
+    rc = vuf_conn_listen(f->path, &f->lfd);
     if (rc) {
-        print_error("vuf_listen: %d\n", rc);
+        print_error("vuf_conn_listen: %d\n", rc);
         goto fail;
     }
     rc = vuf_conn_connect(f->path, 1000, &f->b);
@@ -1027,7 +1027,7 @@ static void test_connect_stale_socket(void **state)
     (void)state;
     assert_non_null(dir);
     snprintf(path, sizeof(path), "%s/stale.sock", dir);
-    assert_rc(vuf_listen(path, &lfd), 0);
+    assert_rc(vuf_conn_listen(path, &lfd), 0);
     close(lfd); /* the file stays */
     t0 = now_ms();
     rc = vuf_conn_connect(path, 100, &c);
@@ -1038,8 +1038,8 @@ static void test_connect_stale_socket(void **state)
     if (dt < 90 || dt > 100 + SLACK_MS)
         fail_msg("connect to stale socket, timeout 100 ms, took %lld ms (rc %d)", dt, rc);
 
-    /* vuf_listen replaces the stale file. */
-    assert_rc(vuf_listen(path, &lfd), 0);
+    /* vuf_conn_listen replaces the stale file. */
+    assert_rc(vuf_conn_listen(path, &lfd), 0);
     assert_rc(vuf_conn_connect(path, 1000, &c), 0);
     struct vuf_conn *s = NULL;
     assert_rc(vuf_conn_accept(lfd, 1000, &s), 0);
@@ -1061,7 +1061,7 @@ static void *late_listener(void *arg)
     struct late_listen_args *a = arg;
 
     sleep_ms(a->delay_ms);
-    a->rc = vuf_listen(a->path, &a->lfd);
+    a->rc = vuf_conn_listen(a->path, &a->lfd);
     return NULL;
 }
 
@@ -1202,7 +1202,7 @@ static void test_path_too_long(void **state)
     path[0] = '/';
     path[sizeof(path) - 1] = 0;
     assert_true(vuf_conn_connect(path, 0, &c) < 0);
-    assert_true(vuf_listen(path, &lfd) < 0);
+    assert_true(vuf_conn_listen(path, &lfd) < 0);
 }
 
 static void test_accept_timeout(void **state)
@@ -1216,7 +1216,7 @@ static void test_accept_timeout(void **state)
     (void)state;
     assert_non_null(dir);
     snprintf(path, sizeof(path), "%s/acc.sock", dir);
-    assert_rc(vuf_listen(path, &lfd), 0);
+    assert_rc(vuf_conn_listen(path, &lfd), 0);
     t0 = now_ms();
     rc = vuf_conn_accept(lfd, 100, &c);
     dt = now_ms() - t0;

@@ -45,7 +45,7 @@ static void lifecycle(bool with_backend_req)
 
     fx_begin(&f);
     if (with_backend_req)
-        f.be.protocol_features |= VUF_PF(BACKEND_REQ);
+        f.be.protocol_features |= VUF_PROTO_MASK(BACKEND_REQ);
     assert_int_equal(fx_new(&f, &cfg), 0);
     if (with_backend_req)
         expect_seq(&f.be, &f.mark, R(SET_OWNER), R(GET_FEATURES), R(GET_PROTOCOL_FEATURES),
@@ -149,7 +149,7 @@ static void lifecycle(bool with_backend_req)
     /* restore on a fresh connection */
     fx_begin(&g);
     if (with_backend_req)
-        g.be.protocol_features |= VUF_PF(BACKEND_REQ);
+        g.be.protocol_features |= VUF_PROTO_MASK(BACKEND_REQ);
     assert_int_equal(fx_new(&g, &cfg), 0);
     if (with_backend_req)
         expect_seq(&g.be, &g.mark, R(SET_OWNER), R(GET_FEATURES), R(GET_PROTOCOL_FEATURES),

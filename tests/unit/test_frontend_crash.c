@@ -43,7 +43,7 @@ static void test_backend_crash(void **state)
 
     (void)state;
     fx_begin(&f);
-    f.be.protocol_features |= VUF_PF(BACKEND_REQ);
+    f.be.protocol_features |= VUF_PROTO_MASK(BACKEND_REQ);
     assert_int_equal(fx_new(&f, &cfg), 0);
     fx_queues(&f, 2);
     fx_activate_ok(&f);

@@ -33,7 +33,7 @@
 /* Dirty logging                                                            */
 /* ------------------------------------------------------------------------ */
 
-#define F_LOG_ALL BIT(VUF_F_LOG_ALL)
+#define F_LOG_ALL BIT(VUF_VHOST_F_LOG_ALL)
 
 /* The back-end logs `page` as libvhost-user does (atomic byte OR). */
 static void be_log_page(struct be *be, uint64_t page)
@@ -81,10 +81,10 @@ static void test_dirty_log(void **state)
     cfg.dirty_log = true;
     fx_begin(&f);
     f.be.features |= F_LOG_ALL;
-    f.be.protocol_features |= VUF_PF(LOG_SHMFD);
+    f.be.protocol_features |= VUF_PROTO_MASK(LOG_SHMFD);
     assert_int_equal(fx_new(&f, &cfg), 0);
     expect_new(&f);
-    assert_true(vuf_frontend_protocol_features(f.dev) & VUF_PF(LOG_SHMFD));
+    assert_true(vuf_frontend_protocol_features(f.dev) & VUF_PROTO_MASK(LOG_SHMFD));
     /* LOG_ALL is never offered to the driver, even when base asks for it. */
     assert_int_equal(vuf_device_features(f.dev) & F_LOG_ALL, 0);
     assert_int_equal(vuf_device_ack_features(f.dev, F_LOG_ALL | F_EVENT_IDX), 0);
@@ -253,11 +253,11 @@ static void test_dirty_log_not_supported(void **state)
         fx_begin(&f);
         cfg.dirty_log = c != 0;
         f.be.features |= c == 1 ? 0 : F_LOG_ALL;
-        f.be.protocol_features |= c == 2 ? 0 : VUF_PF(LOG_SHMFD);
+        f.be.protocol_features |= c == 2 ? 0 : VUF_PROTO_MASK(LOG_SHMFD);
         assert_int_equal(fx_new(&f, &cfg), 0);
         expect_new(&f);
         /* Without cfg.dirty_log, LOG_SHMFD is not negotiated. */
-        assert_int_equal(!!(vuf_frontend_protocol_features(f.dev) & VUF_PF(LOG_SHMFD)), c == 1);
+        assert_int_equal(!!(vuf_frontend_protocol_features(f.dev) & VUF_PROTO_MASK(LOG_SHMFD)), c == 1);
         assert_int_equal(vuf_device_features(f.dev) & F_LOG_ALL, 0);
         fx_queues(&f, 2);
         fx_activate_ok(&f);
@@ -281,7 +281,7 @@ static void test_dirty_log_barrier(void **state)
     cfg.dirty_log = true;
     fx_begin(&f);
     f.be.features |= F_LOG_ALL;
-    f.be.protocol_features = VUF_PF(LOG_SHMFD);
+    f.be.protocol_features = VUF_PROTO_MASK(LOG_SHMFD);
     assert_int_equal(fx_new(&f, &cfg), 0);
     expect_new(&f);
     fx_queues(&f, 1);

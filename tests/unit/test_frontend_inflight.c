@@ -77,12 +77,12 @@ static void test_inflight_sequence(void **state)
 
     (void)state;
     fx_begin(&f);
-    f.be.protocol_features |= VUF_PF(INFLIGHT_SHMFD);
+    f.be.protocol_features |= VUF_PROTO_MASK(INFLIGHT_SHMFD);
     f.be.infl_offset = 8192; /* the area need not start the file */
     assert_int_equal(fx_new(&f, &cfg), 0);
     expect_new(&f);
-    assert_true(be_rec(&f.be, 3).u64 & VUF_PF(INFLIGHT_SHMFD));
-    assert_true(vuf_frontend_protocol_features(f.dev) & VUF_PF(INFLIGHT_SHMFD));
+    assert_true(be_rec(&f.be, 3).u64 & VUF_PROTO_MASK(INFLIGHT_SHMFD));
+    assert_true(vuf_frontend_protocol_features(f.dev) & VUF_PROTO_MASK(INFLIGHT_SHMFD));
     nq = (uint16_t)vuf_device_num_queues(f.dev);
     fx_queues(&f, 2);
     assert_int_equal(vuf_frontend_inflight_export(f.dev, &a), -ENOENT);
@@ -166,7 +166,7 @@ static void test_inflight_export_import(void **state)
 
     (void)state;
     fx_begin(&f);
-    f.be.protocol_features |= VUF_PF(INFLIGHT_SHMFD);
+    f.be.protocol_features |= VUF_PROTO_MASK(INFLIGHT_SHMFD);
     assert_int_equal(fx_new(&f, &cfg), 0);
     expect_new(&f);
     nq = (uint16_t)vuf_device_num_queues(f.dev);
@@ -183,7 +183,7 @@ static void test_inflight_export_import(void **state)
     be_kill(&f.be); /* its thread is gone before g counts threads */
 
     fx_begin(&g); /* counts the export's fd: closed after fx_end(&g) */
-    g.be.protocol_features |= VUF_PF(INFLIGHT_SHMFD);
+    g.be.protocol_features |= VUF_PROTO_MASK(INFLIGHT_SHMFD);
     cfg.inflight_area = &a;
     assert_int_equal(fx_new(&g, &cfg), 0);
     expect_new(&g);
@@ -222,7 +222,7 @@ static int try_import(const struct vuf_inflight_area *area, bool inflight, bool 
 
     fx_begin(&f);
     if (offer)
-        f.be.protocol_features |= VUF_PF(INFLIGHT_SHMFD);
+        f.be.protocol_features |= VUF_PROTO_MASK(INFLIGHT_SHMFD);
     cfg.inflight = inflight;
     cfg.inflight_area = area;
     r = fx_new(&f, &cfg);
@@ -303,7 +303,7 @@ static void test_inflight_bad_answers(void **state)
         struct vuf_frontend_config cfg = infl_cfg();
 
         fx_begin(&f);
-        f.be.protocol_features |= VUF_PF(INFLIGHT_SHMFD);
+        f.be.protocol_features |= VUF_PROTO_MASK(INFLIGHT_SHMFD);
         f.be.infl_mode = bad[i].mode;
         f.be.infl_size = bad[i].size;
         f.be.infl_file = bad[i].file;
@@ -333,7 +333,7 @@ static void test_inflight_bad_answers(void **state)
         struct vuf_frontend_config cfg = infl_cfg();
 
         fx_begin(&f);
-        f.be.protocol_features |= VUF_PF(INFLIGHT_SHMFD);
+        f.be.protocol_features |= VUF_PROTO_MASK(INFLIGHT_SHMFD);
         f.be.infl_mode = INFL_NONE;
         assert_int_equal(fx_new(&f, &cfg), 0);
         expect_new(&f);
@@ -367,11 +367,11 @@ static void test_inflight_off(void **state)
         cfg.inflight = on;
         fx_begin(&f);
         if (!on)
-            f.be.protocol_features |= VUF_PF(INFLIGHT_SHMFD);
+            f.be.protocol_features |= VUF_PROTO_MASK(INFLIGHT_SHMFD);
         assert_int_equal(fx_new(&f, &cfg), 0);
         expect_new(&f);
-        assert_false(be_rec(&f.be, 3).u64 & VUF_PF(INFLIGHT_SHMFD));
-        assert_false(vuf_frontend_protocol_features(f.dev) & VUF_PF(INFLIGHT_SHMFD));
+        assert_false(be_rec(&f.be, 3).u64 & VUF_PROTO_MASK(INFLIGHT_SHMFD));
+        assert_false(vuf_frontend_protocol_features(f.dev) & VUF_PROTO_MASK(INFLIGHT_SHMFD));
         fx_queues(&f, 2);
         fx_activate_ok(&f);
         expect_seq(&f.be, &f.mark, R(SET_FEATURES), R(SET_MEM_TABLE), SEQ_QUEUE, SEQ_QUEUE);

@@ -79,12 +79,12 @@ static void test_mem_slots(void **state)
 
     (void)state;
     fx_begin(&f);
-    f.be.protocol_features |= VUF_PF(CONFIGURE_MEM_SLOTS);
+    f.be.protocol_features |= VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS);
     f.be.max_slots = 16;
     assert_int_equal(fx_new(&f, &cfg), 0);
     expect_seq(&f.be, &f.mark, R(SET_OWNER), R(GET_FEATURES), R(GET_PROTOCOL_FEATURES),
                R(SET_PROTOCOL_FEATURES), R(GET_MAX_MEM_SLOTS));
-    assert_true(vuf_frontend_protocol_features(f.dev) & VUF_PF(CONFIGURE_MEM_SLOTS));
+    assert_true(vuf_frontend_protocol_features(f.dev) & VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS));
     assert_int_equal(vuf_frontend_max_mem_regions(f.dev), 16);
 
     /* 12 regions (more than SET_MEM_TABLE's 8): the rings' one + 11. */
@@ -194,7 +194,7 @@ static void test_mem_slots_limits(void **state)
         struct fx f;
 
         fx_begin(&f);
-        f.be.protocol_features |= VUF_PF(CONFIGURE_MEM_SLOTS);
+        f.be.protocol_features |= VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS);
         f.be.max_slots = cases[i].answer;
         assert_int_equal(fx_new(&f, &cfg), cases[i].ret);
         if (f.dev)
@@ -207,7 +207,7 @@ static void test_mem_slots_limits(void **state)
         struct fx f;
 
         fx_begin(&f);
-        f.be.protocol_features |= VUF_PF(CONFIGURE_MEM_SLOTS);
+        f.be.protocol_features |= VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS);
         f.be.max_slots = 4;
         assert_int_equal(fx_new(&f, &cfg), 0);
         expect_seq(&f.be, &f.mark, R(SET_OWNER), R(GET_FEATURES), R(GET_PROTOCOL_FEATURES),
@@ -250,7 +250,7 @@ static void test_mem_slots_512(void **state)
 
     (void)state;
     fx_begin(&f);
-    f.be.protocol_features |= VUF_PF(CONFIGURE_MEM_SLOTS);
+    f.be.protocol_features |= VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS);
     f.be.max_slots = 100000;
     f.be.read_regions = true;
     assert_int_equal(fx_new(&f, &cfg), 0);
@@ -304,10 +304,10 @@ static void test_mem_table_limits(void **state)
     (void)state;
     fx_begin(&f);
     /* Offered, but not asked for (cfg.mem_slots false): crosvm's set. */
-    f.be.protocol_features |= VUF_PF(CONFIGURE_MEM_SLOTS);
+    f.be.protocol_features |= VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS);
     assert_int_equal(fx_new(&f, &cfg), 0);
     expect_new(&f);
-    assert_false(vuf_frontend_protocol_features(f.dev) & VUF_PF(CONFIGURE_MEM_SLOTS));
+    assert_false(vuf_frontend_protocol_features(f.dev) & VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS));
     assert_int_equal(vuf_frontend_max_mem_regions(f.dev), 8);
 
     /* 9 regions: refused before anything is sent. */

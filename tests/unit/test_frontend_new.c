@@ -46,15 +46,15 @@ static void test_new_sequence_and_features(void **state)
      * front-end does not use. */
     f.be.features = F_PROTO | F_EVENT_IDX | F_VERSION_1 | F_PACKED | BIT(0) | BIT(23) | BIT(24) |
                     BIT(50) | BIT(63);
-    f.be.protocol_features |= VUF_PF(LOG_SHMFD) | VUF_PF(STATUS) | BIT(40);
+    f.be.protocol_features |= VUF_PROTO_MASK(LOG_SHMFD) | VUF_PROTO_MASK(STATUS) | BIT(40);
     assert_int_equal(fx_new(&f, &cfg), 0);
     expect_seq(&f.be, &f.mark, R(SET_OWNER), R(GET_FEATURES), R(GET_PROTOCOL_FEATURES),
                R(SET_PROTOCOL_FEATURES));
     /* Only the allowed protocol bits are acked. */
     assert_int_equal(be_rec(&f.be, 3).u64,
-                     VUF_PF(CONFIG) | VUF_PF(DEVICE_STATE) | VUF_PF(REPLY_ACK));
+                     VUF_PROTO_MASK(CONFIG) | VUF_PROTO_MASK(DEVICE_STATE) | VUF_PROTO_MASK(REPLY_ACK));
     assert_int_equal(vuf_frontend_protocol_features(f.dev),
-                     VUF_PF(CONFIG) | VUF_PF(DEVICE_STATE) | VUF_PF(REPLY_ACK));
+                     VUF_PROTO_MASK(CONFIG) | VUF_PROTO_MASK(DEVICE_STATE) | VUF_PROTO_MASK(REPLY_ACK));
     /* Device-type bits pass, transport bits only from base, bit 30 always. */
     assert_int_equal(vuf_device_features(f.dev),
                      F_PROTO | F_EVENT_IDX | BIT(0) | BIT(23) | BIT(50) | BIT(63));
@@ -150,7 +150,7 @@ static void test_backend_req_and_mq(void **state)
 
     (void)state;
     fx_begin(&f);
-    f.be.protocol_features |= VUF_PF(BACKEND_REQ) | VUF_PF(MQ);
+    f.be.protocol_features |= VUF_PROTO_MASK(BACKEND_REQ) | VUF_PROTO_MASK(MQ);
     f.be.queue_num = 4;
     assert_int_equal(fx_new(&f, &cfg), 0);
     expect_seq(&f.be, &f.mark, R(SET_OWNER), R(GET_FEATURES), R(GET_PROTOCOL_FEATURES),
@@ -182,7 +182,7 @@ static void test_queue_num_bounds(void **state)
         struct vuf_frontend_config cfg = fx_cfg(VUF_DEV_BLK, 0);
 
         fx_begin(&f);
-        f.be.protocol_features |= VUF_PF(MQ);
+        f.be.protocol_features |= VUF_PROTO_MASK(MQ);
         f.be.queue_num = cases[i].n;
         assert_int_equal(fx_new(&f, &cfg), cases[i].r);
         if (cases[i].r == 0)
@@ -238,7 +238,7 @@ static void test_net_queue_pairs(void **state)
         atomic_store(&clamp_lines, 0);
         vuf_log_set(count_clamp_log, NULL, VUF_LOG_DEBUG);
         fx_begin(&f);
-        f.be.protocol_features |= VUF_PF(MQ);
+        f.be.protocol_features |= VUF_PROTO_MASK(MQ);
         f.be.queue_num = cases[i].pairs;
         if (cases[i].ctrl)
             f.be.features |= ctrl_vq;
@@ -269,7 +269,7 @@ static void test_net_queue_pairs(void **state)
         struct vuf_frontend_config cfg = fx_cfg(VUF_DEV_FS, 0);
 
         fx_begin(&f);
-        f.be.protocol_features |= VUF_PF(MQ);
+        f.be.protocol_features |= VUF_PROTO_MASK(MQ);
         f.be.queue_num = 4;
         f.be.features |= ctrl_vq; /* a device-specific bit of another meaning */
         assert_int_equal(fx_new(&f, &cfg), 0);
@@ -344,7 +344,7 @@ static void test_new_errors(void **state)
 
     /* Unknown type with MQ is fine. */
     fx_begin(&f);
-    f.be.protocol_features |= VUF_PF(MQ);
+    f.be.protocol_features |= VUF_PROTO_MASK(MQ);
     assert_int_equal(fx_new(&f, &cfg), 0);
     assert_string_equal(vuf_device_label(f.dev), "vu-30583");
     fx_end(&f);

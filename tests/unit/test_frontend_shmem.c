@@ -42,7 +42,7 @@ static void fx_shm_device(struct fx *f, uint8_t shmid)
     struct vuf_shm_mapper m = {&tmap_ops, &f->map};
     struct vuf_shm_region reg;
 
-    f->be.protocol_features |= VUF_PF(BACKEND_REQ) | VUF_PF(SHMEM);
+    f->be.protocol_features |= VUF_PROTO_MASK(BACKEND_REQ) | VUF_PROTO_MASK(SHMEM);
     f->be.shm.nregions = 1;
     f->be.shm.memory_sizes[shmid] = REGION_LEN;
     assert_int_equal(fx_new(f, &cfg), 0);
@@ -209,7 +209,7 @@ static void test_shmem_region_cases(void **state)
 
     /* Two regions: an error, cached. */
     fx_begin(&f);
-    f.be.protocol_features |= VUF_PF(SHMEM) | VUF_PF(BACKEND_REQ);
+    f.be.protocol_features |= VUF_PROTO_MASK(SHMEM) | VUF_PROTO_MASK(BACKEND_REQ);
     f.be.shm.nregions = 2;
     f.be.shm.memory_sizes[0] = 4096;
     f.be.shm.memory_sizes[5] = 8192;
@@ -224,7 +224,7 @@ static void test_shmem_region_cases(void **state)
 
     /* No region: cached "none"; a mapper has nothing to map. */
     fx_begin(&f);
-    f.be.protocol_features |= VUF_PF(SHMEM) | VUF_PF(BACKEND_REQ);
+    f.be.protocol_features |= VUF_PROTO_MASK(SHMEM) | VUF_PROTO_MASK(BACKEND_REQ);
     assert_int_equal(fx_new(&f, &cfg), 0);
     expect_new(&f);
     assert_int_equal(vuf_device_get_shm_region(f.dev, &reg), 0);
@@ -243,7 +243,7 @@ static void test_map_before_mapper(void **state)
 
     (void)state;
     fx_begin(&f);
-    f.be.protocol_features |= VUF_PF(BACKEND_REQ) | VUF_PF(SHMEM);
+    f.be.protocol_features |= VUF_PROTO_MASK(BACKEND_REQ) | VUF_PROTO_MASK(SHMEM);
     f.be.shm.nregions = 1;
     f.be.shm.memory_sizes[0] = REGION_LEN;
     assert_int_equal(fx_new(&f, &cfg), 0);

@@ -126,7 +126,7 @@ static void test_snapshot_variants(void **state)
 
     /* No DEVICE_STATE. */
     fx_begin(&f);
-    f.be.protocol_features = VUF_PF(CONFIG);
+    f.be.protocol_features = VUF_PROTO_MASK(CONFIG);
     assert_int_equal(fx_new(&f, &cfg), 0);
     expect_new(&f);
     assert_int_equal(vuf_device_snapshot(f.dev, &snap, &len), -ENOTSUP);

@@ -38,7 +38,7 @@
 #include "vuf/virtio.h"
 
 #define BIT(n) (1ull << (n))
-#define F_PROTO BIT(VUF_F_PROTOCOL_FEATURES)
+#define F_PROTO BIT(VUF_VHOST_F_PROTOCOL_FEATURES)
 #define F_VERSION_1 BIT(32)
 #define REPLY (VUF_VERSION | VUF_FLAG_REPLY)
 #define REQ VUF_VERSION
@@ -211,7 +211,7 @@ static void hb_init(struct hb *hb, struct vuf_conn *conn)
     pthread_mutex_init(&hb->lock, NULL);
     hb->conn = conn;
     hb->features = F_PROTO | F_VERSION_1 | BIT(0);
-    hb->protocol_features = VUF_PF(CONFIG) | VUF_PF(DEVICE_STATE) | VUF_PF(REPLY_ACK);
+    hb->protocol_features = VUF_PROTO_MASK(CONFIG) | VUF_PROTO_MASK(DEVICE_STATE) | VUF_PROTO_MASK(REPLY_ACK);
     hb->queue_num = 2;
     hb->vring_base = 5;
     hb->breq_fd = -1;
@@ -464,10 +464,10 @@ static void test_every_bit_set(void **state)
     f.hb.queue_num = 3;
     assert_int_equal(fx_new(&f), 0);
     /* Only what we can use is kept: no packed rings, no unknown PF. */
-    assert_int_equal(vuf_device_features(f.dev) & BIT(VUF_F_RING_PACKED), 0);
+    assert_int_equal(vuf_device_features(f.dev) & BIT(VUF_VIRTIO_F_RING_PACKED), 0);
     assert_int_equal(vuf_frontend_protocol_features(f.dev) &
-                         ~(VUF_PF(MQ) | VUF_PF(REPLY_ACK) | VUF_PF(BACKEND_REQ) | VUF_PF(CONFIG) |
-                           VUF_PF(DEVICE_STATE) | VUF_PF(SHMEM)),
+                         ~(VUF_PROTO_MASK(MQ) | VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(BACKEND_REQ) | VUF_PROTO_MASK(CONFIG) |
+                           VUF_PROTO_MASK(DEVICE_STATE) | VUF_PROTO_MASK(SHMEM)),
                      0);
     assert_int_equal(vuf_device_num_queues(f.dev), 3);
     fx_end(&f);
@@ -482,7 +482,7 @@ static void test_queue_num_extremes(void **state)
         struct fx f;
 
         fx_begin(&f);
-        f.hb.protocol_features |= VUF_PF(MQ);
+        f.hb.protocol_features |= VUF_PROTO_MASK(MQ);
         f.hb.queue_num = bad[i];
         assert_int_equal(fx_new(&f), -EPROTO);
         assert_null(f.dev);
@@ -589,7 +589,7 @@ static void test_new_hangup_each_step(void **state)
         struct fx f;
 
         fx_begin(&f);
-        f.hb.protocol_features |= VUF_PF(MQ) | VUF_PF(BACKEND_REQ);
+        f.hb.protocol_features |= VUF_PROTO_MASK(MQ) | VUF_PROTO_MASK(BACKEND_REQ);
         atomic_store(&hang_at, k);
         f.hb.hook = hook_hang_at;
         assert_true(fx_new(&f) < 0);
@@ -1406,7 +1406,7 @@ static void test_shmem_config_cases(void **state)
         int r;
 
         fx_begin(&f);
-        f.hb.protocol_features |= VUF_PF(SHMEM) | VUF_PF(BACKEND_REQ);
+        f.hb.protocol_features |= VUF_PROTO_MASK(SHMEM) | VUF_PROTO_MASK(BACKEND_REQ);
         switch (c) {
         case 0: /* nregions says 2, one size */
             f.hb.shm.nregions = 2;
@@ -1466,7 +1466,7 @@ static void fx_shm_active(struct fx *f, bool reply_ack)
 
     f->cfg.device_type = VUF_DEV_GPU;
     f->hb.protocol_features =
-        VUF_PF(SHMEM) | VUF_PF(BACKEND_REQ) | VUF_PF(CONFIG) | (reply_ack ? VUF_PF(REPLY_ACK) : 0);
+        VUF_PROTO_MASK(SHMEM) | VUF_PROTO_MASK(BACKEND_REQ) | VUF_PROTO_MASK(CONFIG) | (reply_ack ? VUF_PROTO_MASK(REPLY_ACK) : 0);
     f->hb.shm.nregions = 1;
     f->hb.shm.memory_sizes[0] = REGION_LEN;
     assert_int_equal(fx_new(f), 0);

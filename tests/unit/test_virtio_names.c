@@ -164,10 +164,10 @@ static void test_generic_names(void **state)
             assert_string_equal(vuf_virtio_feature_name(all_types[t], g[i].bit), g[i].name);
     }
     /* the header's bit numbers agree with the names */
-    assert_string_equal(vuf_virtio_feature_name(VUF_DEV_BLK, VUF_F_LOG_ALL), "LOG_ALL");
-    assert_string_equal(vuf_virtio_feature_name(VUF_DEV_BLK, VUF_F_PROTOCOL_FEATURES),
+    assert_string_equal(vuf_virtio_feature_name(VUF_DEV_BLK, VUF_VHOST_F_LOG_ALL), "LOG_ALL");
+    assert_string_equal(vuf_virtio_feature_name(VUF_DEV_BLK, VUF_VHOST_F_PROTOCOL_FEATURES),
                         "PROTOCOL_FEATURES");
-    assert_string_equal(vuf_virtio_feature_name(VUF_DEV_BLK, VUF_F_RING_PACKED), "RING_PACKED");
+    assert_string_equal(vuf_virtio_feature_name(VUF_DEV_BLK, VUF_VIRTIO_F_RING_PACKED), "RING_PACKED");
     /* unassigned transport bits and out-of-range bits have no name */
     assert_null(vuf_virtio_feature_name(VUF_DEV_BLK, 25));
     assert_null(vuf_virtio_feature_name(VUF_DEV_BLK, 31));

@@ -169,10 +169,10 @@ static bool make_payload(enum vuf_channel ch, uint32_t code, bool reply, uint32_
     if (reply) {
         switch (code) {
         case VUF_REQ_GET_FEATURES:
-            p->u64 = (1ull << VUF_F_PROTOCOL_FEATURES) | (1ull << 32);
+            p->u64 = (1ull << VUF_VHOST_F_PROTOCOL_FEATURES) | (1ull << 32);
             return true;
         case VUF_REQ_GET_PROTOCOL_FEATURES:
-            p->u64 = VUF_PF(MQ) | VUF_PF(REPLY_ACK) | VUF_PF(CONFIG);
+            p->u64 = VUF_PROTO_MASK(MQ) | VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(CONFIG);
             return true;
         case VUF_REQ_GET_QUEUE_NUM:
             p->u64 = 4;
@@ -217,10 +217,10 @@ static bool make_payload(enum vuf_channel ch, uint32_t code, bool reply, uint32_
 
     switch (code) {
     case VUF_REQ_SET_FEATURES:
-        p->u64 = (1ull << VUF_F_PROTOCOL_FEATURES) | (1ull << 32);
+        p->u64 = (1ull << VUF_VHOST_F_PROTOCOL_FEATURES) | (1ull << 32);
         return true;
     case VUF_REQ_SET_PROTOCOL_FEATURES:
-        p->u64 = VUF_PF(MQ) | VUF_PF(REPLY_ACK);
+        p->u64 = VUF_PROTO_MASK(MQ) | VUF_PROTO_MASK(REPLY_ACK);
         return true;
     case VUF_REQ_SET_MEM_TABLE: {
         uint32_t n = (size - 8) / 32;
@@ -759,8 +759,8 @@ static void test_protocol_feature_names(void **state)
         CHECK(vuf_protocol_feature_name(b) == NULL, "bit %u: %s", b, vuf_protocol_feature_name(b));
     CHECK(vuf_protocol_feature_name(1000) == NULL, "bit 1000");
     CHECK(vuf_protocol_feature_name(~0u) == NULL, "bit ~0");
-    CHECK(VUF_PF_KNOWN_MASK == 0xffffffull, "known mask");
-    CHECK(VUF_PF(SHMEM) == 1ull << 22, "SHMEM is upstream bit 22");
+    CHECK(VUF_PROTO_KNOWN_MASK == 0xffffffull, "known mask");
+    CHECK(VUF_PROTO_MASK(SHMEM) == 1ull << 22, "SHMEM is upstream bit 22");
     SOFT_END();
 }
 
@@ -772,7 +772,7 @@ static void test_expects_reply(void **state)
     const struct vuf_msg_rule *lookup = vuf_msg_rule(VUF_CH_BACKEND, VUF_BREQ_SHARED_OBJECT_LOOKUP);
     const struct vuf_msg_rule *bmap = vuf_msg_rule(VUF_CH_BACKEND, VUF_BREQ_SHMEM_MAP);
     const uint32_t V = VUF_VERSION, NR = VUF_FLAG_NEED_REPLY;
-    const uint64_t RA = VUF_PF(REPLY_ACK), LS = VUF_PF(LOG_SHMFD), ALL = VUF_PF_KNOWN_MASK;
+    const uint64_t RA = VUF_PROTO_MASK(REPLY_ACK), LS = VUF_PROTO_MASK(LOG_SHMFD), ALL = VUF_PROTO_KNOWN_MASK;
 
     (void)state;
     assert_non_null(always);
