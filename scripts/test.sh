@@ -2,14 +2,15 @@
 # The project's whole test command (README: `make test`; CI: .ci/run).
 #   1. install dependencies (scripts/setup.sh, apt-get)
 #   2. gcc build with -Werror, every unit and integration test
-#   3. the same tests under AddressSanitizer + UndefinedBehaviorSanitizer
+#   3. the same tests under AddressSanitizer + UndefinedBehaviorSanitizer,
+#      and the threaded ones under ThreadSanitizer (clang, build-tsan)
 #   4. a clang build (warnings are errors there too) and a clang-format check
 #   5. each libFuzzer target for a bounded time (FUZZ_SECONDS, default 30)
 # Ends with one line "N passed, N failed, N skipped".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/setup.sh || { echo "setup failed"; echo "0 passed, 1 failed"; exit 1; }
+bash scripts/setup.sh || { echo "setup failed"; echo "0 passed, 1 failed, 0 skipped"; exit 1; }
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-30}
 JOBS=$(nproc 2>/dev/null || echo 2)
@@ -42,6 +43,21 @@ run_suite "gcc" build
 configure build-san -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false
 run_suite "asan+ubsan" build-san
 
+# ThreadSanitizer (clang: gcc's -fsanitize=thread with -Werror rejects the
+# atomic_thread_fence in src/virtq.c) on the tests that run threads against
+# the library (`suite : 'threads'` in tests/meson.build); meson builds only
+# what those tests need. Suppressions, each with its reason: tests/tsan.supp.
+echo "== tsan: build and tests (suite threads) =="
+if command -v clang >/dev/null && CC=clang configure build-tsan -Dwerror=true \
+    -Db_sanitize=thread -Db_lundef=false; then
+  rm -f build-tsan/meson-logs/testlog.json
+  TSAN_OPTIONS=${TSAN_OPTIONS:-suppressions=$PWD/tests/tsan.supp:second_deadlock_stack=1} \
+    meson test -C build-tsan --suite threads --print-errorlogs --num-processes 1 || true
+  [ -f build-tsan/meson-logs/testlog.json ] || failed_steps+=("tsan build")
+else
+  failed_steps+=("tsan build")
+fi
+
 echo "== clang: build =="
 if CC=clang configure build-clang -Dwerror=true && ninja -C build-clang -j "$JOBS" >/dev/null; then
   echo "clang build: ok"
@@ -72,42 +88,7 @@ if command -v clang >/dev/null; then
   if [ "$fuzz_rc" -ne 0 ] && [ "$fuzz_fail" -eq 0 ]; then fuzz_fail=1; fi
 fi
 
-python3 - "$fuzz_pass" "$fuzz_fail" "${#failed_steps[@]}" "${failed_steps[@]}" <<'PY'
-import json, sys, os
-fuzz_pass, fuzz_fail, nsteps = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-steps = sys.argv[4:4 + nsteps]
-passed = failed = skipped = 0
-import re
-# Each test program is a cmocka group: count its cases from cmocka's own
-# summary lines; a program that died before printing them counts as one.
-def cases(out, tag):
-    m = re.findall(r"^\[\s*" + tag + r"\s*\] (\d+) test", out or "", re.M)
-    return sum(int(x) for x in m)
-for d in ("build", "build-san"):
-    p = os.path.join(d, "meson-logs", "testlog.json")
-    if not os.path.exists(p):
-        continue
-    for line in open(p):
-        r = json.loads(line)
-        res, name = r.get("result"), f'{d}:{r.get("name")}'
-        out = (r.get("stdout") or "") + (r.get("stderr") or "")
-        ok, bad = cases(out, "PASSED"), cases(out, "FAILED")
-        if res in ("OK", "EXPECTEDFAIL"):
-            passed += ok or 1
-        elif res == "SKIP":
-            skipped += 1
-            print(f"skipped: {name}")
-        else:
-            passed += ok
-            failed += bad or 1
-            print(f"FAILED: {name} ({res})")
-for s in steps:
-    failed += 1
-    print(f"FAILED: {s}")
-passed += fuzz_pass
-failed += fuzz_fail
-if fuzz_fail:
-    print("FAILED: fuzzing found a problem (see above)")
-print(f"{passed} passed, {failed} failed, {skipped} skipped")
-sys.exit(1 if failed or passed == 0 else 0)
-PY
+# Cases are counted one by one from cmocka's output (a skip() is a skip,
+# named); see scripts/test_summary.py.
+python3 scripts/test_summary.py "$fuzz_pass" "$fuzz_fail" "${#failed_steps[@]}" "${failed_steps[@]}" \
+  -- build build-san build-tsan

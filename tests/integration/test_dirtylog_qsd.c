@@ -7,7 +7,7 @@
  * qsd write guest memory, and the log must show every page of them plus
  * the used ring, and no page nobody wrote. WRITE requests (the device only
  * reads the data) dirty the used ring and the status byte only. After
- * log_stop nothing is logged. Skips (77) without qemu-storage-daemon.
+ * log_stop nothing is logged. Fails without qemu-storage-daemon.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -102,10 +102,8 @@ static void test_qsd_dirty_log(void **state)
     int fds0, threads0, disk_fd;
 
     (void)state;
-    if (!tu_have_exe(TU_QSD)) {
-        fprintf(stderr, "SKIP: %s not installed\n", TU_QSD);
-        skip();
-    }
+    if (!tu_backend_installed(TU_QSD, "qemu-system-common"))
+        fail();
     fds0 = tu_count_fds();
     threads0 = tu_count_threads();
     tu_vmm_init(&vmm);

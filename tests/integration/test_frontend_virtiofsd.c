@@ -12,7 +12,8 @@
  *
  * virtiofsd needs root (pid-file directory, namespace sandbox) and serves
  * exactly ONE connection, so it is waited for by socket FILE only. Skips
- * (77) without the binary or without root.
+ * (77) without root; fails without the binary (scripts/setup.sh installs
+ * it).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -439,10 +440,8 @@ int main(void)
 
     signal(SIGPIPE, SIG_IGN);
     vuf_log_set(tu_log_to_stderr, NULL, VUF_LOG_INFO);
-    if (!tu_have_exe(VIRTIOFSD)) {
-        fprintf(stderr, "SKIP: %s not installed (apt-get install qemu-system-common)\n", VIRTIOFSD);
-        return TEST_SKIP;
-    }
+    if (!tu_backend_installed(VIRTIOFSD, "qemu-system-common"))
+        return 1;
     if (geteuid() != 0) {
         fprintf(stderr,
                 "SKIP: the C virtiofsd needs root (its pid-file directory and "

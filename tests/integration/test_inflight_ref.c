@@ -617,15 +617,9 @@ int main(void)
     };
 
     signal(SIGPIPE, SIG_IGN);
-    backend_bin = getenv("VUF_BACKEND_BLK");
-    if (!backend_bin || !*backend_bin) {
-        fprintf(stderr, "SKIP: VUF_BACKEND_BLK is not set (run through meson test)\n");
-        return TEST_SKIP;
-    }
-    if (!tu_have_exe(backend_bin)) {
-        fprintf(stderr, "SKIP: %s is not executable\n", backend_bin);
-        return TEST_SKIP;
-    }
+    backend_bin = tu_built_exe("VUF_BACKEND_BLK");
+    if (!backend_bin)
+        return 1;
     tu_warm_threads();
     vuf_log_set(tu_log_to_stderr, NULL, VUF_LOG_INFO);
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -4,8 +4,9 @@
  * (shared/spec/real-backends.md): qemu-storage-daemon (blk), the C
  * virtiofsd (fs) and vhost-user-gpu, plus the CLI's usage and error paths.
  *
- * The vuf binary comes from $VUF_TOOL (set by meson). Each back-end test
- * skips when its binary is missing; virtiofsd also needs root. The values
+ * The vuf binary comes from $VUF_TOOL (set by meson). A back-end binary
+ * that scripts/setup.sh installs being missing fails its test; only
+ * virtiofsd, which needs root, skips when not run as root. The values
  * asserted are what QEMU 7.2's back-ends answer.
  *
  * Back-ends are always started in a fresh temp dir (no stale socket file)
@@ -177,10 +178,8 @@ static void test_qsd_blk(void **state)
     json_object *j, *cfg;
     uint64_t pf, feat;
 
-    if (!tu_have_exe(QSD)) {
-        fprintf(stderr, "SKIP: %s not installed (apt-get install qemu-system-common)\n", QSD);
-        skip();
-    }
+    if (!tu_backend_installed(QSD, "qemu-system-common"))
+        fail();
     start_qsd(f, ",writable=on,num-queues=4");
 
     j = probe_json((const char *[]){"probe", "--json", "--device-type", "blk", "--timeout-ms",
@@ -247,10 +246,8 @@ static void test_qsd_sequential_and_refused_config(void **state)
     struct tu_run r;
     json_object *j;
 
-    if (!tu_have_exe(QSD)) {
-        fprintf(stderr, "SKIP: %s not installed\n", QSD);
-        skip();
-    }
+    if (!tu_backend_installed(QSD, "qemu-system-common"))
+        fail();
     /* read-only export, default queue count */
     start_qsd(f, "");
 
@@ -298,10 +295,8 @@ static void test_virtiofsd(void **state)
     json_object *j;
     uint64_t pf;
 
-    if (!tu_have_exe(VIRTIOFSD)) {
-        fprintf(stderr, "SKIP: %s not installed (apt-get install qemu-system-common)\n", VIRTIOFSD);
-        skip();
-    }
+    if (!tu_backend_installed(VIRTIOFSD, "qemu-system-common"))
+        fail();
     if (geteuid() != 0) {
         fprintf(stderr, "SKIP: virtiofsd needs root (pid file under /var/run/virtiofsd, "
                         "unshare/chroot sandbox)\n");
@@ -369,19 +364,15 @@ static void run_gpu(struct fixture *f, bool virgl)
 
 static void test_gpu(void **state)
 {
-    if (!tu_have_exe(VUGPU)) {
-        fprintf(stderr, "SKIP: %s not installed (apt-get install qemu-system-gui)\n", VUGPU);
-        skip();
-    }
+    if (!tu_backend_installed(VUGPU, "qemu-system-gui"))
+        fail();
     run_gpu(*state, false);
 }
 
 static void test_gpu_virgl(void **state)
 {
-    if (!tu_have_exe(VUGPU)) {
-        fprintf(stderr, "SKIP: %s not installed (apt-get install qemu-system-gui)\n", VUGPU);
-        skip();
-    }
+    if (!tu_backend_installed(VUGPU, "qemu-system-gui"))
+        fail();
     run_gpu(*state, true);
 }
 
@@ -443,7 +434,7 @@ static void test_peer_hangs_up(void **state)
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     struct tu_run r;
     pid_t pid;
-    int lfd;
+    int lfd, status;
 
     snprintf(f->sock, sizeof(f->sock), "%s/hangup.sock", f->dir);
     fill_sun(&sa, f->sock);
@@ -454,20 +445,33 @@ static void test_peer_hangs_up(void **state)
     pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
-        /* read SET_OWNER + GET_FEATURES request headers, then hang up */
+        /* read SET_OWNER + GET_FEATURES request headers (12 bytes each, no
+         * payload), however slowly they come, then hang up */
         int c = accept(lfd, NULL, NULL);
         char buf[64];
+        size_t got = 0;
 
         if (c >= 0) {
-            usleep(50000);
-            (void)!read(c, buf, sizeof(buf));
+            while (got < 24) {
+                struct pollfd pfd = {.fd = c, .events = POLLIN};
+                ssize_t n;
+
+                if (poll(&pfd, 1, 10000) != 1)
+                    break;
+                n = read(c, buf, 24 - got);
+                if (n <= 0)
+                    break;
+                got += (size_t)n;
+            }
             close(c);
         }
-        _exit(0);
+        _exit(got == 24 ? 0 : 1);
     }
     close(lfd);
     run_vuf(&r, (const char *[]){"probe", f->sock, "--timeout-ms", "3000", NULL});
-    waitpid(pid, NULL, 0);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0); /* it saw both requests */
     assert_int_equal(tu_exit_code(&r), 1);
     assert_string_equal(r.out, "");
     assert_non_null(strstr(r.err, "GET_FEATURES failed"));
@@ -528,9 +532,50 @@ static void test_cli_usage(void **state)
     assert_non_null(strstr(r.err, "needs a value"));
 }
 
+/*
+ * The default logger honours VUF_LOG (README, vuf/log.h): debug (any case)
+ * traces every message the probe sends; unset, warn, error or an unknown
+ * word keep the default (warn), so a clean probe prints no log line at all.
+ */
+static void test_vuf_log_env(void **state)
+{
+    static const struct {
+        const char *value; /* NULL: unset */
+        bool trace;
+    } cases[] = {{"debug", true}, {"DEBUG", true},  {NULL, false},
+                 {"warn", false}, {"error", false}, {"nonsense", false}};
+    struct fixture *f = *state;
+    static struct tu_run r;
+
+    if (!tu_backend_installed(QSD, "qemu-system-common"))
+        fail();
+    start_qsd(f, "");
+    for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        if (cases[i].value)
+            assert_int_equal(setenv("VUF_LOG", cases[i].value, 1), 0);
+        else
+            assert_int_equal(unsetenv("VUF_LOG"), 0);
+        run_vuf(&r, (const char *[]){"probe", f->sock, "--json", NULL});
+        unsetenv("VUF_LOG");
+        print_message("VUF_LOG=%s: exit %d, %zu bytes on stderr\n",
+                      cases[i].value ? cases[i].value : "(unset)", tu_exit_code(&r), strlen(r.err));
+        assert_int_equal(tu_exit_code(&r), 0);
+        if (cases[i].trace) {
+            assert_non_null(strstr(r.err, "vuf debug: "));
+            assert_non_null(strstr(r.err, "SET_OWNER"));
+            assert_non_null(strstr(r.err, "GET_FEATURES"));
+            assert_non_null(strstr(r.err, "GET_PROTOCOL_FEATURES"));
+            assert_non_null(strstr(r.err, "GET_QUEUE_NUM"));
+        } else {
+            assert_string_equal(r.err, "");
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_vuf_log_env, setup, teardown),
         cmocka_unit_test(test_cli_usage),
         cmocka_unit_test_setup_teardown(test_qsd_blk, setup, teardown),
         cmocka_unit_test_setup_teardown(test_qsd_sequential_and_refused_config, setup, teardown),
@@ -542,11 +587,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_peer_hangs_up, setup, teardown),
     };
 
-    tool = getenv("VUF_TOOL");
-    if (!tool || !*tool || !tu_have_exe(tool)) {
-        fprintf(stderr, "SKIP: VUF_TOOL does not name the vuf binary (run via meson test)\n");
-        return TEST_SKIP;
-    }
+    tool = tu_built_exe("VUF_TOOL");
+    if (!tool)
+        return 1;
     /* A probe hitting a dead back-end must not kill the test. */
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -243,6 +243,27 @@ bool tu_have_exe(const char *path)
     return access(path, X_OK) == 0;
 }
 
+bool tu_backend_installed(const char *path, const char *package)
+{
+    if (tu_have_exe(path))
+        return true;
+    fprintf(stderr,
+            "MISSING: %s is not installed (scripts/setup.sh installs it: apt-get install %s)\n",
+            path, package);
+    return false;
+}
+
+const char *tu_built_exe(const char *var)
+{
+    const char *p = getenv(var);
+
+    if (p && *p && tu_have_exe(p))
+        return p;
+    fprintf(stderr, "MISSING: %s %s%s (run the test through meson test, which sets it)\n", var,
+            p && *p ? "does not name an executable: " : "is not set", p && *p ? p : "");
+    return NULL;
+}
+
 const char *tu_which(const char *name)
 {
     static char buf[1024];

@@ -61,6 +61,23 @@ void tu_dump_log(const struct tu_proc *p);
 /* True if `path` is an executable file. */
 bool tu_have_exe(const char *path);
 
+/*
+ * A back-end that scripts/setup.sh installs must be there: its absence is a
+ * failure of the test, never a skip. True if `path` is executable;
+ * otherwise prints "MISSING: <path> is not installed (scripts/setup.sh
+ * installs it: apt-get install <package>)" and returns false, and the
+ * caller fails (fail() in a case, a non-zero, non-77 exit in main).
+ */
+bool tu_backend_installed(const char *path, const char *package);
+
+/*
+ * A program this project builds (VUF_TOOL, VUF_BACKEND_BLK, set by meson
+ * test): its path from the environment variable `var`, or NULL after
+ * printing why (unset or not executable: run through meson test). Missing is
+ * a failure, never a skip.
+ */
+const char *tu_built_exe(const char *var);
+
 /* Find a program in PATH; returns a static buffer or NULL. */
 const char *tu_which(const char *name);
 

@@ -656,24 +656,12 @@ static void expect_seen(struct fx *f, uint32_t code, uint32_t size, unsigned nfd
     assert_int_equal(f->seen.hdr.flags, want);
 }
 
-/*
- * Drive every front-end request once. `pf` is negotiated first; NEED_REPLY
- * is expected on ack-type requests iff REPLY_ACK is in pf and need_reply is
- * on; SET_LOG_BASE waits for its reply iff LOG_SHMFD is in pf.
- */
-static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
+/* 1, 15, 16: negotiation. The first SET_PROTOCOL_FEATURES never asks
+ * for an ack: REPLY_ACK is not in force until it succeeded. */
+static void rt_negotiation(struct fx *f, struct vuf_client *c, uint64_t pf, bool acked)
 {
-    struct vuf_client *c = f->cli;
-    bool acked = (pf & VUF_PROTO_MASK(REPLY_ACK)) && need_reply;
     uint64_t u;
-    uint32_t base;
-    int fd, efd, memfd0, memfd1, sp[2], p[2];
-    char buf[16];
 
-    vuf_client_set_need_reply(c, need_reply);
-
-    /* 1, 15, 16: negotiation. The first SET_PROTOCOL_FEATURES never asks
-     * for an ack: REPLY_ACK is not in force until it succeeded. */
     assert_int_equal(vuf_client_get_features(c, &u), 0);
     assert_int_equal(u, TEST_FEATURES);
     expect_seen(f, VUF_REQ_GET_FEATURES, 0, 0, acked);
@@ -688,19 +676,31 @@ static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
     /* ... the second one does, when REPLY_ACK is now in force. */
     assert_int_equal(vuf_client_set_protocol_features(c, pf), 0);
     expect_seen(f, VUF_REQ_SET_PROTOCOL_FEATURES, 8, 0, acked);
+}
 
-    /* 2 */
+/* 2 */
+static void rt_features(struct fx *f, struct vuf_client *c, uint64_t pf, bool acked)
+{
     assert_int_equal(vuf_client_set_features(c, TEST_FEATURES), 0);
     expect_seen(f, VUF_REQ_SET_FEATURES, 8, 0, acked);
     assert_int_equal(f->seen.payload.u64, TEST_FEATURES);
     assert_int_equal(vuf_server_acked_features(f->srv), TEST_FEATURES);
-    /* 3, 4 */
+}
+
+/* 3, 4 */
+static void rt_owner(struct fx *f, struct vuf_client *c, uint64_t pf, bool acked)
+{
     assert_int_equal(vuf_client_set_owner(c), 0);
     expect_seen(f, VUF_REQ_SET_OWNER, 0, 0, acked);
     assert_int_equal(vuf_client_reset_owner(c), 0);
     expect_seen(f, VUF_REQ_RESET_OWNER, 0, 0, acked);
+}
 
-    /* 5: two regions; the server's copies of the fds read the same files. */
+/* 5: two regions; the server's copies of the fds read the same files. */
+static void rt_mem_table(struct fx *f, struct vuf_client *c, uint64_t pf, bool acked)
+{
+    int memfd0, memfd1;
+
     {
         struct vuf_mem_region r[2] = {
             {.guest_phys_addr = 0,
@@ -729,8 +729,13 @@ static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
         close(memfd0);
         close(memfd1);
     }
+}
 
-    /* 6: with LOG_SHMFD the log fd rides along and the client waits. */
+/* 6: with LOG_SHMFD the log fd rides along and the client waits. */
+static void rt_log_base(struct fx *f, struct vuf_client *c, uint64_t pf, bool acked)
+{
+    int fd;
+
     if (pf & VUF_PROTO_MASK(LOG_SHMFD)) {
         fd = make_memfd("log", 0x2000);
         assert_int_equal(vuf_client_set_log_base(c, 0x2000, 0x100, fd), 0);
@@ -743,15 +748,25 @@ static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
     }
     assert_int_equal(f->seen.payload.log.mmap_size, 0x2000);
     assert_int_equal(f->seen.payload.log.mmap_offset, 0x100);
+}
 
-    /* 7 */
+/* 7 */
+static void rt_log_fd(struct fx *f, struct vuf_client *c, uint64_t pf, bool acked)
+{
+    int efd;
+
     efd = make_eventfd(0);
     assert_int_equal(vuf_client_set_log_fd(c, efd), 0);
     expect_seen(f, VUF_REQ_SET_LOG_FD, 0, 1, acked);
     assert_eventfd_linked(efd, f->seen.fds[0]);
     close(efd);
+}
 
-    /* 8, 9, 10, 11 */
+/* 8, 9, 10, 11 */
+static void rt_vring_setup(struct fx *f, struct vuf_client *c, uint64_t pf, bool acked)
+{
+    uint32_t base;
+
     assert_int_equal(vuf_client_set_vring_num(c, 1, 256), 0);
     expect_seen(f, VUF_REQ_SET_VRING_NUM, 8, 0, acked);
     assert_int_equal(f->seen.payload.state.index, 1);
@@ -777,8 +792,13 @@ static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
     expect_seen(f, VUF_REQ_GET_VRING_BASE, 8, 0, acked);
     assert_int_equal(f->seen.payload.state.index, 1);
     assert_int_equal(f->seen.payload.state.num, 0);
+}
 
-    /* 12, 13, 14: the eventfd reaches the server; NOFD when fd is -1. */
+/* 12, 13, 14: the eventfd reaches the server; NOFD when fd is -1. */
+static void rt_vring_fds(struct fx *f, struct vuf_client *c, uint64_t pf, bool acked)
+{
+    int efd;
+
     efd = make_eventfd(0);
     assert_int_equal(vuf_client_set_vring_kick(c, 1, efd), 0);
     expect_seen(f, VUF_REQ_SET_VRING_KICK, 8, 1, acked);
@@ -796,8 +816,13 @@ static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
     assert_int_equal(f->seen.payload.u64, 0);
     assert_eventfd_linked(efd, f->seen.fds[0]);
     close(efd);
+}
 
-    /* 17, 18, 19, 20 */
+/* 17, 18, 19, 20 */
+static void rt_queues_net(struct fx *f, struct vuf_client *c, uint64_t pf, bool acked)
+{
+    uint64_t u;
+
     fx_set_u64(f, VUF_REQ_GET_QUEUE_NUM, 4);
     assert_int_equal(vuf_client_get_queue_num(c, &u), 0);
     assert_int_equal(u, 4);
@@ -817,16 +842,24 @@ static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
     assert_int_equal(vuf_client_net_set_mtu(c, 1500), 0);
     expect_seen(f, VUF_REQ_NET_SET_MTU, 8, 0, acked);
     assert_int_equal(f->seen.payload.u64, 1500);
+}
 
-    /* 21: a socket the server can talk through. */
+/* 21: a socket the server can talk through. */
+static void rt_backend_req(struct fx *f, struct vuf_client *c, uint64_t pf, bool acked)
+{
+    int sp[2];
+
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
     assert_int_equal(vuf_client_set_backend_req_fd(c, sp[0]), 0);
     expect_seen(f, VUF_REQ_SET_BACKEND_REQ_FD, 0, 1, acked);
     assert_socket_linked(sp[1], f->seen.fds[0]);
     close(sp[0]);
     close(sp[1]);
+}
 
-    /* 22, 23 */
+/* 22, 23 */
+static void rt_iotlb_endian(struct fx *f, struct vuf_client *c, uint64_t pf, bool acked)
+{
     {
         struct vuf_iotlb_msg m = {
             .iova = 0x1000, .size = 0x2000, .uaddr = 0x7f0000000000, .perm = 3, .type = 2};
@@ -838,8 +871,11 @@ static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
     expect_seen(f, VUF_REQ_SET_VRING_ENDIAN, 8, 0, acked);
     assert_int_equal(f->seen.payload.state.index, 0);
     assert_int_equal(f->seen.payload.state.num, 1);
+}
 
-    /* 24, 25 */
+/* 24, 25 */
+static void rt_config(struct fx *f, struct vuf_client *c, uint64_t pf, bool acked)
+{
     {
         uint8_t cfg[16], want[16];
         memset(cfg, 0xee, sizeof(cfg));
@@ -859,8 +895,11 @@ static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
         assert_int_equal(f->seen.payload.config.flags, VUF_CONFIG_FLAG_MIGRATION);
         assert_memory_equal(f->seen.payload.config.region, "\1\2\3\4", 4);
     }
+}
 
-    /* 26, 27 */
+/* 26, 27 */
+static void rt_crypto(struct fx *f, struct vuf_client *c, uint64_t pf, bool acked)
+{
     {
         struct vuf_crypto_session s, orig;
         int64_t id;
@@ -877,8 +916,13 @@ static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
     assert_int_equal(vuf_client_close_crypto_session(c, 77), 0);
     expect_seen(f, VUF_REQ_CLOSE_CRYPTO_SESSION, 8, 0, acked);
     assert_int_equal(f->seen.payload.u64, 77);
+}
 
-    /* 28, 29, 30 */
+/* 28, 29, 30 */
+static void rt_postcopy(struct fx *f, struct vuf_client *c, uint64_t pf, bool acked)
+{
+    int fd;
+
     fd = -1;
     assert_int_equal(vuf_client_postcopy_advise(c, &fd), 0);
     expect_seen(f, VUF_REQ_POSTCOPY_ADVISE, 0, 0, acked);
@@ -889,8 +933,13 @@ static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
     fx_set_u64(f, VUF_REQ_POSTCOPY_END, 0);
     assert_int_equal(vuf_client_postcopy_end(c), 0);
     expect_seen(f, VUF_REQ_POSTCOPY_END, 0, 0, acked);
+}
 
-    /* 31, 32 */
+/* 31, 32 */
+static void rt_inflight(struct fx *f, struct vuf_client *c, uint64_t pf, bool acked)
+{
+    int fd;
+
     {
         struct vuf_inflight in;
         fd = -1;
@@ -910,8 +959,14 @@ static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
         assert_fd_has(f->seen.fds[0], "inflight");
         close(fd);
     }
+}
 
-    /* 33, 34, 35, 36 */
+/* 33, 34, 35, 36 */
+static void rt_gpu_reset_kick_slots(struct fx *f, struct vuf_client *c, uint64_t pf, bool acked)
+{
+    uint64_t u;
+    int sp[2];
+
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
     assert_int_equal(vuf_client_gpu_set_socket(c, sp[0]), 0);
     expect_seen(f, VUF_REQ_GPU_SET_SOCKET, 0, 1, acked);
@@ -928,8 +983,13 @@ static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
     assert_int_equal(vuf_client_get_max_mem_slots(c, &u), 0);
     assert_int_equal(u, 32);
     expect_seen(f, VUF_REQ_GET_MAX_MEM_SLOTS, 0, 0, acked);
+}
 
-    /* 37, 38 */
+/* 37, 38 */
+static void rt_mem_reg(struct fx *f, struct vuf_client *c, uint64_t pf, bool acked)
+{
+    int fd;
+
     {
         struct vuf_mem_region r = {.guest_phys_addr = 0x200000,
                                    .memory_size = 0x1000,
@@ -946,8 +1006,11 @@ static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
         expect_seen(f, VUF_REQ_REM_MEM_REG, 40, 0, acked);
         assert_memory_equal(&f->seen.payload.mem_single.region, &r, sizeof(r));
     }
+}
 
-    /* 39, 40 */
+/* 39, 40 */
+static void rt_status(struct fx *f, struct vuf_client *c, uint64_t pf, bool acked)
+{
     assert_int_equal(vuf_client_set_status(c, 0x0f), 0);
     expect_seen(f, VUF_REQ_SET_STATUS, 8, 0, acked);
     assert_int_equal(f->seen.payload.u64, 0x0f);
@@ -958,8 +1021,13 @@ static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
         assert_int_equal(st, 0x07);
         expect_seen(f, VUF_REQ_GET_STATUS, 0, 0, acked);
     }
+}
 
-    /* 41 */
+/* 41 */
+static void rt_shared_object(struct fx *f, struct vuf_client *c, uint64_t pf, bool acked)
+{
+    int fd;
+
     {
         struct vuf_shared_object uuid;
         for (unsigned i = 0; i < 16; i++)
@@ -971,9 +1039,16 @@ static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
         assert_eventfd_value(fd, 41);
         close(fd);
     }
+}
 
-    /* 42: the back-end hands back its own fd; then NOFD. The pipe end we
-     * send reaches the server either way. */
+/* 42: the back-end hands back its own fd; then NOFD. The pipe end we
+ * send reaches the server either way. */
+static void rt_device_state(struct fx *f, struct vuf_client *c, uint64_t pf, bool acked)
+{
+    int fd;
+    int p[2];
+    char buf[16];
+
     assert_int_equal(pipe2(p, O_CLOEXEC), 0);
     fx_set_u64(f, VUF_REQ_SET_DEVICE_STATE_FD, 0);
     fd = -2;
@@ -1003,8 +1078,13 @@ static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
     assert_int_equal(fd, -1);
     close(p[0]);
     close(p[1]);
+}
 
-    /* 43, 44, 45 */
+/* 43, 44, 45 */
+static void rt_state_shmem_skip(struct fx *f, struct vuf_client *c, uint64_t pf, bool acked)
+{
+    uint32_t base;
+
     fx_set_u64(f, VUF_REQ_CHECK_DEVICE_STATE, 0);
     assert_int_equal(vuf_client_check_device_state(c), 0);
     expect_seen(f, VUF_REQ_CHECK_DEVICE_STATE, 0, 0, acked);
@@ -1023,6 +1103,30 @@ static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
     assert_int_equal(base, 0x8001);
     expect_seen(f, VUF_REQ_GET_VRING_BASE_SKIP_DRAIN, 8, 0, acked);
     assert_int_equal(f->seen.payload.state.index, 2);
+}
+
+/* One step per request family, in code order. */
+static void (*const rt_steps[])(struct fx *, struct vuf_client *, uint64_t, bool) = {
+    rt_negotiation,      rt_features,    rt_owner,         rt_mem_table,
+    rt_log_base,         rt_log_fd,      rt_vring_setup,   rt_vring_fds,
+    rt_queues_net,       rt_backend_req, rt_iotlb_endian,  rt_config,
+    rt_crypto,           rt_postcopy,    rt_inflight,      rt_gpu_reset_kick_slots,
+    rt_mem_reg,          rt_status,      rt_shared_object, rt_device_state,
+    rt_state_shmem_skip,
+};
+
+/*
+ * Drive every front-end request once. `pf` is negotiated first; NEED_REPLY
+ * is expected on ack-type requests iff REPLY_ACK is in pf and need_reply is
+ * on; SET_LOG_BASE waits for its reply iff LOG_SHMFD is in pf.
+ */
+static void run_all_requests(struct fx *f, uint64_t pf, bool need_reply)
+{
+    bool acked = (pf & VUF_PROTO_MASK(REPLY_ACK)) && need_reply;
+
+    vuf_client_set_need_reply(f->cli, need_reply);
+    for (size_t i = 0; i < sizeof(rt_steps) / sizeof(rt_steps[0]); i++)
+        rt_steps[i](f, f->cli, pf, acked);
 
     /* Every code in the table went through the handler. */
     fx_lock(f);

@@ -834,7 +834,8 @@ static enum hb_act hook_thief(struct hb *hb, struct vuf_msg *req)
  * over, writes one byte and keeps its end open. poll() says "readable", a
  * blocking read() then waits for 4096 bytes that never come.
  */
-static int lowat_peer = -1;
+static atomic_int lowat_peer = -1; /* set on the back-end's thread */
+static atomic_bool lowat_done;     /* the front-end's call returned */
 static enum hb_act hook_lowat(struct hb *hb, struct vuf_msg *req)
 {
     int sv[2], lowat = 4096;
@@ -860,12 +861,10 @@ static void *unstick_main(void *arg)
     int64_t until = tu_now_ms() + 3000;
 
     (void)arg;
-    while (tu_now_ms() < until && lowat_peer < 0)
-        tu_sleep_ms(1);
-    while (tu_now_ms() < until)
+    while (tu_now_ms() < until && !atomic_load(&lowat_done))
         tu_sleep_ms(5);
-    if (lowat_peer >= 0)
-        shutdown(lowat_peer, SHUT_WR);
+    if (!atomic_load(&lowat_done) && atomic_load(&lowat_peer) >= 0)
+        shutdown(atomic_load(&lowat_peer), SHUT_WR);
     return NULL;
 }
 
@@ -880,7 +879,8 @@ static void test_snapshot_rcvlowat_no_hang(void **state)
 
     (void)state;
     fx_begin(&f);
-    lowat_peer = -1;
+    atomic_store(&lowat_peer, -1);
+    atomic_store(&lowat_done, false);
     f.cfg.state_timeout_ms = 300;
     f.hb.hook = hook_lowat;
     assert_int_equal(fx_new(&f), 0);
@@ -888,9 +888,10 @@ static void test_snapshot_rcvlowat_no_hang(void **state)
     t0 = tu_now_ms();
     r = vuf_device_snapshot(f.dev, &snap, &len);
     dt = tu_now_ms() - t0;
+    atomic_store(&lowat_done, true);
     pthread_join(un, NULL);
-    close(lowat_peer);
-    lowat_peer = -1;
+    close(atomic_load(&lowat_peer));
+    atomic_store(&lowat_peer, -1);
     /* The one byte and then no EOF within the deadline: a timeout. */
     assert_int_equal(r, -ETIMEDOUT);
     assert_true(dt < 2000);
