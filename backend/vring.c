@@ -8,21 +8,6 @@
 #include "vring.h"
 #include "vuf/log.h"
 
-/* Byte sizes of the three parts (virtio 1.2 §2.7, "Virtqueue Layout"),
- * including used_event / avail_event: a driver always allocates them. */
-static uint64_t desc_bytes(uint32_t num)
-{
-    return 16ull * num;
-}
-static uint64_t avail_bytes(uint32_t num)
-{
-    return 6ull + 2ull * num;
-}
-static uint64_t used_bytes(uint32_t num)
-{
-    return 6ull + 8ull * num;
-}
-
 static void close_fd(int *fd)
 {
     if (*fd >= 0)
@@ -100,9 +85,9 @@ int be_vq_translate(struct be_vq *vq, const struct be_mem *mem)
     vq->mem_gen = mem->generation;
     if (!vq->addr_set || vq->num == 0)
         return -EFAULT;
-    d = be_mem_uva_to_host(mem, vq->addr.desc, desc_bytes(vq->num));
-    a = be_mem_uva_to_host(mem, vq->addr.avail, avail_bytes(vq->num));
-    u = be_mem_uva_to_host(mem, vq->addr.used, used_bytes(vq->num));
+    d = be_mem_uva_to_host(mem, vq->addr.desc, VUF_VRING_DESC_BYTES(vq->num));
+    a = be_mem_uva_to_host(mem, vq->addr.avail, VUF_VRING_AVAIL_BYTES(vq->num));
+    u = be_mem_uva_to_host(mem, vq->addr.used, VUF_VRING_USED_BYTES(vq->num));
     if (!d || !a || !u) {
         vuf_log(VUF_LOG_ERROR,
                 "vq %u: ring outside front-end memory (desc 0x%llx%s, avail 0x%llx%s, "

@@ -483,8 +483,13 @@ int cmd_probe(int argc, char **argv)
     memset(&r, 0, sizeof(r));
     ret = vuf_conn_connect(o.socket, o.timeout_ms, &conn);
     if (ret) {
-        fprintf(stderr, "vuf probe: %s: cannot connect (waited %d ms): %s\n", o.socket,
-                o.timeout_ms, vuf_strerror(ret));
+        /* Only a missing socket or a refused connection is waited for;
+         * anything else (not a socket, no permission) fails at once. */
+        if (ret == -ENOENT || ret == -ECONNREFUSED || ret == -ETIMEDOUT)
+            fprintf(stderr, "vuf probe: %s: cannot connect (waited %d ms): %s\n", o.socket,
+                    o.timeout_ms, vuf_strerror(ret));
+        else
+            fprintf(stderr, "vuf probe: %s: cannot connect: %s\n", o.socket, vuf_strerror(ret));
         return VUF_EXIT_FAIL;
     }
     vuf_conn_set_timeout(conn, o.timeout_ms);

@@ -26,6 +26,7 @@
 #include "peer_eventfd.h"
 #include "vuf/log.h"
 #include "vuf/virtio.h"
+#include "vuf/virtq.h"
 
 #define BIT(n) (1ull << (n))
 #define F_PROTOCOL BIT(VUF_VHOST_F_PROTOCOL_FEATURES)
@@ -330,21 +331,6 @@ static int fe_write_config(struct vuf_device *d, uint64_t offset, const void *da
 /* Queues: activate, reset, sleep, wake                                     */
 /* ------------------------------------------------------------------------ */
 
-/* Bytes of each split-ring part for `size` entries (virtio 1.2 §2.7),
- * including the event-index fields. */
-static uint64_t desc_bytes(uint32_t size)
-{
-    return 16ull * size;
-}
-static uint64_t avail_bytes(uint32_t size)
-{
-    return 6ull + 2ull * size;
-}
-static uint64_t used_bytes(uint32_t size)
-{
-    return 6ull + 8ull * size;
-}
-
 /* Everything about one ready queue that can be checked before sending. */
 static int check_queue(struct vuf_frontend *fe, const struct vuf_guest_mem *mem, unsigned i,
                        const struct vuf_queue *q)
@@ -363,9 +349,9 @@ static int check_queue(struct vuf_frontend *fe, const struct vuf_guest_mem *mem,
         vuf_log(VUF_LOG_ERROR, "%s: queue %u: no kick eventfd", fe->label, i);
         return -EBADF;
     }
-    if (!vuf_guest_mem_to_host(mem, q->desc_addr, desc_bytes(q->size)) ||
-        !vuf_guest_mem_to_host(mem, q->avail_addr, avail_bytes(q->size)) ||
-        !vuf_guest_mem_to_host(mem, q->used_addr, used_bytes(q->size))) {
+    if (!vuf_guest_mem_to_host(mem, q->desc_addr, VUF_VRING_DESC_BYTES(q->size)) ||
+        !vuf_guest_mem_to_host(mem, q->avail_addr, VUF_VRING_AVAIL_BYTES(q->size)) ||
+        !vuf_guest_mem_to_host(mem, q->used_addr, VUF_VRING_USED_BYTES(q->size))) {
         vuf_log(VUF_LOG_ERROR, "%s: queue %u: ring not in guest memory", fe->label, i);
         return -EFAULT;
     }
@@ -385,10 +371,12 @@ void fe_vring_addr(const struct vuf_frontend *fe, const struct vuf_guest_mem *me
     /* Host addresses: the back-end translates them through the
      * userspace_addr of SET_MEM_TABLE. check_queue() already bounds-checked
      * the whole of each ring. */
-    addr->desc = (uint64_t)(uintptr_t)vuf_guest_mem_to_host(mem, q->desc_addr, desc_bytes(q->size));
-    addr->used = (uint64_t)(uintptr_t)vuf_guest_mem_to_host(mem, q->used_addr, used_bytes(q->size));
-    addr->avail =
-        (uint64_t)(uintptr_t)vuf_guest_mem_to_host(mem, q->avail_addr, avail_bytes(q->size));
+    addr->desc = (uint64_t)(uintptr_t)vuf_guest_mem_to_host(mem, q->desc_addr,
+                                                            VUF_VRING_DESC_BYTES(q->size));
+    addr->used = (uint64_t)(uintptr_t)vuf_guest_mem_to_host(mem, q->used_addr,
+                                                            VUF_VRING_USED_BYTES(q->size));
+    addr->avail = (uint64_t)(uintptr_t)vuf_guest_mem_to_host(mem, q->avail_addr,
+                                                             VUF_VRING_AVAIL_BYTES(q->size));
     /* While logging, used-ring writes are logged at this GPA (QEMU sends
      * the used ring's guest-physical address). */
     if (fe->log_bits) {

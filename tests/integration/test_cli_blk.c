@@ -609,6 +609,8 @@ static void test_blk_not_a_socket(void **state)
             fail_msg("vuf blk on %s took %ld ms (timeout 20000 ms)", paths[i], r->elapsed_ms);
         expect(r, 1, (const char *[]){"probe", paths[i], "--timeout-ms", "20000", NULL});
         assert_has(r->err, "not a socket");
+        /* It did not wait, and does not say it did. */
+        assert_null(strstr(r->err, "waited"));
         if (r->elapsed_ms >= 10000)
             fail_msg("vuf probe on %s took %ld ms (timeout 20000 ms)", paths[i], r->elapsed_ms);
     }

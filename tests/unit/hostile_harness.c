@@ -287,6 +287,9 @@ void fx_begin(struct fx *f)
     struct vuf_conn *a, *b;
 
     memset(f, 0, sizeof(*f));
+    /* Runtimes that start a helper thread with the first pthread_create
+     * (ThreadSanitizer's) must have done so before the baseline. */
+    tu_warm_threads();
     f->fds0 = tu_count_fds();
     f->threads0 = tu_count_threads();
     atomic_store(&crashes, 0);

@@ -1026,7 +1026,15 @@ static void test_vq_no_notify_flags(void **state)
 
 /* Each way a device can corrupt the used ring: -EPROTO, logged, the queue
  * broken until reset, no crash, nothing consumed. */
-enum bad_kind { BAD_ID_RANGE, BAD_ID_NOT_HEAD, BAD_ID_TWICE, BAD_LEN, BAD_IDX_JUMP, BAD_KINDS };
+enum bad_kind {
+    BAD_ID_RANGE,
+    BAD_ID_NOT_HEAD,
+    BAD_ID_TWICE,
+    BAD_LEN,
+    BAD_IDX_JUMP,
+    BAD_IDX_BACK,
+    BAD_KINDS
+};
 
 static void test_vq_malformed_used(void **state)
 {
@@ -1065,6 +1073,15 @@ static void test_vq_malformed_used(void **state)
         case BAD_IDX_JUMP:
             fdev_push_raw(&e.dev, c.head, 200);
             e.dev.used_idx += 5;
+            __atomic_store_n(&e.dev.used->idx, e.dev.used_idx, __ATOMIC_RELEASE);
+            break;
+        case BAD_IDX_BACK: /* used->idx runs backwards past what the driver
+                            * already took, with a chain still in flight
+                            * (across the 16-bit wrap: base 65534) */
+            fdev_push_raw(&e.dev, c.head, 200);
+            assert_int_equal(vuf_virtq_get_used(e.vq, &ck, &len), 0);
+            assert_int_equal(vuf_virtq_add(e.vq, b, 1, (void *)3), 0);
+            e.dev.used_idx -= 2;
             __atomic_store_n(&e.dev.used->idx, e.dev.used_idx, __ATOMIC_RELEASE);
             break;
         }
