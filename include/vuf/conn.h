@@ -8,13 +8,14 @@
  *   -ECONNRESET    the peer hung up between messages (EOF, ECONNRESET, EPIPE)
  *   -ECONNABORTED  the peer hung up in the middle of a message (after part of
  *                  the payload arrived)
- *   -EBADMSG       truncated header: EOF after 1..11 header bytes
+ *   -EBADMSG       the framing broke: EOF after 1..11 header bytes, or fds
+ *                  that arrived with a payload chunk instead of the header
+ *                  (closed; the rest of that message is left unread)
  *   -EMSGSIZE      header size field above VUF_MAX_PAYLOAD (nothing more is
  *                  read: the stream is no longer in sync, close it)
  *   -ETOOMANYREFS  more than VUF_MAX_FDS fds arrived (MSG_CTRUNC); every fd
  *                  that did arrive has been closed
  *   -E2BIG         a send was asked to carry more than VUF_MAX_FDS fds
- *   -EPROTO        fds arrived with a payload chunk instead of the header
  *   -EBADF         a send was given a negative fd (nothing sent)
  *   other          a socket error from the kernel
  * Which of these leave the stream unusable: vuf_conn_error_is_fatal().
@@ -110,11 +111,8 @@ bool vuf_conn_peer_closed(const struct vuf_conn *c);
  * False for everything else, notably -EPROTO: a message that was read whole
  * but broke the protocol (a bad size for its code, a payload that fails its
  * decoder, a reply that answers something else) leaves the stream in step,
- * and whether to go on with such a peer is the caller's policy. The
- * exception is vuf_conn_recv()'s own -EPROTO (fds with a payload chunk),
- * which leaves the rest of that message unread: the next read starts inside
- * it. -E2BIG, -EBADF, -EINVAL, -ENOTSUP, -EIO and -ENOMEM are refusals
- * before or after a whole exchange. `err` is a negative errno; 0 and
+ * and whether to go on with such a peer is the caller's policy. -E2BIG, -EBADF, -EINVAL, -ENOTSUP,
+ * -EIO and -ENOMEM are refusals before or after a whole exchange. `err` is a negative errno; 0 and
  * positive values give false. Thread-safe (a pure function).
  */
 bool vuf_conn_error_is_fatal(int err);

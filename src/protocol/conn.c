@@ -374,9 +374,10 @@ static int read_full(struct vuf_conn *c, uint8_t *buf, size_t len, struct vuf_ms
         }
         if (mh.msg_controllen > 0 || (mh.msg_flags & MSG_CTRUNC)) {
             if (!header || got > 0) {
-                /* fds must ride on the first byte of the header */
+                /* fds must ride on the first byte of the header: the
+                 * rest of this message is unread, the framing is lost */
                 close_cmsg_fds(&mh);
-                return -EPROTO;
+                return -EBADMSG;
             }
             ret = take_fds(&mh, m);
             if (ret)
