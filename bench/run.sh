@@ -13,7 +13,10 @@
 # repetitions, and the ratio ref/qsd.
 #
 # Usage: bench/run.sh [BUILD_DIR]        (default: build)
-# Environment: REPS (5), SECS (3), DEPTH (32), BUSY=1 adds busy-poll QD1 runs.
+# Environment: REPS (5), SECS (3), DEPTH (32), BUSY=1 adds busy-poll QD1 runs,
+# FLOOR=1 adds, per repetition, the notification round trip with no protocol
+# (build/bench/vuf-floor: eventfd, and spinning on shared memory) and prints
+# each back-end's QD1 median latency as a ratio to it.
 # Needs: qemu-storage-daemon, jq; a built tree (ninja -C BUILD_DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,11 +26,13 @@ REPS=${REPS:-5}
 SECS=${SECS:-3}
 DEPTH=${DEPTH:-32}
 BUSY=${BUSY:-0}
+FLOOR=${FLOOR:-0}
 VUF=$BUILD/vuf
+FLOOR_EXE=$BUILD/bench/vuf-floor
 BE=$BUILD/backend/vuf-backend-blk
 QSD=${QSD:-qemu-storage-daemon}
 
-for x in "$VUF" "$BE"; do
+for x in "$VUF" "$BE" $([ "$FLOOR" = 1 ] && echo "$FLOOR_EXE"); do
   [ -x "$x" ] || { echo "bench: $x not built (ninja -C $BUILD)" >&2; exit 1; }
 done
 command -v "$QSD" >/dev/null || { echo "bench: $QSD not installed" >&2; exit 1; }
@@ -82,12 +87,26 @@ run() { # REP NAME SOCK QD WAIT
   awk -F'\t' '{printf "%-4s %-4s %-9s %6s %10d %10.1f %10.1f %10.1f\n", $1,$2,$3,$4,$5,$6,$7,$8}' <<<"$line"
 }
 
+floor_run() { # REP MODE: the floor's median (us) as a result row
+  local j
+  j=$("$FLOOR_EXE" --mode "$2" --rounds 20000 --json)
+  local line
+  line=$(jq -r --arg rep "$1" --arg m "$2" \
+    '[$rep, "floor", $m, 1, 0, (.median_ns/1000), (.mean_ns/1000), (.p99_ns/1000)] | @tsv' <<<"$j")
+  echo "$line" >>"$RES"
+  awk -F'\t' '{printf "%-4s %-4s %-9s %6s %10s %10.2f %10.1f %10.1f\n", $1,$2,$3,$4,"-",$6,$7,$8}' <<<"$line"
+}
+
 for rep in $(seq 1 "$REPS"); do
   for be in qsd ref; do
     run "$rep" "$be" "$T/$be.sock" 1 eventfd
     run "$rep" "$be" "$T/$be.sock" "$DEPTH" eventfd
     [ "$BUSY" = 1 ] && run "$rep" "$be" "$T/$be.sock" 1 busy
   done
+  if [ "$FLOOR" = 1 ]; then
+    floor_run "$rep" eventfd
+    [ "$BUSY" = 1 ] && floor_run "$rep" spin
+  fi
 done
 
 median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
@@ -111,3 +130,16 @@ for w in "${waits[@]}"; do
       'BEGIN {printf "ratio ref/qsd (%s, QD%s): IOPS %.2fx, median latency %.2fx\n", w, qd, a/b, c/d}'
   done
 done
+
+if [ "$FLOOR" = 1 ]; then
+  echo
+  echo "# the floor (median round trip, us): eventfd $(col floor eventfd 1 6)$([ "$BUSY" = 1 ] && echo ", spin $(col floor spin 1 6)")"
+  for be in qsd ref; do
+    awk -v a="$(col $be eventfd 1 6)" -v f="$(col floor eventfd 1 6)" -v be="$be" \
+      'BEGIN {printf "ratio %s QD1 eventfd median latency / eventfd floor: %.2fx\n", be, a/f}'
+    if [ "$BUSY" = 1 ]; then
+      awk -v a="$(col $be busy 1 6)" -v f="$(col floor eventfd 1 6)" -v be="$be" \
+        'BEGIN {printf "ratio %s QD1 busy-poll median latency / eventfd floor: %.2fx\n", be, a/f}'
+    fi
+  done
+fi
