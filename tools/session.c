@@ -119,7 +119,7 @@ int ts_open(struct ts_session *s, const char *socket)
 
     memset(&cfg, 0, sizeof(cfg));
     cfg.device_type = VUF_DEV_BLK;
-    cfg.base_features = ring_features(s);
+    cfg.base_features_mask = ring_features(s);
     cfg.event = ts_event;
     cfg.event_opaque = s;
     r = vuf_frontend_new(&cfg, conn, &s->dev); /* takes conn */

@@ -493,7 +493,7 @@ static struct vuf_device *connect_device(struct fx *f, struct be *b, uint16_t ma
 
     memset(&cfg, 0, sizeof(cfg));
     cfg.device_type = VUF_DEV_BLK;
-    cfg.base_features =
+    cfg.base_features_mask =
         BIT(VUF_VIRTIO_F_VERSION_1) | BIT(VUF_VIRTIO_F_EVENT_IDX) | BIT(VUF_VIRTIO_F_INDIRECT_DESC);
     cfg.max_queue_size = max_queue_size;
     cfg.event = tu_vmm_event;

@@ -598,7 +598,7 @@ struct vuf_frontend_config fx_cfg(uint32_t type, uint64_t base)
 
     memset(&c, 0, sizeof(c));
     c.device_type = type;
-    c.base_features = base;
+    c.base_features_mask = base;
     c.event = on_event;
     return c;
 }
