@@ -1224,6 +1224,56 @@ static void test_config_change(void **state)
     check_no_leaks(f);
 }
 
+/*
+ * STATUS and RESET_DEVICE (issue 7 §5): the reference back-end offers both
+ * and records the status. Activation leaves it at ACKNOWLEDGE | DRIVER |
+ * FEATURES_OK | DRIVER_OK; reset clears it and resets the device, which
+ * forgets the acked features; the next activation negotiates them again
+ * and I/O works.
+ */
+static void test_status_reset(void **state)
+{
+    struct fx *f = *state;
+    char ramarg[32];
+    uint8_t st = 0xee, buf[4096], got[4096];
+    const uint8_t running =
+        VUF_STATUS_ACKNOWLEDGE | VUF_STATUS_DRIVER | VUF_STATUS_FEATURES_OK | VUF_STATUS_DRIVER_OK;
+
+    baseline(f);
+    snprintf(ramarg, sizeof(ramarg), "--ram=%llu", DISK_BYTES);
+    be_start(f, &f->be[0], "st", ramarg, NULL);
+    f->dev = connect_device(f, &f->be[0], 256);
+    assert_true(vuf_frontend_protocol_features(f->dev) & VUF_PROTO_MASK(STATUS));
+    assert_true(vuf_frontend_protocol_features(f->dev) & VUF_PROTO_MASK(RESET_DEVICE));
+    ack_all(f->dev);
+    assert_int_equal(vuf_frontend_get_status(f->dev, &st), 0);
+    assert_int_equal(st, 0); /* nothing set before activation */
+    make_queues(f, NREQS, MAX_DATA);
+    activate(f);
+    assert_int_equal(vuf_frontend_get_status(f->dev, &st), 0);
+    assert_int_equal(st, running);
+    tu_fill_pattern(buf, sizeof(buf), 5);
+    assert_int_equal(vuf_blk_write(f->blk[0], 8, buf, sizeof(buf), IO_MS), 0);
+
+    assert_int_equal(vuf_device_reset(f->dev), 0);
+    assert_false(vuf_frontend_is_active(f->dev));
+    assert_int_equal(vuf_frontend_get_status(f->dev, &st), 0);
+    assert_int_equal(st, 0);
+
+    /* The driver starts over with new rings. */
+    free_queues(f);
+    make_queues(f, NREQS, MAX_DATA);
+    activate(f);
+    assert_int_equal(vuf_frontend_get_status(f->dev, &st), 0);
+    assert_int_equal(st, running);
+    assert_int_equal(vuf_blk_read(f->blk[0], 8, got, sizeof(got), IO_MS), 0);
+    assert_memory_equal(got, buf, sizeof(buf));
+
+    destroy_device(f);
+    be_stop(&f->be[0]);
+    check_no_leaks(f);
+}
+
 /* ------------------------------------------------------------------------ */
 /* 4. Queue size clamp                                                       */
 /* ------------------------------------------------------------------------ */
@@ -1350,6 +1400,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_migrate_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shmem, setup, teardown),
         cmocka_unit_test_setup_teardown(test_config_change, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_status_reset, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_clamp, setup, teardown),
     };
 

@@ -274,6 +274,13 @@ static int be_handler(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
         reply->payload.u64 = be->check_status;
         reply->hdr.size = 8;
         return 0;
+    case VUF_REQ_SET_STATUS:
+        be->status = (uint8_t)req->payload.u64;
+        return 0;
+    case VUF_REQ_GET_STATUS:
+        reply->payload.u64 = be->status & ~be->status_clear;
+        reply->hdr.size = 8;
+        return 0;
     default:
         return 0;
     }
