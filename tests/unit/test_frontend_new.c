@@ -79,6 +79,37 @@ static void test_new_sequence_and_features(void **state)
     fx_end(&f);
 }
 
+/* Issue 7 §3: a zeroed config offers a virtio 1.0 device; a legacy one is
+ * asked for explicitly; a mask asking for both is refused. */
+static void test_version_1_by_default(void **state)
+{
+    struct fx f;
+    struct vuf_frontend_config cfg = fx_cfg(VUF_DEV_BLK, 0);
+
+    (void)state;
+    fx_begin(&f);
+    assert_int_equal(fx_new(&f, &cfg), 0);
+    assert_int_equal(vuf_device_features(f.dev), F_VERSION_1 | BIT(0));
+    /* The driver's VERSION_1 ack is kept (it used to be dropped silently). */
+    assert_int_equal(vuf_device_ack_features(f.dev, F_VERSION_1), 0);
+    assert_int_equal(vuf_frontend_acked_features(f.dev), F_VERSION_1);
+    fx_end(&f);
+
+    cfg.legacy = true;
+    fx_begin(&f);
+    assert_int_equal(fx_new(&f, &cfg), 0);
+    assert_int_equal(vuf_device_features(f.dev), BIT(0));
+    assert_int_equal(vuf_device_ack_features(f.dev, F_VERSION_1 | BIT(0)), 1);
+    assert_int_equal(vuf_frontend_acked_features(f.dev), BIT(0));
+    fx_end(&f);
+
+    cfg.base_features_mask = F_VERSION_1;
+    fx_begin(&f);
+    assert_int_equal(fx_new(&f, &cfg), -EINVAL);
+    expect_none(&f.be, &f.mark); /* refused before anything is sent */
+    fx_end(&f);
+}
+
 static void test_packed_ring_stripped(void **state)
 {
     struct fx f;
@@ -406,6 +437,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_new_sequence_and_features),
+        cmocka_unit_test(test_version_1_by_default),
         cmocka_unit_test(test_packed_ring_stripped),
         cmocka_unit_test(test_no_protocol_features),
         cmocka_unit_test(test_queue_max_size),
