@@ -110,6 +110,53 @@ static void test_version_1_by_default(void **state)
     fx_end(&f);
 }
 
+/* Debug lines naming SET_OWNER / GET_FEATURES, by kind. */
+static atomic_int owner_lines, owner_sent, owner_recv, features_lines;
+
+static void count_msg_log(void *opaque, enum vuf_log_level level, const char *msg)
+{
+    (void)opaque;
+    (void)level;
+    if (strstr(msg, "SET_OWNER")) {
+        atomic_fetch_add(&owner_lines, 1);
+        if (strstr(msg, "main: -> SET_OWNER "))
+            atomic_fetch_add(&owner_sent, 1);
+        if (strstr(msg, "main: <- SET_OWNER "))
+            atomic_fetch_add(&owner_recv, 1);
+    }
+    if (strstr(msg, "GET_FEATURES") && !strstr(msg, "PROTOCOL"))
+        atomic_fetch_add(&features_lines, 1);
+}
+
+/*
+ * Issue 7 §3: VUF_LOG=debug prints each message once per side, with its
+ * direction. Both sides run in this process: SET_OWNER is one line where
+ * the front-end sends it and one where the back-end receives it;
+ * GET_FEATURES adds the reply's two.
+ */
+static void test_debug_log_once(void **state)
+{
+    struct fx f;
+    struct vuf_frontend_config cfg = fx_cfg(VUF_DEV_BLK, 0);
+
+    (void)state;
+    atomic_store(&owner_lines, 0);
+    atomic_store(&owner_sent, 0);
+    atomic_store(&owner_recv, 0);
+    atomic_store(&features_lines, 0);
+    vuf_log_set(count_msg_log, NULL, VUF_LOG_DEBUG); /* before any thread */
+    fx_begin(&f);
+    assert_int_equal(fx_new(&f, &cfg), 0);
+    expect_new(&f);
+    fx_end(&f);
+    vuf_log_set(getenv("VUF_LOG") ? NULL : quiet_log, NULL,
+                getenv("VUF_LOG") ? VUF_LOG_DEBUG : VUF_LOG_ERROR);
+    assert_int_equal(atomic_load(&owner_sent), 1);
+    assert_int_equal(atomic_load(&owner_recv), 1);
+    assert_int_equal(atomic_load(&owner_lines), 2);
+    assert_int_equal(atomic_load(&features_lines), 4);
+}
+
 static void test_packed_ring_stripped(void **state)
 {
     struct fx f;
@@ -438,6 +485,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_new_sequence_and_features),
         cmocka_unit_test(test_version_1_by_default),
+        cmocka_unit_test(test_debug_log_once),
         cmocka_unit_test(test_packed_ring_stripped),
         cmocka_unit_test(test_no_protocol_features),
         cmocka_unit_test(test_queue_max_size),
