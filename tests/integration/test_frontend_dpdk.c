@@ -652,9 +652,11 @@ static void test_dpdk_probe(void **state)
      * BACKEND_SEND_FD HOST_NOTIFIER STATUS; no CONFIG, no
      * CONFIGURE_MEM_SLOTS. */
     assert_int_equal(jget_u64(j, "offered_protocol_features"), DPDK_PROTOCOL_OFFERED);
+    /* What the device negotiates (new_device() asserts the same set). */
     assert_int_equal(jget_u64(j, "protocol_features"),
                      VUF_PROTO_MASK(MQ) | VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(BACKEND_REQ) |
-                         VUF_PROTO_MASK(BACKEND_SEND_FD));
+                         VUF_PROTO_MASK(RARP) | VUF_PROTO_MASK(NET_MTU) | VUF_PROTO_MASK(STATUS));
+    assert_int_equal(jget_u64(j, "device_protocol_features"), jget_u64(j, "protocol_features"));
     assert_true(jarray_has(j, "offered_protocol_feature_names", "STATUS"));
     /* Queue PAIRS: the compile-time maximum, not the queues=1 setting. */
     assert_int_equal(jget_u64(j, "queues"), DPDK_QUEUE_PAIRS);

@@ -1274,6 +1274,56 @@ static void test_status_reset(void **state)
     check_no_leaks(f);
 }
 
+/*
+ * Issue 7 §3: `vuf probe` and a device negotiate the same protocol features
+ * with the same back-end: the probe's device_protocol_features is what
+ * vuf_frontend_new() then acknowledges, and the probe acknowledges more
+ * only where its output names the config flag (CONFIGURE_MEM_SLOTS).
+ */
+static void test_probe_agrees(void **state)
+{
+    struct fx *f = *state;
+    static struct tu_run run;
+    const char *tool = getenv("VUF_TOOL");
+    char ramarg[32];
+    const char *pos;
+    unsigned long long dev_pf = 0, probe_pf = 0;
+
+    if (!tool) {
+        fprintf(stderr, "SKIP: VUF_TOOL not set (run through meson test)\n");
+        skip();
+    }
+    baseline(f);
+    snprintf(ramarg, sizeof(ramarg), "--ram=%llu", DISK_BYTES);
+    be_start(f, &f->be[0], "probe", ramarg, NULL);
+    tu_run_capture(
+        &run, tool,
+        (const char *const[]){"probe", "--json", "--device-type", "blk", f->be[0].sock, NULL},
+        10000);
+    printf("%s", run.out);
+    assert_int_equal(tu_exit_code(&run), 0);
+    pos = strstr(run.out, "\"device_protocol_features\":");
+    assert_non_null(pos);
+    assert_int_equal(sscanf(strchr(pos, ':') + 1, " %llu", &dev_pf), 1);
+    pos = strstr(run.out, "\"protocol_features\":");
+    assert_non_null(pos);
+    assert_int_equal(sscanf(strchr(pos, ':') + 1, " %llu", &probe_pf), 1);
+    assert_int_equal(probe_pf & ~dev_pf, VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS));
+    run.out[0] = '\0';
+    tu_run_capture(&run, tool,
+                   (const char *const[]){"probe", "--device-type", "blk", f->be[0].sock, NULL},
+                   10000);
+    assert_int_equal(tu_exit_code(&run), 0);
+    assert_non_null(strstr(run.out, "CONFIGURE_MEM_SLOTS   acknowledged by the probe only (a "
+                                    "device asks for it with cfg.mem_slots)"));
+
+    f->dev = connect_device(f, &f->be[0], 256);
+    assert_int_equal(vuf_frontend_protocol_features(f->dev), dev_pf);
+    destroy_device(f);
+    be_stop(&f->be[0]);
+    check_no_leaks(f);
+}
+
 /* ------------------------------------------------------------------------ */
 /* 4. Queue size clamp                                                       */
 /* ------------------------------------------------------------------------ */
@@ -1401,6 +1451,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_shmem, setup, teardown),
         cmocka_unit_test_setup_teardown(test_config_change, setup, teardown),
         cmocka_unit_test_setup_teardown(test_status_reset, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_probe_agrees, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_clamp, setup, teardown),
     };
 
