@@ -245,7 +245,10 @@ struct vuf_device_ops {
     /* Feature bits offered to the driver. */
     uint64_t (*features)(const struct vuf_device *dev);
     /* The driver acked `features` (may be called once per 32-bit word;
-     * bits accumulate). Bits not offered are ignored. */
+     * bits accumulate). Bits not offered are dropped, not acked.
+     * Returns: 0 when every bit was offered; else the number (> 0) of bits
+     * dropped (a driver that accepts what was not offered breaks virtio
+     * 1.2 §2.2: the transport may fail FEATURES_OK); or a negative errno. */
     int (*ack_features)(struct vuf_device *dev, uint64_t features);
     /* Device-specific configuration space. On error `data` is unchanged. */
     int (*read_config)(struct vuf_device *dev, uint64_t offset, void *data, size_t len);
