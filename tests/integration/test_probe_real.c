@@ -203,7 +203,7 @@ static void test_qsd_blk(void **state)
     /* protocol features: offered 0x8f2b; the probe acks its subset */
     assert_int_equal(get_u64(j, "offered_protocol_features"), 0x8f2b);
     pf = get_u64(j, "protocol_features");
-    assert_int_equal(pf, 0x8229);  /* MQ REPLY_ACK BACKEND_REQ CONFIG MEM_SLOTS */
+    assert_int_equal(pf, 0x8229); /* MQ REPLY_ACK BACKEND_REQ CONFIG MEM_SLOTS */
     /* ... which is a default device's set plus MEM_SLOTS (cfg.mem_slots) */
     assert_int_equal(get_u64(j, "device_protocol_features"), 0x229);
     assert_true(pf & (1ull << 0)); /* MQ */
