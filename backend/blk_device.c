@@ -630,6 +630,19 @@ static int h_set_status(void *opaque, struct vuf_msg *req, struct vuf_msg *reply
         vuf_log(VUF_LOG_ERROR, "SET_STATUS 0x%" PRIx64 ": not a status byte", v);
         return -EINVAL;
     }
+    /* A driver only adds bits; 0 is the one way back (virtio 1.2 §2.1). */
+    if (v && (d->status & ~v)) {
+        vuf_log(VUF_LOG_ERROR, "SET_STATUS 0x%" PRIx64 " clears bits of 0x%x (only 0 resets)", v,
+                d->status);
+        return -EINVAL;
+    }
+    /* DRIVER_OK before FEATURES_OK skips the feature negotiation. */
+    if ((v & VUF_STATUS_DRIVER_OK) && !(v & VUF_STATUS_FEATURES_OK)) {
+        vuf_log(VUF_LOG_ERROR, "SET_STATUS 0x%" PRIx64 ": DRIVER_OK without FEATURES_OK", v);
+        return -EINVAL;
+    }
+    if (v != d->status)
+        vuf_log(VUF_LOG_DEBUG, "status 0x%x -> 0x%" PRIx64, d->status, v);
     d->status = (uint8_t)v;
     return 0;
 }

@@ -220,12 +220,11 @@ static bool step_failed(struct demo *d, const struct ts_session *s, int err)
 }
 
 /*
- * The library's log. Message trace lines of the client ("client: -> NAME
- * (flags F, size N, K fds)" and "client: <- NAME reply (size N, K fds)")
- * are shown one request a line, its reply on the same line; warnings and
- * errors are shown; other debug/info lines are dropped. Only the caller's
- * thread sends requests, so the pending line needs no lock; the worker may
- * log warnings (one printf each).
+ * The library's log. Message trace lines of the main socket ("main: -> NAME
+ * (flags F, size N, K fds...)" and "main: <- NAME reply (flags F, size N,
+ * K fds...)", src/protocol/conn.c) are shown one request a line, its reply on the same line;
+ * warnings and errors are shown; other debug/info lines are dropped. Only the caller's thread sends
+ * requests, so the pending line needs no lock; the worker may log warnings (one printf each).
  */
 static char pending[160];
 static char pending_name[64];
@@ -249,9 +248,9 @@ static void demo_log(void *opaque, enum vuf_log_level level, const char *msg)
         printf("      vuf %s: %s\n", level == VUF_LOG_ERROR ? "error" : "warning", msg);
         return;
     }
-    if (!d->trace || strncmp(msg, "client: ", 8) != 0)
+    if (!d->trace || strncmp(msg, "main: ", 6) != 0)
         return;
-    msg += 8;
+    msg += 6;
     if (sscanf(msg, "-> %63s (flags 0x%x, size %u, %u fds)", name, &flags, &size, &nfds) == 4) {
         flush_trace();
         snprintf(pending, sizeof(pending), "-> %-22s flags 0x%x, %3u bytes%s", name, flags, size,
@@ -259,8 +258,9 @@ static void demo_log(void *opaque, enum vuf_log_level level, const char *msg)
         snprintf(pending_name, sizeof(pending_name), "%s", name);
         return;
     }
-    if (sscanf(msg, "<- %63s reply (size %u, %u fds)", name, &size, &nfds) == 3 && pending[0] &&
-        strcmp(name, pending_name) == 0) {
+    if (sscanf(msg, "<- %63s reply (flags 0x%x, size %u, %u fds", name, &flags, &size, &nfds) ==
+            4 &&
+        pending[0] && strcmp(name, pending_name) == 0) {
         printf("      %-52s <- reply, %u bytes%s\n", pending, size,
                nfds ? (nfds == 1 ? ", 1 fd" : ", fds") : "");
         pending[0] = '\0';

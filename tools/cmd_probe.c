@@ -26,24 +26,38 @@
 #include "cli_util.h"
 #include "vuf/client.h"
 #include "vuf/conn.h"
+#include "vuf/frontend.h"
 #include "vuf/log.h"
 #include "vuf/virtio.h"
 #include "vuf/wire.h"
 #include "vuf_tool.h"
 
 /*
- * Protocol features the probe acknowledges when offered: crosvm's set (MQ,
- * REPLY_ACK, BACKEND_REQ, CONFIG, DEVICE_STATE, SHMEM) plus the two that
- * libvuf's front-end also implements and that change no behaviour until
- * used: CONFIGURE_MEM_SLOTS (so GET_MAX_MEM_SLOTS may be asked) and
- * BACKEND_SEND_FD (fds on back-end requests, e.g. SHMEM_MAP). Bits with
- * consequences a probe cannot honour (INBAND_NOTIFICATIONS, PAGEFAULT,
- * LOG_SHMFD, ...) are left out.
+ * Protocol features the probe acknowledges when offered: exactly those a
+ * device made by vuf_frontend_new() with a default config of the same
+ * device type acknowledges (vuf_frontend_protocol_mask()), so that the
+ * probe shows what the device will negotiate, plus one the device asks for
+ * only on request and that changes nothing until used: CONFIGURE_MEM_SLOTS
+ * (cfg.mem_slots), so GET_MAX_MEM_SLOTS may be asked. The output marks that
+ * one, and says which config flag would make the device take the offered
+ * bits neither acknowledges.
  */
-#define PROBE_PF_ACK                                                                \
-    (VUF_PROTO_MASK(MQ) | VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(BACKEND_REQ) | \
-     VUF_PROTO_MASK(BACKEND_SEND_FD) | VUF_PROTO_MASK(CONFIG) |                     \
-     VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS) | VUF_PROTO_MASK(DEVICE_STATE) | VUF_PROTO_MASK(SHMEM))
+#define PROBE_PF_EXTRA VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS)
+
+/* The vuf_frontend_config flag that makes a device ask for `bit`, or NULL. */
+static const char *pf_opt_in(unsigned bit)
+{
+    switch (bit) {
+    case VUF_PROTO_F_CONFIGURE_MEM_SLOTS:
+        return "cfg.mem_slots";
+    case VUF_PROTO_F_LOG_SHMFD:
+        return "cfg.dirty_log";
+    case VUF_PROTO_F_INFLIGHT_SHMFD:
+        return "cfg.inflight";
+    default:
+        return NULL;
+    }
+}
 
 #define PROBE_DEFAULT_TIMEOUT_MS VUF_DEFAULT_TIMEOUT_MS
 
@@ -60,6 +74,7 @@ struct probe_result {
     bool has_pf; /* back-end offered PROTOCOL_FEATURES (bit 30) */
     uint64_t offered_pf;
     uint64_t acked_pf;
+    uint64_t device_pf; /* what a default device acknowledges of offered_pf */
     bool has_queues;
     uint64_t queues;
     bool has_slots;
@@ -68,6 +83,16 @@ struct probe_result {
     uint32_t config_len;
     uint8_t config[VUF_CONFIG_MAX];
 };
+
+/* What a default device of the probed type acknowledges. */
+static uint64_t device_pf_mask(const struct probe_opts *o)
+{
+    struct vuf_frontend_config cfg;
+
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.device_type = o->dev ? (uint32_t)o->dev->type : 0;
+    return vuf_frontend_protocol_mask(&cfg);
+}
 
 void cmd_probe_usage(FILE *f)
 {
@@ -96,13 +121,15 @@ void cmd_probe_usage(FILE *f)
             "                       each reply (default %d)\n"
             "  -h, --help           this help\n"
             "\n"
-            "The protocol features acknowledged are the offered ones among MQ,\n"
-            "REPLY_ACK, BACKEND_REQ, BACKEND_SEND_FD, CONFIG, CONFIGURE_MEM_SLOTS,\n"
-            "DEVICE_STATE and SHMEM. 'features' is the back-end's GET_FEATURES answer,\n"
-            "unmasked.\n"
+            "The protocol features acknowledged are the offered ones a device made by\n"
+            "vuf_frontend_new() with a default config of the same device type\n"
+            "acknowledges (vuf_frontend_protocol_mask()), plus CONFIGURE_MEM_SLOTS (a\n"
+            "device asks for it with cfg.mem_slots), marked in the output.\n"
+            "'features' is the back-end's GET_FEATURES answer, unmasked.\n"
             "\n"
             "JSON keys: socket, device_type (name or null), features, feature_names,\n"
             "offered_protocol_features, protocol_features (acknowledged),\n"
+            "device_protocol_features (what a default device acknowledges),\n"
             "protocol_feature_names (acknowledged), offered_protocol_feature_names,\n"
             "queues (null without MQ), max_mem_slots (null without\n"
             "CONFIGURE_MEM_SLOTS), config (object of decoded fields, or null),\n"
@@ -226,7 +253,8 @@ static int negotiate(struct vuf_client *c, const struct probe_opts *o, struct pr
         ret = vuf_client_get_protocol_features(c, &r->offered_pf);
         if (ret)
             return fail(o, "GET_PROTOCOL_FEATURES", ret);
-        r->acked_pf = r->offered_pf & PROBE_PF_ACK;
+        r->device_pf = r->offered_pf & device_pf_mask(o);
+        r->acked_pf = r->device_pf | (r->offered_pf & PROBE_PF_EXTRA);
         /* Sent even when the intersection is empty, as crosvm does. */
         ret = vuf_client_set_protocol_features(c, r->acked_pf);
         if (ret)
@@ -341,12 +369,22 @@ static void print_text(const struct probe_opts *o, const struct probe_result *r)
     } else {
         printf("protocol features: offered 0x%016" PRIx64 ", acknowledged 0x%016" PRIx64 "\n",
                r->offered_pf, r->acked_pf);
+        printf("                   a device (vuf_frontend_new, default config) acknowledges "
+               "0x%016" PRIx64 "\n",
+               r->device_pf);
         for (unsigned b = 0; b < 64; b++) {
             uint64_t v = 1ull << b;
             if (!(r->offered_pf & v))
                 continue;
-            printf("  bit %2u  0x%016" PRIx64 "  %-22s%s\n", b, v, pf_label(b, buf, sizeof(buf)),
-                   (r->acked_pf & v) ? "acknowledged" : "not acknowledged");
+            const char *opt = (r->device_pf & v) ? NULL : pf_opt_in(b);
+            char why[96] = "";
+
+            /* Say why the probe and a default device differ on this bit. */
+            if (opt)
+                snprintf(why, sizeof(why), "%s (a device asks for it with %s)",
+                         (r->acked_pf & v) ? " by the probe only" : "", opt);
+            printf("  bit %2u  0x%016" PRIx64 "  %-22s%s%s\n", b, v, pf_label(b, buf, sizeof(buf)),
+                   (r->acked_pf & v) ? "acknowledged" : "not acknowledged", why);
         }
     }
 
@@ -426,6 +464,7 @@ static json_object *build_json(const struct probe_opts *o, const struct probe_re
     json_object_object_add(root, "offered_protocol_features",
                            r->has_pf ? json_u64(r->offered_pf) : NULL);
     json_object_object_add(root, "protocol_features", json_u64(r->acked_pf));
+    json_object_object_add(root, "device_protocol_features", json_u64(r->device_pf));
     for (unsigned b = 0; b < 64; b++) {
         if (r->offered_pf & (1ull << b))
             json_object_array_add(onames, json_object_new_string(pf_label(b, buf, sizeof(buf))));

@@ -44,34 +44,6 @@ static uint64_t round_up(uint64_t v, uint64_t a)
 
 /* ---- interrupts and events (called from the front-end) --------------------- */
 
-static int ts_irqfd(void *opaque, uint16_t vector)
-{
-    struct ts_session *s = opaque;
-
-    /* Queue i uses vector i; its call fd is the "irqfd": the back-end
-     * signals the queue directly. */
-    if (vector < s->nq)
-        return vuf_virtq_call_fd(s->vq[vector]);
-    return -1;
-}
-
-static void ts_signal_used(void *opaque, uint16_t vector)
-{
-    (void)opaque;
-    (void)vector;
-}
-
-static void ts_signal_config(void *opaque)
-{
-    (void)opaque;
-}
-
-static const struct vuf_interrupt_ops ts_intr_ops = {
-    .irqfd = ts_irqfd,
-    .signal_used_queue = ts_signal_used,
-    .signal_config_changed = ts_signal_config,
-};
-
 static void ts_event(void *opaque, enum vuf_device_event ev)
 {
     struct ts_session *s = opaque;
@@ -119,7 +91,7 @@ int ts_open(struct ts_session *s, const char *socket)
 
     memset(&cfg, 0, sizeof(cfg));
     cfg.device_type = VUF_DEV_BLK;
-    cfg.base_features = ring_features(s);
+    cfg.base_features_mask = ring_features(s);
     cfg.event = ts_event;
     cfg.event_opaque = s;
     r = vuf_frontend_new(&cfg, conn, &s->dev); /* takes conn */
@@ -215,8 +187,6 @@ int ts_queues(struct ts_session *s)
             .index = i,
             .features = s->acked,
         };
-        struct vuf_virtq_layout l;
-
         r = vuf_virtq_new_opts(s->mem, &vo, &s->vq[i]);
         if (r < 0)
             return fail(s, "virtqueue set-up", r);
@@ -224,23 +194,17 @@ int ts_queues(struct ts_session *s)
         if (r < 0)
             return fail(s, "request pool set-up", r);
         vuf_blk_set_busy_poll(s->blk[i], s->o.busy_poll);
-        vuf_virtq_layout(s->vq[i], &l);
-        s->q[i] = (struct vuf_queue){
-            .size = (uint16_t)s->o.queue_size,
-            .ready = true,
-            .desc_addr = l.desc_gpa,
-            .avail_addr = l.avail_gpa,
-            .used_addr = l.used_gpa,
-            .vector = (uint16_t)i,
-            .kick_fd = vuf_virtq_kick_fd(s->vq[i]),
-        };
+        vuf_queue_from_virtq(&s->q[i], s->vq[i], (uint16_t)i); /* queue i: vector i */
     }
     return 0;
 }
 
+/* Queue i's call fd is vector i's "irqfd": the back-end signals the
+ * queue directly. */
 static struct vuf_interrupt intr_of(struct ts_session *s)
 {
-    return (struct vuf_interrupt){.ops = &ts_intr_ops, .opaque = s};
+    s->irq = (struct vuf_virtq_irq){.vqs = s->vq, .n = s->nq};
+    return vuf_virtq_irq_sink(&s->irq);
 }
 
 int ts_activate(struct ts_session *s)

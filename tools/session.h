@@ -73,7 +73,8 @@ struct ts_session {
     unsigned nq; /* queues made / started */
     struct vuf_virtq **vq;
     struct vuf_blk **blk;
-    struct vuf_queue *q; /* what activate/wake get and sleep returns */
+    struct vuf_queue *q;      /* what activate/wake get and sleep returns */
+    struct vuf_virtq_irq irq; /* the interrupt sink over vq[] */
     bool active;
 
     volatile int crashed; /* the worker reported the back-end dead */

@@ -122,6 +122,57 @@ struct vuf_interrupt {
 };
 
 /* ------------------------------------------------------------------------ */
+/* Wiring queues driven in this process (vuf/virtq.h)                        */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * When the "guest" is this process (a tool, a test, a VMM that drives the
+ * back-end itself with vuf/virtq.h), every program copies the same fields
+ * from its driver's queue into the device's and hands the ring's call
+ * eventfd over as the irqfd. These two calls are that code:
+ *
+ *     for (i = 0; i < n; i++)
+ *         vuf_queue_from_virtq(&q[i], vq[i], i);        // vector i
+ *     irq = (struct vuf_virtq_irq){.vqs = vq, .n = n};
+ *     intr = vuf_virtq_irq_sink(&irq);
+ *     vuf_device_activate(dev, mem, &intr, q, n);
+ *
+ * The back-end then signals each ring's call eventfd directly, and
+ * vuf_virtq_wait() sees it. A real VMM's transport fills struct vuf_queue
+ * from the guest's register writes instead and implements
+ * struct vuf_interrupt_ops over its irqfds (docs/frontend.md).
+ */
+struct vuf_virtq;
+
+/*
+ * q = the queue a transport would hand to activate for the driver's queue
+ * `vq`: size, ready, the three ring GPAs, the avail/used positions where vq
+ * stands, its kick eventfd (borrowed: vq keeps owning it) and MSI-X
+ * `vector` (VUF_NO_VECTOR for none).
+ */
+void vuf_queue_from_virtq(struct vuf_queue *q, const struct vuf_virtq *vq, uint16_t vector);
+
+/*
+ * An interrupt sink for queues set up with vuf_queue_from_virtq(q, vqs[i],
+ * i): vector i's irqfd is vqs[i]'s call eventfd (a NULL entry, or a vector
+ * >= n, has none). signal_used_queue, for a queue without an irqfd, signals
+ * every call eventfd (the device cannot say which queue; a driver re-checks
+ * its used ring, so a spurious wake-up costs nothing); config_changed (may
+ * be NULL) is called for a config change. The struct and vqs[] are
+ * borrowed like the sink's opaque: valid until the next reset, sleep or
+ * destroy returns.
+ */
+struct vuf_virtq_irq {
+    struct vuf_virtq *const *vqs;
+    unsigned n;
+    void (*config_changed)(void *opaque);
+    void *opaque;
+};
+
+/* Returns: the sink over `irq` (ops are static; opaque = irq). */
+struct vuf_interrupt vuf_virtq_irq_sink(struct vuf_virtq_irq *irq);
+
+/* ------------------------------------------------------------------------ */
 /* Shared memory (virtio 1.2 §2.10)                                          */
 /* ------------------------------------------------------------------------ */
 
@@ -194,7 +245,10 @@ struct vuf_device_ops {
     /* Feature bits offered to the driver. */
     uint64_t (*features)(const struct vuf_device *dev);
     /* The driver acked `features` (may be called once per 32-bit word;
-     * bits accumulate). Bits not offered are ignored. */
+     * bits accumulate). Bits not offered are dropped, not acked.
+     * Returns: 0 when every bit was offered; else the number (> 0) of bits
+     * dropped (a driver that accepts what was not offered breaks virtio
+     * 1.2 §2.2: the transport may fail FEATURES_OK); or a negative errno. */
     int (*ack_features)(struct vuf_device *dev, uint64_t features);
     /* Device-specific configuration space. On error `data` is unchanged. */
     int (*read_config)(struct vuf_device *dev, uint64_t offset, void *data, size_t len);
@@ -203,8 +257,15 @@ struct vuf_device_ops {
      * Start the device. queues[i] is queue i (nqueues <= num_queues); those
      * with ready == false are skipped. The device copies the queue structs;
      * `mem` and `intr` are borrowed until the next reset/sleep/destroy
-     * returns (the device reads guest memory at sleep). -EBUSY if already
-     * active.
+     * returns (the device reads guest memory at sleep).
+     * `intr` and intr->ops are required (a started queue must have
+     * somewhere to signal); each op may be NULL (no irqfd: every queue
+     * takes signal_used_queue; a NULL signal op drops that signal).
+     * Returns: 0; -EBUSY if already active; -EINVAL for mem, intr or
+     * intr->ops NULL, queues NULL with nqueues > 0, nqueues > num_queues,
+     * or a ready queue whose size is not a power of two up to its maximum;
+     * -EFAULT for a ready queue's rings outside `mem`; or the device's own
+     * errors (vuf/frontend.h: the vuf/client.h error of a failing request).
      */
     int (*activate)(struct vuf_device *dev, const struct vuf_guest_mem *mem,
                     const struct vuf_interrupt *intr, const struct vuf_queue *queues,

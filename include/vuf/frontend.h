@@ -65,9 +65,24 @@ struct vuf_inflight_area {
 #define VUF_FRONTEND_INFLIGHT_MAX_SIZE (64u * 1024 * 1024)
 
 struct vuf_frontend_config {
-    uint32_t device_type;   /* virtio device id (enum vuf_device_type) */
-    uint64_t base_features; /* transport/ring bits to offer, e.g. VERSION_1 |
-                             * EVENT_IDX; RING_PACKED is dropped */
+    uint32_t device_type; /* virtio device id (enum vuf_device_type) */
+    /*
+     * The transport/ring features the VMM's transport supports, as a MASK
+     * of VUF_BIT() of bit numbers: VUF_BIT(VUF_VIRTIO_F_EVENT_IDX) |
+     * VUF_BIT(VUF_VIRTIO_F_INDIRECT_DESC). VERSION_1 is always added unless
+     * `legacy`; RING_PACKED is dropped. Device-type bits (0-23, 50-63) need
+     * no mention here: they pass as the back-end offers them.
+     * Migration note: this was `base_features` (same meaning, without the
+     * implied VERSION_1), renamed so that old code does not compile into a
+     * silent change: a zero `base_features` offered a legacy device whose
+     * driver's VERSION_1 ack was dropped (for net, a 10- against a 12-byte
+     * header). Copy the old value here; set `legacy` only for a pre-1.0
+     * device.
+     */
+    uint64_t base_features_mask;
+    /* true: offer a legacy (pre-virtio-1.0) device, without VERSION_1.
+     * base_features_mask must not then contain VERSION_1 (-EINVAL). */
+    bool legacy;
     /* Largest queue size; rounded down to a power of two. 0 = 32768. */
     uint16_t max_queue_size;
     /* Device-crashed notification (may be NULL). */
@@ -99,6 +114,33 @@ struct vuf_frontend_config {
      * vuf_frontend_new only: the device keeps a dup of its fd, the caller
      * still owns (and closes) area->fd. */
     const struct vuf_inflight_area *inflight_area;
+
+    /* ---- virtio-net only (device_type VUF_DEV_NET); ignored otherwise ---- */
+    /*
+     * true: the VMM handles the control queue (it serves the queue at the
+     * control index of vuf_frontend_net_layout() itself, or hands it to a
+     * back-end that serves it), so CTRL_VQ and the bits that need it pass
+     * as the back-end offers them. Default (false): the device has no
+     * control queue and never offers VUF_NET_CTRL_VQ_FEATURES_MASK (CTRL_VQ,
+     * CTRL_RX, CTRL_VLAN, GUEST_ANNOUNCE, MQ, CTRL_MAC_ADDR, ...): back-ends
+     * written for QEMU (DPDK) offer CTRL_VQ without serving it, and a guest
+     * offered it would wait forever for its commands.
+     */
+    bool net_ctrl_vq;
+    /*
+     * The config space the device builds when the back-end did not
+     * negotiate CONFIG (with CONFIG the back-end's is used and these are
+     * ignored): mac = net_mac, offered with VIRTIO_NET_F_MAC unless all
+     * zero; status = VUF_NET_S_LINK_UP unless net_link_down (STATUS is
+     * always offered); max_virtqueue_pairs = the pairs of
+     * vuf_frontend_net_layout(); mtu = net_mtu, offered with
+     * VIRTIO_NET_F_MTU unless 0. Without CONFIG, MAC, STATUS and MTU are
+     * offered as these say, whatever the back-end offers (they are
+     * config-space bits; SET_FEATURES carries only the back-end's own).
+     */
+    uint8_t net_mac[6];
+    uint16_t net_mtu;
+    bool net_link_down;
 };
 
 /*
@@ -109,8 +151,9 @@ struct vuf_frontend_config {
  * Ownership: takes `conn` (also on failure); borrows `cfg` and
  * cfg->inflight_area for the call (the device keeps a dup of its fd).
  * On success *out is the device; free it with vuf_device_destroy().
- * Returns: 0; -EINVAL for a bad config or a cfg.inflight_area without
- * cfg.inflight or with fd < 0; -EPROTO for a GET_QUEUE_NUM answer of 0 or
+ * Returns: 0; -EINVAL for a bad config (cfg.legacy with VERSION_1 in
+ * cfg.base_features_mask) or a cfg.inflight_area without cfg.inflight or
+ * with fd < 0; -EPROTO for a GET_QUEUE_NUM answer of 0 or
  * (except for net) above VUF_FRONTEND_MAX_QUEUES; -ENOTSUP for an unknown
  * device type without MQ (no queue count to use); -EINVAL or -EBADF for an
  * inflight area that does not fit; or the vuf/client.h error of the failing
@@ -119,6 +162,14 @@ struct vuf_frontend_config {
 int vuf_frontend_new(const struct vuf_frontend_config *cfg, struct vuf_conn *conn,
                      struct vuf_device **out);
 
+/*
+ * The protocol features a device made with `cfg` acknowledges when the
+ * back-end offers them (SET_PROTOCOL_FEATURES carries offered & this).
+ * `vuf probe` uses it to negotiate as the device does. Sends nothing.
+ * Returns: the mask; 0 for cfg NULL.
+ */
+uint64_t vuf_frontend_protocol_mask(const struct vuf_frontend_config *cfg);
+
 /* Returns: true if `dev` was made by vuf_frontend_new. */
 bool vuf_device_is_frontend(const struct vuf_device *dev);
 
@@ -126,8 +177,9 @@ bool vuf_device_is_frontend(const struct vuf_device *dev);
  * gives 0 / false. */
 /* Returns: the protocol features negotiated with SET_PROTOCOL_FEATURES. */
 uint64_t vuf_frontend_protocol_features(const struct vuf_device *dev);
-/* Returns: the virtio features acked so far (including bit 30 when the
- * back-end offers it). */
+/* Returns: the virtio features the driver acked so far (never bit 30,
+ * VHOST_USER_F_PROTOCOL_FEATURES: vhost-user's own, which SET_FEATURES
+ * carries whenever the back-end offers it). */
 uint64_t vuf_frontend_acked_features(const struct vuf_device *dev);
 /* Returns: whether SET_FEATURES was ever sent; *features (may be NULL) = the
  * value last sent. */
@@ -140,6 +192,57 @@ unsigned vuf_frontend_num_mappings(const struct vuf_device *dev);
  * min(GET_MAX_MEM_SLOTS, VUF_FRONTEND_MAX_MEM_SLOTS) with
  * CONFIGURE_MEM_SLOTS, else 8. */
 unsigned vuf_frontend_max_mem_regions(const struct vuf_device *dev);
+
+/*
+ * Device status (VHOST_USER_PROTOCOL_F_STATUS, negotiated when offered, as
+ * QEMU does): activate sends SET_STATUS(ACKNOWLEDGE | DRIVER | FEATURES_OK)
+ * after SET_FEATURES and reads it back with GET_STATUS (a back-end that
+ * cleared FEATURES_OK refuses the acked features: activate fails with
+ * -ENOTSUP), then DRIVER_OK once the rings are started; reset sends
+ * SET_STATUS(0). Only changes are sent (a wake after sleep sends none).
+ * This asks the back-end: GET_STATUS.
+ * Returns: 0 and *status; -EINVAL (not a front-end, status NULL);
+ * -ENOTSUP when STATUS was not negotiated (nothing sent); or the
+ * vuf/client.h error.
+ * Thread-safety: a device operation.
+ */
+int vuf_frontend_get_status(struct vuf_device *dev, uint8_t *status);
+
+/* ---- virtio-net (device_type VUF_DEV_NET) -------------------------------- */
+
+/*
+ * The queue layout of a net device (virtio 1.2 §5.1.2): receiveq k is
+ * queue 2k, transmitq k queue 2k + 1 for k < *pairs, then the control
+ * queue at *ctrl_index, or *ctrl_index = -1 when the device has none
+ * (cfg.net_ctrl_vq unset, or the back-end does not offer CTRL_VQ).
+ * *pairs is GET_QUEUE_NUM's answer with MQ (clamped to fit
+ * VUF_FRONTEND_MAX_QUEUES), else 1. Either pointer may be NULL. Sends
+ * nothing.
+ * Returns: 0; -EINVAL (not a front-end); -ENOTSUP (not a net device).
+ */
+int vuf_frontend_net_layout(const struct vuf_device *dev, unsigned *pairs, int *ctrl_index);
+
+/*
+ * NET_SET_MTU: tell the back-end the MTU the VMM offers its guest
+ * (virtio-net's mtu field). Needs VHOST_USER_PROTOCOL_F_NET_MTU, which a
+ * net device negotiates when offered.
+ * Returns: 0; -EINVAL (not a front-end, mtu 0); -ENOTSUP (not a net
+ * device, or NET_MTU not negotiated: nothing sent); or the vuf/client.h
+ * error.
+ * Thread-safety: a device operation.
+ */
+int vuf_frontend_net_set_mtu(struct vuf_device *dev, uint16_t mtu);
+
+/*
+ * SEND_RARP: ask the back-end to broadcast a RARP for `mac` (after a
+ * migration, so that switches learn the guest's new port; needed when the
+ * guest does not offer GUEST_ANNOUNCE). Needs
+ * VHOST_USER_PROTOCOL_F_RARP, which a net device negotiates when offered.
+ * Returns: 0; -EINVAL (not a front-end, mac NULL); -ENOTSUP (not a net
+ * device, or RARP not negotiated: nothing sent); or the vuf/client.h error.
+ * Thread-safety: a device operation.
+ */
+int vuf_frontend_send_rarp(struct vuf_device *dev, const uint8_t mac[6]);
 
 /*
  * Memory hot-(un)plug: the guest memory is now `mem` (docs/frontend.md,

@@ -25,6 +25,61 @@ extern "C" {
 #define VUF_VIRTIO_F_ACCESS_PLATFORM 33
 #define VUF_VIRTIO_F_RING_PACKED 34
 
+/* Device status bits (virtio 1.2 §2.1), as SET_STATUS/GET_STATUS carry them. */
+#define VUF_STATUS_ACKNOWLEDGE 1u
+#define VUF_STATUS_DRIVER 2u
+#define VUF_STATUS_DRIVER_OK 4u
+#define VUF_STATUS_FEATURES_OK 8u
+#define VUF_STATUS_NEEDS_RESET 64u
+#define VUF_STATUS_FAILED 128u
+
+/*
+ * virtio-net feature bits (bit numbers; virtio 1.2 §5.1.3), shared by the
+ * front-end device (vuf/frontend.h) and the guest-side driver.
+ */
+#define VUF_NET_F_CSUM 0
+#define VUF_NET_F_GUEST_CSUM 1
+#define VUF_NET_F_CTRL_GUEST_OFFLOADS 2
+#define VUF_NET_F_MTU 3
+#define VUF_NET_F_MAC 5
+#define VUF_NET_F_MRG_RXBUF 15
+#define VUF_NET_F_STATUS 16
+#define VUF_NET_F_CTRL_VQ 17
+#define VUF_NET_F_CTRL_RX 18
+#define VUF_NET_F_CTRL_VLAN 19
+#define VUF_NET_F_CTRL_RX_EXTRA 20
+#define VUF_NET_F_GUEST_ANNOUNCE 21
+#define VUF_NET_F_MQ 22
+#define VUF_NET_F_CTRL_MAC_ADDR 23
+#define VUF_NET_F_NOTF_COAL 53
+#define VUF_NET_F_GUEST_USO4 54
+#define VUF_NET_F_GUEST_USO6 55
+#define VUF_NET_F_HASH_REPORT 57
+#define VUF_NET_F_RSS 60
+/*
+ * CTRL_VQ and every bit that needs it: what a device without a control
+ * queue must not offer. Virtio 1.2 §5.1.3.1 makes CTRL_RX, CTRL_VLAN,
+ * GUEST_ANNOUNCE, MQ, CTRL_MAC_ADDR, NOTF_COAL and RSS require CTRL_VQ and
+ * CTRL_RX_EXTRA require CTRL_RX; CTRL_GUEST_OFFLOADS and HASH_REPORT are
+ * switched on only by control-queue commands, so they go too.
+ */
+#define VUF_NET_CTRL_VQ_FEATURES_MASK                                                           \
+    (VUF_BIT(VUF_NET_F_CTRL_VQ) | VUF_BIT(VUF_NET_F_CTRL_RX) | VUF_BIT(VUF_NET_F_CTRL_VLAN) |   \
+     VUF_BIT(VUF_NET_F_GUEST_ANNOUNCE) | VUF_BIT(VUF_NET_F_MQ) |                                \
+     VUF_BIT(VUF_NET_F_CTRL_MAC_ADDR) | VUF_BIT(VUF_NET_F_CTRL_GUEST_OFFLOADS) |                \
+     VUF_BIT(VUF_NET_F_CTRL_RX_EXTRA) | VUF_BIT(VUF_NET_F_NOTF_COAL) | VUF_BIT(VUF_NET_F_RSS) | \
+     VUF_BIT(VUF_NET_F_HASH_REPORT))
+
+/* virtio-net config space layout (virtio 1.2 §5.1.4), byte offsets; all
+ * fields little-endian. */
+#define VUF_NET_CONFIG_MAC 0
+#define VUF_NET_CONFIG_STATUS 6
+#define VUF_NET_CONFIG_MAX_VQ_PAIRS 8
+#define VUF_NET_CONFIG_MTU 10
+#define VUF_NET_CONFIG_SIZE 12
+/* Bit of the config status field: the link is up. */
+#define VUF_NET_S_LINK_UP 1u
+
 enum vuf_device_type {
     VUF_DEV_NET = 1,
     VUF_DEV_BLK = 2,

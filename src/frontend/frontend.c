@@ -34,15 +34,18 @@
 /* The protocol features the front-end can use (crosvm's set). REPLY_ACK is
  * needed for the back-end's SHMEM_MAP acks, and vuf also uses it for its own
  * requests unless crosvm_no_need_reply. */
-#define FE_PROTOCOL_FEATURES                                                        \
-    (VUF_PROTO_MASK(MQ) | VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(BACKEND_REQ) | \
-     VUF_PROTO_MASK(CONFIG) | VUF_PROTO_MASK(DEVICE_STATE) | VUF_PROTO_MASK(SHMEM))
+#define FE_PROTOCOL_FEATURES                                                         \
+    (VUF_PROTO_MASK(MQ) | VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(BACKEND_REQ) |  \
+     VUF_PROTO_MASK(CONFIG) | VUF_PROTO_MASK(DEVICE_STATE) | VUF_PROTO_MASK(SHMEM) | \
+     VUF_PROTO_MASK(STATUS) | VUF_PROTO_MASK(RESET_DEVICE))
+/* ... and for net, the two requests a VMM sends through the device. */
+#define FE_NET_PROTOCOL_FEATURES (VUF_PROTO_MASK(NET_MTU) | VUF_PROTO_MASK(RARP))
 
 /* Per-message deadline on the back-end request channel. */
 #define FE_BREQ_TIMEOUT_MS 1000
 
-/* virtio-net feature bit (virtio 1.2 §5.1.3): the control virtqueue. */
-#define FE_NET_F_CTRL_VQ 17
+/* The virtio-net bits whose meaning is the config space alone. */
+#define FE_NET_CONFIG_FEATURES (BIT(VUF_NET_F_MAC) | BIT(VUF_NET_F_STATUS) | BIT(VUF_NET_F_MTU))
 
 /* ------------------------------------------------------------------------ */
 /* Helpers                                                                  */
@@ -167,12 +170,19 @@ static uint64_t fe_features(const struct vuf_device *d)
 static int fe_ack_features(struct vuf_device *d, uint64_t features)
 {
     struct vuf_frontend *fe = fe_of(d);
+    uint64_t dropped = features & ~fe->avail_features;
 
     /* Only accumulate: the transport acks one 32-bit word at a time, and
      * SET_FEATURES goes out at activation (sending it before the driver is
      * done confuses some back-ends). */
     fe->acked_features |= features & fe->avail_features;
-    return 0;
+    if (!dropped)
+        return 0;
+    /* A driver may not accept what was not offered (virtio 1.2 §2.2); the
+     * caller learns it here instead of finding out from the data. */
+    vuf_log(VUF_LOG_WARN, "%s: driver acked features 0x%llx that are not offered; dropped",
+            fe->label, (unsigned long long)dropped);
+    return __builtin_popcountll(dropped);
 }
 
 /* SET_FEATURES unless the back-end already has exactly these features. We
@@ -217,6 +227,36 @@ static int config_negotiated(struct vuf_frontend *fe)
     return -ENOTSUP;
 }
 
+/* Whether the device builds the config space itself: net without CONFIG
+ * (QEMU does the same for its vhost-user-net). */
+static bool net_local_config(const struct vuf_frontend *fe)
+{
+    return fe->cfg.device_type == VUF_DEV_NET && !(fe->protocol_features & VUF_PROTO_MASK(CONFIG));
+}
+
+static void put_le16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+/* virtio-net's config space (virtio 1.2 §5.1.4) from cfg.net_* and the
+ * queue layout. Reads past its end see zeros, as a transport's would. */
+static int read_net_config(const struct vuf_frontend *fe, uint64_t offset, void *data, size_t len)
+{
+    uint8_t c[VUF_NET_CONFIG_SIZE];
+
+    memset(c, 0, sizeof(c));
+    memcpy(c + VUF_NET_CONFIG_MAC, fe->cfg.net_mac, 6);
+    put_le16(c + VUF_NET_CONFIG_STATUS, fe->cfg.net_link_down ? 0 : VUF_NET_S_LINK_UP);
+    put_le16(c + VUF_NET_CONFIG_MAX_VQ_PAIRS, (uint16_t)fe->net_pairs);
+    put_le16(c + VUF_NET_CONFIG_MTU, fe->cfg.net_mtu);
+    memset(data, 0, len);
+    if (offset < sizeof(c))
+        memcpy(data, c + offset, len < sizeof(c) - offset ? len : sizeof(c) - offset);
+    return 0;
+}
+
 /*
  * GET_CONFIG/SET_CONFIG carry at most VUF_CONFIG_MAX bytes, so longer
  * accesses are split.
@@ -237,6 +277,8 @@ static int fe_read_config(struct vuf_device *d, uint64_t offset, void *data, siz
     }
     if (len == 0)
         return 0;
+    if (net_local_config(fe))
+        return read_net_config(fe, offset, data, len);
     r = config_negotiated(fe);
     if (r < 0)
         return r;
@@ -415,7 +457,7 @@ static int activate_vring(struct vuf_frontend *fe, const struct vuf_guest_mem *m
         goto fail;
     /* SET_VRING_ENABLE exists only with VHOST_USER_F_PROTOCOL_FEATURES;
      * without it the back-end enables rings on its own. */
-    if (fe->acked_features & F_PROTOCOL) {
+    if (fe->vhost_protocol) {
         step = "SET_VRING_ENABLE";
         r = vuf_client_set_vring_enable(fe->client, i, true);
         if (r < 0)
@@ -447,7 +489,7 @@ static int deactivate_vring(struct vuf_frontend *fe, unsigned i, uint32_t *base,
     int err = 0, r;
 
     *have_base = false;
-    if (fe->acked_features & F_PROTOCOL) {
+    if (fe->vhost_protocol) {
         r = vuf_client_set_vring_enable(fe->client, i, false);
         if (r < 0) {
             vuf_log(VUF_LOG_ERROR, "%s: queue %u: disable failed: %s", fe->label, i,
@@ -635,6 +677,59 @@ static int start_queues(struct vuf_frontend *fe, const struct vuf_guest_mem *mem
     return 0;
 }
 
+static bool has_status(const struct vuf_frontend *fe)
+{
+    return (fe->protocol_features & VUF_PROTO_MASK(STATUS)) != 0;
+}
+
+/* SET_STATUS with `bits` added to what the back-end has, when they add
+ * anything (QEMU adds them the same way; a wake sends nothing). */
+static int add_status(struct vuf_frontend *fe, uint8_t bits)
+{
+    uint8_t want = fe->status | bits;
+    int r;
+
+    if (!has_status(fe) || want == fe->status)
+        return 0;
+    r = vuf_client_set_status(fe->client, want);
+    if (r < 0) {
+        vuf_log(VUF_LOG_ERROR, "%s: failed to set status 0x%x: %s", fe->label, want,
+                vuf_strerror(r));
+        return r;
+    }
+    fe->status = want;
+    return 0;
+}
+
+/*
+ * The driver's FEATURES_OK step (virtio 1.2 §3.1.1: set it, then re-read
+ * the status; a device that cleared it does not accept the features),
+ * after SET_FEATURES.
+ */
+static int features_ok(struct vuf_frontend *fe)
+{
+    bool fresh = !(fe->status & VUF_STATUS_FEATURES_OK);
+    uint8_t st = 0;
+    int r;
+
+    r = add_status(fe, VUF_STATUS_ACKNOWLEDGE | VUF_STATUS_DRIVER | VUF_STATUS_FEATURES_OK);
+    if (r < 0 || !fresh || !has_status(fe))
+        return r;
+    r = vuf_client_get_status(fe->client, &st);
+    if (r < 0) {
+        vuf_log(VUF_LOG_ERROR, "%s: failed to get status: %s", fe->label, vuf_strerror(r));
+        return r;
+    }
+    if (!(st & VUF_STATUS_FEATURES_OK)) {
+        vuf_log(VUF_LOG_ERROR,
+                "%s: the back-end cleared FEATURES_OK (status 0x%x): it does not accept "
+                "features 0x%llx",
+                fe->label, st, (unsigned long long)fe_features_to_send(fe));
+        return -ENOTSUP;
+    }
+    return 0;
+}
+
 static int fe_activate(struct vuf_device *d, const struct vuf_guest_mem *mem,
                        const struct vuf_interrupt *intr, const struct vuf_queue *queues,
                        unsigned nqueues)
@@ -651,6 +746,8 @@ static int fe_activate(struct vuf_device *d, const struct vuf_guest_mem *mem,
         return r;
 
     r = send_features_if_needed(fe);
+    if (r == 0)
+        r = features_ok(fe); /* [SET_STATUS, GET_STATUS] */
     /* QEMU's order: the inflight area before the memory and the rings. */
     if (r == 0)
         r = fe_inflight_activate(fe, queues, nqueues); /* [GET_]SET_INFLIGHT_FD */
@@ -660,6 +757,8 @@ static int fe_activate(struct vuf_device *d, const struct vuf_guest_mem *mem,
         r = fe_log_activate(fe, mem); /* SET_LOG_BASE while logging */
     if (r == 0)
         r = start_queues(fe, mem, intr, queues, nqueues, non_msix);
+    if (r == 0)
+        r = add_status(fe, VUF_STATUS_DRIVER_OK); /* [SET_STATUS] */
     if (r < 0)
         goto fail;
     /* Only an active device reports a crash (a failed activation reports
@@ -684,6 +783,52 @@ fail:
     return r;
 }
 
+/*
+ * The back-end's side of a device reset, after the rings are stopped:
+ * SET_STATUS(0) with STATUS, then RESET_DEVICE when negotiated (QEMU's
+ * use). Without RESET_DEVICE nothing more is sent: stopping the rings is
+ * the reset, as in crosvm (RESET_OWNER is deprecated and never sent).
+ * Either message makes the back-end forget the acked features, so the next
+ * activation sends SET_FEATURES again.
+ */
+static int reset_backend(struct vuf_frontend *fe)
+{
+    bool sent = false;
+    int err = 0, r;
+
+    /* A back-end never started (nothing sent since construction or the last
+     * reset) has nothing to reset: a transport's reset at guest boot sends
+     * nothing. */
+    if (!fe->features_sent && !fe->status)
+        return 0;
+    if (fe_stream_check(fe) < 0) {
+        fe->status = 0;
+        return 0; /* nothing can be sent; stop_queues reported it */
+    }
+    if (has_status(fe) && fe->status) {
+        r = fe_stream_note(fe, vuf_client_set_status(fe->client, 0));
+        if (r < 0) {
+            vuf_log(VUF_LOG_ERROR, "%s: failed to set status 0: %s", fe->label, vuf_strerror(r));
+            err = r;
+        }
+        sent = true;
+    }
+    fe->status = 0;
+    if ((fe->protocol_features & VUF_PROTO_MASK(RESET_DEVICE)) && !fe->stream_err) {
+        r = fe_stream_note(fe, vuf_client_reset_device(fe->client));
+        if (r < 0) {
+            vuf_log(VUF_LOG_ERROR, "%s: failed to reset the device: %s", fe->label,
+                    vuf_strerror(r));
+            if (!err)
+                err = r;
+        }
+        sent = true;
+    }
+    if (sent)
+        fe->features_sent = false;
+    return err;
+}
+
 static int fe_reset(struct vuf_device *d)
 {
     struct vuf_frontend *fe = fe_of(d);
@@ -694,6 +839,9 @@ static int fe_reset(struct vuf_device *d)
     /* Stop the worker on every path (crosvm leaves it running when a
      * queue fails to stop). */
     fe_worker_stop(fe);
+    r = reset_backend(fe);
+    if (r < 0 && !err)
+        err = r;
     /* The spec: SHMEM mappings are unmapped by the front-end across a device
      * reset (crosvm has this as a TODO). */
     r = fe_remove_all_mappings(fe);
@@ -1073,6 +1221,8 @@ static int fe_restore(struct vuf_device *d, const uint8_t *data, size_t len)
         vuf_log(VUF_LOG_ERROR, "%s: not a vuf front-end snapshot (or a damaged one)", fe->label);
         return -EINVAL;
     }
+    /* Snapshots made before bit 30 left the acked set may carry it. */
+    h.acked_features &= ~F_PROTOCOL;
     missing = h.acked_features & ~fe->avail_features;
     if (missing) {
         vuf_log(VUF_LOG_ERROR,
@@ -1084,11 +1234,12 @@ static int fe_restore(struct vuf_device *d, const uint8_t *data, size_t len)
     r = fe_stream_check(fe);
     if (r < 0)
         return r;
-    /* Bit 30 stays whenever this back-end offers it: it decides whether
-     * the rings wait for SET_VRING_ENABLE. A failed restore leaves the
-     * acked set as it was (the next activation then re-sends it). */
+    /* Bit 30 is sent whenever this back-end offers it (fe->vhost_protocol):
+     * it decides whether the rings wait for SET_VRING_ENABLE. A failed
+     * restore leaves the acked set as it was (the next activation then
+     * re-sends it). */
     old_acked = fe->acked_features;
-    fe->acked_features = h.acked_features | (fe->avail_features & F_PROTOCOL);
+    fe->acked_features = h.acked_features;
     r = fe_stream_note(fe, send_features_if_needed(fe));
     if (r < 0)
         goto fail;
@@ -1332,6 +1483,82 @@ bool vuf_frontend_last_sent_features(const struct vuf_device *dev, uint64_t *fea
     return fe->features_sent;
 }
 
+int vuf_frontend_get_status(struct vuf_device *dev, uint8_t *status)
+{
+    struct vuf_frontend *fe;
+    int r;
+
+    if (!vuf_device_is_frontend(dev) || !status)
+        return -EINVAL;
+    fe = fe_of(dev);
+    if (!has_status(fe))
+        return -ENOTSUP;
+    r = fe_stream_check(fe);
+    if (r < 0)
+        return r;
+    return fe_stream_note(fe, vuf_client_get_status(fe->client, status));
+}
+
+int vuf_frontend_net_layout(const struct vuf_device *dev, unsigned *pairs, int *ctrl_index)
+{
+    const struct vuf_frontend *fe;
+
+    if (!vuf_device_is_frontend(dev))
+        return -EINVAL;
+    fe = fe_of_const(dev);
+    if (fe->cfg.device_type != VUF_DEV_NET)
+        return -ENOTSUP;
+    if (pairs)
+        *pairs = fe->net_pairs;
+    if (ctrl_index)
+        *ctrl_index = fe->net_ctrl_index;
+    return 0;
+}
+
+/* A net request through the device: refused here (before the client's
+ * own check) for another device type, so that nothing is sent. */
+static int net_request(struct vuf_device *dev, struct vuf_frontend **out)
+{
+    if (!vuf_device_is_frontend(dev))
+        return -EINVAL;
+    *out = fe_of(dev);
+    if ((*out)->cfg.device_type != VUF_DEV_NET)
+        return -ENOTSUP;
+    return fe_stream_check(*out);
+}
+
+int vuf_frontend_net_set_mtu(struct vuf_device *dev, uint16_t mtu)
+{
+    struct vuf_frontend *fe = NULL;
+    int r;
+
+    if (mtu == 0)
+        return -EINVAL;
+    r = net_request(dev, &fe);
+    if (r < 0)
+        return r;
+    r = fe_stream_note(fe, vuf_client_net_set_mtu(fe->client, mtu));
+    if (r < 0 && r != -ENOTSUP)
+        vuf_log(VUF_LOG_ERROR, "%s: failed to set MTU %u: %s", fe->label, mtu, vuf_strerror(r));
+    return r;
+}
+
+int vuf_frontend_send_rarp(struct vuf_device *dev, const uint8_t mac[6])
+{
+    struct vuf_frontend *fe = NULL;
+    int r;
+
+    if (!mac)
+        return -EINVAL;
+    r = net_request(dev, &fe);
+    if (r < 0)
+        return r;
+    r = fe_stream_note(fe, vuf_client_send_rarp(fe->client, mac));
+    if (r < 0 && r != -ENOTSUP)
+        vuf_log(VUF_LOG_ERROR, "%s: failed to send RARP: %s", fe->label, vuf_strerror(r));
+    return r;
+}
+
 bool vuf_frontend_is_active(const struct vuf_device *dev)
 {
     return vuf_device_is_frontend(dev) && fe_of_const(dev)->active;
@@ -1361,7 +1588,7 @@ unsigned vuf_frontend_num_mappings(const struct vuf_device *dev)
  */
 static unsigned net_queues(const struct vuf_frontend *fe, uint64_t pairs)
 {
-    unsigned ctrl = (fe->avail_features & BIT(FE_NET_F_CTRL_VQ)) ? 1 : 0;
+    unsigned ctrl = (fe->avail_features & BIT(VUF_NET_F_CTRL_VQ)) ? 1 : 0;
     unsigned max_pairs = (VUF_FRONTEND_MAX_QUEUES - ctrl) / 2;
 
     if (pairs > max_pairs) {
@@ -1374,10 +1601,18 @@ static unsigned net_queues(const struct vuf_frontend *fe, uint64_t pairs)
     return (unsigned)pairs * 2 + ctrl;
 }
 
+/* The net layout: queue pairs, then the control queue if CTRL_VQ is offered. */
+static void net_set_layout(struct vuf_frontend *fe, uint64_t pairs)
+{
+    fe->num_queues = net_queues(fe, pairs);
+    fe->net_pairs = fe->num_queues / 2;
+    fe->net_ctrl_index = (fe->num_queues & 1) ? (int)fe->num_queues - 1 : -1;
+}
+
 /* SET_OWNER, GET_FEATURES: what the driver may be offered. */
 static int negotiate_features(struct vuf_frontend *fe)
 {
-    uint64_t base = fe->cfg.base_features, features = 0, allow;
+    uint64_t base = fe->cfg.base_features_mask, features = 0, allow;
     int r;
 
     /* Packed rings are not handled at the protocol layer (no wrap counters
@@ -1399,15 +1634,47 @@ static int negotiate_features(struct vuf_frontend *fe)
         vuf_log(VUF_LOG_ERROR, "%s: failed to get features: %s", fe->label, vuf_strerror(r));
         return r;
     }
+    if (!fe->cfg.legacy)
+        base |= BIT(VUF_VIRTIO_F_VERSION_1);
     /* Device-type bits pass as offered; transport bits only if the VMM
-     * supports them; bit 30 always. */
-    allow = VUF_DEVICE_TYPE_SPECIFIC_FEATURES_MASK | base | F_PROTOCOL;
-    /* LOG_ALL is for dirty logging only, never for the driver. */
-    allow &= ~BIT(VUF_VHOST_F_LOG_ALL);
+     * supports them. Bit 30 (vhost-user's own) and LOG_ALL (dirty logging)
+     * are never the driver's. */
+    allow = VUF_DEVICE_TYPE_SPECIFIC_FEATURES_MASK | base;
+    allow &= ~(BIT(VUF_VHOST_F_LOG_ALL) | F_PROTOCOL);
+    if (fe->cfg.device_type == VUF_DEV_NET && !fe->cfg.net_ctrl_vq)
+        allow &= ~VUF_NET_CTRL_VQ_FEATURES_MASK;
+    fe->backend_features = features;
     fe->avail_features = allow & features;
+    fe->vhost_protocol = (features & F_PROTOCOL) != 0;
     fe->log_all_offered = (features & BIT(VUF_VHOST_F_LOG_ALL)) != 0;
     fe->acked_features = 0;
     return 0;
+}
+
+/* A net device without CONFIG offers the config-space bits of the config
+ * it builds (cfg.net_*), not the back-end's. */
+static void net_config_features(struct vuf_frontend *fe)
+{
+    static const uint8_t zero_mac[6];
+
+    if (!net_local_config(fe))
+        return;
+    fe->avail_features &= ~FE_NET_CONFIG_FEATURES;
+    fe->avail_features |= BIT(VUF_NET_F_STATUS);
+    if (memcmp(fe->cfg.net_mac, zero_mac, 6) != 0)
+        fe->avail_features |= BIT(VUF_NET_F_MAC);
+    if (fe->cfg.net_mtu)
+        fe->avail_features |= BIT(VUF_NET_F_MTU);
+}
+
+uint64_t vuf_frontend_protocol_mask(const struct vuf_frontend_config *cfg)
+{
+    if (!cfg)
+        return 0;
+    return FE_PROTOCOL_FEATURES | (cfg->dirty_log ? VUF_PROTO_MASK(LOG_SHMFD) : 0) |
+           (cfg->mem_slots ? VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS) : 0) |
+           (cfg->inflight ? VUF_PROTO_MASK(INFLIGHT_SHMFD) : 0) |
+           (cfg->device_type == VUF_DEV_NET ? FE_NET_PROTOCOL_FEATURES : 0);
 }
 
 /* GET/SET_PROTOCOL_FEATURES, when the back-end offers bit 30. */
@@ -1416,21 +1683,17 @@ static int negotiate_protocol(struct vuf_frontend *fe)
     uint64_t pf = 0;
     int r;
 
-    if (!(fe->avail_features & F_PROTOCOL))
+    /* Every later SET_FEATURES carries bit 30 (fe_features_to_send), but
+     * none is sent now: GET/SET_PROTOCOL_FEATURES are legal before it. */
+    if (!fe->vhost_protocol)
         return 0;
-    /* Acked now so every later SET_FEATURES carries it, but not sent:
-     * GET/SET_PROTOCOL_FEATURES are legal before SET_FEATURES. */
-    fe->acked_features |= F_PROTOCOL;
     r = vuf_client_get_protocol_features(fe->client, &pf);
     if (r < 0) {
         vuf_log(VUF_LOG_ERROR, "%s: failed to get protocol features: %s", fe->label,
                 vuf_strerror(r));
         return r;
     }
-    fe->protocol_features =
-        pf & (FE_PROTOCOL_FEATURES | (fe->cfg.dirty_log ? VUF_PROTO_MASK(LOG_SHMFD) : 0) |
-              (fe->cfg.mem_slots ? VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS) : 0) |
-              (fe->cfg.inflight ? VUF_PROTO_MASK(INFLIGHT_SHMFD) : 0));
+    fe->protocol_features = pf & vuf_frontend_protocol_mask(&fe->cfg);
     r = vuf_client_set_protocol_features(fe->client, fe->protocol_features);
     if (r < 0)
         vuf_log(VUF_LOG_ERROR, "%s: failed to set protocol features: %s", fe->label,
@@ -1477,6 +1740,12 @@ static int negotiate_queue_count(struct vuf_frontend *fe)
     int r;
 
     if (!(fe->protocol_features & VUF_PROTO_MASK(MQ))) {
+        /* Net without MQ: one pair (crosvm's rx, tx, ctrl when the control
+         * queue is offered). */
+        if (fe->cfg.device_type == VUF_DEV_NET) {
+            net_set_layout(fe, 1);
+            return 0;
+        }
         if (!info) {
             vuf_log(VUF_LOG_ERROR, "%s: unknown device type and no MQ: queue count unknown",
                     fe->label);
@@ -1494,7 +1763,7 @@ static int negotiate_queue_count(struct vuf_frontend *fe)
     /* crosvm takes any answer; 0 makes a useless device and a huge one
      * a huge allocation. */
     if (fe->cfg.device_type == VUF_DEV_NET && n > 0) {
-        fe->num_queues = net_queues(fe, n);
+        net_set_layout(fe, n);
     } else if (n == 0 || n > VUF_FRONTEND_MAX_QUEUES) {
         vuf_log(VUF_LOG_ERROR, "%s: back-end reports %llu queues (must be 1..%u)", fe->label,
                 (unsigned long long)n, VUF_FRONTEND_MAX_QUEUES);
@@ -1516,6 +1785,8 @@ static int negotiate(struct vuf_frontend *fe)
     if (r == 0)
         r = negotiate_protocol(fe);
     if (r == 0)
+        net_config_features(fe);
+    if (r == 0)
         r = open_backend_channel(fe);
     if (r == 0)
         r = negotiate_queue_count(fe);
@@ -1535,7 +1806,7 @@ static int negotiate(struct vuf_frontend *fe)
 
     /* Nothing was sent, but as far as "did the driver's set change" goes,
      * the back-end starts from this. */
-    fe->last_sent_features = fe->acked_features;
+    fe->last_sent_features = fe_features_to_send(fe);
     fe->features_sent = false;
     vuf_log(VUF_LOG_INFO,
             "%s: vhost-user front-end with %u queues x %u entries, "
@@ -1554,7 +1825,8 @@ int vuf_frontend_new(const struct vuf_frontend_config *cfg, struct vuf_conn *con
 
     /* An inflight area is only for a device that uses inflight. */
     if (!cfg || !conn || !out ||
-        (cfg->inflight_area && (!cfg->inflight || cfg->inflight_area->fd < 0))) {
+        (cfg->inflight_area && (!cfg->inflight || cfg->inflight_area->fd < 0)) ||
+        (cfg->legacy && (cfg->base_features_mask & BIT(VUF_VIRTIO_F_VERSION_1)))) {
         vuf_conn_close(conn);
         return -EINVAL;
     }
@@ -1573,6 +1845,7 @@ int vuf_frontend_new(const struct vuf_frontend_config *cfg, struct vuf_conn *con
         snprintf(fe->label, sizeof(fe->label), "vu-%u", cfg->device_type);
     fe->log_fd = -1;
     fe->inflight_fd = -1;
+    fe->net_ctrl_index = -1;
     r = pthread_mutex_init(&fe->shm_lock, NULL);
     if (r) {
         vuf_conn_close(conn);

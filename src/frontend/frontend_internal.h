@@ -59,13 +59,20 @@ struct vuf_frontend {
      * partial message as its reply, so none is sent. 0 while in step. */
     int stream_err;
 
-    uint64_t avail_features;     /* offered to the driver */
-    uint64_t acked_features;     /* accumulated acks (+ bit 30 when offered) */
+    uint64_t avail_features;     /* offered to the driver (never bit 30) */
+    uint64_t acked_features;     /* accumulated acks (never bit 30) */
+    uint64_t backend_features;   /* GET_FEATURES: what SET_FEATURES may carry */
+    bool vhost_protocol;         /* the back-end offers bit 30 (always sent then) */
     uint64_t last_sent_features; /* value of the last SET_FEATURES */
     bool features_sent;          /* a SET_FEATURES went out at least once */
     uint64_t protocol_features;  /* negotiated */
 
     unsigned num_queues;
+    unsigned net_pairs; /* net: rx/tx queue pairs (0 for other devices) */
+    int net_ctrl_index; /* net: the control queue, or -1 */
+    /* The device status last sent with SET_STATUS (0 after a reset, or
+     * when STATUS is not negotiated). */
+    uint8_t status;
     uint16_t *queue_sizes; /* num_queues entries, all equal */
 
     /*
@@ -163,8 +170,8 @@ int fe_remove_all_mappings(struct vuf_frontend *fe);
 
 /* ---- frontend_log.c ---------------------------------------------------- */
 
-/* The features SET_FEATURES carries: the acked ones, plus LOG_ALL while
- * logging. */
+/* The features SET_FEATURES carries: the acked ones the back-end offers,
+ * bit 30 when it offers that, plus LOG_ALL while logging. */
 uint64_t fe_features_to_send(const struct vuf_frontend *fe);
 
 /* While logging, at activation after SET_MEM_TABLE: grow the log to cover

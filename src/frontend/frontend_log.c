@@ -19,7 +19,11 @@
 
 uint64_t fe_features_to_send(const struct vuf_frontend *fe)
 {
-    return fe->acked_features | (fe->log_bits ? LOG_ALL : 0);
+    /* Only the back-end's own bits: a net device without CONFIG offers
+     * MAC/STATUS/MTU from its own config space. */
+    return (fe->acked_features & fe->backend_features) |
+           (fe->vhost_protocol ? 1ull << VUF_VHOST_F_PROTOCOL_FEATURES : 0) |
+           (fe->log_bits ? LOG_ALL : 0);
 }
 
 /* Bytes of log covering GPA 0 up to the end of the highest region of

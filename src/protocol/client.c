@@ -123,8 +123,6 @@ static int client_call(struct vuf_client *c, uint32_t code, const void *payload,
         return r;
     }
 
-    vuf_log(VUF_LOG_DEBUG, "client: -> %s (flags 0x%x, size %u, %u fds)", name, req.hdr.flags,
-            req.hdr.size, req.nfds);
     r = vuf_conn_send(c->conn, &req);
     if (r < 0) {
         vuf_log(VUF_LOG_DEBUG, "client: %s: send failed: %s", name, vuf_strerror(r));
@@ -141,8 +139,6 @@ static int client_call(struct vuf_client *c, uint32_t code, const void *payload,
     r = check_reply_shape(rule, reply);
     if (r < 0)
         return r;
-    vuf_log(VUF_LOG_DEBUG, "client: <- %s reply (size %u, %u fds)", name, reply->hdr.size,
-            reply->nfds);
     return 1;
 }
 

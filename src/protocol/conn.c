@@ -14,6 +14,7 @@
 #include <poll.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -216,15 +217,27 @@ void vuf_msg_close_fds(struct vuf_msg *m)
     m->nfds = 0;
 }
 
+/*
+ * The one debug line per message (VUF_LOG=debug): every message of every
+ * role passes here, so client, server and back-end request code log none
+ * of their own. "main"/"backend-req" names the socket, "->" is sent and
+ * "<-" received; a u64 payload (features, acks, status) is shown.
+ */
 static void trace(const struct vuf_conn *c, const char *dir, const struct vuf_msg *m)
 {
+    char val[32] = "";
+
     if (vuf_log_level() < VUF_LOG_DEBUG)
         return;
+    if (m->hdr.size == 8)
+        snprintf(val, sizeof(val), ", u64 0x%llx", (unsigned long long)m->payload.u64);
     /* A reply travels on the channel opposite to its request's sender, but
      * it names the request it answers, so the same table applies. */
-    vuf_log(VUF_LOG_DEBUG, "%s %s%s flags=0x%x size=%u fds=%u", dir,
+    vuf_log(VUF_LOG_DEBUG, "%s: %s %s%s (flags 0x%x, size %u, %u fds%s)",
+            c->channel == VUF_CH_BACKEND ? "backend-req" : "main", dir,
             vuf_msg_name(c->channel, m->hdr.request),
-            (m->hdr.flags & VUF_FLAG_REPLY) ? " (reply)" : "", m->hdr.flags, m->hdr.size, m->nfds);
+            (m->hdr.flags & VUF_FLAG_REPLY) ? " reply" : "", m->hdr.flags, m->hdr.size, m->nfds,
+            val);
 }
 
 int vuf_conn_send(struct vuf_conn *c, const struct vuf_msg *m)
@@ -247,7 +260,7 @@ int vuf_conn_send(struct vuf_conn *c, const struct vuf_msg *m)
             return -EBADF;
     vuf_hdr_encode(hdr, &m->hdr);
     total = VUF_HDR_SIZE + m->hdr.size;
-    trace(c, "send", m);
+    trace(c, "->", m);
 
     while (sent < total) {
         struct msghdr mh = {0};
@@ -416,7 +429,7 @@ int vuf_conn_recv(struct vuf_conn *c, struct vuf_msg *m)
         if (ret)
             goto fail;
     }
-    trace(c, "recv", m);
+    trace(c, "<-", m);
     return 0;
 fail:
     vuf_msg_close_fds(m);

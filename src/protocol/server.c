@@ -293,8 +293,6 @@ static int recv_request(struct vuf_server *s, struct vuf_msg *req)
                     vuf_strerror(r));
         return r;
     }
-    vuf_log(VUF_LOG_DEBUG, "server: <- %s (flags 0x%x, size %u, %u fds)",
-            srv_name(s, req->hdr.request), req->hdr.flags, req->hdr.size, req->nfds);
     return 0;
 }
 
@@ -391,8 +389,9 @@ static int send_always_reply(struct vuf_server *s, const struct vuf_msg_rule *ru
     }
     if (*hr == 0) {
         sr = vuf_conn_send(s->conn, reply);
-        vuf_log(VUF_LOG_DEBUG, "server: -> %s reply (size %u, %u fds): %s", srv_name(s, code),
-                reply->hdr.size, reply->nfds, vuf_strerror(sr));
+        if (sr < 0)
+            vuf_log(VUF_LOG_DEBUG, "server: %s: reply not sent: %s", srv_name(s, code),
+                    vuf_strerror(sr));
     } else {
         sr = send_error_form(s, rule, req, *hr);
     }
@@ -409,7 +408,6 @@ static int send_ack(struct vuf_server *s, const struct vuf_msg *req, struct vuf_
     close_fd_array(reply->fds, reply->nfds);
     if (expects) {
         sr = send_u64(s, req, (uint64_t)(int64_t)hr);
-        vuf_log(VUF_LOG_DEBUG, "server: -> %s ack %d", srv_name(s, req->hdr.request), hr);
     }
     return sr;
 }

@@ -299,6 +299,15 @@ static void test_negotiation(void **state)
     assert_int_equal(vuf_client_set_status(c, 0x0b), 0);
     assert_int_equal(vuf_client_get_status(c, &st), 0);
     assert_int_equal(st, 0x0b);
+    /* A driver only adds status bits; clearing one takes SET_STATUS(0),
+     * and DRIVER_OK needs FEATURES_OK (issue 7 §5). Refused (acked with an
+     * error), the status unchanged. */
+    assert_int_equal(vuf_client_set_status(c, 0x03), -EIO);
+    assert_int_equal(vuf_client_set_status(c, 0x0f), 0);
+    assert_int_equal(vuf_client_set_status(c, 0), 0);
+    assert_int_equal(vuf_client_set_status(c, 0x07), -EIO);
+    assert_int_equal(vuf_client_get_status(c, &st), 0);
+    assert_int_equal(st, 0);
     /* Bits it never offered are refused, and the session goes on. */
     assert_int_equal(vuf_client_set_features(c, F(34)), -EIO);
     assert_int_equal(vuf_client_set_features(c, EXPECT_FEATURES), 0);

@@ -55,7 +55,8 @@
 #define NET_HDR_LEN 12 /* struct virtio_net_hdr with num_buffers (VERSION_1) */
 #define ETH_MIN 60
 #define ETH_MAX 1514
-#define ETH_TYPE 0x88b5 /* IEEE local experimental */
+#define ETH_TYPE 0x88b5                      /* IEEE local experimental */
+#define GUEST_MAC "\x52\x54\x00\x12\x34\x56" /* the net config space's mac */
 
 #define RXQ 0
 #define TXQ 1
@@ -240,10 +241,11 @@ static void new_device(struct fx *f)
 
     memset(&cfg, 0, sizeof(cfg));
     cfg.device_type = VUF_DEV_NET;
-    cfg.base_features = BIT(VUF_VIRTIO_F_VERSION_1) | BIT(VUF_VIRTIO_F_EVENT_IDX);
+    cfg.base_features_mask = BIT(VUF_VIRTIO_F_VERSION_1) | BIT(VUF_VIRTIO_F_EVENT_IDX);
     cfg.max_queue_size = QSIZE;
     cfg.event = tu_vmm_event;
     cfg.event_opaque = &f->vmm;
+    memcpy(cfg.net_mac, GUEST_MAC, 6);
 
     /* Retries ECONNREFUSED: the file appears at bind(), before listen(). */
     assert_int_equal(vuf_conn_connect(f->sock, 2000, &conn), 0);
@@ -251,28 +253,32 @@ static void new_device(struct fx *f)
     assert_int_equal(vuf_frontend_new(&cfg, conn, &f->dev), 0);
 
     assert_int_equal(vuf_device_type(f->dev), VUF_DEV_NET);
-    /* GET_QUEUE_NUM = 128 pairs (whatever queues= says) with CTRL_VQ
-     * offered: clamped to 127 pairs + the control queue. */
-    assert_int_equal(vuf_device_num_queues(f->dev), 2 * (DPDK_QUEUE_PAIRS - 1) + 1);
+    /* GET_QUEUE_NUM = 128 pairs (whatever queues= says); CTRL_VQ is
+     * offered but not served, and the VMM has no control queue either
+     * (cfg.net_ctrl_vq unset): 128 pairs, no control queue. */
+    assert_int_equal(vuf_device_num_queues(f->dev), 2 * DPDK_QUEUE_PAIRS);
     assert_int_equal(vuf_device_queue_max_sizes(f->dev)[RXQ], QSIZE);
     offered = vuf_device_features(f->dev);
-    assert_int_equal(offered,
-                     DPDK_FEATURES & (VUF_DEVICE_TYPE_SPECIFIC_FEATURES_MASK | cfg.base_features |
-                                      BIT(VUF_VHOST_F_PROTOCOL_FEATURES)));
-    assert_true(offered & BIT(NET_F_CTRL_VQ));
-    assert_true(offered & BIT(NET_F_MQ));
+    /* No CONFIG: the device builds the config space, so MAC (given) and
+     * STATUS are its own, MTU is not offered (none given). */
+    assert_int_equal(offered, (DPDK_FEATURES &
+                               (VUF_DEVICE_TYPE_SPECIFIC_FEATURES_MASK | cfg.base_features_mask) &
+                               ~(VUF_NET_CTRL_VQ_FEATURES_MASK | BIT(VUF_NET_F_MTU))) |
+                                  BIT(VUF_NET_F_STATUS) | BIT(VUF_NET_F_MAC));
+    assert_false(offered & BIT(NET_F_CTRL_VQ));
+    assert_false(offered & BIT(NET_F_MQ));
     assert_true(offered & BIT(NET_F_MRG_RXBUF));
-    assert_false(offered & BIT(NET_F_MAC)); /* the VMM would have to supply one */
+    /* of DPDK_PROTOCOL_OFFERED: MQ RARP REPLY_ACK NET_MTU BACKEND_REQ STATUS */
     assert_int_equal(vuf_frontend_protocol_features(f->dev),
-                     VUF_PROTO_MASK(MQ) | VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(BACKEND_REQ));
+                     VUF_PROTO_MASK(MQ) | VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(BACKEND_REQ) |
+                         VUF_PROTO_MASK(RARP) | VUF_PROTO_MASK(NET_MTU) | VUF_PROTO_MASK(STATUS));
 
     /* The guest acks only VERSION_1 and EVENT_IDX (no MRG_RXBUF, no control
      * queue: a 12-byte header, one buffer per frame). */
     want = BIT(VUF_VIRTIO_F_VERSION_1) | BIT(VUF_VIRTIO_F_EVENT_IDX);
     assert_int_equal(vuf_device_ack_features(f->dev, want & 0xffffffffull), 0);
     assert_int_equal(vuf_device_ack_features(f->dev, want & ~0xffffffffull), 0);
-    assert_int_equal(vuf_frontend_acked_features(f->dev),
-                     want | BIT(VUF_VHOST_F_PROTOCOL_FEATURES));
+    assert_int_equal(vuf_frontend_acked_features(f->dev), want);
     assert_false(vuf_frontend_is_active(f->dev));
 }
 
@@ -461,18 +467,22 @@ static void test_dpdk_macswap_sleep_wake(void **state)
     new_device(f);
     /* A guest's virtio-net driver reads mac and status before it activates
      * the device. testpmd did not negotiate CONFIG and closes the socket on
-     * a GET_CONFIG, so the reads are refused locally and nothing is sent
-     * (issue 7 §1); the activation below shows the connection intact. */
+     * a GET_CONFIG, so nothing is sent (issue 7 §1): the device builds the
+     * config space from its config (§2c); the activation below shows the
+     * connection intact. NET_SET_MTU reaches testpmd through the device
+     * (§2d; SEND_RARP is not sent: testpmd would forward the RARP frame). */
     {
         uint8_t mac[6] = {1, 2, 3, 4, 5, 6}, status[2] = {7, 8}, big[300];
 
-        assert_int_equal(vuf_device_read_config(f->dev, 0, mac, sizeof(mac)), -ENOTSUP);
-        assert_int_equal(vuf_device_read_config(f->dev, 6, status, sizeof(status)), -ENOTSUP);
-        assert_int_equal(vuf_device_read_config(f->dev, 0, big, sizeof(big)), -ENOTSUP); /* split */
+        assert_int_equal(vuf_device_read_config(f->dev, 0, mac, sizeof(mac)), 0);
+        assert_memory_equal(mac, GUEST_MAC, 6);
+        assert_int_equal(vuf_device_read_config(f->dev, 6, status, sizeof(status)), 0);
+        assert_int_equal(status[0], VUF_NET_S_LINK_UP);
+        assert_int_equal(status[1], 0);
+        assert_int_equal(vuf_device_read_config(f->dev, 0, big, sizeof(big)), 0);
+        assert_int_equal(big[8] | big[9] << 8, DPDK_QUEUE_PAIRS); /* max_virtqueue_pairs */
         assert_int_equal(vuf_device_write_config(f->dev, 0, mac, sizeof(mac)), -ENOTSUP);
-        /* The caller's buffers stay untouched. */
-        assert_int_equal(mac[0], 1);
-        assert_int_equal(status[1], 8);
+        assert_int_equal(vuf_frontend_net_set_mtu(f->dev, 1500), 0);
     }
     make_queues(f);
     for (unsigned i = 0; i < NRX; i++)
@@ -642,9 +652,11 @@ static void test_dpdk_probe(void **state)
      * BACKEND_SEND_FD HOST_NOTIFIER STATUS; no CONFIG, no
      * CONFIGURE_MEM_SLOTS. */
     assert_int_equal(jget_u64(j, "offered_protocol_features"), DPDK_PROTOCOL_OFFERED);
+    /* What the device negotiates (new_device() asserts the same set). */
     assert_int_equal(jget_u64(j, "protocol_features"),
                      VUF_PROTO_MASK(MQ) | VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(BACKEND_REQ) |
-                         VUF_PROTO_MASK(BACKEND_SEND_FD));
+                         VUF_PROTO_MASK(RARP) | VUF_PROTO_MASK(NET_MTU) | VUF_PROTO_MASK(STATUS));
+    assert_int_equal(jget_u64(j, "device_protocol_features"), jget_u64(j, "protocol_features"));
     assert_true(jarray_has(j, "offered_protocol_feature_names", "STATUS"));
     /* Queue PAIRS: the compile-time maximum, not the queues=1 setting. */
     assert_int_equal(jget_u64(j, "queues"), DPDK_QUEUE_PAIRS);

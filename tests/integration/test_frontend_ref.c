@@ -493,7 +493,7 @@ static struct vuf_device *connect_device(struct fx *f, struct be *b, uint16_t ma
 
     memset(&cfg, 0, sizeof(cfg));
     cfg.device_type = VUF_DEV_BLK;
-    cfg.base_features =
+    cfg.base_features_mask =
         BIT(VUF_VIRTIO_F_VERSION_1) | BIT(VUF_VIRTIO_F_EVENT_IDX) | BIT(VUF_VIRTIO_F_INDIRECT_DESC);
     cfg.max_queue_size = max_queue_size;
     cfg.event = tu_vmm_event;
@@ -1224,6 +1224,106 @@ static void test_config_change(void **state)
     check_no_leaks(f);
 }
 
+/*
+ * STATUS and RESET_DEVICE (issue 7 §5): the reference back-end offers both
+ * and records the status. Activation leaves it at ACKNOWLEDGE | DRIVER |
+ * FEATURES_OK | DRIVER_OK; reset clears it and resets the device, which
+ * forgets the acked features; the next activation negotiates them again
+ * and I/O works.
+ */
+static void test_status_reset(void **state)
+{
+    struct fx *f = *state;
+    char ramarg[32];
+    uint8_t st = 0xee, buf[4096], got[4096];
+    const uint8_t running =
+        VUF_STATUS_ACKNOWLEDGE | VUF_STATUS_DRIVER | VUF_STATUS_FEATURES_OK | VUF_STATUS_DRIVER_OK;
+
+    baseline(f);
+    snprintf(ramarg, sizeof(ramarg), "--ram=%llu", DISK_BYTES);
+    be_start(f, &f->be[0], "st", ramarg, NULL);
+    f->dev = connect_device(f, &f->be[0], 256);
+    assert_true(vuf_frontend_protocol_features(f->dev) & VUF_PROTO_MASK(STATUS));
+    assert_true(vuf_frontend_protocol_features(f->dev) & VUF_PROTO_MASK(RESET_DEVICE));
+    ack_all(f->dev);
+    assert_int_equal(vuf_frontend_get_status(f->dev, &st), 0);
+    assert_int_equal(st, 0); /* nothing set before activation */
+    make_queues(f, NREQS, MAX_DATA);
+    activate(f);
+    assert_int_equal(vuf_frontend_get_status(f->dev, &st), 0);
+    assert_int_equal(st, running);
+    tu_fill_pattern(buf, sizeof(buf), 5);
+    assert_int_equal(vuf_blk_write(f->blk[0], 8, buf, sizeof(buf), IO_MS), 0);
+
+    assert_int_equal(vuf_device_reset(f->dev), 0);
+    assert_false(vuf_frontend_is_active(f->dev));
+    assert_int_equal(vuf_frontend_get_status(f->dev, &st), 0);
+    assert_int_equal(st, 0);
+
+    /* The driver starts over with new rings. */
+    free_queues(f);
+    make_queues(f, NREQS, MAX_DATA);
+    activate(f);
+    assert_int_equal(vuf_frontend_get_status(f->dev, &st), 0);
+    assert_int_equal(st, running);
+    assert_int_equal(vuf_blk_read(f->blk[0], 8, got, sizeof(got), IO_MS), 0);
+    assert_memory_equal(got, buf, sizeof(buf));
+
+    destroy_device(f);
+    be_stop(&f->be[0]);
+    check_no_leaks(f);
+}
+
+/*
+ * Issue 7 §3: `vuf probe` and a device negotiate the same protocol features
+ * with the same back-end: the probe's device_protocol_features is what
+ * vuf_frontend_new() then acknowledges, and the probe acknowledges more
+ * only where its output names the config flag (CONFIGURE_MEM_SLOTS).
+ */
+static void test_probe_agrees(void **state)
+{
+    struct fx *f = *state;
+    static struct tu_run run;
+    const char *tool = getenv("VUF_TOOL");
+    char ramarg[32];
+    const char *pos;
+    unsigned long long dev_pf = 0, probe_pf = 0;
+
+    if (!tool) {
+        fprintf(stderr, "SKIP: VUF_TOOL not set (run through meson test)\n");
+        skip();
+    }
+    baseline(f);
+    snprintf(ramarg, sizeof(ramarg), "--ram=%llu", DISK_BYTES);
+    be_start(f, &f->be[0], "probe", ramarg, NULL);
+    tu_run_capture(
+        &run, tool,
+        (const char *const[]){"probe", "--json", "--device-type", "blk", f->be[0].sock, NULL},
+        10000);
+    printf("%s", run.out);
+    assert_int_equal(tu_exit_code(&run), 0);
+    pos = strstr(run.out, "\"device_protocol_features\":");
+    assert_non_null(pos);
+    assert_int_equal(sscanf(strchr(pos, ':') + 1, " %llu", &dev_pf), 1);
+    pos = strstr(run.out, "\"protocol_features\":");
+    assert_non_null(pos);
+    assert_int_equal(sscanf(strchr(pos, ':') + 1, " %llu", &probe_pf), 1);
+    assert_int_equal(probe_pf & ~dev_pf, VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS));
+    run.out[0] = '\0';
+    tu_run_capture(&run, tool,
+                   (const char *const[]){"probe", "--device-type", "blk", f->be[0].sock, NULL},
+                   10000);
+    assert_int_equal(tu_exit_code(&run), 0);
+    assert_non_null(strstr(run.out, "CONFIGURE_MEM_SLOTS   acknowledged by the probe only (a "
+                                    "device asks for it with cfg.mem_slots)"));
+
+    f->dev = connect_device(f, &f->be[0], 256);
+    assert_int_equal(vuf_frontend_protocol_features(f->dev), dev_pf);
+    destroy_device(f);
+    be_stop(&f->be[0]);
+    check_no_leaks(f);
+}
+
 /* ------------------------------------------------------------------------ */
 /* 4. Queue size clamp                                                       */
 /* ------------------------------------------------------------------------ */
@@ -1350,6 +1450,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_migrate_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shmem, setup, teardown),
         cmocka_unit_test_setup_teardown(test_config_change, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_status_reset, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_probe_agrees, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_clamp, setup, teardown),
     };
 

@@ -257,7 +257,7 @@ static void connect_device(struct fx *f, struct be *b, const struct vuf_inflight
 
     memset(&cfg, 0, sizeof(cfg));
     cfg.device_type = VUF_DEV_BLK;
-    cfg.base_features =
+    cfg.base_features_mask =
         BIT(VUF_VIRTIO_F_VERSION_1) | BIT(VUF_VIRTIO_F_EVENT_IDX) | BIT(VUF_VIRTIO_F_INDIRECT_DESC);
     cfg.max_queue_size = 256;
     cfg.event = tu_vmm_event;

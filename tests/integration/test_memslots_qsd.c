@@ -161,7 +161,7 @@ static void test_memslots_qsd(void **state)
 
     memset(&cfg, 0, sizeof(cfg));
     cfg.device_type = VUF_DEV_BLK;
-    cfg.base_features = BIT(VUF_VIRTIO_F_VERSION_1) | BIT(VUF_VIRTIO_F_EVENT_IDX);
+    cfg.base_features_mask = BIT(VUF_VIRTIO_F_VERSION_1) | BIT(VUF_VIRTIO_F_EVENT_IDX);
     cfg.max_queue_size = 256;
     cfg.event = tu_vmm_event;
     cfg.event_opaque = &f->vmm;

@@ -203,7 +203,9 @@ static void test_qsd_blk(void **state)
     /* protocol features: offered 0x8f2b; the probe acks its subset */
     assert_int_equal(get_u64(j, "offered_protocol_features"), 0x8f2b);
     pf = get_u64(j, "protocol_features");
-    assert_int_equal(pf, 0x8629);  /* MQ REPLY_ACK BACKEND_REQ CONFIG SEND_FD MEM_SLOTS */
+    assert_int_equal(pf, 0x8229); /* MQ REPLY_ACK BACKEND_REQ CONFIG MEM_SLOTS */
+    /* ... which is a default device's set plus MEM_SLOTS (cfg.mem_slots) */
+    assert_int_equal(get_u64(j, "device_protocol_features"), 0x229);
     assert_true(pf & (1ull << 0)); /* MQ */
     assert_true(pf & (1ull << 3)); /* REPLY_ACK */
     assert_true(pf & (1ull << 5)); /* BACKEND_REQ */
@@ -315,7 +317,8 @@ static void test_virtiofsd(void **state)
     assert_int_equal(get_u64(j, "offered_protocol_features"), 0x8c2b);
     pf = get_u64(j, "protocol_features");
     assert_false(pf & (1ull << 9)); /* no CONFIG: the front-end owns the fs config */
-    assert_int_equal(pf, 0x8429);
+    assert_int_equal(pf, 0x8029);
+    assert_int_equal(get_u64(j, "device_protocol_features"), 0x29);
     assert_false(array_has(j, "offered_protocol_feature_names", "CONFIG"));
     assert_int_equal(get_u64(j, "queues"), 2); /* hiprio + 1 request queue */
     assert_int_equal(get_u64(j, "max_mem_slots"), 32);
@@ -343,7 +346,8 @@ static void run_gpu(struct fixture *f, bool virgl)
     assert_int_equal(array_has(j, "feature_names", "VIRGL"), virgl);
     assert_false(array_has(j, "feature_names", "EDID")); /* never in 7.2 */
     assert_int_equal(get_u64(j, "offered_protocol_features"), 0x8f2b);
-    assert_int_equal(get_u64(j, "protocol_features"), 0x8629);
+    assert_int_equal(get_u64(j, "protocol_features"), 0x8229);
+    assert_int_equal(get_u64(j, "device_protocol_features"), 0x229);
     assert_int_equal(get_u64(j, "queues"), 2); /* control + cursor */
     assert_int_equal(get_u64(j, "max_mem_slots"), 32);
     assert_int_equal(get_u64(j, "config_size"), 16);

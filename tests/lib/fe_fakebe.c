@@ -274,6 +274,13 @@ static int be_handler(void *opaque, struct vuf_msg *req, struct vuf_msg *reply)
         reply->payload.u64 = be->check_status;
         reply->hdr.size = 8;
         return 0;
+    case VUF_REQ_SET_STATUS:
+        be->status = (uint8_t)req->payload.u64;
+        return 0;
+    case VUF_REQ_GET_STATUS:
+        reply->payload.u64 = be->status & ~be->status_clear;
+        reply->hdr.size = 8;
+        return 0;
     default:
         return 0;
     }
@@ -598,7 +605,7 @@ struct vuf_frontend_config fx_cfg(uint32_t type, uint64_t base)
 
     memset(&c, 0, sizeof(c));
     c.device_type = type;
-    c.base_features = base;
+    c.base_features_mask = base;
     c.event = on_event;
     return c;
 }

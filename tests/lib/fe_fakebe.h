@@ -89,6 +89,8 @@ struct be {
     size_t state_len;
     int load_fd, silent_fd;
     uint64_t check_status; /* CHECK_DEVICE_STATE's answer (0 = OK) */
+    uint8_t status;        /* the last SET_STATUS (GET_STATUS answers it ... */
+    uint8_t status_clear;  /* ... without these bits: a device refusing them) */
     uint8_t loaded[4096];
     size_t loaded_len;
 

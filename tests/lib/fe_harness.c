@@ -72,23 +72,6 @@ void tu_vmm_event(void *opaque, enum vuf_device_event ev)
     atomic_fetch_add(&v->crashed, 1);
 }
 
-void tu_queue_from_virtq(struct vuf_queue *q, struct vuf_virtq *vq, uint16_t vector)
-{
-    struct vuf_virtq_layout l;
-
-    vuf_virtq_layout(vq, &l);
-    memset(q, 0, sizeof(*q));
-    q->size = (uint16_t)vuf_virtq_size(vq);
-    q->ready = true;
-    q->desc_addr = l.desc_gpa;
-    q->avail_addr = l.avail_gpa;
-    q->used_addr = l.used_gpa;
-    q->vector = vector;
-    q->kick_fd = vuf_virtq_kick_fd(vq);
-    q->next_avail = vuf_virtq_avail_idx(vq);
-    q->next_used = vuf_virtq_used_idx(vq);
-}
-
 void tu_ring_queue(struct vuf_guest_mem *mem, struct vuf_queue *q, uint16_t vector)
 {
     memset(q, 0, sizeof(*q));
@@ -143,7 +126,7 @@ void tu_vmm_add_queue(struct tu_vmm *v, unsigned i, struct vuf_queue *q, struct 
                       uint16_t vector)
 {
     assert_true(i < TU_VMM_MAXQ);
-    tu_queue_from_virtq(q, vq, vector);
+    vuf_queue_from_virtq(q, vq, vector);
     v->msix[i] = vector != VUF_NO_VECTOR;
     v->call_fd[i] = vuf_virtq_call_fd(vq);
 }

@@ -67,15 +67,8 @@ void tu_ack_features(struct vuf_device *dev, uint64_t ack);
 /* ---- queues for vuf_device_activate ------------------------------------- */
 
 /*
- * The vuf_queue a transport would hand to activate for the driver's virtq
- * `vq` (rings in place, its current avail/used positions), with MSI-X
- * `vector` (or VUF_NO_VECTOR). kick_fd is borrowed from vq, which keeps
- * owning it.
- */
-void tu_queue_from_virtq(struct vuf_queue *q, struct vuf_virtq *vq, uint16_t vector);
-
-/*
- * tu_queue_from_virtq(q, vq, vector), and make it queue i of the VMM `v`:
+ * vuf_queue_from_virtq(q, vq, vector) (vuf/device.h), and make it queue i
+ * of the recording VMM `v`:
  * an MSI-X vector exactly when `vector` is not VUF_NO_VECTOR, and vq's call
  * eventfd (borrowed) as its interrupt fd.
  */

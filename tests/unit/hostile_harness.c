@@ -299,7 +299,7 @@ void fx_begin(struct fx *f)
     hb_init(&f->hb, b);
     f->vi.ops = &tintr_ops;
     f->cfg.device_type = VUF_DEV_CONSOLE;
-    f->cfg.base_features = F_VERSION_1;
+    f->cfg.base_features_mask = F_VERSION_1;
     f->cfg.event = on_event;
     pthread_mutex_init(&f->map.lock, NULL);
     f->map.window = mmap(NULL, REGION_LEN, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

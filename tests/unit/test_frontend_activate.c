@@ -261,6 +261,13 @@ static void test_activate_checks(void **state)
     assert_int_equal(vuf_device_activate(f.dev, f.mem, &f.vi, bad, 2), -EFAULT);
     assert_int_equal(vuf_device_activate(f.dev, f.mem, &f.vi, f.q, 3), -EINVAL);
     assert_int_equal(vuf_device_activate(f.dev, NULL, &f.vi, f.q, 2), -EINVAL);
+    /* No interrupt sink (documented in device.h, issue 7 §3). */
+    assert_int_equal(vuf_device_activate(f.dev, f.mem, NULL, f.q, 2), -EINVAL);
+    {
+        struct vuf_interrupt no_ops = {.ops = NULL, .opaque = NULL};
+
+        assert_int_equal(vuf_device_activate(f.dev, f.mem, &no_ops, f.q, 2), -EINVAL);
+    }
     /* Nothing was sent. */
     expect_none(&f.be, &f.mark);
 
@@ -353,6 +360,88 @@ static void test_interrupts(void **state)
     fx_end(&f);
 }
 
+/* Whether eventfd `fd` has a count (without taking it). */
+static bool efd_ready(int fd)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+
+    return poll(&p, 1, 0) == 1;
+}
+
+static atomic_int wiring_config_calls;
+static void wiring_config_changed(void *opaque)
+{
+    (void)opaque;
+    atomic_fetch_add(&wiring_config_calls, 1);
+}
+
+/* Issue 7 §3: vuf_queue_from_virtq() and vuf_virtq_irq_sink() are the
+ * queue wiring every in-process VMM wrote by hand. */
+static void test_virtq_wiring(void **state)
+{
+    struct fx f;
+    struct vuf_frontend_config cfg = fx_cfg(VUF_DEV_CONSOLE, 0);
+    struct vuf_virtq *vq[2];
+    struct vuf_virtq_layout l;
+    struct vuf_virtq_irq irq;
+    struct vuf_interrupt intr;
+    uint64_t v = 0;
+
+    (void)state;
+    atomic_store(&wiring_config_calls, 0);
+    fx_begin(&f);
+    assert_int_equal(fx_new(&f, &cfg), 0);
+    expect_new(&f);
+    assert_int_equal(vuf_guest_mem_new_simple(0x100000, 1 << 20, &f.mem), 0);
+    for (unsigned i = 0; i < 2; i++) {
+        struct vuf_virtq_opts o = {.size = 16, .index = i, .base = (uint16_t)(i ? 5 : 0)};
+
+        assert_int_equal(vuf_virtq_new_opts(f.mem, &o, &vq[i]), 0);
+        vuf_queue_from_virtq(&f.q[i], vq[i], (uint16_t)i);
+    }
+    vuf_virtq_layout(vq[1], &l);
+    assert_int_equal(f.q[1].size, 16);
+    assert_true(f.q[1].ready);
+    assert_int_equal(f.q[1].desc_addr, l.desc_gpa);
+    assert_int_equal(f.q[1].avail_addr, l.avail_gpa);
+    assert_int_equal(f.q[1].used_addr, l.used_gpa);
+    assert_int_equal(f.q[1].vector, 1);
+    assert_int_equal(f.q[1].kick_fd, vuf_virtq_kick_fd(vq[1]));
+    assert_int_equal(f.q[1].next_avail, 5);
+    assert_int_equal(f.q[1].next_used, 5);
+
+    irq = (struct vuf_virtq_irq){.vqs = vq, .n = 2, .config_changed = wiring_config_changed};
+    intr = vuf_virtq_irq_sink(&irq);
+    assert_ptr_equal(intr.opaque, &irq);
+    assert_int_equal(intr.ops->irqfd(intr.opaque, 0), vuf_virtq_call_fd(vq[0]));
+    assert_int_equal(intr.ops->irqfd(intr.opaque, 1), vuf_virtq_call_fd(vq[1]));
+    assert_int_equal(intr.ops->irqfd(intr.opaque, 2), -1);
+    assert_int_equal(intr.ops->irqfd(intr.opaque, VUF_NO_VECTOR), -1);
+    intr.ops->signal_config_changed(intr.opaque);
+    assert_int_equal(atomic_load(&wiring_config_calls), 1);
+
+    /* Activated with them, the back-end signals each ring's call fd. */
+    assert_int_equal(vuf_device_activate(f.dev, f.mem, &intr, f.q, 2), 0);
+    expect_seq(&f.be, &f.mark, R(SET_FEATURES), R(SET_MEM_TABLE), SEQ_QUEUE, SEQ_QUEUE);
+    assert_int_equal(f.be.set_base[1], 5);
+    assert_false(efd_ready(vuf_virtq_call_fd(vq[0])));
+    assert_int_equal(write(f.be.call_fd[1], &(uint64_t){1}, 8), 8);
+    assert_true(efd_ready(vuf_virtq_call_fd(vq[1])));
+    assert_false(efd_ready(vuf_virtq_call_fd(vq[0])));
+    assert_int_equal(read(vuf_virtq_call_fd(vq[1]), &v, 8), 8);
+    /* The no-vector path wakes every queue. */
+    intr.ops->signal_used_queue(intr.opaque, VUF_NO_VECTOR);
+    assert_true(efd_ready(vuf_virtq_call_fd(vq[0])));
+    assert_true(efd_ready(vuf_virtq_call_fd(vq[1])));
+    assert_int_equal(vuf_device_reset(f.dev), 0);
+    expect_seq(&f.be, &f.mark, SEQ_STOP, SEQ_STOP);
+    vuf_device_destroy(f.dev);
+    f.dev = NULL;
+    for (unsigned i = 0; i < 2; i++)
+        vuf_virtq_free(vq[i]);
+    fx_end(&f);
+}
+
 /* ------------------------------------------------------------------------ */
 
 int main(void)
@@ -365,6 +454,7 @@ int main(void)
         cmocka_unit_test(test_activate_nack_rolls_back),
         cmocka_unit_test(test_need_reply_option),
         cmocka_unit_test(test_interrupts),
+        cmocka_unit_test(test_virtq_wiring),
     };
 
     fe_test_prepare();

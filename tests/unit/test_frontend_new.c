@@ -52,15 +52,15 @@ static void test_new_sequence_and_features(void **state)
                R(SET_PROTOCOL_FEATURES));
     /* Only the allowed protocol bits are acked. */
     assert_int_equal(be_rec(&f.be, 3).u64, VUF_PROTO_MASK(CONFIG) | VUF_PROTO_MASK(DEVICE_STATE) |
-                                               VUF_PROTO_MASK(REPLY_ACK));
-    assert_int_equal(vuf_frontend_protocol_features(f.dev), VUF_PROTO_MASK(CONFIG) |
-                                                                VUF_PROTO_MASK(DEVICE_STATE) |
-                                                                VUF_PROTO_MASK(REPLY_ACK));
-    /* Device-type bits pass, transport bits only from base, bit 30 always. */
+                                               VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(STATUS));
+    assert_int_equal(vuf_frontend_protocol_features(f.dev),
+                     VUF_PROTO_MASK(CONFIG) | VUF_PROTO_MASK(DEVICE_STATE) |
+                         VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(STATUS));
+    /* Device-type bits pass, transport bits only from the mask (VERSION_1
+     * implied), bit 30 never: it is vhost-user's, not the driver's. */
     assert_int_equal(vuf_device_features(f.dev),
-                     F_PROTO | F_EVENT_IDX | BIT(0) | BIT(23) | BIT(50) | BIT(63));
-    /* Bit 30 is acked from the start but nothing was sent. */
-    assert_int_equal(vuf_frontend_acked_features(f.dev), F_PROTO);
+                     F_EVENT_IDX | F_VERSION_1 | BIT(0) | BIT(23) | BIT(50) | BIT(63));
+    assert_int_equal(vuf_frontend_acked_features(f.dev), 0);
     assert_false(vuf_frontend_last_sent_features(f.dev, NULL));
     /* Console: 2 queues without MQ, default size 32768. */
     assert_int_equal(vuf_device_num_queues(f.dev), 2);
@@ -69,12 +69,92 @@ static void test_new_sequence_and_features(void **state)
     assert_string_equal(vuf_device_label(f.dev), "vu-console");
     assert_int_equal(vuf_device_type(f.dev), VUF_DEV_CONSOLE);
     assert_true(vuf_device_is_frontend(f.dev));
-    /* The driver's acks accumulate and are masked by what is offered. */
+    /* The driver's acks accumulate and are masked by what is offered; the
+     * count of bits dropped is returned (issue 7 §3). */
     assert_int_equal(vuf_device_ack_features(f.dev, F_EVENT_IDX | F_VERSION_1), 0);
     assert_int_equal(vuf_device_ack_features(f.dev, BIT(63)), 0);
-    assert_int_equal(vuf_frontend_acked_features(f.dev), F_PROTO | F_EVENT_IDX | BIT(63));
+    assert_int_equal(vuf_device_ack_features(f.dev, BIT(24) | F_PROTO | F_PACKED), 3);
+    assert_int_equal(vuf_frontend_acked_features(f.dev), F_EVENT_IDX | F_VERSION_1 | BIT(63));
     expect_none(&f.be, &f.mark);
     fx_end(&f);
+}
+
+/* Issue 7 §3: a zeroed config offers a virtio 1.0 device; a legacy one is
+ * asked for explicitly; a mask asking for both is refused. */
+static void test_version_1_by_default(void **state)
+{
+    struct fx f;
+    struct vuf_frontend_config cfg = fx_cfg(VUF_DEV_BLK, 0);
+
+    (void)state;
+    fx_begin(&f);
+    assert_int_equal(fx_new(&f, &cfg), 0);
+    assert_int_equal(vuf_device_features(f.dev), F_VERSION_1 | BIT(0));
+    /* The driver's VERSION_1 ack is kept (it used to be dropped silently). */
+    assert_int_equal(vuf_device_ack_features(f.dev, F_VERSION_1), 0);
+    assert_int_equal(vuf_frontend_acked_features(f.dev), F_VERSION_1);
+    fx_end(&f);
+
+    cfg.legacy = true;
+    fx_begin(&f);
+    assert_int_equal(fx_new(&f, &cfg), 0);
+    assert_int_equal(vuf_device_features(f.dev), BIT(0));
+    assert_int_equal(vuf_device_ack_features(f.dev, F_VERSION_1 | BIT(0)), 1);
+    assert_int_equal(vuf_frontend_acked_features(f.dev), BIT(0));
+    fx_end(&f);
+
+    cfg.base_features_mask = F_VERSION_1;
+    fx_begin(&f);
+    assert_int_equal(fx_new(&f, &cfg), -EINVAL);
+    expect_none(&f.be, &f.mark); /* refused before anything is sent */
+    fx_end(&f);
+}
+
+/* Debug lines naming SET_OWNER / GET_FEATURES, by kind. */
+static atomic_int owner_lines, owner_sent, owner_recv, features_lines;
+
+static void count_msg_log(void *opaque, enum vuf_log_level level, const char *msg)
+{
+    (void)opaque;
+    (void)level;
+    if (strstr(msg, "SET_OWNER")) {
+        atomic_fetch_add(&owner_lines, 1);
+        if (strstr(msg, "main: -> SET_OWNER "))
+            atomic_fetch_add(&owner_sent, 1);
+        if (strstr(msg, "main: <- SET_OWNER "))
+            atomic_fetch_add(&owner_recv, 1);
+    }
+    if (strstr(msg, "GET_FEATURES") && !strstr(msg, "PROTOCOL"))
+        atomic_fetch_add(&features_lines, 1);
+}
+
+/*
+ * Issue 7 §3: VUF_LOG=debug prints each message once per side, with its
+ * direction. Both sides run in this process: SET_OWNER is one line where
+ * the front-end sends it and one where the back-end receives it;
+ * GET_FEATURES adds the reply's two.
+ */
+static void test_debug_log_once(void **state)
+{
+    struct fx f;
+    struct vuf_frontend_config cfg = fx_cfg(VUF_DEV_BLK, 0);
+
+    (void)state;
+    atomic_store(&owner_lines, 0);
+    atomic_store(&owner_sent, 0);
+    atomic_store(&owner_recv, 0);
+    atomic_store(&features_lines, 0);
+    vuf_log_set(count_msg_log, NULL, VUF_LOG_DEBUG); /* before any thread */
+    fx_begin(&f);
+    assert_int_equal(fx_new(&f, &cfg), 0);
+    expect_new(&f);
+    fx_end(&f);
+    vuf_log_set(getenv("VUF_LOG") ? NULL : quiet_log, NULL,
+                getenv("VUF_LOG") ? VUF_LOG_DEBUG : VUF_LOG_ERROR);
+    assert_int_equal(atomic_load(&owner_sent), 1);
+    assert_int_equal(atomic_load(&owner_recv), 1);
+    assert_int_equal(atomic_load(&owner_lines), 2);
+    assert_int_equal(atomic_load(&features_lines), 4);
 }
 
 static void test_packed_ring_stripped(void **state)
@@ -87,7 +167,7 @@ static void test_packed_ring_stripped(void **state)
     f.be.features = ~0ull;
     assert_int_equal(fx_new(&f, &cfg), 0);
     assert_int_equal(vuf_device_features(f.dev),
-                     VUF_DEVICE_TYPE_SPECIFIC_FEATURES_MASK | F_VERSION_1 | F_EVENT_IDX | F_PROTO);
+                     VUF_DEVICE_TYPE_SPECIFIC_FEATURES_MASK | F_VERSION_1 | F_EVENT_IDX);
     assert_int_equal(vuf_device_num_queues(f.dev), 1);
     fx_end(&f);
 }
@@ -137,8 +217,8 @@ static void test_queue_max_size(void **state)
         fx_begin(&f);
         cfg.max_queue_size = cases[i].in;
         assert_int_equal(fx_new(&f, &cfg), 0);
-        assert_int_equal(vuf_device_num_queues(f.dev), 3);
-        for (unsigned q = 0; q < 3; q++)
+        assert_int_equal(vuf_device_num_queues(f.dev), 2); /* rx, tx: no control queue */
+        for (unsigned q = 0; q < 2; q++)
             assert_int_equal(vuf_device_queue_max_sizes(f.dev)[q], cases[i].out);
         fx_end(&f);
     }
@@ -233,7 +313,10 @@ static void test_net_queue_pairs(void **state)
         struct fx f;
         struct vuf_frontend_config cfg = fx_cfg(VUF_DEV_NET, F_VERSION_1);
         const uint16_t *sizes;
+        unsigned pairs = 0;
+        int ctrl_index = -2;
 
+        cfg.net_ctrl_vq = true; /* the VMM serves a control queue */
         /* vuf_log_set() only while no other thread uses the library
          * (log.h): before the back-end thread starts, after it is joined. */
         atomic_store(&clamp_lines, 0);
@@ -252,6 +335,9 @@ static void test_net_queue_pairs(void **state)
             assert_true(vuf_device_num_queues(f.dev) <= VUF_FRONTEND_MAX_QUEUES);
             /* CTRL_VQ is passed to the driver as offered. */
             assert_int_equal(vuf_device_features(f.dev) & ctrl_vq, cases[i].ctrl ? ctrl_vq : 0);
+            assert_int_equal(vuf_frontend_net_layout(f.dev, &pairs, &ctrl_index), 0);
+            assert_int_equal(pairs, cases[i].queues / 2);
+            assert_int_equal(ctrl_index, cases[i].ctrl ? (int)cases[i].queues - 1 : -1);
             /* One max size per queue, the last one included. */
             sizes = vuf_device_queue_max_sizes(f.dev);
             assert_int_equal(sizes[cases[i].queues - 1], 32768);
@@ -277,16 +363,19 @@ static void test_net_queue_pairs(void **state)
         assert_int_equal(vuf_device_num_queues(f.dev), 4);
         fx_end(&f);
     }
-    /* ... and without MQ, net keeps crosvm's rx, tx, ctrl. */
-    {
+    /* ... and without MQ, net has one pair, plus crosvm's ctrl queue when
+     * the VMM serves one and the back-end offers CTRL_VQ. */
+    for (int with_ctrl = 0; with_ctrl < 2; with_ctrl++) {
         struct fx f;
         struct vuf_frontend_config cfg = fx_cfg(VUF_DEV_NET, 0);
 
+        cfg.net_ctrl_vq = with_ctrl;
         fx_begin(&f);
         f.be.queue_num = 64; /* not asked */
+        f.be.features |= ctrl_vq;
         assert_int_equal(fx_new(&f, &cfg), 0);
         expect_new(&f);
-        assert_int_equal(vuf_device_num_queues(f.dev), 3);
+        assert_int_equal(vuf_device_num_queues(f.dev), with_ctrl ? 3 : 2);
         fx_end(&f);
     }
 }
@@ -395,6 +484,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_new_sequence_and_features),
+        cmocka_unit_test(test_version_1_by_default),
+        cmocka_unit_test(test_debug_log_once),
         cmocka_unit_test(test_packed_ring_stripped),
         cmocka_unit_test(test_no_protocol_features),
         cmocka_unit_test(test_queue_max_size),

@@ -60,7 +60,8 @@ static void test_every_bit_set(void **state)
     assert_int_equal(vuf_frontend_protocol_features(f.dev) &
                          ~(VUF_PROTO_MASK(MQ) | VUF_PROTO_MASK(REPLY_ACK) |
                            VUF_PROTO_MASK(BACKEND_REQ) | VUF_PROTO_MASK(CONFIG) |
-                           VUF_PROTO_MASK(DEVICE_STATE) | VUF_PROTO_MASK(SHMEM)),
+                           VUF_PROTO_MASK(DEVICE_STATE) | VUF_PROTO_MASK(SHMEM) |
+                           VUF_PROTO_MASK(STATUS) | VUF_PROTO_MASK(RESET_DEVICE)),
                      0);
     assert_int_equal(vuf_device_num_queues(f.dev), 3);
     fx_end(&f);

@@ -483,7 +483,7 @@ static void fx_begin(struct fx *f, enum trick trick)
 
     memset(&cfg, 0, sizeof(cfg));
     cfg.device_type = VUF_DEV_BLK;
-    cfg.base_features = 1ull << VUF_VIRTIO_F_VERSION_1;
+    cfg.base_features_mask = 1ull << VUF_VIRTIO_F_VERSION_1;
     assert_int_equal(vuf_frontend_new(&cfg, a, &f->dev), 0);
     tu_ack_features(f->dev, 0);
 
