@@ -227,6 +227,28 @@ static int config_negotiated(struct vuf_frontend *fe)
     return -ENOTSUP;
 }
 
+/* A config access's arguments: GET/SET_CONFIG carry 32-bit offsets. */
+static int config_args(const struct vuf_frontend *fe, const char *what, const void *data,
+                       uint64_t offset, size_t len)
+{
+    if (!data && len)
+        return -EINVAL;
+    if (offset > UINT32_MAX || len > UINT32_MAX || offset + len > UINT32_MAX) {
+        vuf_log(VUF_LOG_ERROR, "%s: failed to %s config: bad range 0x%llx+%zu", fe->label, what,
+                (unsigned long long)offset, len);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* Config messages may go out: CONFIG negotiated and the stream in step. */
+static int config_ready(struct vuf_frontend *fe)
+{
+    int r = config_negotiated(fe);
+
+    return r < 0 ? r : fe_stream_check(fe);
+}
+
 /* Whether the device builds the config space itself: net without CONFIG
  * (QEMU does the same for its vhost-user-net). */
 static bool net_local_config(const struct vuf_frontend *fe)
@@ -268,21 +290,12 @@ static int fe_read_config(struct vuf_device *d, uint64_t offset, void *data, siz
     size_t done = 0;
     int r = 0;
 
-    if (!data && len)
-        return -EINVAL;
-    if (offset > UINT32_MAX || len > UINT32_MAX || offset + len > UINT32_MAX) {
-        vuf_log(VUF_LOG_ERROR, "%s: failed to read config: bad range 0x%llx+%zu", fe->label,
-                (unsigned long long)offset, len);
-        return -EINVAL;
-    }
-    if (len == 0)
-        return 0;
+    r = config_args(fe, "read", data, offset, len);
+    if (r < 0 || len == 0)
+        return r;
     if (net_local_config(fe))
         return read_net_config(fe, offset, data, len);
-    r = config_negotiated(fe);
-    if (r < 0)
-        return r;
-    r = fe_stream_check(fe);
+    r = config_ready(fe);
     if (r < 0)
         return r;
     /*
@@ -337,19 +350,10 @@ static int fe_write_config(struct vuf_device *d, uint64_t offset, const void *da
     size_t done = 0;
     int r;
 
-    if (!data && len)
-        return -EINVAL;
-    if (offset > UINT32_MAX || len > UINT32_MAX || offset + len > UINT32_MAX) {
-        vuf_log(VUF_LOG_ERROR, "%s: failed to write config: bad range 0x%llx+%zu", fe->label,
-                (unsigned long long)offset, len);
-        return -EINVAL;
-    }
-    if (len == 0)
-        return 0;
-    r = config_negotiated(fe);
-    if (r < 0)
+    r = config_args(fe, "write", data, offset, len);
+    if (r < 0 || len == 0)
         return r;
-    r = fe_stream_check(fe);
+    r = config_ready(fe);
     if (r < 0)
         return r;
     while (done < len) {
