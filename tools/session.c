@@ -93,6 +93,11 @@ void ts_init(struct ts_session *s, const struct ts_opts *o)
     s->o = *o;
 }
 
+static bool is_net(const struct ts_session *s)
+{
+    return s->o.device_type == VUF_DEV_NET;
+}
+
 static uint64_t ring_features(const struct ts_session *s)
 {
     uint64_t f = BIT(VUF_VIRTIO_F_VERSION_1);
@@ -118,7 +123,7 @@ int ts_open(struct ts_session *s, const char *socket)
     vuf_conn_set_timeout(conn, s->o.timeout_ms);
 
     memset(&cfg, 0, sizeof(cfg));
-    cfg.device_type = VUF_DEV_BLK;
+    cfg.device_type = is_net(s) ? VUF_DEV_NET : VUF_DEV_BLK;
     cfg.base_features = ring_features(s);
     cfg.event = ts_event;
     cfg.event_opaque = s;
@@ -142,6 +147,24 @@ static uint64_t le(const uint8_t *p, unsigned n)
     return v;
 }
 
+/* Net: ack what the caller asked for; the config space only with CONFIG
+ * (DPDK 22.11 does not negotiate it; the caller makes its own MAC). */
+static int ts_driver_net(struct ts_session *s)
+{
+    int r = vuf_device_ack_features(s->dev, s->offered & (ring_features(s) | s->o.net_features));
+
+    if (r < 0)
+        return fail(s, "ack features", r);
+    s->acked = vuf_frontend_acked_features(s->dev);
+    if (!(s->protocol & VUF_PROTO_MASK(CONFIG)))
+        return 0;
+    r = vuf_device_read_config(s->dev, 0, s->config, TS_NET_CONFIG_BYTES);
+    if (r < 0)
+        return fail(s, "GET_CONFIG", r);
+    s->have_config = true;
+    return 0;
+}
+
 int ts_driver(struct ts_session *s)
 {
     uint64_t want = ring_features(s) | DRIVER_BLK_FEATURES;
@@ -149,6 +172,8 @@ int ts_driver(struct ts_session *s)
 
     if (!(s->offered & BIT(VUF_VIRTIO_F_VERSION_1)))
         return fail(s, "feature check (the back-end does not offer VERSION_1)", -ENOTSUP);
+    if (is_net(s))
+        return ts_driver_net(s);
     r = vuf_device_ack_features(s->dev, s->offered & want);
     if (r < 0)
         return fail(s, "ack features", r);
@@ -182,7 +207,7 @@ int ts_queues(struct ts_session *s)
 
     if (s->o.queues == 0 || s->o.queues > s->dev_queues)
         return fail(s, "queue set-up (more queues asked than the back-end has)", -ERANGE);
-    if (s->o.queues > 1 && !(s->acked & BIT(VUF_BLK_F_MQ)))
+    if (!is_net(s) && s->o.queues > 1 && !(s->acked & BIT(VUF_BLK_F_MQ)))
         return fail(s, "queue set-up (several queues, but no VIRTIO_BLK_F_MQ)", -ENOTSUP);
 
     /* Rings (with slack for alignment), indirect tables (one per ring
@@ -196,7 +221,9 @@ int ts_queues(struct ts_session *s)
     per_q = VUF_VRING_DESC_BYTES(s->o.queue_size) + VUF_VRING_AVAIL_BYTES(s->o.queue_size) +
             VUF_VRING_USED_BYTES(s->o.queue_size) + 3 * 4096 + ind +
             (uint64_t)s->o.nreqs * (round_up(s->o.max_data, 4096) + 4096);
-    s->mem_size = round_up(per_q * s->o.queues + (1u << 20), 2u << 20);
+    if (is_net(s))
+        per_q -= (uint64_t)s->o.nreqs * (round_up(s->o.max_data, 4096) + 4096);
+    s->mem_size = round_up(per_q * s->o.queues + s->o.extra_mem + (1u << 20), 2u << 20);
     r = vuf_guest_mem_new_simple(0, s->mem_size, &s->mem);
     if (r < 0)
         return fail(s, "guest memory", r);
@@ -220,10 +247,12 @@ int ts_queues(struct ts_session *s)
         r = vuf_virtq_new_opts(s->mem, &vo, &s->vq[i]);
         if (r < 0)
             return fail(s, "virtqueue set-up", r);
-        r = vuf_blk_new(s->vq[i], s->o.nreqs, s->o.max_data, &s->blk[i]);
-        if (r < 0)
-            return fail(s, "request pool set-up", r);
-        vuf_blk_set_busy_poll(s->blk[i], s->o.busy_poll);
+        if (!is_net(s)) {
+            r = vuf_blk_new(s->vq[i], s->o.nreqs, s->o.max_data, &s->blk[i]);
+            if (r < 0)
+                return fail(s, "request pool set-up", r);
+            vuf_blk_set_busy_poll(s->blk[i], s->o.busy_poll);
+        }
         vuf_virtq_layout(s->vq[i], &l);
         s->q[i] = (struct vuf_queue){
             .size = (uint16_t)s->o.queue_size,
