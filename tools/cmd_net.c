@@ -35,7 +35,7 @@
 #define BURST 32u
 #define ETH_MIN 60u
 #define ETH_MAX 1514u
-#define ETH_TYPE 0x88b5 /* IEEE 802 local experimental */
+#define ETH_TYPE 0x88b5  /* IEEE 802 local experimental */
 #define MRG_BUF_LEN 512u /* RX buffer with --mrg-rxbuf: big frames span several */
 #define WAIT_SLICE_MS 100
 
@@ -64,54 +64,53 @@ static const uint8_t mac_b[6] = {0x02, 0x76, 0x75, 0x66, 0x00, 0x0b};
 
 void cmd_net_usage(FILE *f)
 {
-    fprintf(
-        f,
-        "usage: vuf net SOCKET ping  [--count N] [--size BYTES]\n"
-        "       vuf net SOCKET bench [--mode tx|rx|rt] [--size BYTES] [--seconds S]\n"
-        "                            [--window N] [--json]\n"
-        "       common: [--queue-pairs N] [--busy-poll] [--mrg-rxbuf] [--queue-size N]\n"
-        "               [--no-event-idx] [--timeout-ms N]\n"
-        "\n"
-        "Act as the VMM of the vhost-user-net back-end listening on SOCKET, with a\n"
-        "user-space virtio-net driver: connect, negotiate, ack VERSION_1 (and\n"
-        "EVENT_IDX, MQ for several pairs, MRG_RXBUF if asked; never CTRL_VQ: the\n"
-        "tool has no control queue), share guest memory, post RX buffers, start\n"
-        "2N queues (pair k: RX 2k, TX 2k+1), run, stop the queues and disconnect.\n"
-        "The config space is read only if the back-end negotiates CONFIG; the\n"
-        "MACs are the tool's own (%02x:..:%02x sends to %02x:..:%02x).\n"
-        "\n"
-        "  ping   send COUNT frames on every queue pair and wait for each to come\n"
-        "         back (a macswap back-end: dpdk-testpmd --forward-mode=macswap);\n"
-        "         every byte is checked (MACs swapped, the rest as sent). Lengths\n"
-        "         cycle from 60 to 1514 bytes unless --size is given.\n"
-        "  bench  measure the packet rate for S seconds: tx (frames the back-end\n"
-        "         took), rx (frames received; needs a back-end that sends, e.g.\n"
-        "         testpmd --forward-mode=txonly), rt (frames back from a macswap\n"
-        "         back-end, WINDOW in flight per pair). pps = frames / elapsed;\n"
-        "         bps = pps * SIZE * 8 (frame bytes, no header or FCS).\n"
-        "\n"
-        "options:\n"
-        "  --count N         frames per queue pair (ping; default %u)\n"
-        "  --size BYTES      frame length, %u..%u (bench default 64)\n"
-        "  --mode M          tx (default), rx or rt (bench)\n"
-        "  --seconds S       duration (bench; default %g)\n"
-        "  --window N        frames in flight per pair in rt (default 128)\n"
-        "  --json            print one JSON object (bench)\n"
-        "  --queue-pairs N   queue pairs to use (default 1; more need MQ)\n"
-        "  --busy-poll       spin on the rings in bursts of %u (default: sleep on the\n"
-        "                    call eventfds of all queues with one epoll set)\n"
-        "  --mrg-rxbuf       ack MRG_RXBUF and post %u-byte RX buffers, so that\n"
-        "                    large frames span several\n"
-        "  --queue-size N    ring entries, a power of two up to %u (default %u)\n"
-        "  --no-event-idx    do not ack VIRTIO_F_EVENT_IDX\n"
-        "  --timeout-ms N    connect and reply timeout; also the longest wait for\n"
-        "                    a frame (default %d)\n"
-        "\n"
-        "Exit status: 0 success, 1 failure (a frame lost or wrong, reason on\n"
-        "stderr), 2 usage error.\n",
-        mac_a[0], mac_a[5], mac_b[0], mac_b[5], DEFAULT_COUNT, ETH_MIN, VUF_NET_FRAME_DEFAULT,
-        DEFAULT_SECONDS, BURST, MRG_BUF_LEN, MAX_QUEUE_SIZE, DEFAULT_QUEUE_SIZE,
-        VUF_DEFAULT_TIMEOUT_MS);
+    fprintf(f,
+            "usage: vuf net SOCKET ping  [--count N] [--size BYTES]\n"
+            "       vuf net SOCKET bench [--mode tx|rx|rt] [--size BYTES] [--seconds S]\n"
+            "                            [--window N] [--json]\n"
+            "       common: [--queue-pairs N] [--busy-poll] [--mrg-rxbuf] [--queue-size N]\n"
+            "               [--no-event-idx] [--timeout-ms N]\n"
+            "\n"
+            "Act as the VMM of the vhost-user-net back-end listening on SOCKET, with a\n"
+            "user-space virtio-net driver: connect, negotiate, ack VERSION_1 (and\n"
+            "EVENT_IDX, MQ for several pairs, MRG_RXBUF if asked; never CTRL_VQ: the\n"
+            "tool has no control queue), share guest memory, post RX buffers, start\n"
+            "2N queues (pair k: RX 2k, TX 2k+1), run, stop the queues and disconnect.\n"
+            "The config space is read only if the back-end negotiates CONFIG; the\n"
+            "MACs are the tool's own (%02x:..:%02x sends to %02x:..:%02x).\n"
+            "\n"
+            "  ping   send COUNT frames on every queue pair and wait for each to come\n"
+            "         back (a macswap back-end: dpdk-testpmd --forward-mode=macswap);\n"
+            "         every byte is checked (MACs swapped, the rest as sent). Lengths\n"
+            "         cycle from 60 to 1514 bytes unless --size is given.\n"
+            "  bench  measure the packet rate for S seconds: tx (frames the back-end\n"
+            "         took), rx (frames received; needs a back-end that sends, e.g.\n"
+            "         testpmd --forward-mode=txonly), rt (frames back from a macswap\n"
+            "         back-end, WINDOW in flight per pair). pps = frames / elapsed;\n"
+            "         bps = pps * SIZE * 8 (frame bytes, no header or FCS).\n"
+            "\n"
+            "options:\n"
+            "  --count N         frames per queue pair (ping; default %u)\n"
+            "  --size BYTES      frame length, %u..%u (bench default 64)\n"
+            "  --mode M          tx (default), rx or rt (bench)\n"
+            "  --seconds S       duration (bench; default %g)\n"
+            "  --window N        frames in flight per pair in rt (default 128)\n"
+            "  --json            print one JSON object (bench)\n"
+            "  --queue-pairs N   queue pairs to use (default 1; more need MQ)\n"
+            "  --busy-poll       spin on the rings in bursts of %u (default: sleep on the\n"
+            "                    call eventfds of all queues with one epoll set)\n"
+            "  --mrg-rxbuf       ack MRG_RXBUF and post %u-byte RX buffers, so that\n"
+            "                    large frames span several\n"
+            "  --queue-size N    ring entries, a power of two up to %u (default %u)\n"
+            "  --no-event-idx    do not ack VIRTIO_F_EVENT_IDX\n"
+            "  --timeout-ms N    connect and reply timeout; also the longest wait for\n"
+            "                    a frame (default %d)\n"
+            "\n"
+            "Exit status: 0 success, 1 failure (a frame lost or wrong, reason on\n"
+            "stderr), 2 usage error.\n",
+            mac_a[0], mac_a[5], mac_b[0], mac_b[5], DEFAULT_COUNT, ETH_MIN, VUF_NET_FRAME_DEFAULT,
+            DEFAULT_SECONDS, BURST, MRG_BUF_LEN, MAX_QUEUE_SIZE, DEFAULT_QUEUE_SIZE,
+            VUF_DEFAULT_TIMEOUT_MS);
 }
 
 static const struct cli_cmd net_cmd = {"vuf net", cmd_net_usage};
@@ -311,7 +310,8 @@ static int fail_msg(struct net_run *nr, const char *step, int err)
 /* Per pair: the rings (2 per pair), RX buffers and TX slots. */
 static uint64_t net_mem(const struct net_opts *o)
 {
-    uint64_t rx = (uint64_t)o->queue_size * (o->mrg ? MRG_BUF_LEN : 12 + VUF_NET_FRAME_DEFAULT + 64);
+    uint64_t rx =
+        (uint64_t)o->queue_size * (o->mrg ? MRG_BUF_LEN : 12 + VUF_NET_FRAME_DEFAULT + 64);
     uint64_t tx = (uint64_t)o->queue_size * (12 + VUF_NET_FRAME_DEFAULT + 64);
 
     return (rx + tx) * o->pairs;
@@ -468,7 +468,9 @@ static int ping_check(struct net_run *nr, unsigned p, struct ping_pair *pp, cons
     memcpy(&seq, fr + 20, 4);
     if (pair != p || seq >= nr->o->count || pp->seen[seq]) {
         fprintf(stderr, "vuf net: pair %u: frame %u of pair %u came back (%s)\n", p, seq, pair,
-                pair != p ? "wrong pair" : seq >= nr->o->count ? "never sent" : "twice");
+                pair != p             ? "wrong pair"
+                : seq >= nr->o->count ? "never sent"
+                                      : "twice");
         return VUF_EXIT_FAIL;
     }
     if (len != ping_len(nr->o, seq)) {
@@ -601,7 +603,8 @@ static int bench_step(struct net_run *nr, unsigned p, uint8_t (*frame)[VUF_NET_F
         if (o->mode == MODE_RT) {
             vuf_net_stats(nr->net[p], &st);
             uint64_t out = st.tx_frames - st.rx_frames - b->lost[p];
-            n = out >= o->window ? 0 : (unsigned)(o->window - out < BURST ? o->window - out : BURST);
+            n = out >= o->window ? 0
+                                 : (unsigned)(o->window - out < BURST ? o->window - out : BURST);
         }
         for (unsigned i = 0; i < n; i++)
             f[i] = (struct vuf_net_frame){.data = frame[i], .len = o->size};

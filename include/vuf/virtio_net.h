@@ -62,41 +62,41 @@ extern "C" {
 /* Device feature bits (bit numbers, virtio 1.2 §5.1.3)                     */
 /* ------------------------------------------------------------------------ */
 
-#define VUF_NET_F_CSUM 0                 /* device handles partial checksums */
-#define VUF_NET_F_GUEST_CSUM 1           /* driver handles partial checksums */
-#define VUF_NET_F_CTRL_GUEST_OFFLOADS 2  /* offload state set by control queue */
-#define VUF_NET_F_MTU 3                  /* config mtu is valid */
-#define VUF_NET_F_MAC 5                  /* config mac is valid */
-#define VUF_NET_F_GSO 6                  /* legacy interface only: any GSO */
-#define VUF_NET_F_GUEST_TSO4 7           /* driver takes TSOv4 */
-#define VUF_NET_F_GUEST_TSO6 8           /* driver takes TSOv6 */
-#define VUF_NET_F_GUEST_ECN 9            /* driver takes TSO with ECN */
-#define VUF_NET_F_GUEST_UFO 10           /* driver takes UFO */
-#define VUF_NET_F_HOST_TSO4 11           /* device takes TSOv4 */
-#define VUF_NET_F_HOST_TSO6 12           /* device takes TSOv6 */
-#define VUF_NET_F_HOST_ECN 13            /* device takes TSO with ECN */
-#define VUF_NET_F_HOST_UFO 14            /* device takes UFO */
-#define VUF_NET_F_MRG_RXBUF 15           /* RX frames may span buffers */
-#define VUF_NET_F_STATUS 16              /* config status is valid */
-#define VUF_NET_F_CTRL_VQ 17             /* control queue */
-#define VUF_NET_F_CTRL_RX 18             /* RX mode control */
-#define VUF_NET_F_CTRL_VLAN 19           /* VLAN filtering */
-#define VUF_NET_F_CTRL_RX_EXTRA 20       /* extra RX mode control */
-#define VUF_NET_F_GUEST_ANNOUNCE 21      /* driver sends gratuitous packets */
-#define VUF_NET_F_MQ 22                  /* several queue pairs (needs CTRL_VQ) */
-#define VUF_NET_F_CTRL_MAC_ADDR 23       /* MAC set by control queue */
-#define VUF_NET_F_GUEST_RSC4 41          /* legacy interface only */
-#define VUF_NET_F_GUEST_RSC6 42          /* legacy interface only */
-#define VUF_NET_F_NOTF_COAL 53           /* notification coalescing */
-#define VUF_NET_F_GUEST_USO4 54          /* driver takes USOv4 */
-#define VUF_NET_F_GUEST_USO6 55          /* driver takes USOv6 */
-#define VUF_NET_F_HOST_USO 56            /* device takes USO */
-#define VUF_NET_F_HASH_REPORT 57         /* hash in the header (20 bytes) */
-#define VUF_NET_F_GUEST_HDRLEN 59        /* driver sets an exact hdr_len */
-#define VUF_NET_F_RSS 60                 /* receive-side scaling */
-#define VUF_NET_F_RSC_EXT 61             /* coalesced segments reported */
-#define VUF_NET_F_STANDBY 62             /* standby for a primary device */
-#define VUF_NET_F_SPEED_DUPLEX 63        /* config speed/duplex are valid */
+#define VUF_NET_F_CSUM 0                /* device handles partial checksums */
+#define VUF_NET_F_GUEST_CSUM 1          /* driver handles partial checksums */
+#define VUF_NET_F_CTRL_GUEST_OFFLOADS 2 /* offload state set by control queue */
+#define VUF_NET_F_MTU 3                 /* config mtu is valid */
+#define VUF_NET_F_MAC 5                 /* config mac is valid */
+#define VUF_NET_F_GSO 6                 /* legacy interface only: any GSO */
+#define VUF_NET_F_GUEST_TSO4 7          /* driver takes TSOv4 */
+#define VUF_NET_F_GUEST_TSO6 8          /* driver takes TSOv6 */
+#define VUF_NET_F_GUEST_ECN 9           /* driver takes TSO with ECN */
+#define VUF_NET_F_GUEST_UFO 10          /* driver takes UFO */
+#define VUF_NET_F_HOST_TSO4 11          /* device takes TSOv4 */
+#define VUF_NET_F_HOST_TSO6 12          /* device takes TSOv6 */
+#define VUF_NET_F_HOST_ECN 13           /* device takes TSO with ECN */
+#define VUF_NET_F_HOST_UFO 14           /* device takes UFO */
+#define VUF_NET_F_MRG_RXBUF 15          /* RX frames may span buffers */
+#define VUF_NET_F_STATUS 16             /* config status is valid */
+#define VUF_NET_F_CTRL_VQ 17            /* control queue */
+#define VUF_NET_F_CTRL_RX 18            /* RX mode control */
+#define VUF_NET_F_CTRL_VLAN 19          /* VLAN filtering */
+#define VUF_NET_F_CTRL_RX_EXTRA 20      /* extra RX mode control */
+#define VUF_NET_F_GUEST_ANNOUNCE 21     /* driver sends gratuitous packets */
+#define VUF_NET_F_MQ 22                 /* several queue pairs (needs CTRL_VQ) */
+#define VUF_NET_F_CTRL_MAC_ADDR 23      /* MAC set by control queue */
+#define VUF_NET_F_GUEST_RSC4 41         /* legacy interface only */
+#define VUF_NET_F_GUEST_RSC6 42         /* legacy interface only */
+#define VUF_NET_F_NOTF_COAL 53          /* notification coalescing */
+#define VUF_NET_F_GUEST_USO4 54         /* driver takes USOv4 */
+#define VUF_NET_F_GUEST_USO6 55         /* driver takes USOv6 */
+#define VUF_NET_F_HOST_USO 56           /* device takes USO */
+#define VUF_NET_F_HASH_REPORT 57        /* hash in the header (20 bytes) */
+#define VUF_NET_F_GUEST_HDRLEN 59       /* driver sets an exact hdr_len */
+#define VUF_NET_F_RSS 60                /* receive-side scaling */
+#define VUF_NET_F_RSC_EXT 61            /* coalesced segments reported */
+#define VUF_NET_F_STANDBY 62            /* standby for a primary device */
+#define VUF_NET_F_SPEED_DUPLEX 63       /* config speed/duplex are valid */
 /* Transport bit 27 (ANY_LAYOUT, legacy only): header and frame may share a
  * descriptor; implied by VERSION_1. */
 #define VUF_NET_F_ANY_LAYOUT 27
@@ -176,7 +176,7 @@ static inline unsigned vuf_net_ctrl_index(unsigned max_pairs)
 #define VUF_NET_CFG_HAS_MAX_VQ_PAIRS 0x04u
 #define VUF_NET_CFG_HAS_MTU 0x08u
 #define VUF_NET_CFG_HAS_SPEED_DUPLEX 0x10u
-#define VUF_NET_CFG_HAS_RSS 0x20u /* rss_max_* (RSS) */
+#define VUF_NET_CFG_HAS_RSS 0x20u        /* rss_max_* (RSS) */
 #define VUF_NET_CFG_HAS_HASH_TYPES 0x40u /* supported_hash_types (RSS or HASH_REPORT) */
 
 struct vuf_net_config {

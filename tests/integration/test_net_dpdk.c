@@ -120,14 +120,27 @@ static int teardown(void **state)
 static void start_testpmd(struct fx *f)
 {
     char vdev[400];
-    char *argv[] = {testpmd,         "-l",           "0,1",
-                    "--no-huge",     "-m",           "1024",
-                    "--no-pci",      "--no-shconf",  "--file-prefix",
-                    f->prefix,       "--vdev",       vdev,
-                    "--",            "--total-num-mbufs=16384",
-                    "--stats-period=3600",           "--forward-mode=macswap",
-                    "--nb-cores=1",  "--rxq=2",      "--txq=2",
-                    "-a",            NULL};
+    char *argv[] = {testpmd,
+                    "-l",
+                    "0,1",
+                    "--no-huge",
+                    "-m",
+                    "1024",
+                    "--no-pci",
+                    "--no-shconf",
+                    "--file-prefix",
+                    f->prefix,
+                    "--vdev",
+                    vdev,
+                    "--",
+                    "--total-num-mbufs=16384",
+                    "--stats-period=3600",
+                    "--forward-mode=macswap",
+                    "--nb-cores=1",
+                    "--rxq=2",
+                    "--txq=2",
+                    "-a",
+                    NULL};
     int r;
 
     snprintf(vdev, sizeof(vdev), "net_vhost0,iface=%s,queues=%u", f->sock, PAIRS);
@@ -251,9 +264,8 @@ static void guest_up(struct guest *g, const char *sock)
     for (unsigned p = 0; p < PAIRS; p++) {
         struct vuf_net_opts o = {.features = want, .rx_buf_len = RX_BUF};
 
-        assert_int_equal(vuf_net_new(g->vq[vuf_net_rx_index(p)], g->vq[vuf_net_tx_index(p)], &o,
-                                     &g->net[p]),
-                         0);
+        assert_int_equal(
+            vuf_net_new(g->vq[vuf_net_rx_index(p)], g->vq[vuf_net_tx_index(p)], &o, &g->net[p]), 0);
         assert_int_equal(vuf_net_get_hdr_len(g->net[p]), 12);
         /* Posted before activation: the device starts at next_avail 0
          * (tu_vmm_add_queue took the positions before) and finds them. */
@@ -417,8 +429,8 @@ static void test_net_two_pairs_sleep_wake(void **state)
         struct vuf_net_stats st;
 
         vuf_net_stats(g->net[p], &st);
-        print_message("pair %u: %u frames back, %llu merged (several RX buffers)\n", p,
-                      g->back[p], (unsigned long long)st.rx_merged);
+        print_message("pair %u: %u frames back, %llu merged (several RX buffers)\n", p, g->back[p],
+                      (unsigned long long)st.rx_merged);
         assert_int_equal(st.rx_frames, FRAMES);
         assert_true(st.rx_merged > 0);
         assert_false(vuf_net_broken(g->net[p]));
@@ -468,7 +480,7 @@ static void test_cli_net_ping(void **state)
 
     start_testpmd(f);
     {
-        const char *args[] = {"net",   f->sock, "ping", "--queue-pairs", "2", "--count",
+        const char *args[] = {"net",  f->sock,       "ping", "--queue-pairs", "2", "--count",
                               "2000", "--mrg-rxbuf", NULL};
         r = run(args);
     }
@@ -490,8 +502,17 @@ static json_object *jget(json_object *o, const char *key, json_type type)
 
 static void bench_json(struct fx *f, const char *mode, const char *size, bool busy)
 {
-    const char *args[] = {"net",    f->sock, "bench",  "--mode",       mode, "--size",
-                          size,     "--seconds", "1", "--json", busy ? "--busy-poll" : NULL,
+    const char *args[] = {"net",
+                          f->sock,
+                          "bench",
+                          "--mode",
+                          mode,
+                          "--size",
+                          size,
+                          "--seconds",
+                          "1",
+                          "--json",
+                          busy ? "--busy-poll" : NULL,
                           NULL};
     struct tu_run *r = run(args);
     json_object *j;

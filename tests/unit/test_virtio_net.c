@@ -181,8 +181,7 @@ static void test_hdr_layout(void **state)
     assert_string_equal(vuf_virtio_feature_name(VUF_DEV_NET, VUF_NET_F_MTU), "MTU");
     assert_string_equal(vuf_virtio_feature_name(VUF_DEV_NET, VUF_NET_F_SPEED_DUPLEX),
                         "SPEED_DUPLEX");
-    assert_string_equal(vuf_virtio_feature_name(VUF_DEV_NET, VUF_NET_F_HASH_REPORT),
-                        "HASH_REPORT");
+    assert_string_equal(vuf_virtio_feature_name(VUF_DEV_NET, VUF_NET_F_HASH_REPORT), "HASH_REPORT");
     assert_string_equal(vuf_virtio_feature_name(VUF_DEV_NET, VUF_NET_F_GUEST_ANNOUNCE),
                         "GUEST_ANNOUNCE");
 }
@@ -453,7 +452,7 @@ static void test_mrg_reassembly(void **state)
         dq_used(&f.drx, (uint32_t)head, skip + part[b], b != 2);
     }
     assert_int_equal(vuf_net_rx_burst(f.net, &rx, 1), 0); /* held: 2 of 3 */
-    assert_int_equal(vuf_virtq_num_inflight(f.rx), 6);     /* not refilled yet */
+    assert_int_equal(vuf_virtq_num_inflight(f.rx), 6);    /* not refilled yet */
     dq_publish(&f.drx);
     assert_int_equal(vuf_net_rx_burst(f.net, &rx, 1), 1);
     assert_int_equal(rx.len, 250);
