@@ -602,7 +602,13 @@ static int bench_step(struct net_run *nr, unsigned p, uint8_t (*frame)[VUF_NET_F
 
         if (o->mode == MODE_RT) {
             vuf_net_stats(nr->net[p], &st);
-            uint64_t out = st.tx_frames - st.rx_frames - b->lost[p];
+            uint64_t inflight = st.tx_frames - st.rx_frames, out;
+
+            /* Frames given up on after a stall may still come back (the
+             * stall was the scheduler, not a drop). */
+            if (b->lost[p] > inflight)
+                b->lost[p] = inflight;
+            out = inflight - b->lost[p];
             n = out >= o->window ? 0
                                  : (unsigned)(o->window - out < BURST ? o->window - out : BURST);
         }

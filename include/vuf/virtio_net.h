@@ -195,7 +195,7 @@ struct vuf_net_config {
 /*
  * Decode `len` bytes of a net config space read from offset 0, for the
  * negotiated `features`: a field counts only if its feature is negotiated
- * (MAC, STATUS, MQ, MTU, SPEED_DUPLEX, RSS / HASH_REPORT) and it lies wholly
+ * (MAC, STATUS, MQ or RSS, MTU, SPEED_DUPLEX, RSS / HASH_REPORT) and it lies wholly
  * inside `len`. Fields not valid are zero. Returns 0 or -EINVAL (NULL
  * pointers). Pure; thread-safe.
  */

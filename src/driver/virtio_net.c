@@ -77,7 +77,8 @@ int vuf_net_config_decode(const uint8_t *buf, size_t len, uint64_t features,
         out->status = (uint16_t)le(buf + VUF_NET_CFG_STATUS, 2);
         out->valid |= VUF_NET_CFG_HAS_STATUS;
     }
-    if (HAS(MQ) && FITS(VUF_NET_CFG_MAX_VQ_PAIRS, 2)) {
+    /* max_virtqueue_pairs exists with MQ or RSS (§5.1.4). */
+    if ((HAS(MQ) || HAS(RSS)) && FITS(VUF_NET_CFG_MAX_VQ_PAIRS, 2)) {
         out->max_virtqueue_pairs = (uint16_t)le(buf + VUF_NET_CFG_MAX_VQ_PAIRS, 2);
         out->valid |= VUF_NET_CFG_HAS_MAX_VQ_PAIRS;
     }

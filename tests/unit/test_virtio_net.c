@@ -226,6 +226,11 @@ static void test_config_decode(void **state)
     assert_int_equal(c.valid, 0x0f);
     assert_int_equal(vuf_net_config_decode(b, 16, all, &c), 0);
     assert_int_equal(c.valid, 0x0f); /* duplex at byte 16 missing */
+    /* RSS alone gives max_virtqueue_pairs too. */
+    assert_int_equal(vuf_net_config_decode(b, sizeof(b), VUF_BIT(VUF_NET_F_RSS), &c), 0);
+    assert_int_equal(c.valid, VUF_NET_CFG_HAS_MAX_VQ_PAIRS | VUF_NET_CFG_HAS_RSS |
+                                  VUF_NET_CFG_HAS_HASH_TYPES);
+    assert_int_equal(c.max_virtqueue_pairs, 4);
     /* HASH_REPORT alone gives the hash types. */
     assert_int_equal(vuf_net_config_decode(b, sizeof(b), VUF_BIT(VUF_NET_F_HASH_REPORT), &c), 0);
     assert_int_equal(c.valid, VUF_NET_CFG_HAS_HASH_TYPES);
