@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The `vuf` tool as a VMM with a user-space virtio-blk driver: connection,
- * front-end device, guest memory, queues and the life-cycle calls shared by
- * `vuf blk` and `vuf demo`. See session.h.
+ * The `vuf` tool as a VMM with a user-space virtio-blk (or virtio-net)
+ * driver: connection, front-end device, guest memory, queues and the
+ * life-cycle calls shared by `vuf blk`, `vuf demo` and `vuf net`. See
+ * session.h.
  */
 #include <errno.h>
 #include <inttypes.h>

@@ -87,6 +87,9 @@ extern "C" {
 #define VUF_NET_F_CTRL_MAC_ADDR 23      /* MAC set by control queue */
 #define VUF_NET_F_GUEST_RSC4 41         /* legacy interface only */
 #define VUF_NET_F_GUEST_RSC6 42         /* legacy interface only */
+#define VUF_NET_F_DEVICE_STATS 50       /* virtio 1.3: device statistics */
+#define VUF_NET_F_HASH_TUNNEL 51        /* virtio 1.3: tunnel hashing */
+#define VUF_NET_F_VQ_NOTF_COAL 52       /* virtio 1.3: per-queue coalescing */
 #define VUF_NET_F_NOTF_COAL 53          /* notification coalescing */
 #define VUF_NET_F_GUEST_USO4 54         /* driver takes USOv4 */
 #define VUF_NET_F_GUEST_USO6 55         /* driver takes USOv6 */

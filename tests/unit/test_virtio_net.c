@@ -174,16 +174,38 @@ static void test_hdr_layout(void **state)
     assert_int_equal(vuf_net_tx_index(3), 7);
     assert_int_equal(vuf_net_ctrl_index(1), 2);
     assert_int_equal(vuf_net_ctrl_index(4), 8);
-    /* The bit numbers match the names libvuf prints. */
-    assert_string_equal(vuf_virtio_feature_name(VUF_DEV_NET, VUF_NET_F_MRG_RXBUF), "MRG_RXBUF");
-    assert_string_equal(vuf_virtio_feature_name(VUF_DEV_NET, VUF_NET_F_CTRL_VQ), "CTRL_VQ");
-    assert_string_equal(vuf_virtio_feature_name(VUF_DEV_NET, VUF_NET_F_MQ), "MQ");
-    assert_string_equal(vuf_virtio_feature_name(VUF_DEV_NET, VUF_NET_F_MTU), "MTU");
-    assert_string_equal(vuf_virtio_feature_name(VUF_DEV_NET, VUF_NET_F_SPEED_DUPLEX),
-                        "SPEED_DUPLEX");
-    assert_string_equal(vuf_virtio_feature_name(VUF_DEV_NET, VUF_NET_F_HASH_REPORT), "HASH_REPORT");
-    assert_string_equal(vuf_virtio_feature_name(VUF_DEV_NET, VUF_NET_F_GUEST_ANNOUNCE),
-                        "GUEST_ANNOUNCE");
+    /* Every bit number matches the name libvuf prints for it. */
+    {
+#define NB(name)                \
+    {                           \
+        VUF_NET_F_##name, #name \
+    }
+        static const struct {
+            unsigned bit;
+            const char *name;
+        } bits[] = {
+            NB(CSUM),        NB(GUEST_CSUM),    NB(CTRL_GUEST_OFFLOADS),
+            NB(MTU),         NB(MAC),           NB(GSO),
+            NB(GUEST_TSO4),  NB(GUEST_TSO6),    NB(GUEST_ECN),
+            NB(GUEST_UFO),   NB(HOST_TSO4),     NB(HOST_TSO6),
+            NB(HOST_ECN),    NB(HOST_UFO),      NB(MRG_RXBUF),
+            NB(STATUS),      NB(CTRL_VQ),       NB(CTRL_RX),
+            NB(CTRL_VLAN),   NB(CTRL_RX_EXTRA), NB(GUEST_ANNOUNCE),
+            NB(MQ),          NB(CTRL_MAC_ADDR), NB(DEVICE_STATS),
+            NB(HASH_TUNNEL), NB(VQ_NOTF_COAL),  NB(NOTF_COAL),
+            NB(GUEST_USO4),  NB(GUEST_USO6),    NB(HOST_USO),
+            NB(HASH_REPORT), NB(GUEST_HDRLEN),  NB(RSS),
+            NB(RSC_EXT),     NB(STANDBY),       NB(SPEED_DUPLEX),
+        };
+#undef NB
+        for (size_t i = 0; i < sizeof(bits) / sizeof(bits[0]); i++) {
+            const char *nm = vuf_virtio_feature_name(VUF_DEV_NET, bits[i].bit);
+
+            if (!nm || strcmp(nm, bits[i].name) != 0)
+                fail_msg("bit %u: VUF_NET_F_%s, named %s", bits[i].bit, bits[i].name,
+                         nm ? nm : "(none)");
+        }
+    }
 }
 
 static void test_config_decode(void **state)
