@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The `vuf` tool as a VMM with a user-space virtio-blk driver: connection,
- * front-end device, guest memory, queues and the life-cycle calls shared by
- * `vuf blk` and `vuf demo`. See session.h.
+ * The `vuf` tool as a VMM with a user-space virtio-blk (or virtio-net)
+ * driver: connection, front-end device, guest memory, queues and the
+ * life-cycle calls shared by `vuf blk`, `vuf demo` and `vuf net`. See
+ * session.h.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -65,6 +66,11 @@ void ts_init(struct ts_session *s, const struct ts_opts *o)
     s->o = *o;
 }
 
+static bool is_net(const struct ts_session *s)
+{
+    return s->o.device_type == VUF_DEV_NET;
+}
+
 static uint64_t ring_features(const struct ts_session *s)
 {
     uint64_t f = BIT(VUF_VIRTIO_F_VERSION_1);
@@ -90,8 +96,13 @@ int ts_open(struct ts_session *s, const char *socket)
     vuf_conn_set_timeout(conn, s->o.timeout_ms);
 
     memset(&cfg, 0, sizeof(cfg));
-    cfg.device_type = VUF_DEV_BLK;
+    cfg.device_type = is_net(s) ? VUF_DEV_NET : VUF_DEV_BLK;
     cfg.base_features_mask = ring_features(s);
+    /* Several pairs with DPDK's vhost PMD need MQ acked, and MQ belongs to
+     * the control-queue features the device strips by default: this VMM
+     * offers them and its driver acks MQ without CTRL_VQ (DPDK then serves
+     * every pair; it has no control queue to serve anyway). */
+    cfg.net_ctrl_vq = is_net(s);
     cfg.event = ts_event;
     cfg.event_opaque = s;
     r = vuf_frontend_new(&cfg, conn, &s->dev); /* takes conn */
@@ -114,6 +125,24 @@ static uint64_t le(const uint8_t *p, unsigned n)
     return v;
 }
 
+/* Net: ack what the caller asked for; the config space only with CONFIG
+ * (DPDK 22.11 does not negotiate it; the caller makes its own MAC). */
+static int ts_driver_net(struct ts_session *s)
+{
+    int r = vuf_device_ack_features(s->dev, s->offered & (ring_features(s) | s->o.net_features));
+
+    if (r < 0)
+        return fail(s, "ack features", r);
+    s->acked = vuf_frontend_acked_features(s->dev);
+    if (!(s->protocol & VUF_PROTO_MASK(CONFIG)))
+        return 0;
+    r = vuf_device_read_config(s->dev, 0, s->config, TS_NET_CONFIG_BYTES);
+    if (r < 0)
+        return fail(s, "GET_CONFIG", r);
+    s->have_config = true;
+    return 0;
+}
+
 int ts_driver(struct ts_session *s)
 {
     uint64_t want = ring_features(s) | DRIVER_BLK_FEATURES;
@@ -121,6 +150,8 @@ int ts_driver(struct ts_session *s)
 
     if (!(s->offered & BIT(VUF_VIRTIO_F_VERSION_1)))
         return fail(s, "feature check (the back-end does not offer VERSION_1)", -ENOTSUP);
+    if (is_net(s))
+        return ts_driver_net(s);
     r = vuf_device_ack_features(s->dev, s->offered & want);
     if (r < 0)
         return fail(s, "ack features", r);
@@ -154,7 +185,7 @@ int ts_queues(struct ts_session *s)
 
     if (s->o.queues == 0 || s->o.queues > s->dev_queues)
         return fail(s, "queue set-up (more queues asked than the back-end has)", -ERANGE);
-    if (s->o.queues > 1 && !(s->acked & BIT(VUF_BLK_F_MQ)))
+    if (!is_net(s) && s->o.queues > 1 && !(s->acked & BIT(VUF_BLK_F_MQ)))
         return fail(s, "queue set-up (several queues, but no VIRTIO_BLK_F_MQ)", -ENOTSUP);
 
     /* Rings (with slack for alignment), indirect tables (one per ring
@@ -168,7 +199,9 @@ int ts_queues(struct ts_session *s)
     per_q = VUF_VRING_DESC_BYTES(s->o.queue_size) + VUF_VRING_AVAIL_BYTES(s->o.queue_size) +
             VUF_VRING_USED_BYTES(s->o.queue_size) + 3 * 4096 + ind +
             (uint64_t)s->o.nreqs * (round_up(s->o.max_data, 4096) + 4096);
-    s->mem_size = round_up(per_q * s->o.queues + (1u << 20), 2u << 20);
+    if (is_net(s))
+        per_q -= (uint64_t)s->o.nreqs * (round_up(s->o.max_data, 4096) + 4096);
+    s->mem_size = round_up(per_q * s->o.queues + s->o.extra_mem + (1u << 20), 2u << 20);
     r = vuf_guest_mem_new_simple(0, s->mem_size, &s->mem);
     if (r < 0)
         return fail(s, "guest memory", r);
@@ -190,10 +223,12 @@ int ts_queues(struct ts_session *s)
         r = vuf_virtq_new_opts(s->mem, &vo, &s->vq[i]);
         if (r < 0)
             return fail(s, "virtqueue set-up", r);
-        r = vuf_blk_new(s->vq[i], s->o.nreqs, s->o.max_data, &s->blk[i]);
-        if (r < 0)
-            return fail(s, "request pool set-up", r);
-        vuf_blk_set_busy_poll(s->blk[i], s->o.busy_poll);
+        if (!is_net(s)) {
+            r = vuf_blk_new(s->vq[i], s->o.nreqs, s->o.max_data, &s->blk[i]);
+            if (r < 0)
+                return fail(s, "request pool set-up", r);
+            vuf_blk_set_busy_poll(s->blk[i], s->o.busy_poll);
+        }
         vuf_queue_from_virtq(&s->q[i], s->vq[i], (uint16_t)i); /* queue i: vector i */
     }
     return 0;

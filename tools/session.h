@@ -1,15 +1,18 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * tools/session.h - the `vuf` tool playing a VMM with a user-space
- * virtio-blk driver: the set-up shared by `vuf blk` and `vuf demo`.
+ * virtio-blk or virtio-net driver: the set-up shared by `vuf blk`,
+ * `vuf demo` and `vuf net`.
  *
- * A session is one vhost-user-blk device seen from the VMM side:
+ * A session is one vhost-user-blk (or, with o.device_type VUF_DEV_NET,
+ * vhost-user-net) device seen from the VMM side:
  *   open      connect to SOCKET and make the front-end device
  *             (vuf_frontend_new: SET_OWNER, GET_FEATURES, protocol features,
  *             SET_BACKEND_REQ_FD, GET_QUEUE_NUM)
  *   driver    ack the driver's features, read the blk config space
  *   queues    guest memory (one memfd region), then per queue a split
- *             virtqueue and a virtio-blk request pool in it
+ *             virtqueue and (blk) a virtio-blk request pool in it; net
+ *             leaves o.extra_mem bytes for the caller's vuf_net drivers
  *   activate  hand memory and queues to the back-end (vuf_device_activate);
  *             each queue's call fd is its "irqfd", so completions go
  *             straight from the back-end to the queue
@@ -36,6 +39,8 @@
 /* Bytes of the blk config space read (capacity .. num_queues); every
  * vhost-user-blk back-end serves at least this much. */
 #define TS_CONFIG_BYTES 36u
+/* Net: mac, status, max_virtqueue_pairs, mtu. */
+#define TS_NET_CONFIG_BYTES 12u
 
 struct ts_opts {
     int timeout_ms;      /* connect wait and every reply / request (> 0) */
@@ -46,6 +51,11 @@ struct ts_opts {
     bool no_event_idx;   /* do not offer/ack VIRTIO_F_EVENT_IDX */
     bool no_indirect;    /* do not offer/ack VIRTIO_F_INDIRECT_DESC */
     bool busy_poll;      /* wait for completions by spinning */
+    /* 0 or VUF_DEV_BLK: the blk session above. VUF_DEV_NET: no config
+     * read without CONFIG, no request pools; queues = 2 * queue pairs. */
+    uint32_t device_type;
+    uint64_t net_features; /* net: device bits the driver acks if offered */
+    uint64_t extra_mem;    /* net: guest memory bytes left for the caller */
 };
 
 struct ts_session {
@@ -87,7 +97,8 @@ void ts_init(struct ts_session *s, const struct ts_opts *o);
  * create the front-end device. */
 int ts_open(struct ts_session *s, const char *socket);
 
-/* Ack the driver's features and read the config space. */
+/* Ack the driver's features and read the config space (net: only with
+ * the CONFIG protocol feature; s->have_config says). */
 int ts_driver(struct ts_session *s);
 
 /* Guest memory, virtqueues and request pools for o.queues queues. */

@@ -23,6 +23,10 @@ void cmd_probe_usage(FILE *f);
 int cmd_blk(int argc, char **argv);
 void cmd_blk_usage(FILE *f);
 
+/* `vuf net SOCKET ping|bench ...` (cmd_net.c). */
+int cmd_net(int argc, char **argv);
+void cmd_net_usage(FILE *f);
+
 /* `vuf demo` (cmd_demo.c). */
 int cmd_demo(int argc, char **argv);
 void cmd_demo_usage(FILE *f);

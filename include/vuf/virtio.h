@@ -37,25 +37,47 @@ extern "C" {
  * virtio-net feature bits (bit numbers; virtio 1.2 §5.1.3), shared by the
  * front-end device (vuf/frontend.h) and the guest-side driver.
  */
-#define VUF_NET_F_CSUM 0
-#define VUF_NET_F_GUEST_CSUM 1
-#define VUF_NET_F_CTRL_GUEST_OFFLOADS 2
-#define VUF_NET_F_MTU 3
-#define VUF_NET_F_MAC 5
-#define VUF_NET_F_MRG_RXBUF 15
-#define VUF_NET_F_STATUS 16
-#define VUF_NET_F_CTRL_VQ 17
-#define VUF_NET_F_CTRL_RX 18
-#define VUF_NET_F_CTRL_VLAN 19
-#define VUF_NET_F_CTRL_RX_EXTRA 20
-#define VUF_NET_F_GUEST_ANNOUNCE 21
-#define VUF_NET_F_MQ 22
-#define VUF_NET_F_CTRL_MAC_ADDR 23
-#define VUF_NET_F_NOTF_COAL 53
-#define VUF_NET_F_GUEST_USO4 54
-#define VUF_NET_F_GUEST_USO6 55
-#define VUF_NET_F_HASH_REPORT 57
-#define VUF_NET_F_RSS 60
+#define VUF_NET_F_CSUM 0                /* device handles partial checksums */
+#define VUF_NET_F_GUEST_CSUM 1          /* driver handles partial checksums */
+#define VUF_NET_F_CTRL_GUEST_OFFLOADS 2 /* offload state set by control queue */
+#define VUF_NET_F_MTU 3                 /* config mtu is valid */
+#define VUF_NET_F_MAC 5                 /* config mac is valid */
+#define VUF_NET_F_GSO 6                 /* legacy interface only: any GSO */
+#define VUF_NET_F_GUEST_TSO4 7          /* driver takes TSOv4 */
+#define VUF_NET_F_GUEST_TSO6 8          /* driver takes TSOv6 */
+#define VUF_NET_F_GUEST_ECN 9           /* driver takes TSO with ECN */
+#define VUF_NET_F_GUEST_UFO 10          /* driver takes UFO */
+#define VUF_NET_F_HOST_TSO4 11          /* device takes TSOv4 */
+#define VUF_NET_F_HOST_TSO6 12          /* device takes TSOv6 */
+#define VUF_NET_F_HOST_ECN 13           /* device takes TSO with ECN */
+#define VUF_NET_F_HOST_UFO 14           /* device takes UFO */
+#define VUF_NET_F_MRG_RXBUF 15          /* RX frames may span buffers */
+#define VUF_NET_F_STATUS 16             /* config status is valid */
+#define VUF_NET_F_CTRL_VQ 17            /* control queue */
+#define VUF_NET_F_CTRL_RX 18            /* RX mode control */
+#define VUF_NET_F_CTRL_VLAN 19          /* VLAN filtering */
+#define VUF_NET_F_CTRL_RX_EXTRA 20      /* extra RX mode control */
+#define VUF_NET_F_GUEST_ANNOUNCE 21     /* driver sends gratuitous packets */
+#define VUF_NET_F_MQ 22                 /* several queue pairs (needs CTRL_VQ) */
+#define VUF_NET_F_CTRL_MAC_ADDR 23      /* MAC set by control queue */
+#define VUF_NET_F_GUEST_RSC4 41         /* legacy interface only */
+#define VUF_NET_F_GUEST_RSC6 42         /* legacy interface only */
+#define VUF_NET_F_DEVICE_STATS 50       /* virtio 1.3: device statistics */
+#define VUF_NET_F_HASH_TUNNEL 51        /* virtio 1.3: tunnel hashing */
+#define VUF_NET_F_VQ_NOTF_COAL 52       /* virtio 1.3: per-queue coalescing */
+#define VUF_NET_F_NOTF_COAL 53          /* notification coalescing */
+#define VUF_NET_F_GUEST_USO4 54         /* driver takes USOv4 */
+#define VUF_NET_F_GUEST_USO6 55         /* driver takes USOv6 */
+#define VUF_NET_F_HOST_USO 56           /* device takes USO */
+#define VUF_NET_F_HASH_REPORT 57        /* hash in the header (20 bytes) */
+#define VUF_NET_F_GUEST_HDRLEN 59       /* driver sets an exact hdr_len */
+#define VUF_NET_F_RSS 60                /* receive-side scaling */
+#define VUF_NET_F_RSC_EXT 61            /* coalesced segments reported */
+#define VUF_NET_F_STANDBY 62            /* standby for a primary device */
+#define VUF_NET_F_SPEED_DUPLEX 63       /* config speed/duplex are valid */
+/* Transport bit 27 (ANY_LAYOUT, legacy only): header and frame may share a
+ * descriptor; implied by VERSION_1. */
+#define VUF_NET_F_ANY_LAYOUT 27
 /*
  * CTRL_VQ and every bit that needs it: what a device without a control
  * queue must not offer. Virtio 1.2 §5.1.3.1 makes CTRL_RX, CTRL_VLAN,
@@ -70,15 +92,22 @@ extern "C" {
      VUF_BIT(VUF_NET_F_CTRL_RX_EXTRA) | VUF_BIT(VUF_NET_F_NOTF_COAL) | VUF_BIT(VUF_NET_F_RSS) | \
      VUF_BIT(VUF_NET_F_HASH_REPORT))
 
-/* virtio-net config space layout (virtio 1.2 §5.1.4), byte offsets; all
- * fields little-endian. */
-#define VUF_NET_CONFIG_MAC 0
-#define VUF_NET_CONFIG_STATUS 6
-#define VUF_NET_CONFIG_MAX_VQ_PAIRS 8
-#define VUF_NET_CONFIG_MTU 10
-#define VUF_NET_CONFIG_SIZE 12
-/* Bit of the config status field: the link is up. */
+/* virtio-net config space (virtio 1.2 §5.1.4): status bits and byte
+ * offsets; all fields little-endian. */
 #define VUF_NET_S_LINK_UP 1u
+#define VUF_NET_S_ANNOUNCE 2u
+
+/* Byte offsets in the config space. */
+#define VUF_NET_CFG_MAC 0u
+#define VUF_NET_CFG_STATUS 6u
+#define VUF_NET_CFG_MAX_VQ_PAIRS 8u
+#define VUF_NET_CFG_MTU 10u
+#define VUF_NET_CFG_SPEED 12u
+#define VUF_NET_CFG_DUPLEX 16u
+#define VUF_NET_CFG_RSS_MAX_KEY_SIZE 17u
+#define VUF_NET_CFG_RSS_MAX_INDIRECTION 18u
+#define VUF_NET_CFG_SUPPORTED_HASH_TYPES 20u
+#define VUF_NET_CFG_SIZE 24u
 
 enum vuf_device_type {
     VUF_DEV_NET = 1,

@@ -12,7 +12,9 @@
 #include "vuf/virtio.h"
 #include "vuf/guest_mem.h"
 #include "vuf/virtq.h"
+#include "vuf/virtq_set.h"
 #include "vuf/virtio_blk.h"
+#include "vuf/virtio_net.h"
 #include "vuf/device.h"
 #include "vuf/frontend.h"
 

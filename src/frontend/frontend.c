@@ -266,13 +266,13 @@ static void put_le16(uint8_t *p, uint16_t v)
  * queue layout. Reads past its end see zeros, as a transport's would. */
 static int read_net_config(const struct vuf_frontend *fe, uint64_t offset, void *data, size_t len)
 {
-    uint8_t c[VUF_NET_CONFIG_SIZE];
+    uint8_t c[VUF_NET_CFG_SPEED]; /* mac, status, max_virtqueue_pairs, mtu */
 
     memset(c, 0, sizeof(c));
-    memcpy(c + VUF_NET_CONFIG_MAC, fe->cfg.net_mac, 6);
-    put_le16(c + VUF_NET_CONFIG_STATUS, fe->cfg.net_link_down ? 0 : VUF_NET_S_LINK_UP);
-    put_le16(c + VUF_NET_CONFIG_MAX_VQ_PAIRS, (uint16_t)fe->net_pairs);
-    put_le16(c + VUF_NET_CONFIG_MTU, fe->cfg.net_mtu);
+    memcpy(c + VUF_NET_CFG_MAC, fe->cfg.net_mac, 6);
+    put_le16(c + VUF_NET_CFG_STATUS, fe->cfg.net_link_down ? 0 : VUF_NET_S_LINK_UP);
+    put_le16(c + VUF_NET_CFG_MAX_VQ_PAIRS, (uint16_t)fe->net_pairs);
+    put_le16(c + VUF_NET_CFG_MTU, fe->cfg.net_mtu);
     memset(data, 0, len);
     if (offset < sizeof(c))
         memcpy(data, c + offset, len < sizeof(c) - offset ? len : sizeof(c) - offset);

@@ -110,7 +110,7 @@ static void test_local_config(void **state)
     memset(c, 0xee, sizeof(c));
     assert_int_equal(vuf_device_read_config(f.dev, 0, c, sizeof(c)), 0);
     assert_memory_equal(c, want, sizeof(c)); /* 12 bytes, then zeros */
-    assert_int_equal(vuf_device_read_config(f.dev, VUF_NET_CONFIG_MTU, &mtu, 2), 0);
+    assert_int_equal(vuf_device_read_config(f.dev, VUF_NET_CFG_MTU, &mtu, 2), 0);
     assert_int_equal(mtu, 9000);
     assert_int_equal(vuf_device_read_config(f.dev, 100, c, 4), 0);
     assert_memory_equal(c, "\0\0\0\0", 4);
@@ -131,8 +131,8 @@ static void test_local_config(void **state)
     cfg.net_link_down = true;
     start(&f, &cfg, NB(MTU) | NB(MAC), 0);
     assert_int_equal(vuf_device_features(f.dev) & (NB(MAC) | NB(STATUS) | NB(MTU)), NB(STATUS));
-    assert_int_equal(vuf_device_read_config(f.dev, 0, c, VUF_NET_CONFIG_SIZE), 0);
-    assert_memory_equal(c, "\0\0\0\0\0\0\0\0\1\0\0\0", VUF_NET_CONFIG_SIZE);
+    assert_int_equal(vuf_device_read_config(f.dev, 0, c, VUF_NET_CFG_SPEED), 0);
+    assert_memory_equal(c, "\0\0\0\0\0\0\0\0\1\0\0\0", VUF_NET_CFG_SPEED);
     expect_none(&f.be, &f.mark);
     fx_end(&f);
 }
