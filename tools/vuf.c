@@ -19,6 +19,8 @@ static const struct {
      "connect to a vhost-user back-end and report what it offers (read-only)"},
     {"blk", cmd_blk, cmd_blk_usage,
      "be the VMM of a vhost-user-blk back-end: read, write, verify, bench"},
+    {"check", cmd_check, cmd_check_usage,
+     "check a vhost-user back-end's conformance to the protocol (a test suite)"},
     {"demo", cmd_demo, cmd_demo_usage,
      "walk the whole device life cycle against the reference back-end"},
 };

@@ -23,6 +23,10 @@ void cmd_probe_usage(FILE *f);
 int cmd_blk(int argc, char **argv);
 void cmd_blk_usage(FILE *f);
 
+/* `vuf check SOCKET ...` (cmd_check.c; the engine is check.h). */
+int cmd_check(int argc, char **argv);
+void cmd_check_usage(FILE *f);
+
 /* `vuf demo` (cmd_demo.c). */
 int cmd_demo(int argc, char **argv);
 void cmd_demo_usage(FILE *f);

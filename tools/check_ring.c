@@ -1,0 +1,607 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Ring life-cycle and device I/O checks of `vuf check`: the checker plays
+ * the guest driver on memfd guest memory (vuf/virtq.h; vuf/virtio_blk.h for
+ * the I/O smoke test) and drives queue 0 with the client's ring requests,
+ * in QEMU's start order (vhost-user §Starting the device).
+ *
+ * Ring behaviour is watched through guest memory: the used index moving is
+ * the device processing; "nothing happened" is judged after settle_ms.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "check_internal.h"
+#include "vuf/guest_mem.h"
+#include "vuf/log.h"
+#include "vuf/virtio.h"
+#include "vuf/virtio_blk.h"
+#include "vuf/virtq.h"
+
+#define QSIZE 128u
+#define MEM_SIZE (4ull << 20)
+#define F_PROTO VUF_BIT(VUF_VHOST_F_PROTOCOL_FEATURES)
+
+/* The blk features the driver here understands. */
+#define BLK_DRIVER_FEATURES                                                                  \
+    (VUF_BIT(VUF_VIRTIO_F_VERSION_1) | F_PROTO | VUF_BIT(VUF_BLK_F_SEG_MAX) |                \
+     VUF_BIT(VUF_BLK_F_BLK_SIZE) | VUF_BIT(VUF_BLK_F_FLUSH) | VUF_BIT(VUF_BLK_F_RO) |        \
+     VUF_BIT(VUF_BLK_F_DISCARD) | VUF_BIT(VUF_BLK_F_WRITE_ZEROES) | VUF_BIT(VUF_BLK_F_MQ) | \
+     VUF_BIT(VUF_BLK_F_SIZE_MAX) | VUF_BIT(VUF_BLK_F_TOPOLOGY) | VUF_BIT(VUF_BLK_F_CONFIG_WCE))
+
+struct rq {
+    struct vuf_guest_mem *gm;
+    struct vuf_virtq *vq;
+    struct vuf_blk *blk;
+    struct vuf_virtq_layout lay;
+    uint64_t features;
+    uint64_t capacity; /* sectors; 0: unknown */
+    /* one raw blk read request for the ring checks */
+    uint64_t hdr_gpa, data_gpa, st_gpa;
+    void *hdr, *data, *st;
+};
+
+static void rq_free(struct rq *q)
+{
+    vuf_blk_free(q->blk);
+    vuf_virtq_free(q->vq);
+    vuf_guest_mem_free(q->gm);
+    memset(q, 0, sizeof(*q));
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static uint16_t used_idx(const struct rq *q)
+{
+    return __atomic_load_n(&q->lay.used->idx, __ATOMIC_ACQUIRE);
+}
+
+/* Wait until the used index reaches `want` or ms pass. True if reached. */
+static bool wait_used(const struct rq *q, uint16_t want, int ms)
+{
+    int64_t end = now_ms() + ms;
+
+    for (;;) {
+        if ((uint16_t)(used_idx(q) - want) < 0x8000u)
+            return true;
+        if (now_ms() >= end)
+            return false;
+        poll(NULL, 0, 1);
+    }
+}
+
+/* Sync with the back-end after requests sent without an ack. */
+static int rq_sync(struct chk_ctx *x)
+{
+    return chk_pf(x, VUF_PROTO_F_REPLY_ACK) ? 0 : chk_sync(x);
+}
+
+static int send_kick(struct chk_ctx *x, struct rq *q)
+{
+    chk_ev(x, "-> SET_VRING_KICK 0 (eventfd)");
+    return vuf_client_set_vring_kick(x->c, 0, vuf_virtq_kick_fd(q->vq));
+}
+
+static int send_enable(struct chk_ctx *x, bool on)
+{
+    int r;
+
+    chk_ev(x, "-> SET_VRING_ENABLE 0 %d", on);
+    r = vuf_client_set_vring_enable(x->c, 0, on);
+    return r ? r : rq_sync(x);
+}
+
+/* Queue 0 set up up to SET_VRING_CALL; SET_VRING_KICK and SET_VRING_ENABLE
+ * as asked. `want` are the features to ack besides the device's own. */
+static enum chk_status rq_setup(struct chk_ctx *x, struct rq *q, bool kick, bool enable,
+                                uint64_t extra)
+{
+    struct vuf_mem_region reg;
+    struct vuf_vring_addr addr;
+    int fd, r;
+
+    memset(q, 0, sizeof(*q));
+    if (x->o->device_type != VUF_DEV_BLK)
+        return chk_skip(x, "ring and I/O checks drive a blk device: give --device-type blk");
+    if (!(x->hs.features & F_PROTO))
+        return chk_skip(x, "PROTOCOL_FEATURES not offered (rings start enabled)");
+    q->features = x->hs.features & (BLK_DRIVER_FEATURES | extra);
+    if (chk_pf(x, VUF_PROTO_F_CONFIG)) {
+        uint64_t cap;
+
+        if (vuf_client_get_config(x->c, 0, VUF_CONFIG_FLAG_WRITABLE, &cap, 8) == 0)
+            q->capacity = cap;
+    }
+    r = vuf_guest_mem_new_simple(0, MEM_SIZE, &q->gm);
+    if (r == 0)
+        r = vuf_virtq_new(q->gm, QSIZE, q->features, &q->vq);
+    if (r == 0)
+        r = vuf_guest_mem_alloc(q->gm, 16, 16, &q->hdr_gpa);
+    if (r == 0)
+        r = vuf_guest_mem_alloc(q->gm, 512, 512, &q->data_gpa);
+    if (r == 0)
+        r = vuf_guest_mem_alloc(q->gm, 1, 1, &q->st_gpa);
+    if (r < 0) {
+        chk_ev(x, "guest memory: %s", vuf_strerror(r));
+        return CHK_ERROR;
+    }
+    q->hdr = vuf_guest_mem_to_host(q->gm, q->hdr_gpa, 16);
+    q->data = vuf_guest_mem_to_host(q->gm, q->data_gpa, 512);
+    q->st = vuf_guest_mem_to_host(q->gm, q->st_gpa, 1);
+    *(struct vuf_blk_outhdr *)q->hdr = (struct vuf_blk_outhdr){.type = VUF_BLK_T_IN};
+    vuf_virtq_layout(q->vq, &q->lay);
+    vuf_guest_mem_mem_table(q->gm, &reg, &fd, 1);
+    vuf_virtq_vring_addr(q->vq, &addr);
+    chk_ev(x, "-> SET_FEATURES 0x%" PRIx64 ", SET_MEM_TABLE (1 region), SET_VRING_NUM 0 %u, "
+              "SET_VRING_BASE 0 0, SET_VRING_ADDR, SET_VRING_CALL",
+           (uint64_t)(q->features | F_PROTO), QSIZE);
+    r = vuf_client_set_features(x->c, q->features | F_PROTO);
+    if (r == 0)
+        r = vuf_client_set_mem_table(x->c, &reg, &fd, 1);
+    if (r == 0)
+        r = vuf_client_set_vring_num(x->c, 0, QSIZE);
+    if (r == 0)
+        r = vuf_client_set_vring_base(x->c, 0, 0);
+    if (r == 0)
+        r = vuf_client_set_vring_addr(x->c, &addr);
+    if (r == 0)
+        r = vuf_client_set_vring_call(x->c, 0, vuf_virtq_call_fd(q->vq));
+    if (r == 0 && kick)
+        r = send_kick(x, q);
+    if (r == 0 && enable)
+        r = send_enable(x, true);
+    if (r == 0)
+        r = rq_sync(x);
+    if (r < 0)
+        return chk_err(x, r, "ring set-up");
+    return CHK_PASS;
+}
+
+/* Publish one 512-byte read of sector 0 and kick (when `kick`). */
+static int post_read(struct chk_ctx *x, struct rq *q, bool kick)
+{
+    struct vuf_virtq_buf b[3] = {
+        {.gpa = q->hdr_gpa, .host = q->hdr, .len = 16, .writable = false},
+        {.gpa = q->data_gpa, .host = q->data, .len = 512, .writable = true},
+        {.gpa = q->st_gpa, .host = q->st, .len = 1, .writable = true},
+    };
+    int r = vuf_virtq_add(q->vq, b, 3, q);
+
+    if (r < 0) {
+        chk_ev(x, "virtq_add: %s", vuf_strerror(r));
+        return r;
+    }
+    chk_ev(x, "   driver: avail idx %u%s", vuf_virtq_avail_idx(q->vq), kick ? ", kick" : "");
+    return kick ? vuf_virtq_kick(q->vq, VUF_VIRTQ_KICK_FORCE) : 0;
+}
+
+/* Take every used element off the ring (recycles the descriptors). */
+static void reap(struct rq *q)
+{
+    void *cookie;
+    uint32_t len;
+
+    while (vuf_virtq_get_used(q->vq, &cookie, &len) == 0)
+        ;
+}
+
+/* Expect the used index to reach `want` (true) or to stay below it for
+ * settle_ms (false); logs what happened. Returns whether it moved. */
+static bool moved(struct chk_ctx *x, struct rq *q, uint16_t want, bool expect)
+{
+    bool m = wait_used(q, want, expect ? x->o->timeout_ms : x->o->settle_ms);
+
+    chk_ev(x, "   used idx %u after %s", used_idx(q),
+           expect ? "waiting for it" : "watching for it to stay");
+    return m;
+}
+
+enum chk_status chk_ring_start(struct chk_ctx *x)
+{
+    struct rq q;
+    enum chk_status st = rq_setup(x, &q, false, false, 0);
+    int r;
+
+    if (st != CHK_PASS)
+        goto out;
+    if ((r = post_read(x, &q, false)) < 0) {
+        st = CHK_ERROR;
+        goto out;
+    }
+    if (moved(x, &q, 1, false)) {
+        st = chk_fail(x, "the ring ran before SET_VRING_KICK");
+        goto out;
+    }
+    if ((r = send_kick(x, &q)) < 0 || (r = rq_sync(x)) < 0 ||
+        (r = vuf_virtq_kick(q.vq, VUF_VIRTQ_KICK_FORCE)) < 0) {
+        st = chk_err(x, r, "SET_VRING_KICK");
+        goto out;
+    }
+    if (moved(x, &q, 1, false)) {
+        st = chk_fail(x, "the ring ran while disabled (PROTOCOL_FEATURES negotiated: rings start "
+                         "disabled until SET_VRING_ENABLE 1)");
+        goto out;
+    }
+    if ((r = send_enable(x, true)) < 0 || (r = vuf_virtq_kick(q.vq, VUF_VIRTQ_KICK_FORCE)) < 0) {
+        st = chk_err(x, r, "SET_VRING_ENABLE");
+        goto out;
+    }
+    if (!moved(x, &q, 1, true))
+        st = chk_fail(x, "the ring did not run after kick and enable");
+out:
+    rq_free(&q);
+    return st;
+}
+
+enum chk_status chk_ring_disable(struct chk_ctx *x)
+{
+    struct rq q;
+    enum chk_status st = rq_setup(x, &q, true, true, 0);
+    int r;
+
+    if (st != CHK_PASS)
+        goto out;
+    if (post_read(x, &q, true) < 0 || !moved(x, &q, 1, true)) {
+        st = chk_fail(x, "the enabled ring did not run");
+        goto out;
+    }
+    reap(&q);
+    if ((r = send_enable(x, false)) < 0) {
+        st = chk_err(x, r, "SET_VRING_ENABLE 0");
+        goto out;
+    }
+    if (post_read(x, &q, true) < 0 || moved(x, &q, 2, false)) {
+        st = chk_fail(x, "the ring ran after SET_VRING_ENABLE 0");
+        goto out;
+    }
+    if ((r = send_enable(x, true)) < 0 || (r = vuf_virtq_kick(q.vq, VUF_VIRTQ_KICK_FORCE)) < 0) {
+        st = chk_err(x, r, "SET_VRING_ENABLE 1");
+        goto out;
+    }
+    if (!moved(x, &q, 2, true))
+        st = chk_fail(x, "the ring did not resume after SET_VRING_ENABLE 1");
+out:
+    rq_free(&q);
+    return st;
+}
+
+/* Run three reads, then GET_VRING_BASE; *base its answer. */
+static enum chk_status three_then_stop(struct chk_ctx *x, struct rq *q, uint32_t *base)
+{
+    int r;
+
+    for (uint16_t i = 1; i <= 3; i++) {
+        if (post_read(x, q, true) < 0 || !moved(x, q, i, true))
+            return chk_fail(x, "the running ring did not process request %u", i);
+        reap(q);
+    }
+    r = vuf_client_get_vring_base(x->c, 0, base);
+    if (r < 0)
+        return chk_err(x, r, "GET_VRING_BASE");
+    chk_ev(x, "-> GET_VRING_BASE 0 <- %u (driver's avail idx %u)", *base,
+           vuf_virtq_avail_idx(q->vq));
+    return CHK_PASS;
+}
+
+enum chk_status chk_ring_get_base(struct chk_ctx *x)
+{
+    struct rq q;
+    uint32_t base = 0;
+    enum chk_status st = rq_setup(x, &q, true, true, 0);
+
+    if (st != CHK_PASS || (st = three_then_stop(x, &q, &base)) != CHK_PASS)
+        goto out;
+    if (base != 3) {
+        st = chk_fail(x, "GET_VRING_BASE returned %u, the next avail index is 3", base);
+        goto out;
+    }
+    if (post_read(x, &q, true) < 0 || moved(x, &q, 4, false))
+        st = chk_fail(x, "the ring ran after GET_VRING_BASE stopped it");
+out:
+    rq_free(&q);
+    return st;
+}
+
+enum chk_status chk_ring_restart(struct chk_ctx *x)
+{
+    struct rq q;
+    struct vuf_vring_addr addr;
+    uint32_t base = 0;
+    enum chk_status st = rq_setup(x, &q, true, true, 0);
+    int r;
+
+    if (st != CHK_PASS || (st = three_then_stop(x, &q, &base)) != CHK_PASS)
+        goto out;
+    vuf_virtq_vring_addr(q.vq, &addr);
+    chk_ev(x, "-> SET_VRING_NUM, SET_VRING_BASE 0 %u, SET_VRING_ADDR", base);
+    r = vuf_client_set_vring_num(x->c, 0, QSIZE);
+    if (r == 0)
+        r = vuf_client_set_vring_base(x->c, 0, base);
+    if (r == 0)
+        r = vuf_client_set_vring_addr(x->c, &addr);
+    if (r == 0)
+        r = send_kick(x, &q);
+    if (r == 0)
+        r = send_enable(x, true);
+    if (r < 0) {
+        st = chk_err(x, r, "restart");
+        goto out;
+    }
+    if (post_read(x, &q, true) < 0 || !moved(x, &q, 4, true)) {
+        st = chk_fail(x, "the restarted ring did not process the request at index %u", base);
+        goto out;
+    }
+    if (used_idx(&q) != 4)
+        st = chk_fail(x, "used idx %u, expected 4", used_idx(&q));
+out:
+    rq_free(&q);
+    return st;
+}
+
+static bool call_pending(int fd, int ms)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+
+    return poll(&p, 1, ms) > 0 && (p.revents & POLLIN);
+}
+
+static void drain_call(int fd)
+{
+    uint64_t v;
+
+    /* our own non-blocking eventfd: read cannot block */
+    while (read(fd, &v, sizeof(v)) == (ssize_t)sizeof(v))
+        ;
+}
+
+enum chk_status chk_ring_event_idx(struct chk_ctx *x)
+{
+    struct rq q;
+    enum chk_status st;
+    uint16_t *used_event;
+    int cfd;
+
+    if (x->o->device_type == VUF_DEV_BLK && !(x->hs.features & VUF_BIT(VUF_VIRTIO_F_EVENT_IDX)))
+        return chk_skip(x, "EVENT_IDX not offered");
+    st = rq_setup(x, &q, true, true, VUF_BIT(VUF_VIRTIO_F_EVENT_IDX));
+    if (st != CHK_PASS)
+        goto out;
+    used_event = vuf_vring_used_event(q.lay.avail, QSIZE);
+    cfd = vuf_virtq_call_fd(q.vq);
+    /* used_event 5: the first completion (used idx 0 -> 1) needs no call. */
+    __atomic_store_n(used_event, 5, __ATOMIC_RELEASE);
+    drain_call(cfd);
+    chk_ev(x, "   driver: used_event = 5");
+    if (post_read(x, &q, true) < 0 || !moved(x, &q, 1, true)) {
+        st = chk_fail(x, "the ring did not run");
+        goto out;
+    }
+    if (call_pending(cfd, x->o->settle_ms)) {
+        st = chk_fail(x, "the call eventfd fired although used_event (5) was not passed");
+        goto out;
+    }
+    chk_ev(x, "   no call (correct)");
+    reap(&q);
+    /* used_event 1: the next completion (1 -> 2) passes it. */
+    __atomic_store_n(used_event, 1, __ATOMIC_RELEASE);
+    chk_ev(x, "   driver: used_event = 1");
+    if (post_read(x, &q, true) < 0 || !moved(x, &q, 2, true)) {
+        st = chk_fail(x, "the ring did not run");
+        goto out;
+    }
+    if (!call_pending(cfd, x->o->timeout_ms)) {
+        st = chk_fail(x, "no call although used idx passed used_event (1)");
+        goto out;
+    }
+    chk_ev(x, "   call (correct)");
+out:
+    rq_free(&q);
+    return st;
+}
+
+/* ---- blk I/O ----------------------------------------------------------------- */
+
+static enum chk_status blk_setup(struct chk_ctx *x, struct rq *q)
+{
+    enum chk_status st = rq_setup(x, q, true, true, 0);
+    int r;
+
+    if (st != CHK_PASS)
+        return st;
+    r = vuf_blk_new(q->vq, 4, 8192, &q->blk);
+    if (r < 0) {
+        chk_ev(x, "blk driver: %s", vuf_strerror(r));
+        return CHK_ERROR;
+    }
+    return CHK_PASS;
+}
+
+/* The sector the destructive checks use, and restore afterwards. */
+static uint64_t test_sector(const struct rq *q)
+{
+    return q->capacity > 16 ? q->capacity - 8 : 0;
+}
+
+static enum chk_status io_status(struct chk_ctx *x, int r, const char *what)
+{
+    if (r == 0) {
+        chk_ev(x, "%s: OK", what);
+        return CHK_PASS;
+    }
+    if (r == -ETIMEDOUT || r == -ECONNRESET) {
+        chk_ev(x, "%s: %s", what, vuf_strerror(r));
+        return CHK_ERROR;
+    }
+    return chk_fail(x, "%s: %s (%d)", what, vuf_strerror(r), r);
+}
+
+enum chk_status chk_io_blk_rw(struct chk_ctx *x)
+{
+    struct rq q;
+    uint8_t saved[4096], pat[4096], back[4096];
+    enum chk_status st = blk_setup(x, &q);
+    uint64_t s;
+    int r;
+
+    if (st != CHK_PASS)
+        goto out;
+    if (q.features & VUF_BIT(VUF_BLK_F_RO)) {
+        st = chk_skip(x, "read-only device");
+        goto out;
+    }
+    s = test_sector(&q);
+    for (unsigned i = 0; i < sizeof(pat); i++)
+        pat[i] = (uint8_t)(i * 7 + 3);
+    r = vuf_blk_read(q.blk, s, saved, sizeof(saved), x->o->timeout_ms);
+    if ((st = io_status(x, r, "IN 8 sectors (saving them)")) != CHK_PASS)
+        goto out;
+    r = vuf_blk_write(q.blk, s, pat, sizeof(pat), x->o->timeout_ms);
+    if ((st = io_status(x, r, "OUT 8 sectors of a pattern")) != CHK_PASS)
+        goto out;
+    r = vuf_blk_read(q.blk, s, back, sizeof(back), x->o->timeout_ms);
+    if ((st = io_status(x, r, "IN the same sectors")) != CHK_PASS)
+        goto out;
+    if (memcmp(back, pat, sizeof(pat)) != 0)
+        st = chk_fail(x, "the read returned other bytes than were written (sector %" PRIu64 ")",
+                      s);
+    vuf_blk_write(q.blk, s, saved, sizeof(saved), x->o->timeout_ms);
+    chk_ev(x, "sectors %" PRIu64 "+8 restored", s);
+out:
+    rq_free(&q);
+    return st;
+}
+
+enum chk_status chk_io_blk_flush(struct chk_ctx *x)
+{
+    struct rq q;
+    enum chk_status st;
+
+    if (x->o->device_type == VUF_DEV_BLK && !(x->hs.features & VUF_BIT(VUF_BLK_F_FLUSH)))
+        return chk_skip(x, "VIRTIO_BLK_F_FLUSH not offered");
+    st = blk_setup(x, &q);
+    if (st == CHK_PASS)
+        st = io_status(x, vuf_blk_flush(q.blk, x->o->timeout_ms), "FLUSH");
+    rq_free(&q);
+    return st;
+}
+
+enum chk_status chk_io_blk_get_id(struct chk_ctx *x)
+{
+    struct rq q;
+    char id[VUF_BLK_ID_BYTES + 1] = "";
+    enum chk_status st = blk_setup(x, &q);
+
+    if (st == CHK_PASS) {
+        st = io_status(x, vuf_blk_get_id(q.blk, id, x->o->timeout_ms), "GET_ID");
+        if (st == CHK_PASS)
+            chk_ev(x, "id \"%.20s\"", id);
+    }
+    rq_free(&q);
+    return st;
+}
+
+static enum chk_status range_op(struct chk_ctx *x, bool zeroes)
+{
+    struct rq q;
+    uint8_t saved[512], back[512], zero[512] = {0};
+    enum chk_status st;
+    uint64_t s;
+    int r;
+
+    if (x->o->device_type == VUF_DEV_BLK &&
+        !(x->hs.features & VUF_BIT(zeroes ? VUF_BLK_F_WRITE_ZEROES : VUF_BLK_F_DISCARD)))
+        return chk_skip(x, "%s not offered", zeroes ? "WRITE_ZEROES" : "DISCARD");
+    st = blk_setup(x, &q);
+    if (st != CHK_PASS)
+        goto out;
+    s = test_sector(&q);
+    r = vuf_blk_read(q.blk, s, saved, sizeof(saved), x->o->timeout_ms);
+    if ((st = io_status(x, r, "IN 1 sector (saving it)")) != CHK_PASS)
+        goto out;
+    if (zeroes) {
+        memset(back, 0xa5, sizeof(back));
+        r = vuf_blk_write(q.blk, s, back, sizeof(back), x->o->timeout_ms);
+        if ((st = io_status(x, r, "OUT 1 sector of 0xa5")) != CHK_PASS)
+            goto out;
+        r = vuf_blk_write_zeroes(q.blk, s, 1, false, x->o->timeout_ms);
+        if ((st = io_status(x, r, "WRITE_ZEROES 1 sector")) != CHK_PASS)
+            goto out;
+        r = vuf_blk_read(q.blk, s, back, sizeof(back), x->o->timeout_ms);
+        if ((st = io_status(x, r, "IN the sector")) == CHK_PASS && memcmp(back, zero, 512) != 0)
+            st = chk_fail(x, "the sector is not zero after WRITE_ZEROES");
+    } else {
+        r = vuf_blk_discard(q.blk, s, 1, x->o->timeout_ms);
+        st = io_status(x, r, "DISCARD 1 sector");
+    }
+    vuf_blk_write(q.blk, s, saved, sizeof(saved), x->o->timeout_ms);
+    chk_ev(x, "sector %" PRIu64 " restored", s);
+out:
+    rq_free(&q);
+    return st;
+}
+
+enum chk_status chk_io_blk_discard(struct chk_ctx *x)
+{
+    return range_op(x, false);
+}
+
+enum chk_status chk_io_blk_write_zeroes(struct chk_ctx *x)
+{
+    return range_op(x, true);
+}
+
+enum chk_status chk_io_blk_past_end(struct chk_ctx *x)
+{
+    struct rq q;
+    uint8_t buf[1024];
+    enum chk_status st;
+    int r;
+
+    if (x->o->device_type == VUF_DEV_BLK && !chk_pf(x, VUF_PROTO_F_CONFIG))
+        return chk_skip(x, "CONFIG not offered: capacity unknown");
+    st = blk_setup(x, &q);
+    if (st != CHK_PASS)
+        goto out;
+    if (!q.capacity) {
+        st = chk_skip(x, "capacity unknown");
+        goto out;
+    }
+    /* Two sectors from the last one: the second lies past the end. */
+    r = vuf_blk_read(q.blk, q.capacity - 1, buf, sizeof(buf), x->o->timeout_ms);
+    chk_ev(x, "IN 2 sectors at %" PRIu64 " (capacity %" PRIu64 "): %s", q.capacity - 1,
+           q.capacity, r ? vuf_strerror(r) : "OK");
+    if (r == -ETIMEDOUT || r == -ECONNRESET)
+        st = CHK_ERROR;
+    else if (r != vuf_blk_status_errno(VUF_BLK_S_IOERR))
+        st = chk_fail(x, "want status IOERR (%d), got %d", vuf_blk_status_errno(VUF_BLK_S_IOERR),
+                      r);
+out:
+    rq_free(&q);
+    return st;
+}
+
+enum chk_status chk_io_fs_init(struct chk_ctx *x)
+{
+    if (x->o->device_type != VUF_DEV_FS)
+        return chk_skip(x, "not an fs device (--device-type fs)");
+    return chk_skip(x, "fs I/O is not implemented in this version of vuf check");
+}
+
+enum chk_status chk_io_net_tx(struct chk_ctx *x)
+{
+    if (x->o->device_type != VUF_DEV_NET)
+        return chk_skip(x, "not a net device (--device-type net)");
+    return chk_skip(x, "net I/O is not implemented in this version of vuf check");
+}
