@@ -213,8 +213,11 @@ int chk_connect(struct chk_ctx *x)
 
     if (x->c)
         return 0;
-    if (x->reconnect_err)
+    if (x->reconnect_err) {
+        chk_ev(x, "not run: the back-end did not accept a new front-end after an earlier one "
+                  "disconnected (run it alone: --only ID, on a fresh back-end)");
         return x->reconnect_err;
+    }
     memset(hs, 0, sizeof(*hs));
     r = vuf_conn_connect(x->o->socket, x->o->timeout_ms, &conn);
     if (r < 0) {
@@ -408,7 +411,7 @@ int chk_print_human(FILE *f, const struct chk_report *rep, const char *socket, b
         const char *p = r->evidence;
 
         fprintf(f, "%-5s %-26s %s [%s]\n", chk_status_name(r->status), r->id, r->rule, r->ref);
-        if (r->status == CHK_SKIP && !verbose) {
+        if (r->status == CHK_SKIP) {
             /* a skip's reason is its last line */
             const char *nl = strrchr(p, '\n');
 
