@@ -611,17 +611,3 @@ out:
     rq_free(&q);
     return st;
 }
-
-enum chk_status chk_io_fs_init(struct chk_ctx *x)
-{
-    if (x->o->device_type != VUF_DEV_FS)
-        return chk_skip(x, "not an fs device (--device-type fs)");
-    return chk_skip(x, "fs I/O is not implemented in this version of vuf check");
-}
-
-enum chk_status chk_io_net_tx(struct chk_ctx *x)
-{
-    if (x->o->device_type != VUF_DEV_NET)
-        return chk_skip(x, "not a net device (--device-type net)");
-    return chk_skip(x, "net I/O is not implemented in this version of vuf check");
-}
