@@ -355,7 +355,7 @@ int chk_run(const struct chk_opts *o, struct chk_report *rep)
         res->ref = d->ref;
         x.res = res;
         x.evlen = 0;
-        x.dirty = d->dirty;
+        x.dirty = false;
         if (opts.only && !only_matches(opts.only, d->id, &bad, &bad_len)) {
             res->status = chk_skip(&x, "not selected (--only)");
         } else if (d->hostile && !opts.hostile) {
@@ -363,6 +363,7 @@ int chk_run(const struct chk_opts *o, struct chk_report *rep)
         } else if (chk_connect(&x) < 0) {
             res->status = CHK_ERROR;
         } else {
+            x.dirty = d->dirty;
             res->status = d->run(&x);
         }
         if (x.dirty || (x.c && vuf_conn_peer_closed(vuf_client_conn(x.c))))
