@@ -257,8 +257,10 @@ int chk_connect(struct chk_ctx *x)
     hs->pf_acked = vuf_client_protocol_features(x->c);
     return 0;
 dead:
-    r = hs->owner_err ? hs->owner_err : hs->feat_err ? hs->feat_err : hs->pf_err ? hs->pf_err
-                                                                                 : hs->set_pf_err;
+    r = hs->owner_err  ? hs->owner_err
+        : hs->feat_err ? hs->feat_err
+        : hs->pf_err   ? hs->pf_err
+                       : hs->set_pf_err;
     chk_disconnect(x);
     return r < 0 ? r : -ECONNRESET;
 }

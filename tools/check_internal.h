@@ -17,14 +17,14 @@
 /* What the handshake of the current connection saw (raw, before the
  * library's client judged anything). */
 struct chk_hs {
-    int owner_err;                      /* SET_OWNER send */
-    int feat_err;                       /* GET_FEATURES exchange */
-    struct vuf_hdr feat_hdr;            /* its reply header */
-    uint64_t features;                  /* its value */
-    int pf_err;                         /* GET_PROTOCOL_FEATURES (-ENOTSUP: bit 30 not offered) */
+    int owner_err;           /* SET_OWNER send */
+    int feat_err;            /* GET_FEATURES exchange */
+    struct vuf_hdr feat_hdr; /* its reply header */
+    uint64_t features;       /* its value */
+    int pf_err;              /* GET_PROTOCOL_FEATURES (-ENOTSUP: bit 30 not offered) */
     struct vuf_hdr pf_hdr;
     uint64_t pf_offered;
-    int set_pf_err;                     /* SET_PROTOCOL_FEATURES through the client */
+    int set_pf_err; /* SET_PROTOCOL_FEATURES through the client */
     uint64_t pf_acked;
 };
 
@@ -32,9 +32,9 @@ struct chk_ctx {
     const struct chk_opts *o;
     struct vuf_client *c; /* NULL: no connection */
     struct chk_hs hs;
-    bool dirty;           /* the current check changed the back-end's state */
-    unsigned conns;       /* connections made */
-    int reconnect_err;    /* first failed reconnect (0: none) */
+    bool dirty;        /* the current check changed the back-end's state */
+    unsigned conns;    /* connections made */
+    int reconnect_err; /* first failed reconnect (0: none) */
     struct chk_result *res;
     size_t evlen;
 };
@@ -77,9 +77,10 @@ void chk_disconnect(struct chk_ctx *x);
 
 /* The protocol features the checker acks when offered. */
 #define CHK_PF_ACK                                                                        \
-    ((uint64_t)(VUF_PROTO_MASK(MQ) | VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(CONFIG) |            \
-     VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS) | VUF_PROTO_MASK(DEVICE_STATE) |                 \
-     VUF_PROTO_MASK(INFLIGHT_SHMFD) | VUF_PROTO_MASK(RESET_DEVICE) | VUF_PROTO_MASK(STATUS)))
+    ((uint64_t)(VUF_PROTO_MASK(MQ) | VUF_PROTO_MASK(REPLY_ACK) | VUF_PROTO_MASK(CONFIG) | \
+                VUF_PROTO_MASK(CONFIGURE_MEM_SLOTS) | VUF_PROTO_MASK(DEVICE_STATE) |      \
+                VUF_PROTO_MASK(INFLIGHT_SHMFD) | VUF_PROTO_MASK(RESET_DEVICE) |           \
+                VUF_PROTO_MASK(STATUS)))
 
 static inline bool chk_pf(const struct chk_ctx *x, unsigned bit)
 {

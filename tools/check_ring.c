@@ -29,9 +29,9 @@
 #define F_PROTO VUF_BIT(VUF_VHOST_F_PROTOCOL_FEATURES)
 
 /* The blk features the driver here understands. */
-#define BLK_DRIVER_FEATURES                                                                  \
-    (VUF_BIT(VUF_VIRTIO_F_VERSION_1) | F_PROTO | VUF_BIT(VUF_BLK_F_SEG_MAX) |                \
-     VUF_BIT(VUF_BLK_F_BLK_SIZE) | VUF_BIT(VUF_BLK_F_FLUSH) | VUF_BIT(VUF_BLK_F_RO) |        \
+#define BLK_DRIVER_FEATURES                                                                 \
+    (VUF_BIT(VUF_VIRTIO_F_VERSION_1) | F_PROTO | VUF_BIT(VUF_BLK_F_SEG_MAX) |               \
+     VUF_BIT(VUF_BLK_F_BLK_SIZE) | VUF_BIT(VUF_BLK_F_FLUSH) | VUF_BIT(VUF_BLK_F_RO) |       \
      VUF_BIT(VUF_BLK_F_DISCARD) | VUF_BIT(VUF_BLK_F_WRITE_ZEROES) | VUF_BIT(VUF_BLK_F_MQ) | \
      VUF_BIT(VUF_BLK_F_SIZE_MAX) | VUF_BIT(VUF_BLK_F_TOPOLOGY) | VUF_BIT(VUF_BLK_F_CONFIG_WCE))
 
@@ -144,8 +144,9 @@ static enum chk_status rq_setup(struct chk_ctx *x, struct rq *q, bool kick, bool
     vuf_virtq_layout(q->vq, &q->lay);
     vuf_guest_mem_mem_table(q->gm, &reg, &fd, 1);
     vuf_virtq_vring_addr(q->vq, &addr);
-    chk_ev(x, "-> SET_FEATURES 0x%" PRIx64 ", SET_MEM_TABLE (1 region), SET_VRING_NUM 0 %u, "
-              "SET_VRING_BASE 0 0, SET_VRING_ADDR, SET_VRING_CALL",
+    chk_ev(x,
+           "-> SET_FEATURES 0x%" PRIx64 ", SET_MEM_TABLE (1 region), SET_VRING_NUM 0 %u, "
+           "SET_VRING_BASE 0 0, SET_VRING_ADDR, SET_VRING_CALL",
            (uint64_t)(q->features | F_PROTO), QSIZE);
     r = vuf_client_set_features(x->c, q->features | F_PROTO);
     if (r == 0)
@@ -230,8 +231,9 @@ enum chk_status chk_ring_start(struct chk_ctx *x)
         goto out;
     }
     if (moved(x, &q, 1, false)) {
-        st = chk_fail(x, "the disabled ring completed a read (status %u, data written to guest "
-                         "memory): a side effect; with PROTOCOL_FEATURES rings start disabled",
+        st = chk_fail(x,
+                      "the disabled ring completed a read (status %u, data written to guest "
+                      "memory): a side effect; with PROTOCOL_FEATURES rings start disabled",
                       *(volatile uint8_t *)q.st);
         goto out;
     }
@@ -370,8 +372,7 @@ static void drain_call(int fd)
 
 /* One request with used_event set to `ev` first; returns whether the call
  * eventfd fired (waiting `ms`), or -1 when the ring did not run. */
-static int one_with_event(struct chk_ctx *x, struct rq *q, uint16_t ev, uint16_t want_used,
-                          int ms)
+static int one_with_event(struct chk_ctx *x, struct rq *q, uint16_t ev, uint16_t want_used, int ms)
 {
     uint16_t *used_event = vuf_vring_used_event(q->lay.avail, QSIZE);
     int cfd = vuf_virtq_call_fd(q->vq);
@@ -494,8 +495,7 @@ enum chk_status chk_io_blk_rw(struct chk_ctx *x)
     if ((st = io_status(x, r, "IN the same sectors")) != CHK_PASS)
         goto out;
     if (memcmp(back, pat, sizeof(pat)) != 0)
-        st = chk_fail(x, "the read returned other bytes than were written (sector %" PRIu64 ")",
-                      s);
+        st = chk_fail(x, "the read returned other bytes than were written (sector %" PRIu64 ")", s);
     vuf_blk_write(q.blk, s, saved, sizeof(saved), x->o->timeout_ms);
     chk_ev(x, "sectors %" PRIu64 "+8 restored", s);
 out:
@@ -600,13 +600,13 @@ enum chk_status chk_io_blk_past_end(struct chk_ctx *x)
     }
     /* Two sectors from the last one: the second lies past the end. */
     r = vuf_blk_read(q.blk, q.capacity - 1, buf, sizeof(buf), x->o->timeout_ms);
-    chk_ev(x, "IN 2 sectors at %" PRIu64 " (capacity %" PRIu64 "): %s", q.capacity - 1,
-           q.capacity, r ? vuf_strerror(r) : "OK");
+    chk_ev(x, "IN 2 sectors at %" PRIu64 " (capacity %" PRIu64 "): %s", q.capacity - 1, q.capacity,
+           r ? vuf_strerror(r) : "OK");
     if (r == -ETIMEDOUT || r == -ECONNRESET)
         st = CHK_ERROR;
     else if (r != vuf_blk_status_errno(VUF_BLK_S_IOERR))
-        st = chk_fail(x, "want status IOERR (%d), got %d", vuf_blk_status_errno(VUF_BLK_S_IOERR),
-                      r);
+        st =
+            chk_fail(x, "want status IOERR (%d), got %d", vuf_blk_status_errno(VUF_BLK_S_IOERR), r);
 out:
     rq_free(&q);
     return st;

@@ -46,8 +46,7 @@ static enum chk_status hs_reply_header(struct chk_ctx *x)
     bool ok = hdr_ok(x, "GET_FEATURES", VUF_REQ_GET_FEATURES, &x->hs.feat_hdr);
 
     if (x->hs.pf_err == 0)
-        ok = hdr_ok(x, "GET_PROTOCOL_FEATURES", VUF_REQ_GET_PROTOCOL_FEATURES, &x->hs.pf_hdr) &&
-             ok;
+        ok = hdr_ok(x, "GET_PROTOCOL_FEATURES", VUF_REQ_GET_PROTOCOL_FEATURES, &x->hs.pf_hdr) && ok;
     return ok ? CHK_PASS : CHK_FAIL;
 }
 
@@ -121,8 +120,8 @@ static int one_ack(struct chk_ctx *x, uint32_t code, const void *p, uint32_t siz
         return r;
     vuf_msg_close_fds(&m);
     if (m.hdr.request != code || m.hdr.flags != REPLY_FLAGS || m.hdr.size != 8) {
-        chk_ev(x, "   not an ack of %s (want request %u flags 0x5 size 8)",
-               vuf_request_name(code), code);
+        chk_ev(x, "   not an ack of %s (want request %u flags 0x5 size 8)", vuf_request_name(code),
+               code);
         return -EPROTO;
     }
     *ack = m.payload.u64;
@@ -141,8 +140,7 @@ static enum chk_status ra_one_ack(struct chk_ctx *x)
     if (r < 0)
         return chk_err(x, r, "SET_FEATURES with NEED_REPLY");
     if (ack != 0)
-        return chk_fail(x, "SET_FEATURES with the offered features was nacked (%" PRIu64 ")",
-                        ack);
+        return chk_fail(x, "SET_FEATURES with the offered features was nacked (%" PRIu64 ")", ack);
     r = one_ack(x, VUF_REQ_SET_VRING_NUM, &st, sizeof(st), &ack);
     if (r < 0)
         return chk_err(x, r, "SET_VRING_NUM with NEED_REPLY");
@@ -151,7 +149,8 @@ static enum chk_status ra_one_ack(struct chk_ctx *x)
     /* A second ack would now stand where GET_FEATURES' reply belongs. */
     r = chk_sync(x);
     if (r < 0)
-        return r == -EPROTO ? chk_fail(x, "a second reply followed the ack") : chk_err(x, r, "sync");
+        return r == -EPROTO ? chk_fail(x, "a second reply followed the ack")
+                            : chk_err(x, r, "sync");
     return CHK_PASS;
 }
 
@@ -173,8 +172,8 @@ static enum chk_status ra_reject(struct chk_ctx *x)
         /* Here a hang-up or silence is the violation itself, not a reason
          * the rule could not be judged. */
         chk_disconnect(x);
-        return chk_fail(x, "no non-zero ack: %s", r == -EPROTO ? "a malformed reply"
-                                                   : vuf_strerror(r));
+        return chk_fail(x, "no non-zero ack: %s",
+                        r == -EPROTO ? "a malformed reply" : vuf_strerror(r));
     }
     if (ack == 0)
         return chk_fail(x, "queue index 1024 accepted (ack 0)");
@@ -263,7 +262,7 @@ static enum chk_status cnt_max_slots(struct chk_ctx *x)
 }
 
 #define REGION_SZ 0x10000ull
-#define REGION_GPA(i) (0x100000000ull + (uint64_t)(i) * 0x100000ull)
+#define REGION_GPA(i) (0x100000000ull + (uint64_t)(i)*0x100000ull)
 
 static enum chk_status cnt_mem_table(struct chk_ctx *x)
 {
@@ -401,8 +400,9 @@ static enum chk_status cfg_offset(struct chk_ctx *x)
         while (i < len && full[i] == full[0])
             i++;
         if (i == len)
-            return chk_skip(x, "every config byte is 0x%02x: a window at the wrong offset would "
-                               "read the same, so the rule cannot be observed",
+            return chk_skip(x,
+                            "every config byte is 0x%02x: a window at the wrong offset would "
+                            "read the same, so the rule cannot be observed",
                             full[0]);
     }
     /* Every window of 1, 2, 4 and 8 bytes at every offset must be the
@@ -602,7 +602,8 @@ static enum chk_status st_inflight(struct chk_ctx *x)
     r = fstat(fd, &sb);
     close(fd);
     if (in.mmap_size < want)
-        return chk_fail(x, "area of %" PRIu64 " bytes, %" PRIu64 " queues x 128 entries need %" PRIu64,
+        return chk_fail(x,
+                        "area of %" PRIu64 " bytes, %" PRIu64 " queues x 128 entries need %" PRIu64,
                         in.mmap_size, qn, want);
     if (r < 0 || (uint64_t)sb.st_size < in.mmap_offset + in.mmap_size)
         return chk_fail(x, "the fd holds %lld bytes, less than offset + size",
@@ -695,9 +696,8 @@ static enum chk_status h_unknown(struct chk_ctx *x)
 static enum chk_status h_oversized(struct chk_ctx *x)
 {
     static uint8_t buf[VUF_HDR_SIZE + 65536];
-    struct vuf_hdr h = {.request = VUF_REQ_SET_VRING_NUM,
-                        .flags = VUF_VERSION | nr_flag(x),
-                        .size = 65536};
+    struct vuf_hdr h = {
+        .request = VUF_REQ_SET_VRING_NUM, .flags = VUF_VERSION | nr_flag(x), .size = 65536};
     int fd = vuf_conn_fd(vuf_client_conn(x->c));
     size_t off = 0;
 
@@ -753,7 +753,8 @@ static enum chk_status h_stray_reply(struct chk_ctx *x)
 
 #define VU "vhost-user "
 const struct chk_def chk_suite[] = {
-    {"handshake.reply-header", "a reply has flags VERSION|REPLY, the request's code and its exact size",
+    {"handshake.reply-header",
+     "a reply has flags VERSION|REPLY, the request's code and its exact size",
      VU "§Message Specification / Header", hs_reply_header, false, false},
     {"handshake.set-owner", "SET_OWNER without NEED_REPLY is accepted and not answered",
      VU "§VHOST_USER_SET_OWNER", hs_set_owner, false, false},
@@ -777,7 +778,8 @@ const struct chk_def chk_suite[] = {
      VU "§VHOST_USER_GET_CONFIG", cfg_offset, false, false},
     {"config.set-writable", "SET_CONFIG on a writable field (blk writeback) takes effect",
      VU "§VHOST_USER_SET_CONFIG; virtio 1.2 §5.2.6", cfg_set, true, false},
-    {"ring.start", "a ring runs once kicked and enabled; started but disabled it completes no request",
+    {"ring.start",
+     "a ring runs once kicked and enabled; started but disabled it completes no request",
      VU "§Ring states", chk_ring_start, true, false},
     {"ring.disable", "after SET_VRING_ENABLE 0 no request completes (no side effects); 1 resumes",
      VU "§Ring states", chk_ring_disable, true, false},
@@ -791,14 +793,14 @@ const struct chk_def chk_suite[] = {
      "virtio 1.2 §5.2.6", chk_io_blk_rw, true, false},
     {"io.blk-flush", "blk: FLUSH completes with OK when VIRTIO_BLK_F_FLUSH is offered",
      "virtio 1.2 §5.2.6", chk_io_blk_flush, true, false},
-    {"io.blk-get-id", "blk: GET_ID returns up to 20 bytes with OK",
-     "virtio 1.2 §5.2.6", chk_io_blk_get_id, true, false},
+    {"io.blk-get-id", "blk: GET_ID returns up to 20 bytes with OK", "virtio 1.2 §5.2.6",
+     chk_io_blk_get_id, true, false},
     {"io.blk-discard", "blk: DISCARD of one sector completes with OK when offered",
      "virtio 1.2 §5.2.6", chk_io_blk_discard, true, false},
     {"io.blk-write-zeroes", "blk: WRITE_ZEROES zeroes the sectors when offered",
      "virtio 1.2 §5.2.6", chk_io_blk_write_zeroes, true, false},
-    {"io.blk-past-end", "blk: a read past the capacity completes with IOERR",
-     "virtio 1.2 §5.2.6.1", chk_io_blk_past_end, true, false},
+    {"io.blk-past-end", "blk: a read past the capacity completes with IOERR", "virtio 1.2 §5.2.6.1",
+     chk_io_blk_past_end, true, false},
     {"state.device-state", "DEVICE_STATE: saved state loads into a second connection",
      VU "§Migrating back-end state", st_device_state, true, false},
     {"state.inflight", "GET_INFLIGHT_FD returns an area of at least queues x (16 + 16 x size)",
@@ -814,7 +816,8 @@ const struct chk_def chk_suite[] = {
      VU "§Message Specification", h_oversized, true, true},
     {"hostile.fd-count", "a request with more fds than it takes gets an error or a close",
      VU "§VHOST_USER_SET_VRING_CALL", h_fd_count, true, true},
-    {"hostile.stray-reply", "a request with the REPLY flag (only replies carry it) is refused, ignored or closed",
+    {"hostile.stray-reply",
+     "a request with the REPLY flag (only replies carry it) is refused, ignored or closed",
      VU "§Message Specification / Header", h_stray_reply, true, true},
 };
 const unsigned chk_suite_len = sizeof(chk_suite) / sizeof(chk_suite[0]);

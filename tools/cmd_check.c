@@ -46,10 +46,14 @@ static const struct cli_cmd me = {"vuf check", cmd_check_usage};
 int cmd_check(int argc, char **argv)
 {
     static const struct option lo[] = {
-        {"device-type", required_argument, NULL, 't'}, {"only", required_argument, NULL, 'o'},
-        {"json", no_argument, NULL, 'j'},              {"junit", required_argument, NULL, 'J'},
-        {"timeout-ms", required_argument, NULL, 'T'},  {"hostile", no_argument, NULL, 'H'},
-        {"verbose", no_argument, NULL, 'v'},           {"help", no_argument, NULL, 'h'},
+        {"device-type", required_argument, NULL, 't'},
+        {"only", required_argument, NULL, 'o'},
+        {"json", no_argument, NULL, 'j'},
+        {"junit", required_argument, NULL, 'J'},
+        {"timeout-ms", required_argument, NULL, 'T'},
+        {"hostile", no_argument, NULL, 'H'},
+        {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     struct chk_opts o = {.timeout_ms = VUF_DEFAULT_TIMEOUT_MS};

@@ -141,10 +141,10 @@ static void expect(json_object *j, const struct want *w, unsigned n)
     }
 }
 
-#define EXPECT(j, ...)                                                  \
-    do {                                                                \
-        const struct want w_[] = {__VA_ARGS__};                         \
-        expect(j, w_, sizeof(w_) / sizeof(w_[0]));                      \
+#define EXPECT(j, ...)                             \
+    do {                                           \
+        const struct want w_[] = {__VA_ARGS__};    \
+        expect(j, w_, sizeof(w_) / sizeof(w_[0])); \
     } while (0)
 
 static void evidence_has(json_object *j, const char *id, const char *needle)
@@ -159,13 +159,12 @@ static void evidence_has(json_object *j, const char *id, const char *needle)
  * testcases, counted from the elements, into out. */
 static void junit_counts(const char *file, char *out, size_t cap)
 {
-    static const char prog[] =
-        "import sys, xml.etree.ElementTree as E\n"
-        "r = E.parse(sys.argv[1]).getroot()\n"
-        "assert r.tag == 'testsuites'\n"
-        "cs = r.findall('./testsuite/testcase')\n"
-        "c = lambda t: sum(1 for x in cs if x.find(t) is not None)\n"
-        "print(len(cs), c('failure'), c('error'), c('skipped'))\n";
+    static const char prog[] = "import sys, xml.etree.ElementTree as E\n"
+                               "r = E.parse(sys.argv[1]).getroot()\n"
+                               "assert r.tag == 'testsuites'\n"
+                               "cs = r.findall('./testsuite/testcase')\n"
+                               "c = lambda t: sum(1 for x in cs if x.find(t) is not None)\n"
+                               "print(len(cs), c('failure'), c('error'), c('skipped'))\n";
     const char *py = tu_which("python3");
     const char *argv[] = {"-c", prog, file, NULL};
 
@@ -228,8 +227,8 @@ static void test_ref_passes_all(void **state)
 {
     struct fx *f = *state;
     char junit[320], counts[64];
-    const char *args[] = {"check", f->sock, "--device-type", "blk", "--hostile", "--junit",
-                          junit, NULL};
+    const char *args[] = {"check",     f->sock,   "--device-type", "blk",
+                          "--hostile", "--junit", junit,           NULL};
 
     start_ref(f);
     snprintf(junit, sizeof(junit), "%s/ref.xml", f->dir);
@@ -260,9 +259,8 @@ static void test_qsd(void **state)
            {"config.offset", "FAIL"}, {"config.set-writable", "PASS"}, {"ring.start", "FAIL"},
            {"ring.disable", "FAIL"}, {"ring.get-base", "PASS"}, {"ring.restart", "PASS"},
            {"ring.event-idx", "PASS"}, {"io.blk-rw", "PASS"}, {"io.blk-flush", "PASS"},
-           {"io.blk-get-id", "PASS"}, {"io.blk-discard", "PASS"},
-           {"io.blk-write-zeroes", "PASS"}, {"io.blk-past-end", "PASS"},
-           {"state.reconnect", "PASS"}, {"reply-ack.reject", "FAIL"});
+           {"io.blk-get-id", "PASS"}, {"io.blk-discard", "PASS"}, {"io.blk-write-zeroes", "PASS"},
+           {"io.blk-past-end", "PASS"}, {"state.reconnect", "PASS"}, {"reply-ack.reject", "FAIL"});
     evidence_has(j, "config.offset", "the offset was ignored");
     evidence_has(j, "reply-ack.reject", "peer hung up");
     json_object_put(j);
@@ -301,26 +299,39 @@ static void test_dpdk(void **state)
     struct fx *f = *state;
     const char *testpmd = tu_which("dpdk-testpmd");
     char vdev[400];
-    char *argv[] = {(char *)testpmd, "-l", "0,1", "--no-huge", "-m", "1024", "--no-pci",
-                    "--no-shconf", "--file-prefix", f->prefix, "--vdev", vdev, "--",
-                    "--total-num-mbufs=16384", "--stats-period=3600", "--forward-mode=macswap",
-                    "--nb-cores=1", "-a", NULL};
+    char *argv[] = {(char *)testpmd,
+                    "-l",
+                    "0,1",
+                    "--no-huge",
+                    "-m",
+                    "1024",
+                    "--no-pci",
+                    "--no-shconf",
+                    "--file-prefix",
+                    f->prefix,
+                    "--vdev",
+                    vdev,
+                    "--",
+                    "--total-num-mbufs=16384",
+                    "--stats-period=3600",
+                    "--forward-mode=macswap",
+                    "--nb-cores=1",
+                    "-a",
+                    NULL};
     json_object *j;
 
     assert_non_null(testpmd);
     snprintf(vdev, sizeof(vdev), "net_vhost0,iface=%s,queues=1", f->sock);
     tu_spawn_wait_file(&f->p, argv, f->log, f->sock);
-    j = check_json(f->sock,
-                   (const char *[]){"--device-type", "net", "--hostile", "--timeout-ms", "2000",
-                                    NULL},
-                   1);
+    j = check_json(
+        f->sock,
+        (const char *[]){"--device-type", "net", "--hostile", "--timeout-ms", "2000", NULL}, 1);
     EXPECT(j, {"handshake.reply-header", "PASS"}, {"handshake.set-owner", "PASS"},
            {"handshake.features", "PASS"}, {"handshake.protocol-features", "PASS"},
            {"handshake.unknown-bits", "PASS"}, {"reply-ack.one-ack", "PASS"},
-           {"counts.mem-table", "PASS"}, {"state.reconnect", "PASS"},
-           {"reply-ack.reject", "FAIL"}, {"hostile.unknown-code", "PASS"},
-           {"hostile.oversized", "PASS"}, {"hostile.fd-count", "PASS"},
-           {"hostile.stray-reply", "FAIL"});
+           {"counts.mem-table", "PASS"}, {"state.reconnect", "PASS"}, {"reply-ack.reject", "FAIL"},
+           {"hostile.unknown-code", "PASS"}, {"hostile.oversized", "PASS"},
+           {"hostile.fd-count", "PASS"}, {"hostile.stray-reply", "FAIL"});
     evidence_has(j, "reply-ack.reject", "peer hung up");
     evidence_has(j, "counts.queue-num", "CONFIG not offered");
     json_object_put(j);
@@ -337,10 +348,9 @@ static void test_virtiofsd(void **state)
         skip();
     }
     start_one(f, false);
-    j = check_json(f->sock,
-                   (const char *[]){"--device-type", "fs", "--only", "handshake.,reply-ack.one-ack",
-                                    NULL},
-                   0);
+    j = check_json(
+        f->sock,
+        (const char *[]){"--device-type", "fs", "--only", "handshake.,reply-ack.one-ack", NULL}, 0);
     EXPECT(j, {"handshake.reply-header", "PASS"}, {"handshake.set-owner", "PASS"},
            {"handshake.features", "PASS"}, {"handshake.protocol-features", "PASS"},
            {"handshake.unknown-bits", "PASS"}, {"reply-ack.one-ack", "PASS"});
@@ -376,8 +386,7 @@ static void test_gpu(void **state)
     start_one(f, true);
     j = check_json(f->sock,
                    (const char *[]){"--device-type", "gpu", "--only",
-                                    "handshake.,counts.max-mem-slots,config.offset",
-                                    NULL},
+                                    "handshake.,counts.max-mem-slots,config.offset", NULL},
                    0);
     EXPECT(j, {"handshake.reply-header", "PASS"}, {"handshake.set-owner", "PASS"},
            {"handshake.features", "PASS"}, {"handshake.protocol-features", "PASS"},
@@ -391,10 +400,10 @@ static void test_gpu(void **state)
     json_object_put(j);
 
     start_one(f, true);
-    j = check_json(f->sock,
-                   (const char *[]){"--only", "hostile.stray-reply", "--hostile", "--timeout-ms",
-                                    "500", NULL},
-                   1);
+    j = check_json(
+        f->sock,
+        (const char *[]){"--only", "hostile.stray-reply", "--hostile", "--timeout-ms", "500", NULL},
+        1);
     EXPECT(j, {"hostile.stray-reply", "FAIL"});
     evidence_has(j, "hostile.stray-reply", "answered as if the message were valid");
     json_object_put(j);
@@ -411,8 +420,7 @@ static void test_usage(void **state)
         (const char *[]){"check", "/x.sock", "--timeout-ms", "soon", NULL},
     };
     static const char *const msgs[] = {"SOCKET missing", "no check 'ring.nope'",
-                                       "exclude each other", "unknown device type",
-                                       "--timeout-ms"};
+                                       "exclude each other", "unknown device type", "--timeout-ms"};
 
     for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         tu_run_capture(&run_buf, tool, cases[i], RUN_DEADLINE_MS);

@@ -37,31 +37,31 @@
 
 enum brk {
     B_NONE = 0,
-    B_REPLY_FLAGS,    /* GET_FEATURES reply flags carry NEED_REPLY */
-    B_OWNER_REPLY,    /* SET_OWNER is answered */
-    B_NO_PROTO_BIT,   /* GET_FEATURES without bit 30 */
-    B_PF_CHANGES,     /* the second GET_PROTOCOL_FEATURES answers differently */
-    B_UNKNOWN_PF_BIT, /* GET_PROTOCOL_FEATURES with bit 40 */
-    B_DOUBLE_ACK,     /* SET_VRING_NUM's ack sent twice */
-    B_ACK_ZERO,       /* a SET_VRING_NUM nack turned into ack 0 */
-    B_QUEUE_NUM,      /* GET_QUEUE_NUM + 1 */
-    B_ZERO_SLOTS,     /* GET_MAX_MEM_SLOTS 0 */
-    B_NACK_MEM_TABLE, /* SET_MEM_TABLE nacked */
-    B_NACK_ADD_REG,   /* ADD_MEM_REG nacked */
-    B_CONFIG_OFFSET,  /* GET_CONFIG served from offset 0 */
+    B_REPLY_FLAGS,     /* GET_FEATURES reply flags carry NEED_REPLY */
+    B_OWNER_REPLY,     /* SET_OWNER is answered */
+    B_NO_PROTO_BIT,    /* GET_FEATURES without bit 30 */
+    B_PF_CHANGES,      /* the second GET_PROTOCOL_FEATURES answers differently */
+    B_UNKNOWN_PF_BIT,  /* GET_PROTOCOL_FEATURES with bit 40 */
+    B_DOUBLE_ACK,      /* SET_VRING_NUM's ack sent twice */
+    B_ACK_ZERO,        /* a SET_VRING_NUM nack turned into ack 0 */
+    B_QUEUE_NUM,       /* GET_QUEUE_NUM + 1 */
+    B_ZERO_SLOTS,      /* GET_MAX_MEM_SLOTS 0 */
+    B_NACK_MEM_TABLE,  /* SET_MEM_TABLE nacked */
+    B_NACK_ADD_REG,    /* ADD_MEM_REG nacked */
+    B_CONFIG_OFFSET,   /* GET_CONFIG served from offset 0 */
     B_DROP_SET_CONFIG, /* SET_CONFIG acked, not applied */
-    B_ENABLE_ON_KICK, /* a ring is enabled as soon as it has a kick fd */
-    B_IGNORE_DISABLE, /* SET_VRING_ENABLE 0 acked, not applied */
-    B_BASE_OFF,       /* GET_VRING_BASE + 1 */
-    B_RESTART_BASE0,  /* SET_VRING_BASE n applied as 0 */
-    B_NO_CALL,        /* the call eventfd is never signalled */
-    B_IN_SECTOR,      /* blk IN requests read 8 sectors lower */
-    B_BAD_TYPE,       /* FLUSH, GET_ID, DISCARD, WRITE_ZEROES become type 99 */
-    B_PAST_END_OK,    /* an IN at the last sector reads sector 0 */
-    B_STATE_FAIL,     /* CHECK_DEVICE_STATE answers 1 */
-    B_INFLIGHT_SMALL, /* GET_INFLIGHT_FD mmap_size 64 */
-    B_NO_RECONNECT,   /* a second front-end is accepted but never answered */
-    B_HOSTILE_ACK0,   /* malformed requests acked with 0 */
+    B_ENABLE_ON_KICK,  /* a ring is enabled as soon as it has a kick fd */
+    B_IGNORE_DISABLE,  /* SET_VRING_ENABLE 0 acked, not applied */
+    B_BASE_OFF,        /* GET_VRING_BASE + 1 */
+    B_RESTART_BASE0,   /* SET_VRING_BASE n applied as 0 */
+    B_NO_CALL,         /* the call eventfd is never signalled */
+    B_IN_SECTOR,       /* blk IN requests read 8 sectors lower */
+    B_BAD_TYPE,        /* FLUSH, GET_ID, DISCARD, WRITE_ZEROES become type 99 */
+    B_PAST_END_OK,     /* an IN at the last sector reads sector 0 */
+    B_STATE_FAIL,      /* CHECK_DEVICE_STATE answers 1 */
+    B_INFLIGHT_SMALL,  /* GET_INFLIGHT_FD mmap_size 64 */
+    B_NO_RECONNECT,    /* a second front-end is accepted but never answered */
+    B_HOSTILE_ACK0,    /* malformed requests acked with 0 */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -147,9 +147,8 @@ static enum act bend_request(struct proxy *p, struct vuf_conn *fe, struct vuf_co
     uint32_t code = m->hdr.request;
     bool nr = m->hdr.flags & VUF_FLAG_NEED_REPLY;
 
-    if (p->mode == B_HOSTILE_ACK0 &&
-        (code == 200 || (m->hdr.flags & VUF_FLAG_REPLY) ||
-         (code == VUF_REQ_SET_VRING_CALL && m->nfds > 1))) {
+    if (p->mode == B_HOSTILE_ACK0 && (code == 200 || (m->hdr.flags & VUF_FLAG_REPLY) ||
+                                      (code == VUF_REQ_SET_VRING_CALL && m->nfds > 1))) {
         vuf_msg_close_fds(m);
         answer_u64(fe, code, 0);
         return ANSWERED;
@@ -194,9 +193,8 @@ static enum act bend_request(struct proxy *p, struct vuf_conn *fe, struct vuf_co
             m->fds[0] = dup(p->be_kick[q]);
         }
         if (p->mode == B_ENABLE_ON_KICK) {
-            struct vuf_msg en = {.hdr = {.request = VUF_REQ_SET_VRING_ENABLE,
-                                         .flags = VUF_VERSION,
-                                         .size = 8}};
+            struct vuf_msg en = {
+                .hdr = {.request = VUF_REQ_SET_VRING_ENABLE, .flags = VUF_VERSION, .size = 8}};
 
             en.payload.state = (struct vuf_vring_state){.index = q, .num = 1};
             vuf_conn_send(be, m);
@@ -627,9 +625,8 @@ int main(void)
     tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_conforming_passes_all);
     for (unsigned i = 0; i < NROWS; i++) {
         snprintf(names[i], sizeof(names[i]), "breaks_%s", rows[i].id);
-        tests[n++] = (struct CMUnitTest){.name = names[i],
-                                         .test_func = test_breaker,
-                                         .initial_state = (void *)&rows[i]};
+        tests[n++] = (struct CMUnitTest){
+            .name = names[i], .test_func = test_breaker, .initial_state = (void *)&rows[i]};
     }
     signal(SIGPIPE, SIG_IGN);
     return _cmocka_run_group_tests("check", tests, n, group_setup, group_teardown);
