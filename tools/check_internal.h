@@ -112,5 +112,7 @@ enum chk_status chk_io_blk_get_id(struct chk_ctx *x);
 enum chk_status chk_io_blk_discard(struct chk_ctx *x);
 enum chk_status chk_io_blk_write_zeroes(struct chk_ctx *x);
 enum chk_status chk_io_blk_past_end(struct chk_ctx *x);
+enum chk_status chk_io_fs_init(struct chk_ctx *x);
+enum chk_status chk_io_net_tx(struct chk_ctx *x);
 
 #endif

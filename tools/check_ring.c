@@ -611,3 +611,218 @@ out:
     rq_free(&q);
     return st;
 }
+
+/* ---- fs and net: a device with several queues ---------------------------------- */
+
+struct dq {
+    struct vuf_guest_mem *gm;
+    struct vuf_virtq *vq[2];
+    struct vuf_virtq_layout lay[2];
+    unsigned n;
+};
+
+static void dq_free(struct dq *d)
+{
+    for (unsigned i = 0; i < 2; i++)
+        vuf_virtq_free(d->vq[i]);
+    vuf_guest_mem_free(d->gm);
+    memset(d, 0, sizeof(*d));
+}
+
+/* Queues 0..n-1 started and enabled, features VERSION_1 and bit 30 only
+ * (a 12-byte net header; no device features). */
+static enum chk_status dq_setup(struct chk_ctx *x, struct dq *d, unsigned n)
+{
+    uint64_t f = x->hs.features & (VUF_BIT(VUF_VIRTIO_F_VERSION_1) | F_PROTO);
+    struct vuf_mem_region reg;
+    int fd, r;
+
+    memset(d, 0, sizeof(*d));
+    d->n = n;
+    if (!(x->hs.features & F_PROTO))
+        return chk_skip(x, "PROTOCOL_FEATURES not offered (rings start enabled)");
+    r = vuf_guest_mem_new_simple(0, MEM_SIZE, &d->gm);
+    for (unsigned i = 0; r == 0 && i < n; i++) {
+        struct vuf_virtq_opts o = {.size = QSIZE, .index = i, .features = f};
+
+        r = vuf_virtq_new_opts(d->gm, &o, &d->vq[i]);
+        if (r == 0)
+            vuf_virtq_layout(d->vq[i], &d->lay[i]);
+    }
+    if (r < 0) {
+        chk_ev(x, "guest memory: %s", vuf_strerror(r));
+        return CHK_ERROR;
+    }
+    vuf_guest_mem_mem_table(d->gm, &reg, &fd, 1);
+    chk_ev(x,
+           "-> SET_FEATURES 0x%" PRIx64 ", SET_MEM_TABLE; queues 0..%u: SET_VRING_NUM %u, "
+           "SET_VRING_BASE 0, SET_VRING_ADDR, SET_VRING_CALL, SET_VRING_KICK, "
+           "SET_VRING_ENABLE 1",
+           f, n - 1, QSIZE);
+    r = vuf_client_set_features(x->c, f);
+    if (r == 0)
+        r = vuf_client_set_mem_table(x->c, &reg, &fd, 1);
+    for (unsigned i = 0; r == 0 && i < n; i++) {
+        struct vuf_vring_addr addr;
+
+        vuf_virtq_vring_addr(d->vq[i], &addr);
+        r = vuf_client_set_vring_num(x->c, i, QSIZE);
+        if (r == 0)
+            r = vuf_client_set_vring_base(x->c, i, 0);
+        if (r == 0)
+            r = vuf_client_set_vring_addr(x->c, &addr);
+        if (r == 0)
+            r = vuf_client_set_vring_call(x->c, i, vuf_virtq_call_fd(d->vq[i]));
+        if (r == 0)
+            r = vuf_client_set_vring_kick(x->c, i, vuf_virtq_kick_fd(d->vq[i]));
+        if (r == 0)
+            r = vuf_client_set_vring_enable(x->c, i, true);
+    }
+    /* With STATUS the device starts at DRIVER_OK (DPDK waits for it). */
+    if (r == 0 && chk_pf(x, VUF_PROTO_F_STATUS)) {
+        chk_ev(x, "-> SET_STATUS 0xf (ACKNOWLEDGE|DRIVER|DRIVER_OK|FEATURES_OK)");
+        r = vuf_client_set_status(x->c, 0xf);
+    }
+    if (r == 0)
+        r = rq_sync(x);
+    if (r < 0)
+        return chk_err(x, r, "queue set-up");
+    return CHK_PASS;
+}
+
+static bool dq_wait_used(const struct dq *d, unsigned q, uint16_t want, int ms)
+{
+    struct rq tmp = {.lay = d->lay[q]};
+
+    return wait_used(&tmp, want, ms);
+}
+
+/* Guest buffer of len bytes: its GPA and host pointer. */
+static int dq_buf(struct dq *d, uint32_t len, struct vuf_virtq_buf *b, bool writable)
+{
+    int r = vuf_guest_mem_alloc(d->gm, len, 8, &b->gpa);
+
+    if (r < 0)
+        return r;
+    b->host = vuf_guest_mem_to_host(d->gm, b->gpa, len);
+    b->len = len;
+    b->writable = writable;
+    return 0;
+}
+
+#define FUSE_INIT_OP 26u
+
+struct chk_fuse_in {
+    uint32_t len, opcode;
+    uint64_t unique, nodeid;
+    uint32_t uid, gid, pid, padding;
+    uint32_t major, minor, max_readahead, flags;
+};
+struct chk_fuse_out {
+    uint32_t len;
+    int32_t error;
+    uint64_t unique;
+    uint32_t major, minor;
+};
+
+/* virtio 1.2 §5.11.6: the driver's first request on a request queue is
+ * FUSE_INIT; the device answers it on the same buffer chain. */
+enum chk_status chk_io_fs_init(struct chk_ctx *x)
+{
+    struct dq d;
+    struct vuf_virtq_buf b[2];
+    struct chk_fuse_in *in;
+    const struct chk_fuse_out *out;
+    void *cookie;
+    uint32_t len = 0;
+    enum chk_status st;
+
+    if (x->o->device_type != VUF_DEV_FS)
+        return chk_skip(x, "not an fs device (--device-type fs)");
+    st = dq_setup(x, &d, 2);
+    if (st != CHK_PASS)
+        goto out;
+    if (dq_buf(&d, sizeof(*in), &b[0], false) < 0 || dq_buf(&d, 4096, &b[1], true) < 0) {
+        st = CHK_ERROR;
+        goto out;
+    }
+    in = b[0].host;
+    *in = (struct chk_fuse_in){
+        .len = sizeof(*in), .opcode = FUSE_INIT_OP, .unique = 1, .major = 7, .minor = 31};
+    chk_ev(x, "   driver: FUSE_INIT (7.31, unique 1) on request queue 1, 4096-byte answer buffer");
+    if (vuf_virtq_add(d.vq[1], b, 2, &d) < 0 || vuf_virtq_kick(d.vq[1], VUF_VIRTQ_KICK_FORCE) < 0) {
+        st = CHK_ERROR;
+        goto out;
+    }
+    if (!dq_wait_used(&d, 1, 1, x->o->timeout_ms)) {
+        st = chk_fail(x, "FUSE_INIT was not answered within %d ms", x->o->timeout_ms);
+        goto out;
+    }
+    vuf_virtq_get_used(d.vq[1], &cookie, &len);
+    out = b[1].host;
+    chk_ev(x, "<- used len %u: out.len %u error %d unique %" PRIu64 " major %u minor %u", len,
+           out->len, out->error, out->unique, out->major, out->minor);
+    if (len < 16 + 8 || out->len != len || out->unique != 1)
+        st =
+            chk_fail(x, "not a FUSE answer to request 1 (used len, out.len and unique must agree)");
+    else if (out->error != 0 || out->major != 7)
+        st = chk_fail(x, "FUSE_INIT refused (error %d, major %u)", out->error, out->major);
+out:
+    dq_free(&d);
+    return st;
+}
+
+/* virtio 1.2 §5.1.6.2: the device consumes transmitted buffers. A frame that
+ * comes back on the RX queue (a looped-back or forwarding back-end) is
+ * reported, not required. */
+enum chk_status chk_io_net_tx(struct chk_ctx *x)
+{
+    static const uint8_t mac_dst[6] = {0x02, 0, 0, 0, 0, 0x01},
+                         mac_src[6] = {0x02, 0, 0, 0, 0, 0x02};
+    struct dq d;
+    struct vuf_virtq_buf rx[8], tx[2];
+    uint8_t *frame;
+    enum chk_status st;
+
+    if (x->o->device_type != VUF_DEV_NET)
+        return chk_skip(x, "not a net device (--device-type net)");
+    st = dq_setup(x, &d, 2);
+    if (st != CHK_PASS)
+        goto out;
+    for (unsigned i = 0; i < 8; i++)
+        if (dq_buf(&d, 12 + 1518, &rx[i], true) < 0 || vuf_virtq_add(d.vq[0], &rx[i], 1, &d) < 0) {
+            st = CHK_ERROR;
+            goto out;
+        }
+    vuf_virtq_kick(d.vq[0], VUF_VIRTQ_KICK_FORCE);
+    if (dq_buf(&d, 12, &tx[0], false) < 0 || dq_buf(&d, 60, &tx[1], false) < 0) {
+        st = CHK_ERROR;
+        goto out;
+    }
+    frame = tx[1].host;
+    memcpy(frame, mac_dst, 6);
+    memcpy(frame + 6, mac_src, 6);
+    frame[12] = 0x88; /* local experimental ethertype */
+    frame[13] = 0xb5;
+    for (unsigned i = 14; i < 60; i++)
+        frame[i] = (uint8_t)i;
+    chk_ev(x, "   driver: 8 RX buffers on queue 0; one 60-byte frame (+12-byte header) on TX "
+              "queue 1");
+    if (vuf_virtq_add(d.vq[1], tx, 2, &d) < 0 ||
+        vuf_virtq_kick(d.vq[1], VUF_VIRTQ_KICK_FORCE) < 0) {
+        st = CHK_ERROR;
+        goto out;
+    }
+    if (!dq_wait_used(&d, 1, 1, x->o->timeout_ms)) {
+        st = chk_fail(x, "the TX frame was not consumed within %d ms", x->o->timeout_ms);
+        goto out;
+    }
+    chk_ev(x, "<- TX used idx 1: consumed");
+    if (dq_wait_used(&d, 0, 1, x->o->timeout_ms < 1000 ? x->o->timeout_ms : 1000))
+        chk_ev(x, "<- a frame came back on RX (looped back)");
+    else
+        chk_ev(x, "   no frame came back on RX (not required)");
+out:
+    dq_free(&d);
+    return st;
+}

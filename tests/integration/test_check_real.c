@@ -25,7 +25,7 @@
 
 #define VUGPU "/usr/lib/qemu/vhost-user-gpu"
 #define RUN_DEADLINE_MS 40000
-#define NCHECKS 31
+#define NCHECKS 33
 
 static const char *tool;
 static struct tu_run run_buf;
@@ -221,8 +221,9 @@ static void start_one(struct fx *f, bool gpu)
 
 /* ---- tests ------------------------------------------------------------------ */
 
-/* The reference back-end passes all 31 checks, --hostile included; the
- * JUnit file is well-formed XML with one passing testcase per check. */
+/* The reference back-end passes all 31 blk checks, --hostile included (the
+ * fs and net I/O checks skip); the JUnit file is well-formed XML with one
+ * testcase per check. */
 static void test_ref_passes_all(void **state)
 {
     struct fx *f = *state;
@@ -235,9 +236,9 @@ static void test_ref_passes_all(void **state)
     tu_run_capture(&run_buf, tool, args, RUN_DEADLINE_MS);
     printf("%s", run_buf.out);
     assert_int_equal(tu_exit_code(&run_buf), 0);
-    assert_non_null(strstr(run_buf.out, "\n31 passed, 0 failed, 0 skipped, 0 errors\n"));
+    assert_non_null(strstr(run_buf.out, "\n31 passed, 0 failed, 2 skipped, 0 errors\n"));
     junit_counts(junit, counts, sizeof(counts));
-    assert_string_equal(counts, "31 0 0 0\n");
+    assert_string_equal(counts, "33 0 0 2\n");
 }
 
 /* qemu-storage-daemon 7.2 (libvhost-user): the offset ignored, disabled
@@ -275,7 +276,7 @@ static void test_qsd(void **state)
                    RUN_DEADLINE_MS);
     assert_int_equal(tu_exit_code(&run_buf), 1);
     junit_counts(junit, counts, sizeof(counts));
-    assert_string_equal(counts, "31 1 0 30\n");
+    assert_string_equal(counts, "33 1 0 32\n");
 }
 
 /* qsd --hostile: unknown requests and extra fds are acked with 0, a
@@ -329,11 +330,13 @@ static void test_dpdk(void **state)
     EXPECT(j, {"handshake.reply-header", "PASS"}, {"handshake.set-owner", "PASS"},
            {"handshake.features", "PASS"}, {"handshake.protocol-features", "PASS"},
            {"handshake.unknown-bits", "PASS"}, {"reply-ack.one-ack", "PASS"},
-           {"counts.mem-table", "PASS"}, {"state.reconnect", "PASS"}, {"reply-ack.reject", "FAIL"},
-           {"hostile.unknown-code", "PASS"}, {"hostile.oversized", "PASS"},
-           {"hostile.fd-count", "PASS"}, {"hostile.stray-reply", "FAIL"});
+           {"counts.mem-table", "PASS"}, {"io.net-tx", "PASS"}, {"state.reconnect", "PASS"},
+           {"reply-ack.reject", "FAIL"}, {"hostile.unknown-code", "PASS"},
+           {"hostile.oversized", "PASS"}, {"hostile.fd-count", "PASS"},
+           {"hostile.stray-reply", "FAIL"});
     evidence_has(j, "reply-ack.reject", "peer hung up");
     evidence_has(j, "counts.queue-num", "CONFIG not offered");
+    evidence_has(j, "io.net-tx", "a frame came back on RX");
     json_object_put(j);
 }
 
@@ -359,6 +362,13 @@ static void test_virtiofsd(void **state)
     start_one(f, false);
     j = check_json(f->sock, (const char *[]){"--only", "counts.add-rem-mem-reg", NULL}, 0);
     EXPECT(j, {"counts.add-rem-mem-reg", "PASS"});
+    json_object_put(j);
+
+    start_one(f, false);
+    j = check_json(f->sock, (const char *[]){"--device-type", "fs", "--only", "io.fs-init", NULL},
+                   0);
+    EXPECT(j, {"io.fs-init", "PASS"});
+    evidence_has(j, "io.fs-init", "error 0 unique 1 major 7");
     json_object_put(j);
 
     start_one(f, false);
