@@ -131,7 +131,10 @@ static int one_ack(struct chk_ctx *x, uint32_t code, const void *p, uint32_t siz
 static enum chk_status ra_one_ack(struct chk_ctx *x)
 {
     struct vuf_vring_state st = {.index = 0, .num = 64};
-    uint64_t feat = x->hs.features, ack;
+    /* the offer minus what would change how rings are accessed */
+    uint64_t feat = x->hs.features &
+                    ~(VUF_BIT(VUF_VHOST_F_LOG_ALL) | VUF_BIT(VUF_VIRTIO_F_ACCESS_PLATFORM)),
+             ack;
     int r;
 
     if (!chk_pf(x, VUF_PROTO_F_REPLY_ACK))
