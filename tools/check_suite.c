@@ -302,6 +302,19 @@ static enum chk_status cnt_mem_table(struct chk_ctx *x)
     return st;
 }
 
+/* Region i of gm as the wire describes it; returns its fd (borrowed). */
+static int region_of(const struct vuf_guest_mem *gm, unsigned i, struct vuf_mem_region *reg)
+{
+    struct vuf_guest_region gr;
+
+    vuf_guest_mem_region(gm, i, &gr);
+    *reg = (struct vuf_mem_region){.guest_phys_addr = gr.gpa,
+                                   .memory_size = gr.size,
+                                   .userspace_addr = (uint64_t)(uintptr_t)gr.host,
+                                   .mmap_offset = gr.fd_offset};
+    return gr.fd;
+}
+
 static enum chk_status cnt_add_rem(struct chk_ctx *x)
 {
     struct vuf_guest_mem *gm = NULL;
@@ -327,18 +340,8 @@ static enum chk_status cnt_add_rem(struct chk_ctx *x)
     }
     for (unsigned i = 0; i < n; i++) {
         struct vuf_mem_region reg;
-        int fd;
+        int fd = region_of(gm, i, &reg);
 
-        {
-            struct vuf_guest_region gr;
-
-            vuf_guest_mem_region(gm, i, &gr);
-            reg = (struct vuf_mem_region){.guest_phys_addr = gr.gpa,
-                                          .memory_size = gr.size,
-                                          .userspace_addr = (uint64_t)(uintptr_t)gr.host,
-                                          .mmap_offset = gr.fd_offset};
-            fd = gr.fd;
-        }
         r = vuf_client_add_mem_reg(x->c, &reg, fd);
         if (r < 0) {
             chk_ev(x, "-> ADD_MEM_REG #%u gpa 0x%" PRIx64 " size 0x%" PRIx64, i + 1,
@@ -354,14 +357,9 @@ static enum chk_status cnt_add_rem(struct chk_ctx *x)
     }
     chk_ev(x, "<- %u regions accepted", added);
     for (unsigned i = 0; i < added; i++) {
-        struct vuf_guest_region gr;
         struct vuf_mem_region reg;
 
-        vuf_guest_mem_region(gm, i, &gr);
-        reg = (struct vuf_mem_region){.guest_phys_addr = gr.gpa,
-                                      .memory_size = gr.size,
-                                      .userspace_addr = (uint64_t)(uintptr_t)gr.host,
-                                      .mmap_offset = gr.fd_offset};
+        region_of(gm, i, &reg);
         r = vuf_client_rem_mem_reg(x->c, &reg);
         if (r < 0) {
             chk_ev(x, "-> REM_MEM_REG #%u gpa 0x%" PRIx64, i + 1, reg.guest_phys_addr);
