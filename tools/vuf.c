@@ -21,6 +21,8 @@ static const struct {
      "be the VMM of a vhost-user-blk back-end: read, write, verify, bench"},
     {"net", cmd_net, cmd_net_usage,
      "be the VMM of a vhost-user-net back-end: ping (bytes checked), bench"},
+    {"check", cmd_check, cmd_check_usage,
+     "check a vhost-user back-end's conformance to the protocol (a test suite)"},
     {"demo", cmd_demo, cmd_demo_usage,
      "walk the whole device life cycle against the reference back-end"},
 };

@@ -26,6 +26,9 @@ void cmd_blk_usage(FILE *f);
 /* `vuf net SOCKET ping|bench ...` (cmd_net.c). */
 int cmd_net(int argc, char **argv);
 void cmd_net_usage(FILE *f);
+/* `vuf check SOCKET ...` (cmd_check.c; the engine is check.h). */
+int cmd_check(int argc, char **argv);
+void cmd_check_usage(FILE *f);
 
 /* `vuf demo` (cmd_demo.c). */
 int cmd_demo(int argc, char **argv);
