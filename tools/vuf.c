@@ -21,6 +21,8 @@ static const struct {
      "be the VMM of a vhost-user-blk back-end: read, write, verify, bench"},
     {"demo", cmd_demo, cmd_demo_usage,
      "walk the whole device life cycle against the reference back-end"},
+    {"relay", cmd_relay, cmd_relay_usage,
+     "sit between a VMM and a back-end as libvuf, tracing every message"},
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))

@@ -1,0 +1,246 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * `vuf relay` between QEMU 7.2 (a Linux guest, tests/guest/guest.h) and
+ * qemu-storage-daemon: the guest's virtio-blk driver drives rings that
+ * libvuf's front-end device set up on the back-end, through memory the
+ * relay imported from QEMU's fds. The guest reads what the host put on the
+ * disk, writes a pattern and reads it back; the host checks the file.
+ *
+ * The relay's trace is checked too: it shows the relay's own activation of
+ * the back-end (memory table, ring addresses, kick and call fds for every
+ * queue), it decodes every message QEMU sent (no UNKNOWN), and the --json
+ * form is one parseable object per line ending in the summary.
+ * Missing QEMU, busybox, the kernel or qemu-storage-daemon is a failure.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "backends.h"
+#include "guest.h"
+#include "testutil.h"
+
+#define DISK_BYTES (64ull << 20)
+
+static char vmlinuz[512], moddir[512];
+static const char *vuf_bin;
+
+struct run {
+    char *dir;
+    char disk[600], be_sock[600], vmm_sock[600], trace[600], relay_log[600], qlog[600];
+    struct tg_blk_workload w;
+};
+
+static void run_relay(struct run *rn, unsigned nq, unsigned cpus, bool json)
+{
+    char initrd[600], qsdlog[600], cmd[4096];
+    struct tu_proc qsd = {0}, relay = {0};
+    struct tg_vm vm = {0};
+    int fd, st;
+
+    rn->dir = tu_mkdtemp("vuf-guest-relay");
+    rn->w = (struct tg_blk_workload){
+        .pre_off = 2u << 20,
+        .pre_len = 256u << 10,
+        .pre_seed = 3,
+        .write_off = 16u << 20,
+        .write_len = 1u << 20,
+        .write_seed = 5,
+        .writers = cpus,
+    };
+    snprintf(rn->disk, sizeof(rn->disk), "%s/disk.img", rn->dir);
+    snprintf(rn->be_sock, sizeof(rn->be_sock), "%s/qsd.sock", rn->dir);
+    snprintf(rn->vmm_sock, sizeof(rn->vmm_sock), "%s/relay.sock", rn->dir);
+    snprintf(rn->trace, sizeof(rn->trace), "%s/trace.out", rn->dir);
+    snprintf(rn->relay_log, sizeof(rn->relay_log), "%s/relay.log", rn->dir);
+    snprintf(rn->qlog, sizeof(rn->qlog), "%s/guest.log", rn->dir);
+    snprintf(initrd, sizeof(initrd), "%s/initrd", rn->dir);
+    snprintf(qsdlog, sizeof(qsdlog), "%s/qsd.log", rn->dir);
+
+    fd = open(rn->disk, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, (off_t)DISK_BYTES), 0);
+    close(fd);
+    tg_prefill_disk(rn->disk, &rn->w);
+    assert_int_equal(tg_build_initramfs(initrd, moddir, &rn->w), 0);
+
+    tu_start_qsd_file(&qsd, rn->disk, nq, rn->be_sock, qsdlog);
+    /* The trace (stdout) to its own file; stderr to the log. */
+    snprintf(cmd, sizeof(cmd), "exec '%s' relay --listen '%s' --connect '%s' %s > '%s'", vuf_bin,
+             rn->vmm_sock, rn->be_sock, json ? "--json" : "--trace", rn->trace);
+    char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+    assert_int_equal(tu_spawn(&relay, argv, rn->relay_log), 0);
+    if (tu_wait_socket_file(&relay, rn->vmm_sock, TU_START_MS) != 0) {
+        tu_dump_log(&relay);
+        fail_msg("vuf relay did not listen on %s", rn->vmm_sock);
+    }
+
+    assert_int_equal(tg_vm_start(&vm, vmlinuz, initrd, rn->vmm_sock, nq, cpus, rn->qlog), 0);
+    st = tg_vm_wait(&vm, TG_DEADLINE_MS);
+    fprintf(stderr, "guest via relay (%u queue(s), %u cpu(s)) ran %ld ms\n", nq, cpus,
+            vm.elapsed_ms);
+    if (st != 0) {
+        tg_dump(rn->qlog);
+        tu_dump_log(&relay);
+        tu_dump_log(&qsd);
+    }
+    assert_int_equal(st, 0);
+    tg_assert_blk_results(rn->qlog, &rn->w, nq, cpus, DISK_BYTES / 512);
+    /* QEMU gone: the relay ends by itself, status 0, back-end left idle. */
+    tu_assert_exits_zero(&relay, 5000);
+    tu_stop_clean(&qsd, rn->be_sock);
+    tg_assert_disk(rn->disk, &rn->w);
+}
+
+static void done(struct run *rn)
+{
+    tu_rmtree(rn->dir);
+}
+
+/* A text trace line "T side dir NAME ..." with these words in it. */
+static bool trace_has(const char *path, const char *side, const char *dir, const char *name,
+                      const char *also)
+{
+    FILE *f = fopen(path, "re");
+    char line[4096], s[32], d[8], n[64];
+    double t;
+    bool found = false;
+
+    assert_non_null(f);
+    while (!found && fgets(line, sizeof(line), f)) {
+        if (sscanf(line, "%lf %31s %7s %63s", &t, s, d, n) != 4)
+            continue;
+        found = strcmp(s, side) == 0 && strcmp(d, dir) == 0 && strcmp(n, name) == 0 &&
+                (!also || strstr(line, also));
+    }
+    fclose(f);
+    return found;
+}
+
+static void test_relay_qsd_1q_trace(void **state)
+{
+    struct run rn;
+
+    (void)state;
+    run_relay(&rn, 1, 1, false);
+    /* What QEMU sent, decoded. */
+    assert_true(trace_has(rn.trace, "vmm", ">", "GET_FEATURES", NULL));
+    assert_true(trace_has(rn.trace, "vmm", "<", "GET_FEATURES", "features_names=["));
+    assert_true(trace_has(rn.trace, "vmm", ">", "SET_MEM_TABLE", "regions=["));
+    assert_true(trace_has(rn.trace, "vmm", ">", "SET_VRING_ADDR", "index=0"));
+    assert_true(trace_has(rn.trace, "vmm", ">", "SET_VRING_KICK", "fds=1"));
+    assert_true(trace_has(rn.trace, "vmm", ">", "GET_VRING_BASE", "index=0"));
+    assert_true(trace_has(rn.trace, "vmm", "<", "GET_VRING_BASE", "base="));
+    assert_false(trace_has(rn.trace, "vmm", ">", "UNKNOWN", NULL));
+    /* The relay's own activation of the back-end. */
+    assert_true(trace_has(rn.trace, "relay", "*", "activate:", "1 of 1 queue"));
+    assert_true(trace_has(rn.trace, "backend", ">", "SET_MEM_TABLE", "fds="));
+    assert_true(trace_has(rn.trace, "backend", ">", "SET_VRING_ADDR", "index=0"));
+    assert_true(trace_has(rn.trace, "backend", ">", "SET_VRING_KICK", "fds=1"));
+    assert_true(trace_has(rn.trace, "backend", ">", "SET_VRING_CALL", "fds=1"));
+    assert_true(trace_has(rn.trace, "backend", ">", "SET_VRING_ENABLE", "enable=1"));
+    assert_true(trace_has(rn.trace, "backend", "<", "GET_VRING_BASE", "us)"));
+    assert_true(tu_log_has(rn.trace, "summary vmm:"));
+    assert_true(tu_log_has(rn.trace, "summary backend:"));
+    done(&rn);
+}
+
+/* Objects of the JSON trace matching side/msg (and, if index >= 0,
+ * fields.index) with at least `fds` fds. */
+static int json_count(json_object **objs, int n, const char *side, const char *dir, const char *msg,
+                      int index, int fds)
+{
+    int c = 0;
+
+    for (int i = 0; i < n; i++) {
+        json_object *v, *f;
+
+        if (!json_object_object_get_ex(objs[i], "side", &v) ||
+            strcmp(json_object_get_string(v), side) != 0)
+            continue;
+        if (!json_object_object_get_ex(objs[i], "msg", &v) ||
+            strcmp(json_object_get_string(v), msg) != 0)
+            continue;
+        if (!json_object_object_get_ex(objs[i], "dir", &v) ||
+            strcmp(json_object_get_string(v), dir) != 0)
+            continue;
+        if (index >= 0 &&
+            (!json_object_object_get_ex(objs[i], "fields", &f) ||
+             !json_object_object_get_ex(f, "index", &v) || json_object_get_int(v) != index))
+            continue;
+        if (!json_object_object_get_ex(objs[i], "fds", &v) || json_object_get_int(v) < fds)
+            continue;
+        c++;
+    }
+    return c;
+}
+
+static void test_relay_qsd_2q_json(void **state)
+{
+    struct run rn;
+    json_object *objs[4096], *v, *sum;
+    char line[16384];
+    int n = 0;
+    bool activated = false;
+    FILE *f;
+
+    (void)state;
+    run_relay(&rn, 2, 2, true);
+    f = fopen(rn.trace, "re");
+    assert_non_null(f);
+    while (fgets(line, sizeof(line), f)) {
+        json_object *o = json_tokener_parse(line);
+
+        if (!o)
+            fail_msg("trace line %d is not JSON: %s", n + 1, line);
+        assert_true(n < 4096);
+        objs[n++] = o;
+    }
+    fclose(f);
+    assert_true(n > 40);
+    for (int i = 0; i < n; i++)
+        if (json_object_object_get_ex(objs[i], "event", &v) &&
+            strcmp(json_object_get_string(v), "activate") == 0 &&
+            json_object_object_get_ex(objs[i], "detail", &v) &&
+            strstr(json_object_get_string(v), "2 of 2 queue"))
+            activated = true;
+    assert_true(activated);
+    for (int q = 0; q < 2; q++) {
+        assert_true(json_count(objs, n, "vmm", "request", "SET_VRING_KICK", q, 1) >= 1);
+        assert_true(json_count(objs, n, "backend", "request", "SET_VRING_ADDR", q, 0) >= 1);
+        assert_true(json_count(objs, n, "backend", "request", "SET_VRING_KICK", q, 1) >= 1);
+        assert_true(json_count(objs, n, "backend", "request", "SET_VRING_CALL", q, 1) >= 1);
+        assert_true(json_count(objs, n, "backend", "request", "GET_VRING_BASE", q, 0) >= 1);
+    }
+    assert_true(json_count(objs, n, "backend", "request", "SET_MEM_TABLE", -1, 1) >= 1);
+    assert_int_equal(json_count(objs, n, "vmm", "request", "UNKNOWN", -1, 0), 0);
+    /* The last object is the summary, with every request QEMU sent known. */
+    assert_true(json_object_object_get_ex(objs[n - 1], "summary", &sum));
+    assert_true(json_object_object_get_ex(sum, "vmm", &v));
+    assert_true(json_object_object_get_ex(v, "unknown", &v));
+    assert_int_equal(json_object_get_int(v), 0);
+    assert_true(json_object_object_get_ex(sum, "backend", &v));
+    assert_true(json_object_object_get_ex(v, "SET_VRING_KICK", &v));
+    for (int i = 0; i < n; i++)
+        json_object_put(objs[i]);
+    done(&rn);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_relay_qsd_1q_trace),
+        cmocka_unit_test(test_relay_qsd_2q_json),
+    };
+
+    vuf_bin = tu_built_exe("VUF_TOOL");
+    if (!vuf_bin || !tu_backend_installed(TU_QSD, "qemu-system-common") ||
+        !tg_find_kernel(vmlinuz, sizeof(vmlinuz), moddir, sizeof(moddir)))
+        return 1;
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
