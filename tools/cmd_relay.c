@@ -20,6 +20,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -58,7 +59,16 @@ struct rqueue {
     int kick_fd, call_fd;
 };
 
+struct relay_opts {
+    const char *listen, *connect;
+    bool trace, json;
+    int timeout_ms, reconnect_ms;
+    uint32_t device_type;
+};
+
 struct relay {
+    const struct relay_opts *opts;
+    struct vuf_frontend_config fc;
     struct relay_tap *tap;
     struct vuf_device *dev;
     struct vuf_server *srv;
@@ -72,8 +82,9 @@ struct relay {
     uint64_t vmm_pf;
     struct vuf_conn *vmm_breq; /* the VMM's back-end request channel */
     pthread_mutex_t breq_lock;
+    uint64_t vmm_features; /* what the VMM acked: re-acked after a reconnect */
     atomic_bool crashed;
-    int exit_code;
+    int crash_efd; /* the worker's crash report wakes the main loop */
 };
 
 static atomic_bool relay_stop;
@@ -127,8 +138,13 @@ static void relay_event(void *opaque, enum vuf_device_event ev)
     struct relay *rl = opaque;
 
     if (ev == VUF_DEVICE_EVENT_CRASHED) {
+        uint64_t one = 1;
+
         atomic_store(&rl->crashed, true);
         relay_tap_event(rl->tap, "crashed", "the back-end hung up while active");
+        if (write(rl->crash_efd, &one, sizeof(one)) < 0) {
+            /* a full counter wakes the main loop just as well */
+        }
     }
 }
 
@@ -235,6 +251,7 @@ static int h_set_features(void *o, struct vuf_msg *req, struct vuf_msg *reply)
     struct relay *rl = o;
 
     (void)reply;
+    rl->vmm_features |= req->payload.u64;
     return vuf_device_ack_features(rl->dev, req->payload.u64);
 }
 
@@ -392,8 +409,9 @@ static int h_set_vring_addr(void *o, struct vuf_msg *req, struct vuf_msg *reply)
     return 0;
 }
 
-/* Keep the fd of a KICK/CALL message in *slot. */
-static int take_ring_fd(struct relay *rl, struct vuf_msg *req, int **slot, uint32_t *index)
+/* The ring index of a KICK/CALL/ERR message in *index; returns its fd (still
+ * the server's), -1 for NOFD, or a negative errno below -1. */
+static int ring_fd(struct relay *rl, struct vuf_msg *req, uint32_t *index)
 {
     bool nofd;
     int r = vuf_decode_vring_file(req, index, &nofd);
@@ -402,7 +420,6 @@ static int take_ring_fd(struct relay *rl, struct vuf_msg *req, int **slot, uint3
         r = ring_index(rl, *index);
     if (r < 0)
         return r;
-    (void)slot;
     return nofd ? -1 : req->fds[0];
 }
 
@@ -410,7 +427,7 @@ static int h_set_vring_kick(void *o, struct vuf_msg *req, struct vuf_msg *reply)
 {
     struct relay *rl = o;
     uint32_t i = 0;
-    int fd = take_ring_fd(rl, req, NULL, &i);
+    int fd = ring_fd(rl, req, &i);
 
     (void)reply;
     if (fd < -1)
@@ -434,7 +451,7 @@ static int h_set_vring_call(void *o, struct vuf_msg *req, struct vuf_msg *reply)
 {
     struct relay *rl = o;
     uint32_t i = 0;
-    int fd = take_ring_fd(rl, req, NULL, &i);
+    int fd = ring_fd(rl, req, &i);
 
     (void)reply;
     if (fd < -1)
@@ -454,7 +471,7 @@ static int h_set_vring_err(void *o, struct vuf_msg *req, struct vuf_msg *reply)
 {
     struct relay *rl = o;
     uint32_t i = 0;
-    int fd = take_ring_fd(rl, req, NULL, &i);
+    int fd = ring_fd(rl, req, &i);
 
     (void)reply;
     /* Not passed on (the device has no error eventfd); the server closes it. */
@@ -566,19 +583,97 @@ static void install_handlers(struct vuf_server_config *sc)
     sc->handlers[VUF_REQ_SET_BACKEND_REQ_FD] = h_set_backend_req_fd;
 }
 
+/* ---- back-end restart -------------------------------------------------------- */
+
+/* A new device on a new connection to the back-end's socket, through the
+ * tap's back-end side. */
+static int relay_connect_backend(struct relay *rl, int timeout_ms)
+{
+    struct vuf_conn *be = NULL, *dev_end = NULL, *tap_be = NULL;
+    int r = vuf_conn_connect(rl->opts->connect, timeout_ms, &be);
+
+    if (r < 0) {
+        fprintf(stderr, "vuf relay: cannot connect to %s: %s\n", rl->opts->connect,
+                vuf_strerror(r));
+        return r;
+    }
+    r = vuf_conn_pair(&dev_end, &tap_be);
+    if (r < 0) {
+        vuf_conn_close(be);
+        return r;
+    }
+    relay_tap_reattach(rl->tap, RELAY_BACKEND, tap_be, be);
+    r = vuf_frontend_new(&rl->fc, dev_end, &rl->dev); /* takes dev_end */
+    if (r < 0)
+        fprintf(stderr, "vuf relay: negotiating with the back-end failed: %s\n", vuf_strerror(r));
+    return r;
+}
+
+/*
+ * The back-end died while the rings ran (docs/reconnect.md): take the rings
+ * back (sleep cannot ask the dead back-end, so each restarts from used->idx:
+ * requests it had taken but not completed are taken again), wait for the
+ * back-end to be restarted on its socket, negotiate, ack what the VMM acked,
+ * and start the rings there. The VMM keeps its connection and sees nothing.
+ */
+static int relay_recover(struct relay *rl)
+{
+    struct vuf_queue qs[VUF_FRONTEND_MAX_QUEUES];
+    unsigned nq = rl->nq;
+    uint64_t v;
+    int r;
+
+    if (read(rl->crash_efd, &v, sizeof(v)) < 0) {
+        /* already drained */
+    }
+    if (!atomic_load(&rl->crashed) || !rl->dev)
+        return 0;
+    memset(qs, 0, sizeof(qs));
+    r = vuf_device_sleep(rl->dev, qs, rl->nq);
+    for (unsigned i = 0; i < rl->nq; i++)
+        if (qs[i].size)
+            rl->q[i].base = qs[i].next_avail;
+    rl->active = false;
+    relay_tap_event(rl->tap, "reconnect",
+                    "back-end lost (%s); rings taken back from used->idx, waiting up to %d ms "
+                    "for %s",
+                    vuf_strerror(r), rl->opts->reconnect_ms, rl->opts->connect);
+    vuf_device_destroy(rl->dev);
+    rl->dev = NULL;
+    r = relay_connect_backend(rl, rl->opts->reconnect_ms);
+    if (r == 0 && vuf_device_num_queues(rl->dev) < nq)
+        r = -EPROTO;
+    if (r == 0)
+        r = vuf_device_ack_features(rl->dev, rl->vmm_features);
+    if (r < 0) {
+        relay_tap_event(rl->tap, "reconnect", "failed: %s", vuf_strerror(r));
+        return r;
+    }
+    atomic_store(&rl->crashed, false);
+    relay_tap_event(rl->tap, "reconnect", "back-end is back");
+    return relay_activate(rl);
+}
+
 /* ---- main loop ----------------------------------------------------------- */
 
 static int serve(struct relay *rl)
 {
     for (;;) {
-        struct pollfd p = {.fd = vuf_server_fd(rl->srv), .events = POLLIN};
+        struct pollfd p[2] = {{.fd = vuf_server_fd(rl->srv), .events = POLLIN},
+                              {.fd = rl->crash_efd, .events = POLLIN}};
         int r;
 
         if (atomic_load(&relay_stop))
             return 0;
-        r = poll(&p, 1, rl->pending ? ACTIVATE_QUIET_MS : 200);
+        r = poll(p, 2, rl->pending ? ACTIVATE_QUIET_MS : 200);
         if (r < 0 && errno != EINTR)
             return -errno;
+        if (r > 0 && p[1].revents) {
+            r = relay_recover(rl);
+            if (r < 0)
+                return r;
+            continue;
+        }
         if (r <= 0) {
             if (rl->pending)
                 relay_activate(rl);
@@ -591,13 +686,6 @@ static int serve(struct relay *rl)
             return r;
     }
 }
-
-struct relay_opts {
-    const char *listen, *connect;
-    bool trace, json;
-    int timeout_ms;
-    uint32_t device_type;
-};
 
 static void relay_teardown(struct relay *rl)
 {
@@ -617,26 +705,33 @@ static void relay_teardown(struct relay *rl)
     }
     vuf_conn_close(rl->vmm_breq);
     pthread_mutex_destroy(&rl->breq_lock);
+    if (rl->crash_efd >= 0)
+        close(rl->crash_efd);
 }
 
 static int relay_run(const struct relay_opts *o)
 {
     static struct relay rl;
-    struct vuf_conn *vmm = NULL, *be = NULL, *srv_end = NULL, *tap_vmm = NULL, *dev_end = NULL,
-                    *tap_be = NULL;
-    struct vuf_frontend_config fc = {
+    struct vuf_conn *vmm = NULL, *srv_end = NULL, *tap_vmm = NULL;
+    struct vuf_server_config sc = {.channel = VUF_CH_FRONTEND, .opaque = &rl};
+    int lfd = -1, r;
+
+    memset(&rl, 0, sizeof(rl));
+    rl.opts = o;
+    rl.fc = (struct vuf_frontend_config){
         .device_type = o->device_type,
         .base_features = RELAY_BASE_FEATURES,
         .event = relay_event,
         .event_opaque = &rl,
     };
-    struct vuf_server_config sc = {.channel = VUF_CH_FRONTEND, .opaque = &rl};
-    int lfd = -1, r;
-
-    memset(&rl, 0, sizeof(rl));
     pthread_mutex_init(&rl.breq_lock, NULL);
     for (unsigned i = 0; i < VUF_FRONTEND_MAX_QUEUES; i++)
         rl.q[i].kick_fd = rl.q[i].call_fd = -1;
+    rl.crash_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (rl.crash_efd < 0) {
+        r = -errno;
+        goto out;
+    }
     r = relay_tap_new(stdout, o->trace, o->json, o->device_type, &rl.tap);
     if (r < 0)
         goto out;
@@ -654,31 +749,20 @@ static int relay_run(const struct relay_opts *o)
         fprintf(stderr, "vuf relay: accept on %s: %s\n", o->listen, vuf_strerror(r));
         goto out;
     }
-    r = vuf_conn_connect(o->connect, o->timeout_ms, &be);
+    r = vuf_conn_pair(&srv_end, &tap_vmm);
     if (r < 0) {
-        fprintf(stderr, "vuf relay: cannot connect to %s: %s\n", o->connect, vuf_strerror(r));
         vuf_conn_close(vmm);
-        goto out;
-    }
-    if ((r = vuf_conn_pair(&srv_end, &tap_vmm)) < 0 || (r = vuf_conn_pair(&dev_end, &tap_be)) < 0) {
-        vuf_conn_close(vmm);
-        vuf_conn_close(be);
-        vuf_conn_close(srv_end);
-        vuf_conn_close(tap_vmm);
         goto out;
     }
     relay_tap_attach(rl.tap, RELAY_VMM, vmm, tap_vmm);
-    relay_tap_attach(rl.tap, RELAY_BACKEND, tap_be, be);
     r = relay_tap_start(rl.tap);
     if (r < 0) {
         vuf_conn_close(srv_end);
-        vuf_conn_close(dev_end);
         goto out;
     }
     relay_tap_event(rl.tap, "connect", "VMM on %s, back-end %s", o->listen, o->connect);
-    r = vuf_frontend_new(&fc, dev_end, &rl.dev); /* takes dev_end */
+    r = relay_connect_backend(&rl, o->timeout_ms);
     if (r < 0) {
-        fprintf(stderr, "vuf relay: negotiating with the back-end failed: %s\n", vuf_strerror(r));
         vuf_conn_close(srv_end);
         goto out;
     }
@@ -694,13 +778,13 @@ static int relay_run(const struct relay_opts *o)
     vuf_conn_set_timeout(vuf_server_conn(rl.srv), 5000);
     r = serve(&rl);
     if (r < 0)
-        fprintf(stderr, "vuf relay: the VMM connection failed: %s\n", vuf_strerror(r));
+        fprintf(stderr, "vuf relay: %s\n", vuf_strerror(r));
     else
         relay_tap_event(rl.tap, "exit", "the VMM disconnected");
 out:
-    relay_teardown(&rl);
     if (r == 0 && atomic_load(&rl.crashed))
         r = -ECONNRESET;
+    relay_teardown(&rl);
     return r < 0 ? VUF_EXIT_FAIL : VUF_EXIT_OK;
 }
 
@@ -720,6 +804,9 @@ void cmd_relay_usage(FILE *f)
                "  --json              the same as one JSON object per line\n"
                "  --device-type T     blk (default), net, fs, ...: names feature bits\n"
                "  --timeout-ms N      wait up to N ms for the back-end socket (default 5000)\n"
+               "  --reconnect-ms N    when the back-end dies, wait up to N ms for it to be\n"
+               "                      restarted on its socket and resume the rings there\n"
+               "                      (default 10000; 0: give up at once)\n"
                "  -h, --help          this help\n");
 }
 
@@ -732,10 +819,11 @@ int cmd_relay(int argc, char **argv)
         {"json", no_argument, NULL, 'j'},
         {"device-type", required_argument, NULL, 'd'},
         {"timeout-ms", required_argument, NULL, 'T'},
+        {"reconnect-ms", required_argument, NULL, 'R'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    struct relay_opts o = {.timeout_ms = 5000, .device_type = VUF_DEV_BLK};
+    struct relay_opts o = {.timeout_ms = 5000, .reconnect_ms = 10000, .device_type = VUF_DEV_BLK};
     const struct vuf_device_info *di;
     struct sigaction sa = {.sa_handler = on_signal};
     int c;
@@ -765,6 +853,9 @@ int cmd_relay(int argc, char **argv)
             break;
         case 'T':
             o.timeout_ms = atoi(optarg);
+            break;
+        case 'R':
+            o.reconnect_ms = atoi(optarg);
             break;
         case 'h':
             cmd_relay_usage(stdout);

@@ -35,6 +35,11 @@ int relay_tap_new(FILE *out, bool trace, bool json, uint32_t device_type,
 void relay_tap_attach(struct relay_tap *t, enum relay_side side, struct vuf_conn *front,
                       struct vuf_conn *back);
 
+/* Replace a side while the thread runs (a reconnected back-end): takes
+ * both conns; the side's old conns, if still open, are closed. Thread-safe. */
+void relay_tap_reattach(struct relay_tap *t, enum relay_side side, struct vuf_conn *front,
+                        struct vuf_conn *back);
+
 /* Start forwarding on a thread. 0 or a negative errno. */
 int relay_tap_start(struct relay_tap *t);
 

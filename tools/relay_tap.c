@@ -40,6 +40,9 @@ struct relay_tap {
     bool trace, json;
     uint32_t device_type;
     struct tap_side side[RELAY_NSIDES];
+    /* relay_tap_reattach() hands new conns over here (under lock). */
+    struct vuf_conn *new_front[RELAY_NSIDES], *new_back[RELAY_NSIDES];
+    int wake_efd;
     pthread_t thread;
     bool started;
     int stop_efd;
@@ -65,9 +68,14 @@ int relay_tap_new(FILE *out, bool trace, bool json, uint32_t device_type,
     if (!t)
         return -ENOMEM;
     t->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (t->stop_efd < 0) {
+    t->wake_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (t->stop_efd < 0 || t->wake_efd < 0) {
+        int err = -errno;
+
+        if (t->stop_efd >= 0)
+            close(t->stop_efd);
         free(t);
-        return -errno;
+        return err;
     }
     t->out = out;
     t->trace = trace || json;
@@ -84,6 +92,49 @@ void relay_tap_attach(struct relay_tap *t, enum relay_side side, struct vuf_conn
 {
     t->side[side].front = front;
     t->side[side].back = back;
+}
+
+void relay_tap_reattach(struct relay_tap *t, enum relay_side side, struct vuf_conn *front,
+                        struct vuf_conn *back)
+{
+    uint64_t one = 1;
+
+    pthread_mutex_lock(&t->lock);
+    vuf_conn_close(t->new_front[side]);
+    vuf_conn_close(t->new_back[side]);
+    t->new_front[side] = front;
+    t->new_back[side] = back;
+    pthread_mutex_unlock(&t->lock);
+    if (write(t->wake_efd, &one, sizeof(one)) < 0) {
+        /* cannot fail short of a full counter, which wakes the thread too */
+    }
+}
+
+/* On the tap thread: take over conns handed in by relay_tap_reattach(). */
+static void take_new_sides(struct relay_tap *t)
+{
+    uint64_t v;
+
+    if (read(t->wake_efd, &v, sizeof(v)) < 0) {
+        /* nothing pending */
+    }
+    pthread_mutex_lock(&t->lock);
+    for (int s = 0; s < RELAY_NSIDES; s++) {
+        struct tap_side *sd = &t->side[s];
+
+        if (!t->new_front[s])
+            continue;
+        vuf_conn_close(sd->front);
+        vuf_conn_close(sd->back);
+        sd->front = t->new_front[s];
+        sd->back = t->new_back[s];
+        t->new_front[s] = t->new_back[s] = NULL;
+        vuf_conn_set_timeout(sd->front, 5000);
+        vuf_conn_set_timeout(sd->back, 5000);
+        sd->npend = 0;
+        sd->pf = 0;
+    }
+    pthread_mutex_unlock(&t->lock);
 }
 
 /* ---- decoding ------------------------------------------------------------- */
@@ -512,22 +563,23 @@ static void *tap_thread(void *arg)
     struct relay_tap *t = arg;
 
     for (;;) {
-        struct pollfd pfd[1 + 2 * RELAY_NSIDES];
+        struct pollfd pfd[2 + 2 * RELAY_NSIDES];
         struct {
             enum relay_side s;
             bool front;
-        } who[2 * RELAY_NSIDES];
-        unsigned n = 1;
+        } who[2 + 2 * RELAY_NSIDES];
+        unsigned n = 2;
 
         pfd[0] = (struct pollfd){.fd = t->stop_efd, .events = POLLIN};
+        pfd[1] = (struct pollfd){.fd = t->wake_efd, .events = POLLIN};
         for (int s = 0; s < RELAY_NSIDES; s++) {
             if (!t->side[s].front)
                 continue;
-            who[n - 1].s = (enum relay_side)s;
-            who[n - 1].front = true;
+            who[n].s = (enum relay_side)s;
+            who[n].front = true;
             pfd[n++] = (struct pollfd){.fd = vuf_conn_fd(t->side[s].front), .events = POLLIN};
-            who[n - 1].s = (enum relay_side)s;
-            who[n - 1].front = false;
+            who[n].s = (enum relay_side)s;
+            who[n].front = false;
             pfd[n++] = (struct pollfd){.fd = vuf_conn_fd(t->side[s].back), .events = POLLIN};
         }
         if (poll(pfd, n, -1) < 0) {
@@ -537,13 +589,17 @@ static void *tap_thread(void *arg)
         }
         if (pfd[0].revents)
             break;
-        for (unsigned i = 1; i < n; i++) {
-            enum relay_side s = who[i - 1].s;
+        for (unsigned i = 2; i < n; i++) {
+            enum relay_side s = who[i].s;
 
             if (!(pfd[i].revents & (POLLIN | POLLHUP | POLLERR)) || !t->side[s].front)
                 continue;
-            forward(t, s, who[i - 1].front);
+            forward(t, s, who[i].front);
         }
+        /* After the forwarding: a side replaced meanwhile must not be
+         * served with the old side's poll results. */
+        if (pfd[1].revents)
+            take_new_sides(t);
     }
     return NULL;
 }
@@ -631,10 +687,13 @@ void relay_tap_free(struct relay_tap *t)
     for (int s = 0; s < RELAY_NSIDES; s++) {
         vuf_conn_close(t->side[s].front);
         vuf_conn_close(t->side[s].back);
+        vuf_conn_close(t->new_front[s]);
+        vuf_conn_close(t->new_back[s]);
     }
     if (t->trace)
         summary(t);
     close(t->stop_efd);
+    close(t->wake_efd);
     pthread_mutex_destroy(&t->lock);
     free(t);
 }

@@ -160,13 +160,70 @@ static int cpio_file(struct cpio *c, const char *name, unsigned mode, const char
     return 0;
 }
 
+/* `writers` concurrent writers, part i pinned to CPU i % cpus, then one
+ * read-back. */
+static void parallel_writes(FILE *f, const struct tg_blk_workload *w)
+{
+    unsigned writers = w->writers ? w->writers : 1;
+    uint64_t wblocks = w->write_len / TG_BLOCK, part = wblocks / writers;
+
+    fprintf(f, "t0=$(cut -d' ' -f1 /proc/uptime)\nncpu=$(nproc)\npids=\n");
+    for (unsigned i = 0; i < writers; i++) {
+        uint64_t cnt = i + 1 == writers ? wblocks - part * i : part;
+
+        fprintf(f,
+                "taskset -c $((%u %% ncpu)) dd if=/pat.bin of=/dev/vda bs=%u skip=%llu "
+                "seek=%llu count=%llu oflag=direct conv=notrunc 2>/tmp/w%u & pids=\"$pids $!\"\n",
+                i, TG_BLOCK, (unsigned long long)(part * i),
+                (unsigned long long)(w->write_off / TG_BLOCK + part * i), (unsigned long long)cnt,
+                i);
+    }
+    fprintf(f,
+            "wres=ok; for p in $pids; do wait $p || wres=fail; done\n"
+            "[ $wres = ok ] || cat /tmp/w*\n"
+            "say write=$wres\n"
+            "say write_s=$(echo \"$(cut -d' ' -f1 /proc/uptime) $t0\" | awk '{print $1-$2}')\n"
+            "if dd if=/dev/vda of=/tmp/back bs=%u skip=%llu count=%llu iflag=direct 2>/tmp/err "
+            "&& cmp -s /tmp/back /pat.bin; then say readback=ok; "
+            "else say readback=bad; cat /tmp/err; fi\n",
+            TG_BLOCK, (unsigned long long)(w->write_off / TG_BLOCK), (unsigned long long)wblocks);
+}
+
+/* Passes over the write region, TG_CHUNK at a time ("progress=N" after
+ * each chunk), each pass read back and compared, until the host has put
+ * "VUF-GO" at marker_off. A write lost in a pass fails that pass's
+ * compare: the next pass cannot hide it. */
+static void stream_until_marker(FILE *f, const struct tg_blk_workload *w)
+{
+    unsigned chunk = TG_CHUNK / TG_BLOCK, nchunks = (unsigned)(w->write_len / TG_CHUNK);
+
+    fprintf(f,
+            "wres=ok; rres=ok; pass=0; n=0\n"
+            "while [ $pass -lt 200 ]; do\n"
+            "  pass=$((pass+1)); c=0\n"
+            "  while [ $c -lt %u ]; do\n"
+            "    dd if=/pat.bin of=/dev/vda bs=%u skip=$((c*%u)) seek=$((%llu+c*%u)) count=%u "
+            "oflag=direct conv=notrunc 2>/tmp/w || { wres=fail; cat /tmp/w; }\n"
+            "    c=$((c+1)); n=$((n+1)); say progress=$n\n"
+            "  done\n"
+            "  dd if=/dev/vda of=/tmp/back bs=%u skip=%llu count=%llu iflag=direct 2>/tmp/err "
+            "&& cmp -s /tmp/back /pat.bin || { rres=bad; say bad_pass=$pass; }\n"
+            "  say pass=$pass\n"
+            "  dd if=/dev/vda bs=%u skip=%llu count=1 iflag=direct 2>/dev/null | grep -q VUF-GO "
+            "&& break\n"
+            "done\n"
+            "say write=$wres\nsay readback=$rres\n",
+            nchunks, TG_BLOCK, chunk, (unsigned long long)(w->write_off / TG_BLOCK), chunk, chunk,
+            TG_BLOCK, (unsigned long long)(w->write_off / TG_BLOCK),
+            (unsigned long long)(w->write_len / TG_BLOCK), TG_BLOCK,
+            (unsigned long long)(w->marker_off / TG_BLOCK));
+}
+
 /* The /init script. Every fact is one "VUF-RESULT key=value" line; the
  * values the tests compare are exact ("ok", counts). O_DIRECT everywhere:
  * the bytes must cross the virtqueue, not stop in the guest's page cache. */
 static char *init_script(const struct tg_blk_workload *w)
 {
-    unsigned writers = w->writers ? w->writers : 1;
-    uint64_t wblocks = w->write_len / TG_BLOCK, part = wblocks / writers;
     char *s = NULL;
     size_t sz = 0;
     FILE *f = open_memstream(&s, &sz);
@@ -202,32 +259,16 @@ static char *init_script(const struct tg_blk_workload *w)
                 "else say preread=bad; cat /tmp/err; fi\n",
                 TG_BLOCK, (unsigned long long)(w->pre_off / TG_BLOCK),
                 (unsigned long long)(w->pre_len / TG_BLOCK));
-    fprintf(f, "t0=$(cut -d' ' -f1 /proc/uptime)\nncpu=$(nproc)\npids=\n");
-    for (unsigned i = 0; i < writers; i++) {
-        uint64_t cnt = i + 1 == writers ? wblocks - part * i : part;
-
-        fprintf(f,
-                "taskset -c $((%u %% ncpu)) dd if=/pat.bin of=/dev/vda bs=%u skip=%llu "
-                "seek=%llu count=%llu oflag=direct conv=notrunc 2>/tmp/w%u & pids=\"$pids $!\"\n",
-                i, TG_BLOCK, (unsigned long long)(part * i),
-                (unsigned long long)(w->write_off / TG_BLOCK + part * i), (unsigned long long)cnt,
-                i);
-    }
-    fprintf(f,
-            "wres=ok; for p in $pids; do wait $p || wres=fail; done\n"
-            "[ $wres = ok ] || cat /tmp/w*\n"
-            "say write=$wres\n"
-            "say write_s=$(echo \"$(cut -d' ' -f1 /proc/uptime) $t0\" | awk '{print $1-$2}')\n"
-            "if dd if=/dev/vda of=/tmp/back bs=%u skip=%llu count=%llu iflag=direct 2>/tmp/err "
-            "&& cmp -s /tmp/back /pat.bin; then say readback=ok; "
-            "else say readback=bad; cat /tmp/err; fi\n"
-            "mount -t debugfs none /sys/kernel/debug 2>/dev/null\n"
-            "for h in /sys/kernel/debug/block/vda/hctx*; do "
-            "say ${h##*/}_run=$(cat $h/run); done\n"
-            "if dmesg | grep -qi 'I/O error'; then say ioerr=yes; else say ioerr=none; fi\n"
-            "say done=ok\n"
-            "poweroff -f\n",
-            TG_BLOCK, (unsigned long long)(w->write_off / TG_BLOCK), (unsigned long long)wblocks);
+    if (w->marker_len)
+        stream_until_marker(f, w);
+    else
+        parallel_writes(f, w);
+    fprintf(f, "mount -t debugfs none /sys/kernel/debug 2>/dev/null\n"
+               "for h in /sys/kernel/debug/block/vda/hctx*; do "
+               "say ${h##*/}_run=$(cat $h/run); done\n"
+               "if dmesg | grep -qi 'I/O error'; then say ioerr=yes; else say ioerr=none; fi\n"
+               "say done=ok\n"
+               "poweroff -f\n");
     if (fclose(f) != 0) {
         free(s);
         return NULL;
@@ -455,9 +496,26 @@ static void check_region(const char *disk, uint64_t off, uint64_t len, uint32_t 
     free(got);
 }
 
+void tg_write_marker(const char *disk, const struct tg_blk_workload *w)
+{
+    uint8_t blk[TG_BLOCK] = "VUF-GO\n";
+
+    file_region(disk, w->marker_off, TG_BLOCK, blk, true);
+}
+
 void tg_assert_disk(const char *disk, const struct tg_blk_workload *w)
 {
     check_region(disk, w->write_off, w->write_len, w->write_seed);
     if (w->pre_len)
         check_region(disk, w->pre_off, w->pre_len, w->pre_seed);
+}
+
+void tg_maybe_skip(const char *tag)
+{
+    const char *want = getenv("VUF_GUEST_CASES");
+
+    if (want && *want && !strstr(want, tag)) {
+        fprintf(stderr, "guest: case '%s' not in VUF_GUEST_CASES=%s: skipped\n", tag, want);
+        skip();
+    }
 }

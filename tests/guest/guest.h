@@ -57,7 +57,19 @@ struct tg_blk_workload {
     uint64_t write_off, write_len;
     uint32_t write_seed;
     unsigned writers; /* 0 = 1 */
+    /* marker_len != 0: instead, write the region over and over, TG_CHUNK
+     * at a time, reading each pass back, until the block at marker_off
+     * starts with "VUF-GO" (tg_write_marker). write_len is a multiple of
+     * TG_CHUNK. */
+    uint64_t marker_off, marker_len;
 };
+
+/* Writes of the streaming workload, and its progress unit. */
+#define TG_CHUNK (1u << 20)
+
+/* Tell a streaming guest to finish: "VUF-GO" at w->marker_off of the disk
+ * file. */
+void tg_write_marker(const char *disk, const struct tg_blk_workload *w);
 
 /* Deterministic bytes: block k of the pattern starts with "vuf seed S blk
  * K\n", then bytes that depend on seed, k and position. */
@@ -116,6 +128,15 @@ void tg_prefill_disk(const char *disk, const struct tg_blk_workload *w);
  * w->write_off and the pre-read pattern at w->pre_off (the host's view of
  * what the guest wrote). */
 void tg_assert_disk(const char *disk, const struct tg_blk_workload *w);
+
+/*
+ * Whether a case whose name contains `tag` ("1q", "2q") runs: all do unless
+ * VUF_GUEST_CASES names the ones to run (the sanitizer build sets "2q" or
+ * "none",
+ * tests/meson.build). A case that does not run calls skip() (counted as
+ * skipped, never as passed).
+ */
+void tg_maybe_skip(const char *tag);
 
 /* Print the log's VUF-RESULT lines and its last lines (diagnosis). */
 void tg_dump(const char *log);

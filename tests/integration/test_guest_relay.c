@@ -13,6 +13,7 @@
  * Missing QEMU, busybox, the kernel or qemu-storage-daemon is a failure.
  */
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <json-c/json.h>
 #include <stdio.h>
@@ -127,6 +128,7 @@ static void test_relay_qsd_1q_trace(void **state)
     struct run rn;
 
     (void)state;
+    tg_maybe_skip("1q");
     run_relay(&rn, 1, 1, false);
     /* What QEMU sent, decoded. */
     assert_true(trace_has(rn.trace, "vmm", ">", "GET_FEATURES", NULL));
@@ -190,6 +192,7 @@ static void test_relay_qsd_2q_json(void **state)
     FILE *f;
 
     (void)state;
+    tg_maybe_skip("2q");
     run_relay(&rn, 2, 2, true);
     f = fopen(rn.trace, "re");
     assert_non_null(f);
@@ -231,11 +234,113 @@ static void test_relay_qsd_2q_json(void **state)
     done(&rn);
 }
 
+static long progress(const char *log)
+{
+    char v[32];
+
+    return tg_result(log, "progress", v, sizeof(v)) ? strtol(v, NULL, 10) : 0;
+}
+
+/* Wait (polling the serial log) until the guest reported `want` chunks. */
+static void wait_progress(struct tg_vm *vm, const char *log, long want)
+{
+    int64_t end = tu_now_ms() + TG_DEADLINE_MS;
+
+    while (progress(log) < want) {
+        if (tu_now_ms() > end || vm->proc.pid <= 0 || kill(vm->proc.pid, 0) != 0) {
+            tg_dump(log);
+            fail_msg("guest progress stayed below %ld", want);
+        }
+        tu_sleep_ms(10); /* polling the condition */
+    }
+}
+
+/*
+ * Live back-end restart: qemu-storage-daemon is SIGKILLed while the guest
+ * streams writes; a new one is started on the same socket and file. The
+ * relay keeps QEMU's connection, takes the rings back, reconnects and
+ * restarts them; the guest goes on writing, every pass reads back equal,
+ * no I/O error reaches its kernel log, and the file is complete.
+ */
+static void test_relay_qsd_restart(void **state)
+{
+    struct run rn;
+    char initrd[600], qsdlog[600], qsdlog2[600], cmd[4096];
+    struct tu_proc qsd = {0}, relay = {0};
+    struct tg_vm vm = {0};
+    long at_kill;
+    int fd, st;
+
+    (void)state;
+    tg_maybe_skip("1q");
+    rn.dir = tu_mkdtemp("vuf-guest-restart");
+    rn.w = (struct tg_blk_workload){
+        .write_off = 4u << 20,
+        .write_len = 8u << 20,
+        .write_seed = 9,
+        .marker_off = 1u << 20,
+        .marker_len = TG_BLOCK,
+    };
+    snprintf(rn.disk, sizeof(rn.disk), "%s/disk.img", rn.dir);
+    snprintf(rn.be_sock, sizeof(rn.be_sock), "%s/qsd.sock", rn.dir);
+    snprintf(rn.vmm_sock, sizeof(rn.vmm_sock), "%s/relay.sock", rn.dir);
+    snprintf(rn.trace, sizeof(rn.trace), "%s/trace.out", rn.dir);
+    snprintf(rn.relay_log, sizeof(rn.relay_log), "%s/relay.log", rn.dir);
+    snprintf(rn.qlog, sizeof(rn.qlog), "%s/guest.log", rn.dir);
+    snprintf(initrd, sizeof(initrd), "%s/initrd", rn.dir);
+    snprintf(qsdlog, sizeof(qsdlog), "%s/qsd.log", rn.dir);
+    snprintf(qsdlog2, sizeof(qsdlog2), "%s/qsd2.log", rn.dir);
+    fd = open(rn.disk, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, (off_t)DISK_BYTES), 0);
+    close(fd);
+    assert_int_equal(tg_build_initramfs(initrd, moddir, &rn.w), 0);
+
+    tu_start_qsd_file(&qsd, rn.disk, 1, rn.be_sock, qsdlog);
+    snprintf(cmd, sizeof(cmd), "exec '%s' relay --listen '%s' --connect '%s' --trace > '%s'",
+             vuf_bin, rn.vmm_sock, rn.be_sock, rn.trace);
+    char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+    assert_int_equal(tu_spawn(&relay, argv, rn.relay_log), 0);
+    if (tu_wait_socket_file(&relay, rn.vmm_sock, TU_START_MS) != 0) {
+        tu_dump_log(&relay);
+        fail_msg("vuf relay did not listen on %s", rn.vmm_sock);
+    }
+    assert_int_equal(tg_vm_start(&vm, vmlinuz, initrd, rn.vmm_sock, 1, 1, rn.qlog), 0);
+
+    /* Mid-stream: a few chunks written, more coming. */
+    wait_progress(&vm, rn.qlog, 3);
+    kill(qsd.pid, SIGKILL);
+    tu_stop(&qsd);
+    at_kill = progress(rn.qlog);
+    tu_start_qsd_file(&qsd, rn.disk, 1, rn.be_sock, qsdlog2);
+    /* Writes through the new back-end, then let the guest finish its pass. */
+    wait_progress(&vm, rn.qlog, at_kill + 4);
+    tg_write_marker(rn.disk, &rn.w);
+    st = tg_vm_wait(&vm, TG_DEADLINE_MS);
+    fprintf(stderr, "guest with a back-end restart ran %ld ms (killed at chunk %ld of %ld)\n",
+            vm.elapsed_ms, at_kill, progress(rn.qlog));
+    if (st != 0) {
+        tg_dump(rn.qlog);
+        tu_dump_log(&relay);
+    }
+    assert_int_equal(st, 0);
+    tg_assert_blk_results(rn.qlog, &rn.w, 1, 1, DISK_BYTES / 512);
+    assert_true(progress(rn.qlog) > at_kill);
+    assert_true(trace_has(rn.trace, "relay", "*", "reconnect:", "back-end lost"));
+    assert_true(trace_has(rn.trace, "relay", "*", "reconnect:", "back-end is back"));
+    assert_true(trace_has(rn.trace, "relay", "*", "activate:", "1 of 1 queue"));
+    tu_assert_exits_zero(&relay, 5000);
+    tu_stop_clean(&qsd, rn.be_sock);
+    tg_assert_disk(rn.disk, &rn.w);
+    done(&rn);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_relay_qsd_1q_trace),
         cmocka_unit_test(test_relay_qsd_2q_json),
+        cmocka_unit_test(test_relay_qsd_restart),
     };
 
     vuf_bin = tu_built_exe("VUF_TOOL");
