@@ -100,6 +100,11 @@ static void run_relay(struct run *rn, unsigned nq, unsigned cpus, bool json)
 
 static void done(struct run *rn)
 {
+    /* A sanitizer build's report need not change the exit status. */
+    if (tu_log_has(rn->relay_log, "runtime error") || tu_log_has(rn->relay_log, "Sanitizer")) {
+        tg_dump(rn->relay_log);
+        fail_msg("sanitizer report in %s", rn->relay_log);
+    }
     tu_rmtree(rn->dir);
 }
 
