@@ -20,7 +20,10 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -60,7 +63,7 @@ struct rqueue {
 };
 
 struct relay_opts {
-    const char *listen, *connect;
+    const char *listen, *connect, *control;
     bool trace, json;
     int timeout_ms, reconnect_ms;
     uint32_t device_type;
@@ -82,7 +85,9 @@ struct relay {
     uint64_t vmm_pf;
     struct vuf_conn *vmm_breq; /* the VMM's back-end request channel */
     pthread_mutex_t breq_lock;
-    uint64_t vmm_features; /* what the VMM acked: re-acked after a reconnect */
+    uint64_t vmm_features;       /* what the VMM acked: re-acked after a reconnect */
+    char backend_path[PATH_MAX]; /* the back-end's socket: --connect, or the last replacement */
+    int control_fd;              /* --control listening socket, or -1 */
     atomic_bool crashed;
     int crash_efd; /* the worker's crash report wakes the main loop */
 };
@@ -587,14 +592,14 @@ static void install_handlers(struct vuf_server_config *sc)
 
 /* A new device on a new connection to the back-end's socket, through the
  * tap's back-end side. */
-static int relay_connect_backend(struct relay *rl, int timeout_ms)
+static int relay_connect_backend(struct relay *rl, const char *path, int timeout_ms,
+                                 struct vuf_device **dev, bool *attached)
 {
     struct vuf_conn *be = NULL, *dev_end = NULL, *tap_be = NULL;
-    int r = vuf_conn_connect(rl->opts->connect, timeout_ms, &be);
+    int r = vuf_conn_connect(path, timeout_ms, &be);
 
     if (r < 0) {
-        fprintf(stderr, "vuf relay: cannot connect to %s: %s\n", rl->opts->connect,
-                vuf_strerror(r));
+        fprintf(stderr, "vuf relay: cannot connect to %s: %s\n", path, vuf_strerror(r));
         return r;
     }
     r = vuf_conn_pair(&dev_end, &tap_be);
@@ -603,7 +608,9 @@ static int relay_connect_backend(struct relay *rl, int timeout_ms)
         return r;
     }
     relay_tap_reattach(rl->tap, RELAY_BACKEND, tap_be, be);
-    r = vuf_frontend_new(&rl->fc, dev_end, &rl->dev); /* takes dev_end */
+    if (attached)
+        *attached = true;
+    r = vuf_frontend_new(&rl->fc, dev_end, dev); /* takes dev_end */
     if (r < 0)
         fprintf(stderr, "vuf relay: negotiating with the back-end failed: %s\n", vuf_strerror(r));
     return r;
@@ -637,10 +644,10 @@ static int relay_recover(struct relay *rl)
     relay_tap_event(rl->tap, "reconnect",
                     "back-end lost (%s); rings taken back from used->idx, waiting up to %d ms "
                     "for %s",
-                    vuf_strerror(r), rl->opts->reconnect_ms, rl->opts->connect);
+                    vuf_strerror(r), rl->opts->reconnect_ms, rl->backend_path);
     vuf_device_destroy(rl->dev);
     rl->dev = NULL;
-    r = relay_connect_backend(rl, rl->opts->reconnect_ms);
+    r = relay_connect_backend(rl, rl->backend_path, rl->opts->reconnect_ms, &rl->dev, NULL);
     if (r == 0 && vuf_device_num_queues(rl->dev) < nq)
         r = -EPROTO;
     if (r == 0)
@@ -654,20 +661,120 @@ static int relay_recover(struct relay *rl)
     return relay_activate(rl);
 }
 
+/* ---- live back-end replacement ---------------------------------------------- */
+
+/*
+ * Move the device to the back-end on `path` while the guest runs: sleep
+ * (rings stopped, positions kept), save the old back-end's state with
+ * DEVICE_STATE, connect and negotiate with the new one, load the state
+ * there, and start the rings on it. The old back-end's connection is
+ * closed. If the new back-end cannot be reached the old one goes on; if it
+ * fails later, the relay reconnects to the old one as after a crash.
+ */
+static int relay_replace(struct relay *rl, const char *path)
+{
+    struct vuf_device *old = rl->dev, *nd = NULL;
+    bool was_active = rl->active, attached = false;
+    uint8_t *state = NULL;
+    size_t len = 0;
+    uint64_t one = 1;
+    int r;
+
+    if (!(vuf_frontend_protocol_features(old) & VUF_PROTO_MASK(DEVICE_STATE)))
+        return -ENOTSUP;
+    relay_tap_event(rl->tap, "replace", "moving the device from %s to %s", rl->backend_path, path);
+    r = relay_sleep(rl);
+    if (r == 0)
+        r = vuf_device_snapshot(old, &state, &len);
+    if (r == 0)
+        relay_tap_event(rl->tap, "replace", "%zu bytes of device state saved", len);
+    if (r == 0)
+        r = relay_connect_backend(rl, path, rl->opts->timeout_ms, &nd, &attached);
+    if (r < 0 && !attached) {
+        free(state);
+        rl->pending = was_active; /* the old back-end goes on */
+        relay_tap_event(rl->tap, "replace", "failed: %s", vuf_strerror(r));
+        return r;
+    }
+    if (r == 0 && vuf_device_num_queues(nd) < rl->nq)
+        r = -EPROTO;
+    if (r == 0)
+        r = vuf_device_restore(nd, state, len);
+    free(state);
+    if (r < 0) {
+        if (nd)
+            vuf_device_destroy(nd);
+        relay_tap_event(rl->tap, "replace", "failed: %s; back to %s", vuf_strerror(r),
+                        rl->backend_path);
+        /* The old stream was given up for the new one: recover as from a
+         * crash, on the old path. */
+        atomic_store(&rl->crashed, true);
+        if (write(rl->crash_efd, &one, sizeof(one)) < 0) {
+            /* a full counter wakes the main loop as well */
+        }
+        return r;
+    }
+    vuf_device_destroy(old);
+    rl->dev = nd;
+    snprintf(rl->backend_path, sizeof(rl->backend_path), "%s", path);
+    r = vuf_device_ack_features(nd, rl->vmm_features);
+    relay_tap_event(rl->tap, "replace", "state loaded into %s", path);
+    if (r == 0 && was_active)
+        r = relay_activate(rl);
+    return r;
+}
+
+/* One command per connection on --control: "replace SOCKET" -> "ok" or
+ * "error: ...". */
+static void relay_control(struct relay *rl)
+{
+    char line[PATH_MAX] = "", ans[160];
+    struct timeval tv = {.tv_sec = 2};
+    size_t n = 0;
+    int c = accept4(rl->control_fd, NULL, NULL, SOCK_CLOEXEC), r;
+
+    if (c < 0)
+        return;
+    setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    while (n + 1 < sizeof(line)) {
+        ssize_t k = read(c, line + n, 1);
+
+        if (k <= 0 || line[n] == '\n')
+            break;
+        n++;
+    }
+    line[n] = '\0';
+    if (strncmp(line, "replace ", 8) == 0 && strlen(line + 8) < sizeof(rl->backend_path) - 8) {
+        r = relay_replace(rl, line + 8);
+        snprintf(ans, sizeof(ans), r < 0 ? "error: %s\n" : "ok\n", vuf_strerror(r));
+    } else {
+        snprintf(ans, sizeof(ans), "error: unknown command '%.64s' (want: replace SOCKET)\n", line);
+    }
+    if (send(c, ans, strlen(ans), MSG_NOSIGNAL) < 0) {
+        /* the asker left */
+    }
+    close(c);
+}
+
 /* ---- main loop ----------------------------------------------------------- */
 
 static int serve(struct relay *rl)
 {
     for (;;) {
-        struct pollfd p[2] = {{.fd = vuf_server_fd(rl->srv), .events = POLLIN},
-                              {.fd = rl->crash_efd, .events = POLLIN}};
+        struct pollfd p[3] = {{.fd = vuf_server_fd(rl->srv), .events = POLLIN},
+                              {.fd = rl->crash_efd, .events = POLLIN},
+                              {.fd = rl->control_fd, .events = POLLIN}};
         int r;
 
         if (atomic_load(&relay_stop))
             return 0;
-        r = poll(p, 2, rl->pending ? ACTIVATE_QUIET_MS : 200);
+        r = poll(p, 3, rl->pending ? ACTIVATE_QUIET_MS : 200);
         if (r < 0 && errno != EINTR)
             return -errno;
+        if (r > 0 && p[2].revents && !p[1].revents) {
+            relay_control(rl);
+            continue;
+        }
         if (r > 0 && p[1].revents) {
             r = relay_recover(rl);
             if (r < 0)
@@ -707,6 +814,10 @@ static void relay_teardown(struct relay *rl)
     pthread_mutex_destroy(&rl->breq_lock);
     if (rl->crash_efd >= 0)
         close(rl->crash_efd);
+    if (rl->control_fd >= 0) {
+        close(rl->control_fd);
+        unlink(rl->opts->control);
+    }
 }
 
 static int relay_run(const struct relay_opts *o)
@@ -727,6 +838,7 @@ static int relay_run(const struct relay_opts *o)
     pthread_mutex_init(&rl.breq_lock, NULL);
     for (unsigned i = 0; i < VUF_FRONTEND_MAX_QUEUES; i++)
         rl.q[i].kick_fd = rl.q[i].call_fd = -1;
+    rl.control_fd = -1;
     rl.crash_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (rl.crash_efd < 0) {
         r = -errno;
@@ -735,6 +847,13 @@ static int relay_run(const struct relay_opts *o)
     r = relay_tap_new(stdout, o->trace, o->json, o->device_type, &rl.tap);
     if (r < 0)
         goto out;
+    if (o->control) {
+        r = vuf_conn_listen(o->control, &rl.control_fd);
+        if (r < 0) {
+            fprintf(stderr, "vuf relay: cannot listen on %s: %s\n", o->control, vuf_strerror(r));
+            goto out;
+        }
+    }
     r = vuf_conn_listen(o->listen, &lfd);
     if (r < 0) {
         fprintf(stderr, "vuf relay: cannot listen on %s: %s\n", o->listen, vuf_strerror(r));
@@ -761,7 +880,8 @@ static int relay_run(const struct relay_opts *o)
         goto out;
     }
     relay_tap_event(rl.tap, "connect", "VMM on %s, back-end %s", o->listen, o->connect);
-    r = relay_connect_backend(&rl, o->timeout_ms);
+    snprintf(rl.backend_path, sizeof(rl.backend_path), "%s", o->connect);
+    r = relay_connect_backend(&rl, rl.backend_path, o->timeout_ms, &rl.dev, NULL);
     if (r < 0) {
         vuf_conn_close(srv_end);
         goto out;
@@ -797,7 +917,7 @@ void cmd_relay_usage(FILE *f)
                "imported from the VMM's fds, kick and call eventfds go to the back-end as\n"
                "they are: the data path bypasses the relay. Serves one VMM connection and\n"
                "exits when it ends (status 1 if the back-end died and could not be\n"
-            "restored).\n"
+               "restored).\n"
                "\n"
                "options:\n"
                "  --trace             print every message on both sides, decoded, with\n"
@@ -808,6 +928,10 @@ void cmd_relay_usage(FILE *f)
                "  --reconnect-ms N    when the back-end dies, wait up to N ms for it to be\n"
                "                      restarted on its socket and resume the rings there\n"
                "                      (default 10000; 0: give up at once)\n"
+               "  --control PATH      a unix socket taking one command per connection:\n"
+               "                      'replace SOCKET' moves the device, its state\n"
+               "                      (DEVICE_STATE) and its rings to the back-end on\n"
+               "                      SOCKET while the guest runs; answers 'ok' or 'error: ...'\n"
                "  -h, --help          this help\n");
 }
 
@@ -821,6 +945,7 @@ int cmd_relay(int argc, char **argv)
         {"device-type", required_argument, NULL, 'd'},
         {"timeout-ms", required_argument, NULL, 'T'},
         {"reconnect-ms", required_argument, NULL, 'R'},
+        {"control", required_argument, NULL, 'C'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -857,6 +982,9 @@ int cmd_relay(int argc, char **argv)
             break;
         case 'R':
             o.reconnect_ms = atoi(optarg);
+            break;
+        case 'C':
+            o.control = optarg;
             break;
         case 'h':
             cmd_relay_usage(stdout);

@@ -191,7 +191,7 @@ static void parallel_writes(FILE *f, const struct tg_blk_workload *w)
 
 /* Passes over the write region, TG_CHUNK at a time ("progress=N" after
  * each chunk), each pass read back and compared, until the host has put
- * "VUF-GO" at marker_off. A write lost in a pass fails that pass's
+ * "VUF-GO" at marker_off (or `passes` passes). A write lost in a pass fails that pass's
  * compare: the next pass cannot hide it. */
 static void stream_until_marker(FILE *f, const struct tg_blk_workload *w)
 {
@@ -208,15 +208,19 @@ static void stream_until_marker(FILE *f, const struct tg_blk_workload *w)
             "  done\n"
             "  dd if=/dev/vda of=/tmp/back bs=%u skip=%llu count=%llu iflag=direct 2>/tmp/err "
             "&& cmp -s /tmp/back /pat.bin || { rres=bad; say bad_pass=$pass; }\n"
-            "  say pass=$pass\n"
-            "  dd if=/dev/vda bs=%u skip=%llu count=1 iflag=direct 2>/dev/null | grep -q VUF-GO "
-            "&& break\n"
-            "done\n"
-            "say write=$wres\nsay readback=$rres\n",
+            "  say pass=$pass\n",
             nchunks, TG_BLOCK, chunk, (unsigned long long)(w->write_off / TG_BLOCK), chunk, chunk,
             TG_BLOCK, (unsigned long long)(w->write_off / TG_BLOCK),
-            (unsigned long long)(w->write_len / TG_BLOCK), TG_BLOCK,
-            (unsigned long long)(w->marker_off / TG_BLOCK));
+            (unsigned long long)(w->write_len / TG_BLOCK));
+    if (w->marker_len)
+        fprintf(f,
+                "  dd if=/dev/vda bs=%u skip=%llu count=1 iflag=direct 2>/dev/null | "
+                "grep -q VUF-GO && break\n",
+                TG_BLOCK, (unsigned long long)(w->marker_off / TG_BLOCK));
+    else
+        fprintf(f, "  [ $pass -ge %u ] && break\n", w->passes);
+    fprintf(f, "done\n"
+               "say write=$wres\nsay readback=$rres\n");
 }
 
 /* The /init script. Every fact is one "VUF-RESULT key=value" line; the
@@ -259,7 +263,7 @@ static char *init_script(const struct tg_blk_workload *w)
                 "else say preread=bad; cat /tmp/err; fi\n",
                 TG_BLOCK, (unsigned long long)(w->pre_off / TG_BLOCK),
                 (unsigned long long)(w->pre_len / TG_BLOCK));
-    if (w->marker_len)
+    if (w->marker_len || w->passes)
         stream_until_marker(f, w);
     else
         parallel_writes(f, w);

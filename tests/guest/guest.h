@@ -62,6 +62,9 @@ struct tg_blk_workload {
      * starts with "VUF-GO" (tg_write_marker). write_len is a multiple of
      * TG_CHUNK. */
     uint64_t marker_off, marker_len;
+    /* marker_len 0 and passes != 0: the same, for this many passes (a RAM
+     * disk, which the host cannot write a marker to). */
+    unsigned passes;
 };
 
 /* Writes of the streaming workload, and its progress unit. */
@@ -130,7 +133,7 @@ void tg_prefill_disk(const char *disk, const struct tg_blk_workload *w);
 void tg_assert_disk(const char *disk, const struct tg_blk_workload *w);
 
 /*
- * Whether a case whose name contains `tag` ("1q", "2q") runs: all do unless
+ * Whether a case tagged `tag` ("1q", "2q", "restart", ...) runs: all do unless
  * VUF_GUEST_CASES names the ones to run (the sanitizer build sets "2q" or
  * "none",
  * tests/meson.build). A case that does not run calls skip() (counted as

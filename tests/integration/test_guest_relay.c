@@ -29,7 +29,7 @@
 #define DISK_BYTES (64ull << 20)
 
 static char vmlinuz[512], moddir[512];
-static const char *vuf_bin;
+static const char *vuf_bin, *backend_bin;
 
 struct run {
     char *dir;
@@ -277,7 +277,7 @@ static void test_relay_qsd_restart(void **state)
     int fd, st;
 
     (void)state;
-    tg_maybe_skip("1q");
+    tg_maybe_skip("restart");
     rn.dir = tu_mkdtemp("vuf-guest-restart");
     rn.w = (struct tg_blk_workload){
         .write_off = 4u << 20,
@@ -340,16 +340,108 @@ static void test_relay_qsd_restart(void **state)
     done(&rn);
 }
 
+/*
+ * Live back-end replacement: two reference back-ends with RAM disks whose
+ * content travels with DEVICE_STATE (--state-includes-ram). While the guest
+ * streams writes to the first, `replace` on the relay's control socket
+ * sleeps the device, moves its state to the second process, and starts the
+ * rings there. The guest's read-back of the pass that spans the move (and
+ * of every later pass) comes from the second process: the blocks written
+ * into the first one's RAM moved with it.
+ */
+static void test_relay_ref_replace(void **state)
+{
+    struct run rn;
+    char initrd[600], loga[600], logb[600], socka[600], sockb[600], ctl[600], cmd[4096], ans[256],
+        req[700], sa[640], sb[640];
+    struct tu_proc a = {0}, b = {0}, relay = {0};
+    struct tg_vm vm = {0};
+    long at_replace;
+    int cfd = -1, st;
+
+    (void)state;
+    tg_maybe_skip("replace");
+    rn.dir = tu_mkdtemp("vuf-guest-replace");
+    rn.w = (struct tg_blk_workload){
+        .write_off = 4u << 20,
+        .write_len = 4u << 20,
+        .write_seed = 13,
+        .passes = 2,
+    };
+    snprintf(socka, sizeof(socka), "%s/a.sock", rn.dir);
+    snprintf(sockb, sizeof(sockb), "%s/b.sock", rn.dir);
+    snprintf(loga, sizeof(loga), "%s/a.log", rn.dir);
+    snprintf(logb, sizeof(logb), "%s/b.log", rn.dir);
+    snprintf(ctl, sizeof(ctl), "%s/relay.ctl", rn.dir);
+    snprintf(rn.vmm_sock, sizeof(rn.vmm_sock), "%s/relay.sock", rn.dir);
+    snprintf(rn.trace, sizeof(rn.trace), "%s/trace.out", rn.dir);
+    snprintf(rn.relay_log, sizeof(rn.relay_log), "%s/relay.log", rn.dir);
+    snprintf(rn.qlog, sizeof(rn.qlog), "%s/guest.log", rn.dir);
+    snprintf(initrd, sizeof(initrd), "%s/initrd", rn.dir);
+    assert_int_equal(tg_build_initramfs(initrd, moddir, &rn.w), 0);
+
+    snprintf(sa, sizeof(sa), "--socket-path=%s", socka);
+    snprintf(sb, sizeof(sb), "--socket-path=%s", sockb);
+    char *argva[] = {(char *)backend_bin,    sa,  "--ram=16M", "--num-queues=1",
+                     "--state-includes-ram", NULL};
+    char *argvb[] = {(char *)backend_bin,    sb,  "--ram=16M", "--num-queues=1",
+                     "--state-includes-ram", NULL};
+    tu_spawn_wait_file(&a, argva, loga, socka);
+    tu_spawn_wait_file(&b, argvb, logb, sockb);
+    snprintf(cmd, sizeof(cmd),
+             "exec '%s' relay --listen '%s' --connect '%s' --control '%s' --trace > '%s'", vuf_bin,
+             rn.vmm_sock, socka, ctl, rn.trace);
+    char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+    assert_int_equal(tu_spawn(&relay, argv, rn.relay_log), 0);
+    if (tu_wait_socket_file(&relay, rn.vmm_sock, TU_START_MS) != 0) {
+        tu_dump_log(&relay);
+        fail_msg("vuf relay did not listen on %s", rn.vmm_sock);
+    }
+    assert_int_equal(tg_vm_start(&vm, vmlinuz, initrd, rn.vmm_sock, 1, 1, rn.qlog), 0);
+
+    wait_progress(&vm, rn.qlog, 2);
+    snprintf(req, sizeof(req), "replace %s", sockb);
+    tu_ctl_command(&cfd, ctl, req, ans, sizeof(ans), 10000);
+    close(cfd);
+    at_replace = progress(rn.qlog);
+    if (strcmp(ans, "ok") != 0) {
+        tu_dump_log(&relay);
+        fail_msg("replace answered '%s'", ans);
+    }
+    st = tg_vm_wait(&vm, TG_DEADLINE_MS);
+    fprintf(stderr, "guest with a back-end replacement ran %ld ms (moved at chunk %ld of %ld)\n",
+            vm.elapsed_ms, at_replace, progress(rn.qlog));
+    if (st != 0) {
+        tg_dump(rn.qlog);
+        tu_dump_log(&relay);
+    }
+    assert_int_equal(st, 0);
+    tg_assert_blk_results(rn.qlog, &rn.w, 1, 1, (16u << 20) / 512);
+    assert_int_equal(progress(rn.qlog), 2 * 4);
+    assert_true(at_replace < 2 * 4);
+    assert_true(trace_has(rn.trace, "relay", "*", "replace:", "bytes of device state saved"));
+    assert_true(trace_has(rn.trace, "relay", "*", "replace:", "state loaded into"));
+    assert_true(trace_has(rn.trace, "backend", ">", "SET_DEVICE_STATE_FD", "direction=0"));
+    assert_true(trace_has(rn.trace, "backend", ">", "SET_DEVICE_STATE_FD", "direction=1"));
+    tu_assert_exits_zero(&relay, 5000);
+    /* The first process lost its front-end and ends cleanly when told. */
+    tu_stop_clean(&a, socka);
+    tu_stop_clean(&b, sockb);
+    done(&rn);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_relay_qsd_1q_trace),
         cmocka_unit_test(test_relay_qsd_2q_json),
         cmocka_unit_test(test_relay_qsd_restart),
+        cmocka_unit_test(test_relay_ref_replace),
     };
 
     vuf_bin = tu_built_exe("VUF_TOOL");
-    if (!vuf_bin || !tu_backend_installed(TU_QSD, "qemu-system-common") ||
+    backend_bin = tu_built_exe("VUF_BACKEND_BLK");
+    if (!vuf_bin || !backend_bin || !tu_backend_installed(TU_QSD, "qemu-system-common") ||
         !tg_find_kernel(vmlinuz, sizeof(vmlinuz), moddir, sizeof(moddir)))
         return 1;
     return cmocka_run_group_tests(tests, NULL, NULL);
