@@ -430,13 +430,111 @@ static void test_relay_ref_replace(void **state)
     done(&rn);
 }
 
+/* Start `vuf relay --trace` between `vmm_sock` and `be_sock`. */
+static void start_relay(struct tu_proc *relay, const char *vmm_sock, const char *be_sock,
+                        const char *trace, const char *log)
+{
+    char cmd[4096];
+
+    snprintf(cmd, sizeof(cmd), "exec '%s' relay --listen '%s' --connect '%s' --trace > '%s'",
+             vuf_bin, vmm_sock, be_sock, trace);
+    char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+    assert_int_equal(tu_spawn(relay, argv, log), 0);
+    if (tu_wait_socket_file(relay, vmm_sock, TU_START_MS) != 0) {
+        tu_dump_log(relay);
+        fail_msg("vuf relay did not listen on %s", vmm_sock);
+    }
+}
+
+/*
+ * No guest: our own front-end (`vuf blk`, 2 queues) through the relay to
+ * qemu-storage-daemon, once to write a pattern and once (a second relay
+ * run) to verify it; the host checks the file too. Fast, so it runs in
+ * every build.
+ */
+static void test_relay_vuf_blk(void **state)
+{
+    static struct tu_run r;
+    char *dir = tu_mkdtemp("vuf-relay-blk");
+    char disk[600], be[600], vmm[600], trace[600], log[600], qsdlog[600];
+    struct tu_proc qsd = {0}, relay = {0};
+    uint8_t buf[4096];
+    int fd;
+
+    (void)state;
+    snprintf(disk, sizeof(disk), "%s/disk.img", dir);
+    snprintf(be, sizeof(be), "%s/qsd.sock", dir);
+    snprintf(vmm, sizeof(vmm), "%s/relay.sock", dir);
+    snprintf(trace, sizeof(trace), "%s/trace.out", dir);
+    snprintf(log, sizeof(log), "%s/relay.log", dir);
+    snprintf(qsdlog, sizeof(qsdlog), "%s/qsd.log", dir);
+    fd = open(disk, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, (off_t)DISK_BYTES), 0);
+    tu_start_qsd_file(&qsd, disk, 2, be, qsdlog);
+
+    for (int pass = 0; pass < 2; pass++) {
+        start_relay(&relay, vmm, be, trace, log);
+        tu_run_capture(&r, vuf_bin,
+                       (const char *[]){"blk", vmm, pass ? "verify" : "write", "--offset", "1M",
+                                        "--len", "256K", "--pattern", "7", "--queues", "2", NULL},
+                       30000);
+        if (tu_exit_code(&r) != 0)
+            tu_dump_log(&relay);
+        assert_int_equal(tu_exit_code(&r), 0);
+        tu_assert_exits_zero(&relay, 5000);
+        assert_true(trace_has(trace, "relay", "*", "activate:", "2 of 2 queue"));
+        assert_true(trace_has(trace, "backend", "<", "GET_VRING_BASE", "index=1"));
+        assert_false(tu_log_has(log, "Sanitizer") || tu_log_has(log, "runtime error"));
+    }
+    /* The host's view: `vuf blk`'s pattern (its --help): byte X is byte
+     * X%8 (little-endian) of splitmix64(seed * 0x9e3779b97f4a7c15 + X/8). */
+    for (uint64_t off = 1u << 20; off < (1u << 20) + (256u << 10); off += sizeof(buf)) {
+        assert_int_equal(pread(fd, buf, sizeof(buf), (off_t)off), (ssize_t)sizeof(buf));
+        for (size_t i = 0; i < sizeof(buf); i++) {
+            uint64_t x = off + i, z = 7 * 0x9e3779b97f4a7c15ull + x / 8;
+
+            z += 0x9e3779b97f4a7c15ull;
+            z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+            z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+            z ^= z >> 31;
+            if (buf[i] != (uint8_t)(z >> (8 * (x % 8))))
+                fail_msg("disk byte %llu differs", (unsigned long long)x);
+        }
+    }
+    close(fd);
+    tu_stop_clean(&qsd, be);
+    tu_rmtree(dir);
+}
+
+/* Usage errors are exit status 2 with the usage on stderr; --help is 0. */
+static void test_relay_cli(void **state)
+{
+    static struct tu_run r;
+
+    (void)state;
+    tu_run_capture(&r, vuf_bin, (const char *[]){"relay", "--help", NULL}, 5000);
+    assert_int_equal(tu_exit_code(&r), 0);
+    assert_non_null(strstr(r.out, "usage: vuf relay --listen SOCK_FOR_VMM --connect BACKEND_SOCK"));
+    tu_run_capture(&r, vuf_bin, (const char *[]){"relay", "--listen", "/tmp/x", NULL}, 5000);
+    assert_int_equal(tu_exit_code(&r), 2);
+    assert_non_null(strstr(r.err, "usage: vuf relay"));
+    tu_run_capture(&r, vuf_bin,
+                   (const char *[]){"relay", "--listen", "/tmp/x", "--connect", "/tmp/y",
+                                    "--device-type", "frob", NULL},
+                   5000);
+    assert_int_equal(tu_exit_code(&r), 2);
+    assert_non_null(strstr(r.err, "unknown device type 'frob'"));
+    tu_run_capture(&r, vuf_bin, (const char *[]){"--help", NULL}, 5000);
+    assert_non_null(strstr(r.out, "relay"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_relay_qsd_1q_trace),
-        cmocka_unit_test(test_relay_qsd_2q_json),
-        cmocka_unit_test(test_relay_qsd_restart),
-        cmocka_unit_test(test_relay_ref_replace),
+        cmocka_unit_test(test_relay_cli),          cmocka_unit_test(test_relay_vuf_blk),
+        cmocka_unit_test(test_relay_qsd_1q_trace), cmocka_unit_test(test_relay_qsd_2q_json),
+        cmocka_unit_test(test_relay_qsd_restart),  cmocka_unit_test(test_relay_ref_replace),
     };
 
     vuf_bin = tu_built_exe("VUF_TOOL");
