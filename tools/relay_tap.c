@@ -193,47 +193,51 @@ static void put_features(struct relay_tap *t, json_object *o, const char *k, uin
     json_object_object_add(o, names, bit_names(v, pf, t->device_type));
 }
 
-/* The payload's fields by name. Sizes are checked before each struct is
- * read: a tap must survive whatever a peer sends. */
-static json_object *decode(struct relay_tap *t, const struct vuf_msg *m, bool reply)
+/* A reply's fields by name. Sizes are checked before each struct is read:
+ * a tap must survive whatever a peer sends. */
+static void decode_reply(struct relay_tap *t, const struct vuf_msg *m, json_object *o)
 {
-    json_object *o = json_object_new_object();
     const union vuf_payload *p = &m->payload;
     uint32_t sz = m->hdr.size, code = m->hdr.request;
     const struct vuf_msg_rule *rule = vuf_msg_rule(VUF_CH_FRONTEND, code);
 
-    if (reply) {
-        if (sz == 8 && (code == VUF_REQ_GET_FEATURES))
-            put_features(t, o, "features", p->u64, false);
-        else if (sz == 8 && code == VUF_REQ_GET_PROTOCOL_FEATURES)
-            put_features(t, o, "protocol_features", p->u64, true);
-        else if (sz == 8 && code == VUF_REQ_GET_QUEUE_NUM)
-            put_u64(o, "queues", p->u64);
-        else if (sz == 8 && code == VUF_REQ_GET_MAX_MEM_SLOTS)
-            put_u64(o, "slots", p->u64);
-        else if (sz == 8 && code == VUF_REQ_GET_VRING_BASE) {
-            put_u64(o, "index", p->state.index);
-            put_u64(o, "base", p->state.num);
-        } else if (code == VUF_REQ_GET_CONFIG && sz >= VUF_CONFIG_HDR_SIZE) {
-            put_u64(o, "offset", p->config.offset);
-            put_u64(o, "size", p->config.size);
-            put_u64(o, "flags", p->config.flags);
-            put_hex(o, "bytes", p->config.region, sz - VUF_CONFIG_HDR_SIZE);
-        } else if (code == VUF_REQ_GET_CONFIG && sz == 0)
-            json_object_object_add(o, "error", json_object_new_string("empty reply"));
-        else if (sz == 24 && code == VUF_REQ_GET_INFLIGHT_FD) {
-            put_u64(o, "mmap_size", p->inflight.mmap_size);
-            put_u64(o, "mmap_offset", p->inflight.mmap_offset);
-            put_u64(o, "num_queues", p->inflight.num_queues);
-            put_u64(o, "queue_size", p->inflight.queue_size);
-        } else if (sz == 8 && rule && rule->reply == VUF_REPLY_ACK)
-            json_object_object_add(o, "ack", json_object_new_int64((int64_t)p->u64));
-        else if (sz == 8)
-            put_u64(o, "u64", p->u64);
-        else if (sz)
-            put_hex(o, "bytes", p->raw, sz);
-        return o;
-    }
+    if (sz == 8 && code == VUF_REQ_GET_FEATURES)
+        put_features(t, o, "features", p->u64, false);
+    else if (sz == 8 && code == VUF_REQ_GET_PROTOCOL_FEATURES)
+        put_features(t, o, "protocol_features", p->u64, true);
+    else if (sz == 8 && code == VUF_REQ_GET_QUEUE_NUM)
+        put_u64(o, "queues", p->u64);
+    else if (sz == 8 && code == VUF_REQ_GET_MAX_MEM_SLOTS)
+        put_u64(o, "slots", p->u64);
+    else if (sz == 8 && code == VUF_REQ_GET_VRING_BASE) {
+        put_u64(o, "index", p->state.index);
+        put_u64(o, "base", p->state.num);
+    } else if (code == VUF_REQ_GET_CONFIG && sz >= VUF_CONFIG_HDR_SIZE) {
+        put_u64(o, "offset", p->config.offset);
+        put_u64(o, "size", p->config.size);
+        put_u64(o, "flags", p->config.flags);
+        put_hex(o, "bytes", p->config.region, sz - VUF_CONFIG_HDR_SIZE);
+    } else if (code == VUF_REQ_GET_CONFIG && sz == 0)
+        json_object_object_add(o, "error", json_object_new_string("empty reply"));
+    else if (sz == 24 && code == VUF_REQ_GET_INFLIGHT_FD) {
+        put_u64(o, "mmap_size", p->inflight.mmap_size);
+        put_u64(o, "mmap_offset", p->inflight.mmap_offset);
+        put_u64(o, "num_queues", p->inflight.num_queues);
+        put_u64(o, "queue_size", p->inflight.queue_size);
+    } else if (sz == 8 && rule && rule->reply == VUF_REPLY_ACK)
+        json_object_object_add(o, "ack", json_object_new_int64((int64_t)p->u64));
+    else if (sz == 8)
+        put_u64(o, "u64", p->u64);
+    else if (sz)
+        put_hex(o, "bytes", p->raw, sz);
+}
+
+/* A request's fields by name (sizes checked as for replies). */
+static void decode_request(struct relay_tap *t, const struct vuf_msg *m, json_object *o)
+{
+    const union vuf_payload *p = &m->payload;
+    uint32_t sz = m->hdr.size, code = m->hdr.request;
+
     switch (code) {
     case VUF_REQ_SET_FEATURES:
         if (sz == 8)
@@ -339,6 +343,16 @@ static json_object *decode(struct relay_tap *t, const struct vuf_msg *m, bool re
             put_hex(o, "bytes", p->raw, sz);
         break;
     }
+}
+
+static json_object *decode(struct relay_tap *t, const struct vuf_msg *m, bool reply)
+{
+    json_object *o = json_object_new_object();
+
+    if (reply)
+        decode_reply(t, m, o);
+    else
+        decode_request(t, m, o);
     return o;
 }
 
@@ -467,7 +481,7 @@ void relay_tap_event(struct relay_tap *t, const char *event, const char *fmt, ..
 
 /* ---- forwarding ------------------------------------------------------------- */
 
-static void note_request(struct relay_tap *t, struct tap_side *sd, const struct vuf_msg *m)
+static void note_request(struct tap_side *sd, const struct vuf_msg *m)
 {
     const struct vuf_msg_rule *rule = vuf_msg_rule(VUF_CH_FRONTEND, m->hdr.request);
 
@@ -484,7 +498,6 @@ static void note_request(struct relay_tap *t, struct tap_side *sd, const struct 
     /* Takes effect for the requests after it. */
     if (m->hdr.request == VUF_REQ_SET_PROTOCOL_FEATURES && m->hdr.size == 8)
         sd->pf = m->payload.u64;
-    (void)t;
 }
 
 /* The oldest request of that code still waiting: replies come in order. */
@@ -544,7 +557,7 @@ static void forward(struct relay_tap *t, enum relay_side s, bool from_front)
     }
     pthread_mutex_lock(&t->lock);
     if (from_front)
-        note_request(t, sd, &m);
+        note_request(sd, &m);
     else
         lat = note_reply(sd, &m);
     if (t->trace)
