@@ -20,6 +20,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <limits.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -616,6 +617,29 @@ static int relay_connect_backend(struct relay *rl, const char *path, int timeout
     return r;
 }
 
+/* Connect and negotiate until --reconnect-ms has passed. A killed back-end's
+ * listening socket can still accept for a moment while the process is torn
+ * down: that connection then hangs up mid-handshake, and the next attempt
+ * finds the restarted one (or nobody, and vuf_conn_connect waits). */
+static int relay_reconnect(struct relay *rl)
+{
+    struct timespec now;
+    int64_t end, left;
+    int r;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    end = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 + rl->opts->reconnect_ms;
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        left = end - ((int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000);
+        r = relay_connect_backend(rl, rl->backend_path, left > 0 ? (int)left : 0, &rl->dev, NULL);
+        if (r == 0 || !vuf_conn_error_is_fatal(r) || left <= 0 || atomic_load(&relay_stop))
+            return r;
+        relay_tap_event(rl->tap, "reconnect", "attempt failed (%s); trying again", vuf_strerror(r));
+        poll(NULL, 0, 10); /* the dying process's socket: let it go */
+    }
+}
+
 /*
  * The back-end died while the rings ran (docs/reconnect.md): take the rings
  * back (sleep cannot ask the dead back-end, so each restarts from used->idx:
@@ -626,6 +650,7 @@ static int relay_connect_backend(struct relay *rl, const char *path, int timeout
 static int relay_recover(struct relay *rl)
 {
     struct vuf_queue qs[VUF_FRONTEND_MAX_QUEUES];
+    struct vuf_inflight_area area = {.fd = -1};
     unsigned nq = rl->nq;
     uint64_t v;
     int r;
@@ -645,13 +670,27 @@ static int relay_recover(struct relay *rl)
                     "back-end lost (%s); rings taken back from used->idx, waiting up to %d ms "
                     "for %s",
                     vuf_strerror(r), rl->opts->reconnect_ms, rl->backend_path);
+    /* With INFLIGHT_SHMFD the restarted back-end resubmits, from the area
+     * the old one kept, what it had taken but not completed. */
+    if (vuf_frontend_inflight_export(rl->dev, &area) == 0)
+        relay_tap_event(rl->tap, "reconnect",
+                        "inflight area kept (%llu bytes) for the new back-end",
+                        (unsigned long long)area.mmap_size);
     vuf_device_destroy(rl->dev);
     rl->dev = NULL;
-    r = relay_connect_backend(rl, rl->backend_path, rl->opts->reconnect_ms, &rl->dev, NULL);
+    rl->fc.inflight_area = area.fd >= 0 ? &area : NULL;
+    r = relay_reconnect(rl);
+    rl->fc.inflight_area = NULL;
+    if (area.fd >= 0)
+        close(area.fd);
     if (r == 0 && vuf_device_num_queues(rl->dev) < nq)
         r = -EPROTO;
     if (r == 0)
         r = vuf_device_ack_features(rl->dev, rl->vmm_features);
+    /* ack_features drops what the new back-end does not offer: the driver
+     * would use a feature the back-end no longer has. */
+    if (r == 0 && (rl->vmm_features & ~vuf_frontend_acked_features(rl->dev)))
+        r = -ENOTSUP;
     if (r < 0) {
         relay_tap_event(rl->tap, "reconnect", "failed: %s", vuf_strerror(r));
         return r;
@@ -834,6 +873,8 @@ static int relay_run(const struct relay_opts *o)
         .base_features = RELAY_BASE_FEATURES,
         .event = relay_event,
         .event_opaque = &rl,
+        /* Kept for a back-end restart (relay_recover). */
+        .inflight = true,
     };
     pthread_mutex_init(&rl.breq_lock, NULL);
     for (unsigned i = 0; i < VUF_FRONTEND_MAX_QUEUES; i++)

@@ -272,7 +272,24 @@ static void wait_progress(struct tg_vm *vm, const char *log, long want)
  * restarts them; the guest goes on writing, every pass reads back equal,
  * no I/O error reaches its kernel log, and the file is complete.
  */
-static void test_relay_qsd_restart(void **state)
+/* The back-end of the restart cases: qemu-storage-daemon, or the reference
+ * back-end (which offers INFLIGHT_SHMFD) on the same file. */
+static void start_restart_backend(struct tu_proc *p, bool ref, const struct run *rn,
+                                  const char *log)
+{
+    char sockarg[640], filearg[640];
+    char *argv[] = {(char *)backend_bin, sockarg, filearg, "--num-queues=1", NULL};
+
+    if (!ref) {
+        tu_start_qsd_file(p, rn->disk, 1, rn->be_sock, log);
+        return;
+    }
+    snprintf(sockarg, sizeof(sockarg), "--socket-path=%s", rn->be_sock);
+    snprintf(filearg, sizeof(filearg), "--file=%s", rn->disk);
+    tu_spawn_wait_file(p, argv, log, rn->be_sock);
+}
+
+static void run_restart(bool ref)
 {
     struct run rn;
     char initrd[600], qsdlog[600], qsdlog2[600], cmd[4096];
@@ -281,8 +298,6 @@ static void test_relay_qsd_restart(void **state)
     long at_kill;
     int fd, st;
 
-    (void)state;
-    tg_maybe_skip("restart");
     rn.dir = tu_mkdtemp("vuf-guest-restart");
     rn.w = (struct tg_blk_workload){
         .write_off = 4u << 20,
@@ -306,7 +321,7 @@ static void test_relay_qsd_restart(void **state)
     close(fd);
     assert_int_equal(tg_build_initramfs(initrd, moddir, &rn.w), 0);
 
-    tu_start_qsd_file(&qsd, rn.disk, 1, rn.be_sock, qsdlog);
+    start_restart_backend(&qsd, ref, &rn, qsdlog);
     snprintf(cmd, sizeof(cmd), "exec '%s' relay --listen '%s' --connect '%s' --trace > '%s'",
              vuf_bin, rn.vmm_sock, rn.be_sock, rn.trace);
     char *argv[] = {"/bin/sh", "-c", cmd, NULL};
@@ -322,13 +337,13 @@ static void test_relay_qsd_restart(void **state)
     kill(qsd.pid, SIGKILL);
     tu_stop(&qsd);
     at_kill = progress(rn.qlog);
-    tu_start_qsd_file(&qsd, rn.disk, 1, rn.be_sock, qsdlog2);
+    start_restart_backend(&qsd, ref, &rn, qsdlog2);
     /* Writes through the new back-end, then let the guest finish its pass. */
     wait_progress(&vm, rn.qlog, at_kill + 4);
     tg_write_marker(rn.disk, &rn.w);
     st = tg_vm_wait(&vm, TG_DEADLINE_MS);
-    fprintf(stderr, "guest with a back-end restart ran %ld ms (killed at chunk %ld of %ld)\n",
-            vm.elapsed_ms, at_kill, progress(rn.qlog));
+    fprintf(stderr, "guest with a %s restart ran %ld ms (killed at chunk %ld of %ld)\n",
+            ref ? "reference back-end" : "qsd", vm.elapsed_ms, at_kill, progress(rn.qlog));
     if (st != 0) {
         tg_dump(rn.qlog);
         tu_dump_log(&relay);
@@ -339,10 +354,31 @@ static void test_relay_qsd_restart(void **state)
     assert_true(trace_has(rn.trace, "relay", "*", "reconnect:", "back-end lost"));
     assert_true(trace_has(rn.trace, "relay", "*", "reconnect:", "back-end is back"));
     assert_true(trace_has(rn.trace, "relay", "*", "activate:", "1 of 1 queue"));
+    if (ref) {
+        /* The area the dead back-end kept goes to the new one. */
+        assert_true(trace_has(rn.trace, "relay", "*", "reconnect:", "inflight area kept"));
+        assert_true(trace_has(rn.trace, "backend", ">", "SET_INFLIGHT_FD", "fds=1"));
+    }
     tu_assert_exits_zero(&relay, 5000);
     tu_stop_clean(&qsd, rn.be_sock);
     tg_assert_disk(rn.disk, &rn.w);
     done(&rn);
+}
+
+static void test_relay_qsd_restart(void **state)
+{
+    (void)state;
+    tg_maybe_skip("restart");
+    run_restart(false);
+}
+
+/* The same with the reference back-end: its requests in flight at the
+ * crash come back through the inflight area (INFLIGHT_SHMFD). */
+static void test_relay_ref_restart_inflight(void **state)
+{
+    (void)state;
+    tg_maybe_skip("inflight");
+    run_restart(true);
 }
 
 /*
@@ -537,9 +573,13 @@ static void test_relay_cli(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_relay_cli),          cmocka_unit_test(test_relay_vuf_blk),
-        cmocka_unit_test(test_relay_qsd_1q_trace), cmocka_unit_test(test_relay_qsd_2q_json),
-        cmocka_unit_test(test_relay_qsd_restart),  cmocka_unit_test(test_relay_ref_replace),
+        cmocka_unit_test(test_relay_cli),
+        cmocka_unit_test(test_relay_vuf_blk),
+        cmocka_unit_test(test_relay_qsd_1q_trace),
+        cmocka_unit_test(test_relay_qsd_2q_json),
+        cmocka_unit_test(test_relay_qsd_restart),
+        cmocka_unit_test(test_relay_ref_restart_inflight),
+        cmocka_unit_test(test_relay_ref_replace),
     };
 
     vuf_bin = tu_built_exe("VUF_TOOL");
