@@ -902,9 +902,15 @@ static int relay_run(const struct relay_opts *o)
     }
     /* One VMM connection; the back-end is dialled once it is there, so
      * that a back-end serving one client at a time is not held idle. */
-    r = vuf_conn_accept(lfd, -1, &vmm);
+    do /* in slices, so that SIGTERM/SIGINT end the wait */
+        r = vuf_conn_accept(lfd, 200, &vmm);
+    while (r == -ETIMEDOUT && !atomic_load(&relay_stop));
     close(lfd);
     unlink(o->listen);
+    if (r == -ETIMEDOUT) {
+        r = 0; /* stopped before a VMM came */
+        goto out;
+    }
     if (r < 0) {
         fprintf(stderr, "vuf relay: accept on %s: %s\n", o->listen, vuf_strerror(r));
         goto out;
