@@ -249,7 +249,23 @@ static int h_get_features(void *o, struct vuf_msg *req, struct vuf_msg *reply)
     struct relay *rl = o;
 
     (void)req;
-    return reply_u64(reply, vuf_device_features(rl->dev));
+    /* Bit 30 is the relay's own: its server speaks protocol features to the
+     * VMM whatever the device shows a driver. */
+    return reply_u64(reply, vuf_device_features(rl->dev) | BIT(VUF_VHOST_F_PROTOCOL_FEATURES));
+}
+
+/* Ack the VMM's features on `dev`, without bit 30 (the relay's own). A
+ * bit the device does not offer is refused: -ENOTSUP. */
+static int relay_ack(struct vuf_device *dev, uint64_t features)
+{
+    int r = vuf_device_ack_features(dev, features & ~BIT(VUF_VHOST_F_PROTOCOL_FEATURES));
+
+    if (r < 0)
+        return r;
+    /* Some library versions return the number of bits dropped. */
+    if (r > 0 || (features & ~BIT(VUF_VHOST_F_PROTOCOL_FEATURES) & ~vuf_device_features(dev)))
+        return -ENOTSUP;
+    return 0;
 }
 
 static int h_set_features(void *o, struct vuf_msg *req, struct vuf_msg *reply)
@@ -258,7 +274,7 @@ static int h_set_features(void *o, struct vuf_msg *req, struct vuf_msg *reply)
 
     (void)reply;
     rl->vmm_features |= req->payload.u64;
-    return vuf_device_ack_features(rl->dev, req->payload.u64);
+    return relay_ack(rl->dev, req->payload.u64);
 }
 
 static int h_get_protocol_features(void *o, struct vuf_msg *req, struct vuf_msg *reply)
@@ -685,12 +701,10 @@ static int relay_recover(struct relay *rl)
         close(area.fd);
     if (r == 0 && vuf_device_num_queues(rl->dev) < nq)
         r = -EPROTO;
+    /* The driver would use a feature the new back-end no longer has:
+     * refused (-ENOTSUP). */
     if (r == 0)
-        r = vuf_device_ack_features(rl->dev, rl->vmm_features);
-    /* ack_features drops what the new back-end does not offer: the driver
-     * would use a feature the back-end no longer has. */
-    if (r == 0 && (rl->vmm_features & ~vuf_frontend_acked_features(rl->dev)))
-        r = -ENOTSUP;
+        r = relay_ack(rl->dev, rl->vmm_features);
     if (r < 0) {
         relay_tap_event(rl->tap, "reconnect", "failed: %s", vuf_strerror(r));
         return r;
@@ -756,7 +770,7 @@ static int relay_replace(struct relay *rl, const char *path)
     vuf_device_destroy(old);
     rl->dev = nd;
     snprintf(rl->backend_path, sizeof(rl->backend_path), "%s", path);
-    r = vuf_device_ack_features(nd, rl->vmm_features);
+    r = relay_ack(nd, rl->vmm_features);
     relay_tap_event(rl->tap, "replace", "state loaded into %s", path);
     if (r == 0 && was_active)
         r = relay_activate(rl);
