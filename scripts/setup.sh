@@ -12,6 +12,8 @@ PKGS=(
   qemu-utils                                    # qemu-img (tests make disk images)
   util-linux procps jq                          # setpriv, ps, jq for CLI checks
   dpdk-dev                                      # dpdk-testpmd (vhost-user-net back-end)
+  qemu-system-x86 busybox-static xz-utils       # guest tests: QEMU (TCG), initramfs userland
+  linux-image-cloud-amd64                       # guest tests: the guest kernel and virtio modules
 )
 
 missing=()

@@ -25,6 +25,8 @@ static const struct {
      "check a vhost-user back-end's conformance to the protocol (a test suite)"},
     {"demo", cmd_demo, cmd_demo_usage,
      "walk the whole device life cycle against the reference back-end"},
+    {"relay", cmd_relay, cmd_relay_usage,
+     "sit between a VMM and a back-end as libvuf, tracing every message"},
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))

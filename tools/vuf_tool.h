@@ -34,6 +34,10 @@ void cmd_check_usage(FILE *f);
 int cmd_demo(int argc, char **argv);
 void cmd_demo_usage(FILE *f);
 
+/* `vuf relay` (cmd_relay.c). */
+int cmd_relay(int argc, char **argv);
+void cmd_relay_usage(FILE *f);
+
 /* ---- device config decoding (config_decode.c) ------------------------ */
 
 enum cfg_kind {

@@ -96,6 +96,30 @@ int vuf_guest_mem_add_fd(struct vuf_guest_mem *gm, uint64_t gpa, uint64_t size, 
                          uint64_t fd_offset);
 
 /*
+ * A guest memory made of memory someone else already shares: the regions
+ * of a VMM's SET_MEM_TABLE (or ADD_MEM_REG), each mapped MAP_SHARED from
+ * fds[i] at regions[i].mmap_offset, so this process reads and writes the
+ * very bytes the VMM's guest sees (nothing is copied). The region's gpa and
+ * size are guest_phys_addr and memory_size; userspace_addr is the VMM's own
+ * address and is not used (translate it with the caller's copy of the
+ * table). The fds are borrowed as with vuf_guest_mem_add_fd(): each is
+ * dup'd (close-on-exec) and the caller still owns, and closes, its own.
+ * Regions may come in any order. On success *out is a guest_mem of n
+ * regions (free it with vuf_guest_mem_free()); on failure nothing is left
+ * mapped or open.
+ * Returns 0, or:
+ *   -EINVAL   out, regions or fds NULL, n 0, or a region that
+ *             vuf_guest_mem_add_fd() refuses (alignment, overflow, a file
+ *             shorter than mmap_offset + memory_size)
+ *   -E2BIG    n > VUF_GUEST_MEM_MAX_REGIONS
+ *   -EEXIST   two regions overlap in GPA
+ *   -EBADF    a negative or closed fd
+ *   -errno    from fstat/dup/mmap
+ */
+int vuf_guest_mem_import(const struct vuf_mem_region *regions, const int *fds, unsigned n,
+                         struct vuf_guest_mem **out);
+
+/*
  * Remove the region that starts at `gpa`: unmap it and close its fd. Host
  * pointers into it become invalid; GPAs in it no longer translate. Other
  * regions (and their host mappings) are untouched; the allocator's position

@@ -169,6 +169,31 @@ int vuf_guest_mem_add_fd(struct vuf_guest_mem *gm, uint64_t gpa, uint64_t size, 
     return insert_region(gm, slot, gpa, size, dfd, fd_offset);
 }
 
+int vuf_guest_mem_import(const struct vuf_mem_region *regions, const int *fds, unsigned n,
+                         struct vuf_guest_mem **out)
+{
+    struct vuf_guest_mem *gm;
+    int r;
+
+    if (!out || !regions || !fds || n == 0)
+        return -EINVAL;
+    if (n > VUF_GUEST_MEM_MAX_REGIONS)
+        return -E2BIG;
+    r = vuf_guest_mem_new(&gm);
+    if (r < 0)
+        return r;
+    for (unsigned i = 0; i < n; i++) {
+        r = vuf_guest_mem_add_fd(gm, regions[i].guest_phys_addr, regions[i].memory_size, fds[i],
+                                 regions[i].mmap_offset);
+        if (r < 0) {
+            vuf_guest_mem_free(gm);
+            return r;
+        }
+    }
+    *out = gm;
+    return 0;
+}
+
 int vuf_guest_mem_remove(struct vuf_guest_mem *gm, uint64_t gpa)
 {
     if (!gm)
