@@ -115,7 +115,6 @@ static inline unsigned vuf_net_ctrl_index(unsigned max_pairs)
 /* Config space (§5.1.4)                                                    */
 /* ------------------------------------------------------------------------ */
 
-
 /* Decoded config; a field is meaningful only if its bit in `valid` is set. */
 #define VUF_NET_CFG_HAS_MAC 0x01u
 #define VUF_NET_CFG_HAS_STATUS 0x02u
