@@ -11,6 +11,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <sys/ioctl.h>
+
 #include "hostile_harness.h"
 #include "vuf/log.h"
 #include "vuf/virtio.h"
@@ -102,6 +104,25 @@ void hb_default(struct hb *hb, struct vuf_msg *req)
         raw_reply_u64(c, code, 0);
 }
 
+void hb_settle(struct hb *hb)
+{
+    int64_t end = tu_now_ms() + 10000;
+
+    for (;;) {
+        int pending = 0;
+
+        /* Bytes first, then the flag: a message taken off the socket is
+         * "busy" until it is counted. */
+        if (hb->conn && ioctl(vuf_conn_fd(hb->conn), FIONREAD, &pending) < 0)
+            pending = 0;
+        if (pending == 0 && !atomic_load(&hb->busy))
+            return;
+        if (tu_now_ms() > end)
+            fail_msg("the scripted back-end did not take what was sent within 10 s");
+        tu_sleep_ms(1);
+    }
+}
+
 void hb_close_conn(struct hb *hb)
 {
     vuf_conn_close(hb->conn);
@@ -123,11 +144,15 @@ static void *hb_main(void *arg)
             continue;
         if (p[1].revents)
             break;
-        if (vuf_conn_recv(hb->conn, &req) < 0)
+        atomic_store(&hb->busy, 1);
+        if (vuf_conn_recv(hb->conn, &req) < 0) {
+            atomic_store(&hb->busy, 0);
             break;
+        }
         if (req.hdr.request < 64)
             atomic_fetch_add(&hb->seen[req.hdr.request], 1);
         atomic_fetch_add(&hb->nreq, 1);
+        atomic_store(&hb->busy, 0);
         if (hb->hook)
             a = hb->hook(hb, &req);
         if (a == HB_DEFAULT)

@@ -60,6 +60,7 @@ struct hb {
     atomic_int nreq;     /* requests seen */
     atomic_int seen[64]; /* per code */
     atomic_int hung_up;
+    atomic_int busy; /* between poll() saying readable and nreq counting it */
 
     pthread_mutex_t lock;
     int breq_fd;  /* from SET_BACKEND_REQ_FD */
@@ -81,6 +82,9 @@ void hb_init(struct hb *hb, struct vuf_conn *conn);
 void hb_start(struct hb *hb);
 void hb_stop(struct hb *hb);
 void hb_fini(struct hb *hb);
+/* Wait (up to 10 s, failing the test after) until every byte the front-end
+ * sent has been read and counted in nreq/seen. */
+void hb_settle(struct hb *hb);
 /* A u64 reply with the REPLY flag. */
 int raw_reply_u64(struct vuf_conn *c, uint32_t code, uint64_t v);
 
