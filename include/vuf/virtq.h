@@ -315,6 +315,9 @@ int vuf_virtq_kick(struct vuf_virtq *vq, unsigned flags);
  * cookie and *len (may be NULL) the bytes the device says it wrote.
  * Returns 0, -EAGAIN if none, or -EPROTO (the entry is invalid or the queue
  * was already broken; logged once).
+ * Packed: a chain without device-writable buffers may come back with a
+ * length up to its total size (DPDK's vhost PMD reports what it read); *len
+ * is then 0. Beyond that, as for split rings, -EPROTO.
  */
 int vuf_virtq_get_used(struct vuf_virtq *vq, void **cookie, uint32_t *len);
 

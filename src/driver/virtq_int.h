@@ -14,6 +14,7 @@
 struct vq_slot {
     void *cookie;
     uint64_t wlen;  /* device-writable bytes: bound for used len */
+    uint64_t tlen;  /* all bytes of the chain (packed: see vqp_get_used) */
     uint16_t ndesc; /* ring descriptors taken (1 when indirect) */
     uint16_t last;  /* last ring descriptor of the chain (split) */
     uint16_t head;  /* ring position of the first descriptor (packed) */

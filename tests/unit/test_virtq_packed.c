@@ -380,6 +380,16 @@ static void test_packed_roundtrip(void **state)
     assert_int_equal(vuf_virtq_num_inflight(e.vq), 0);
     assert_int_equal(vuf_virtq_get_used(e.vq, &cookie, &len), -EAGAIN);
     assert_int_equal(log_errors, 0);
+
+    /* A device-readable chain: DPDK's vhost PMD reports the bytes it read;
+     * taken as "nothing written". */
+    assert_int_equal(vuf_virtq_add(e.vq, b, 2, (void *)0x78), 0);
+    assert_int_equal(pdev_pop(&e.d, &c), 1);
+    pdev_push(&e.d, &c, 300);
+    assert_int_equal(vuf_virtq_get_used(e.vq, &cookie, &len), 0);
+    assert_ptr_equal(cookie, (void *)0x78);
+    assert_int_equal(len, 0);
+    assert_int_equal(log_errors, 0);
     env_close(&e);
 }
 
@@ -641,6 +651,7 @@ enum lie {
     LIE_ID_FREE,
     LIE_ID_TWICE,
     LIE_LEN,
+    LIE_LEN_READONLY,
     LIE_WRAP_AVAIL,
     LIE_WRAP_OLD,
     LIE_NOTHING_IN_FLIGHT
@@ -655,6 +666,8 @@ static void one_lie(enum lie lie)
 
     env_open(&e, 16, 0);
     b.host = e.buf;
+    /* A 64-byte device-readable chain: up to 64 tolerated (DPDK), 65 not. */
+    b.writable = lie != LIE_LEN_READONLY;
     log_errors = 0;
     if (lie != LIE_NOTHING_IN_FLIGHT) {
         assert_int_equal(vuf_virtq_add(e.vq, &b, 1, (void *)1), 0);
@@ -676,6 +689,9 @@ static void one_lie(enum lie lie)
         pdev_write_used(&e.d, c0.id, 0, used_flags(true));
         break;
     case LIE_LEN:
+        pdev_write_used(&e.d, c0.id, 65, used_flags(true));
+        break;
+    case LIE_LEN_READONLY:
         pdev_write_used(&e.d, c0.id, 65, used_flags(true));
         break;
     case LIE_WRAP_AVAIL: /* "available in the other lap" */
