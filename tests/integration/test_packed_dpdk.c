@@ -463,10 +463,66 @@ static void test_packed_net_two_pairs_sleep_wake(void **state)
     tu_stop_clean(&f->proc, f->sock);
 }
 
+/* ------------------------------------------------------------------------ */
+/* The tool: vuf net --ring packed                                          */
+/* ------------------------------------------------------------------------ */
+
+static struct tu_run *run_tool(const char *const *args)
+{
+    const char *t = getenv("VUF_TOOL");
+    struct tu_run *r = malloc(sizeof(*r));
+
+    if (!t || !tu_have_exe(t))
+        fail_msg("VUF_TOOL does not name the vuf binary (run via meson test)");
+    assert_non_null(r);
+    tu_run_capture(r, t, args, 60000);
+    printf("%s", r->out);
+    return r;
+}
+
+static void test_packed_cli_net(void **state)
+{
+    struct fx *f = *state;
+    struct tu_run *r;
+
+    start_testpmd(f);
+    {
+        /* (Not with --queue-size 64: with MRG_RXBUF, DPDK then drops frames
+         * on split rings too.) */
+        const char *args[] = {"net",  f->sock,  "ping",   "--queue-pairs", "2", "--count",
+                              "2000", "--ring", "packed", "--mrg-rxbuf",   NULL};
+        r = run_tool(args);
+    }
+    assert_int_equal(tu_exit_code(r), 0);
+    assert_non_null(strstr(r->out, "pair 0: 2000 frames sent, 2000 back, every byte checked\n"));
+    assert_non_null(strstr(r->out, "pair 1: 2000 frames sent, 2000 back, every byte checked\n"));
+    free(r);
+    /* The bench JSON says which layout it ran on. */
+    for (int packed = 0; packed < 2; packed++) {
+        const char *args[] = {"net",       f->sock, "bench",  "--mode", "rt",
+                              "--seconds", "0.3",   "--json", "--ring", packed ? "packed" : "split",
+                              NULL};
+
+        r = run_tool(args);
+        assert_int_equal(tu_exit_code(r), 0);
+        assert_non_null(strstr(r->out, packed ? "\"ring\":\"packed\"" : "\"ring\":\"split\""));
+        free(r);
+    }
+    {
+        const char *args[] = {"net", f->sock, "ping", "--ring", "twisted", NULL};
+
+        r = run_tool(args);
+        assert_int_equal(tu_exit_code(r), 2);
+        free(r);
+    }
+    tu_stop_clean(&f->proc, f->sock);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_packed_net_two_pairs_sleep_wake, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_packed_cli_net, setup, teardown),
     };
 
     signal(SIGPIPE, SIG_IGN);

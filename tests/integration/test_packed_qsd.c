@@ -141,10 +141,57 @@ static void test_qsd_gets_split_rings(void **state)
     free(rbuf);
 }
 
+/* vuf blk --ring packed on a back-end without packed rings: a failure that
+ * says why, not a silent split ring; the default works. */
+static void test_qsd_cli_ring_packed_refused(void **state)
+{
+    char *dir = tu_mkdtemp("vuf-packed-qsd-cli");
+    char disk[300], sock[300], logp[300];
+    struct tu_proc proc = {.pid = -1};
+    const char *t = getenv("VUF_TOOL");
+    struct tu_run *r = malloc(sizeof(*r));
+    int fd;
+
+    (void)state;
+    if (!tu_backend_installed(TU_QSD, "qemu-system-common"))
+        fail();
+    if (!t || !tu_have_exe(t))
+        fail_msg("VUF_TOOL does not name the vuf binary (run via meson test)");
+    assert_non_null(dir);
+    assert_non_null(r);
+    snprintf(disk, sizeof(disk), "%s/disk.img", dir);
+    snprintf(sock, sizeof(sock), "%s/qsd.sock", dir);
+    snprintf(logp, sizeof(logp), "%s/qsd.log", dir);
+    fd = open(disk, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, (off_t)DISK_BYTES), 0);
+    close(fd);
+    tu_start_qsd_file(&proc, disk, 1, sock, logp);
+    {
+        const char *args[] = {"blk",   sock,   "write",  "--offset", "0",
+                              "--len", "4096", "--ring", "packed",   NULL};
+
+        tu_run_capture(r, t, args, 60000);
+        assert_int_equal(tu_exit_code(r), 1);
+        assert_non_null(strstr(r->err, "the back-end does not offer RING_PACKED"));
+    }
+    {
+        const char *args[] = {"blk",   sock,   "write",  "--offset", "0",
+                              "--len", "4096", "--ring", "split",    NULL};
+
+        tu_run_capture(r, t, args, 60000);
+        assert_int_equal(tu_exit_code(r), 0);
+    }
+    free(r);
+    tu_stop_clean(&proc, sock);
+    tu_rmtree(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_qsd_gets_split_rings),
+        cmocka_unit_test(test_qsd_cli_ring_packed_refused),
     };
 
     tu_warm_threads();

@@ -218,10 +218,68 @@ static void test_packed_ref_laps_snapshot_restore(void **state)
     free(e);
 }
 
+static struct tu_run *run_tool(const char *const *args)
+{
+    const char *t = getenv("VUF_TOOL");
+    struct tu_run *r = malloc(sizeof(*r));
+
+    if (!t || !tu_have_exe(t))
+        fail_msg("VUF_TOOL does not name the vuf binary (run via meson test)");
+    assert_non_null(r);
+    tu_run_capture(r, t, args, 60000);
+    printf("%s", r->out);
+    return r;
+}
+
+/* vuf blk --ring packed: write, verify, and a bench whose JSON says so. */
+static void test_packed_cli_blk(void **state)
+{
+    struct env *e = calloc(1, sizeof(*e));
+    struct tu_run *r;
+
+    (void)state;
+    assert_non_null(e);
+    e->proc.pid = -1;
+    e->dir = tu_mkdtemp("vuf-packed-cli");
+    assert_non_null(e->dir);
+    backend_start(e, "A");
+    {
+        const char *args[] = {"blk", e->sock,  "write",  "--offset",     "4096", "--len",
+                              "1M",  "--ring", "packed", "--queue-size", "64",   NULL};
+        r = run_tool(args);
+        assert_int_equal(tu_exit_code(r), 0);
+        free(r);
+    }
+    {
+        const char *args[] = {"blk",   e->sock, "verify", "--offset", "4096",
+                              "--len", "1M",    "--ring", "packed",   NULL};
+        r = run_tool(args);
+        assert_int_equal(tu_exit_code(r), 0);
+        assert_non_null(
+            strstr(r->out, "verified 1048576 bytes at offset 4096 (pattern seed 1): ok"));
+        free(r);
+    }
+    for (int packed = 0; packed < 2; packed++) {
+        const char *args[] = {"blk",       e->sock, "bench",  "--ios",  "2000",
+                              "--iodepth", "8",     "--json", "--ring", packed ? "packed" : "split",
+                              NULL};
+
+        r = run_tool(args);
+        assert_int_equal(tu_exit_code(r), 0);
+        assert_non_null(strstr(r->out, packed ? "\"ring\":\"packed\"" : "\"ring\":\"split\""));
+        assert_non_null(strstr(r->out, "\"ios\":2000"));
+        free(r);
+    }
+    tu_stop_clean(&e->proc, e->sock);
+    tu_rmtree(e->dir);
+    free(e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_packed_ref_laps_snapshot_restore),
+        cmocka_unit_test(test_packed_cli_blk),
     };
 
     tu_warm_threads();
