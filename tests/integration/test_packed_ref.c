@@ -275,11 +275,110 @@ static void test_packed_cli_blk(void **state)
     free(e);
 }
 
+/* A FLUSH chain (header, status byte) on the raw queue; returns the ring
+ * position of its head. */
+static uint16_t add_flush(struct env *e, uint8_t *hdr_status, void *cookie)
+{
+    struct vuf_blk_outhdr h = {.type = VUF_BLK_T_FLUSH};
+    struct vuf_virtq_buf b[2] = {
+        {.host = hdr_status, .len = sizeof(h)},
+        {.host = hdr_status + 64, .len = 1, .writable = true},
+    };
+    uint16_t pos = vuf_virtq_avail_idx(e->vq) & 0x7fff;
+
+    memcpy(hdr_status, &h, sizeof(h));
+    hdr_status[64] = 0xee;
+    assert_int_equal(vuf_virtq_add(e->vq, b, 2, cookie), 0);
+    return pos;
+}
+
+/* The reference back-end's packed ring parser against chains the driver
+ * tampered with before kicking: a readable descriptor after a writable one
+ * comes back with length 0; a buffer id beyond the ring stops the queue
+ * (nothing used), and GET_VRING_BASE still answers where it stopped. */
+static void test_packed_ref_bad_chains(void **state)
+{
+    struct env *e = calloc(1, sizeof(*e));
+    struct vuf_virtq_layout l;
+    struct vuf_queue slept;
+    uint8_t *mem;
+    uint64_t gpa, acked;
+    void *cookie;
+    uint32_t len;
+    uint16_t pos, before;
+
+    (void)state;
+    assert_non_null(e);
+    e->proc.pid = -1;
+    e->dir = tu_mkdtemp("vuf-packed-bad");
+    assert_non_null(e->dir);
+    tu_vmm_init(&e->vmm);
+    backend_start(e, "A");
+    connect_device(e);
+    assert_int_equal(vuf_device_ack_features(e->dev, vuf_device_features(e->dev)), 0);
+    acked = vuf_frontend_acked_features(e->dev);
+    assert_int_equal(vuf_guest_mem_new_simple(0x100000, 8u << 20, &e->gm), 0);
+    {
+        struct vuf_virtq_opts o = {.size = QSIZE, .features = acked & ~BIT(28)};
+
+        assert_int_equal(vuf_virtq_new_opts(e->gm, &o, &e->vq), 0);
+    }
+    assert_int_equal(vuf_guest_mem_alloc(e->gm, 4096, 64, &gpa), 0);
+    mem = vuf_guest_mem_to_host(e->gm, gpa, 4096);
+    vuf_virtq_layout(e->vq, &l);
+    tu_vmm_add_queue(&e->vmm, 0, &e->q, e->vq, 0);
+    e->intr = (struct vuf_interrupt){.ops = &tu_vmm_intr_ops, .opaque = &e->vmm};
+    assert_int_equal(vuf_device_activate(e->dev, e->gm, &e->intr, &e->q, 1), 0);
+
+    /* A good FLUSH first. */
+    add_flush(e, mem, (void *)1);
+    assert_int_equal(vuf_virtq_kick(e->vq, VUF_VIRTQ_KICK_FORCE), 1);
+    assert_int_equal(vuf_virtq_wait(e->vq, IO_MS), 0);
+    assert_int_equal(vuf_virtq_get_used(e->vq, &cookie, &len), 0);
+    assert_ptr_equal(cookie, (void *)1);
+    assert_int_equal(len, 1);
+    assert_int_equal(mem[64], VUF_BLK_S_OK);
+
+    /* Header writable, status readable: malformed, returned with length 0
+     * and the status byte untouched. */
+    pos = add_flush(e, mem, (void *)2);
+    l.pdesc[pos + 1].flags &= (uint16_t)~VUF_VRING_DESC_F_WRITE;
+    __atomic_store_n(&l.pdesc[pos].flags, (uint16_t)(l.pdesc[pos].flags | VUF_VRING_DESC_F_WRITE),
+                     __ATOMIC_RELEASE);
+    assert_int_equal(vuf_virtq_kick(e->vq, VUF_VIRTQ_KICK_FORCE), 1);
+    assert_int_equal(vuf_virtq_wait(e->vq, IO_MS), 0);
+    assert_int_equal(vuf_virtq_get_used(e->vq, &cookie, &len), 0);
+    assert_ptr_equal(cookie, (void *)2);
+    assert_int_equal(len, 0);
+    assert_int_equal(mem[64], 0xee);
+
+    /* A buffer id beyond the ring: the queue stops, nothing is used. */
+    before = vuf_virtq_avail_idx(e->vq);
+    pos = add_flush(e, mem, (void *)3);
+    l.pdesc[pos + 1].id = QSIZE + 44;
+    assert_int_equal(vuf_virtq_kick(e->vq, VUF_VIRTQ_KICK_FORCE), 1);
+    assert_int_equal(vuf_virtq_wait(e->vq, 300), -ETIMEDOUT);
+    assert_int_equal(vuf_virtq_num_inflight(e->vq), 1);
+    slept = e->q;
+    assert_int_equal(vuf_device_sleep(e->dev, &slept, 1), 1);
+    assert_int_equal(slept.next_avail, before);
+    assert_int_equal(slept.next_used, before);
+
+    vuf_device_destroy(e->dev);
+    vuf_virtq_free(e->vq);
+    tu_vmm_forget_queue(&e->vmm, 0);
+    vuf_guest_mem_free(e->gm);
+    tu_stop_clean(&e->proc, e->sock);
+    tu_rmtree(e->dir);
+    free(e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_packed_ref_laps_snapshot_restore),
         cmocka_unit_test(test_packed_cli_blk),
+        cmocka_unit_test(test_packed_ref_bad_chains),
     };
 
     tu_warm_threads();
