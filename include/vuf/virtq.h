@@ -294,7 +294,9 @@ int vuf_virtq_add(struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, unsign
  * Whether the device wants a notification for what was added since the
  * last decision (by this call or vuf_virtq_kick()): with EVENT_IDX the
  * device's avail_event, else the used ring's NO_NOTIFY flag. False if
- * nothing was added since. Records the decision point.
+ * nothing was added since. Records the decision point. Packed: the device
+ * area's flags (DISABLE: no; DESC with EVENT_IDX: whether the position and
+ * wrap counter it names were made available since; otherwise yes).
  */
 bool vuf_virtq_kick_needed(struct vuf_virtq *vq);
 
@@ -326,8 +328,10 @@ bool vuf_virtq_has_used(const struct vuf_virtq *vq);
 
 /*
  * Ask for a call after the next used entry (used_event with EVENT_IDX,
- * else clear NO_INTERRUPT), then re-check: returns true if used entries are
- * already pending (process them; no call may come for them).
+ * else clear NO_INTERRUPT; packed: the driver area's flags, DESC naming
+ * last_used and its wrap counter with EVENT_IDX, else ENABLE), then
+ * re-check: returns true if used entries are already pending (process
+ * them; no call may come for them).
  */
 bool vuf_virtq_enable_cb(struct vuf_virtq *vq);
 /* Ask the device not to call (for busy polling). A hint, not a guarantee. */
