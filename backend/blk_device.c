@@ -147,6 +147,17 @@ static void reply_u64(struct vuf_msg *reply, uint64_t v)
     reply->hdr.size = sizeof(uint64_t);
 }
 
+/* The layout follows the driver's ack of RING_PACKED (set before any ring
+ * message, SET_FEATURES being sent first). */
+static void sync_layout(struct blk_dev *d, struct be_vq *vq)
+{
+    bool packed = d->acked_features & (1ull << VUF_VIRTIO_F_RING_PACKED);
+
+    if (vq->packed != packed)
+        vq->translated = false;
+    vq->packed = packed;
+}
+
 static void kick_now(struct blk_dev *d, struct be_vq *vq)
 {
     if (be_vq_ready(vq, &d->mem))
@@ -172,7 +183,11 @@ static void finish_xfer(struct blk_dev *d, int timeout_ms)
             d->writeback = l.st.writeback;
             for (unsigned i = 0; i < d->nq; i++) {
                 struct be_vq *vq = &d->vqs[i];
+                sync_layout(d, vq);
                 vq->last_avail = l.st.q[i].next_avail;
+                /* Completions are synchronous: at a save every chain taken
+                 * was used, so the used position is the avail one. */
+                vq->pk_used_base = vq->last_avail;
                 __atomic_store_n(&vq->completed, l.st.q[i].completed, __ATOMIC_RELAXED);
                 __atomic_store_n(&vq->bytes_read, l.st.q[i].bytes_read, __ATOMIC_RELAXED);
                 __atomic_store_n(&vq->bytes_written, l.st.q[i].bytes_written, __ATOMIC_RELAXED);
@@ -399,6 +414,7 @@ static int h_set_vring_num(void *opaque, struct vuf_msg *req, struct vuf_msg *re
         return -EBUSY;
     }
     vq->num = s.num;
+    sync_layout(d, vq);
     if (vq->addr_set)
         be_vq_translate(vq, &d->mem);
     return 0;
@@ -417,6 +433,7 @@ static int h_set_vring_addr(void *opaque, struct vuf_msg *req, struct vuf_msg *r
     vq->addr = a;
     vq->addr_set = true;
     vq->broken = false;
+    sync_layout(d, vq);
     if (vq->num == 0)
         return 0; /* checked once SET_VRING_NUM gives the size */
     if (be_vq_translate(vq, &d->mem) < 0)
@@ -435,8 +452,33 @@ static int h_set_vring_base(void *opaque, struct vuf_msg *req, struct vuf_msg *r
 
     if (r < 0)
         return r;
+    sync_layout(d, vq);
+    if (vq->packed) {
+        /* Bits 0-15: avail position | wrap << 15; 16-31 the used pair, or 0
+         * from a front-end that sends the avail half only (as DPDK reads
+         * it): used = avail then. */
+        uint16_t avail = (uint16_t)s.num, used = (uint16_t)(s.num >> 16);
+
+        if (!used)
+            used = avail;
+        if (vq->started) {
+            vuf_log(VUF_LOG_ERROR, "SET_VRING_BASE %u: ring is started", s.index);
+            return -EBUSY;
+        }
+        if ((avail & 0x7fff) >= BE_VQ_MAX_SIZE || (vq->num && (avail & 0x7fff) >= vq->num) ||
+            (vq->num && (used & 0x7fff) >= vq->num)) {
+            vuf_log(VUF_LOG_ERROR, "SET_VRING_BASE %u: 0x%x names a position past the ring",
+                    s.index, s.num);
+            return -EINVAL;
+        }
+        vq->last_avail = avail;
+        vq->pk_used_base = used;
+        vq->used_idx_valid = false;
+        vq->broken = false;
+        return 0;
+    }
     if (s.num > 0xffff) {
-        /* Split ring: bits 16-31 are reserved (packed rings are not offered). */
+        /* Split ring: bits 16-31 are reserved. */
         vuf_log(VUF_LOG_ERROR, "SET_VRING_BASE %u: 0x%x has reserved bits set", s.index, s.num);
         return -EINVAL;
     }
@@ -464,6 +506,9 @@ static int h_get_vring_base(void *opaque, struct vuf_msg *req, struct vuf_msg *r
         blk_drain_held(d, vq);
     reply->payload.state.index = s.index;
     reply->payload.state.num = be_vq_stop(vq);
+    /* Packed: the used position | wrap in bits 16-31 (QEMU's encoding). */
+    if (vq->packed)
+        reply->payload.state.num |= (uint32_t)vq->pk_used_base << 16;
     reply->hdr.size = sizeof(reply->payload.state);
     vuf_log(VUF_LOG_INFO, "vq %u stopped at avail index %u", s.index, reply->payload.state.num);
     return 0;
@@ -481,6 +526,7 @@ static int h_set_vring_kick(void *opaque, struct vuf_msg *req, struct vuf_msg *r
         return r;
     be_vq_set_kick(vq, nofd ? -1 : take_fd(req, 0));
     vq->polling = nofd;
+    sync_layout(d, vq);
     if (!vq->started) {
         vq->used_idx_valid = false; /* re-read used->idx from memory */
         /* Requests the area records as in flight are recovered when the
@@ -1227,10 +1273,10 @@ static int setup(struct blk_dev *d)
     if (open_disk(d) < 0 || open_shm(d) < 0)
         return -1;
     d->features = (1ull << VUF_VIRTIO_F_VERSION_1) | (1ull << VUF_VIRTIO_F_EVENT_IDX) |
-                  (1ull << VUF_VIRTIO_F_INDIRECT_DESC) | (1ull << VUF_VHOST_F_PROTOCOL_FEATURES) |
-                  (1ull << VUF_BLK_F_SEG_MAX) | (1ull << VUF_BLK_F_BLK_SIZE) |
-                  (1ull << VUF_BLK_F_FLUSH) | (1ull << VUF_BLK_F_CONFIG_WCE) |
-                  (1ull << VUF_BLK_F_MQ);
+                  (1ull << VUF_VIRTIO_F_INDIRECT_DESC) | (1ull << VUF_VIRTIO_F_RING_PACKED) |
+                  (1ull << VUF_VHOST_F_PROTOCOL_FEATURES) | (1ull << VUF_BLK_F_SEG_MAX) |
+                  (1ull << VUF_BLK_F_BLK_SIZE) | (1ull << VUF_BLK_F_FLUSH) |
+                  (1ull << VUF_BLK_F_CONFIG_WCE) | (1ull << VUF_BLK_F_MQ);
     if (d->o.read_only)
         d->features |= 1ull << VUF_BLK_F_RO;
     else

@@ -369,7 +369,7 @@ void blk_drain_held(struct blk_dev *d, struct be_vq *vq)
                 vq->nheld);
         return;
     }
-    if (!vq->used_idx_valid) {
+    if (!vq->used_idx_valid && !vq->packed) {
         vq->used_idx = __atomic_load_n((uint16_t *)(vq->used + 2), __ATOMIC_ACQUIRE);
         vq->used_idx_valid = true;
     }
@@ -409,7 +409,9 @@ void blk_process_vq(struct blk_dev *d, struct be_vq *vq)
             __atomic_load_n(&vq->nheld, __ATOMIC_RELAXED) >= vq->num)
             break;
         r = be_vq_pop(vq, &d->mem, &c);
-        if (r == 1 && take_hold(d))
+        /* Held requests are re-read from the ring later: split rings only
+         * (a packed ring's descriptors are overwritten by used ones). */
+        if (r == 1 && !vq->packed && take_hold(d))
             hold_head(vq, c.head);
         else if (r == 1)
             be_vq_push(vq, c.head, handle_request(d, vq, &c));

@@ -23,7 +23,8 @@ int be_vq_init(struct be_vq *vq, unsigned index, unsigned max_segs)
     vq->max_segs = max_segs;
     vq->seg_buf = calloc(max_segs, sizeof(*vq->seg_buf));
     vq->held = calloc(max_segs, sizeof(*vq->held));
-    return vq->seg_buf && vq->held ? 0 : -ENOMEM;
+    vq->pk_ndesc = calloc(BE_VQ_MAX_SIZE, sizeof(*vq->pk_ndesc));
+    return vq->seg_buf && vq->held && vq->pk_ndesc ? 0 : -ENOMEM;
 }
 
 void be_vq_destroy(struct be_vq *vq)
@@ -33,6 +34,8 @@ void be_vq_destroy(struct be_vq *vq)
     vq->seg_buf = NULL;
     free(vq->held);
     vq->held = NULL;
+    free(vq->pk_ndesc);
+    vq->pk_ndesc = NULL;
 }
 
 void be_vq_reset(struct be_vq *vq)
@@ -49,6 +52,9 @@ void be_vq_reset(struct be_vq *vq)
     vq->used = NULL;
     vq->last_avail = 0;
     vq->used_idx = 0;
+    vq->packed = false;
+    vq->pdesc = NULL;
+    vq->pk_used_base = 0;
     vq->used_idx_valid = false;
     vq->event_idx = false;
     vq->started = vq->enabled = vq->polling = vq->broken = vq->pending = false;
@@ -85,6 +91,24 @@ int be_vq_translate(struct be_vq *vq, const struct be_mem *mem)
     vq->mem_gen = mem->generation;
     if (!vq->addr_set || vq->num == 0)
         return -EFAULT;
+    if (vq->packed) {
+        /* Descriptor ring, then the driver and device event areas (4 bytes
+         * each, §2.8.10). */
+        d = be_mem_uva_to_host(mem, vq->addr.desc, 16ull * vq->num);
+        a = be_mem_uva_to_host(mem, vq->addr.avail, 4);
+        u = be_mem_uva_to_host(mem, vq->addr.used, 4);
+        if (!d || !a || !u || (uintptr_t)d % 16 || (uintptr_t)a % 4 || (uintptr_t)u % 4) {
+            vuf_log(VUF_LOG_ERROR, "vq %u: packed ring outside front-end memory or misaligned",
+                    vq->index);
+            return -EFAULT;
+        }
+        vq->pdesc = d;
+        vq->desc = NULL;
+        vq->avail = a;
+        vq->used = u;
+        vq->translated = true;
+        return 0;
+    }
     d = be_mem_uva_to_host(mem, vq->addr.desc, VUF_VRING_DESC_BYTES(vq->num));
     a = be_mem_uva_to_host(mem, vq->addr.avail, VUF_VRING_AVAIL_BYTES(vq->num));
     u = be_mem_uva_to_host(mem, vq->addr.used, VUF_VRING_USED_BYTES(vq->num));
@@ -124,6 +148,10 @@ bool be_vq_ready(struct be_vq *vq, const struct be_mem *mem)
         if (be_vq_translate(vq, mem) < 0)
             return false;
     }
+    if (!vq->used_idx_valid && vq->packed) {
+        vq->used_idx = vq->pk_used_base;
+        vq->used_idx_valid = true;
+    }
     if (!vq->used_idx_valid) {
         /* Split rings keep the used index in memory only (spec, "SET_VRING_BASE"). */
         vq->used_idx = __atomic_load_n((uint16_t *)(vq->used + 2), __ATOMIC_ACQUIRE);
@@ -134,6 +162,8 @@ bool be_vq_ready(struct be_vq *vq, const struct be_mem *mem)
 
 uint16_t be_vq_stop(struct be_vq *vq)
 {
+    if (vq->packed && vq->used_idx_valid)
+        vq->pk_used_base = vq->used_idx;
     vq->started = false;
     vq->polling = false;
     vq->used_idx_valid = false;
@@ -164,11 +194,178 @@ static int read_desc(const struct be_vq *vq, const struct be_mem *mem, uint64_t 
     return be_mem_read(mem, table + 16ull * i, out, sizeof(*out));
 }
 
+/* ------------------------------------------------------------------------ */
+/* Packed rings (virtio 1.2 §2.8)                                           */
+/* ------------------------------------------------------------------------ */
+
+#define PK_POS(x) ((uint16_t)((x)&0x7fffu))
+#define PK_WRAP(x) (((x) >> 15) & 1u)
+#define PK_F_BOTH (VUF_VRING_PACKED_DESC_F_AVAIL | VUF_VRING_PACKED_DESC_F_USED)
+
+static uint16_t pk_advance(const struct be_vq *vq, uint16_t x, unsigned n)
+{
+    unsigned pos = PK_POS(x) + n, wrap = PK_WRAP(x);
+
+    if (pos >= vq->num) {
+        pos -= vq->num;
+        wrap ^= 1;
+    }
+    return (uint16_t)(pos | wrap << 15);
+}
+
+/* Made available by the driver in the lap of wrap counter `w`. */
+static bool pk_avail(uint16_t flags, unsigned w)
+{
+    return (flags & PK_F_BOTH) ==
+           (w ? VUF_VRING_PACKED_DESC_F_AVAIL : VUF_VRING_PACKED_DESC_F_USED);
+}
+
+static uint16_t pk_flags(const struct be_vq *vq, uint16_t x)
+{
+    return __atomic_load_n(&vq->pdesc[PK_POS(x)].flags, __ATOMIC_ACQUIRE);
+}
+
+/* One buffer of a packed chain into c; NULL or what is wrong with it. */
+static const char *pk_seg(struct be_vq *vq, struct be_chain *c, uint64_t addr, uint32_t len,
+                          uint16_t flags, bool *seen_write)
+{
+    if (c->nout + c->nin >= vq->max_segs)
+        return "chain longer than seg_max allows";
+    if (flags & VUF_VRING_DESC_F_WRITE) {
+        *seen_write = true;
+        c->segs[c->nout + c->nin++] = (struct be_seg){addr, len};
+        c->in_bytes += len;
+    } else {
+        if (*seen_write)
+            return "device-readable descriptor after a writable one";
+        c->segs[c->nout++] = (struct be_seg){addr, len};
+        c->out_bytes += len;
+    }
+    return NULL;
+}
+
+static const char *pk_indirect(struct be_vq *vq, const struct be_mem *mem, struct be_chain *c,
+                               const struct vuf_vring_packed_desc *d, bool *seen_write)
+{
+    if (d->flags & VUF_VRING_DESC_F_NEXT)
+        return "indirect descriptor inside a chain";
+    if (d->len == 0 || d->len % 16 != 0 || d->len / 16 > BE_VQ_MAX_SIZE)
+        return "bad indirect table length";
+    if (!be_mem_gpa_to_host(mem, d->addr, d->len))
+        return "indirect table outside guest memory";
+    /* §2.8.7: the table's entries are read in order, its length says how
+     * many; NEXT is not used in it. */
+    for (uint32_t k = 0; k < d->len / 16; k++) {
+        struct vuf_vring_packed_desc t;
+        const char *err;
+
+        if (be_mem_read(mem, d->addr + 16ull * k, &t, sizeof(t)) < 0)
+            return "indirect table unreadable";
+        if (t.flags & VUF_VRING_DESC_F_INDIRECT)
+            return "nested indirect descriptor";
+        err = pk_seg(vq, c, t.addr, t.len, t.flags, seen_write);
+        if (err)
+            return err;
+    }
+    return NULL;
+}
+
+static int pk_pop(struct be_vq *vq, const struct be_mem *mem, struct be_chain *c)
+{
+    uint16_t x = vq->last_avail, id = 0;
+    unsigned w = PK_WRAP(x), n = 0;
+    const char *err = NULL;
+    bool seen_write = false;
+
+    c->segs = vq->seg_buf;
+    c->nout = c->nin = 0;
+    c->out_bytes = c->in_bytes = 0;
+    if (!pk_avail(pk_flags(vq, x), w))
+        return 0;
+    for (;;) {
+        struct vuf_vring_packed_desc d;
+
+        memcpy(&d, &vq->pdesc[PK_POS(x)], sizeof(d));
+        d.flags = pk_flags(vq, x); /* the head's: acquired, re-read for the rest */
+        if (!pk_avail(d.flags, PK_WRAP(x))) {
+            mark_broken(vq, "packed chain runs into a descriptor that is not available");
+            return -EPROTO;
+        }
+        if (++n > vq->num) {
+            mark_broken(vq, "packed chain longer than the ring");
+            return -EPROTO;
+        }
+        if (!err && (d.flags & VUF_VRING_DESC_F_INDIRECT))
+            err = n == 1 ? pk_indirect(vq, mem, c, &d, &seen_write)
+                         : "indirect descriptor inside a chain";
+        else if (!err)
+            err = pk_seg(vq, c, d.addr, d.len, d.flags, &seen_write);
+        id = d.id; /* §2.8.6: the buffer id is the last descriptor's */
+        x = pk_advance(vq, x, 1);
+        if (!(d.flags & VUF_VRING_DESC_F_NEXT) || (d.flags & VUF_VRING_DESC_F_INDIRECT))
+            break;
+    }
+    if (id >= vq->num) {
+        mark_broken(vq, "packed buffer id beyond the ring size");
+        return -EPROTO;
+    }
+    vq->last_avail = x;
+    vq->pk_ndesc[id] = (uint16_t)n;
+    c->head = id;
+    if (err) {
+        vuf_log(VUF_LOG_ERROR, "vq %u: packed chain with id %u: %s; returned with length 0",
+                vq->index, id, err);
+        be_vq_signal_err(vq);
+        c->nout = c->nin = 0;
+        c->out_bytes = c->in_bytes = 0;
+        return -EBADMSG;
+    }
+    return 1;
+}
+
+static void pk_push(struct be_vq *vq, uint16_t id, uint32_t len)
+{
+    struct vuf_vring_packed_desc *e = &vq->pdesc[PK_POS(vq->used_idx)];
+    unsigned n = id < vq->num && vq->pk_ndesc[id] ? vq->pk_ndesc[id] : 1;
+
+    __atomic_store_n(&e->id, id, __ATOMIC_RELAXED);
+    __atomic_store_n(&e->len, len, __ATOMIC_RELAXED);
+    /* The flags publish the entry (AVAIL = USED = our wrap counter). */
+    __atomic_store_n(&e->flags, PK_WRAP(vq->used_idx) ? PK_F_BOTH : 0, __ATOMIC_RELEASE);
+    vq->used_idx = pk_advance(vq, vq->used_idx, n);
+    __atomic_fetch_add(&vq->completed, 1, __ATOMIC_RELAXED);
+}
+
+/* Driver event suppression (§2.8.10): fire iff the driver did not disable
+ * calls, and with DESC, iff its named position lies in [old, now). */
+static bool pk_want_call(const struct be_vq *vq, uint16_t old_used)
+{
+    uint16_t flags = __atomic_load_n(&vq->avail[1], __ATOMIC_RELAXED);
+    uint16_t off_wrap = __atomic_load_n(&vq->avail[0], __ATOMIC_RELAXED);
+    uint16_t now = vq->used_idx, new_i, old_i, event;
+    unsigned dist;
+
+    if (flags == VUF_RING_EVENT_FLAGS_DISABLE)
+        return false;
+    if (!vq->event_idx || flags != VUF_RING_EVENT_FLAGS_DESC)
+        return true;
+    dist = PK_POS(now) + (PK_WRAP(now) != PK_WRAP(old_used) ? vq->num : 0) - PK_POS(old_used);
+    new_i = PK_POS(now);
+    old_i = (uint16_t)(new_i - dist);
+    event = PK_POS(off_wrap);
+    if (PK_WRAP(off_wrap) != PK_WRAP(now))
+        event = (uint16_t)(event - vq->num);
+    return (uint16_t)(new_i - event - 1) < (uint16_t)(new_i - old_i);
+}
+
 int be_vq_pop(struct be_vq *vq, const struct be_mem *mem, struct be_chain *c)
 {
-    uint16_t avail = avail_idx(vq);
-    uint16_t pending = (uint16_t)(avail - vq->last_avail);
+    uint16_t avail, pending;
 
+    if (vq->packed)
+        return pk_pop(vq, mem, c);
+    avail = avail_idx(vq);
+    pending = (uint16_t)(avail - vq->last_avail);
     c->segs = vq->seg_buf;
     c->nout = c->nin = 0;
     c->out_bytes = c->in_bytes = 0;
@@ -283,9 +480,14 @@ bad:
 
 void be_vq_push(struct be_vq *vq, uint16_t head, uint32_t len)
 {
-    uint8_t *elem = vq->used + 4 + 8u * (vq->used_idx % vq->num);
+    uint8_t *elem;
     uint32_t id = head;
 
+    if (vq->packed) {
+        pk_push(vq, head, len);
+        return;
+    }
+    elem = vq->used + 4 + 8u * (vq->used_idx % vq->num);
     memcpy(elem, &id, 4);
     memcpy(elem + 4, &len, 4);
     vq->used_idx++;
@@ -309,6 +511,10 @@ void be_vq_infl_attach(struct be_vq *vq, struct be_infl_hdr *region, uint16_t de
     vq->infl_recover = false;
     if (!region)
         return;
+    if (vq->packed) {
+        vuf_log(VUF_LOG_WARN, "vq %u: packed ring: inflight tracking not supported", vq->index);
+        return;
+    }
     if (vq->num > desc_num) {
         vuf_log(VUF_LOG_ERROR,
                 "vq %u: ring size %u exceeds the inflight region's %u entries; "
@@ -404,6 +610,12 @@ unsigned be_vq_infl_recover(struct be_vq *vq)
 
 bool be_vq_more(struct be_vq *vq)
 {
+    if (vq->packed) {
+        /* The device area stays at ENABLE (the driver's reset value): every
+         * kick wanted. Look again after the store-load fence. */
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        return pk_avail(pk_flags(vq, vq->last_avail), PK_WRAP(vq->last_avail));
+    }
     if (vq->event_idx) {
         uint16_t *avail_event = (uint16_t *)(vq->used + 4 + 8u * vq->num);
         __atomic_store_n(avail_event, vq->last_avail, __ATOMIC_RELAXED);
@@ -423,7 +635,9 @@ void be_vq_notify(struct be_vq *vq, uint16_t old_used)
         return;
     /* used->idx is stored; order it before reading the driver's wishes. */
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (vq->event_idx) {
+    if (vq->packed) {
+        fire = pk_want_call(vq, old_used);
+    } else if (vq->event_idx) {
         uint16_t used_event = __atomic_load_n(&vq->avail[2 + vq->num], __ATOMIC_RELAXED);
         /* virtio 1.2 §2.7.10: notify iff used_event lies in (old, now]. */
         fire = (uint16_t)(now - used_event - 1) < (uint16_t)(now - old_used);

@@ -20,6 +20,16 @@
  * readable after writable, too long) is returned to the driver with used
  * length 0 and logged.
  *
+ * Packed rings (VIRTIO_F_RING_PACKED acked, virtio 1.2 §2.8): `packed` is
+ * set, the descriptor ring is `pdesc`, `avail` the driver event area and
+ * `used` the device event area; last_avail and used_idx are a position in
+ * bits 0-14 with its wrap counter in bit 15 (the SET/GET_VRING_BASE
+ * encoding), and a chain's head is its buffer id. The used position comes
+ * from SET_VRING_BASE's upper half (or equals the avail half when that is
+ * 0), as it is not in memory. A chain that runs into a descriptor not
+ * available, is longer than the ring or has an id beyond it breaks the
+ * queue. Not for packed rings: inflight tracking and held requests.
+ *
  * Thread-safety: none; one thread (the back-end's main loop) owns a queue.
  */
 #ifndef VUF_BACKEND_VRING_H
@@ -104,6 +114,11 @@ struct be_vq {
     struct be_desc *desc;
     uint16_t *avail; /* flags, idx, ring[num], used_event */
     uint8_t *used;   /* flags, idx, ring[num] {u32 id; u32 len}, avail_event */
+
+    bool packed;
+    struct vuf_vring_packed_desc *pdesc; /* packed: the descriptor ring */
+    uint16_t *pk_ndesc;                  /* packed: descriptors per buffer id (num entries) */
+    uint16_t pk_used_base;               /* packed: used position | wrap from SET_VRING_BASE */
 
     uint16_t last_avail; /* next avail index to process (SET/GET_VRING_BASE) */
     uint16_t used_idx;   /* shadow of used->idx */

@@ -49,7 +49,7 @@ struct blk_opts {
     int timeout_ms;
     unsigned queues;
     unsigned queue_size; /* 0: automatic */
-    bool busy_poll, no_event_idx, no_indirect;
+    bool busy_poll, no_event_idx, no_indirect, packed;
     /* read / write / verify */
     bool have_offset, have_len;
     uint64_t offset, len;
@@ -80,7 +80,7 @@ void cmd_blk_usage(FILE *f)
         "                             [--iodepth N] [--seconds S | --ios N] [--range BYTES]\n"
         "                             [--json]\n"
         "       common: [--queues Q] [--queue-size N] [--busy-poll] [--timeout-ms N]\n"
-        "               [--no-event-idx] [--no-indirect]\n"
+        "               [--no-event-idx] [--no-indirect] [--ring split|packed]\n"
         "\n"
         "Act as the VMM of the vhost-user-blk back-end listening on SOCKET, with a\n"
         "user-space virtio-blk driver: connect, negotiate (SET_OWNER, features,\n"
@@ -130,10 +130,13 @@ void cmd_blk_usage(FILE *f)
         "                      request (default %d)\n"
         "  --no-event-idx      do not negotiate VIRTIO_F_EVENT_IDX\n"
         "  --no-indirect       do not negotiate VIRTIO_F_INDIRECT_DESC\n"
+        "  --ring LAYOUT       split (default: every back-end has it) or packed\n"
+        "                      (virtio 1.2 §2.8; fails if the back-end does not offer it)\n"
         "  -h, --help          this help\n"
         "\n"
         "JSON keys (bench): socket, rw, bs, iodepth, queues, queue_size, wait\n"
-        "(\"eventfd\" or \"busy-poll\"), ios, elapsed_s, iops, bytes_per_s,\n"
+        "(\"eventfd\" or \"busy-poll\"), ring (\"split\" or \"packed\"), ios, elapsed_s, iops,\n"
+        "bytes_per_s, "
         "latency_ns {min, median, mean, p99, max}, features, protocol_features.\n"
         "\n"
         "Exit status: 0 success; 1 failure (cannot connect, protocol or I/O error,\n"
@@ -209,6 +212,7 @@ enum {
     OPT_TIMEOUT,
     OPT_NO_EIDX,
     OPT_NO_IND,
+    OPT_RING,
 };
 
 static int check_op_options(const struct blk_opts *o)
@@ -390,6 +394,11 @@ static int parse_session_option(struct blk_opts *o, int c)
     case OPT_NO_IND:
         o->no_indirect = true;
         return 0;
+    case OPT_RING:
+        if (strcmp(optarg, "split") && strcmp(optarg, "packed"))
+            return cli_usage_error(&blk_cmd, "--ring wants split or packed, not '%s'", optarg);
+        o->packed = !strcmp(optarg, "packed");
+        return 0;
     default:
         return NOT_MINE;
     }
@@ -452,6 +461,7 @@ static int parse_args(int argc, char **argv, struct blk_opts *o, bool *help)
         {"timeout-ms", required_argument, NULL, OPT_TIMEOUT},
         {"no-event-idx", no_argument, NULL, OPT_NO_EIDX},
         {"no-indirect", no_argument, NULL, OPT_NO_IND},
+        {"ring", required_argument, NULL, OPT_RING},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -1048,6 +1058,7 @@ static int bench_print_json(const struct blk_opts *o, const struct ts_session *s
     json_object_object_add(root, "queues", json_object_new_uint64(s->nq));
     json_object_object_add(root, "queue_size", json_object_new_uint64(s->o.queue_size));
     json_object_object_add(root, "wait", json_object_new_string(bench_wait(o)));
+    json_object_object_add(root, "ring", json_object_new_string(o->packed ? "packed" : "split"));
     json_object_object_add(root, "ios", json_object_new_uint64(st->n));
     json_object_object_add(root, "elapsed_s", json_object_new_double(st->elapsed));
     json_object_object_add(root, "iops", json_object_new_double(st->iops));
@@ -1142,6 +1153,7 @@ int cmd_blk(int argc, char **argv)
     to.busy_poll = o.busy_poll;
     to.no_event_idx = o.no_event_idx;
     to.no_indirect = o.no_indirect;
+    to.packed = o.packed;
     if (o.op == OP_BENCH) {
         /* Without indirect descriptors a request takes 3 ring entries. */
         unsigned need = o.iodepth * (o.no_indirect ? 3 : 1);

@@ -49,7 +49,7 @@ struct net_opts {
     int timeout_ms;
     unsigned pairs;
     unsigned queue_size;
-    bool busy_poll, no_event_idx, mrg;
+    bool busy_poll, no_event_idx, mrg, packed;
     uint32_t size; /* 0: ping cycles through lengths */
     unsigned count;
     enum bench_mode mode;
@@ -69,7 +69,7 @@ void cmd_net_usage(FILE *f)
             "       vuf net SOCKET bench [--mode tx|rx|rt] [--size BYTES] [--seconds S]\n"
             "                            [--window N] [--json]\n"
             "       common: [--queue-pairs N] [--busy-poll] [--mrg-rxbuf] [--queue-size N]\n"
-            "               [--no-event-idx] [--timeout-ms N]\n"
+            "               [--no-event-idx] [--timeout-ms N] [--ring split|packed]\n"
             "\n"
             "Act as the VMM of the vhost-user-net back-end listening on SOCKET, with a\n"
             "user-space virtio-net driver: connect, negotiate, ack VERSION_1 (and\n"
@@ -103,6 +103,8 @@ void cmd_net_usage(FILE *f)
             "                    large frames span several\n"
             "  --queue-size N    ring entries, a power of two up to %u (default %u)\n"
             "  --no-event-idx    do not ack VIRTIO_F_EVENT_IDX\n"
+            "  --ring LAYOUT     split (default: every back-end has it) or packed\n"
+            "                    (virtio 1.2 §2.8; fails if the back-end does not offer it)\n"
             "  --timeout-ms N    connect and reply timeout; also the longest wait for\n"
             "                    a frame (default %d)\n"
             "\n"
@@ -145,6 +147,7 @@ enum {
     OPT_QSIZE,
     OPT_NO_EIDX,
     OPT_TIMEOUT,
+    OPT_RING,
 };
 
 static int parse_option(struct net_opts *o, int c)
@@ -190,6 +193,11 @@ static int parse_option(struct net_opts *o, int c)
             return cli_usage_error(&net_cmd, "--queue-pairs wants 1..%u, not '%s'",
                                    VUF_FRONTEND_MAX_QUEUES / 2, optarg);
         return 0;
+    case OPT_RING:
+        if (strcmp(optarg, "split") && strcmp(optarg, "packed"))
+            return cli_usage_error(&net_cmd, "--ring wants split or packed, not '%s'", optarg);
+        o->packed = !strcmp(optarg, "packed");
+        return 0;
     case OPT_BUSY:
         o->busy_poll = true;
         return 0;
@@ -226,6 +234,7 @@ static int parse_args(int argc, char **argv, struct net_opts *o, bool *help)
         {"json", no_argument, NULL, OPT_JSON},
         {"queue-pairs", required_argument, NULL, OPT_PAIRS},
         {"busy-poll", no_argument, NULL, OPT_BUSY},
+        {"ring", required_argument, NULL, OPT_RING},
         {"mrg-rxbuf", no_argument, NULL, OPT_MRG},
         {"queue-size", required_argument, NULL, OPT_QSIZE},
         {"no-event-idx", no_argument, NULL, OPT_NO_EIDX},
@@ -327,6 +336,7 @@ static int net_start(struct net_run *nr)
         .no_event_idx = o->no_event_idx,
         .no_indirect = true, /* one or two descriptors per frame */
         .busy_poll = o->busy_poll,
+        .packed = o->packed,
         .device_type = VUF_DEV_NET,
         .extra_mem = net_mem(o),
     };
@@ -718,6 +728,7 @@ static int do_bench(struct net_run *nr)
         json_object_object_add(j, "queue_pairs", json_object_new_uint64(o->pairs));
         json_object_object_add(j, "queue_size", json_object_new_uint64(o->queue_size));
         json_object_object_add(j, "busy_poll", json_object_new_boolean(o->busy_poll));
+        json_object_object_add(j, "ring", json_object_new_string(o->packed ? "packed" : "split"));
         json_object_object_add(j, "mrg_rxbuf", json_object_new_boolean(o->mrg));
         json_object_object_add(j, "elapsed_s", json_object_new_double(b.elapsed));
         json_object_object_add(j, "frames", json_object_new_uint64(b.frames));

@@ -79,7 +79,18 @@ static uint64_t ring_features(const struct ts_session *s)
         f |= BIT(VUF_VIRTIO_F_EVENT_IDX);
     if (!s->o.no_indirect)
         f |= BIT(VUF_VIRTIO_F_INDIRECT_DESC);
+    if (s->o.packed)
+        f |= BIT(VUF_VIRTIO_F_RING_PACKED);
     return f;
+}
+
+/* --ring packed is a request, not a preference: a back-end without packed
+ * rings is a failure rather than a silent split ring. */
+static int check_ring(struct ts_session *s)
+{
+    if (s->o.packed && !(s->acked & BIT(VUF_VIRTIO_F_RING_PACKED)))
+        return fail(s, "packed ring (the back-end does not offer RING_PACKED)", -ENOTSUP);
+    return 0;
 }
 
 int ts_open(struct ts_session *s, const char *socket)
@@ -134,6 +145,9 @@ static int ts_driver_net(struct ts_session *s)
     if (r < 0)
         return fail(s, "ack features", r);
     s->acked = vuf_frontend_acked_features(s->dev);
+    r = check_ring(s);
+    if (r < 0)
+        return r;
     if (!(s->protocol & VUF_PROTO_MASK(CONFIG)))
         return 0;
     r = vuf_device_read_config(s->dev, 0, s->config, TS_NET_CONFIG_BYTES);
@@ -156,6 +170,9 @@ int ts_driver(struct ts_session *s)
     if (r < 0)
         return fail(s, "ack features", r);
     s->acked = vuf_frontend_acked_features(s->dev);
+    r = check_ring(s);
+    if (r < 0)
+        return r;
     s->read_only = s->acked & BIT(VUF_BLK_F_RO);
     s->has_flush = s->acked & BIT(VUF_BLK_F_FLUSH);
 

@@ -51,6 +51,7 @@ struct ts_opts {
     bool no_event_idx;   /* do not offer/ack VIRTIO_F_EVENT_IDX */
     bool no_indirect;    /* do not offer/ack VIRTIO_F_INDIRECT_DESC */
     bool busy_poll;      /* wait for completions by spinning */
+    bool packed;         /* packed rings: offer/ack RING_PACKED, fail if not offered */
     /* 0 or VUF_DEV_BLK: the blk session above. VUF_DEV_NET: no config
      * read without CONFIG, no request pools; queues = 2 * queue pairs. */
     uint32_t device_type;

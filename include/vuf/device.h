@@ -61,7 +61,11 @@ extern "C" {
  * back-end does, and a VMM that writes kick or irqfds itself should not
  * rely on O_NONBLOCK either (the back-end can clear it).
  *
- * Only split rings are supported (VIRTIO_F_RING_PACKED is never offered).
+ * Packed rings (the driver acked VIRTIO_F_RING_PACKED, virtio 1.2 §2.8):
+ * `packed` is set, desc/avail/used_addr are the descriptor ring, driver
+ * area and device area, and next_avail/next_used carry the ring position in
+ * bits 0-14 and its wrap counter in bit 15 (the SET/GET_VRING_BASE
+ * encoding; a fresh ring is 0x8000 for both).
  */
 struct vuf_queue {
     uint16_t size;       /* driver-set size: a power of two, 1..max */
@@ -73,9 +77,15 @@ struct vuf_queue {
     int kick_fd;         /* eventfd the driver's notifications arrive on (borrowed) */
     uint16_t next_avail; /* next available-ring index the device will process */
     uint16_t next_used;  /* next used-ring index the device will write */
+    bool packed;         /* packed layout: must match the acked RING_PACKED */
 };
 
 /*
+ * Packed queues (q->packed): next_avail = bits 0-15 of `base`, next_used =
+ * bits 16-31, or next_avail when those are 0 (a back-end that reports only
+ * the avail half, as DPDK does); -EPROTO if a position is not below q->size.
+ * `mem` is not read.
+ *
  * After a device handed a split queue to someone else (a vhost-user back-end)
  * and got it stopped, bring the local copy up to date: next_avail = `base`
  * (what GET_VRING_BASE returned) and next_used = used->idx read from guest

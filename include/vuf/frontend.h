@@ -70,7 +70,8 @@ struct vuf_frontend_config {
      * The transport/ring features the VMM's transport supports, as a MASK
      * of VUF_BIT() of bit numbers: VUF_BIT(VUF_VIRTIO_F_EVENT_IDX) |
      * VUF_BIT(VUF_VIRTIO_F_INDIRECT_DESC). VERSION_1 is always added unless
-     * `legacy`; RING_PACKED is dropped. Device-type bits (0-23, 50-63) need
+     * `legacy`. RING_PACKED is offered when the back-end offers it (a
+     * warning when it does not). Device-type bits (0-23, 50-63) need
      * no mention here: they pass as the back-end offers them.
      * Migration note: this was `base_features` (same meaning, without the
      * implied VERSION_1), renamed so that old code does not compile into a

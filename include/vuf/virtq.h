@@ -1,8 +1,16 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * vuf/virtq.h - the driver side of a split virtqueue (virtio 1.2 §2.7),
- * living in vuf guest memory, so that a real vhost-user back-end can
- * process requests this process makes.
+ * vuf/virtq.h - the driver side of a virtqueue, split (virtio 1.2 §2.7) or
+ * packed (§2.8), chosen per queue, living in vuf guest memory, so that a
+ * real vhost-user back-end can process requests this process makes.
+ *
+ * Packed rings: the same calls work; where this header speaks of the
+ * avail ring and used ring, a packed queue has its descriptor ring, the
+ * driver event suppression area ("avail_gpa") and the device event
+ * suppression area ("used_gpa"), the three addresses SET_VRING_ADDR
+ * carries. Every "index" of a packed queue (base, avail/used/last_used
+ * idx) is a ring position in bits 0-14 with its wrap counter in bit 15,
+ * the encoding of SET_VRING_BASE/GET_VRING_BASE for packed rings.
  *
  * The queue allocates its descriptor table, available ring and used ring
  * (and, with INDIRECT_DESC, one indirect table per descriptor) from the
@@ -117,6 +125,38 @@ static inline bool vuf_vring_need_event(uint16_t event, uint16_t new_idx, uint16
 }
 
 /* ------------------------------------------------------------------------ */
+/* Packed ring layout (virtio 1.2 §2.8). Little-endian hosts only.          */
+/* ------------------------------------------------------------------------ */
+
+/* Flag masks of a packed descriptor (NEXT, WRITE, INDIRECT as above). */
+#define VUF_VRING_PACKED_DESC_F_AVAIL (1u << 7)
+#define VUF_VRING_PACKED_DESC_F_USED (1u << 15)
+
+struct vuf_vring_packed_desc {
+    uint64_t addr; /* guest-physical */
+    uint32_t len;
+    uint16_t id; /* buffer id: the device returns it in the used descriptor */
+    uint16_t flags;
+};
+VUF_STATIC_ASSERT(sizeof(struct vuf_vring_packed_desc) == 16, "packed descriptor");
+
+/* Event suppression (§2.8.10): the driver area is written by the driver and
+ * governs the device's calls, the device area the other way round. */
+#define VUF_RING_EVENT_FLAGS_ENABLE 0u
+#define VUF_RING_EVENT_FLAGS_DISABLE 1u
+#define VUF_RING_EVENT_FLAGS_DESC 2u /* only with EVENT_IDX */
+struct vuf_vring_packed_event {
+    uint16_t off_wrap; /* position in bits 0-14, wrap counter in bit 15 */
+    uint16_t flags;
+};
+VUF_STATIC_ASSERT(sizeof(struct vuf_vring_packed_event) == 4, "event suppression");
+
+/* The wrap counter bit of a packed ring index (SET/GET_VRING_BASE). */
+#define VUF_VRING_PACKED_WRAP (1u << 15)
+/* A fresh packed ring: position 0, wrap counters 1 (§2.8.1). */
+#define VUF_VRING_PACKED_BASE_INIT VUF_VRING_PACKED_WRAP
+
+/* ------------------------------------------------------------------------ */
 /* The queue                                                                */
 /* ------------------------------------------------------------------------ */
 
@@ -137,7 +177,11 @@ struct vuf_virtq_opts {
                             * indirect when they fit; 0 = 2 */
     uint64_t ring_align;   /* 0 = spec minima; else a power of two applied to
                             * all three parts (4096 for legacy layouts) */
-    uint16_t base;         /* initial avail/used index, as vuf_virtq_reset() */
+    uint16_t base;         /* initial avail/used index, as vuf_virtq_reset();
+                            * packed: 0 means VUF_VRING_PACKED_BASE_INIT
+                            * (position 0 wrap 0 only via vuf_virtq_reset()) */
+    bool packed;           /* packed layout (§2.8); also chosen when
+                            * `features` has VIRTIO_F_RING_PACKED */
 };
 
 /*
@@ -163,6 +207,8 @@ unsigned vuf_virtq_size(const struct vuf_virtq *vq);
 struct vuf_guest_mem *vuf_virtq_guest_mem(const struct vuf_virtq *vq);
 unsigned vuf_virtq_index(const struct vuf_virtq *vq);
 uint64_t vuf_virtq_features(const struct vuf_virtq *vq);
+/* True for a packed ring (fixed at creation). */
+bool vuf_virtq_packed(const struct vuf_virtq *vq);
 
 /*
  * Change the negotiated features (e.g. for a new back-end). Only with
@@ -172,19 +218,27 @@ uint64_t vuf_virtq_features(const struct vuf_virtq *vq);
  */
 int vuf_virtq_set_features(struct vuf_virtq *vq, uint64_t features);
 
-/* Where the rings are. Host pointers are borrowed (valid while gm lives). */
+/* Where the rings are. Host pointers are borrowed (valid while gm lives).
+ * Split: desc/avail/used are set, the packed pointers NULL. Packed: the
+ * GPAs are the descriptor ring, driver area and device area, and
+ * pdesc/driver_event/device_event point at them (desc/avail/used NULL). */
 struct vuf_virtq_layout {
     unsigned size;
+    bool packed;
     uint64_t desc_gpa, avail_gpa, used_gpa;
     struct vuf_vring_desc *desc;
     struct vuf_vring_avail *avail;
     struct vuf_vring_used *used;
+    struct vuf_vring_packed_desc *pdesc;
+    struct vuf_vring_packed_event *driver_event;
+    struct vuf_vring_packed_event *device_event;
 };
 void vuf_virtq_layout(const struct vuf_virtq *vq, struct vuf_virtq_layout *out);
 
 /* SET_VRING_ADDR payload: index, flags 0, desc/used/avail as this
  * process's addresses (vhost-user translates them through the memory
- * table's userspace_addr), log 0. */
+ * table's userspace_addr), log 0. Packed: avail = driver area, used =
+ * device area. */
 void vuf_virtq_vring_addr(const struct vuf_virtq *vq, struct vuf_vring_addr *out);
 
 /* ------------------------------------------------------------------------ */
@@ -240,7 +294,9 @@ int vuf_virtq_add(struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, unsign
  * Whether the device wants a notification for what was added since the
  * last decision (by this call or vuf_virtq_kick()): with EVENT_IDX the
  * device's avail_event, else the used ring's NO_NOTIFY flag. False if
- * nothing was added since. Records the decision point.
+ * nothing was added since. Records the decision point. Packed: the device
+ * area's flags (DISABLE: no; DESC with EVENT_IDX: whether the position and
+ * wrap counter it names were made available since; otherwise yes).
  */
 bool vuf_virtq_kick_needed(struct vuf_virtq *vq);
 
@@ -261,6 +317,9 @@ int vuf_virtq_kick(struct vuf_virtq *vq, unsigned flags);
  * cookie and *len (may be NULL) the bytes the device says it wrote.
  * Returns 0, -EAGAIN if none, or -EPROTO (the entry is invalid or the queue
  * was already broken; logged once).
+ * Packed: a chain without device-writable buffers may come back with a
+ * length up to its total size (DPDK's vhost PMD reports what it read); *len
+ * is then 0. Beyond that, as for split rings, -EPROTO.
  */
 int vuf_virtq_get_used(struct vuf_virtq *vq, void **cookie, uint32_t *len);
 
@@ -269,8 +328,10 @@ bool vuf_virtq_has_used(const struct vuf_virtq *vq);
 
 /*
  * Ask for a call after the next used entry (used_event with EVENT_IDX,
- * else clear NO_INTERRUPT), then re-check: returns true if used entries are
- * already pending (process them; no call may come for them).
+ * else clear NO_INTERRUPT; packed: the driver area's flags, DESC naming
+ * last_used and its wrap counter with EVENT_IDX, else ENABLE), then
+ * re-check: returns true if used entries are already pending (process
+ * them; no call may come for them).
  */
 bool vuf_virtq_enable_cb(struct vuf_virtq *vq);
 /* Ask the device not to call (for busy polling). A hint, not a guarantee. */
@@ -294,7 +355,9 @@ int vuf_virtq_wait_busy(struct vuf_virtq *vq, int timeout_ms);
 
 /* avail->idx as published: the next avail position the driver fills. */
 uint16_t vuf_virtq_avail_idx(const struct vuf_virtq *vq);
-/* used->idx as the device last wrote it (acquire load from memory). */
+/* used->idx as the device last wrote it (acquire load from memory).
+ * Packed: the position (and wrap) past the used descriptors the device has
+ * written so far, found by walking them from last_used without consuming. */
 uint16_t vuf_virtq_used_idx(const struct vuf_virtq *vq);
 /* How far the driver consumed the used ring. */
 uint16_t vuf_virtq_last_used(const struct vuf_virtq *vq);
@@ -322,6 +385,10 @@ void vuf_virtq_reset(struct vuf_virtq *vq, uint16_t base);
  * set *base = last_used, the value for SET_VRING_BASE. Returns 0, -EBUSY if
  * used->idx in memory is not last_used (reap first), or -EPROTO if broken.
  */
+/* Packed: the chains in flight are rewritten at the descriptor positions
+ * from last_used on, and *base is last_used with its wrap counter (bit 15),
+ * the value for both halves of SET_VRING_BASE; -EBUSY if a used descriptor
+ * is pending at last_used. */
 int vuf_virtq_requeue_inflight(struct vuf_virtq *vq, uint16_t *base);
 
 #ifdef __cplusplus

@@ -11,46 +11,8 @@
 #include "deadline.h"
 #include "peer_eventfd.h"
 #include "vuf/log.h"
+#include "virtq_int.h"
 #include "vuf/virtq.h"
-
-/* Driver-private state of a chain, indexed by its head descriptor. The
- * device never sees this, so freeing a chain never trusts shared memory. */
-struct vq_slot {
-    void *cookie;
-    uint64_t wlen;  /* device-writable bytes: bound for used len */
-    uint16_t ndesc; /* ring descriptors taken (1 when indirect) */
-    uint16_t last;  /* last ring descriptor of the chain */
-    bool inflight;
-    unsigned older, newer; /* in-flight list in submission order; size = none */
-};
-
-struct vuf_virtq {
-    struct vuf_guest_mem *gm;
-    unsigned size, mask, index;
-    uint64_t features;
-    bool event_idx;
-    bool use_indirect;
-    unsigned indirect_max, indirect_min;
-
-    uint64_t desc_gpa, avail_gpa, used_gpa, ind_gpa;
-    struct vuf_vring_desc *desc;
-    struct vuf_vring_avail *avail;
-    struct vuf_vring_used *used;
-    struct vuf_vring_desc *ind; /* size tables of indirect_max, or NULL */
-    uint16_t *used_event;       /* driver-written (in the avail ring) */
-    uint16_t *avail_event;      /* device-written (in the used ring) */
-
-    int kick_fd, call_fd;
-
-    uint16_t avail_idx; /* published avail->idx */
-    uint16_t last_used; /* used entries consumed */
-    uint16_t kick_prev; /* avail idx at the last notification decision */
-    unsigned num_free, free_head, inflight;
-    unsigned oldest, newest; /* in-flight list ends; size = empty */
-    bool broken;
-    uint16_t *free_next; /* private free-list links, one per descriptor */
-    struct vq_slot *slots;
-};
 
 /* ------------------------------------------------------------------------ */
 /* Shared-memory accessors: every field the device may write is read once,  */
@@ -151,6 +113,13 @@ int vuf_virtq_new_opts(struct vuf_guest_mem *gm, const struct vuf_virtq_opts *op
     }
 
     mark = vuf_guest_mem_alloc_mark(gm);
+    vq->packed = opts->packed || (opts->features & (1ull << VUF_VIRTIO_F_RING_PACKED));
+    if (vq->packed) {
+        r = vqp_alloc(vq, opts);
+        if (r < 0)
+            goto fail;
+        goto fds;
+    }
     r = alloc_part(gm, VUF_VRING_DESC_BYTES(vq->size), ra > 16 ? ra : 16, &vq->desc_gpa, &p);
     if (r < 0)
         goto fail;
@@ -177,6 +146,7 @@ int vuf_virtq_new_opts(struct vuf_guest_mem *gm, const struct vuf_virtq_opts *op
             goto fail;
         vq->ind = p;
     }
+fds:
     vq->indirect_min = opts->indirect_min ? opts->indirect_min : 2;
 
     vq->kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -190,7 +160,7 @@ int vuf_virtq_new_opts(struct vuf_guest_mem *gm, const struct vuf_virtq_opts *op
         goto fail;
     }
     apply_features(vq, opts->features);
-    vuf_virtq_reset(vq, opts->base);
+    vuf_virtq_reset(vq, vq->packed && !opts->base ? VUF_VRING_PACKED_BASE_INIT : opts->base);
     *out = vq;
     return 0;
 
@@ -202,6 +172,7 @@ fail:
 fail_heap:
     free(vq->free_next);
     free(vq->slots);
+    free(vq->shadow);
     free(vq);
     return r;
 }
@@ -221,6 +192,7 @@ void vuf_virtq_free(struct vuf_virtq *vq)
     vq_close_fds(vq);
     free(vq->free_next);
     free(vq->slots);
+    free(vq->shadow);
     free(vq);
 }
 
@@ -228,6 +200,10 @@ void vuf_virtq_reset(struct vuf_virtq *vq, uint16_t base)
 {
     if (!vq)
         return;
+    if (vq->packed) {
+        vqp_reset(vq, base);
+        return;
+    }
     memset(vq->desc, 0, VUF_VRING_DESC_BYTES(vq->size));
     memset(vq->avail, 0, VUF_VRING_AVAIL_BYTES(vq->size));
     memset(vq->used, 0, VUF_VRING_USED_BYTES(vq->size));
@@ -276,6 +252,11 @@ uint64_t vuf_virtq_features(const struct vuf_virtq *vq)
     return vq->features;
 }
 
+bool vuf_virtq_packed(const struct vuf_virtq *vq)
+{
+    return vq->packed;
+}
+
 int vuf_virtq_set_features(struct vuf_virtq *vq, uint64_t features)
 {
     if (vq->inflight)
@@ -286,6 +267,10 @@ int vuf_virtq_set_features(struct vuf_virtq *vq, uint64_t features)
 
 void vuf_virtq_layout(const struct vuf_virtq *vq, struct vuf_virtq_layout *out)
 {
+    if (vq->packed) {
+        vqp_layout(vq, out);
+        return;
+    }
     *out = (struct vuf_virtq_layout){
         .size = vq->size,
         .desc_gpa = vq->desc_gpa,
@@ -302,9 +287,9 @@ void vuf_virtq_vring_addr(const struct vuf_virtq *vq, struct vuf_vring_addr *out
     *out = (struct vuf_vring_addr){
         .index = vq->index,
         .flags = 0,
-        .desc = (uint64_t)(uintptr_t)vq->desc,
-        .used = (uint64_t)(uintptr_t)vq->used,
-        .avail = (uint64_t)(uintptr_t)vq->avail,
+        .desc = (uint64_t)(uintptr_t)(vq->packed ? (void *)vq->pdesc : (void *)vq->desc),
+        .used = (uint64_t)(uintptr_t)(vq->packed ? (void *)vq->dev_event : (void *)vq->used),
+        .avail = (uint64_t)(uintptr_t)(vq->packed ? (void *)vq->drv_event : (void *)vq->avail),
         .log = 0,
     };
 }
@@ -335,16 +320,22 @@ void vuf_virtq_set_call_fd(struct vuf_virtq *vq, int fd)
 
 uint16_t vuf_virtq_avail_idx(const struct vuf_virtq *vq)
 {
+    if (vq->packed)
+        return vqp_avail_idx(vq);
     return vq->avail_idx;
 }
 
 uint16_t vuf_virtq_used_idx(const struct vuf_virtq *vq)
 {
+    if (vq->packed)
+        return vqp_used_idx(vq);
     return used_idx_acquire(vq);
 }
 
 uint16_t vuf_virtq_last_used(const struct vuf_virtq *vq)
 {
+    if (vq->packed)
+        return vqp_last_used(vq);
     return vq->last_used;
 }
 
@@ -376,8 +367,39 @@ unsigned vuf_virtq_inflight(const struct vuf_virtq *vq, void **cookies, unsigned
 /* Adding buffers                                                           */
 /* ------------------------------------------------------------------------ */
 
+void vq_inflight_push(struct vuf_virtq *vq, unsigned id)
+{
+    struct vq_slot *s = &vq->slots[id];
+
+    s->inflight = true;
+    s->newer = vq->size;
+    s->older = vq->newest;
+    if (vq->newest != vq->size)
+        vq->slots[vq->newest].newer = id;
+    else
+        vq->oldest = id;
+    vq->newest = id;
+    vq->inflight++;
+}
+
+void vq_inflight_unlink(struct vuf_virtq *vq, unsigned id)
+{
+    struct vq_slot *s = &vq->slots[id];
+
+    s->inflight = false;
+    if (s->older != vq->size)
+        vq->slots[s->older].newer = s->newer;
+    else
+        vq->oldest = s->newer;
+    if (s->newer != vq->size)
+        vq->slots[s->newer].older = s->older;
+    else
+        vq->newest = s->older;
+    vq->inflight--;
+}
+
 /* Resolve a buffer to a GPA inside guest memory. */
-static int buf_gpa(const struct vuf_virtq *vq, const struct vuf_virtq_buf *b, uint64_t *gpa)
+int vq_buf_gpa(const struct vuf_virtq *vq, const struct vuf_virtq_buf *b, uint64_t *gpa)
 {
     if (b->host)
         return vuf_guest_mem_to_gpa(vq->gm, b->host, b->len, gpa);
@@ -404,6 +426,8 @@ int vuf_virtq_add(struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, unsign
     unsigned need, head, last;
     struct vq_slot *s;
 
+    if (vq->packed)
+        return vqp_add(vq, bufs, n, cookie);
     if (vq->broken)
         return -EPROTO;
     if (n == 0 || !bufs)
@@ -418,7 +442,7 @@ int vuf_virtq_add(struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, unsign
             seen_writable = true;
         else if (seen_writable)
             return -EINVAL;
-        if (buf_gpa(vq, &bufs[i], &gpa) < 0)
+        if (vq_buf_gpa(vq, &bufs[i], &gpa) < 0)
             return -EFAULT;
         if (bufs[i].writable)
             wlen += bufs[i].len;
@@ -439,7 +463,7 @@ int vuf_virtq_add(struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, unsign
         for (unsigned i = 0; i < n; i++) {
             uint64_t gpa = 0;
 
-            buf_gpa(vq, &bufs[i], &gpa); /* checked above */
+            vq_buf_gpa(vq, &bufs[i], &gpa); /* checked above */
             fill_desc(&t[i], gpa, &bufs[i], i + 1 < n, (uint16_t)(i + 1));
         }
         /* §2.7.5.3.1: INDIRECT alone; the device ignores WRITE here. */
@@ -453,7 +477,7 @@ int vuf_virtq_add(struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, unsign
         for (unsigned i = 0; i < n; i++) {
             uint64_t gpa = 0;
 
-            buf_gpa(vq, &bufs[i], &gpa);
+            vq_buf_gpa(vq, &bufs[i], &gpa);
             /* The chain follows the free list, whose links stay intact
              * while the chain is in flight: freeing it is a splice. */
             fill_desc(&vq->desc[d], gpa, &bufs[i], i + 1 < n, vq->free_next[d]);
@@ -469,15 +493,7 @@ int vuf_virtq_add(struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, unsign
     s->wlen = wlen;
     s->ndesc = (uint16_t)need;
     s->last = (uint16_t)last;
-    s->inflight = true;
-    s->newer = vq->size;
-    s->older = vq->newest;
-    if (vq->newest != vq->size)
-        vq->slots[vq->newest].newer = head;
-    else
-        vq->oldest = head;
-    vq->newest = head;
-    vq->inflight++;
+    vq_inflight_push(vq, head);
 
     store16(&vq->avail->ring[vq->avail_idx & vq->mask], (uint16_t)head);
     vq->avail_idx++;
@@ -494,6 +510,8 @@ bool vuf_virtq_kick_needed(struct vuf_virtq *vq)
 {
     uint16_t old_idx = vq->kick_prev, new_idx = vq->avail_idx;
 
+    if (vq->packed)
+        return vqp_kick_needed(vq);
     /* The avail->idx store must be globally visible before we read the
      * device's suppression state (store-load ordering needs a full fence),
      * or both sides could decide the other will act. */
@@ -522,6 +540,7 @@ int vuf_virtq_kick(struct vuf_virtq *vq, unsigned flags)
     if (flags & VUF_VIRTQ_KICK_FORCE) {
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
         vq->kick_prev = vq->avail_idx;
+        vq->p_kick_added = 0;
     } else if (!vuf_virtq_kick_needed(vq)) {
         return 0;
     }
@@ -531,6 +550,8 @@ int vuf_virtq_kick(struct vuf_virtq *vq, unsigned flags)
 
 bool vuf_virtq_enable_cb(struct vuf_virtq *vq)
 {
+    if (vq->packed)
+        return vqp_enable_cb(vq);
     if (vq->event_idx)
         store16(vq->used_event, vq->last_used);
     else
@@ -542,6 +563,10 @@ bool vuf_virtq_enable_cb(struct vuf_virtq *vq)
 
 void vuf_virtq_disable_cb(struct vuf_virtq *vq)
 {
+    if (vq->packed) {
+        vqp_disable_cb(vq);
+        return;
+    }
     if (vq->event_idx)
         /* The device calls only when used->idx passes used_event; one behind
          * what we consumed is 65535 entries away, more than can be in flight.
@@ -557,6 +582,8 @@ void vuf_virtq_disable_cb(struct vuf_virtq *vq)
 
 bool vuf_virtq_has_used(const struct vuf_virtq *vq)
 {
+    if (vq->packed)
+        return vqp_has_used(vq);
     return used_idx_acquire(vq) != vq->last_used;
 }
 
@@ -567,6 +594,8 @@ int vuf_virtq_get_used(struct vuf_virtq *vq, void **cookie, uint32_t *len)
     uint32_t id, ulen;
     struct vq_slot *s;
 
+    if (vq->packed)
+        return vqp_get_used(vq, cookie, len);
     if (vq->broken)
         return -EPROTO;
     idx = used_idx_acquire(vq);
@@ -602,16 +631,7 @@ int vuf_virtq_get_used(struct vuf_virtq *vq, void **cookie, uint32_t *len)
     vq->free_next[s->last] = (uint16_t)vq->free_head;
     vq->free_head = id;
     vq->num_free += s->ndesc;
-    s->inflight = false;
-    if (s->older != vq->size)
-        vq->slots[s->older].newer = s->newer;
-    else
-        vq->oldest = s->newer;
-    if (s->newer != vq->size)
-        vq->slots[s->newer].older = s->older;
-    else
-        vq->newest = s->older;
-    vq->inflight--;
+    vq_inflight_unlink(vq, id);
     vq->last_used++;
     if (cookie)
         *cookie = s->cookie;
@@ -692,6 +712,8 @@ int vuf_virtq_requeue_inflight(struct vuf_virtq *vq, uint16_t *base)
 {
     uint16_t pos = vq->last_used;
 
+    if (vq->packed)
+        return vqp_requeue_inflight(vq, base);
     if (vq->broken)
         return -EPROTO;
     if (used_idx_acquire(vq) != vq->last_used)

@@ -117,11 +117,30 @@ static int queue_used_idx(const struct vuf_queue *q, const struct vuf_guest_mem 
     return 0;
 }
 
+/* Packed: avail half in bits 0-15, used half in 16-31 (each position |
+ * wrap << 15), as QEMU sends and decodes it; a back-end that fills only the
+ * avail half (DPDK) had used everything it took when it stopped, and sets
+ * used = avail itself on SET_VRING_BASE. */
+static int queue_reclaim_packed(struct vuf_queue *q, uint32_t base)
+{
+    uint16_t avail = (uint16_t)base, used = (uint16_t)(base >> 16);
+
+    if (!(base >> 16))
+        used = avail;
+    if ((avail & 0x7fff) >= q->size || (used & 0x7fff) >= q->size)
+        return -EPROTO;
+    q->next_avail = avail;
+    q->next_used = used;
+    return 0;
+}
+
 int vuf_queue_reclaim(struct vuf_queue *q, const struct vuf_guest_mem *mem, uint32_t base)
 {
     uint16_t used;
     int r;
 
+    if (q && mem && q->packed)
+        return queue_reclaim_packed(q, base);
     if (!q || !mem || base > 0xffff)
         return -EINVAL;
     r = queue_used_idx(q, mem, &used);
@@ -395,6 +414,25 @@ static int check_queue(struct vuf_frontend *fe, const struct vuf_guest_mem *mem,
         vuf_log(VUF_LOG_ERROR, "%s: queue %u: no kick eventfd", fe->label, i);
         return -EBADF;
     }
+    if (q->packed != fe_packed(fe)) {
+        vuf_log(VUF_LOG_ERROR, "%s: queue %u is %s but the driver acked %s rings", fe->label, i,
+                q->packed ? "packed" : "split", fe_packed(fe) ? "packed" : "split");
+        return -EINVAL;
+    }
+    if (q->packed) {
+        /* §2.8.10.1: descriptor ring 16, both event areas 4. */
+        if (!vuf_guest_mem_to_host(mem, q->desc_addr, VUF_VRING_DESC_BYTES(q->size)) ||
+            !vuf_guest_mem_to_host(mem, q->avail_addr, 4) ||
+            !vuf_guest_mem_to_host(mem, q->used_addr, 4)) {
+            vuf_log(VUF_LOG_ERROR, "%s: queue %u: ring not in guest memory", fe->label, i);
+            return -EFAULT;
+        }
+        if ((q->desc_addr & 15) || (q->avail_addr & 3) || (q->used_addr & 3)) {
+            vuf_log(VUF_LOG_ERROR, "%s: queue %u: misaligned ring", fe->label, i);
+            return -EINVAL;
+        }
+        return 0;
+    }
     if (!vuf_guest_mem_to_host(mem, q->desc_addr, VUF_VRING_DESC_BYTES(q->size)) ||
         !vuf_guest_mem_to_host(mem, q->avail_addr, VUF_VRING_AVAIL_BYTES(q->size)) ||
         !vuf_guest_mem_to_host(mem, q->used_addr, VUF_VRING_USED_BYTES(q->size))) {
@@ -419,10 +457,11 @@ void fe_vring_addr(const struct vuf_frontend *fe, const struct vuf_guest_mem *me
      * the whole of each ring. */
     addr->desc = (uint64_t)(uintptr_t)vuf_guest_mem_to_host(mem, q->desc_addr,
                                                             VUF_VRING_DESC_BYTES(q->size));
-    addr->used = (uint64_t)(uintptr_t)vuf_guest_mem_to_host(mem, q->used_addr,
-                                                            VUF_VRING_USED_BYTES(q->size));
-    addr->avail = (uint64_t)(uintptr_t)vuf_guest_mem_to_host(mem, q->avail_addr,
-                                                             VUF_VRING_AVAIL_BYTES(q->size));
+    /* Packed: avail = driver area, used = device area (4 bytes each). */
+    addr->used = (uint64_t)(uintptr_t)vuf_guest_mem_to_host(
+        mem, q->used_addr, q->packed ? 4 : VUF_VRING_USED_BYTES(q->size));
+    addr->avail = (uint64_t)(uintptr_t)vuf_guest_mem_to_host(
+        mem, q->avail_addr, q->packed ? 4 : VUF_VRING_AVAIL_BYTES(q->size));
     /* While logging, used-ring writes are logged at this GPA (QEMU sends
      * the used ring's guest-physical address). */
     if (fe->log_bits) {
@@ -448,7 +487,11 @@ static int activate_vring(struct vuf_frontend *fe, const struct vuf_guest_mem *m
     if (r < 0)
         goto fail;
     step = "SET_VRING_BASE";
-    r = vuf_client_set_vring_base(fe->client, i, q->next_avail);
+    /* Packed: the avail position and wrap counter in bits 0-15, the used
+     * pair in 16-31 (QEMU's encoding; DPDK reads the low half only). */
+    r = vuf_client_set_vring_base(fe->client, i,
+                                  q->packed ? (uint32_t)q->next_avail | (uint32_t)q->next_used << 16
+                                            : q->next_avail);
     if (r < 0)
         goto fail;
     step = "SET_VRING_CALL";
@@ -487,8 +530,8 @@ fail:
  * *have_base. *broken is set when the connection can no longer be used. A
  * refused disable does not keep us from stopping the ring.
  */
-static int deactivate_vring(struct vuf_frontend *fe, unsigned i, uint32_t *base, bool *have_base,
-                            bool *broken)
+static int deactivate_vring(struct vuf_frontend *fe, unsigned i, bool packed, uint32_t *base,
+                            bool *have_base, bool *broken)
 {
     int err = 0, r;
 
@@ -515,7 +558,7 @@ static int deactivate_vring(struct vuf_frontend *fe, unsigned i, uint32_t *base,
     }
     /* Split rings: the next avail index lives in bits 0-15, the rest is
      * reserved. crosvm calls this VringBaseTooBig. */
-    if (*base > 0xffff) {
+    if (!packed && *base > 0xffff) {
         vuf_log(VUF_LOG_ERROR, "%s: queue %u: vring base 0x%x returned by the back-end is too big",
                 fe->label, i, *base);
         return -EPROTO;
@@ -545,7 +588,8 @@ static int stop_queues(struct vuf_frontend *fe, bool reclaim)
         int r = -ECONNRESET;
 
         if (!broken)
-            r = fe_stream_note(fe, deactivate_vring(fe, s->index, &base, &have_base, &broken));
+            r = fe_stream_note(
+                fe, deactivate_vring(fe, s->index, s->q.packed, &base, &have_base, &broken));
         if (r < 0 && !err)
             err = r;
         if (!reclaim)
@@ -557,14 +601,18 @@ static int stop_queues(struct vuf_frontend *fe, bool reclaim)
                 continue;
             if (rc == -EPROTO) {
                 vuf_log(VUF_LOG_ERROR,
-                        "%s: queue %u: vring base %u is more than the queue size (%u) "
-                        "from used->idx",
+                        s->q.packed ? "%s: queue %u: vring base 0x%x names a position past "
+                                      "the queue size (%u)"
+                                    : "%s: queue %u: vring base %u is more than the queue size "
+                                      "(%u) from used->idx",
                         fe->label, s->index, base, s->q.size);
                 if (!err)
                     err = rc;
             }
         }
-        if (queue_used_idx(&s->q, fe->mem, &used) == 0)
+        /* A packed ring has no used index in memory to fall back on: the
+         * positions stay as they were sent. */
+        if (!s->q.packed && queue_used_idx(&s->q, fe->mem, &used) == 0)
             s->q.next_avail = s->q.next_used = used;
     }
     return err;
@@ -1619,15 +1667,6 @@ static int negotiate_features(struct vuf_frontend *fe)
     uint64_t base = fe->cfg.base_features_mask, features = 0, allow;
     int r;
 
-    /* Packed rings are not handled at the protocol layer (no wrap counters
-     * in SET/GET_VRING_BASE, no packed reclaim). */
-    if (base & BIT(VUF_VIRTIO_F_RING_PACKED)) {
-        base &= ~BIT(VUF_VIRTIO_F_RING_PACKED);
-        vuf_log(VUF_LOG_WARN,
-                "%s: VIRTIO_F_RING_PACKED requested, but not supported by the "
-                "vhost-user front-end; disabled",
-                fe->label);
-    }
     r = vuf_client_set_owner(fe->client);
     if (r < 0) {
         vuf_log(VUF_LOG_ERROR, "%s: failed to set owner: %s", fe->label, vuf_strerror(r));
@@ -1640,6 +1679,14 @@ static int negotiate_features(struct vuf_frontend *fe)
     }
     if (!fe->cfg.legacy)
         base |= BIT(VUF_VIRTIO_F_VERSION_1);
+    /* Packed rings need the back-end's side too (wrap counters in
+     * SET/GET_VRING_BASE, §2.8 ring walking); say so when the VMM wanted
+     * them and this back-end cannot. */
+    if ((base & BIT(VUF_VIRTIO_F_RING_PACKED)) && !(features & BIT(VUF_VIRTIO_F_RING_PACKED)))
+        vuf_log(VUF_LOG_WARN,
+                "%s: VIRTIO_F_RING_PACKED requested, but the back-end does not offer it; "
+                "split rings only",
+                fe->label);
     /* Device-type bits pass as offered; transport bits only if the VMM
      * supports them. Bit 30 (vhost-user's own) and LOG_ALL (dirty logging)
      * are never the driver's. */

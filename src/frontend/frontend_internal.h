@@ -140,6 +140,12 @@ static inline const struct vuf_frontend *fe_of_const(const struct vuf_device *d)
     return (const struct vuf_frontend *)d;
 }
 
+/* The driver acked packed rings: every queue is packed (virtio 1.2 §2.8). */
+static inline bool fe_packed(const struct vuf_frontend *fe)
+{
+    return fe->acked_features & (1ull << VUF_VIRTIO_F_RING_PACKED);
+}
+
 /* ---- worker.c ---------------------------------------------------------- */
 
 /* Install the back-end request handlers (opaque = fe) in a server config. */

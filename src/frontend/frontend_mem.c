@@ -291,8 +291,8 @@ int vuf_frontend_update_memory(struct vuf_device *dev, const struct vuf_guest_me
         const struct vuf_queue *q = &fe->sent[k].q;
 
         if (!kept(fe, s, n, q->desc_addr, 16ull * q->size) ||
-            !kept(fe, s, n, q->avail_addr, 6ull + 2ull * q->size) ||
-            !kept(fe, s, n, q->used_addr, 6ull + 8ull * q->size)) {
+            !kept(fe, s, n, q->avail_addr, q->packed ? 4 : 6ull + 2ull * q->size) ||
+            !kept(fe, s, n, q->used_addr, q->packed ? 4 : 6ull + 8ull * q->size)) {
             vuf_log(VUF_LOG_ERROR, "%s: memory update would move or remove the rings of queue %u",
                     fe->label, fe->sent[k].index);
             free(s);

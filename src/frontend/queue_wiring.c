@@ -21,9 +21,12 @@ void vuf_queue_from_virtq(struct vuf_queue *q, const struct vuf_virtq *vq, uint1
     q->avail_addr = l.avail_gpa;
     q->used_addr = l.used_gpa;
     q->vector = vector;
+    q->packed = l.packed;
     q->kick_fd = vuf_virtq_kick_fd(vq);
     q->next_avail = vuf_virtq_avail_idx(vq);
-    q->next_used = vuf_virtq_used_idx(vq);
+    /* Packed: position | wrap << 15 both (the driver's own, not read from
+     * the device area). */
+    q->next_used = l.packed ? vuf_virtq_last_used(vq) : vuf_virtq_used_idx(vq);
 }
 
 static int irq_irqfd(void *opaque, uint16_t vector)
