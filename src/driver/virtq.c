@@ -409,6 +409,42 @@ int vq_buf_gpa(const struct vuf_virtq *vq, const struct vuf_virtq_buf *b, uint64
     return 0;
 }
 
+/* The checks every chain passes before either layout adds it: not broken,
+ * 1..size buffers (unless indirect), no empty buffer, every range in guest
+ * memory, and (virtio 1.2 §2.7.4.2, §2.8.4) device-writable buffers after
+ * all readable ones. Sums the writable and total bytes, and says whether
+ * the chain goes indirect. */
+int vq_check_chain(const struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, unsigned n,
+                   uint64_t *wlen, uint64_t *tlen, bool *indirect)
+{
+    bool seen_writable = false;
+
+    if (vq->broken)
+        return -EPROTO;
+    if (n == 0 || !bufs)
+        return -EINVAL;
+    *wlen = *tlen = 0;
+    for (unsigned i = 0; i < n; i++) {
+        uint64_t gpa;
+
+        if (bufs[i].len == 0)
+            return -EINVAL;
+        if (bufs[i].writable)
+            seen_writable = true;
+        else if (seen_writable)
+            return -EINVAL;
+        if (vq_buf_gpa(vq, &bufs[i], &gpa) < 0)
+            return -EFAULT;
+        if (bufs[i].writable)
+            *wlen += bufs[i].len;
+        *tlen += bufs[i].len;
+    }
+    *indirect = vq->use_indirect && n >= vq->indirect_min && n <= vq->indirect_max;
+    if (!*indirect && n > vq->size)
+        return -EINVAL;
+    return 0;
+}
+
 static void fill_desc(struct vuf_vring_desc *d, uint64_t gpa, const struct vuf_virtq_buf *b,
                       bool more, uint16_t next)
 {
@@ -421,36 +457,17 @@ static void fill_desc(struct vuf_vring_desc *d, uint64_t gpa, const struct vuf_v
 
 int vuf_virtq_add(struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, unsigned n, void *cookie)
 {
-    uint64_t wlen = 0;
-    bool seen_writable = false, indirect;
+    uint64_t wlen, tlen;
+    bool indirect;
     unsigned need, head, last;
     struct vq_slot *s;
+    int r;
 
     if (vq->packed)
         return vqp_add(vq, bufs, n, cookie);
-    if (vq->broken)
-        return -EPROTO;
-    if (n == 0 || !bufs)
-        return -EINVAL;
-    for (unsigned i = 0; i < n; i++) {
-        uint64_t gpa;
-
-        if (bufs[i].len == 0)
-            return -EINVAL;
-        /* §2.7.4.2: writable descriptors after all readable ones. */
-        if (bufs[i].writable)
-            seen_writable = true;
-        else if (seen_writable)
-            return -EINVAL;
-        if (vq_buf_gpa(vq, &bufs[i], &gpa) < 0)
-            return -EFAULT;
-        if (bufs[i].writable)
-            wlen += bufs[i].len;
-    }
-
-    indirect = vq->use_indirect && n >= vq->indirect_min && n <= vq->indirect_max;
-    if (!indirect && n > vq->size)
-        return -EINVAL;
+    r = vq_check_chain(vq, bufs, n, &wlen, &tlen, &indirect);
+    if (r < 0)
+        return r;
     need = indirect ? 1 : n;
     if (need > vq->num_free)
         return -ENOSPC;

@@ -77,6 +77,9 @@ int vqp_requeue_inflight(struct vuf_virtq *vq, uint16_t *base);
 
 /* virtq.c: helpers both layouts use. */
 int vq_buf_gpa(const struct vuf_virtq *vq, const struct vuf_virtq_buf *b, uint64_t *gpa);
+/* virtq.c: the layout-independent checks of a chain before it is added. */
+int vq_check_chain(const struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, unsigned n,
+                   uint64_t *wlen, uint64_t *tlen, bool *indirect);
 void vq_inflight_push(struct vuf_virtq *vq, unsigned id);
 void vq_inflight_unlink(struct vuf_virtq *vq, unsigned id);
 

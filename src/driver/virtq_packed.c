@@ -186,34 +186,15 @@ int vqp_add(struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, unsigned n, 
 {
     struct vuf_vring_packed_desc head_desc = {0};
     uint16_t head, id;
-    uint64_t wlen = 0, tlen = 0;
-    bool seen_writable = false, indirect;
+    uint64_t wlen, tlen;
+    bool indirect;
     unsigned need;
     struct vq_slot *s;
+    int r;
 
-    if (vq->broken)
-        return -EPROTO;
-    if (n == 0 || !bufs)
-        return -EINVAL;
-    for (unsigned i = 0; i < n; i++) {
-        uint64_t gpa;
-
-        if (bufs[i].len == 0)
-            return -EINVAL;
-        /* §2.8.4 as §2.7.4.2: writable descriptors after readable ones. */
-        if (bufs[i].writable)
-            seen_writable = true;
-        else if (seen_writable)
-            return -EINVAL;
-        if (vq_buf_gpa(vq, &bufs[i], &gpa) < 0)
-            return -EFAULT;
-        if (bufs[i].writable)
-            wlen += bufs[i].len;
-        tlen += bufs[i].len;
-    }
-    indirect = vq->use_indirect && n >= vq->indirect_min && n <= vq->indirect_max;
-    if (!indirect && n > vq->size)
-        return -EINVAL;
+    r = vq_check_chain(vq, bufs, n, &wlen, &tlen, &indirect);
+    if (r < 0)
+        return r;
     need = indirect ? 1 : n;
     if (need > vq->num_free)
         return -ENOSPC;
