@@ -157,8 +157,9 @@ static void kick_now(struct blk_dev *d, struct be_vq *vq)
 /* A RAM disk's data moves by memcpy through a shared mapping of its memfd
  * (coherent with the fd: fallocate, state save and load still use it);
  * without the mapping, by pread/pwrite. */
-static void map_ram(struct blk_dev *d)
+static void map_ram(struct blk_dev *d, bool fresh)
 {
+    size_t words = (size_t)((d->capacity * BLK_SECTOR / 4096 + 63) / 64);
     struct stat st;
     void *p;
 
@@ -168,11 +169,20 @@ static void map_ram(struct blk_dev *d)
      * syscalls, which return errors instead. */
     if (fstat(d->disk_fd, &st) < 0 || (uint64_t)st.st_size < d->capacity * BLK_SECTOR)
         return;
+    d->disk_touched = calloc(words, sizeof(uint64_t));
+    if (!d->disk_touched)
+        return;
+    /* A loaded image may hold data anywhere. */
+    if (!fresh)
+        memset(d->disk_touched, 0xff, words * sizeof(uint64_t));
     p = mmap(NULL, d->capacity * BLK_SECTOR, PROT_READ | PROT_WRITE, MAP_SHARED, d->disk_fd, 0);
-    if (p == MAP_FAILED)
+    if (p == MAP_FAILED) {
         vuf_log(VUF_LOG_WARN, "RAM disk: mmap failed (%s); using pread/pwrite", strerror(errno));
-    else
+        free(d->disk_touched);
+        d->disk_touched = NULL;
+    } else {
         d->disk_map = p;
+    }
 }
 
 static void unmap_ram(struct blk_dev *d)
@@ -180,6 +190,8 @@ static void unmap_ram(struct blk_dev *d)
     if (d->disk_map)
         munmap(d->disk_map, d->capacity * BLK_SECTOR);
     d->disk_map = NULL;
+    free(d->disk_touched);
+    d->disk_touched = NULL;
 }
 
 /* Finish the running state transfer (if any); apply a successful load. */
@@ -211,7 +223,7 @@ static void finish_xfer(struct blk_dev *d, int timeout_ms)
                 close(d->disk_fd);
                 d->disk_fd = l.image_fd;
                 l.image_fd = -1;
-                map_ram(d);
+                map_ram(d, false);
             }
             vuf_log(VUF_LOG_INFO, "device state loaded");
         }
@@ -1284,7 +1296,7 @@ static int open_disk(struct blk_dev *d)
         }
     }
     d->capacity = bytes / BLK_SECTOR;
-    map_ram(d);
+    map_ram(d, true);
     return 0;
 }
 
