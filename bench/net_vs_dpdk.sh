@@ -8,7 +8,9 @@
 # driven in turn by
 #   A  dpdk-testpmd --vdev net_virtio_user0,path=SOCK,queues=1,packed_vq=0|1
 #      (a second process; its rate is read from its own --stats-period lines:
-#      the median of the per-second samples, the first dropped)
+#      the mean of the per-second samples after the first, which includes
+#      the start; a mean like vuf's own frames / elapsed time, so that a dip
+#      on the shared machine counts against both alike)
 #   B  vuf net SOCK bench --busy-poll (bursts of 32), and
 #   b  vuf net SOCK bench (eventfd mode; reported, not part of the target)
 # Modes:
@@ -115,9 +117,9 @@ dpdk_run() { # MODE SIZE
     -- --total-num-mbufs=16384 --stats-period=1 --forward-mode=$fwd --txpkts="$2" \
     --nb-cores=1 -a "${extra[@]}" >"$T/fe.log" 2>&1 || true
   # Per-second samples (testpmd times them itself); the first, since the
-  # start, dropped.
+  # start, dropped; their mean.
   strip_ansi <"$T/fe.log" | awk -v c="$col:" '$1==c {print $2}' | sed '1d' |
-    sort -g | awk '{a[NR]=$1} END {if (NR==0) print 0; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'
+    awk '{s += $1} END {print NR ? s / NR : 0}'
 }
 
 # vuf net bench on CPU 0: prints its packet rate (pps).
