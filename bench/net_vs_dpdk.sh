@@ -162,12 +162,14 @@ for rep in $(seq 1 "$REPS"); do
 done
 
 median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print 0; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-col() { # SIZE MODE FE WAIT -> median pps
-  awk -F'\t' -v s="$1" -v m="$2" -v f="$3" -v w="$4" '$2==s && $3==m && $4==f && $5==w {print $6}' "$RES" | median
+col() { # SIZE MODE FE WAIT -> median pps of the runs that reported a rate
+  awk -F'\t' -v s="$1" -v m="$2" -v f="$3" -v w="$4" '$2==s && $3==m && $4==f && $5==w && $6 > 0 {print $6}' "$RES" | median
 }
 
 echo
 echo "# load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+failed=$(awk -F'\t' '$6 == 0' "$RES" | wc -l)
+[ "$failed" != 0 ] && echo "# $failed run(s) reported no rate (0.000 above: testpmd too slow to start, or a failure); left out of the medians"
 echo "# medians over $REPS runs; cycles/pkt = ${MHZ} MHz / rate (one polling core each)"
 printf '%-5s %-4s %10s %10s %10s %10s %8s %12s\n' size mode dpdk_mpps vuf_mpps dpdk_cyc vuf_cyc ratio vuf_evt_mpps
 miss=0
