@@ -32,6 +32,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "blk_device.h"
@@ -164,6 +165,46 @@ static void kick_now(struct blk_dev *d, struct be_vq *vq)
         blk_process_vq(d, vq);
 }
 
+/* A RAM disk's data moves by memcpy through a shared mapping of its memfd
+ * (coherent with the fd: fallocate, state save and load still use it);
+ * without the mapping, by pread/pwrite. */
+static void map_ram(struct blk_dev *d, bool fresh)
+{
+    size_t words = (size_t)((d->capacity * BLK_SECTOR / 4096 + 63) / 64);
+    struct stat st;
+    void *p;
+
+    if (!d->disk_is_ram || d->disk_map || d->capacity == 0)
+        return;
+    /* A shorter file (a loaded image) would fault past its end: keep the
+     * syscalls, which return errors instead. */
+    if (fstat(d->disk_fd, &st) < 0 || (uint64_t)st.st_size < d->capacity * BLK_SECTOR)
+        return;
+    d->disk_touched = calloc(words, sizeof(uint64_t));
+    if (!d->disk_touched)
+        return;
+    /* A loaded image may hold data anywhere. */
+    if (!fresh)
+        memset(d->disk_touched, 0xff, words * sizeof(uint64_t));
+    p = mmap(NULL, d->capacity * BLK_SECTOR, PROT_READ | PROT_WRITE, MAP_SHARED, d->disk_fd, 0);
+    if (p == MAP_FAILED) {
+        vuf_log(VUF_LOG_WARN, "RAM disk: mmap failed (%s); using pread/pwrite", strerror(errno));
+        free(d->disk_touched);
+        d->disk_touched = NULL;
+    } else {
+        d->disk_map = p;
+    }
+}
+
+static void unmap_ram(struct blk_dev *d)
+{
+    if (d->disk_map)
+        munmap(d->disk_map, d->capacity * BLK_SECTOR);
+    d->disk_map = NULL;
+    free(d->disk_touched);
+    d->disk_touched = NULL;
+}
+
 /* Finish the running state transfer (if any); apply a successful load. */
 static void finish_xfer(struct blk_dev *d, int timeout_ms)
 {
@@ -193,9 +234,11 @@ static void finish_xfer(struct blk_dev *d, int timeout_ms)
                 __atomic_store_n(&vq->bytes_written, l.st.q[i].bytes_written, __ATOMIC_RELAXED);
             }
             if (l.image_fd >= 0) {
+                unmap_ram(d);
                 close(d->disk_fd);
                 d->disk_fd = l.image_fd;
                 l.image_fd = -1;
+                map_ram(d, false);
             }
             vuf_log(VUF_LOG_INFO, "device state loaded");
         }
@@ -906,6 +949,61 @@ static bool drain_kick(struct be_vq *vq, short revents)
     return n > 0 || (n < 0 && errno == EAGAIN);
 }
 
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static bool ring_live(const struct be_vq *vq)
+{
+    return vq->started && vq->enabled && !vq->broken && vq->kick_fd >= 0;
+}
+
+/*
+ * Adaptive polling (--poll-us, like QEMU's poll-max-ns): before sleeping
+ * in poll(), spin on the live rings' avail indexes for up to poll_us with
+ * the driver's kicks suppressed, so that a request arriving soon after the
+ * last costs neither side a syscall. The front-end socket waits at most
+ * poll_us. True if a ring has work (kicks stay off: the caller processes
+ * it and spins again); false once kicks are back on and the rings idle.
+ */
+static bool poll_rings(struct blk_dev *d)
+{
+    int64_t end;
+    unsigned live = 0;
+
+    if (!d->o.poll_us)
+        return false;
+    for (unsigned i = 0; i < d->nq; i++)
+        if (ring_live(&d->vqs[i]) && d->vqs[i].used) {
+            be_vq_set_kicks(&d->vqs[i], false);
+            live++;
+        }
+    if (!live)
+        return false;
+    end = mono_ns() + (int64_t)d->o.poll_us * 1000;
+    for (unsigned spins = 0;; spins++) {
+        for (unsigned i = 0; i < d->nq; i++)
+            if (ring_live(&d->vqs[i]) && be_vq_has_avail(&d->vqs[i]))
+                return true;
+        if ((spins & 63) == 63 && mono_ns() >= end)
+            break;
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+    for (unsigned i = 0; i < d->nq; i++)
+        be_vq_set_kicks(&d->vqs[i], true);
+    /* A request added before the wish was visible sent no kick. */
+    for (unsigned i = 0; i < d->nq; i++)
+        if (ring_live(&d->vqs[i]) && be_vq_has_avail(&d->vqs[i]))
+            return true;
+    return false;
+}
+
 /* Serve one front-end until it leaves (0) or a signal asks us to stop (1). */
 static int serve(struct blk_dev *d, struct vuf_conn *conn, int sig_fd)
 {
@@ -928,9 +1026,22 @@ static int serve(struct blk_dev *d, struct vuf_conn *conn, int sig_fd)
         return 0;
     }
     vuf_log(VUF_LOG_INFO, "front-end connected");
+    int64_t last_look = mono_ns();
     for (;;) {
         unsigned n = 3;
         int timeout = -1;
+
+        if (poll_rings(d)) {
+            for (unsigned i = 0; i < d->nq; i++)
+                if (ring_live(&d->vqs[i]))
+                    blk_process_vq(d, &d->vqs[i]);
+            /* The socket and signals get a look every millisecond, not
+             * a poll() per batch. */
+            if (mono_ns() - last_look < 1000000)
+                continue;
+            timeout = 0;
+        }
+        last_look = mono_ns();
 
         pfd[0] = (struct pollfd){.fd = sig_fd, .events = POLLIN};
         pfd[1] = (struct pollfd){.fd = vuf_server_fd(d->srv), .events = POLLIN};
@@ -1054,7 +1165,7 @@ static void usage(FILE *f)
                "                       [--num-queues=N (2)] [--queue-size-max=N (1024)]\n"
                "                       [--read-only] [--shm-size=BYTES (0)] [--shm-file=PATH]\n"
                "                       [--control=PATH] [--state-includes-ram]\n"
-               "                       [--protocol-features=MASK]\n"
+               "                       [--protocol-features=MASK] [--poll-us=N (0)]\n"
                "       vuf-backend-blk --print-capabilities\n"
                "BYTES take K, M, G, T suffixes (binary). VUF_LOG=debug traces every message.\n");
 }
@@ -1080,6 +1191,7 @@ enum {
     OPT_CONTROL,
     OPT_STATE_RAM,
     OPT_PF_MASK,
+    OPT_POLL_US,
     OPT_HELP,
 };
 
@@ -1099,6 +1211,7 @@ static int parse_args(int argc, char **argv, struct blk_opts *o, bool *caps)
         {"control", required_argument, NULL, OPT_CONTROL},
         {"state-includes-ram", no_argument, NULL, OPT_STATE_RAM},
         {"protocol-features", required_argument, NULL, OPT_PF_MASK},
+        {"poll-us", required_argument, NULL, OPT_POLL_US},
         {"help", no_argument, NULL, OPT_HELP},
         {NULL, 0, NULL, 0},
     };
@@ -1172,6 +1285,13 @@ static int parse_args(int argc, char **argv, struct blk_opts *o, bool *caps)
             if (parse_size(optarg, &o->protocol_mask) < 0)
                 goto bad;
             break;
+        case OPT_POLL_US:
+            if (parse_size(optarg, &v) < 0 || v > 1000000) {
+                fprintf(stderr, "vuf-backend-blk: --poll-us must be 0..1000000\n");
+                return -1;
+            }
+            o->poll_us = (unsigned)v;
+            break;
         case OPT_HELP:
             usage(stdout);
             exit(0);
@@ -1222,6 +1342,7 @@ static int open_disk(struct blk_dev *d)
         }
     }
     d->capacity = bytes / BLK_SECTOR;
+    map_ram(d, true);
     return 0;
 }
 
@@ -1318,6 +1439,7 @@ static void teardown(struct blk_dev *d)
             be_vq_destroy(&d->vqs[i]);
     free(d->vqs);
     be_mem_clear(&d->mem);
+    unmap_ram(d);
     if (d->disk_fd >= 0)
         close(d->disk_fd);
     if (d->shm_fd >= 0)

@@ -49,12 +49,20 @@ struct blk_opts {
     const char *control_path;
     bool state_includes_ram;
     uint64_t protocol_mask;
+    unsigned poll_us; /* spin this long on the rings before sleeping (0: never) */
 };
 
 struct blk_dev {
     struct blk_opts o;
     int disk_fd;
     bool disk_is_ram;
+    /* The RAM disk's memfd mapped (NULL: pread/pwrite on disk_fd): a
+     * request's data is then a memcpy, not a syscall. */
+    uint8_t *disk_map;
+    /* With disk_map, one bit per 4 KiB page: set once the page may hold
+     * anything but zeroes. Reads of clear pages are a memset: reading a
+     * hole of a shared memfd mapping would allocate the page and fault. */
+    uint64_t *disk_touched;
     uint64_t capacity; /* sectors */
     uint8_t writeback;
     uint64_t features, protocol_features; /* offered */

@@ -104,13 +104,49 @@ static int scatter(const struct be_mem *mem, const struct be_seg *segs, unsigned
 struct disk_ctx {
     int fd;
     uint64_t offset;
-    bool write; /* pwrite the pieces, else pread them */
+    bool write;        /* pwrite the pieces, else pread them */
+    uint8_t *map;      /* the RAM disk mapped: copy instead */
+    uint64_t *touched; /* with map: pages that may hold data (blk_device.h) */
 };
+
+static bool page_touched(const uint64_t *bits, uint64_t page)
+{
+    return (bits[page / 64] >> (page % 64)) & 1;
+}
+
+/* Copy between the mapped RAM disk at `at` and `host`; a read of a page
+ * never written is a memset (no fault, no page allocated). */
+static void map_copy(struct disk_ctx *c, uint8_t *host, size_t len, uint64_t at)
+{
+    while (len > 0) {
+        uint64_t page = at / 4096;
+        size_t n = (size_t)(4096 - at % 4096);
+
+        if (n > len)
+            n = len;
+        if (c->write) {
+            c->touched[page / 64] |= 1ull << (page % 64);
+            memcpy(c->map + at, host, n);
+        } else if (page_touched(c->touched, page)) {
+            memcpy(host, c->map + at, n);
+        } else {
+            memset(host, 0, n);
+        }
+        host += n;
+        len -= n;
+        at += n;
+    }
+}
 
 static int disk_piece(void *opaque, uint8_t *host, size_t len, uint64_t pos)
 {
     struct disk_ctx *c = opaque;
 
+    if (c->map) {
+        /* range_ok() bounded offset + len by the capacity, the map's size. */
+        map_copy(c, host, len, c->offset + pos);
+        return 0;
+    }
     while (len > 0) {
         off_t at = (off_t)(c->offset + pos);
         ssize_t n = c->write ? pwrite(c->fd, host, len, at) : pread(c->fd, host, len, at);
@@ -249,7 +285,8 @@ static uint32_t handle_request(struct blk_dev *d, struct be_vq *vq, const struct
 
     switch (h.type) {
     case VUF_BLK_T_IN: {
-        struct disk_ctx dc = {d->disk_fd, h.sector * BLK_SECTOR, false};
+        struct disk_ctx dc = {d->disk_fd, h.sector * BLK_SECTOR, false, d->disk_map,
+                              d->disk_touched};
         data = c->in_bytes - 1;
         if (data % BLK_SECTOR || data > UINT32_MAX - 1 || !range_ok(d, h.sector, data)) {
             status = VUF_BLK_S_IOERR;
@@ -266,14 +303,15 @@ static uint32_t handle_request(struct blk_dev *d, struct be_vq *vq, const struct
         break;
     }
     case VUF_BLK_T_OUT: {
-        struct disk_ctx dc = {d->disk_fd, h.sector * BLK_SECTOR, true};
+        struct disk_ctx dc = {d->disk_fd, h.sector * BLK_SECTOR, true, d->disk_map,
+                              d->disk_touched};
         data = c->out_bytes - sizeof(h);
         if (d->o.read_only || data % BLK_SECTOR || !range_ok(d, h.sector, data)) {
             status = VUF_BLK_S_IOERR;
             break;
         }
         if (for_each_piece(&d->mem, c->segs, c->nout, sizeof(h), data, disk_piece, &dc) < 0 ||
-            (writethrough(d) && fdatasync(d->disk_fd) < 0)) {
+            (writethrough(d) && !d->disk_is_ram && fdatasync(d->disk_fd) < 0)) {
             vuf_log(VUF_LOG_WARN, "vq %u: write sector %llu +%llu failed", vq->index,
                     (unsigned long long)h.sector, (unsigned long long)data);
             status = VUF_BLK_S_IOERR;

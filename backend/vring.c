@@ -58,6 +58,7 @@ void be_vq_reset(struct be_vq *vq)
     vq->used_idx_valid = false;
     vq->event_idx = false;
     vq->started = vq->enabled = vq->polling = vq->broken = vq->pending = false;
+    vq->kicks_off = false;
     /* Held requests stay marked in the inflight area, which is the
      * front-end's: the next back-end instance (or session) recovers them. */
     vq->infl = NULL;
@@ -616,7 +617,7 @@ bool be_vq_more(struct be_vq *vq)
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
         return pk_avail(pk_flags(vq, vq->last_avail), PK_WRAP(vq->last_avail));
     }
-    if (vq->event_idx) {
+    if (vq->event_idx && !vq->kicks_off) {
         uint16_t *avail_event = (uint16_t *)(vq->used + 4 + 8u * vq->num);
         __atomic_store_n(avail_event, vq->last_avail, __ATOMIC_RELAXED);
         /* Publish avail_event before looking at avail->idx again, or a
@@ -624,6 +625,35 @@ bool be_vq_more(struct be_vq *vq)
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
     }
     return avail_idx(vq) != vq->last_avail;
+}
+
+void be_vq_set_kicks(struct be_vq *vq, bool on)
+{
+    /* Packed rings: this back-end never writes the device event
+     * suppression area (every kick stays wanted), so polling just spins. */
+    if (!vq->used || vq->packed || vq->kicks_off == !on)
+        return;
+    vq->kicks_off = !on;
+    if (vq->event_idx) {
+        /* Off: avail_event one behind last_avail (and left there while
+         * last_avail moves on), so the driver's kicks are suppressed for
+         * the next 65535 requests; on: ask for the next one. */
+        __atomic_store_n((uint16_t *)(vq->used + 4 + 8u * vq->num),
+                         (uint16_t)(on ? vq->last_avail : vq->last_avail - 1), __ATOMIC_RELAXED);
+    } else {
+        uint16_t *flags = (uint16_t *)vq->used;
+        uint16_t f = __atomic_load_n(flags, __ATOMIC_RELAXED);
+        f = on ? (uint16_t)(f & ~VUF_VRING_USED_F_NO_NOTIFY)
+               : (uint16_t)(f | VUF_VRING_USED_F_NO_NOTIFY);
+        __atomic_store_n(flags, f, __ATOMIC_RELAXED);
+    }
+    /* The wish must be visible before the caller's last look at avail->idx. */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+bool be_vq_has_avail(const struct be_vq *vq)
+{
+    return vq->avail && avail_idx(vq) != vq->last_avail;
 }
 
 void be_vq_notify(struct be_vq *vq, uint16_t old_used)

@@ -127,7 +127,8 @@ struct be_vq {
 
     int kick_fd, call_fd, err_fd; /* owned; -1 = none */
     bool started, enabled, polling, broken;
-    bool pending; /* a pass stopped at its budget with work left */
+    bool pending;   /* a pass stopped at its budget with work left */
+    bool kicks_off; /* the loop polls this ring: the driver is told not to kick */
 
     unsigned max_segs;
     struct be_seg *seg_buf; /* max_segs entries, owned */
@@ -211,6 +212,15 @@ unsigned be_vq_infl_recover(struct be_vq *vq);
 /* With EVENT_IDX: publish avail_event = last_avail, then re-check the
  * ring. True if more chains are available (call be_vq_pop again). */
 bool be_vq_more(struct be_vq *vq);
+
+/* Adaptive polling (--poll-us): while the loop spins on the ring, the
+ * driver is asked not to kick (used->flags NO_NOTIFY, or avail_event left
+ * behind with EVENT_IDX); turning kicks back on re-publishes the wish, and
+ * the caller must look at the ring once more before it sleeps. */
+void be_vq_set_kicks(struct be_vq *vq, bool on);
+
+/* Requests on the avail ring that are not yet taken (no side effects). */
+bool be_vq_has_avail(const struct be_vq *vq);
 
 /* Interrupt the driver (call eventfd) if the used index moved past
  * `old_used` and the driver wants to hear about it (used_event with

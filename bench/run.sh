@@ -16,7 +16,11 @@
 # Environment: REPS (5), SECS (3), DEPTH (32), BUSY=1 adds busy-poll QD1 runs,
 # FLOOR=1 adds, per repetition, the notification round trip with no protocol
 # (build/bench/vuf-floor: eventfd, and spinning on shared memory) and prints
-# each back-end's QD1 median latency as a ratio to it.
+# each back-end's QD1 median latency as a ratio to it. POLL=US adds adaptive
+# QD1 runs (the driver spins US microseconds before sleeping: --poll-us);
+# REF_POLL=US starts the reference back-end with --poll-us=US (it spins on
+# its rings with kicks suppressed before sleeping; default 0, off).
+# cpu_us: the driver process's user+sys CPU time per request.
 # Needs: qemu-storage-daemon, jq; a built tree (ninja -C BUILD_DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +31,8 @@ SECS=${SECS:-3}
 DEPTH=${DEPTH:-32}
 BUSY=${BUSY:-0}
 FLOOR=${FLOOR:-0}
+POLL=${POLL:-0}
+REF_POLL=${REF_POLL:-0}
 VUF=$BUILD/vuf
 FLOOR_EXE=$BUILD/bench/vuf-floor
 BE=$BUILD/backend/vuf-backend-blk
@@ -61,7 +67,7 @@ wait_sock() { # PATH PID
   --export type=vhost-user-blk,id=exp0,node-name=null0,addr.type=unix,addr.path="$T/qsd.sock",writable=on,num-queues=1 \
   >"$T/qsd.log" 2>&1 &
 PIDS+=($!); wait_sock "$T/qsd.sock" $!
-"$BE" --socket-path="$T/ref.sock" --ram=1G --num-queues=1 >"$T/ref.log" 2>&1 &
+"$BE" --socket-path="$T/ref.sock" --ram=1G --num-queues=1 --poll-us="$REF_POLL" >"$T/ref.log" 2>&1 &
 PIDS+=($!); wait_sock "$T/ref.sock" $!
 
 echo "# machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), kernel $(uname -r), $(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -69,22 +75,23 @@ echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg) (other work on t
 echo "# $("$QSD" --version | head -1)"
 BT=$(jq -r '.[] | select(.name=="buildtype") | .value' "$BUILD/meson-info/intro-buildoptions.json" 2>/dev/null || echo '?')
 echo "# vuf $(git describe --always --dirty 2>/dev/null || echo '?'), build dir $BUILD (buildtype $BT)"
-echo "# reps $REPS, $SECS s per run, randread 4 KiB, QD1 and QD$DEPTH, 1 queue, wait: eventfd$([ "$BUSY" = 1 ] && echo ' + busy-poll at QD1')"
+echo "# reps $REPS, $SECS s per run, randread 4 KiB, QD1 and QD$DEPTH, 1 queue, wait: eventfd$([ "$BUSY" = 1 ] && echo ' + busy-poll at QD1')$([ "$POLL" != 0 ] && echo " + adaptive ($POLL us) at QD1"); ref back-end --poll-us=$REF_POLL"
 echo "# command per run: $VUF blk SOCKET bench --rw randread --bs 4096 --iodepth QD --seconds $SECS --json"
-printf '%-4s %-4s %-9s %6s %10s %10s %10s %10s\n' rep be wait qd iops med_us mean_us p99_us
+printf '%-4s %-4s %-9s %6s %10s %10s %10s %10s %8s\n' rep be wait qd iops med_us mean_us p99_us cpu_us
 
 RES="$T/results.txt"
 : >"$RES"
 run() { # REP NAME SOCK QD WAIT
   local extra=()
   [ "$5" = busy ] && extra=(--busy-poll)
+  [ "$5" = adaptive ] && extra=(--poll-us "$POLL")
   local j
   j=$("$VUF" blk "$3" bench --rw randread --bs 4096 --iodepth "$4" --seconds "$SECS" --json "${extra[@]}")
   local line
   line=$(jq -r --arg be "$2" --arg w "$5" --arg rep "$1" \
-    '[$rep, $be, $w, .iodepth, (.iops|floor), (.latency_ns.median/1000), (.latency_ns.mean/1000), (.latency_ns.p99/1000)] | @tsv' <<<"$j")
+    '[$rep, $be, $w, .iodepth, (.iops|floor), (.latency_ns.median/1000), (.latency_ns.mean/1000), (.latency_ns.p99/1000), (.cpu_ns_per_io/1000)] | @tsv' <<<"$j")
   echo "$line" >>"$RES"
-  awk -F'\t' '{printf "%-4s %-4s %-9s %6s %10d %10.1f %10.1f %10.1f\n", $1,$2,$3,$4,$5,$6,$7,$8}' <<<"$line"
+  awk -F'\t' '{printf "%-4s %-4s %-9s %6s %10d %10.1f %10.1f %10.1f %8.1f\n", $1,$2,$3,$4,$5,$6,$7,$8,$9}' <<<"$line"
 }
 
 floor_run() { # REP MODE: the floor's median (us) as a result row
@@ -102,6 +109,7 @@ for rep in $(seq 1 "$REPS"); do
     run "$rep" "$be" "$T/$be.sock" 1 eventfd
     run "$rep" "$be" "$T/$be.sock" "$DEPTH" eventfd
     [ "$BUSY" = 1 ] && run "$rep" "$be" "$T/$be.sock" 1 busy
+    [ "$POLL" != 0 ] && run "$rep" "$be" "$T/$be.sock" 1 adaptive
   done
   if [ "$FLOOR" = 1 ]; then
     floor_run "$rep" eventfd
@@ -117,14 +125,14 @@ col() { # BE WAIT QD COLUMN -> median of that column
 echo
 echo "# load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# medians over $REPS runs"
-printf '%-4s %-9s %6s %10s %10s %10s %10s\n' be wait qd iops med_us mean_us p99_us
-waits=(eventfd); [ "$BUSY" = 1 ] && waits+=(busy)
+printf '%-4s %-9s %6s %10s %10s %10s %10s %8s\n' be wait qd iops med_us mean_us p99_us cpu_us
+waits=(eventfd); [ "$BUSY" = 1 ] && waits+=(busy); [ "$POLL" != 0 ] && waits+=(adaptive)
 for w in "${waits[@]}"; do
   for qd in 1 "$DEPTH"; do
-    [ "$w" = busy ] && [ "$qd" != 1 ] && continue
+    [ "$w" != eventfd ] && [ "$qd" != 1 ] && continue
     for be in qsd ref; do
-      printf '%-4s %-9s %6s %10.0f %10.1f %10.1f %10.1f\n' "$be" "$w" "$qd" \
-        "$(col $be $w $qd 5)" "$(col $be $w $qd 6)" "$(col $be $w $qd 7)" "$(col $be $w $qd 8)"
+      printf '%-4s %-9s %6s %10.0f %10.1f %10.1f %10.1f %8.1f\n' "$be" "$w" "$qd" \
+        "$(col $be $w $qd 5)" "$(col $be $w $qd 6)" "$(col $be $w $qd 7)" "$(col $be $w $qd 8)" "$(col $be $w $qd 9)"
     done
     awk -v a="$(col ref $w $qd 5)" -v b="$(col qsd $w $qd 5)" -v c="$(col ref $w $qd 6)" -v d="$(col qsd $w $qd 6)" -v w="$w" -v qd="$qd" \
       'BEGIN {printf "ratio ref/qsd (%s, QD%s): IOPS %.2fx, median latency %.2fx\n", w, qd, a/b, c/d}'
@@ -138,8 +146,12 @@ if [ "$FLOOR" = 1 ]; then
     awk -v a="$(col $be eventfd 1 6)" -v f="$(col floor eventfd 1 6)" -v be="$be" \
       'BEGIN {printf "ratio %s QD1 eventfd median latency / eventfd floor: %.2fx\n", be, a/f}'
     if [ "$BUSY" = 1 ]; then
-      awk -v a="$(col $be busy 1 6)" -v f="$(col floor eventfd 1 6)" -v be="$be" \
-        'BEGIN {printf "ratio %s QD1 busy-poll median latency / eventfd floor: %.2fx\n", be, a/f}'
+      awk -v a="$(col $be busy 1 6)" -v f="$(col floor eventfd 1 6)" -v s="$(col floor spin 1 6)" -v be="$be" \
+        'BEGIN {printf "ratio %s QD1 busy-poll median latency / eventfd floor: %.2fx (/ spin floor: %.1fx)\n", be, a/f, a/s}'
+    fi
+    if [ "$POLL" != 0 ]; then
+      awk -v a="$(col $be adaptive 1 6)" -v f="$(col floor eventfd 1 6)" -v be="$be" \
+        'BEGIN {printf "ratio %s QD1 adaptive median latency / eventfd floor: %.2fx\n", be, a/f}'
     fi
   done
 fi

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -50,6 +51,7 @@ struct blk_opts {
     unsigned queues;
     unsigned queue_size; /* 0: automatic */
     bool busy_poll, no_event_idx, no_indirect, packed;
+    unsigned poll_us; /* bench: adaptive polling before each sleep */
     /* read / write / verify */
     bool have_offset, have_len;
     uint64_t offset, len;
@@ -80,6 +82,7 @@ void cmd_blk_usage(FILE *f)
         "                             [--iodepth N] [--seconds S | --ios N] [--range BYTES]\n"
         "                             [--json]\n"
         "       common: [--queues Q] [--queue-size N] [--busy-poll] [--timeout-ms N]\n"
+        "               [--poll-us N]\n"
         "               [--no-event-idx] [--no-indirect] [--ring split|packed]\n"
         "\n"
         "Act as the VMM of the vhost-user-blk back-end listening on SOCKET, with a\n"
@@ -126,6 +129,8 @@ void cmd_blk_usage(FILE *f)
         "                      %u, or more if IODEPTH needs it)\n"
         "  --busy-poll         wait for completions by spinning on the used ring\n"
         "                      (default: sleep on the queue's call eventfd)\n"
+        "  --poll-us N         adaptive (bench): spin on the used ring up to N us\n"
+        "                      before each sleep on the call eventfd (default 0)\n"
         "  --timeout-ms N      wait up to N ms for the socket and for each reply or\n"
         "                      request (default %d)\n"
         "  --no-event-idx      do not negotiate VIRTIO_F_EVENT_IDX\n"
@@ -135,8 +140,9 @@ void cmd_blk_usage(FILE *f)
         "  -h, --help          this help\n"
         "\n"
         "JSON keys (bench): socket, rw, bs, iodepth, queues, queue_size, wait\n"
-        "(\"eventfd\" or \"busy-poll\"), ring (\"split\" or \"packed\"), ios, elapsed_s, iops,\n"
-        "bytes_per_s, "
+        "(\"eventfd\", \"adaptive\" or \"busy-poll\"), poll_us, ring (\"split\" or \"packed\"),\n"
+        "ios, elapsed_s, iops, bytes_per_s, cpu_ns_per_io (this process's user+sys time per\n"
+        "request), "
         "latency_ns {min, median, mean, p99, max}, features, protocol_features.\n"
         "\n"
         "Exit status: 0 success; 1 failure (cannot connect, protocol or I/O error,\n"
@@ -209,6 +215,7 @@ enum {
     OPT_QUEUES,
     OPT_QSIZE,
     OPT_BUSY,
+    OPT_POLL_US,
     OPT_TIMEOUT,
     OPT_NO_EIDX,
     OPT_NO_IND,
@@ -382,6 +389,10 @@ static int parse_session_option(struct blk_opts *o, int c)
     case OPT_BUSY:
         o->busy_poll = true;
         return 0;
+    case OPT_POLL_US:
+        if (!parse_uint(optarg, 0, 1000000, &o->poll_us))
+            return cli_usage_error(&blk_cmd, "--poll-us wants 0-1000000, not '%s'", optarg);
+        return 0;
     case OPT_TIMEOUT:
         if (!parse_uint(optarg, 1, INT_MAX, &t))
             return cli_usage_error(&blk_cmd, "--timeout-ms wants a number of ms >= 1, not '%s'",
@@ -458,6 +469,7 @@ static int parse_args(int argc, char **argv, struct blk_opts *o, bool *help)
         {"queues", required_argument, NULL, OPT_QUEUES},
         {"queue-size", required_argument, NULL, OPT_QSIZE},
         {"busy-poll", no_argument, NULL, OPT_BUSY},
+        {"poll-us", required_argument, NULL, OPT_POLL_US},
         {"timeout-ms", required_argument, NULL, OPT_TIMEOUT},
         {"no-event-idx", no_argument, NULL, OPT_NO_EIDX},
         {"no-indirect", no_argument, NULL, OPT_NO_IND},
@@ -983,6 +995,7 @@ static void bench_run(const struct blk_opts *o, struct ts_session *s, struct ben
 struct bench_stats {
     size_t n;
     double elapsed, iops, mean;
+    double cpu_ns_per_io; /* user+sys of the whole process over the run */
     uint64_t mn, med, p99, mx;
 };
 
@@ -1037,7 +1050,7 @@ static int bench_collect(const struct blk_opts *o, const struct ts_session *s,
 
 static const char *bench_wait(const struct blk_opts *o)
 {
-    return o->busy_poll ? "busy-poll" : "eventfd";
+    return o->busy_poll ? "busy-poll" : o->poll_us ? "adaptive" : "eventfd";
 }
 
 static int bench_print_json(const struct blk_opts *o, const struct ts_session *s,
@@ -1059,10 +1072,12 @@ static int bench_print_json(const struct blk_opts *o, const struct ts_session *s
     json_object_object_add(root, "queue_size", json_object_new_uint64(s->o.queue_size));
     json_object_object_add(root, "wait", json_object_new_string(bench_wait(o)));
     json_object_object_add(root, "ring", json_object_new_string(o->packed ? "packed" : "split"));
+    json_object_object_add(root, "poll_us", json_object_new_uint64(o->busy_poll ? 0 : o->poll_us));
     json_object_object_add(root, "ios", json_object_new_uint64(st->n));
     json_object_object_add(root, "elapsed_s", json_object_new_double(st->elapsed));
     json_object_object_add(root, "iops", json_object_new_double(st->iops));
     json_object_object_add(root, "bytes_per_s", json_object_new_double(st->iops * o->bs));
+    json_object_object_add(root, "cpu_ns_per_io", json_object_new_double(st->cpu_ns_per_io));
     json_object_object_add(lat, "min", json_object_new_uint64(st->mn));
     json_object_object_add(lat, "median", json_object_new_uint64(st->med));
     json_object_object_add(lat, "mean", json_object_new_double(st->mean));
@@ -1089,12 +1104,23 @@ static void bench_print_text(const struct blk_opts *o, const struct ts_session *
            (double)st->mx / 1e3);
 }
 
+/* This process's CPU time (all threads, user + system). */
+static uint64_t cpu_ns(void)
+{
+    struct rusage ru;
+
+    if (getrusage(RUSAGE_SELF, &ru) < 0)
+        return 0;
+    return ((uint64_t)ru.ru_utime.tv_sec + (uint64_t)ru.ru_stime.tv_sec) * 1000000000ull +
+           ((uint64_t)ru.ru_utime.tv_usec + (uint64_t)ru.ru_stime.tv_usec) * 1000ull;
+}
+
 static int do_bench(const struct blk_opts *o, struct ts_session *s)
 {
     struct bench_stats st;
     struct bench_job *jobs;
     pthread_t *th;
-    uint64_t range = 0;
+    uint64_t range = 0, cpu0;
     int rc = bench_range(o, s, &range);
 
     if (rc != VUF_EXIT_OK)
@@ -1107,8 +1133,13 @@ static int do_bench(const struct blk_opts *o, struct ts_session *s)
         fprintf(stderr, "vuf blk: out of memory\n");
         return VUF_EXIT_FAIL;
     }
+    for (unsigned i = 0; i < s->nq; i++)
+        vuf_blk_set_poll_us(s->blk[i], o->poll_us);
+    cpu0 = cpu_ns();
     bench_run(o, s, jobs, th, range);
     rc = bench_collect(o, s, jobs, &st);
+    if (rc == VUF_EXIT_OK)
+        st.cpu_ns_per_io = st.n ? (double)(cpu_ns() - cpu0) / (double)st.n : 0;
     if (rc == VUF_EXIT_OK && o->json)
         rc = bench_print_json(o, s, &st);
     else if (rc == VUF_EXIT_OK)

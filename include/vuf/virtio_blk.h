@@ -115,6 +115,13 @@ struct vuf_virtq *vuf_blk_virtq(const struct vuf_blk *blk);
  * (vuf_virtq_disable_cb()). */
 void vuf_blk_set_busy_poll(struct vuf_blk *blk, bool on);
 
+/* Adaptive polling (default 0: off): a sleeping wait first spins on the
+ * used ring for up to `us` microseconds and only then sleeps on the call
+ * fd. A completion that arrives within the spin is seen without a
+ * syscall (the device may still signal the call fd, which the next
+ * sleeping wait drains). No effect in busy-poll mode. */
+void vuf_blk_set_poll_us(struct vuf_blk *blk, unsigned us);
+
 /*
  * Return every request to the pool (those in flight, completed, and held by
  * the caller alike) and vuf_virtq_reset(vq, base). For recovery after

@@ -53,6 +53,7 @@ struct vuf_blk {
     unsigned nreqs;
     uint32_t max_data;
     bool busy_poll;
+    unsigned poll_us; /* adaptive: spin this long before sleeping */
     struct vuf_blk_req *reqs;
     struct vuf_blk_req *idle;
     struct vuf_blk_req *done_head, *done_tail;
@@ -228,6 +229,11 @@ void vuf_blk_set_busy_poll(struct vuf_blk *blk, bool on)
         vuf_virtq_disable_cb(blk->vq);
     else
         vuf_virtq_enable_cb(blk->vq);
+}
+
+void vuf_blk_set_poll_us(struct vuf_blk *blk, unsigned us)
+{
+    blk->poll_us = us;
 }
 
 void vuf_blk_reset(struct vuf_blk *blk, uint16_t base)
@@ -478,10 +484,38 @@ int vuf_blk_reap(struct vuf_blk *blk, struct vuf_blk_req **done)
     }
 }
 
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* The adaptive spin before a sleeping wait: true if the used ring moved
+ * (or the queue broke: the wait that follows reports it). Bounded by
+ * poll_us, and by the caller's timeout through the wait after it. */
+static bool spin_used(struct vuf_blk *blk)
+{
+    int64_t end = mono_ns() + (int64_t)blk->poll_us * 1000;
+
+    for (unsigned spins = 0;; spins++) {
+        if (vuf_virtq_has_used(blk->vq) || vuf_virtq_broken(blk->vq))
+            return true;
+        if ((spins & 63) == 63 && mono_ns() >= end)
+            return false;
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+}
+
 static int wait_ring(struct vuf_blk *blk, int timeout_ms)
 {
     if (blk->busy_poll)
         return vuf_virtq_wait_busy(blk->vq, timeout_ms);
+    if (blk->poll_us && spin_used(blk))
+        return vuf_virtq_broken(blk->vq) ? -EPROTO : 0;
     return vuf_virtq_wait(blk->vq, timeout_ms);
 }
 

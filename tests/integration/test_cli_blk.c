@@ -407,6 +407,67 @@ static void test_backend_bench(void **state)
     free(r);
 }
 
+/* Adaptive polling on both sides: the back-end spins `be_poll` on the rings
+ * with kicks suppressed (--poll-us), the driver spins before each sleep.
+ * A 1 us back-end spin goes back to sleep between most requests, so kicks
+ * are turned off and on again thousands of times; the counts and the data
+ * must come out exact either way, with and without EVENT_IDX. */
+static void run_poll_case(struct fixture *f, const char *be_poll)
+{
+    char sockarg[300];
+    char *argv[] = {(char *)backend,          sockarg,         (char *)"--ram=64M",
+                    (char *)"--num-queues=2", (char *)be_poll, NULL};
+    const char *ev[] = {NULL, "--no-event-idx"};
+    struct tu_run *r;
+
+    snprintf(sockarg, sizeof(sockarg), "--socket-path=%s", f->sock);
+    tu_spawn_wait_file(&f->proc, argv, f->log, f->sock);
+    r = new_run();
+    for (unsigned k = 0; k < 2; k++) {
+        expect(r, 0,
+               (const char *[]){"blk", f->sock, "bench", "--ios", "3000", "--poll-us", "50",
+                                "--json", ev[k], NULL});
+        {
+            json_object *j = json_tokener_parse(r->out), *v;
+
+            assert_non_null(j);
+            assert_true(json_object_object_get_ex(j, "ios", &v));
+            assert_int_equal(json_object_get_uint64(v), 3000);
+            assert_true(json_object_object_get_ex(j, "wait", &v));
+            assert_string_equal(json_object_get_string(v), "adaptive");
+            assert_true(json_object_object_get_ex(j, "poll_us", &v));
+            assert_int_equal(json_object_get_uint64(v), 50);
+            assert_true(json_object_object_get_ex(j, "cpu_ns_per_io", &v));
+            assert_true(json_object_get_double(v) > 0);
+            json_object_put(j);
+        }
+        expect(r, 0,
+               (const char *[]){"blk", f->sock, "bench", "--ios", "4000", "--iodepth", "32",
+                                "--queues", "2", "--rw", "randwrite", ev[k], NULL});
+        assert_has(r->out, "requests:    4000 in");
+        expect(r, 0,
+               (const char *[]){"blk", f->sock, "write", "--offset", "3M", "--len", "1M",
+                                "--pattern", k ? "9" : "8", ev[k], NULL});
+        expect(r, 0,
+               (const char *[]){"blk", f->sock, "verify", "--offset", "3M", "--len", "1M",
+                                "--pattern", k ? "9" : "8", ev[k], NULL});
+    }
+    /* Busy-poll driver on a polling back-end: no notification either way. */
+    expect(r, 0, (const char *[]){"blk", f->sock, "bench", "--ios", "3000", "--busy-poll", NULL});
+    assert_has(r->out, "requests:    3000 in");
+    free(r);
+}
+
+static void test_backend_poll_short(void **state)
+{
+    run_poll_case(*state, "--poll-us=1");
+}
+
+static void test_backend_poll_long(void **state)
+{
+    run_poll_case(*state, "--poll-us=500");
+}
+
 /* ---- a back-end whose config space lies ------------------------------------- */
 
 /*
@@ -650,6 +711,10 @@ static void test_blk_usage(void **state)
     expect(r, 2, (const char *[]){"blk", "/x.sock", "bench", "--offset", "0", NULL});
     expect(r, 2, (const char *[]){"blk", "/x.sock", "bench", "--bogus", NULL});
     assert_has(r->err, "unknown option");
+    expect(r, 2, (const char *[]){"blk", "/x.sock", "bench", "--poll-us", "x", NULL});
+    assert_has(r->err, "--poll-us wants 0-1000000, not 'x'");
+    expect(r, 2, (const char *[]){"blk", "/x.sock", "bench", "--poll-us", "1000001", NULL});
+    assert_has(r->err, "--poll-us wants 0-1000000, not '1000001'");
 
     /* Nobody listening: exit 1 with the reason. */
     expect(r, 1,
@@ -672,6 +737,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_demo_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_qsd_write_verify, setup, teardown),
         cmocka_unit_test_setup_teardown(test_backend_bench, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_backend_poll_short, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_backend_poll_long, setup, teardown),
     };
 
     tool = getenv("VUF_TOOL");
