@@ -298,32 +298,9 @@ static void test_qsd_hostile(void **state)
 static void test_dpdk(void **state)
 {
     struct fx *f = *state;
-    const char *testpmd = tu_which("dpdk-testpmd");
-    char vdev[400];
-    char *argv[] = {(char *)testpmd,
-                    "-l",
-                    "0,1",
-                    "--no-huge",
-                    "-m",
-                    "1024",
-                    "--no-pci",
-                    "--no-shconf",
-                    "--file-prefix",
-                    f->prefix,
-                    "--vdev",
-                    vdev,
-                    "--",
-                    "--total-num-mbufs=16384",
-                    "--stats-period=3600",
-                    "--forward-mode=macswap",
-                    "--nb-cores=1",
-                    "-a",
-                    NULL};
     json_object *j;
 
-    assert_non_null(testpmd);
-    snprintf(vdev, sizeof(vdev), "net_vhost0,iface=%s,queues=1", f->sock);
-    tu_spawn_wait_file(&f->p, argv, f->log, f->sock);
+    tu_start_testpmd(&f->p, f->prefix, 1, f->sock, f->log);
     j = check_json(
         f->sock,
         (const char *[]){"--device-type", "net", "--hostile", "--timeout-ms", "2000", NULL}, 1);

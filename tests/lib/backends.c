@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -104,6 +105,60 @@ void tu_spawn_qsd_file_after(struct tu_proc *p, int delay_ms, const char *disk, 
              delay_ms % 1000);
     qsd_file_opts(blockdev, exp, disk, num_queues, sock);
     assert_int_equal(tu_spawn(p, argv, log), 0);
+}
+
+const char *tu_testpmd_path(void)
+{
+    const char *path = tu_which("dpdk-testpmd");
+
+    if (!path)
+        fprintf(stderr, "MISSING: dpdk-testpmd is not installed (scripts/setup.sh installs it: "
+                        "apt-get install dpdk-dev)\n");
+    return path;
+}
+
+void tu_start_testpmd(struct tu_proc *p, const char *prefix, unsigned pairs, const char *sock,
+                      const char *log)
+{
+    const char *path = tu_testpmd_path();
+    char vdev[400], rxq[32], txq[32];
+    char *argv[] = {NULL, "-l", "0,1", "--no-huge", "-m", "1024", "--no-pci", "--no-shconf",
+                    "--file-prefix", (char *)prefix, "--vdev", vdev, "--",
+                    "--total-num-mbufs=16384", "--stats-period=3600", "--forward-mode=macswap",
+                    "--nb-cores=1", "-a",
+                    /* With several pairs, one forwarding queue per pair
+                     * (testpmd's default is one). */
+                    pairs > 1 ? rxq : NULL, txq, NULL};
+    int r;
+
+    if (!path)
+        fail();
+    argv[0] = (char *)path;
+    snprintf(vdev, sizeof(vdev), "net_vhost0,iface=%s,queues=%u", sock, pairs);
+    snprintf(rxq, sizeof(rxq), "--rxq=%u", pairs);
+    snprintf(txq, sizeof(txq), "--txq=%u", pairs);
+    assert_int_equal(tu_spawn(p, argv, log), 0);
+    r = tu_wait_socket_file(p, sock, TU_START_MS);
+    if (r == -ESRCH) {
+        tu_dump_log(p);
+        fail_msg("dpdk-testpmd exited before creating %s (its log is above)", sock);
+    }
+    if (r) {
+        tu_dump_log(p);
+        fail_msg("dpdk-testpmd did not create %s: %s", sock, strerror(-r));
+    }
+}
+
+void tu_testpmd_cleanup(const char *prefix)
+{
+    const char *xdg = getenv("XDG_RUNTIME_DIR");
+    char path[512];
+
+    if (getuid() == 0)
+        snprintf(path, sizeof(path), "/var/run/dpdk/%s", prefix);
+    else
+        snprintf(path, sizeof(path), "%s/dpdk/%s", xdg && *xdg ? xdg : "/tmp", prefix);
+    rmdir(path);
 }
 
 void tu_start_virtiofsd(struct tu_proc *p, const char *share, const char *sock, const char *log)

@@ -77,6 +77,30 @@ void tu_spawn_qsd_file_after(struct tu_proc *p, int delay_ms, const char *disk, 
 void tu_start_virtiofsd(struct tu_proc *p, const char *share, const char *sock, const char *log);
 
 /*
+ * dpdk-testpmd's path, or NULL after printing a MISSING line (it is a
+ * failure, not a skip: scripts/setup.sh installs it).
+ */
+const char *tu_testpmd_path(void);
+
+/*
+ * dpdk-testpmd (DPDK 22.11) with one vhost-user-net port of `pairs` queue
+ * pairs on `sock`, forwarding in macswap mode on lcore 1; its output goes
+ * to `log`. EAL runs with --no-huge, --no-pci, --no-shconf and the file
+ * prefix `prefix` (unique per process and run), testpmd with
+ * --stats-period (without it, non-interactive testpmd waits for a key on
+ * stdin, which is /dev/null here, and exits at once). Waits for the socket
+ * FILE; fails the test (MISSING if testpmd is not installed; with its log
+ * if it exits first or never creates the socket). The caller owns *p and
+ * stops it with tu_stop(), then calls tu_testpmd_cleanup(prefix).
+ */
+void tu_start_testpmd(struct tu_proc *p, const char *prefix, unsigned pairs, const char *sock,
+                      const char *log);
+
+/* Remove EAL's runtime dir for `prefix`: empty with --no-shconf, but left
+ * behind (rmdir: only if empty). */
+void tu_testpmd_cleanup(const char *prefix);
+
+/*
  * Stop a back-end that must end cleanly: tu_stop() (SIGTERM, SIGKILL after
  * 2 s; always reaped), then fail the test unless it exited 0, removed its
  * socket `sock`, and left no sanitizer report in its log (under
