@@ -446,9 +446,7 @@ static void test_inflight_reconnect(void **state)
     int64_t t_kill, until;
     int r, status;
 
-    f->disk_fd = open(f->disk, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    assert_true(f->disk_fd >= 0);
-    assert_int_equal(ftruncate(f->disk_fd, (off_t)DISK_BYTES), 0);
+    f->disk_fd = tu_make_disk(f->disk, DISK_BYTES);
     be_start(f, &f->a, "a");
     f->fds0 = tu_count_fds();
     f->threads0 = tu_count_threads();

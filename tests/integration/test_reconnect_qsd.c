@@ -377,9 +377,7 @@ static void reconnect(struct fx *f, int restart_delay_ms)
 
     if (!tu_backend_installed(QSD, "qemu-system-common"))
         fail();
-    f->disk_fd = open(f->disk, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    assert_true(f->disk_fd >= 0);
-    assert_int_equal(ftruncate(f->disk_fd, (off_t)DISK_BYTES), 0);
+    f->disk_fd = tu_make_disk(f->disk, DISK_BYTES);
     tu_start_qsd_file(&f->proc, f->disk, NQ, f->sock, f->log);
     f->fds0 = tu_count_fds();
     f->threads0 = tu_count_threads();

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,6 +93,41 @@ void tu_start_qsd_file(struct tu_proc *p, const char *disk, unsigned num_queues,
 
     qsd_file_opts(blockdev, exp, disk, num_queues, sock);
     tu_spawn_wait_file(p, argv, log, sock);
+}
+
+int tu_make_disk(const char *path, uint64_t bytes)
+{
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, (off_t)bytes), 0);
+    return fd;
+}
+
+void tu_qsd_up(struct tu_qsd *q, const char *tag, uint64_t bytes, unsigned num_queues)
+{
+    memset(q, 0, sizeof(*q));
+    q->proc.pid = -1;
+    q->disk_fd = -1;
+    if (!tu_backend_installed(TU_QSD, "qemu-system-common"))
+        fail();
+    q->dir = tu_mkdtemp(tag);
+    assert_non_null(q->dir);
+    snprintf(q->disk, sizeof(q->disk), "%s/disk.img", q->dir);
+    snprintf(q->sock, sizeof(q->sock), "%s/qsd.sock", q->dir);
+    snprintf(q->log, sizeof(q->log), "%s/qsd.log", q->dir);
+    q->disk_fd = tu_make_disk(q->disk, bytes);
+    tu_start_qsd_file(&q->proc, q->disk, num_queues, q->sock, q->log);
+}
+
+void tu_qsd_down(struct tu_qsd *q)
+{
+    tu_stop_clean(&q->proc, q->sock);
+    if (q->disk_fd >= 0)
+        close(q->disk_fd);
+    q->disk_fd = -1;
+    tu_rmtree(q->dir);
+    q->dir = NULL;
 }
 
 void tu_spawn_qsd_file_after(struct tu_proc *p, int delay_ms, const char *disk, unsigned num_queues,

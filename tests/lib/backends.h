@@ -7,6 +7,8 @@
 #ifndef VUF_TEST_BACKENDS_H
 #define VUF_TEST_BACKENDS_H
 
+#include <stdint.h>
+
 #include "testutil.h"
 
 /* Paths of the system back-ends (Debian 12, QEMU 7.2). */
@@ -57,6 +59,32 @@ void tu_ctl_command(int *fd, const char *path, const char *cmd, char *ans, size_
  */
 void tu_start_qsd_file(struct tu_proc *p, const char *disk, unsigned num_queues, const char *sock,
                        const char *log);
+
+/*
+ * The raw disk file `path` of `bytes` bytes (created if missing, then
+ * sized), open read-write. Fails the test otherwise. Returns the fd; the
+ * caller closes it.
+ */
+int tu_make_disk(const char *path, uint64_t bytes);
+
+/* A temp dir holding a raw disk file and a qemu-storage-daemon exporting
+ * it. */
+struct tu_qsd {
+    char *dir;
+    char disk[300], sock[300], log[300]; /* dir/disk.img, qsd.sock, qsd.log */
+    struct tu_proc proc;
+    int disk_fd; /* disk, open read-write */
+};
+
+/*
+ * Fails the test unless qemu-storage-daemon is installed; then the temp
+ * dir `tag` (tu_mkdtemp), disk.img of `bytes` (q->disk_fd stays open) and
+ * tu_start_qsd_file() with `num_queues` queues on qsd.sock.
+ */
+void tu_qsd_up(struct tu_qsd *q, const char *tag, uint64_t bytes, unsigned num_queues);
+
+/* tu_stop_clean() the daemon, close disk_fd (if >= 0), remove the dir. */
+void tu_qsd_down(struct tu_qsd *q);
 
 /*
  * The same qemu-storage-daemon, started `delay_ms` after this call (a shell
