@@ -78,25 +78,9 @@ static void test_net_two_pairs_sleep_wake(void **state)
 /* The tool                                                                 */
 /* ------------------------------------------------------------------------ */
 
-static const char *tool(void)
-{
-    const char *t = getenv("VUF_TOOL");
-
-    if (!t || !tu_have_exe(t)) {
-        fprintf(stderr, "MISSING: VUF_TOOL does not name the vuf binary (run via meson test)\n");
-        fail();
-    }
-    return t;
-}
-
 static struct tu_run *run(const char *const *args)
 {
-    struct tu_run *r = malloc(sizeof(*r));
-
-    assert_non_null(r);
-    tu_run_capture(r, tool(), args, RUN_DEADLINE_MS);
-    printf("%s", r->out);
-    return r;
+    return tu_run_vuf(args, RUN_DEADLINE_MS);
 }
 
 static void test_cli_net_ping(void **state)

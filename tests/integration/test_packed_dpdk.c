@@ -95,15 +95,7 @@ static void test_packed_net_two_pairs_sleep_wake(void **state)
 
 static struct tu_run *run_tool(const char *const *args)
 {
-    const char *t = getenv("VUF_TOOL");
-    struct tu_run *r = malloc(sizeof(*r));
-
-    if (!t || !tu_have_exe(t))
-        fail_msg("VUF_TOOL does not name the vuf binary (run via meson test)");
-    assert_non_null(r);
-    tu_run_capture(r, t, args, 60000);
-    printf("%s", r->out);
-    return r;
+    return tu_run_vuf(args, 60000);
 }
 
 static void test_packed_cli_net(void **state)

@@ -132,29 +132,26 @@ static void test_qsd_gets_split_rings(void **state)
 static void test_qsd_cli_ring_packed_refused(void **state)
 {
     struct tu_qsd qsd;
-    const char *t = getenv("VUF_TOOL");
-    struct tu_run *r = malloc(sizeof(*r));
+    struct tu_run *r;
     const char *sock;
 
     (void)state;
-    if (!t || !tu_have_exe(t))
-        fail_msg("VUF_TOOL does not name the vuf binary (run via meson test)");
-    assert_non_null(r);
     tu_qsd_up(&qsd, "vuf-packed-qsd-cli", DISK_BYTES, 1);
     sock = qsd.sock;
     {
         const char *args[] = {"blk",   sock,   "write",  "--offset", "0",
                               "--len", "4096", "--ring", "packed",   NULL};
 
-        tu_run_capture(r, t, args, 60000);
+        r = tu_run_vuf(args, 60000);
         assert_int_equal(tu_exit_code(r), 1);
         assert_non_null(strstr(r->err, "the back-end does not offer RING_PACKED"));
+        free(r);
     }
     {
         const char *args[] = {"blk",   sock,   "write",  "--offset", "0",
                               "--len", "4096", "--ring", "split",    NULL};
 
-        tu_run_capture(r, t, args, 60000);
+        r = tu_run_vuf(args, 60000);
         assert_int_equal(tu_exit_code(r), 0);
     }
     free(r);
