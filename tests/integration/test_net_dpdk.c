@@ -85,7 +85,7 @@ static struct tu_run *run(const char *const *args)
 
 static void test_cli_net_ping(void **state)
 {
-    struct nh_fx *f = *state;
+    struct tu_befx *f = *state;
     struct tu_run *r;
 
     nh_start_testpmd(f, PAIRS);
@@ -110,7 +110,7 @@ static json_object *jget(json_object *o, const char *key, json_type type)
     return v;
 }
 
-static void bench_json(struct nh_fx *f, const char *mode, const char *size, bool busy)
+static void bench_json(struct tu_befx *f, const char *mode, const char *size, bool busy)
 {
     const char *args[] = {"net",
                           f->sock,
@@ -147,7 +147,7 @@ static void bench_json(struct nh_fx *f, const char *mode, const char *size, bool
 
 static void test_cli_net_bench_json(void **state)
 {
-    struct nh_fx *f = *state;
+    struct tu_befx *f = *state;
 
     nh_start_testpmd(f, PAIRS);
     bench_json(f, "tx", "64", false);
@@ -186,9 +186,9 @@ static void test_cli_net_usage(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_net_two_pairs_sleep_wake, setup, nh_teardown),
-        cmocka_unit_test_setup_teardown(test_cli_net_ping, setup, nh_teardown),
-        cmocka_unit_test_setup_teardown(test_cli_net_bench_json, setup, nh_teardown),
+        cmocka_unit_test_setup_teardown(test_net_two_pairs_sleep_wake, setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_cli_net_ping, setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_cli_net_bench_json, setup, tu_befx_teardown),
         cmocka_unit_test(test_cli_net_usage),
     };
 

@@ -100,7 +100,7 @@ static struct tu_run *run_tool(const char *const *args)
 
 static void test_packed_cli_net(void **state)
 {
-    struct nh_fx *f = *state;
+    struct tu_befx *f = *state;
     struct tu_run *r;
 
     nh_start_testpmd(f, PAIRS);
@@ -139,8 +139,9 @@ static void test_packed_cli_net(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_packed_net_two_pairs_sleep_wake, setup, nh_teardown),
-        cmocka_unit_test_setup_teardown(test_packed_cli_net, setup, nh_teardown),
+        cmocka_unit_test_setup_teardown(test_packed_net_two_pairs_sleep_wake, setup,
+                                        tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_packed_cli_net, setup, tu_befx_teardown),
     };
 
     signal(SIGPIPE, SIG_IGN);

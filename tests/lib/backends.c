@@ -12,6 +12,39 @@
 
 #include "backends.h"
 
+int tu_befx_setup(void **state, const char *tag)
+{
+    static unsigned instance;
+    struct tu_befx *f = calloc(1, sizeof(*f));
+
+    if (!f)
+        return -1;
+    f->proc.pid = -1;
+    f->dir = tu_mkdtemp(tag);
+    if (!f->dir) {
+        free(f);
+        return -1;
+    }
+    snprintf(f->sock, sizeof(f->sock), "%s/be.sock", f->dir);
+    snprintf(f->log, sizeof(f->log), "%s/be.log", f->dir);
+    snprintf(f->disk, sizeof(f->disk), "%s/disk.img", f->dir);
+    snprintf(f->prefix, sizeof(f->prefix), "%s-%d-%u", tag, (int)getpid(), instance++);
+    *state = f;
+    return 0;
+}
+
+int tu_befx_teardown(void **state)
+{
+    struct tu_befx *f = *state;
+
+    if (f->proc.pid > 0)
+        tu_stop(&f->proc);
+    tu_testpmd_cleanup(f->prefix);
+    tu_rmtree(f->dir);
+    free(f);
+    return 0;
+}
+
 void tu_spawn_wait_file(struct tu_proc *p, char *const argv[], const char *log, const char *sock)
 {
     int r = tu_spawn(p, argv, log);

@@ -18,6 +18,22 @@
 /* How long a back-end may take to create its socket. */
 #define TU_START_MS 10000
 
+/* A test's temp dir and the one back-end process in it. */
+struct tu_befx {
+    char *dir;
+    char sock[256], log[300], disk[300]; /* dir/be.sock, be.log, disk.img */
+    char prefix[64];                     /* "<tag>-<pid>-<n>": an EAL file prefix */
+    struct tu_proc proc;
+};
+
+/* cmocka set-up: *state = a new tu_befx in the temp dir `tag`
+ * (tu_mkdtemp). Returns 0, or -1 if that fails. */
+int tu_befx_setup(void **state, const char *tag);
+
+/* cmocka teardown: tu_stop() the process if it runs, remove the dir and
+ * the EAL runtime dir of the prefix (tu_testpmd_cleanup), free. */
+int tu_befx_teardown(void **state);
+
 /*
  * tu_spawn(p, argv, log) (argv[0] is the program), then wait up to
  * TU_START_MS for the unix socket FILE `sock` to appear. No connection is

@@ -23,39 +23,13 @@ static const uint8_t mac_b[6] = {0x02, 0x76, 0x75, 0x66, 0x01, 0x0b};
 
 int nh_setup(void **state, const char *name)
 {
-    static unsigned instance;
-    struct nh_fx *f = calloc(1, sizeof(*f));
     char tag[64];
 
-    if (!f)
-        return -1;
-    f->proc.pid = -1;
     snprintf(tag, sizeof(tag), "vuf-%s-dpdk", name);
-    f->dir = tu_mkdtemp(tag);
-    if (!f->dir) {
-        free(f);
-        return -1;
-    }
-    snprintf(f->sock, sizeof(f->sock), "%s/vh.sock", f->dir);
-    snprintf(f->log, sizeof(f->log), "%s/testpmd.log", f->dir);
-    snprintf(f->prefix, sizeof(f->prefix), "vuf%s-%d-%u", name, (int)getpid(), instance++);
-    *state = f;
-    return 0;
+    return tu_befx_setup(state, tag);
 }
 
-int nh_teardown(void **state)
-{
-    struct nh_fx *f = *state;
-
-    if (f->proc.pid > 0)
-        tu_stop(&f->proc);
-    tu_testpmd_cleanup(f->prefix);
-    tu_rmtree(f->dir);
-    free(f);
-    return 0;
-}
-
-void nh_start_testpmd(struct nh_fx *f, unsigned pairs)
+void nh_start_testpmd(struct tu_befx *f, unsigned pairs)
 {
     tu_start_testpmd(&f->proc, f->prefix, pairs, f->sock, f->log);
 }
@@ -281,7 +255,7 @@ void nh_run_until(struct nh_guest *g, uint32_t upto)
     }
 }
 
-void nh_sleep_wake(struct nh_fx *f, unsigned pairs, bool packed, uint32_t frames,
+void nh_sleep_wake(struct tu_befx *f, unsigned pairs, bool packed, uint32_t frames,
                    uint32_t before_sleep, uint32_t while_asleep, const struct nh_checks *c)
 {
     struct nh_guest *g = calloc(1, sizeof(*g));

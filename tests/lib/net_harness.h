@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "backends.h"
 #include "fe_harness.h"
 #include "testutil.h"
 #include "vuf/device.h"
@@ -33,20 +34,11 @@
 #define NH_WINDOW 64u    /* frames of a pair in flight, at most */
 #define NH_IO_MS 10000
 
-/* A temp dir with testpmd's socket and log, and testpmd itself. */
-struct nh_fx {
-    char *dir;
-    char sock[300], log[300], prefix[64];
-    struct tu_proc proc;
-};
-
-/* cmocka set-up: temp dir "vuf-<name>-dpdk", EAL file prefix
- * "vuf<name>-<pid>-<n>". */
+/* cmocka set-up: tu_befx_setup() in the temp dir "vuf-<name>-dpdk"; the
+ * teardown is tu_befx_teardown(). */
 int nh_setup(void **state, const char *name);
-/* cmocka teardown: stops testpmd if it runs, removes everything. */
-int nh_teardown(void **state);
 /* tu_start_testpmd() with `pairs` queue pairs on f->sock. */
-void nh_start_testpmd(struct nh_fx *f, unsigned pairs);
+void nh_start_testpmd(struct tu_befx *f, unsigned pairs);
 
 /* /proc/self/fd as text, "fd -> target" per line (caller frees). */
 char *nh_fd_list(void);
@@ -105,7 +97,7 @@ struct nh_checks {
  * no crash event; threads and /proc/self/fd the same before the device and
  * after it is gone; testpmd still runs and stops cleanly.
  */
-void nh_sleep_wake(struct nh_fx *f, unsigned pairs, bool packed, uint32_t frames,
+void nh_sleep_wake(struct tu_befx *f, unsigned pairs, bool packed, uint32_t frames,
                    uint32_t before_sleep, uint32_t while_asleep, const struct nh_checks *c);
 
 #endif
