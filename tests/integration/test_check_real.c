@@ -30,42 +30,9 @@
 static const char *tool;
 static struct tu_run run_buf;
 
-struct fx {
-    char *dir;
-    char sock[300], log[300], disk[300], prefix[64];
-    struct tu_proc p;
-};
-
 static int setup(void **state)
 {
-    static unsigned instance;
-    struct fx *f = calloc(1, sizeof(*f));
-
-    if (!f)
-        return -1;
-    f->p.pid = -1;
-    f->dir = tu_mkdtemp("vuf-check-real");
-    if (!f->dir) {
-        free(f);
-        return -1;
-    }
-    snprintf(f->sock, sizeof(f->sock), "%s/be.sock", f->dir);
-    snprintf(f->log, sizeof(f->log), "%s/be.log", f->dir);
-    snprintf(f->disk, sizeof(f->disk), "%s/disk.img", f->dir);
-    snprintf(f->prefix, sizeof(f->prefix), "vuf-chk-%d-%u", (int)getpid(), instance++);
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    struct fx *f = *state;
-
-    if (f->p.pid > 0)
-        tu_stop(&f->p);
-    tu_rmtree(f->dir);
-    free(f);
-    return 0;
+    return tu_befx_setup(state, "vuf-check-real");
 }
 
 /* ---- running vuf check ------------------------------------------------------ */
@@ -177,7 +144,7 @@ static void junit_counts(const char *file, char *out, size_t cap)
 
 /* ---- back-ends -------------------------------------------------------------- */
 
-static void start_ref(struct fx *f)
+static void start_ref(struct tu_befx *f)
 {
     const char *bin = tu_built_exe("VUF_BACKEND_BLK");
     char sockarg[320];
@@ -185,37 +152,37 @@ static void start_ref(struct fx *f)
 
     assert_non_null(bin);
     snprintf(sockarg, sizeof(sockarg), "--socket-path=%s", f->sock);
-    tu_spawn_wait_file(&f->p, argv, f->log, f->sock);
+    tu_spawn_wait_file(&f->proc, argv, f->log, f->sock);
 }
 
-static void start_qsd(struct fx *f)
+static void start_qsd(struct tu_befx *f)
 {
     FILE *d = fopen(f->disk, "w");
 
     assert_non_null(d);
     assert_int_equal(ftruncate(fileno(d), 64 << 20), 0);
     fclose(d);
-    tu_start_qsd_file(&f->p, f->disk, 4, f->sock, f->log);
+    tu_start_qsd_file(&f->proc, f->disk, 4, f->sock, f->log);
 }
 
 /* A one-connection back-end, fresh for each run. */
-static void start_one(struct fx *f, bool gpu)
+static void start_one(struct tu_befx *f, bool gpu)
 {
-    if (f->p.pid > 0)
-        tu_stop(&f->p);
+    if (f->proc.pid > 0)
+        tu_stop(&f->proc);
     unlink(f->sock);
     if (gpu) {
         char sockarg[320];
         char *argv[] = {VUGPU, sockarg, NULL};
 
         snprintf(sockarg, sizeof(sockarg), "--socket-path=%s", f->sock);
-        tu_spawn_wait_file(&f->p, argv, f->log, f->sock);
+        tu_spawn_wait_file(&f->proc, argv, f->log, f->sock);
     } else {
         char share[320];
 
         snprintf(share, sizeof(share), "%s/share", f->dir);
         mkdir(share, 0700);
-        tu_start_virtiofsd(&f->p, share, f->sock, f->log);
+        tu_start_virtiofsd(&f->proc, share, f->sock, f->log);
     }
 }
 
@@ -226,7 +193,7 @@ static void start_one(struct fx *f, bool gpu)
  * testcase per check. */
 static void test_ref_passes_all(void **state)
 {
-    struct fx *f = *state;
+    struct tu_befx *f = *state;
     char junit[320], counts[64];
     const char *args[] = {"check",     f->sock,   "--device-type", "blk",
                           "--hostile", "--junit", junit,           NULL};
@@ -245,7 +212,7 @@ static void test_ref_passes_all(void **state)
  * rings processed, a queue index out of range crashes it. */
 static void test_qsd(void **state)
 {
-    struct fx *f = *state;
+    struct tu_befx *f = *state;
     char junit[320], counts[64];
     json_object *j;
 
@@ -267,7 +234,7 @@ static void test_qsd(void **state)
     json_object_put(j);
 
     /* the crash took it down: a fresh one for the JUnit run of one check */
-    tu_stop(&f->p);
+    tu_stop(&f->proc);
     start_qsd(f);
     snprintf(junit, sizeof(junit), "%s/qsd.xml", f->dir);
     tu_run_capture(&run_buf, tool,
@@ -283,7 +250,7 @@ static void test_qsd(void **state)
  * request with the REPLY flag is executed. */
 static void test_qsd_hostile(void **state)
 {
-    struct fx *f = *state;
+    struct tu_befx *f = *state;
     json_object *j;
 
     start_qsd(f);
@@ -297,33 +264,10 @@ static void test_qsd_hostile(void **state)
 /* DPDK 22.11 testpmd's vhost PMD as a net back-end. */
 static void test_dpdk(void **state)
 {
-    struct fx *f = *state;
-    const char *testpmd = tu_which("dpdk-testpmd");
-    char vdev[400];
-    char *argv[] = {(char *)testpmd,
-                    "-l",
-                    "0,1",
-                    "--no-huge",
-                    "-m",
-                    "1024",
-                    "--no-pci",
-                    "--no-shconf",
-                    "--file-prefix",
-                    f->prefix,
-                    "--vdev",
-                    vdev,
-                    "--",
-                    "--total-num-mbufs=16384",
-                    "--stats-period=3600",
-                    "--forward-mode=macswap",
-                    "--nb-cores=1",
-                    "-a",
-                    NULL};
+    struct tu_befx *f = *state;
     json_object *j;
 
-    assert_non_null(testpmd);
-    snprintf(vdev, sizeof(vdev), "net_vhost0,iface=%s,queues=1", f->sock);
-    tu_spawn_wait_file(&f->p, argv, f->log, f->sock);
+    tu_start_testpmd(&f->proc, f->prefix, 1, f->sock, f->log);
     j = check_json(
         f->sock,
         (const char *[]){"--device-type", "net", "--hostile", "--timeout-ms", "2000", NULL}, 1);
@@ -343,7 +287,7 @@ static void test_dpdk(void **state)
 /* virtiofsd (C, 7.2): one connection per process. */
 static void test_virtiofsd(void **state)
 {
-    struct fx *f = *state;
+    struct tu_befx *f = *state;
     json_object *j;
 
     if (geteuid() != 0) {
@@ -390,7 +334,7 @@ static void test_virtiofsd(void **state)
 /* vhost-user-gpu (7.2): one connection per process; an all-zero config. */
 static void test_gpu(void **state)
 {
-    struct fx *f = *state;
+    struct tu_befx *f = *state;
     json_object *j;
 
     start_one(f, true);
@@ -448,12 +392,12 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_usage),
-        cmocka_unit_test_setup_teardown(test_ref_passes_all, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_qsd, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_qsd_hostile, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_dpdk, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_virtiofsd, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_gpu, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ref_passes_all, setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_qsd, setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_qsd_hostile, setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_dpdk, setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_virtiofsd, setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_gpu, setup, tu_befx_teardown),
     };
 
     tool = tu_built_exe("VUF_TOOL");

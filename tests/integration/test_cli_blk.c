@@ -97,45 +97,12 @@ static uint8_t pattern(uint64_t seed, uint64_t off)
 
 /* ---- fixtures --------------------------------------------------------------- */
 
-struct fixture {
-    char *dir;
-    struct tu_proc proc;
-    char sock[256];
-    char log[300];
-    char disk[300];
-};
-
 static int setup(void **state)
 {
-    struct fixture *f = calloc(1, sizeof(*f));
-
-    if (!f)
-        return -1;
-    f->proc.pid = -1;
-    f->dir = tu_mkdtemp("vuf-cli");
-    if (!f->dir) {
-        free(f);
-        return -1;
-    }
-    snprintf(f->sock, sizeof(f->sock), "%s/be.sock", f->dir);
-    snprintf(f->log, sizeof(f->log), "%s/be.log", f->dir);
-    snprintf(f->disk, sizeof(f->disk), "%s/disk.img", f->dir);
-    *state = f;
-    return 0;
+    return tu_befx_setup(state, "vuf-cli");
 }
 
-static int teardown(void **state)
-{
-    struct fixture *f = *state;
-
-    if (f->proc.pid > 0)
-        tu_stop(&f->proc);
-    tu_rmtree(f->dir);
-    free(f);
-    return 0;
-}
-
-static void start_qsd_file(struct fixture *f)
+static void start_qsd_file(struct tu_befx *f)
 {
     int fd = open(f->disk, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 
@@ -166,7 +133,7 @@ static int count_demo_dirs(const char *dir)
 
 /* Run the demo with TMPDIR = the fixture's dir, to see that its own temp
  * dir is removed; TMPDIR is restored afterwards. */
-static void expect_demo(struct fixture *f, struct tu_run *r, int code, const char *const *args)
+static void expect_demo(struct tu_befx *f, struct tu_run *r, int code, const char *const *args)
 {
     char *old = getenv("TMPDIR") ? strdup(getenv("TMPDIR")) : NULL;
 
@@ -181,7 +148,7 @@ static void expect_demo(struct fixture *f, struct tu_run *r, int code, const cha
     assert_int_equal(count_demo_dirs(f->dir), 0);
 }
 
-static void run_demo(struct fixture *f, const char *const *args, const char *intact)
+static void run_demo(struct tu_befx *f, const char *const *args, const char *intact)
 {
     struct tu_run *r = new_run();
 
@@ -250,7 +217,7 @@ static void test_demo_usage(void **state)
 
 static void test_qsd_write_verify(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_befx *f = *state;
     struct tu_run *r;
     char out_path[300];
     uint8_t *host;
@@ -376,7 +343,7 @@ static void test_qsd_write_verify(void **state)
 
 static void test_backend_bench(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_befx *f = *state;
     char sockarg[300];
     char *argv[] = {(char *)backend, sockarg, (char *)"--ram=64M", (char *)"--num-queues=2", NULL};
     struct tu_run *r;
@@ -412,7 +379,7 @@ static void test_backend_bench(void **state)
  * A 1 us back-end spin goes back to sleep between most requests, so kicks
  * are turned off and on again thousands of times; the counts and the data
  * must come out exact either way, with and without EVENT_IDX. */
-static void run_poll_case(struct fixture *f, const char *be_poll)
+static void run_poll_case(struct tu_befx *f, const char *be_poll)
 {
     char sockarg[300];
     char *argv[] = {(char *)backend,          sockarg,         (char *)"--ram=64M",
@@ -538,7 +505,7 @@ static void *liar_main(void *arg)
 }
 
 /* Run `vuf blk SOCK args...` against a liar with this config. */
-static void run_against_liar(struct fixture *f, struct tu_run *r, uint64_t capacity,
+static void run_against_liar(struct tu_befx *f, struct tu_run *r, uint64_t capacity,
                              uint32_t blk_size, int code, const char *const *args)
 {
     struct liar l = {.capacity = capacity, .blk_size = blk_size};
@@ -556,7 +523,7 @@ static void run_against_liar(struct fixture *f, struct tu_run *r, uint64_t capac
 
 static void test_blk_capacity_overflow(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_befx *f = *state;
     struct tu_run *r = new_run();
 
     /* 2^55 sectors is 2^64 bytes: the byte size wraps to 0. */
@@ -573,7 +540,7 @@ static void test_blk_capacity_overflow(void **state)
 
 static void test_blk_bad_block_size(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_befx *f = *state;
     struct tu_run *r = new_run();
     const uint32_t bad[] = {3, 256, 1536, 1u << 20};
 
@@ -603,7 +570,7 @@ static void test_blk_bad_block_size(void **state)
 
 static void test_qsd_4k_blocks(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_befx *f = *state;
     struct tu_run *r;
     char blockdev[400], exp[600];
     char *argv[] = {QSD, "--blockdev", blockdev, "--export", exp, NULL};
@@ -652,7 +619,7 @@ static void test_qsd_4k_blocks(void **state)
  * `vuf probe` fail at once, well inside a long connect timeout. */
 static void test_blk_not_a_socket(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_befx *f = *state;
     struct tu_run *r = new_run();
     const char *paths[2];
     int fd = open(f->disk, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -682,7 +649,7 @@ static void test_blk_not_a_socket(void **state)
 
 static void test_blk_usage(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_befx *f = *state;
     struct tu_run *r = new_run();
 
     expect(r, 0, (const char *[]){"blk", "--help", NULL});
@@ -727,18 +694,18 @@ static void test_blk_usage(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_blk_usage, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_blk_capacity_overflow, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_blk_bad_block_size, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_blk_not_a_socket, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_qsd_4k_blocks, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_demo_usage, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_demo_ram, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_demo_file, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_qsd_write_verify, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_backend_bench, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_backend_poll_short, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_backend_poll_long, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_blk_usage, setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_blk_capacity_overflow, setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_blk_bad_block_size, setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_blk_not_a_socket, setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_qsd_4k_blocks, setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_demo_usage, setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_demo_ram, setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_demo_file, setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_qsd_write_verify, setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_backend_bench, setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_backend_poll_short, setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_backend_poll_long, setup, tu_befx_teardown),
     };
 
     tool = getenv("VUF_TOOL");

@@ -85,9 +85,7 @@ static void do_io(struct vuf_blk *blk, uint32_t type, uint64_t sector, uint64_t 
 
 static void test_qsd_dirty_log(void **state)
 {
-    char *dir;
-    char disk[300], sock[300], log[300];
-    struct tu_proc proc = {.pid = -1};
+    struct tu_qsd qsd;
     struct tu_vmm vmm;
     struct vuf_interrupt intr = {.ops = &tu_vmm_intr_ops, .opaque = &vmm};
     struct vuf_frontend_config cfg;
@@ -99,24 +97,14 @@ static void test_qsd_dirty_log(void **state)
     struct vuf_queue q;
     uint64_t gpa_r[2], gpa_w, gpa_u, offered, n = 0, used_page;
     uint8_t *host_r[2], *host_w, *host_u;
-    int fds0, threads0, disk_fd;
+    int fds0, threads0;
 
     (void)state;
-    if (!tu_backend_installed(TU_QSD, "qemu-system-common"))
-        fail();
     fds0 = tu_count_fds();
     threads0 = tu_count_threads();
     tu_vmm_init(&vmm);
-    dir = tu_mkdtemp("vuf-dirtylog");
-    assert_non_null(dir);
-    snprintf(disk, sizeof(disk), "%s/disk.img", dir);
-    snprintf(sock, sizeof(sock), "%s/qsd.sock", dir);
-    snprintf(log, sizeof(log), "%s/qsd.log", dir);
-    disk_fd = open(disk, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    assert_true(disk_fd >= 0);
-    assert_int_equal(ftruncate(disk_fd, (off_t)DISK_BYTES), 0);
-    close(disk_fd);
-    tu_start_qsd_file(&proc, disk, 1, sock, log);
+    tu_qsd_up(&qsd, "vuf-dirtylog", DISK_BYTES, 1);
+    close(qsd.disk_fd);
 
     memset(&cfg, 0, sizeof(cfg));
     cfg.device_type = VUF_DEV_BLK;
@@ -125,7 +113,7 @@ static void test_qsd_dirty_log(void **state)
     cfg.event = tu_vmm_event;
     cfg.event_opaque = &vmm;
     cfg.dirty_log = true;
-    assert_int_equal(vuf_conn_connect(sock, 2000, &conn), 0);
+    assert_int_equal(vuf_conn_connect(qsd.sock, 2000, &conn), 0);
     vuf_conn_set_timeout(conn, IO_MS);
     assert_int_equal(vuf_frontend_new(&cfg, conn, &dev), 0);
     /* qsd negotiates LOG_SHMFD; its LOG_ALL stays away from the driver. */
@@ -236,8 +224,8 @@ static void test_qsd_dirty_log(void **state)
     vuf_blk_free(blk);
     vuf_virtq_free(vq);
     vuf_guest_mem_free(gm);
-    tu_stop(&proc);
-    tu_rmtree(dir);
+    tu_stop(&qsd.proc);
+    tu_rmtree(qsd.dir);
     assert_int_equal(tu_threads_settle(threads0), threads0);
     assert_int_equal(tu_count_fds(), fds0);
 }

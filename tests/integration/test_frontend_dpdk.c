@@ -75,7 +75,6 @@
 #define DPDK_PROTOCOL_OFFERED 0x10cbfull
 #define DPDK_QUEUE_PAIRS 128u
 
-static char testpmd[1024];                                            /* its path */
 static const uint8_t mac_a[6] = {0x02, 0x76, 0x75, 0x66, 0x00, 0x0a}; /* sender */
 static const uint8_t mac_b[6] = {0x02, 0x76, 0x75, 0x66, 0x00, 0x0b}; /* addressee */
 
@@ -157,20 +156,6 @@ static int setup(void **state)
     return 0;
 }
 
-/* EAL's runtime dir for our prefix: empty with --no-shconf, but left
- * behind; remove it (rmdir: only if empty). */
-static void remove_runtime_dir(const struct fx *f)
-{
-    const char *xdg = getenv("XDG_RUNTIME_DIR");
-    char path[512];
-
-    if (getuid() == 0)
-        snprintf(path, sizeof(path), "/var/run/dpdk/%s", f->prefix);
-    else
-        snprintf(path, sizeof(path), "%s/dpdk/%s", xdg && *xdg ? xdg : "/tmp", f->prefix);
-    rmdir(path);
-}
-
 static int teardown(void **state)
 {
     struct fx *f = *state;
@@ -181,52 +166,16 @@ static int teardown(void **state)
     vuf_guest_mem_free(f->gm);
     if (f->proc.pid > 0)
         tu_stop(&f->proc);
-    remove_runtime_dir(f);
+    tu_testpmd_cleanup(f->prefix);
     tu_rmtree(f->dir);
     free(f);
     return 0;
 }
 
-/*
- * dpdk-testpmd with one vhost-user-net port (1 queue pair) on f->sock,
- * forwarding in macswap mode on lcore 1. Waits for the socket file; fails
- * the test (with testpmd's log) if testpmd exits first or never creates it.
- */
+/* testpmd with one vhost-user-net port (1 queue pair) on f->sock. */
 static void start_testpmd(struct fx *f)
 {
-    char vdev[400];
-    char *argv[] = {testpmd,
-                    "-l",
-                    "0,1",
-                    "--no-huge",
-                    "-m",
-                    "1024",
-                    "--no-pci",
-                    "--no-shconf",
-                    "--file-prefix",
-                    f->prefix,
-                    "--vdev",
-                    vdev,
-                    "--",
-                    "--total-num-mbufs=16384",
-                    "--stats-period=3600",
-                    "--forward-mode=macswap",
-                    "--nb-cores=1",
-                    "-a",
-                    NULL};
-    int r;
-
-    snprintf(vdev, sizeof(vdev), "net_vhost0,iface=%s,queues=1", f->sock);
-    assert_int_equal(tu_spawn(&f->proc, argv, f->log), 0);
-    r = tu_wait_socket_file(&f->proc, f->sock, TU_START_MS);
-    if (r == -ESRCH) {
-        tu_dump_log(&f->proc);
-        fail_msg("dpdk-testpmd exited before creating %s (its log is above)", f->sock);
-    }
-    if (r) {
-        tu_dump_log(&f->proc);
-        fail_msg("dpdk-testpmd did not create %s: %s", f->sock, strerror(-r));
-    }
+    tu_start_testpmd(&f->proc, f->prefix, 1, f->sock, f->log);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -680,11 +629,7 @@ int main(void)
     signal(SIGPIPE, SIG_IGN);
     tu_warm_threads();
     vuf_log_set(tu_log_to_stderr, NULL, VUF_LOG_INFO);
-    if (!tu_which("dpdk-testpmd")) {
-        fprintf(stderr, "MISSING: dpdk-testpmd is not installed (scripts/setup.sh installs it: "
-                        "apt-get install dpdk-dev)\n");
+    if (!tu_testpmd_path())
         return 1;
-    }
-    snprintf(testpmd, sizeof(testpmd), "%s", tu_which("dpdk-testpmd"));
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -164,10 +164,7 @@ static void start_qsd(struct fx *f)
     snprintf(f->disk, sizeof(f->disk), "%s/disk.img", f->dir);
     snprintf(f->sock, sizeof(f->sock), "%s/qsd.sock", f->dir);
     snprintf(f->log, sizeof(f->log), "%s/qsd.log", f->dir);
-    /* truncate -s 64M */
-    f->disk_fd = open(f->disk, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    assert_true(f->disk_fd >= 0);
-    assert_int_equal(ftruncate(f->disk_fd, (off_t)DISK_BYTES), 0);
+    f->disk_fd = tu_make_disk(f->disk, DISK_BYTES);
     tu_start_qsd_file(&f->proc, f->disk, NQ, f->sock, f->log);
 }
 

@@ -49,6 +49,7 @@
 #include <unistd.h>
 
 #include "backends.h"
+#include "blk_writes.h"
 #include "fe_harness.h"
 #include "testutil.h"
 #include "vuf/conn.h"
@@ -86,28 +87,11 @@
 
 static const char *backend_bin;
 
-static uint32_t seed_of(unsigned id)
-{
-    return 0x9e3779b1u * (id + 1);
-}
-
-static uint64_t sector_of(unsigned id)
-{
-    return SEC_W + (uint64_t)id * WSECTORS;
-}
-
 /* ------------------------------------------------------------------------ */
 /* Fixture                                                                  */
 /* ------------------------------------------------------------------------ */
 
 enum phase { PH_FIRST = 1, PH_RECOVERED };
-
-struct wr {
-    unsigned queue;
-    int completions;
-    int result;
-    enum phase done_in;
-};
 
 struct be {
     struct tu_proc proc;
@@ -130,10 +114,7 @@ struct fx {
     struct vuf_blk *blk[NQ];
     struct vuf_queue q[NQ];
 
-    enum phase phase;
-    unsigned nwrites;
-    unsigned pending[NQ];
-    struct wr w[MAX_WRITES];
+    struct tu_writes wr;
     uint8_t buf[WLEN];
 };
 
@@ -212,6 +193,7 @@ static int setup(void **state)
     f->a.ctl_fd = f->b.ctl_fd = -1;
     f->disk_fd = -1;
     tu_vmm_init(&f->vmm);
+    tu_wr_init(&f->wr, f->blk, NQ, WLEN, SEC_W, MAX_WRITES);
     f->dir = tu_mkdtemp("vuf-inflight");
     if (!f->dir) {
         free(f);
@@ -295,94 +277,6 @@ static void make_queues(struct fx *f)
 /* The guest's writes                                                       */
 /* ------------------------------------------------------------------------ */
 
-static void submit_write(struct fx *f, unsigned qi)
-{
-    unsigned id = f->nwrites;
-    struct vuf_blk_req *req = vuf_blk_req_get(f->blk[qi]);
-
-    assert_true(id < MAX_WRITES);
-    assert_non_null(req);
-    tu_fill_pattern(vuf_blk_req_buf(req, NULL), WLEN, seed_of(id));
-    assert_int_equal(vuf_blk_req_prep(req, VUF_BLK_T_OUT, sector_of(id), WLEN), 0);
-    vuf_blk_req_set_user(req, (void *)(uintptr_t)(id + 1));
-    assert_int_equal(vuf_blk_submit(f->blk[qi], req, 0), 0);
-    f->w[id] = (struct wr){.queue = qi};
-    f->nwrites++;
-    f->pending[qi]++;
-}
-
-static void complete(struct fx *f, unsigned qi, struct vuf_blk_req *req)
-{
-    uintptr_t u = (uintptr_t)vuf_blk_req_user(req);
-
-    assert_true(u >= 1 && u <= f->nwrites);
-    assert_int_equal(f->w[u - 1].queue, qi);
-    f->w[u - 1].completions++;
-    f->w[u - 1].result = vuf_blk_req_result(req);
-    f->w[u - 1].done_in = f->phase;
-    assert_int_equal(vuf_blk_req_put(f->blk[qi], req), 0);
-    assert_true(f->pending[qi] > 0);
-    f->pending[qi]--;
-}
-
-static unsigned reap_now(struct fx *f, unsigned qi)
-{
-    struct vuf_blk_req *req;
-    unsigned n = 0;
-    int r;
-
-    while ((r = vuf_blk_reap(f->blk[qi], &req)) == 0) {
-        complete(f, qi, req);
-        n++;
-    }
-    assert_int_equal(r, -EAGAIN);
-    return n;
-}
-
-static void drain(struct fx *f)
-{
-    int64_t until = tu_now_ms() + IO_MS;
-
-    while (f->pending[0] || f->pending[1]) {
-        if (tu_now_ms() >= until)
-            fail_msg("still in flight after %d ms: queue 0 %u, queue 1 %u", IO_MS, f->pending[0],
-                     f->pending[1]);
-        for (unsigned i = 0; i < NQ; i++) {
-            struct vuf_blk_req *req;
-            int r;
-
-            if (!f->pending[i])
-                continue;
-            r = vuf_blk_wait(f->blk[i], 1, &req);
-            if (r == -ETIMEDOUT)
-                continue;
-            assert_int_equal(r, 0);
-            complete(f, i, req);
-            reap_now(f, i);
-        }
-    }
-}
-
-/* Every write so far completed exactly once, OK, and is on disk; the rings
- * agree (nothing in flight, nothing unconsumed, not broken). */
-static void assert_all_writes_done(struct fx *f)
-{
-    for (unsigned id = 0; id < f->nwrites; id++) {
-        if (f->w[id].completions != 1 || f->w[id].result != 0)
-            fail_msg("write %u (queue %u): %d completions, result %d", id, f->w[id].queue,
-                     f->w[id].completions, f->w[id].result);
-        tu_fill_pattern(f->buf, WLEN, seed_of(id));
-        tu_assert_file_has(f->disk_fd, sector_of(id), f->buf, WLEN);
-    }
-    for (unsigned i = 0; i < NQ; i++) {
-        assert_int_equal(f->pending[i], 0);
-        assert_false(vuf_virtq_broken(f->vq[i]));
-        assert_int_equal(vuf_virtq_num_inflight(f->vq[i]), 0);
-        assert_false(vuf_virtq_has_used(f->vq[i]));
-        assert_int_equal(vuf_virtq_used_idx(f->vq[i]), vuf_virtq_avail_idx(f->vq[i]));
-    }
-}
-
 /*
  * The exported area, read as the reference back-end lays it out: one
  * 64-byte aligned split region per queue, version 1, desc_num = the
@@ -446,9 +340,7 @@ static void test_inflight_reconnect(void **state)
     int64_t t_kill, until;
     int r, status;
 
-    f->disk_fd = open(f->disk, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    assert_true(f->disk_fd >= 0);
-    assert_int_equal(ftruncate(f->disk_fd, (off_t)DISK_BYTES), 0);
+    f->disk_fd = tu_make_disk(f->disk, DISK_BYTES);
     be_start(f, &f->a, "a");
     f->fds0 = tu_count_fds();
     f->threads0 = tu_count_threads();
@@ -457,12 +349,12 @@ static void test_inflight_reconnect(void **state)
     connect_device(f, &f->a, NULL, 0);
     make_queues(f);
     assert_int_equal(vuf_device_activate(f->dev, f->gm, &f->intr, f->q, NQ), 0);
-    f->phase = PH_FIRST;
+    f->wr.phase = PH_FIRST;
     for (unsigned k = 0; k < BEFORE; k++)
         for (unsigned i = 0; i < NQ; i++)
-            submit_write(f, i);
-    drain(f);
-    assert_all_writes_done(f);
+            tu_wr_submit(&f->wr, i);
+    tu_wr_drain(&f->wr, IO_MS);
+    tu_wr_assert_all_done(&f->wr, f->disk_fd, f->vq);
 
     /* --- A takes HELD writes per queue and never finishes them ------------- *
      * One queue at a time, so that the hold budget (global) goes to it;
@@ -474,33 +366,33 @@ static void test_inflight_reconnect(void **state)
         ctl(&f->a, cmd, ans, sizeof(ans));
         assert_string_equal(ans, "ok hold=3");
         for (unsigned k = 0; k < HELD + EXTRA; k++)
-            submit_write(f, i);
+            tu_wr_submit(&f->wr, i);
         until = tu_now_ms() + IO_MS;
-        while (f->pending[i] > HELD) {
+        while (f->wr.pending[i] > HELD) {
             struct vuf_blk_req *req;
 
             if (tu_now_ms() >= until)
-                fail_msg("queue %u: %u in flight after %d ms, want %u", i, f->pending[i], IO_MS,
+                fail_msg("queue %u: %u in flight after %d ms, want %u", i, f->wr.pending[i], IO_MS,
                          HELD);
             r = vuf_blk_wait(f->blk[i], 1, &req);
             if (r == -ETIMEDOUT)
                 continue;
             assert_int_equal(r, 0);
-            complete(f, i, req);
+            tu_wr_complete(&f->wr, i, req);
         }
         assert_int_equal(ctl_held(&f->a, per_q), (i + 1) * HELD);
         assert_int_equal(per_q[i], HELD);
     }
     /* The extras completed (in A), the held ones did not. */
-    for (unsigned id = NQ * BEFORE; id < f->nwrites; id++) {
+    for (unsigned id = NQ * BEFORE; id < f->wr.n; id++) {
         bool held = (id - NQ * BEFORE) % (HELD + EXTRA) < HELD;
 
-        assert_int_equal(f->w[id].completions, held ? 0 : 1);
+        assert_int_equal(f->wr.w[id].completions, held ? 0 : 1);
     }
     tu_sleep_ms(20);
     for (unsigned i = 0; i < NQ; i++) {
-        assert_int_equal(reap_now(f, i), 0);
-        assert_int_equal(f->pending[i], HELD);
+        assert_int_equal(tu_wr_reap_now(&f->wr, i), 0);
+        assert_int_equal(f->wr.pending[i], HELD);
         used[i] = vuf_virtq_used_idx(f->vq[i]);
         assert_int_equal(used[i], BEFORE + EXTRA);
     }
@@ -517,7 +409,7 @@ static void test_inflight_reconnect(void **state)
     assert_true(WIFSIGNALED(status));
     assert_int_equal(WTERMSIG(status), SIGKILL);
     for (unsigned i = 0; i < NQ; i++)
-        assert_int_equal(reap_now(f, i), 0);
+        assert_int_equal(tu_wr_reap_now(&f->wr, i), 0);
 
     /* --- VMM: the queues back, the area out, the dead device gone ---------- */
     for (unsigned i = 0; i < NQ; i++) {
@@ -551,27 +443,27 @@ static void test_inflight_reconnect(void **state)
     connect_device(f, &f->b, &area, acked);
     close(area.fd);
     area.fd = -1;
-    f->phase = PH_RECOVERED;
+    f->wr.phase = PH_RECOVERED;
     /* No driver requeue: the queues exactly as sleep returned them. */
     assert_int_equal(vuf_device_wake(f->dev, f->gm, &f->intr, slept, NQ), 0);
     assert_true(vuf_frontend_is_active(f->dev));
     for (unsigned i = 0; i < NQ; i++)
         assert_int_equal(vuf_virtq_kick(f->vq[i], VUF_VIRTQ_KICK_FORCE), 1);
-    drain(f);
+    tu_wr_drain(&f->wr, IO_MS);
     {
         unsigned recovered = 0;
 
-        for (unsigned id = 0; id < f->nwrites; id++) {
+        for (unsigned id = 0; id < f->wr.n; id++) {
             bool was_held = id >= NQ * BEFORE && (id - NQ * BEFORE) % (HELD + EXTRA) < HELD;
 
-            assert_int_equal(f->w[id].done_in, was_held ? PH_RECOVERED : PH_FIRST);
-            recovered += f->w[id].done_in == PH_RECOVERED;
+            assert_int_equal(f->wr.w[id].done_in, was_held ? PH_RECOVERED : PH_FIRST);
+            recovered += f->wr.w[id].done_in == PH_RECOVERED;
         }
         assert_int_equal(recovered, NQ * HELD);
     }
     assert_int_equal(vuf_blk_flush(f->blk[0], IO_MS), 0);
     assert_int_equal(vuf_blk_flush(f->blk[1], IO_MS), 0);
-    assert_all_writes_done(f);
+    tu_wr_assert_all_done(&f->wr, f->disk_fd, f->vq);
     ctl_completed(&f->b, done);
     assert_int_equal(done[0], HELD + 1); /* + the flush */
     assert_int_equal(done[1], HELD + 1);
@@ -580,16 +472,16 @@ static void test_inflight_reconnect(void **state)
     /* --- and the device goes on -------------------------------------------- */
     for (unsigned k = 0; k < AFTER; k++)
         for (unsigned i = 0; i < NQ; i++)
-            submit_write(f, i);
-    drain(f);
-    assert_all_writes_done(f);
+            tu_wr_submit(&f->wr, i);
+    tu_wr_drain(&f->wr, IO_MS);
+    tu_wr_assert_all_done(&f->wr, f->disk_fd, f->vq);
     {
-        unsigned ids[3] = {0, NQ * BEFORE, f->nwrites - 1};
+        unsigned ids[3] = {0, NQ * BEFORE, f->wr.n - 1};
 
         for (unsigned k = 0; k < 3; k++) {
-            tu_fill_pattern(f->buf, WLEN, seed_of(ids[k]));
-            tu_assert_blk_reads(f->blk[(f->w[ids[k]].queue + 1) % NQ], sector_of(ids[k]), f->buf,
-                                WLEN, IO_MS);
+            tu_fill_pattern(f->buf, WLEN, tu_wr_seed(ids[k]));
+            tu_assert_blk_reads(f->blk[(f->wr.w[ids[k]].queue + 1) % NQ],
+                                tu_wr_sector(&f->wr, ids[k]), f->buf, WLEN, IO_MS);
         }
     }
     ctl_completed(&f->b, done);

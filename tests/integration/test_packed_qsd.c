@@ -44,9 +44,7 @@ static void count_log(void *opaque, enum vuf_log_level level, const char *msg)
 
 static void test_qsd_gets_split_rings(void **state)
 {
-    char *dir = tu_mkdtemp("vuf-packed-qsd");
-    char disk[300], sock[300], logp[300];
-    struct tu_proc proc = {.pid = -1};
+    struct tu_qsd qsd;
     struct vuf_frontend_config cfg;
     struct vuf_conn *conn = NULL;
     struct vuf_device *dev = NULL;
@@ -58,21 +56,11 @@ static void test_qsd_gets_split_rings(void **state)
     struct tu_vmm vmm;
     uint8_t *wbuf = malloc(LEN), *rbuf = malloc(LEN);
     uint64_t offered;
-    int fd;
 
     (void)state;
-    if (!tu_backend_installed(TU_QSD, "qemu-system-common"))
-        fail();
-    assert_non_null(dir);
     assert_non_null(wbuf);
     assert_non_null(rbuf);
-    snprintf(disk, sizeof(disk), "%s/disk.img", dir);
-    snprintf(sock, sizeof(sock), "%s/qsd.sock", dir);
-    snprintf(logp, sizeof(logp), "%s/qsd.log", dir);
-    fd = open(disk, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    assert_true(fd >= 0);
-    assert_int_equal(ftruncate(fd, (off_t)DISK_BYTES), 0);
-    tu_start_qsd_file(&proc, disk, 1, sock, logp);
+    tu_qsd_up(&qsd, "vuf-packed-qsd", DISK_BYTES, 1);
 
     tu_vmm_init(&vmm);
     memset(&cfg, 0, sizeof(cfg));
@@ -84,7 +72,7 @@ static void test_qsd_gets_split_rings(void **state)
     cfg.event_opaque = &vmm;
     atomic_store(&warn_packed, 0);
     vuf_log_set(count_log, NULL, VUF_LOG_WARN);
-    assert_int_equal(vuf_conn_connect(sock, 2000, &conn), 0);
+    assert_int_equal(vuf_conn_connect(qsd.sock, 2000, &conn), 0);
     vuf_conn_set_timeout(conn, IO_MS);
     assert_int_equal(vuf_frontend_new(&cfg, conn, &dev), 0);
     offered = vuf_device_features(dev);
@@ -113,7 +101,7 @@ static void test_qsd_gets_split_rings(void **state)
         wbuf[i] = (uint8_t)(i * 13 + 7);
     assert_int_equal(vuf_blk_write(blk, 8, wbuf, LEN, IO_MS), 0);
     assert_int_equal(vuf_blk_flush(blk, IO_MS), 0);
-    assert_int_equal(pread(fd, rbuf, LEN, 8 * 512), (ssize_t)LEN);
+    assert_int_equal(pread(qsd.disk_fd, rbuf, LEN, 8 * 512), (ssize_t)LEN);
     assert_memory_equal(rbuf, wbuf, LEN);
 
     /* Split indices across sleep/wake, as before packed rings existed. */
@@ -134,9 +122,7 @@ static void test_qsd_gets_split_rings(void **state)
     vuf_virtq_free(vq);
     tu_vmm_forget_queue(&vmm, 0);
     vuf_guest_mem_free(gm);
-    close(fd);
-    tu_stop_clean(&proc, sock);
-    tu_rmtree(dir);
+    tu_qsd_down(&qsd);
     free(wbuf);
     free(rbuf);
 }
@@ -145,46 +131,31 @@ static void test_qsd_gets_split_rings(void **state)
  * says why, not a silent split ring; the default works. */
 static void test_qsd_cli_ring_packed_refused(void **state)
 {
-    char *dir = tu_mkdtemp("vuf-packed-qsd-cli");
-    char disk[300], sock[300], logp[300];
-    struct tu_proc proc = {.pid = -1};
-    const char *t = getenv("VUF_TOOL");
-    struct tu_run *r = malloc(sizeof(*r));
-    int fd;
+    struct tu_qsd qsd;
+    struct tu_run *r;
+    const char *sock;
 
     (void)state;
-    if (!tu_backend_installed(TU_QSD, "qemu-system-common"))
-        fail();
-    if (!t || !tu_have_exe(t))
-        fail_msg("VUF_TOOL does not name the vuf binary (run via meson test)");
-    assert_non_null(dir);
-    assert_non_null(r);
-    snprintf(disk, sizeof(disk), "%s/disk.img", dir);
-    snprintf(sock, sizeof(sock), "%s/qsd.sock", dir);
-    snprintf(logp, sizeof(logp), "%s/qsd.log", dir);
-    fd = open(disk, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    assert_true(fd >= 0);
-    assert_int_equal(ftruncate(fd, (off_t)DISK_BYTES), 0);
-    close(fd);
-    tu_start_qsd_file(&proc, disk, 1, sock, logp);
+    tu_qsd_up(&qsd, "vuf-packed-qsd-cli", DISK_BYTES, 1);
+    sock = qsd.sock;
     {
         const char *args[] = {"blk",   sock,   "write",  "--offset", "0",
                               "--len", "4096", "--ring", "packed",   NULL};
 
-        tu_run_capture(r, t, args, 60000);
+        r = tu_run_vuf(args, 60000);
         assert_int_equal(tu_exit_code(r), 1);
         assert_non_null(strstr(r->err, "the back-end does not offer RING_PACKED"));
+        free(r);
     }
     {
         const char *args[] = {"blk",   sock,   "write",  "--offset", "0",
                               "--len", "4096", "--ring", "split",    NULL};
 
-        tu_run_capture(r, t, args, 60000);
+        r = tu_run_vuf(args, 60000);
         assert_int_equal(tu_exit_code(r), 0);
     }
     free(r);
-    tu_stop_clean(&proc, sock);
-    tu_rmtree(dir);
+    tu_qsd_down(&qsd);
 }
 
 int main(void)

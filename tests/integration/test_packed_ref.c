@@ -220,15 +220,7 @@ static void test_packed_ref_laps_snapshot_restore(void **state)
 
 static struct tu_run *run_tool(const char *const *args)
 {
-    const char *t = getenv("VUF_TOOL");
-    struct tu_run *r = malloc(sizeof(*r));
-
-    if (!t || !tu_have_exe(t))
-        fail_msg("VUF_TOOL does not name the vuf binary (run via meson test)");
-    assert_non_null(r);
-    tu_run_capture(r, t, args, 60000);
-    printf("%s", r->out);
-    return r;
+    return tu_run_vuf(args, 60000);
 }
 
 /* vuf blk --ring packed: write, verify, and a bench whose JSON says so. */

@@ -107,57 +107,28 @@ static bool array_has(json_object *o, const char *key, const char *name)
 
 /* ---- back-end fixtures ----------------------------------------------------- */
 
-struct fixture {
-    char *dir;
-    struct tu_proc proc;
-    char sock[256];
-    char log[300];
-};
-
 static int setup(void **state)
 {
-    struct fixture *f = calloc(1, sizeof(*f));
-
-    if (!f)
-        return -1;
-    f->proc.pid = -1;
-    f->dir = tu_mkdtemp("vuf-probe");
-    if (!f->dir) {
-        free(f);
-        return -1;
-    }
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    struct fixture *f = *state;
-
-    if (f->proc.pid > 0)
-        tu_stop(&f->proc);
-    tu_rmtree(f->dir);
-    free(f);
-    return 0;
+    return tu_befx_setup(state, "vuf-probe");
 }
 
 /* By file only: a test connect would use up a one-connection back-end
  * (and leave a dead client in qsd's backlog). */
-static void start_backend(struct fixture *f, char *const argv[])
+static void start_backend(struct tu_befx *f, char *const argv[])
 {
     tu_spawn_wait_file(&f->proc, argv, f->log, f->sock);
 }
 
 /* A one-connection back-end exits (rc 0) soon after the probe hangs up:
  * proof that the probe closed its connection. */
-static void assert_exits_cleanly(struct fixture *f)
+static void assert_exits_cleanly(struct tu_befx *f)
 {
     tu_assert_exits_zero(&f->proc, 5000);
 }
 
 /* ---- qemu-storage-daemon: vhost-user-blk ----------------------------------- */
 
-static void start_qsd(struct fixture *f, const char *export_extra)
+static void start_qsd(struct tu_befx *f, const char *export_extra)
 {
     char exp[600];
     char *argv[] = {
@@ -174,7 +145,7 @@ static void start_qsd(struct fixture *f, const char *export_extra)
 
 static void test_qsd_blk(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_befx *f = *state;
     json_object *j, *cfg;
     uint64_t pf, feat;
 
@@ -244,7 +215,7 @@ static void test_qsd_blk(void **state)
  * every earlier probe closed its connection, including a failed one. */
 static void test_qsd_sequential_and_refused_config(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_befx *f = *state;
     struct tu_run r;
     json_object *j;
 
@@ -292,7 +263,7 @@ static void test_qsd_sequential_and_refused_config(void **state)
 
 static void test_virtiofsd(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_befx *f = *state;
     char share[300];
     json_object *j;
     uint64_t pf;
@@ -330,7 +301,7 @@ static void test_virtiofsd(void **state)
 
 /* ---- vhost-user-gpu ---------------------------------------------------------- */
 
-static void run_gpu(struct fixture *f, bool virgl)
+static void run_gpu(struct tu_befx *f, bool virgl)
 {
     char sockopt[300];
     char *argv[] = {VUGPU, sockopt, virgl ? "--virgl" : NULL, NULL};
@@ -394,7 +365,7 @@ static void fill_sun(struct sockaddr_un *sa, const char *path)
  * retrying for about --timeout-ms and not much longer. */
 static void test_nothing_listening(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_befx *f = *state;
     struct tu_run r;
 
     snprintf(f->sock, sizeof(f->sock), "%s/nobody.sock", f->dir);
@@ -411,7 +382,7 @@ static void test_nothing_listening(void **state)
 /* A stale socket file (bound, never listening): connection refused. */
 static void test_stale_socket(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_befx *f = *state;
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     struct tu_run r;
     int fd;
@@ -434,7 +405,7 @@ static void test_stale_socket(void **state)
 /* A peer that accepts and hangs up at once: the failing step is named. */
 static void test_peer_hangs_up(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_befx *f = *state;
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     struct tu_run r;
     pid_t pid;
@@ -548,7 +519,7 @@ static void test_vuf_log_env(void **state)
         bool trace;
     } cases[] = {{"debug", true}, {"DEBUG", true},  {NULL, false},
                  {"warn", false}, {"error", false}, {"nonsense", false}};
-    struct fixture *f = *state;
+    struct tu_befx *f = *state;
     static struct tu_run r;
 
     if (!tu_backend_installed(QSD, "qemu-system-common"))
@@ -579,16 +550,17 @@ static void test_vuf_log_env(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_vuf_log_env, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_vuf_log_env, setup, tu_befx_teardown),
         cmocka_unit_test(test_cli_usage),
-        cmocka_unit_test_setup_teardown(test_qsd_blk, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_qsd_sequential_and_refused_config, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_virtiofsd, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_gpu, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_gpu_virgl, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_nothing_listening, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_stale_socket, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_peer_hangs_up, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_qsd_blk, setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_qsd_sequential_and_refused_config, setup,
+                                        tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_virtiofsd, setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_gpu, setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_gpu_virgl, setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_nothing_listening, setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_stale_socket, setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_peer_hangs_up, setup, tu_befx_teardown),
     };
 
     tool = tu_built_exe("VUF_TOOL");

@@ -40,6 +40,7 @@
 #include <unistd.h>
 
 #include "backends.h"
+#include "blk_writes.h"
 #include "fe_harness.h"
 #include "testutil.h"
 #include "vuf/conn.h"
@@ -72,25 +73,11 @@
 #define SEC_W 8192ull /* write w goes to SEC_W + w * WSECTORS */
 #define MAX_WRITES 1024u
 
-static uint32_t seed_of(unsigned id)
-{
-    return 0x9e3779b1u * (id + 1);
-}
-
 /* ------------------------------------------------------------------------ */
 /* Fixture                                                                  */
 /* ------------------------------------------------------------------------ */
 
 enum phase { PH_FIRST = 1, PH_RECOVERED };
-
-/* One write the guest issued. */
-struct wr {
-    bool issued;
-    unsigned queue;
-    int completions;
-    int result;
-    enum phase done_in; /* the back-end instance that completed it */
-};
 
 struct fx {
     char *dir;
@@ -107,10 +94,7 @@ struct fx {
     struct vuf_blk *blk[NQ];
     struct vuf_queue q[NQ];
 
-    enum phase phase;
-    unsigned nwrites;
-    unsigned pending[NQ];
-    struct wr w[MAX_WRITES];
+    struct tu_writes wr;
     uint8_t buf[WLEN];
 };
 
@@ -123,6 +107,7 @@ static int setup(void **state)
     f->proc.pid = -1;
     f->disk_fd = -1;
     tu_vmm_init(&f->vmm);
+    tu_wr_init(&f->wr, f->blk, NQ, WLEN, SEC_W, MAX_WRITES);
     f->dir = tu_mkdtemp("vuf-reconnect");
     if (!f->dir) {
         free(f);
@@ -224,71 +209,6 @@ static void make_queues(struct fx *f)
 /* The guest's writes                                                       */
 /* ------------------------------------------------------------------------ */
 
-static uint64_t sector_of(unsigned id)
-{
-    return SEC_W + (uint64_t)id * WSECTORS;
-}
-
-/* Issue one write with its own pattern at its own sector (kicked as the
- * device asks; nobody may be listening). */
-static void submit_write(struct fx *f, unsigned qi)
-{
-    unsigned id = f->nwrites;
-    struct vuf_blk_req *req = vuf_blk_req_get(f->blk[qi]);
-
-    assert_true(id < MAX_WRITES);
-    assert_non_null(req);
-    tu_fill_pattern(vuf_blk_req_buf(req, NULL), WLEN, seed_of(id));
-    assert_int_equal(vuf_blk_req_prep(req, VUF_BLK_T_OUT, sector_of(id), WLEN), 0);
-    vuf_blk_req_set_user(req, (void *)(uintptr_t)(id + 1));
-    assert_int_equal(vuf_blk_submit(f->blk[qi], req, 0), 0);
-    f->w[id] = (struct wr){.issued = true, .queue = qi};
-    f->nwrites++;
-    f->pending[qi]++;
-}
-
-static void complete(struct fx *f, unsigned qi, struct vuf_blk_req *req)
-{
-    uintptr_t u = (uintptr_t)vuf_blk_req_user(req);
-
-    assert_true(u >= 1 && u <= f->nwrites);
-    assert_int_equal(f->w[u - 1].queue, qi);
-    f->w[u - 1].completions++;
-    f->w[u - 1].result = vuf_blk_req_result(req);
-    f->w[u - 1].done_in = f->phase;
-    assert_int_equal(vuf_blk_req_put(f->blk[qi], req), 0);
-    assert_true(f->pending[qi] > 0);
-    f->pending[qi]--;
-}
-
-/* Reap what is on the used ring now; returns how many. */
-static unsigned reap_now(struct fx *f, unsigned qi)
-{
-    struct vuf_blk_req *req;
-    unsigned n = 0;
-    int r;
-
-    while ((r = vuf_blk_reap(f->blk[qi], &req)) == 0) {
-        complete(f, qi, req);
-        n++;
-    }
-    assert_int_equal(r, -EAGAIN);
-    return n;
-}
-
-/* Wait up to wait_ms for one completion on queue qi; 1 if one came. */
-static unsigned reap_wait(struct fx *f, unsigned qi, int wait_ms)
-{
-    struct vuf_blk_req *req;
-    int r = vuf_blk_wait(f->blk[qi], wait_ms, &req);
-
-    if (r == -ETIMEDOUT)
-        return 0;
-    assert_int_equal(r, 0);
-    complete(f, qi, req);
-    return 1 + reap_now(f, qi);
-}
-
 /* Keep QD writes in flight on both queues until `count` more completed. */
 static void stream(struct fx *f, unsigned count)
 {
@@ -298,45 +218,10 @@ static void stream(struct fx *f, unsigned count)
     while (done < count) {
         assert_true(tu_now_ms() < until);
         for (unsigned i = 0; i < NQ; i++)
-            while (f->pending[i] < QD)
-                submit_write(f, i);
+            while (f->wr.pending[i] < QD)
+                tu_wr_submit(&f->wr, i);
         for (unsigned i = 0; i < NQ; i++)
-            done += reap_wait(f, i, 1);
-    }
-}
-
-/* Wait until nothing is in flight on either queue. */
-static void drain(struct fx *f)
-{
-    int64_t until = tu_now_ms() + IO_MS;
-
-    while (f->pending[0] || f->pending[1]) {
-        if (tu_now_ms() >= until)
-            fail_msg("still in flight after %d ms: queue 0 %u, queue 1 %u", IO_MS, f->pending[0],
-                     f->pending[1]);
-        for (unsigned i = 0; i < NQ; i++)
-            if (f->pending[i])
-                reap_wait(f, i, 1);
-    }
-}
-
-/* Every write issued so far completed exactly once, OK, and is on disk;
- * the rings agree (nothing in flight, nothing unconsumed, not broken). */
-static void assert_all_writes_done(struct fx *f)
-{
-    for (unsigned id = 0; id < f->nwrites; id++) {
-        if (f->w[id].completions != 1 || f->w[id].result != 0)
-            fail_msg("write %u (queue %u): %d completions, result %d", id, f->w[id].queue,
-                     f->w[id].completions, f->w[id].result);
-        tu_fill_pattern(f->buf, WLEN, seed_of(id));
-        tu_assert_file_has(f->disk_fd, sector_of(id), f->buf, WLEN);
-    }
-    for (unsigned i = 0; i < NQ; i++) {
-        assert_int_equal(f->pending[i], 0);
-        assert_false(vuf_virtq_broken(f->vq[i]));
-        assert_int_equal(vuf_virtq_num_inflight(f->vq[i]), 0);
-        assert_false(vuf_virtq_has_used(f->vq[i]));
-        assert_int_equal(vuf_virtq_used_idx(f->vq[i]), vuf_virtq_avail_idx(f->vq[i]));
+            done += tu_wr_reap_wait(&f->wr, i, 1);
     }
 }
 
@@ -377,9 +262,7 @@ static void reconnect(struct fx *f, int restart_delay_ms)
 
     if (!tu_backend_installed(QSD, "qemu-system-common"))
         fail();
-    f->disk_fd = open(f->disk, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    assert_true(f->disk_fd >= 0);
-    assert_int_equal(ftruncate(f->disk_fd, (off_t)DISK_BYTES), 0);
+    f->disk_fd = tu_make_disk(f->disk, DISK_BYTES);
     tu_start_qsd_file(&f->proc, f->disk, NQ, f->sock, f->log);
     f->fds0 = tu_count_fds();
     f->threads0 = tu_count_threads();
@@ -390,10 +273,10 @@ static void reconnect(struct fx *f, int restart_delay_ms)
     assert_int_equal(tu_count_threads(), f->threads0 + 1); /* the worker */
 
     /* --- the guest streams writes on both queues --------------------------- */
-    f->phase = PH_FIRST;
+    f->wr.phase = PH_FIRST;
     stream(f, 64);
-    print_message("streamed: %u writes issued, %u + %u in flight\n", f->nwrites, f->pending[0],
-                  f->pending[1]);
+    print_message("streamed: %u writes issued, %u + %u in flight\n", f->wr.n, f->wr.pending[0],
+                  f->wr.pending[1]);
 
     /* --- qsd dies mid-stream ------------------------------------------------ *
      * Frozen first, so that the writes queued now are certainly unprocessed
@@ -403,10 +286,10 @@ static void reconnect(struct fx *f, int restart_delay_ms)
     assert_int_equal(kill(f->proc.pid, SIGSTOP), 0);
     wait_stopped(f->proc.pid);
     tu_sleep_ms(20);
-    before_freeze = f->nwrites;
+    before_freeze = f->wr.n;
     for (unsigned i = 0; i < NQ; i++)
-        while (f->pending[i] < QD + FROZEN_EXTRA)
-            submit_write(f, i);
+        while (f->wr.pending[i] < QD + FROZEN_EXTRA)
+            tu_wr_submit(&f->wr, i);
     t_kill = tu_now_ms();
     assert_int_equal(kill(f->proc.pid, SIGKILL), 0);
     while (!atomic_load(&f->vmm.crashed) && tu_now_ms() - t_kill < 3000)
@@ -421,13 +304,13 @@ static void reconnect(struct fx *f, int restart_delay_ms)
     /* The guest keeps going: what the dead back-end completed is reaped,
      * and new writes pile up unanswered. */
     for (unsigned i = 0; i < NQ; i++) {
-        reap_now(f, i);
+        tu_wr_reap_now(&f->wr, i);
         for (unsigned k = 0; k < POST_CRASH; k++)
-            submit_write(f, i);
+            tu_wr_submit(&f->wr, i);
     }
     tu_sleep_ms(50);
     for (unsigned i = 0; i < NQ; i++)
-        assert_int_equal(reap_now(f, i), 0);
+        assert_int_equal(tu_wr_reap_now(&f->wr, i), 0);
 
     /* --- VMM: take the queues back from the dead device --------------------- *
      * GET_VRING_BASE cannot be sent; sleep reports the error and still hands
@@ -465,7 +348,7 @@ static void reconnect(struct fx *f, int restart_delay_ms)
         uint16_t base = 0;
 
         inflight[i] = vuf_virtq_num_inflight(f->vq[i]);
-        assert_int_equal(inflight[i], f->pending[i]);
+        assert_int_equal(inflight[i], f->wr.pending[i]);
         assert_true(inflight[i] >= FROZEN_EXTRA + POST_CRASH);
         assert_int_equal(vuf_virtq_requeue_inflight(f->vq[i], &base), 0);
         assert_int_equal(base, slept[i].next_avail);
@@ -474,7 +357,7 @@ static void reconnect(struct fx *f, int restart_delay_ms)
         resume[i].next_avail = base;
     }
     print_message("in flight at the crash: %u + %u (of %u writes; %u issued after the freeze)\n",
-                  inflight[0], inflight[1], f->nwrites, f->nwrites - before_freeze);
+                  inflight[0], inflight[1], f->wr.n, f->wr.n - before_freeze);
 
     /* --- the back-end comes back on the same socket and file ---------------- */
     if (restart_delay_ms) {
@@ -493,40 +376,40 @@ static void reconnect(struct fx *f, int restart_delay_ms)
         assert_true(took >= restart_delay_ms / 2);
 
     /* --- resume the rings on the new back-end ------------------------------- */
-    f->phase = PH_RECOVERED;
+    f->wr.phase = PH_RECOVERED;
     assert_int_equal(vuf_device_wake(f->dev, f->gm, &f->intr, resume, NQ), 0);
     assert_true(vuf_frontend_is_active(f->dev));
     assert_int_equal(tu_count_threads(), f->threads0 + 1);
     for (unsigned i = 0; i < NQ; i++)
         assert_int_equal(vuf_virtq_kick(f->vq[i], VUF_VIRTQ_KICK_FORCE), 1);
-    drain(f);
+    tu_wr_drain(&f->wr, IO_MS);
     {
         unsigned recovered = 0;
 
-        for (unsigned id = 0; id < f->nwrites; id++)
-            recovered += f->w[id].done_in == PH_RECOVERED;
+        for (unsigned id = 0; id < f->wr.n; id++)
+            recovered += f->wr.w[id].done_in == PH_RECOVERED;
         /* Exactly the writes in flight at the crash were done by the new
          * back-end. */
         assert_int_equal(recovered, inflight[0] + inflight[1]);
     }
     assert_int_equal(vuf_blk_flush(f->blk[0], IO_MS), 0);
     assert_int_equal(vuf_blk_flush(f->blk[1], IO_MS), 0);
-    assert_all_writes_done(f);
+    tu_wr_assert_all_done(&f->wr, f->disk_fd, f->vq);
 
     /* --- and the device goes on --------------------------------------------- */
     stream(f, 64);
-    drain(f);
+    tu_wr_drain(&f->wr, IO_MS);
     assert_int_equal(vuf_blk_flush(f->blk[1], IO_MS), 0);
-    assert_all_writes_done(f);
+    tu_wr_assert_all_done(&f->wr, f->disk_fd, f->vq);
     /* Reads through the driver, across queues: one from before the freeze,
      * one queued while frozen, the last one issued. */
     {
-        unsigned ids[3] = {0, before_freeze, f->nwrites - 1};
+        unsigned ids[3] = {0, before_freeze, f->wr.n - 1};
 
         for (unsigned k = 0; k < 3; k++) {
-            tu_fill_pattern(f->buf, WLEN, seed_of(ids[k]));
-            tu_assert_blk_reads(f->blk[(f->w[ids[k]].queue + 1) % NQ], sector_of(ids[k]), f->buf,
-                                WLEN, IO_MS);
+            tu_fill_pattern(f->buf, WLEN, tu_wr_seed(ids[k]));
+            tu_assert_blk_reads(f->blk[(f->wr.w[ids[k]].queue + 1) % NQ],
+                                tu_wr_sector(&f->wr, ids[k]), f->buf, WLEN, IO_MS);
         }
     }
     assert_int_equal(atomic_load(&f->vmm.crashed), 1);

@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -9,6 +11,39 @@
 #include <unistd.h>
 
 #include "backends.h"
+
+int tu_befx_setup(void **state, const char *tag)
+{
+    static unsigned instance;
+    struct tu_befx *f = calloc(1, sizeof(*f));
+
+    if (!f)
+        return -1;
+    f->proc.pid = -1;
+    f->dir = tu_mkdtemp(tag);
+    if (!f->dir) {
+        free(f);
+        return -1;
+    }
+    snprintf(f->sock, sizeof(f->sock), "%s/be.sock", f->dir);
+    snprintf(f->log, sizeof(f->log), "%s/be.log", f->dir);
+    snprintf(f->disk, sizeof(f->disk), "%s/disk.img", f->dir);
+    snprintf(f->prefix, sizeof(f->prefix), "%s-%d-%u", tag, (int)getpid(), instance++);
+    *state = f;
+    return 0;
+}
+
+int tu_befx_teardown(void **state)
+{
+    struct tu_befx *f = *state;
+
+    if (f->proc.pid > 0)
+        tu_stop(&f->proc);
+    tu_testpmd_cleanup(f->prefix);
+    tu_rmtree(f->dir);
+    free(f);
+    return 0;
+}
 
 void tu_spawn_wait_file(struct tu_proc *p, char *const argv[], const char *log, const char *sock)
 {
@@ -93,6 +128,41 @@ void tu_start_qsd_file(struct tu_proc *p, const char *disk, unsigned num_queues,
     tu_spawn_wait_file(p, argv, log, sock);
 }
 
+int tu_make_disk(const char *path, uint64_t bytes)
+{
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, (off_t)bytes), 0);
+    return fd;
+}
+
+void tu_qsd_up(struct tu_qsd *q, const char *tag, uint64_t bytes, unsigned num_queues)
+{
+    memset(q, 0, sizeof(*q));
+    q->proc.pid = -1;
+    q->disk_fd = -1;
+    if (!tu_backend_installed(TU_QSD, "qemu-system-common"))
+        fail();
+    q->dir = tu_mkdtemp(tag);
+    assert_non_null(q->dir);
+    snprintf(q->disk, sizeof(q->disk), "%s/disk.img", q->dir);
+    snprintf(q->sock, sizeof(q->sock), "%s/qsd.sock", q->dir);
+    snprintf(q->log, sizeof(q->log), "%s/qsd.log", q->dir);
+    q->disk_fd = tu_make_disk(q->disk, bytes);
+    tu_start_qsd_file(&q->proc, q->disk, num_queues, q->sock, q->log);
+}
+
+void tu_qsd_down(struct tu_qsd *q)
+{
+    tu_stop_clean(&q->proc, q->sock);
+    if (q->disk_fd >= 0)
+        close(q->disk_fd);
+    q->disk_fd = -1;
+    tu_rmtree(q->dir);
+    q->dir = NULL;
+}
+
 void tu_spawn_qsd_file_after(struct tu_proc *p, int delay_ms, const char *disk, unsigned num_queues,
                              const char *sock, const char *log)
 {
@@ -104,6 +174,60 @@ void tu_spawn_qsd_file_after(struct tu_proc *p, int delay_ms, const char *disk, 
              delay_ms % 1000);
     qsd_file_opts(blockdev, exp, disk, num_queues, sock);
     assert_int_equal(tu_spawn(p, argv, log), 0);
+}
+
+const char *tu_testpmd_path(void)
+{
+    const char *path = tu_which("dpdk-testpmd");
+
+    if (!path)
+        fprintf(stderr, "MISSING: dpdk-testpmd is not installed (scripts/setup.sh installs it: "
+                        "apt-get install dpdk-dev)\n");
+    return path;
+}
+
+void tu_start_testpmd(struct tu_proc *p, const char *prefix, unsigned pairs, const char *sock,
+                      const char *log)
+{
+    const char *path = tu_testpmd_path();
+    char vdev[400], rxq[32], txq[32];
+    char *argv[] = {NULL, "-l", "0,1", "--no-huge", "-m", "1024", "--no-pci", "--no-shconf",
+                    "--file-prefix", (char *)prefix, "--vdev", vdev, "--",
+                    "--total-num-mbufs=16384", "--stats-period=3600", "--forward-mode=macswap",
+                    "--nb-cores=1", "-a",
+                    /* With several pairs, one forwarding queue per pair
+                     * (testpmd's default is one). */
+                    pairs > 1 ? rxq : NULL, txq, NULL};
+    int r;
+
+    if (!path)
+        fail();
+    argv[0] = (char *)path;
+    snprintf(vdev, sizeof(vdev), "net_vhost0,iface=%s,queues=%u", sock, pairs);
+    snprintf(rxq, sizeof(rxq), "--rxq=%u", pairs);
+    snprintf(txq, sizeof(txq), "--txq=%u", pairs);
+    assert_int_equal(tu_spawn(p, argv, log), 0);
+    r = tu_wait_socket_file(p, sock, TU_START_MS);
+    if (r == -ESRCH) {
+        tu_dump_log(p);
+        fail_msg("dpdk-testpmd exited before creating %s (its log is above)", sock);
+    }
+    if (r) {
+        tu_dump_log(p);
+        fail_msg("dpdk-testpmd did not create %s: %s", sock, strerror(-r));
+    }
+}
+
+void tu_testpmd_cleanup(const char *prefix)
+{
+    const char *xdg = getenv("XDG_RUNTIME_DIR");
+    char path[512];
+
+    if (getuid() == 0)
+        snprintf(path, sizeof(path), "/var/run/dpdk/%s", prefix);
+    else
+        snprintf(path, sizeof(path), "%s/dpdk/%s", xdg && *xdg ? xdg : "/tmp", prefix);
+    rmdir(path);
 }
 
 void tu_start_virtiofsd(struct tu_proc *p, const char *share, const char *sock, const char *log)

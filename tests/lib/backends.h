@@ -7,6 +7,8 @@
 #ifndef VUF_TEST_BACKENDS_H
 #define VUF_TEST_BACKENDS_H
 
+#include <stdint.h>
+
 #include "testutil.h"
 
 /* Paths of the system back-ends (Debian 12, QEMU 7.2). */
@@ -15,6 +17,22 @@
 
 /* How long a back-end may take to create its socket. */
 #define TU_START_MS 10000
+
+/* A test's temp dir and the one back-end process in it. */
+struct tu_befx {
+    char *dir;
+    char sock[256], log[300], disk[300]; /* dir/be.sock, be.log, disk.img */
+    char prefix[64];                     /* "<tag>-<pid>-<n>": an EAL file prefix */
+    struct tu_proc proc;
+};
+
+/* cmocka set-up: *state = a new tu_befx in the temp dir `tag`
+ * (tu_mkdtemp). Returns 0, or -1 if that fails. */
+int tu_befx_setup(void **state, const char *tag);
+
+/* cmocka teardown: tu_stop() the process if it runs, remove the dir and
+ * the EAL runtime dir of the prefix (tu_testpmd_cleanup), free. */
+int tu_befx_teardown(void **state);
 
 /*
  * tu_spawn(p, argv, log) (argv[0] is the program), then wait up to
@@ -59,6 +77,32 @@ void tu_start_qsd_file(struct tu_proc *p, const char *disk, unsigned num_queues,
                        const char *log);
 
 /*
+ * The raw disk file `path` of `bytes` bytes (created if missing, then
+ * sized), open read-write. Fails the test otherwise. Returns the fd; the
+ * caller closes it.
+ */
+int tu_make_disk(const char *path, uint64_t bytes);
+
+/* A temp dir holding a raw disk file and a qemu-storage-daemon exporting
+ * it. */
+struct tu_qsd {
+    char *dir;
+    char disk[300], sock[300], log[300]; /* dir/disk.img, qsd.sock, qsd.log */
+    struct tu_proc proc;
+    int disk_fd; /* disk, open read-write */
+};
+
+/*
+ * Fails the test unless qemu-storage-daemon is installed; then the temp
+ * dir `tag` (tu_mkdtemp), disk.img of `bytes` (q->disk_fd stays open) and
+ * tu_start_qsd_file() with `num_queues` queues on qsd.sock.
+ */
+void tu_qsd_up(struct tu_qsd *q, const char *tag, uint64_t bytes, unsigned num_queues);
+
+/* tu_stop_clean() the daemon, close disk_fd (if >= 0), remove the dir. */
+void tu_qsd_down(struct tu_qsd *q);
+
+/*
  * The same qemu-storage-daemon, started `delay_ms` after this call (a shell
  * sleeps, then execs it under the same pid), without waiting for anything:
  * for a front-end that must wait for a back-end still being restarted
@@ -75,6 +119,30 @@ void tu_spawn_qsd_file_after(struct tu_proc *p, int delay_ms, const char *disk, 
  * ends. Started and waited for as tu_spawn_wait_file().
  */
 void tu_start_virtiofsd(struct tu_proc *p, const char *share, const char *sock, const char *log);
+
+/*
+ * dpdk-testpmd's path, or NULL after printing a MISSING line (it is a
+ * failure, not a skip: scripts/setup.sh installs it).
+ */
+const char *tu_testpmd_path(void);
+
+/*
+ * dpdk-testpmd (DPDK 22.11) with one vhost-user-net port of `pairs` queue
+ * pairs on `sock`, forwarding in macswap mode on lcore 1; its output goes
+ * to `log`. EAL runs with --no-huge, --no-pci, --no-shconf and the file
+ * prefix `prefix` (unique per process and run), testpmd with
+ * --stats-period (without it, non-interactive testpmd waits for a key on
+ * stdin, which is /dev/null here, and exits at once). Waits for the socket
+ * FILE; fails the test (MISSING if testpmd is not installed; with its log
+ * if it exits first or never creates the socket). The caller owns *p and
+ * stops it with tu_stop(), then calls tu_testpmd_cleanup(prefix).
+ */
+void tu_start_testpmd(struct tu_proc *p, const char *prefix, unsigned pairs, const char *sock,
+                      const char *log);
+
+/* Remove EAL's runtime dir for `prefix`: empty with --no-shconf, but left
+ * behind (rmdir: only if empty). */
+void tu_testpmd_cleanup(const char *prefix);
 
 /*
  * Stop a back-end that must end cleanly: tu_stop() (SIGTERM, SIGKILL after

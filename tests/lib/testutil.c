@@ -459,3 +459,17 @@ int tu_exit_code(const struct tu_run *r)
         return WEXITSTATUS(r->status);
     return 128 + WTERMSIG(r->status);
 }
+
+struct tu_run *tu_run_vuf(const char *const *args, int deadline_ms)
+{
+    const char *tool = tu_built_exe("VUF_TOOL");
+    struct tu_run *r;
+
+    if (!tool)
+        fail();
+    r = malloc(sizeof(*r));
+    assert_non_null(r);
+    tu_run_capture(r, tool, args, deadline_ms);
+    printf("%s", r->out);
+    return r;
+}

@@ -139,4 +139,11 @@ void tu_run_capture(struct tu_run *r, const char *prog, const char *const *args,
 /* The exit code of a finished run; 128+signal if it was killed. */
 int tu_exit_code(const struct tu_run *r);
 
+/*
+ * `vuf args...` (the tool in VUF_TOOL, tu_built_exe(); its absence fails
+ * the test) by tu_run_capture() with `deadline_ms`, its stdout echoed.
+ * Returns the run, malloc'd: the caller frees it.
+ */
+struct tu_run *tu_run_vuf(const char *const *args, int deadline_ms);
+
 #endif
