@@ -248,6 +248,10 @@ void nh_run_until(struct nh_guest *g, uint32_t upto)
         if (tu_now_ms() - last > NH_IO_MS) {
             for (unsigned p = 0; p < g->pairs; p++)
                 print_message("pair %u: %u/%u back\n", p, g->back[p], g->sent[p]);
+            /* Where each ring stands: did the back-end take TX, fill RX? */
+            for (unsigned i = 0; i < g->nq; i++)
+                print_message("queue %u: avail %u, used %u (as the driver last saw it)\n", i,
+                              vuf_virtq_avail_idx(g->vq[i]), vuf_virtq_used_idx(g->vq[i]));
             fail_msg("no progress for %d ms", NH_IO_MS);
         }
         r = vuf_virtq_set_wait(g->set, 100, ready, g->nq);
