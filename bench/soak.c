@@ -50,6 +50,7 @@
 
 #include <json-c/json.h>
 
+#include "cli_util.h"
 #include "session.h"
 #include "vuf/log.h"
 #include "vuf/wire.h"
@@ -1082,19 +1083,6 @@ static void usage(FILE *f)
             VUF_SOAK_BACKEND_BLK);
 }
 
-static bool parse_uint(const char *s, unsigned lo, unsigned hi, unsigned *out)
-{
-    char *end;
-    unsigned long v;
-
-    errno = 0;
-    v = strtoul(s, &end, 10);
-    if (errno || end == s || *end || s[0] == '-' || v < lo || v > hi)
-        return false;
-    *out = (unsigned)v;
-    return true;
-}
-
 static int bad(const char *fmt, const char *arg)
 {
     fprintf(stderr, "vuf-soak: ");
@@ -1159,20 +1147,20 @@ int main(int argc, char **argv)
             ca.backend = optarg;
             break;
         case O_CYCLES:
-            if (!parse_uint(optarg, 1, 10000000, &ca.cycles))
+            if (!cli_parse_uint(optarg, 1, 10000000, &ca.cycles))
                 return bad("--cycles %s: want 1..10000000", optarg);
             break;
         case O_EVERY:
-            if (!parse_uint(optarg, 1, 10000000, &ca.every))
+            if (!cli_parse_uint(optarg, 1, 10000000, &ca.every))
                 return bad("--every %s: want 1..10000000", optarg);
             break;
         case O_QUEUES:
-            if (!parse_uint(optarg, 1, 64, &v))
+            if (!cli_parse_uint(optarg, 1, 64, &v))
                 return bad("--queues %s: want 1..64", optarg);
             ca.queues = sa.queues = v;
             break;
         case O_RSS:
-            if (!parse_uint(optarg, 0, 1u << 30, &v))
+            if (!cli_parse_uint(optarg, 0, 1u << 30, &v))
                 return bad("--rss-tolerance-kib %s: want a number of KiB", optarg);
             ca.rss_tolerance_kib = v;
             break;
@@ -1183,11 +1171,11 @@ int main(int argc, char **argv)
             ca.json = sa.json = true;
             break;
         case O_DEVICES:
-            if (!parse_uint(optarg, 2, MAX_CHILDREN, &sa.devices))
+            if (!cli_parse_uint(optarg, 2, MAX_CHILDREN, &sa.devices))
                 return bad("--devices %s: want 2..256", optarg);
             break;
         case O_ROUNDS:
-            if (!parse_uint(optarg, 1, 1000000, &sa.rounds))
+            if (!cli_parse_uint(optarg, 1, 1000000, &sa.rounds))
                 return bad("--rounds %s: want 1..1000000", optarg);
             break;
         case O_LEAK_FD:

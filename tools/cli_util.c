@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli_util.h"
 #include "vuf_tool.h"
@@ -91,4 +92,52 @@ bool cli_parse_bytes(const char *s, uint64_t *out)
         return false;
     *out = v * mul;
     return true;
+}
+
+bool cli_parse_uint(const char *s, unsigned min, unsigned max, unsigned *out)
+{
+    char *end;
+    unsigned long long v;
+
+    if (!s || !*s || *s == '-')
+        return false;
+    errno = 0;
+    v = strtoull(s, &end, 0);
+    if (errno || *end || v < min || v > max)
+        return false;
+    *out = (unsigned)v;
+    return true;
+}
+
+int cli_socket_and_op(const struct cli_cmd *cmd, int argc, char **argv, const char *const *ops,
+                      unsigned nops, const char *ops_text, const char **socket, unsigned *op)
+{
+    const char *pos[2] = {NULL, NULL};
+    unsigned npos = 0;
+
+    while (optind < argc) {
+        if (npos == 2)
+            return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+        pos[npos++] = argv[optind++];
+    }
+    if (npos < 1)
+        return cli_usage_error(cmd, "missing SOCKET");
+    if (npos < 2)
+        return cli_usage_error(cmd, "missing the operation (%s)", ops_text);
+    *socket = pos[0];
+    for (unsigned i = 0; i < nops; i++) {
+        if (strcmp(pos[1], ops[i]) == 0) {
+            *op = i;
+            return 0;
+        }
+    }
+    return cli_usage_error(cmd, "unknown operation '%s' (%s)", pos[1], ops_text);
+}
+
+int64_t cli_now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }

@@ -39,4 +39,19 @@ bool cli_stdout_ok(const struct cli_cmd *cmd);
  * including overflow. */
 bool cli_parse_bytes(const char *s, uint64_t *out);
 
+/* A decimal (or 0x hex) number in [min, max]. False on anything else. */
+bool cli_parse_uint(const char *s, unsigned min, unsigned max, unsigned *out);
+
+/*
+ * The "SOCKET OPERATION" positionals left after getopt: *socket and the
+ * index of the operation in ops[0..nops) ("read", "write", ...). Usage
+ * errors name the operations as `ops_text` ("ping or bench"). Returns 0
+ * or VUF_EXIT_USAGE (reported).
+ */
+int cli_socket_and_op(const struct cli_cmd *cmd, int argc, char **argv, const char *const *ops,
+                      unsigned nops, const char *ops_text, const char **socket, unsigned *op);
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+int64_t cli_now_ns(void);
+
 #endif

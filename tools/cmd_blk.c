@@ -180,19 +180,6 @@ static bool parse_uint(const char *s, unsigned min, unsigned max, unsigned *out)
     return true;
 }
 
-static enum blk_op parse_op(const char *s)
-{
-    if (strcmp(s, "read") == 0)
-        return OP_READ;
-    if (strcmp(s, "write") == 0)
-        return OP_WRITE;
-    if (strcmp(s, "verify") == 0)
-        return OP_VERIFY;
-    if (strcmp(s, "bench") == 0)
-        return OP_BENCH;
-    return OP_NONE;
-}
-
 static bool is_pow2(unsigned v)
 {
     return v && !(v & (v - 1));
@@ -427,27 +414,17 @@ static void default_opts(struct blk_opts *o)
     o->seconds = DEFAULT_SECONDS;
 }
 
-/* SOCKET and the operation, after the options. */
+/* SOCKET and the operation, after the options (ops[i] is enum blk_op i + 1). */
 static int parse_positionals(int argc, char **argv, struct blk_opts *o)
 {
-    const char *pos[2] = {NULL, NULL};
-    unsigned npos = 0;
+    static const char *const ops[] = {"read", "write", "verify", "bench"};
+    unsigned op;
+    int r = cli_socket_and_op(&blk_cmd, argc, argv, ops, 4, "read, write, verify or bench",
+                              &o->socket, &op);
 
-    while (optind < argc) {
-        if (npos == 2)
-            return cli_usage_error(&blk_cmd, "unexpected argument '%s'", argv[optind]);
-        pos[npos++] = argv[optind++];
-    }
-    if (npos < 1)
-        return cli_usage_error(&blk_cmd, "missing SOCKET");
-    if (npos < 2)
-        return cli_usage_error(&blk_cmd, "missing the operation (read, write, verify or bench)");
-    o->socket = pos[0];
-    o->op = parse_op(pos[1]);
-    if (o->op == OP_NONE)
-        return cli_usage_error(&blk_cmd, "unknown operation '%s' (read, write, verify or bench)",
-                               pos[1]);
-    return 0;
+    if (r == 0)
+        o->op = (enum blk_op)(op + 1);
+    return r;
 }
 
 static int parse_args(int argc, char **argv, struct blk_opts *o, bool *help)
@@ -722,14 +699,6 @@ struct bench_job {
     const char *err_what;
 };
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static uint64_t xorshift(uint64_t *st)
 {
     uint64_t x = *st;
@@ -746,7 +715,7 @@ static bool bench_may_submit(struct bench_job *j)
 {
     if (j->o->have_ios)
         return __atomic_fetch_add(j->claimed, 1, __ATOMIC_RELAXED) < j->o->ios;
-    return now_ns() < j->deadline;
+    return (uint64_t)cli_now_ns() < j->deadline;
 }
 
 static int bench_prep(struct bench_job *j, struct bench_slot *sl)
@@ -805,7 +774,7 @@ static void *bench_thread(void *arg)
         ts_pattern_fill(j->qi + 1, 0, vuf_blk_req_buf(slots[k].req, NULL), j->o->bs);
     }
 
-    j->t_start = now_ns();
+    j->t_start = (uint64_t)cli_now_ns();
     j->t_end = j->t_start;
     /* Fill the queue: one kick for the batch. */
     for (unsigned k = 0; k < depth && !stopping; k++) {
@@ -815,7 +784,7 @@ static void *bench_thread(void *arg)
         }
         r = bench_prep(j, &slots[k]);
         if (r == 0) {
-            slots[k].t_submit = now_ns();
+            slots[k].t_submit = (uint64_t)cli_now_ns();
             r = vuf_blk_submit(blk, slots[k].req, VUF_BLK_SUBMIT_NO_KICK);
         }
         if (r < 0) {
@@ -841,7 +810,7 @@ static void *bench_thread(void *arg)
         r = ts_wait(j->s, j->qi, j->o->timeout_ms, &done);
         while (r == 0) {
             struct bench_slot *sl = vuf_blk_req_user(done);
-            uint64_t t = now_ns();
+            uint64_t t = (uint64_t)cli_now_ns();
 
             inflight--;
             j->t_end = t;
@@ -860,7 +829,7 @@ static void *bench_thread(void *arg)
             if (!stopping && bench_may_submit(j)) {
                 r = bench_prep(j, sl);
                 if (r == 0) {
-                    sl->t_submit = now_ns();
+                    sl->t_submit = (uint64_t)cli_now_ns();
                     r = vuf_blk_submit(blk, sl->req, VUF_BLK_SUBMIT_NO_KICK);
                 }
                 if (r < 0) {
@@ -964,7 +933,7 @@ static int bench_range(const struct blk_opts *o, const struct ts_session *s, uin
 static void bench_run(const struct blk_opts *o, struct ts_session *s, struct bench_job *jobs,
                       pthread_t *th, uint64_t range)
 {
-    uint64_t claimed = 0, deadline = now_ns() + (uint64_t)(o->seconds * 1e9);
+    uint64_t claimed = 0, deadline = (uint64_t)cli_now_ns() + (uint64_t)(o->seconds * 1e9);
     unsigned started = 0;
 
     for (unsigned i = 0; i < s->nq; i++) {

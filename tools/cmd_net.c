@@ -119,21 +119,6 @@ static const struct cli_cmd net_cmd = {"vuf net", cmd_net_usage};
 
 /* ---- parsing ---------------------------------------------------------------- */
 
-static bool parse_uint(const char *s, unsigned min, unsigned max, unsigned *out)
-{
-    char *end;
-    unsigned long long v;
-
-    if (!s || !*s || *s == '-')
-        return false;
-    errno = 0;
-    v = strtoull(s, &end, 0);
-    if (errno || *end || v < min || v > max)
-        return false;
-    *out = (unsigned)v;
-    return true;
-}
-
 enum {
     OPT_COUNT = 256,
     OPT_SIZE,
@@ -156,11 +141,11 @@ static int parse_option(struct net_opts *o, int c)
 
     switch (c) {
     case OPT_COUNT:
-        if (!parse_uint(optarg, 1, 100000000, &o->count))
+        if (!cli_parse_uint(optarg, 1, 100000000, &o->count))
             return cli_usage_error(&net_cmd, "--count wants 1..100000000, not '%s'", optarg);
         return 0;
     case OPT_SIZE:
-        if (!parse_uint(optarg, ETH_MIN, VUF_NET_FRAME_DEFAULT, &o->size))
+        if (!cli_parse_uint(optarg, ETH_MIN, VUF_NET_FRAME_DEFAULT, &o->size))
             return cli_usage_error(&net_cmd, "--size wants %u..%u, not '%s'", ETH_MIN,
                                    VUF_NET_FRAME_DEFAULT, optarg);
         return 0;
@@ -181,7 +166,7 @@ static int parse_option(struct net_opts *o, int c)
         return 0;
     }
     case OPT_WINDOW:
-        if (!parse_uint(optarg, 1, MAX_QUEUE_SIZE, &o->window))
+        if (!cli_parse_uint(optarg, 1, MAX_QUEUE_SIZE, &o->window))
             return cli_usage_error(&net_cmd, "--window wants 1..%u, not '%s'", MAX_QUEUE_SIZE,
                                    optarg);
         return 0;
@@ -189,7 +174,7 @@ static int parse_option(struct net_opts *o, int c)
         o->json = true;
         return 0;
     case OPT_PAIRS:
-        if (!parse_uint(optarg, 1, VUF_FRONTEND_MAX_QUEUES / 2, &o->pairs))
+        if (!cli_parse_uint(optarg, 1, VUF_FRONTEND_MAX_QUEUES / 2, &o->pairs))
             return cli_usage_error(&net_cmd, "--queue-pairs wants 1..%u, not '%s'",
                                    VUF_FRONTEND_MAX_QUEUES / 2, optarg);
         return 0;
@@ -205,7 +190,7 @@ static int parse_option(struct net_opts *o, int c)
         o->mrg = true;
         return 0;
     case OPT_QSIZE:
-        if (!parse_uint(optarg, 2, MAX_QUEUE_SIZE, &v) || (v & (v - 1)))
+        if (!cli_parse_uint(optarg, 2, MAX_QUEUE_SIZE, &v) || (v & (v - 1)))
             return cli_usage_error(&net_cmd, "--queue-size wants a power of two 2..%u, not '%s'",
                                    MAX_QUEUE_SIZE, optarg);
         o->queue_size = v;
@@ -214,7 +199,7 @@ static int parse_option(struct net_opts *o, int c)
         o->no_event_idx = true;
         return 0;
     case OPT_TIMEOUT:
-        if (!parse_uint(optarg, 1, INT_MAX, &v))
+        if (!cli_parse_uint(optarg, 1, INT_MAX, &v))
             return cli_usage_error(&net_cmd, "--timeout-ms wants a number > 0, not '%s'", optarg);
         o->timeout_ms = (int)v;
         return 0;
@@ -242,8 +227,6 @@ static int parse_args(int argc, char **argv, struct net_opts *o, bool *help)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *pos[2] = {NULL, NULL};
-    unsigned npos = 0;
     int c, r;
 
     memset(o, 0, sizeof(*o));
@@ -267,22 +250,15 @@ static int parse_args(int argc, char **argv, struct net_opts *o, bool *help)
         if (r)
             return r;
     }
-    while (optind < argc) {
-        if (npos == 2)
-            return cli_usage_error(&net_cmd, "unexpected argument '%s'", argv[optind]);
-        pos[npos++] = argv[optind++];
+    {
+        static const char *const ops[] = {"ping", "bench"};
+        unsigned op;
+
+        r = cli_socket_and_op(&net_cmd, argc, argv, ops, 2, "ping or bench", &o->socket, &op);
+        if (r)
+            return r;
+        o->op = op == 0 ? OP_PING : OP_BENCH;
     }
-    if (npos < 1)
-        return cli_usage_error(&net_cmd, "missing SOCKET");
-    if (npos < 2)
-        return cli_usage_error(&net_cmd, "missing the operation (ping or bench)");
-    o->socket = pos[0];
-    if (strcmp(pos[1], "ping") == 0)
-        o->op = OP_PING;
-    else if (strcmp(pos[1], "bench") == 0)
-        o->op = OP_BENCH;
-    else
-        return cli_usage_error(&net_cmd, "unknown operation '%s' (ping or bench)", pos[1]);
     if (o->op == OP_BENCH && !o->size)
         o->size = 64;
     return 0;
@@ -296,14 +272,6 @@ struct net_run {
     struct vuf_net **net; /* one per pair */
     struct vuf_virtq_set *set;
 };
-
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 static bool crashed(struct net_run *nr)
 {
@@ -544,7 +512,7 @@ static int do_ping(struct net_run *nr)
 {
     const struct net_opts *o = nr->o;
     struct ping_pair *pp = calloc(o->pairs, sizeof(*pp));
-    int64_t last = now_ns();
+    int64_t last = cli_now_ns();
     int rc = 0;
 
     for (unsigned p = 0; pp && p < o->pairs; p++)
@@ -563,10 +531,10 @@ static int do_ping(struct net_run *nr)
         if (rc || done)
             break;
         if (progress) {
-            last = now_ns();
+            last = cli_now_ns();
             continue;
         }
-        if (now_ns() - last > (int64_t)o->timeout_ms * 1000000) {
+        if (cli_now_ns() - last > (int64_t)o->timeout_ms * 1000000) {
             for (unsigned p = 0; p < o->pairs; p++)
                 fprintf(stderr, "vuf net: pair %u: %u sent, %u back after %d ms without progress\n",
                         p, pp[p].sent, pp[p].back, o->timeout_ms);
@@ -661,7 +629,7 @@ static int bench_run(struct net_run *nr, struct bench_result *b)
     }
     for (unsigned i = 0; i < BURST; i++)
         build_frame(frame[i], o->size, 0, i, false);
-    t0 = last = now_ns();
+    t0 = last = cli_now_ns();
     end = t0 + (int64_t)(o->seconds * 1e9);
     for (unsigned it = 0; !rc; it++) {
         bool progress = false;
@@ -675,7 +643,7 @@ static int bench_run(struct net_run *nr, struct bench_result *b)
          * unless the pass is about to sleep. */
         if ((progress || o->busy_poll) && (it & 63) != 0)
             continue;
-        now = now_ns();
+        now = cli_now_ns();
         if (now >= end)
             break;
         if (moved)
@@ -706,7 +674,7 @@ static int bench_run(struct net_run *nr, struct bench_result *b)
         b->tx += st.tx_done;
         b->rx += st.rx_frames;
     }
-    b->elapsed = (double)(now_ns() - t0) / 1e9;
+    b->elapsed = (double)(cli_now_ns() - t0) / 1e9;
     b->frames = o->mode == MODE_TX ? b->tx : b->rx;
     free(frame);
     return rc;

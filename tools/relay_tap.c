@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli_util.h"
 #include "relay.h"
 #include "vuf/log.h"
 #include "vuf/virtio.h"
@@ -52,14 +53,6 @@ struct relay_tap {
 
 static const char *const side_names[RELAY_NSIDES] = {"vmm", "backend"};
 
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 int relay_tap_new(FILE *out, bool trace, bool json, uint32_t device_type,
                   struct relay_tap **out_tap)
 {
@@ -81,7 +74,7 @@ int relay_tap_new(FILE *out, bool trace, bool json, uint32_t device_type,
     t->trace = trace || json;
     t->json = json;
     t->device_type = device_type;
-    t->t0 = now_ns();
+    t->t0 = cli_now_ns();
     pthread_mutex_init(&t->lock, NULL);
     *out_tap = t;
     return 0;
@@ -405,7 +398,7 @@ static void text_value(FILE *f, json_object *v)
 static void emit_msg(struct relay_tap *t, enum relay_side s, const struct vuf_msg *m, bool reply,
                      int64_t latency_ns)
 {
-    double ts = (double)(now_ns() - t->t0) / 1e9;
+    double ts = (double)(cli_now_ns() - t->t0) / 1e9;
     const char *name = vuf_request_name(m->hdr.request);
     json_object *fields = decode(t, m, reply), *flags = json_object_new_array();
 
@@ -462,7 +455,7 @@ void relay_tap_event(struct relay_tap *t, const char *event, const char *fmt, ..
     vsnprintf(detail, sizeof(detail), fmt, ap);
     va_end(ap);
     pthread_mutex_lock(&t->lock);
-    double ts = (double)(now_ns() - t->t0) / 1e9;
+    double ts = (double)(cli_now_ns() - t->t0) / 1e9;
     if (t->json) {
         json_object *o = json_object_new_object();
 
@@ -492,7 +485,7 @@ static void note_request(struct tap_side *sd, const struct vuf_msg *m)
     sd->stats[m->hdr.request].count++;
     if (vuf_msg_expects_reply(rule, m->hdr.flags, sd->pf) && sd->npend < MAX_PENDING) {
         sd->pend[sd->npend].code = m->hdr.request;
-        sd->pend[sd->npend].t0 = now_ns();
+        sd->pend[sd->npend].t0 = cli_now_ns();
         sd->npend++;
     }
     /* Takes effect for the requests after it. */
@@ -506,7 +499,7 @@ static int64_t note_reply(struct tap_side *sd, const struct vuf_msg *m)
     for (unsigned i = 0; i < sd->npend; i++) {
         if (sd->pend[i].code != m->hdr.request)
             continue;
-        int64_t lat = now_ns() - sd->pend[i].t0;
+        int64_t lat = cli_now_ns() - sd->pend[i].t0;
         struct code_stats *cs = &sd->stats[m->hdr.request];
 
         memmove(&sd->pend[i], &sd->pend[i + 1], (sd->npend - i - 1) * sizeof(sd->pend[0]));
