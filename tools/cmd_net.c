@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <time.h>
 
 #include <json-c/json.h>
@@ -49,7 +50,7 @@ struct net_opts {
     int timeout_ms;
     unsigned pairs;
     unsigned queue_size;
-    bool busy_poll, no_event_idx, mrg, packed;
+    bool busy_poll, no_event_idx, mrg, packed, zero_copy;
     uint32_t size; /* 0: ping cycles through lengths */
     unsigned count;
     enum bench_mode mode;
@@ -67,7 +68,7 @@ void cmd_net_usage(FILE *f)
     fprintf(f,
             "usage: vuf net SOCKET ping  [--count N] [--size BYTES]\n"
             "       vuf net SOCKET bench [--mode tx|rx|rt] [--size BYTES] [--seconds S]\n"
-            "                            [--window N] [--json]\n"
+            "                            [--window N] [--zero-copy] [--json]\n"
             "       common: [--queue-pairs N] [--busy-poll] [--mrg-rxbuf] [--queue-size N]\n"
             "               [--no-event-idx] [--timeout-ms N] [--ring split|packed]\n"
             "\n"
@@ -95,6 +96,12 @@ void cmd_net_usage(FILE *f)
             "  --mode M          tx (default), rx or rt (bench)\n"
             "  --seconds S       duration (bench; default %g)\n"
             "  --window N        frames in flight per pair in rt (default 128)\n"
+            "  --zero-copy       build frames in the TX slots and read received ones\n"
+            "                    where the device wrote them (vuf_net_tx_slots/commit,\n"
+            "                    vuf_net_rx_burst_zc) instead of copying (bench): each\n"
+            "                    TX frame gets its first 26 bytes (MACs, type, pair,\n"
+            "                    seq, length) written, the rest stays as filled at the\n"
+            "                    start; each RX frame has its first 8 bytes read\n"
             "  --json            print one JSON object (bench)\n"
             "  --queue-pairs N   queue pairs to use (default 1; more need MQ)\n"
             "  --busy-poll       spin on the rings in bursts of %u (default: sleep on the\n"
@@ -133,6 +140,7 @@ enum {
     OPT_NO_EIDX,
     OPT_TIMEOUT,
     OPT_RING,
+    OPT_ZC,
 };
 
 static int parse_option(struct net_opts *o, int c)
@@ -186,6 +194,9 @@ static int parse_option(struct net_opts *o, int c)
     case OPT_BUSY:
         o->busy_poll = true;
         return 0;
+    case OPT_ZC:
+        o->zero_copy = true;
+        return 0;
     case OPT_MRG:
         o->mrg = true;
         return 0;
@@ -220,6 +231,7 @@ static int parse_args(int argc, char **argv, struct net_opts *o, bool *help)
         {"queue-pairs", required_argument, NULL, OPT_PAIRS},
         {"busy-poll", no_argument, NULL, OPT_BUSY},
         {"ring", required_argument, NULL, OPT_RING},
+        {"zero-copy", no_argument, NULL, OPT_ZC},
         {"mrg-rxbuf", no_argument, NULL, OPT_MRG},
         {"queue-size", required_argument, NULL, OPT_QSIZE},
         {"no-event-idx", no_argument, NULL, OPT_NO_EIDX},
@@ -271,6 +283,8 @@ struct net_run {
     struct ts_session s;
     struct vuf_net **net; /* one per pair */
     struct vuf_virtq_set *set;
+    uint32_t zc_seq;  /* --zero-copy: sequence number of the next frame */
+    uint64_t zc_sink; /* --zero-copy: what RX read, so that it is not optimized away */
 };
 
 static bool crashed(struct net_run *nr)
@@ -566,6 +580,66 @@ struct bench_result {
  * (testpmd drops when our RX ring is full); open the window again. */
 #define RT_STALL_NS 50000000
 
+/* Zero-copy receive: read the first 8 bytes, as a switch would read the
+ * destination MAC, so that the frame is not left untouched. */
+static void bench_rx_zc(void *opaque, const struct iovec *iov, unsigned niov, uint32_t len)
+{
+    uint64_t *sink = opaque, v = 0;
+
+    if (niov && iov[0].iov_len >= sizeof(v))
+        memcpy(&v, iov[0].iov_base, sizeof(v));
+    *sink += v + len;
+}
+
+/* Zero-copy send of up to n frames on pair p: each slot gets the frame's
+ * first 26 bytes; the rest is what the slot held (filled by
+ * bench_fill_slots, then the same shape every time). Frames sent, or -errno. */
+static int bench_send_zc(struct net_run *nr, unsigned p, unsigned n)
+{
+    void *slot[BURST];
+    uint32_t len[BURST];
+    int k = vuf_net_tx_slots(nr->net[p], slot, n);
+
+    if (k <= 0)
+        return k;
+    for (int i = 0; i < k; i++) {
+        uint8_t *q = slot[i];
+        uint32_t seq = nr->zc_seq++;
+        uint16_t l16 = (uint16_t)nr->o->size, pair = (uint16_t)p;
+
+        memcpy(q, mac_b, 6);
+        memcpy(q + 6, mac_a, 6);
+        q[12] = ETH_TYPE >> 8;
+        q[13] = ETH_TYPE & 0xff;
+        memcpy(q + 14, "VUFN", 4);
+        memcpy(q + 18, &pair, 2);
+        memcpy(q + 20, &seq, 4);
+        memcpy(q + 24, &l16, 2);
+        len[i] = nr->o->size;
+    }
+    return vuf_net_tx_commit(nr->net[p], len, (unsigned)k, 0);
+}
+
+/* Before a zero-copy bench: a whole frame in every TX slot of every pair. */
+static int bench_fill_slots(struct net_run *nr)
+{
+    for (unsigned p = 0; p < nr->o->pairs; p++) {
+        void **slot;
+        int k;
+
+        slot = calloc(MAX_QUEUE_SIZE, sizeof(*slot));
+        if (!slot)
+            return -ENOMEM;
+        k = vuf_net_tx_slots(nr->net[p], slot, MAX_QUEUE_SIZE);
+        for (int i = 0; i < k; i++)
+            build_frame(slot[i], nr->o->size, (uint16_t)p, (uint32_t)i, false);
+        free(slot);
+        if (k < 0)
+            return k;
+    }
+    return 0;
+}
+
 /* One pass over pair p: send (tx, rt), receive (rx, rt). Counts into *b. */
 static int bench_step(struct net_run *nr, unsigned p, uint8_t (*frame)[VUF_NET_FRAME_DEFAULT],
                       struct bench_result *b, bool *progress)
@@ -590,9 +664,14 @@ static int bench_step(struct net_run *nr, unsigned p, uint8_t (*frame)[VUF_NET_F
             n = out >= o->window ? 0
                                  : (unsigned)(o->window - out < BURST ? o->window - out : BURST);
         }
-        for (unsigned i = 0; i < n; i++)
-            f[i] = (struct vuf_net_frame){.data = frame[i], .len = o->size};
-        if (n) {
+        if (n && o->zero_copy) {
+            r = bench_send_zc(nr, p, n);
+            if (r < 0)
+                return fail_msg(nr, "sending", r);
+            *progress |= r > 0;
+        } else if (n) {
+            for (unsigned i = 0; i < n; i++)
+                f[i] = (struct vuf_net_frame){.data = frame[i], .len = o->size};
             r = vuf_net_tx_burst(nr->net[p], f, n, 0);
             if (r < 0)
                 return fail_msg(nr, "sending", r);
@@ -603,9 +682,13 @@ static int bench_step(struct net_run *nr, unsigned p, uint8_t (*frame)[VUF_NET_F
             return fail_msg(nr, "reclaiming", r);
         *progress |= r > 0;
     }
-    for (unsigned i = 0; i < BURST; i++)
-        f[i] = (struct vuf_net_frame){.data = frame[BURST + i], .len = VUF_NET_FRAME_DEFAULT};
-    r = vuf_net_rx_burst(nr->net[p], f, BURST);
+    if (o->zero_copy) {
+        r = vuf_net_rx_burst_zc(nr->net[p], bench_rx_zc, &nr->zc_sink, BURST);
+    } else {
+        for (unsigned i = 0; i < BURST; i++)
+            f[i] = (struct vuf_net_frame){.data = frame[BURST + i], .len = VUF_NET_FRAME_DEFAULT};
+        r = vuf_net_rx_burst(nr->net[p], f, BURST);
+    }
     if (r < 0)
         return fail_msg(nr, "receiving", r);
     *progress |= r > 0;
@@ -629,6 +712,11 @@ static int bench_run(struct net_run *nr, struct bench_result *b)
     }
     for (unsigned i = 0; i < BURST; i++)
         build_frame(frame[i], o->size, 0, i, false);
+    if (o->zero_copy && (rc = bench_fill_slots(nr)) < 0) {
+        free(frame);
+        free(b->lost);
+        return fail_msg(nr, "bench", rc);
+    }
     t0 = last = cli_now_ns();
     end = t0 + (int64_t)(o->seconds * 1e9);
     for (unsigned it = 0; !rc; it++) {
@@ -704,6 +792,7 @@ static int do_bench(struct net_run *nr)
         json_object_object_add(j, "busy_poll", json_object_new_boolean(o->busy_poll));
         json_object_object_add(j, "ring", json_object_new_string(o->packed ? "packed" : "split"));
         json_object_object_add(j, "mrg_rxbuf", json_object_new_boolean(o->mrg));
+        json_object_object_add(j, "zero_copy", json_object_new_boolean(o->zero_copy));
         json_object_object_add(j, "elapsed_s", json_object_new_double(b.elapsed));
         json_object_object_add(j, "frames", json_object_new_uint64(b.frames));
         json_object_object_add(j, "tx_frames", json_object_new_uint64(b.tx));

@@ -238,6 +238,21 @@ struct vuf_net_frame {
  */
 int vuf_net_rx_burst(struct vuf_net *net, struct vuf_net_frame *frames, unsigned n);
 
+/*
+ * Zero-copy receive: up to n frames, each handed to fn in place, as the
+ * pieces of guest memory the device wrote it into (niov 1, or the
+ * buffers of a merged frame with MRG_RXBUF; the header is not included)
+ * and its length. The pieces are valid only during the call: the buffers
+ * go back to the device afterwards, and refilled as in vuf_net_rx_burst().
+ * The memory is shared with the back-end: a misbehaving one could still
+ * write it, so copy what must be checked before checking it. fn must not
+ * call into this vuf_net. Returns the number of frames (0: none), -EINVAL
+ * (no fn), or -EPROTO as vuf_net_rx_burst().
+ */
+struct iovec;
+typedef void (*vuf_net_rx_fn)(void *opaque, const struct iovec *iov, unsigned niov, uint32_t len);
+int vuf_net_rx_burst_zc(struct vuf_net *net, vuf_net_rx_fn fn, void *opaque, unsigned n);
+
 /* --- TX ----------------------------------------------------------------- */
 
 /*
@@ -260,6 +275,24 @@ int vuf_net_tx_reclaim(struct vuf_net *net);
  */
 int vuf_net_tx_burst(struct vuf_net *net, const struct vuf_net_frame *frames, unsigned n,
                      unsigned flags);
+/*
+ * Zero-copy send, in two steps. vuf_net_tx_slots() reclaims if slots are
+ * short and stores in data[0..k) where k (the return, <= n) free slots'
+ * frame bytes go, each with room for tx_frame_max bytes; the caller builds
+ * frames there. A slot keeps what the last frame sent from it left there,
+ * so a caller that sends frames of one shape may rewrite only what changes.
+ * vuf_net_tx_commit() then sends the first n of them, frame i being
+ * lens[i] bytes at data[i], as vuf_net_tx_burst() would (header, publish,
+ * kick). Slots lent and not committed stay free. Any other TX call on this
+ * vuf_net, or a commit, takes back what was lent: a later commit then
+ * returns -EINVAL.
+ * vuf_net_tx_slots: k >= 0 or -EPROTO (broken). vuf_net_tx_commit: the
+ * number sent, or when none was, -EINVAL (n more than lent), -EMSGSIZE
+ * (lens[0] is 0 or above tx_frame_max), -EPROTO.
+ */
+int vuf_net_tx_slots(struct vuf_net *net, void **data, unsigned n);
+int vuf_net_tx_commit(struct vuf_net *net, const uint32_t *lens, unsigned n, unsigned flags);
+
 /* Kick TX for frames queued with VUF_NET_TX_NO_KICK: vuf_virtq_kick(tx, 0). */
 int vuf_net_tx_kick(struct vuf_net *net);
 /* TX slots in flight (sent, not yet reclaimed). */

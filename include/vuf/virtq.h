@@ -175,8 +175,10 @@ struct vuf_virtq_opts {
                             * ring descriptor is allocated up front. */
     unsigned indirect_min; /* chains of at least this many buffers go
                             * indirect when they fit; 0 = 2 */
-    uint64_t ring_align;   /* 0 = spec minima; else a power of two applied to
-                            * all three parts (4096 for legacy layouts) */
+    uint64_t ring_align;   /* 0 = 64 (each part on cache lines of its own,
+                            * above the spec minima); else a power of two
+                            * applied to all three parts (4096 for legacy
+                            * layouts) */
     uint16_t base;         /* initial avail/used index, as vuf_virtq_reset();
                             * packed: 0 means VUF_VRING_PACKED_BASE_INIT
                             * (position 0 wrap 0 only via vuf_virtq_reset()) */
@@ -291,12 +293,25 @@ struct vuf_virtq_buf {
 int vuf_virtq_add(struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, unsigned n, void *cookie);
 
 /*
- * Whether the device wants a notification for what was added since the
- * last decision (by this call or vuf_virtq_kick()): with EVENT_IDX the
- * device's avail_event, else the used ring's NO_NOTIFY flag. False if
- * nothing was added since. Records the decision point. Packed: the device
- * area's flags (DISABLE: no; DESC with EVENT_IDX: whether the position and
- * wrap counter it names were made available since; otherwise yes).
+ * For bursts: vuf_virtq_add() without the store of avail->idx, which
+ * vuf_virtq_publish(), vuf_virtq_kick_needed() or vuf_virtq_kick() then
+ * makes once for all chains added since. The device polls that index, so
+ * storing it per chain moves its cache line between the two cores per
+ * chain. Until published, the device does not see the chains. Same returns
+ * as vuf_virtq_add(). Packed rings have no such index: each chain is
+ * available as soon as it is added, and publishing does nothing.
+ */
+int vuf_virtq_add_deferred(struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, unsigned n,
+                           void *cookie);
+void vuf_virtq_publish(struct vuf_virtq *vq);
+
+/*
+ * Publish what was added (vuf_virtq_publish()), then say whether the
+ * device wants a notification for what was added since the last decision (by this call or
+ * vuf_virtq_kick()): with EVENT_IDX the device's avail_event, else the used ring's NO_NOTIFY flag.
+ * False if nothing was added since. Records the decision point. Packed: the device area's flags
+ * (DISABLE: no; DESC with EVENT_IDX: whether the position and wrap counter it names were made
+ * available since; otherwise yes).
  */
 bool vuf_virtq_kick_needed(struct vuf_virtq *vq);
 

@@ -3,11 +3,21 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 
+#include "virtq_int.h"
 #include "vuf/log.h"
 #include "vuf/virtio.h"
 #include "vuf/virtio_net.h"
 
+/*
+ * Buffer layout, RX and TX alike: each buffer starts `lead` bytes into a
+ * 64-byte line, so that the header fills the end of that line and the
+ * frame starts on a line of its own. Every line the driver writes was last
+ * read by the device's core, and each costs a transfer between the cores:
+ * a 64-byte frame then takes one line, not two, and a header that does not
+ * change (zero on TX) is never written again.
+ */
 #define BUF_ALIGN 64u
 
 /* A frame of several RX buffers (MRG_RXBUF) whose buffers are not all back
@@ -26,6 +36,8 @@ struct vuf_net {
     bool one_desc; /* header and frame in one TX descriptor */
     bool broken;
 
+    unsigned lead; /* BUF_ALIGN - hdr_len: where a buffer starts in its line */
+
     unsigned nrx;
     uint32_t rx_len;
     uint64_t rx_stride, rx_gpa;
@@ -34,6 +46,7 @@ struct vuf_net {
     unsigned rx_nfree;
     struct rx_part *part; /* the frame being reassembled */
     unsigned part_n, part_want;
+    struct iovec *iov; /* the complete frame for vuf_net_rx_burst_zc's callback */
 
     unsigned ntx;
     uint32_t tx_max;
@@ -41,6 +54,8 @@ struct vuf_net {
     uint8_t *tx_mem;
     unsigned *tx_free;
     unsigned tx_nfree;
+    unsigned tx_lent; /* slots vuf_net_tx_slots() handed out, from the top
+                       * of tx_free; 0 after any other TX call */
 
     struct vuf_net_stats st;
 };
@@ -125,6 +140,7 @@ static void pools_rebuild(struct vuf_net *net)
     for (unsigned i = net->ntx; i-- > 0;)
         net->tx_free[net->tx_nfree++] = i;
     net->part_n = net->part_want = 0;
+    net->tx_lent = 0;
 }
 
 static int check_opts(struct vuf_virtq *rx, struct vuf_virtq *tx, const struct vuf_net_opts *o,
@@ -190,13 +206,15 @@ int vuf_net_new(struct vuf_virtq *rx, struct vuf_virtq *tx, const struct vuf_net
         free(net);
         return r;
     }
-    net->rx_stride = round_up(net->rx_len, BUF_ALIGN);
-    net->tx_stride = round_up((uint64_t)net->hdr_len + net->tx_max, BUF_ALIGN);
+    net->lead = BUF_ALIGN - net->hdr_len;
+    net->rx_stride = round_up((uint64_t)net->lead + net->rx_len, BUF_ALIGN);
+    net->tx_stride = round_up((uint64_t)net->lead + net->hdr_len + net->tx_max, BUF_ALIGN);
     net->rx_free = calloc(net->nrx, sizeof(*net->rx_free));
     net->part = calloc(net->nrx, sizeof(*net->part));
+    net->iov = calloc(net->nrx, sizeof(*net->iov));
     net->tx_free = calloc(net->ntx, sizeof(*net->tx_free));
     mark = vuf_guest_mem_alloc_mark(net->gm);
-    r = net->rx_free && net->part && net->tx_free ? alloc_buffers(net) : -ENOMEM;
+    r = net->rx_free && net->part && net->iov && net->tx_free ? alloc_buffers(net) : -ENOMEM;
     if (r < 0) {
         vuf_guest_mem_alloc_rewind(net->gm, mark);
         vuf_net_free(net);
@@ -213,6 +231,7 @@ void vuf_net_free(struct vuf_net *net)
         return;
     free(net->rx_free);
     free(net->part);
+    free(net->iov);
     free(net->tx_free);
     free(net);
 }
@@ -272,7 +291,7 @@ void vuf_net_stats(const struct vuf_net *net, struct vuf_net_stats *out)
 
 static uint8_t *rx_host(const struct vuf_net *net, unsigned idx)
 {
-    return net->rx_mem + net->rx_stride * idx;
+    return net->rx_mem + net->rx_stride * idx + net->lead;
 }
 
 int vuf_net_rx_fill(struct vuf_net *net)
@@ -283,17 +302,14 @@ int vuf_net_rx_fill(struct vuf_net *net)
         return -EPROTO;
     while (net->rx_nfree > 0) {
         unsigned idx = net->rx_free[net->rx_nfree - 1];
-        struct vuf_virtq_buf b = {
-            .gpa = net->rx_gpa + net->rx_stride * idx,
-            .host = rx_host(net, idx),
-            .len = net->rx_len,
-            .writable = true,
-        };
 
-        /* A device that never writes num_buffers (DPDK 22.11 without
-         * MRG_RXBUF) then leaves 0 behind, not an old frame's count. */
-        memset(b.host, 0, net->hdr_len);
-        r = vuf_virtq_add(net->rx, &b, 1, (void *)(uintptr_t)(idx + 1));
+        /* The header is not cleared: the device writes it whole, and
+         * num_buffers, the one field read back, only counts with MRG_RXBUF,
+         * which obliges the device to write it (DPDK 22.11 without
+         * MRG_RXBUF does not). The pool was checked to lie in guest memory
+         * when it was allocated. */
+        r = vq_add_one(net->rx, net->rx_gpa + net->rx_stride * idx + net->lead, net->rx_len, true,
+                       (void *)(uintptr_t)(idx + 1));
         if (r < 0)
             break;
         net->rx_nfree--;
@@ -313,30 +329,50 @@ static int rx_fault(struct vuf_net *net, const char *what, unsigned v)
     return -EPROTO;
 }
 
-/* Copy the complete frame in net->part into *f and free its buffers. */
-static void rx_deliver(struct vuf_net *net, struct vuf_net_frame *f)
+/* The complete frame in net->part as net->iov (its bytes, without the
+ * header that only the first buffer carries, §5.1.6.4); returns its length. */
+static uint32_t rx_frame_iov(struct vuf_net *net)
 {
-    uint32_t room = f->len, total = 0;
+    uint32_t total = 0;
 
     for (unsigned i = 0; i < net->part_n; i++) {
         const struct rx_part *p = &net->part[i];
-        /* Only the first buffer carries the header (§5.1.6.4). */
-        uint32_t skip = i == 0 ? net->hdr_len : 0, n = p->len - skip;
+        uint32_t skip = i == 0 ? net->hdr_len : 0;
 
-        if (total < room)
-            memcpy((uint8_t *)f->data + total, rx_host(net, p->idx) + skip,
-                   n < room - total ? n : room - total);
-        total += n;
-        net->rx_free[net->rx_nfree++] = p->idx;
+        net->iov[i].iov_base = rx_host(net, p->idx) + skip;
+        net->iov[i].iov_len = p->len - skip;
+        total += p->len - skip;
     }
-    f->len = total;
+    return total;
+}
+
+/* The frame in net->part was delivered: count it, free its buffers. */
+static void rx_done(struct vuf_net *net, uint32_t total)
+{
+    for (unsigned i = 0; i < net->part_n; i++)
+        net->rx_free[net->rx_nfree++] = net->part[i].idx;
     net->st.rx_frames++;
     net->st.rx_bytes += total;
     if (net->part_n > 1)
         net->st.rx_merged++;
+    net->part_n = net->part_want = 0;
+}
+
+/* Copy the complete frame in net->part into *f and free its buffers. */
+static void rx_deliver(struct vuf_net *net, struct vuf_net_frame *f)
+{
+    uint32_t room = f->len, total = rx_frame_iov(net), at = 0;
+
+    for (unsigned i = 0; i < net->part_n && at < room; i++) {
+        size_t n = net->iov[i].iov_len < room - at ? net->iov[i].iov_len : room - at;
+
+        memcpy((uint8_t *)f->data + at, net->iov[i].iov_base, n);
+        at += (uint32_t)n;
+    }
+    f->len = total;
     if (total > room)
         net->st.rx_truncated++;
-    net->part_n = net->part_want = 0;
+    rx_done(net, total);
 }
 
 /* Take one used RX buffer into net->part. 0, -EAGAIN, or -EPROTO. */
@@ -351,17 +387,19 @@ static int rx_take(struct vuf_net *net)
         return r;
     idx = (unsigned)((uintptr_t)cookie - 1);
     if (net->part_n == 0) {
-        uint16_t nb;
+        uint16_t nb = 1;
 
         if (len < net->hdr_len) {
             net->rx_free[net->rx_nfree++] = idx;
             return rx_fault(net, "used length shorter than the header", len);
         }
-        /* Read once: the device is done with a buffer it returned. */
-        memcpy(&nb, rx_host(net, idx) + offsetof(struct vuf_net_hdr_v1, num_buffers), 2);
         /* Without MRG_RXBUF num_buffers means nothing to us (and DPDK
-         * 22.11 does not write it): one buffer per frame. */
-        net->part_want = net->mrg ? nb : 1;
+         * 22.11 does not write it): one buffer per frame, and the header's
+         * line is not read at all. Read once: the device is done with a
+         * buffer it returned. */
+        if (net->mrg)
+            memcpy(&nb, rx_host(net, idx) + offsetof(struct vuf_net_hdr_v1, num_buffers), 2);
+        net->part_want = nb;
         /* The rest of the frame must come from buffers the device still
          * holds; anything else can never complete. */
         if (net->part_want == 0 || net->part_want - 1u > vuf_virtq_num_inflight(net->rx)) {
@@ -394,6 +432,34 @@ int vuf_net_rx_burst(struct vuf_net *net, struct vuf_net_frame *frames, unsigned
     return r == -EAGAIN ? 0 : r;
 }
 
+int vuf_net_rx_burst_zc(struct vuf_net *net, vuf_net_rx_fn fn, void *opaque, unsigned n)
+{
+    unsigned got = 0;
+    int r = 0;
+
+    if (!fn)
+        return -EINVAL;
+    if (net->broken || vuf_virtq_broken(net->rx))
+        return -EPROTO;
+    while (got < n) {
+        r = rx_take(net);
+        if (r < 0)
+            break;
+        if (net->part_n == net->part_want) {
+            uint32_t total = rx_frame_iov(net);
+
+            fn(opaque, net->iov, net->part_n, total);
+            rx_done(net, total);
+            got++;
+        }
+    }
+    if (!net->broken && !vuf_virtq_broken(net->rx))
+        vuf_net_rx_fill(net);
+    if (got)
+        return (int)got;
+    return r == -EAGAIN ? 0 : r;
+}
+
 /* ------------------------------------------------------------------------ */
 /* TX                                                                       */
 /* ------------------------------------------------------------------------ */
@@ -403,6 +469,7 @@ int vuf_net_tx_reclaim(struct vuf_net *net)
     int n = 0, r;
     void *cookie;
 
+    net->tx_lent = 0;
     while ((r = vuf_virtq_get_used(net->tx, &cookie, NULL)) == 0) {
         net->tx_free[net->tx_nfree++] = (unsigned)((uintptr_t)cookie - 1);
         n++;
@@ -413,32 +480,50 @@ int vuf_net_tx_reclaim(struct vuf_net *net)
     return n;
 }
 
-/* Put frame f into a free slot and make it available: 0 or -errno. */
-static int tx_one(struct vuf_net *net, const struct vuf_net_frame *f)
+static uint8_t *tx_host(const struct vuf_net *net, unsigned slot)
 {
-    unsigned slot = net->tx_free[net->tx_nfree - 1];
-    uint64_t gpa = net->tx_gpa + net->tx_stride * slot;
-    uint8_t *p = net->tx_mem + net->tx_stride * slot;
-    struct vuf_virtq_buf b[2] = {
-        {.gpa = gpa, .host = p, .len = net->hdr_len},
-        {.gpa = gpa + net->hdr_len, .host = p + net->hdr_len, .len = f->len},
-    };
+    return net->tx_mem + net->tx_stride * slot + net->lead;
+}
+
+/* Make slot (header, then len frame bytes already in place) available. */
+static int tx_post(struct vuf_net *net, unsigned slot, uint32_t len)
+{
+    uint64_t gpa = net->tx_gpa + net->tx_stride * slot + net->lead;
+    uint8_t *p = tx_host(net, slot);
     int r;
 
-    memset(p, 0, net->hdr_len);
-    memcpy(p + net->hdr_len, f->data, f->len);
+    /* A zero header stays zero from send to send: compare, and leave the
+     * line alone unless it changed. */
+    for (unsigned i = 0; i < net->hdr_len; i++) {
+        if (p[i]) {
+            memset(p, 0, net->hdr_len);
+            break;
+        }
+    }
     if (net->one_desc) {
-        b[0].len += f->len;
-        r = vuf_virtq_add(net->tx, b, 1, (void *)(uintptr_t)(slot + 1));
+        r = vq_add_one(net->tx, gpa, net->hdr_len + len, false, (void *)(uintptr_t)(slot + 1));
     } else {
-        r = vuf_virtq_add(net->tx, b, 2, (void *)(uintptr_t)(slot + 1));
+        struct vuf_virtq_buf b[2] = {
+            {.gpa = gpa, .len = net->hdr_len},
+            {.gpa = gpa + net->hdr_len, .len = len},
+        };
+
+        r = vuf_virtq_add_deferred(net->tx, b, 2, (void *)(uintptr_t)(slot + 1));
     }
     if (r == 0) {
-        net->tx_nfree--;
         net->st.tx_frames++;
-        net->st.tx_bytes += f->len;
+        net->st.tx_bytes += len;
     }
     return r;
+}
+
+/* Publish what was added, and kick unless told not to. */
+static void tx_finish(struct vuf_net *net, unsigned sent, unsigned flags)
+{
+    if (sent > 0 && !(flags & VUF_NET_TX_NO_KICK))
+        vuf_virtq_kick(net->tx, 0);
+    else
+        vuf_virtq_publish(net->tx);
 }
 
 int vuf_net_tx_burst(struct vuf_net *net, const struct vuf_net_frame *frames, unsigned n,
@@ -449,22 +534,71 @@ int vuf_net_tx_burst(struct vuf_net *net, const struct vuf_net_frame *frames, un
 
     if (net->broken || vuf_virtq_broken(net->tx))
         return -EPROTO;
+    net->tx_lent = 0;
     if (net->tx_nfree < n) {
         r = vuf_net_tx_reclaim(net);
         if (r < 0)
             return r;
     }
     for (i = 0; i < n && net->tx_nfree > 0; i++) {
+        unsigned slot = net->tx_free[net->tx_nfree - 1];
+
         if (frames[i].len == 0 || frames[i].len > net->tx_max) {
             r = -EMSGSIZE;
             break;
         }
-        r = tx_one(net, &frames[i]);
+        memcpy(tx_host(net, slot) + net->hdr_len, frames[i].data, frames[i].len);
+        r = tx_post(net, slot, frames[i].len);
         if (r < 0)
             break;
+        net->tx_nfree--;
     }
-    if (i > 0 && !(flags & VUF_NET_TX_NO_KICK))
-        vuf_virtq_kick(net->tx, 0);
+    tx_finish(net, i, flags);
+    if (i > 0 || r == -ENOSPC || r >= 0)
+        return (int)i;
+    return r;
+}
+
+int vuf_net_tx_slots(struct vuf_net *net, void **data, unsigned n)
+{
+    unsigned k;
+    int r;
+
+    if (net->broken || vuf_virtq_broken(net->tx))
+        return -EPROTO;
+    if (net->tx_nfree < n) {
+        r = vuf_net_tx_reclaim(net);
+        if (r < 0)
+            return r;
+    }
+    for (k = 0; k < n && k < net->tx_nfree; k++)
+        data[k] = tx_host(net, net->tx_free[net->tx_nfree - 1 - k]) + net->hdr_len;
+    net->tx_lent = k;
+    return (int)k;
+}
+
+int vuf_net_tx_commit(struct vuf_net *net, const uint32_t *lens, unsigned n, unsigned flags)
+{
+    unsigned i;
+    int r = 0;
+
+    if (net->broken || vuf_virtq_broken(net->tx))
+        return -EPROTO;
+    if (n > net->tx_lent)
+        return -EINVAL;
+    for (i = 0; i < n; i++) {
+        if (lens[i] == 0 || lens[i] > net->tx_max) {
+            r = -EMSGSIZE;
+            break;
+        }
+        r = tx_post(net, net->tx_free[net->tx_nfree - 1], lens[i]);
+        if (r < 0)
+            break;
+        net->tx_nfree--;
+    }
+    /* What is left of the lent slots moved down by i; lend none. */
+    net->tx_lent = 0;
+    tx_finish(net, i, flags);
     if (i > 0 || r == -ENOSPC || r >= 0)
         return (int)i;
     return r;

@@ -56,7 +56,16 @@ static bool is_pow2(uint64_t v)
 static int alloc_part(struct vuf_guest_mem *gm, uint64_t bytes, uint64_t align, uint64_t *gpa,
                       void **host)
 {
-    int r = vuf_guest_mem_alloc(gm, bytes, align, gpa);
+    int r;
+
+    /* Each part on cache lines of its own: a line the device writes (used
+     * ring, device area) that also held what the driver writes (avail ring,
+     * descriptors, the next queue's rings) would move between the two cores
+     * on every write of either side. */
+    if (align < VQ_LINE)
+        align = VQ_LINE;
+    bytes = (bytes + VQ_LINE - 1) & ~(uint64_t)(VQ_LINE - 1);
+    r = vuf_guest_mem_alloc(gm, bytes, align, gpa);
 
     if (r < 0)
         return r;
@@ -220,10 +229,11 @@ void vuf_virtq_reset(struct vuf_virtq *vq, uint16_t base)
         vq->slots[i] = (struct vq_slot){.older = vq->size, .newer = vq->size};
     }
     vq->free_head = 0;
+    vq->free_tail = vq->size - 1;
     vq->num_free = vq->size;
     vq->inflight = 0;
     vq->oldest = vq->newest = vq->size;
-    vq->avail_idx = vq->last_used = vq->kick_prev = base;
+    vq->avail_idx = vq->avail_pub = vq->last_used = vq->used_seen = vq->kick_prev = base;
     vq->broken = false;
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
 }
@@ -455,16 +465,16 @@ static void fill_desc(struct vuf_vring_desc *d, uint64_t gpa, const struct vuf_v
     d->next = more ? next : 0;
 }
 
-int vuf_virtq_add(struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, unsigned n, void *cookie)
+static int split_add(struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, unsigned n,
+                     void *cookie)
 {
     uint64_t wlen, tlen;
     bool indirect;
     unsigned need, head, last;
     struct vq_slot *s;
+    uint16_t *entry;
     int r;
 
-    if (vq->packed)
-        return vqp_add(vq, bufs, n, cookie);
     r = vq_check_chain(vq, bufs, n, &wlen, &tlen, &indirect);
     if (r < 0)
         return r;
@@ -512,11 +522,71 @@ int vuf_virtq_add(struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, unsign
     s->last = (uint16_t)last;
     vq_inflight_push(vq, head);
 
-    store16(&vq->avail->ring[vq->avail_idx & vq->mask], (uint16_t)head);
+    /* The device only reads this line; storing the value it already holds
+     * would still take the line away from the device's core. A driver that
+     * recycles descriptors in ring order (as the net pools do) finds the
+     * entry already right after the first lap. */
+    entry = &vq->avail->ring[vq->avail_idx & vq->mask];
+    if (load16(entry) != head)
+        store16(entry, (uint16_t)head);
     vq->avail_idx++;
-    /* Descriptors and the ring entry must be visible before the index. */
-    __atomic_store_n(&vq->avail->idx, vq->avail_idx, __ATOMIC_RELEASE);
     return 0;
+}
+
+int vq_add_one(struct vuf_virtq *vq, uint64_t gpa, uint32_t len, bool writable, void *cookie)
+{
+    struct vq_slot *s;
+    unsigned head;
+    uint16_t *entry;
+
+    if (vq->packed)
+        return vqp_add_one(vq, gpa, len, writable, cookie);
+    if (vq->broken)
+        return -EPROTO;
+    if (vq->num_free == 0)
+        return -ENOSPC;
+    head = vq->free_head;
+    vq->desc[head] = (struct vuf_vring_desc){
+        .addr = gpa, .len = len, .flags = writable ? VUF_VRING_DESC_F_WRITE : 0};
+    vq->free_head = vq->free_next[head];
+    vq->num_free--;
+    s = &vq->slots[head];
+    s->cookie = cookie;
+    s->wlen = writable ? len : 0;
+    s->ndesc = 1;
+    s->last = (uint16_t)head;
+    vq_inflight_push(vq, head);
+    entry = &vq->avail->ring[vq->avail_idx & vq->mask];
+    if (load16(entry) != head)
+        store16(entry, (uint16_t)head);
+    vq->avail_idx++;
+    return 0;
+}
+
+void vuf_virtq_publish(struct vuf_virtq *vq)
+{
+    if (vq->packed || vq->avail_pub == vq->avail_idx)
+        return;
+    vq->avail_pub = vq->avail_idx;
+    /* Descriptors and ring entries must be visible before the index. */
+    __atomic_store_n(&vq->avail->idx, vq->avail_idx, __ATOMIC_RELEASE);
+}
+
+int vuf_virtq_add_deferred(struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, unsigned n,
+                           void *cookie)
+{
+    if (vq->packed)
+        return vqp_add(vq, bufs, n, cookie);
+    return split_add(vq, bufs, n, cookie);
+}
+
+int vuf_virtq_add(struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, unsigned n, void *cookie)
+{
+    int r = vuf_virtq_add_deferred(vq, bufs, n, cookie);
+
+    if (r == 0)
+        vuf_virtq_publish(vq);
+    return r;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -529,6 +599,7 @@ bool vuf_virtq_kick_needed(struct vuf_virtq *vq)
 
     if (vq->packed)
         return vqp_kick_needed(vq);
+    vuf_virtq_publish(vq);
     /* The avail->idx store must be globally visible before we read the
      * device's suppression state (store-load ordering needs a full fence),
      * or both sides could decide the other will act. */
@@ -555,6 +626,7 @@ int vuf_virtq_kick(struct vuf_virtq *vq, unsigned flags)
     int r;
 
     if (flags & VUF_VIRTQ_KICK_FORCE) {
+        vuf_virtq_publish(vq);
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
         vq->kick_prev = vq->avail_idx;
         vq->p_kick_added = 0;
@@ -601,7 +673,7 @@ bool vuf_virtq_has_used(const struct vuf_virtq *vq)
 {
     if (vq->packed)
         return vqp_has_used(vq);
-    return used_idx_acquire(vq) != vq->last_used;
+    return vq->used_seen != vq->last_used || used_idx_acquire(vq) != vq->last_used;
 }
 
 int vuf_virtq_get_used(struct vuf_virtq *vq, void **cookie, uint32_t *len)
@@ -615,16 +687,24 @@ int vuf_virtq_get_used(struct vuf_virtq *vq, void **cookie, uint32_t *len)
         return vqp_get_used(vq, cookie, len);
     if (vq->broken)
         return -EPROTO;
-    idx = used_idx_acquire(vq);
-    if (idx == vq->last_used)
-        return -EAGAIN;
-    pending = (uint16_t)(idx - vq->last_used);
-    if (pending > vq->inflight) {
-        vuf_log(VUF_LOG_ERROR,
-                "virtq %u: device moved used idx to %u, %u entries past %u with only %u in flight",
-                vq->index, idx, pending, vq->last_used, vq->inflight);
-        mark_broken(vq);
-        return -EPROTO;
+    if (vq->used_seen == vq->last_used) {
+        /* Entries up to a checked used->idx need no reload of its line,
+         * which the device keeps writing: one load per burst, not per
+         * entry. Every entry consumed since retired one chain in flight,
+         * so the check below holds for the rest of the snapshot. */
+        idx = used_idx_acquire(vq);
+        if (idx == vq->last_used)
+            return -EAGAIN;
+        pending = (uint16_t)(idx - vq->last_used);
+        if (pending > vq->inflight) {
+            vuf_log(VUF_LOG_ERROR,
+                    "virtq %u: device moved used idx to %u, %u entries past %u with only %u in "
+                    "flight",
+                    vq->index, idx, pending, vq->last_used, vq->inflight);
+            mark_broken(vq);
+            return -EPROTO;
+        }
+        vq->used_seen = idx;
     }
     e = &vq->used->ring[vq->last_used & vq->mask];
     id = load32(&e->id);
@@ -644,9 +724,15 @@ int vuf_virtq_get_used(struct vuf_virtq *vq, void **cookie, uint32_t *len)
         return -EPROTO;
     }
 
-    /* Splice the chain back onto the free list (private links only). */
-    vq->free_next[s->last] = (uint16_t)vq->free_head;
-    vq->free_head = id;
+    /* Splice the chain onto the tail of the free list (private links
+     * only). First in, first out: a device that completes in order gets the
+     * descriptors back in ring order, so each avail ring entry keeps its
+     * value from lap to lap and its line is never written again. */
+    if (vq->num_free == 0)
+        vq->free_head = id;
+    else
+        vq->free_next[vq->free_tail] = (uint16_t)id;
+    vq->free_tail = s->last;
     vq->num_free += s->ndesc;
     vq_inflight_unlink(vq, id);
     vq->last_used++;

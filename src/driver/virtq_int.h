@@ -9,6 +9,9 @@
 
 #include "vuf/virtq.h"
 
+/* Ring parts are placed on lines of this size (see alloc_part). */
+#define VQ_LINE 64u
+
 /* Driver-private state of a chain, indexed by its head descriptor. The
  * device never sees this, so freeing a chain never trusts shared memory. */
 struct vq_slot {
@@ -40,10 +43,13 @@ struct vuf_virtq {
 
     int kick_fd, call_fd;
 
-    uint16_t avail_idx; /* published avail->idx */
+    uint16_t avail_idx; /* chains added (avail ring entries written) */
+    uint16_t avail_pub; /* the avail->idx last stored: avail_idx unless deferred */
     uint16_t last_used; /* used entries consumed */
+    uint16_t used_seen; /* used->idx as last loaded and checked: entries up to
+                         * it are consumed without reloading the shared line */
     uint16_t kick_prev; /* avail idx at the last notification decision */
-    unsigned num_free, free_head, inflight;
+    unsigned num_free, free_head, free_tail, inflight;
     unsigned oldest, newest; /* in-flight list ends; size = empty */
     bool broken;
     uint16_t *free_next; /* private free-list links, one per descriptor */
@@ -81,6 +87,12 @@ int vq_buf_gpa(const struct vuf_virtq *vq, const struct vuf_virtq_buf *b, uint64
 int vq_check_chain(const struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, unsigned n,
                    uint64_t *wlen, uint64_t *tlen, bool *indirect);
 void vq_inflight_push(struct vuf_virtq *vq, unsigned id);
+/* Add one buffer the caller has already checked lies in guest memory (a
+ * pool it allocated there), without publishing it (split rings; see
+ * vuf_virtq_add_deferred()). 0, -ENOSPC or -EPROTO. For the device models'
+ * hot paths; everything else goes through vuf_virtq_add(). */
+int vq_add_one(struct vuf_virtq *vq, uint64_t gpa, uint32_t len, bool writable, void *cookie);
+int vqp_add_one(struct vuf_virtq *vq, uint64_t gpa, uint32_t len, bool writable, void *cookie);
 void vq_inflight_unlink(struct vuf_virtq *vq, unsigned id);
 
 #endif

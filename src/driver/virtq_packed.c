@@ -49,7 +49,16 @@ static inline uint16_t flags_acquire(const struct vuf_vring_packed_desc *d)
 static int alloc_part(struct vuf_guest_mem *gm, uint64_t bytes, uint64_t align, uint64_t *gpa,
                       void **host)
 {
-    int r = vuf_guest_mem_alloc(gm, bytes, align, gpa);
+    int r;
+
+    /* Each part on cache lines of its own: a line the device writes (used
+     * ring, device area) that also held what the driver writes (avail ring,
+     * descriptors, the next queue's rings) would move between the two cores
+     * on every write of either side. */
+    if (align < VQ_LINE)
+        align = VQ_LINE;
+    bytes = (bytes + VQ_LINE - 1) & ~(uint64_t)(VQ_LINE - 1);
+    r = vuf_guest_mem_alloc(gm, bytes, align, gpa);
 
     if (r < 0)
         return r;
@@ -262,6 +271,37 @@ int vqp_add(struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, unsigned n, 
     vq->pdesc[head].len = head_desc.len;
     vq->pdesc[head].id = head_desc.id;
     __atomic_store_n(&vq->pdesc[head].flags, head_desc.flags, __ATOMIC_RELEASE);
+    return 0;
+}
+
+int vqp_add_one(struct vuf_virtq *vq, uint64_t gpa, uint32_t len, bool writable, void *cookie)
+{
+    struct vuf_vring_packed_desc d = {.addr = gpa, .len = len};
+    uint16_t head = vq->p_avail;
+    struct vq_slot *s;
+
+    if (vq->broken)
+        return -EPROTO;
+    if (vq->num_free == 0)
+        return -ENOSPC;
+    d.id = (uint16_t)vq->free_head;
+    vq->free_head = vq->free_next[d.id];
+    d.flags = (uint16_t)((writable ? VUF_VRING_DESC_F_WRITE : 0) | avail_bits(vq->p_avail_wrap));
+    vq->shadow[head] = d;
+    advance(vq, &vq->p_avail, &vq->p_avail_wrap, 1);
+    vq->num_free--;
+    vq->p_kick_added++;
+    s = &vq->slots[d.id];
+    s->cookie = cookie;
+    s->wlen = writable ? len : 0;
+    s->tlen = len;
+    s->ndesc = 1;
+    s->head = head;
+    vq_inflight_push(vq, d.id);
+    vq->pdesc[head].addr = d.addr;
+    vq->pdesc[head].len = d.len;
+    vq->pdesc[head].id = d.id;
+    __atomic_store_n(&vq->pdesc[head].flags, d.flags, __ATOMIC_RELEASE);
     return 0;
 }
 

@@ -11,6 +11,9 @@
  * while asleep stay untouched and come back after wake) and /proc/self/fd
  * the same before the device and after it is gone.
  *
+ * The same with the zero-copy calls (frames built in the TX slots, read
+ * where the device wrote them).
+ *
  * The tool: `vuf net SOCKET ping` on 2 pairs, `vuf net SOCKET bench --json`
  * in tx and rt modes (structure and pps > 0 asserted, never speed), and
  * its usage errors.
@@ -74,6 +77,15 @@ static void test_net_two_pairs_sleep_wake(void **state)
     nh_sleep_wake(*state, PAIRS, false, FRAMES, BEFORE_SLEEP, WHILE_ASLEEP, &checks);
 }
 
+/* The same through the zero-copy calls: frames built in the TX slots,
+ * received frames checked where the device wrote them. */
+static void test_net_zero_copy_sleep_wake(void **state)
+{
+    static const struct nh_checks checks = {.asleep = split_asleep, .zero_copy = true};
+
+    nh_sleep_wake(*state, PAIRS, false, FRAMES, BEFORE_SLEEP, WHILE_ASLEEP, &checks);
+}
+
 /* ------------------------------------------------------------------------ */
 /* The tool                                                                 */
 /* ------------------------------------------------------------------------ */
@@ -110,7 +122,7 @@ static json_object *jget(json_object *o, const char *key, json_type type)
     return v;
 }
 
-static void bench_json(struct tu_befx *f, const char *mode, const char *size, bool busy)
+static void bench_json(struct tu_befx *f, const char *mode, const char *size, bool busy, bool zc)
 {
     const char *args[] = {"net",
                           f->sock,
@@ -122,6 +134,7 @@ static void bench_json(struct tu_befx *f, const char *mode, const char *size, bo
                           "--seconds",
                           "1",
                           "--json",
+                          zc ? "--zero-copy" : "--json",
                           busy ? "--busy-poll" : NULL,
                           NULL};
     struct tu_run *r = run(args);
@@ -136,6 +149,7 @@ static void bench_json(struct tu_befx *f, const char *mode, const char *size, bo
     assert_int_equal(json_object_get_int64(jget(j, "size", json_type_int)), atoi(size));
     assert_int_equal(json_object_get_int64(jget(j, "queue_pairs", json_type_int)), 1);
     assert_int_equal(json_object_get_boolean(jget(j, "busy_poll", json_type_boolean)), busy);
+    assert_int_equal(json_object_get_boolean(jget(j, "zero_copy", json_type_boolean)), zc);
     assert_true(json_object_get_int64(jget(j, "frames", json_type_int)) > 0);
     pps = json_object_get_double(jget(j, "pps", json_type_double));
     bps = json_object_get_double(jget(j, "bps", json_type_double));
@@ -150,9 +164,11 @@ static void test_cli_net_bench_json(void **state)
     struct tu_befx *f = *state;
 
     nh_start_testpmd(f, PAIRS);
-    bench_json(f, "tx", "64", false);
-    bench_json(f, "rt", "1500", true);
-    bench_json(f, "rt", "64", false);
+    bench_json(f, "tx", "64", false, false);
+    bench_json(f, "rt", "1500", true, false);
+    bench_json(f, "rt", "64", false, false);
+    bench_json(f, "rt", "64", true, true);
+    bench_json(f, "tx", "1500", false, true);
     tu_stop_clean(&f->proc, f->sock);
 }
 
@@ -187,6 +203,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_net_two_pairs_sleep_wake, setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_net_zero_copy_sleep_wake, setup, tu_befx_teardown),
         cmocka_unit_test_setup_teardown(test_cli_net_ping, setup, tu_befx_teardown),
         cmocka_unit_test_setup_teardown(test_cli_net_bench_json, setup, tu_befx_teardown),
         cmocka_unit_test(test_cli_net_usage),

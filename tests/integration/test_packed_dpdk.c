@@ -89,6 +89,18 @@ static void test_packed_net_two_pairs_sleep_wake(void **state)
     nh_sleep_wake(*state, PAIRS, true, FRAMES, BEFORE_SLEEP, WHILE_ASLEEP, &checks);
 }
 
+/* The same through the zero-copy calls (vuf_net_tx_slots/commit,
+ * vuf_net_rx_burst_zc) on packed rings. */
+static void test_packed_net_zero_copy(void **state)
+{
+    static const struct nh_checks checks = {.before_sleep = packed_before_sleep,
+                                            .asleep = packed_asleep,
+                                            .done = packed_done,
+                                            .zero_copy = true};
+
+    nh_sleep_wake(*state, PAIRS, true, FRAMES, BEFORE_SLEEP, WHILE_ASLEEP, &checks);
+}
+
 /* ------------------------------------------------------------------------ */
 /* The tool: vuf net --ring packed                                          */
 /* ------------------------------------------------------------------------ */
@@ -139,6 +151,7 @@ static void test_packed_cli_net(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_packed_net_zero_copy, setup, tu_befx_teardown),
         cmocka_unit_test_setup_teardown(test_packed_net_two_pairs_sleep_wake, setup,
                                         tu_befx_teardown),
         cmocka_unit_test_setup_teardown(test_packed_cli_net, setup, tu_befx_teardown),

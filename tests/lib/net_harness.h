@@ -55,6 +55,7 @@ struct nh_guest {
     struct vuf_queue q[NH_MAX_NQ];
     struct vuf_net *net[NH_MAX_PAIRS];
     struct vuf_virtq_set *set;
+    bool zero_copy; /* see struct nh_checks */
     uint32_t sent[NH_MAX_PAIRS], back[NH_MAX_PAIRS];
     uint8_t seen[NH_MAX_PAIRS][NH_FRAMES];
 };
@@ -85,6 +86,9 @@ struct nh_checks {
                    const struct vuf_queue *tx);
     /* Per pair, after every frame came back (may be NULL). */
     void (*done)(struct nh_guest *g, unsigned p, const struct vuf_net_stats *st);
+    /* Send and receive with the zero-copy calls (vuf_net_tx_slots/commit,
+     * vuf_net_rx_burst_zc) instead of the copying ones. */
+    bool zero_copy;
 };
 
 /*

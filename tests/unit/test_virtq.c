@@ -1116,6 +1116,158 @@ static void test_vq_malformed_used(void **state)
     }
 }
 
+/* Bursts: chains added with vuf_virtq_add_deferred() stay invisible to the
+ * device until vuf_virtq_publish() or a kick stores avail->idx once. */
+static void test_vq_deferred_publish(void **state)
+{
+    struct vuf_virtq_buf b;
+    struct env e;
+    struct fchain c;
+
+    (void)state;
+    env_open(&e, 8, 0, 0);
+    for (unsigned i = 0; i < 4; i++)
+        e.buf[64 * i] = (uint8_t)('a' + i);
+    for (unsigned i = 0; i < 3; i++) {
+        b = (struct vuf_virtq_buf){.gpa = e.buf_gpa + 64 * i, .len = 64};
+        assert_int_equal(vuf_virtq_add_deferred(e.vq, &b, 1, (void *)(uintptr_t)(i + 1)), 0);
+    }
+    assert_int_equal(vuf_virtq_avail_idx(e.vq), 3);
+    assert_int_equal(__atomic_load_n(&e.dev.avail->idx, __ATOMIC_ACQUIRE), 0);
+    assert_int_equal(fdev_pop(&e.dev, &c), 0);
+    vuf_virtq_publish(e.vq);
+    assert_int_equal(__atomic_load_n(&e.dev.avail->idx, __ATOMIC_ACQUIRE), 3);
+    vuf_virtq_publish(e.vq); /* nothing new: no store */
+    assert_int_equal(__atomic_load_n(&e.dev.avail->idx, __ATOMIC_ACQUIRE), 3);
+    b = (struct vuf_virtq_buf){.gpa = e.buf_gpa + 192, .len = 64};
+    assert_int_equal(vuf_virtq_add_deferred(e.vq, &b, 1, (void *)4), 0);
+    assert_int_equal(__atomic_load_n(&e.dev.avail->idx, __ATOMIC_ACQUIRE), 3);
+    /* The kick publishes before it decides. */
+    assert_int_equal(vuf_virtq_kick(e.vq, 0), 1);
+    assert_int_equal(__atomic_load_n(&e.dev.avail->idx, __ATOMIC_ACQUIRE), 4);
+    assert_int_equal(fd_count(e.dev.kick_fd), 1);
+    for (unsigned i = 0; i < 4; i++) {
+        void *ck;
+
+        fdev_complete_one(&e.dev, &c, 0);
+        assert_int_equal(c.seg[0].p[0], 'a' + i);
+        assert_int_equal(vuf_virtq_get_used(e.vq, &ck, NULL), 0);
+        assert_ptr_equal(ck, (void *)(uintptr_t)(i + 1));
+    }
+    /* Errors as vuf_virtq_add(). */
+    b.len = 0;
+    assert_int_equal(vuf_virtq_add_deferred(e.vq, &b, 1, NULL), -EINVAL);
+    env_close(&e);
+}
+
+/* A device that completes in order gets descriptor i at avail position i
+ * lap after lap (the free list is first in, first out), so the avail ring
+ * entries never change after the first lap. */
+static void test_vq_ring_order_reuse(void **state)
+{
+    struct env e;
+    struct fchain c;
+
+    (void)state;
+    env_open(&e, 8, F_EVENT_IDX, 0);
+    for (unsigned lap = 0; lap < 4; lap++) {
+        for (unsigned i = 0; i < 8; i++)
+            assert_int_equal(add1(&e, 64 * i, 64, lap & 1, (void *)(uintptr_t)(i + 1)), 0);
+        assert_int_equal(vuf_virtq_num_free(e.vq), 0);
+        for (unsigned i = 0; i < 8; i++) {
+            void *ck;
+
+            fdev_complete_one(&e.dev, &c, 0);
+            assert_int_equal(c.head, i);
+            assert_int_equal(e.dev.avail->ring[i], i);
+            assert_int_equal(vuf_virtq_get_used(e.vq, &ck, NULL), 0);
+            assert_ptr_equal(ck, (void *)(uintptr_t)(i + 1));
+        }
+    }
+    /* Half a lap, then completions in reverse: still consistent. */
+    for (unsigned i = 0; i < 4; i++)
+        assert_int_equal(add1(&e, 64 * i, 64, false, (void *)(uintptr_t)(i + 1)), 0);
+    {
+        struct fchain pend[4];
+
+        for (unsigned i = 0; i < 4; i++)
+            assert_int_equal(fdev_pop(&e.dev, &pend[i]), 1);
+        for (unsigned i = 4; i-- > 0;)
+            fdev_push_raw(&e.dev, pend[i].head, 0);
+    }
+    for (unsigned i = 4; i-- > 0;) {
+        void *ck;
+
+        assert_int_equal(vuf_virtq_get_used(e.vq, &ck, NULL), 0);
+        assert_ptr_equal(ck, (void *)(uintptr_t)(i + 1));
+    }
+    assert_int_equal(vuf_virtq_num_free(e.vq), 8);
+    churn(&e, 50, 7);
+    env_close(&e);
+}
+
+/* Each ring part starts on a cache line of its own and no other
+ * allocation shares its last line. */
+static void test_vq_ring_lines(void **state)
+{
+    struct vuf_guest_mem *gm;
+    struct vuf_virtq *a, *b;
+    struct vuf_virtq_layout la, lb;
+    uint64_t next;
+
+    (void)state;
+    assert_int_equal(vuf_guest_mem_new_simple(0, 2 * MiB, &gm), 0);
+    assert_int_equal(vuf_virtq_new(gm, 256, F_EVENT_IDX, &a), 0);
+    assert_int_equal(vuf_virtq_new(gm, 8, 0, &b), 0);
+    vuf_virtq_layout(a, &la);
+    vuf_virtq_layout(b, &lb);
+    assert_int_equal(la.desc_gpa % 64, 0);
+    assert_int_equal(la.avail_gpa % 64, 0);
+    assert_int_equal(la.used_gpa % 64, 0);
+    assert_true(la.avail_gpa >= la.desc_gpa + 4096);
+    assert_true(la.used_gpa >= la.avail_gpa + 576); /* 518 bytes, rounded up */
+    assert_true(lb.desc_gpa >= la.used_gpa + 2112); /* 2054 bytes, rounded up */
+    assert_int_equal(lb.avail_gpa - lb.desc_gpa, 128);
+    assert_int_equal(lb.used_gpa - lb.avail_gpa, 64);
+    assert_int_equal(vuf_guest_mem_alloc(gm, 1, 1, &next), 0);
+    assert_true(next >= lb.used_gpa + 128); /* 70 bytes, rounded up */
+    vuf_virtq_free(a);
+    vuf_virtq_free(b);
+    vuf_guest_mem_free(gm);
+}
+
+/* used->idx is loaded once per burst: entries under a checked index are
+ * taken without reloading it, and a lie told after that is caught at the
+ * next load. */
+static void test_vq_used_snapshot(void **state)
+{
+    struct env e;
+    struct fchain c;
+    void *ck;
+    int errs = log_errors;
+
+    (void)state;
+    env_open(&e, 8, 0, 0);
+    for (unsigned i = 0; i < 3; i++)
+        assert_int_equal(add1(&e, 64 * i, 64, true, (void *)(uintptr_t)(i + 1)), 0);
+    for (unsigned i = 0; i < 3; i++)
+        fdev_complete_one(&e.dev, &c, 0);
+    assert_int_equal(vuf_virtq_get_used(e.vq, &ck, NULL), 0);
+    assert_ptr_equal(ck, (void *)1);
+    /* The device now claims 200 entries. */
+    __atomic_store_n(&e.dev.used->idx, 200, __ATOMIC_RELEASE);
+    assert_true(vuf_virtq_has_used(e.vq));
+    assert_int_equal(vuf_virtq_get_used(e.vq, &ck, NULL), 0);
+    assert_ptr_equal(ck, (void *)2);
+    assert_int_equal(vuf_virtq_get_used(e.vq, &ck, NULL), 0);
+    assert_ptr_equal(ck, (void *)3);
+    assert_int_equal(log_errors, errs);
+    assert_int_equal(vuf_virtq_get_used(e.vq, &ck, NULL), -EPROTO);
+    assert_int_equal(log_errors, errs + 1);
+    assert_true(vuf_virtq_broken(e.vq));
+    env_close(&e);
+}
+
 /* A device thread: completes everything that becomes available after
  * `delay_ms`, then signals as the driver asks. */
 struct delayed_dev {
@@ -1774,6 +1926,10 @@ int main(void)
         cmocka_unit_test(test_vq_event_idx),
         cmocka_unit_test(test_vq_no_notify_flags),
         cmocka_unit_test(test_vq_malformed_used),
+        cmocka_unit_test(test_vq_deferred_publish),
+        cmocka_unit_test(test_vq_ring_order_reuse),
+        cmocka_unit_test(test_vq_ring_lines),
+        cmocka_unit_test(test_vq_used_snapshot),
         cmocka_unit_test(test_vq_wait),
         cmocka_unit_test(test_vq_fds),
         cmocka_unit_test(test_vq_handoff),
