@@ -172,9 +172,11 @@ int vuf_blk_req_prep_range(struct vuf_blk_req *req, uint32_t type, uint64_t sect
 /*
  * Put a prepared request on the queue and kick it (honouring the device's
  * notification suppression) unless VUF_BLK_SUBMIT_NO_KICK, for batching
- * with vuf_blk_kick(). Returns 0 (the request is in flight; a failed kick
- * is logged, not returned), -ENOSPC (queue full; retry after completions),
- * -EINVAL (not prepared), -EBUSY (already in flight), or as vuf_virtq_add().
+ * with vuf_blk_kick(): a request submitted so is not even published to
+ * the device (avail->idx, vuf_virtq_add_deferred()) until that kick, so
+ * that a batch costs one store the device's core sees. Returns 0 (the request is in flight; a
+ * failed kick is logged, not returned), -ENOSPC (queue full; retry after completions), -EINVAL (not
+ * prepared), -EBUSY (already in flight), or as vuf_virtq_add().
  */
 #define VUF_BLK_SUBMIT_NO_KICK 0x1u
 int vuf_blk_submit(struct vuf_blk *blk, struct vuf_blk_req *req, unsigned flags);

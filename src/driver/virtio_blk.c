@@ -418,7 +418,9 @@ int vuf_blk_submit(struct vuf_blk *blk, struct vuf_blk_req *req, unsigned flags)
         return -EINVAL;
     done_remove(blk, req);
     *req->status = STATUS_UNSET;
-    r = vuf_virtq_add(blk->vq, req->chain, req->nchain, req);
+    /* Published by the kick, here or in vuf_blk_kick(): one store of
+     * avail->idx for a batch. */
+    r = vuf_virtq_add_deferred(blk->vq, req->chain, req->nchain, req);
     if (r < 0)
         return r;
     req->state = RQ_INFLIGHT;
