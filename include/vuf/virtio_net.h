@@ -212,8 +212,8 @@ bool vuf_net_broken(const struct vuf_net *net);
 /* --- RX ----------------------------------------------------------------- */
 
 /*
- * Post every RX buffer the ring does not hold (zeroed headers) and kick if
- * the device wants it. Returns the number posted (>= 0) or -EPROTO
+ * Post every RX buffer the ring does not hold and kick if the device wants
+ * it (the buffers' headers are left as they are: the device writes them). Returns the number posted (>= 0) or -EPROTO
  * (broken), or an error of vuf_virtq_add.
  */
 int vuf_net_rx_fill(struct vuf_net *net);
@@ -230,7 +230,9 @@ struct vuf_net_frame {
  * frames[i].data and set frames[i].len to its length (a frame longer than
  * the room is cut; len still says how long it was). Header offloads are
  * dropped. The buffers go back on the ring (and the device is kicked if it
- * wants it) before returning. A frame whose buffers the device has not all
+ * wants it) before returning once a batch of them is free (a quarter of
+ * the pool, at most 32) or the device holds fewer than that; at any time
+ * vuf_net_rx_fill() posts them all. A frame whose buffers the device has not all
  * returned yet (MRG_RXBUF) is finished by a later call.
  * Returns the number of frames (0: none), or -EPROTO: the queue or the
  * driver is broken (frames taken before the fault in this call are

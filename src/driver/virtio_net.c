@@ -19,6 +19,7 @@
  * change (zero on TX) is never written again.
  */
 #define BUF_ALIGN 64u
+#define RX_REFILL_BATCH 32u
 
 /* A frame of several RX buffers (MRG_RXBUF) whose buffers are not all back
  * yet: the buffers taken so far, kept off the ring until it is whole. */
@@ -322,6 +323,21 @@ int vuf_net_rx_fill(struct vuf_net *net)
     return posted;
 }
 
+/* After a burst: post the free buffers again once there are enough of
+ * them to be worth a publish (a store to the avail index the device polls,
+ * and a kick decision), or when the device is left with few. */
+static void rx_refill(struct vuf_net *net)
+{
+    unsigned posted = net->nrx - net->rx_nfree, batch = net->nrx / 4 ? net->nrx / 4 : 1;
+
+    if (batch > RX_REFILL_BATCH)
+        batch = RX_REFILL_BATCH;
+    if (net->broken || vuf_virtq_broken(net->rx) || net->rx_nfree == 0)
+        return;
+    if (net->rx_nfree >= batch || posted < batch)
+        vuf_net_rx_fill(net);
+}
+
 static int rx_fault(struct vuf_net *net, const char *what, unsigned v)
 {
     vuf_log(VUF_LOG_ERROR, "virtio-net rx queue %u: %s (%u)", vuf_virtq_index(net->rx), what, v);
@@ -425,8 +441,7 @@ int vuf_net_rx_burst(struct vuf_net *net, struct vuf_net_frame *frames, unsigned
         if (net->part_n == net->part_want)
             rx_deliver(net, &frames[got++]);
     }
-    if (!net->broken && !vuf_virtq_broken(net->rx))
-        vuf_net_rx_fill(net);
+    rx_refill(net);
     if (got)
         return (int)got;
     return r == -EAGAIN ? 0 : r;
@@ -453,8 +468,7 @@ int vuf_net_rx_burst_zc(struct vuf_net *net, vuf_net_rx_fn fn, void *opaque, uns
             got++;
         }
     }
-    if (!net->broken && !vuf_virtq_broken(net->rx))
-        vuf_net_rx_fill(net);
+    rx_refill(net);
     if (got)
         return (int)got;
     return r == -EAGAIN ? 0 : r;
