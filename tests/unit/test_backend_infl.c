@@ -404,8 +404,8 @@ static void test_bad_region(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fresh_then_crash),  cmocka_unit_test(test_crash_in_completion),
-        cmocka_unit_test(test_crash_in_pop),      cmocka_unit_test(test_wrapped),
+        cmocka_unit_test(test_fresh_then_crash), cmocka_unit_test(test_crash_in_completion),
+        cmocka_unit_test(test_crash_in_pop),     cmocka_unit_test(test_wrapped),
         cmocka_unit_test(test_bad_region),
     };
 
