@@ -329,11 +329,14 @@ static void pki_commit_pop(struct be_vq *vq, uint16_t id)
     __atomic_store_n(&vq->pk_infl->old_free_head, vq->pk_free, __ATOMIC_RELEASE);
 }
 
-/* A chain that broke the queue half-way: as recovery would, forget it. */
+/* A chain that broke the queue half-way: as recovery would, forget what
+ * was taken of it (nothing if the first entry could not be). */
 static void pki_abort_pop(struct be_vq *vq)
 {
     struct be_inflpk_hdr *h = vq->pk_infl;
 
+    if (!h || vq->pk_free == vq->pk_free_old)
+        return;
     __atomic_store_n(&h->desc[vq->pk_free_old].inflight, 0, __ATOMIC_RELAXED);
     vq->pk_free = vq->pk_free_old;
     __atomic_store_n(&h->free_head, vq->pk_free, __ATOMIC_RELEASE);
@@ -424,8 +427,7 @@ static int pk_pop(struct be_vq *vq, const struct be_mem *mem, struct be_chain *c
         else if (vq->pk_infl && !pki_take(vq, &d, n == 1))
             why = "more packed descriptors in flight than the ring holds";
         if (why) {
-            if (vq->pk_infl && n > 1)
-                pki_abort_pop(vq);
+            pki_abort_pop(vq);
             mark_broken(vq, why);
             return -EPROTO;
         }
@@ -436,8 +438,7 @@ static int pk_pop(struct be_vq *vq, const struct be_mem *mem, struct be_chain *c
             break;
     }
     if (id >= vq->num || (vq->pk_infl && vq->pk_slot[id])) {
-        if (vq->pk_infl)
-            pki_abort_pop(vq);
+        pki_abort_pop(vq);
         mark_broken(vq, id >= vq->num ? "packed buffer id beyond the ring size"
                                       : "packed buffer id already in flight");
         return -EPROTO;
@@ -760,10 +761,11 @@ static int pki_by_counter(const void *a, const void *b)
 }
 
 /*
- * Read the region after the roll-forward/back (used position `used`): the
- * chains in flight into heads[] (capacity desc_num), our next[]/last[]/
- * slot[] copies, and a rebuilt free list of every other entry. NULL or what
- * makes the region untrustworthy.
+ * Read the region after the roll-forward/back: the chains in flight into
+ * heads[] (capacity desc_num) and *ndesc, our next[]/last[]/slot[] copies,
+ * and a free list rebuilt of every other entry (which also takes back
+ * entries an interrupted step left on no list). mark[] is desc_num zeroes
+ * of scratch. NULL, or what makes the region untrustworthy.
  */
 static const char *pki_scan(struct be_vq *vq, struct pki_head *heads, unsigned *nheads,
                             unsigned *ndesc, uint8_t *mark)

@@ -200,9 +200,10 @@ struct be_vq {
     /* Packed: descriptors used since the last call decision. */
     unsigned pk_unsignalled;
 
-    /* Heads popped (and marked in flight) but not processed: the control
-     * hook's "hold on", and the requests recovered from the inflight area
-     * (in counter order). held[0..nheld), capacity max_segs; nheld is
+    /* Heads (packed: buffer ids) popped and marked in flight but not
+     * processed: the control hook's "hold on", and the requests recovered
+     * from the inflight area (in counter order). held[0..nheld), capacity
+     * max_segs (>= the ring size); nheld is
      * read by the control thread (relaxed atomics). */
     uint16_t *held;
     unsigned nheld;

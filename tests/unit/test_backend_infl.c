@@ -401,12 +401,46 @@ static void test_bad_region(void **state)
     }
 }
 
+/* A chain that breaks the queue half-way (its second descriptor not
+ * available; a buffer id already in flight) leaves nothing of itself in
+ * the region. */
+static void test_broken_chain(void **state)
+{
+    static const struct be_mem none;
+    struct ring r = {.num = 8, .avail = WRAP, .used = WRAP};
+    struct be_chain c;
+    struct be_vq a;
+
+    (void)state;
+    for (int dup = 0; dup < 2; dup++) {
+        setup_region();
+        be_open(&a, &r, region, WRAP, WRAP);
+        assert_int_equal(be_vq_infl_recover(&a), 0);
+        if (dup) {
+            drv_add(&r, 1, 1);
+            assert_int_equal(pop(&a, 1), 1);
+            drv_add(&r, 2, 1);
+        } else {
+            drv_add(&r, 2, 1);
+            r.d[1].flags = 0; /* not available in this lap */
+        }
+        assert_int_equal(be_vq_pop(&a, &none, &c), -EPROTO);
+        assert_true(a.broken);
+        assert_int_equal(hdr(region)->free_head, dup);
+        assert_int_equal(hdr(region)->old_free_head, dup);
+        assert_int_equal(hdr(region)->desc[dup].inflight, 0);
+        assert_int_equal(hdr(region)->desc[0].inflight, dup);
+        be_vq_destroy(&a);
+        r = (struct ring){.num = 8, .avail = WRAP, .used = WRAP};
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fresh_then_crash), cmocka_unit_test(test_crash_in_completion),
         cmocka_unit_test(test_crash_in_pop),     cmocka_unit_test(test_wrapped),
-        cmocka_unit_test(test_bad_region),
+        cmocka_unit_test(test_bad_region),       cmocka_unit_test(test_broken_chain),
     };
 
     vuf_log_set(tu_log_to_stderr, NULL, VUF_LOG_WARN);
