@@ -6,7 +6,7 @@
  * offering what the packaged back-ends do not, so that every front-end path
  * has something to talk to: MQ, CONFIG, REPLY_ACK, BACKEND_REQ (+SEND_FD),
  * RESET_DEVICE, CONFIGURE_MEM_SLOTS, STATUS, DEVICE_STATE, SHMEM and
- * INFLIGHT_SHMFD (split layout).
+ * INFLIGHT_SHMFD (split and packed layouts).
  *
  * Conventions of real back-ends (qemu-storage-daemon): --socket-path or
  * --fd, a stale socket is replaced, one front-end at a time and the next
@@ -258,17 +258,31 @@ static void reset_rings(struct blk_dev *d)
 /* Inflight area (INFLIGHT_SHMFD)                                           */
 /* ------------------------------------------------------------------------ */
 
-struct be_infl_hdr *blk_infl_region(struct blk_dev *d, unsigned i)
+void *blk_infl_region(struct blk_dev *d, unsigned i)
 {
     if (!d->infl_base || i >= d->infl_nq)
         return NULL;
-    return (struct be_infl_hdr *)(d->infl_base + d->infl_region * i);
+    return d->infl_base + d->infl_region * i;
+}
+
+/*
+ * Bytes per queue of an area for `nq` queues of `qsize` entries: the
+ * packed layout's when the driver acked RING_PACKED, and also when no
+ * SET_FEATURES has come yet (QEMU asks for the area before it sends the
+ * features), the split one's only when the features say split. A split
+ * ring fits in a packed-sized region.
+ */
+static uint64_t infl_region_for(const struct blk_dev *d, uint16_t qsize)
+{
+    if (d->features_set && !(d->acked_features & (1ull << VUF_VIRTIO_F_RING_PACKED)))
+        return be_infl_region_size(qsize);
+    return be_inflpk_region_size(qsize);
 }
 
 static void infl_unmap(struct blk_dev *d)
 {
     for (unsigned i = 0; i < d->nq; i++)
-        d->vqs[i].infl = NULL;
+        be_vq_infl_attach(&d->vqs[i], NULL, 0, 0);
     if (d->infl_map)
         munmap(d->infl_map, d->infl_map_len);
     d->infl_map = NULL;
@@ -277,14 +291,14 @@ static void infl_unmap(struct blk_dev *d)
     d->infl_nq = d->infl_qsize = 0;
 }
 
-/* Map [offset, offset + size) of fd as the inflight area, replacing the
- * current one. `fresh`: write the headers (a new zeroed memfd); otherwise
- * every region's header must already say version 1 and desc_num. */
+/* Map [offset, offset + size) of fd as the inflight area of `nq` regions
+ * of `region` bytes, replacing the current one. `fresh`: write the headers
+ * (a new zeroed memfd); otherwise every region's header must already say
+ * version 1 and desc_num (at the same offsets in both layouts). */
 static int infl_map(struct blk_dev *d, int fd, uint64_t offset, uint64_t size, uint16_t nq,
-                    uint16_t qsize, bool fresh)
+                    uint16_t qsize, uint64_t region, bool fresh)
 {
     uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE), delta = offset % page;
-    uint64_t region = be_infl_region_size(qsize);
     void *m;
 
     if (size > SIZE_MAX - delta)
@@ -356,6 +370,7 @@ static int h_set_features(void *opaque, struct vuf_msg *req, struct vuf_msg *rep
     if (r < 0)
         return r;
     d->acked_features = f;
+    d->features_set = true;
     /* Without PROTOCOL_FEATURES rings start enabled (spec, "Ring states"). */
     if (!(f & (1ull << VUF_VHOST_F_PROTOCOL_FEATURES)))
         for (unsigned i = 0; i < d->nq; i++)
@@ -381,6 +396,7 @@ static void reset_device(struct blk_dev *d)
     finish_xfer(d, 0);
     reset_rings(d);
     d->acked_features = 0;
+    d->features_set = false;
     d->status = 0;
 }
 
@@ -574,7 +590,7 @@ static int h_set_vring_kick(void *opaque, struct vuf_msg *req, struct vuf_msg *r
         vq->used_idx_valid = false; /* re-read used->idx from memory */
         /* Requests the area records as in flight are recovered when the
          * ring is first ready (blk_process_vq). */
-        be_vq_infl_attach(vq, blk_infl_region(d, index), d->infl_qsize);
+        be_vq_infl_attach(vq, blk_infl_region(d, index), d->infl_qsize, d->infl_region);
     }
     vq->started = true;
     vq->broken = false;
@@ -812,12 +828,13 @@ static int h_get_inflight_fd(void *opaque, struct vuf_msg *req, struct vuf_msg *
 {
     struct blk_dev *d = opaque;
     struct vuf_inflight in;
-    uint64_t size;
+    uint64_t size, region;
     int fd, r = infl_request_ok(d, req, &in);
 
     if (r < 0)
         return r;
-    size = be_infl_region_size(in.queue_size) * in.num_queues;
+    region = infl_region_for(d, in.queue_size);
+    size = region * in.num_queues;
     fd = memfd_create("vuf-blk-inflight", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0 || ftruncate(fd, (off_t)size) < 0 ||
         fcntl(fd, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) < 0) {
@@ -828,7 +845,7 @@ static int h_get_inflight_fd(void *opaque, struct vuf_msg *req, struct vuf_msg *
             close(fd);
         return r;
     }
-    r = infl_map(d, fd, 0, size, in.num_queues, in.queue_size, true);
+    r = infl_map(d, fd, 0, size, in.num_queues, in.queue_size, region, true);
     if (r < 0) {
         close(fd);
         return r;
@@ -840,8 +857,9 @@ static int h_get_inflight_fd(void *opaque, struct vuf_msg *req, struct vuf_msg *
     reply->hdr.size = sizeof(reply->payload.inflight);
     reply->fds[0] = fd; /* the server closes it once sent; our mapping stays */
     reply->nfds = 1;
-    vuf_log(VUF_LOG_INFO, "inflight area: %u queues of %u entries, %" PRIu64 " bytes (new)",
-            in.num_queues, in.queue_size, size);
+    vuf_log(VUF_LOG_INFO, "inflight area: %u queues of %u entries, %" PRIu64 " bytes (new, %s)",
+            in.num_queues, in.queue_size, size,
+            region == be_infl_region_size(in.queue_size) ? "split" : "packed-sized");
     return 0;
 }
 
@@ -850,12 +868,17 @@ static int h_set_inflight_fd(void *opaque, struct vuf_msg *req, struct vuf_msg *
     struct blk_dev *d = opaque;
     struct vuf_inflight in;
     struct stat st;
-    uint64_t need;
+    uint64_t need, region;
     int r = infl_request_ok(d, req, &in);
 
     if (r < 0)
         return r;
-    need = be_infl_region_size(in.queue_size) * in.num_queues;
+    /* Our GET made it one of two sizes: packed-sized regions if it holds
+     * them, else split ones. */
+    region = be_inflpk_region_size(in.queue_size);
+    if (in.mmap_size < region * in.num_queues)
+        region = be_infl_region_size(in.queue_size);
+    need = region * in.num_queues;
     if (req->nfds != 1 || req->fds[0] < 0 || fstat(req->fds[0], &st) < 0) {
         vuf_log(VUF_LOG_ERROR, "SET_INFLIGHT_FD: no usable fd");
         return -EBADF;
@@ -870,7 +893,8 @@ static int h_set_inflight_fd(void *opaque, struct vuf_msg *req, struct vuf_msg *
                 need, BE_INFL_ALIGN);
         return -EINVAL;
     }
-    r = infl_map(d, req->fds[0], in.mmap_offset, in.mmap_size, in.num_queues, in.queue_size, false);
+    r = infl_map(d, req->fds[0], in.mmap_offset, in.mmap_size, in.num_queues, in.queue_size, region,
+                 false);
     if (r < 0)
         return r;
     /* The server closes the fd; the mapping keeps the memory. */
@@ -928,6 +952,7 @@ static void end_connection(struct blk_dev *d)
     be_breq_slot_set(&d->slot, NULL);
     be_breq_slot_set_features(&d->slot, 0);
     d->acked_features = d->acked_protocol = 0;
+    d->features_set = false;
     d->status = 0;
     vuf_server_free(d->srv);
     d->srv = NULL;

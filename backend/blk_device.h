@@ -71,6 +71,7 @@ struct blk_dev {
     /* per connection */
     struct vuf_server *srv;
     uint64_t acked_features, acked_protocol;
+    bool features_set; /* a SET_FEATURES came (the ring layout is known) */
     uint8_t status;
     struct be_mem mem;
     struct be_vq *vqs;
@@ -100,8 +101,8 @@ struct blk_dev {
     int hold_efd;
 };
 
-/* The inflight region of queue i, or NULL. */
-struct be_infl_hdr *blk_infl_region(struct blk_dev *d, unsigned i);
+/* The inflight region of queue i (d->infl_region bytes), or NULL. */
+void *blk_infl_region(struct blk_dev *d, unsigned i);
 
 /* blk_io.c: process every available request of a ready queue, then
  * interrupt the driver if it wants to hear. */

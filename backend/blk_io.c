@@ -407,8 +407,9 @@ void blk_drain_held(struct blk_dev *d, struct be_vq *vq)
                 vq->nheld);
         return;
     }
-    if (!vq->used_idx_valid && !vq->packed) {
-        vq->used_idx = __atomic_load_n((uint16_t *)(vq->used + 2), __ATOMIC_ACQUIRE);
+    if (!vq->used_idx_valid) {
+        vq->used_idx = vq->packed ? vq->pk_used_base
+                                  : __atomic_load_n((uint16_t *)(vq->used + 2), __ATOMIC_ACQUIRE);
         vq->used_idx_valid = true;
     }
     vq->event_idx = acked(d, VUF_VIRTIO_F_EVENT_IDX);
@@ -421,17 +422,18 @@ void blk_process_vq(struct blk_dev *d, struct be_vq *vq)
 {
     struct be_chain c;
     uint16_t old_used;
-    unsigned budget;
+    unsigned budget, recovered;
 
     vq->pending = false;
     if (!be_vq_ready(vq, &d->mem))
         return;
     vq->event_idx = acked(d, VUF_VIRTIO_F_EVENT_IDX);
-    old_used = vq->used_idx;
     /* Requests left in flight by a previous back-end come first (unless
-     * everything is held); then those a "hold off" released. */
-    if (vq->infl_recover && be_vq_infl_recover(vq) &&
-        __atomic_load_n(&d->hold, __ATOMIC_ACQUIRE) >= 0)
+     * everything is held); then those a "hold off" released. Recovery
+     * may move a packed ring's used position: old_used after it. */
+    recovered = vq->infl_recover ? be_vq_infl_recover(vq) : 0;
+    old_used = vq->used_idx;
+    if (recovered && __atomic_load_n(&d->hold, __ATOMIC_ACQUIRE) >= 0)
         run_held(d, vq);
     if (vq->release_seen != __atomic_load_n(&d->release_gen, __ATOMIC_ACQUIRE)) {
         vq->release_seen = __atomic_load_n(&d->release_gen, __ATOMIC_ACQUIRE);
@@ -447,9 +449,11 @@ void blk_process_vq(struct blk_dev *d, struct be_vq *vq)
             __atomic_load_n(&vq->nheld, __ATOMIC_RELAXED) >= vq->num)
             break;
         r = be_vq_pop(vq, &d->mem, &c);
-        /* Held requests are re-read from the ring later: split rings only
-         * (a packed ring's descriptors are overwritten by used ones). */
-        if (r == 1 && !vq->packed && take_hold(d))
+        /* Held requests are re-read later: from the ring (split), or
+         * from the inflight region (packed: the ring's descriptors are
+         * overwritten by used ones), so an untracked packed ring holds
+         * nothing. */
+        if (r == 1 && (!vq->packed || vq->pk_infl) && take_hold(d))
             hold_head(vq, c.head);
         else if (r == 1)
             be_vq_push(vq, c.head, handle_request(d, vq, &c));

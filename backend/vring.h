@@ -28,7 +28,11 @@
  * from SET_VRING_BASE's upper half (or equals the avail half when that is
  * 0), as it is not in memory. A chain that runs into a descriptor not
  * available, is longer than the ring or has an id beyond it breaks the
- * queue. Not for packed rings: inflight tracking and held requests.
+ * queue. Packed rings are tracked in the packed inflight layout below, and
+ * only a tracked packed ring holds requests (their descriptors are then
+ * re-read from the inflight region: the ring's are overwritten by used
+ * ones). The device event area carries the kick switch (DISABLE while the
+ * loop polls) and, with EVENT_IDX, DESC at the next avail position.
  *
  * Thread-safety: none; one thread (the back-end's main loop) owns a queue.
  */
@@ -102,6 +106,51 @@ static inline uint64_t be_infl_region_size(uint32_t desc_num)
     return (n + BE_INFL_ALIGN - 1) / BE_INFL_ALIGN * BE_INFL_ALIGN;
 }
 
+/*
+ * The packed-ring layout (the one QEMU's vhost-user spec and DPDK's
+ * rte_vhost_inflight_info_packed describe): desc_num entries form a pool; a
+ * chain popped takes one entry per ring descriptor from the free list
+ * (linked by `next`, ending at desc_num) and keeps a copy of each, its
+ * head entry carrying inflight, counter, num and last. free_head,
+ * used_idx and used_wrap_counter move as work is done; the old_* copies
+ * are committed after each pop and each completion, so recovery can roll
+ * an interrupted step back (README.md, "Inflight tracking").
+ */
+struct be_inflpk_desc {
+    uint8_t inflight;
+    uint8_t padding;
+    uint16_t next;
+    uint16_t last;
+    uint16_t num;
+    uint64_t counter;
+    uint16_t id;
+    uint16_t flags;
+    uint32_t len;
+    uint64_t addr;
+};
+_Static_assert(sizeof(struct be_inflpk_desc) == 32, "packed inflight desc");
+
+struct be_inflpk_hdr {
+    uint64_t features;
+    uint16_t version;
+    uint16_t desc_num;
+    uint16_t free_head;
+    uint16_t old_free_head;
+    uint16_t used_idx;
+    uint16_t old_used_idx;
+    uint8_t used_wrap_counter;
+    uint8_t old_used_wrap_counter;
+    uint8_t padding[7];
+    struct be_inflpk_desc desc[];
+};
+_Static_assert(sizeof(struct be_inflpk_hdr) == 32, "packed inflight header");
+
+static inline uint64_t be_inflpk_region_size(uint32_t desc_num)
+{
+    uint64_t n = sizeof(struct be_inflpk_hdr) + sizeof(struct be_inflpk_desc) * (uint64_t)desc_num;
+    return (n + BE_INFL_ALIGN - 1) / BE_INFL_ALIGN * BE_INFL_ALIGN;
+}
+
 struct be_vq {
     unsigned index;
     uint32_t num; /* 0 until SET_VRING_NUM */
@@ -134,16 +183,27 @@ struct be_vq {
     struct be_seg *seg_buf; /* max_segs entries, owned */
 
     /* Inflight tracking: this queue's region of the inflight area (NULL:
-     * none), its entry count (our validated copy), the last counter used,
-     * and whether the region still has to be recovered (ring start). */
+     * none; infl for split rings, pk_infl for packed ones), its entry
+     * count (our validated copy), the last counter used, and whether the
+     * region still has to be recovered (ring start). */
     struct be_infl_hdr *infl;
+    struct be_inflpk_hdr *pk_infl;
     uint16_t infl_desc_num;
     uint64_t infl_seq;
     bool infl_recover;
+    /* Packed tracking, our own copies (the region is written, and read back
+     * only by recovery): the free list (head, head as last committed,
+     * next[] by entry), the last entry of each chain by head entry, and
+     * by buffer id the head entry + 1 (0: not in flight). */
+    uint16_t pk_free, pk_free_old;
+    uint16_t *pk_next, *pk_last, *pk_slot;
+    /* Packed: descriptors used since the last call decision. */
+    unsigned pk_unsignalled;
 
-    /* Heads popped (and marked in flight) but not processed: the control
-     * hook's "hold on", and the requests recovered from the inflight area
-     * (in counter order). held[0..nheld), capacity max_segs; nheld is
+    /* Heads (packed: buffer ids) popped and marked in flight but not
+     * processed: the control hook's "hold on", and the requests recovered
+     * from the inflight area (in counter order). held[0..nheld), capacity
+     * max_segs (>= the ring size); nheld is
      * read by the control thread (relaxed atomics). */
     uint16_t *held;
     unsigned nheld;
@@ -193,19 +253,27 @@ int be_vq_chain_at(struct be_vq *vq, const struct be_mem *mem, uint16_t head, st
 
 /* Put {head, len} on the used ring and publish the new used->idx; with
  * inflight tracking, then clear the head's entry and advance the region's
- * used_idx. */
+ * used_idx. Packed: head is the buffer id; with tracking, its entries go
+ * back to the free list first and the region's positions are committed
+ * after the used descriptor is published. */
 void be_vq_push(struct be_vq *vq, uint16_t head, uint32_t len);
 
-/* Attach this queue's inflight region (NULL to detach). A region whose
- * desc_num is below the ring size is refused (logged, no tracking).
+/* Attach this queue's inflight region (NULL to detach), `bytes` long
+ * (the area's stride). The ring's layout (vq->packed, set before) picks
+ * the region's: a region whose desc_num is below the ring size, or too
+ * small for the packed layout, is refused (logged, no tracking).
  * Attaching arms the recovery, done by be_vq_infl_recover. */
-void be_vq_infl_attach(struct be_vq *vq, struct be_infl_hdr *region, uint16_t desc_num);
+void be_vq_infl_attach(struct be_vq *vq, void *region, uint16_t desc_num, uint64_t bytes);
 
 /*
- * Recover a ready queue's region (once per attach): reconcile the region
- * with used->idx, queue the in-flight heads in counter order on held[],
- * and set the next avail index to used->idx + their number. Returns how
- * many were queued.
+ * Recover a ready queue's region (once per attach). Split: reconcile the
+ * region with used->idx, queue the in-flight heads in counter order on
+ * held[], and set the next avail index to used->idx + their number.
+ * Packed: commit or roll back the step a crash interrupted, queue the
+ * in-flight buffer ids in counter order on held[], and set the used
+ * position from the region and the next avail position to it plus their
+ * descriptors (a fresh or inconsistent region starts from SET_VRING_BASE
+ * instead). Returns how many were queued.
  */
 unsigned be_vq_infl_recover(struct be_vq *vq);
 
@@ -215,8 +283,10 @@ bool be_vq_more(struct be_vq *vq);
 
 /* Adaptive polling (--poll-us): while the loop spins on the ring, the
  * driver is asked not to kick (used->flags NO_NOTIFY, or avail_event left
- * behind with EVENT_IDX); turning kicks back on re-publishes the wish, and
- * the caller must look at the ring once more before it sleeps. */
+ * behind with EVENT_IDX; packed: device event flags DISABLE); turning
+ * kicks back on re-publishes the wish (packed: ENABLE, or DESC at the next
+ * avail position with EVENT_IDX), and the caller must look at the ring
+ * once more before it sleeps. */
 void be_vq_set_kicks(struct be_vq *vq, bool on);
 
 /* Requests on the avail ring that are not yet taken (no side effects). */
@@ -224,7 +294,9 @@ bool be_vq_has_avail(const struct be_vq *vq);
 
 /* Interrupt the driver (call eventfd) if the used index moved past
  * `old_used` and the driver wants to hear about it (used_event with
- * EVENT_IDX, else the NO_INTERRUPT flag). */
+ * EVENT_IDX, else the NO_INTERRUPT flag). Packed: if descriptors were used
+ * since the last decision and the driver event area allows it (DISABLE,
+ * ENABLE, or DESC with EVENT_IDX); old_used is not needed. */
 void be_vq_notify(struct be_vq *vq, uint16_t old_used);
 
 /* Signal the err eventfd, if any. */

@@ -1285,10 +1285,13 @@ static void test_fd_hygiene(void **state)
 /* ---- inflight area -------------------------------------------------------- */
 
 /* GET_INFLIGHT_FD's area and SET_INFLIGHT_FD's checks (backend/README.md,
- * "Inflight tracking"); the data path is test_inflight_ref's. */
+ * "Inflight tracking"); the data path is test_inflight_ref's. Before any
+ * SET_FEATURES (QEMU's order) the regions are sized for the packed layout:
+ * 32-byte header and entries. */
 static void test_inflight_area(void **state)
 {
-    const uint64_t region = (16 + 16 * 64 + 63) / 64 * 64;
+    const uint64_t region = (32 + 32 * 64 + 63) / 64 * 64;
+    const uint64_t split_region = (16 + 16 * 64 + 63) / 64 * 64;
     struct vuf_inflight a, bad;
     struct vuf_client *c;
     struct stat st;
@@ -1344,7 +1347,7 @@ static void test_inflight_area(void **state)
         memcpy(&v, m + region * q + 10, 2);
         assert_int_equal(v, 64); /* desc_num */
         for (unsigned i = 0; i < 64; i++)
-            assert_int_equal(m[region * q + 16 + 16 * i], 0);
+            assert_int_equal(m[region * q + 32 + 32 * i], 0); /* inflight */
     }
 
     /* The area handed back as it is. */
@@ -1376,7 +1379,19 @@ static void test_inflight_area(void **state)
     /* A second GET makes a new area. */
     assert_int_equal(vuf_client_get_inflight_fd(c, 1, 16, &a, &fd2), 0);
     assert_true(fd2 >= 0 && fd2 != fd);
-    assert_int_equal(a.mmap_size, (16 + 16 * 16 + 63) / 64 * 64);
+    assert_int_equal(a.mmap_size, (32 + 32 * 16 + 63) / 64 * 64);
+    close(fd2);
+    /* Features without RING_PACKED: split regions; with it: packed ones. */
+    assert_int_equal(vuf_client_set_features(c, F(VUF_VIRTIO_F_VERSION_1)), 0);
+    assert_int_equal(vuf_client_get_inflight_fd(c, 2, 64, &a, &fd2), 0);
+    assert_int_equal(a.mmap_size, 2 * split_region);
+    /* A split-sized area is taken back (split stride). */
+    assert_int_equal(vuf_client_set_inflight_fd(c, &a, fd2), 0);
+    close(fd2);
+    assert_int_equal(
+        vuf_client_set_features(c, F(VUF_VIRTIO_F_VERSION_1) | F(VUF_VIRTIO_F_RING_PACKED)), 0);
+    assert_int_equal(vuf_client_get_inflight_fd(c, 2, 64, &a, &fd2), 0);
+    assert_int_equal(a.mmap_size, 2 * region);
     close(fd2);
     munmap(m, 2 * region);
     close(fd);

@@ -29,6 +29,15 @@
  * would resume, holds the LAST held write and the two completed ones; only
  * a back-end that resubmits from the area (and resumes at used->idx + 3)
  * completes each write exactly once.
+ *
+ * The same on packed rings (the packed inflight layout): there the used
+ * descriptors of the completed writes overwrite the held ones' in the ring,
+ * the front-end hands back the positions it last sent (no index is in
+ * memory) and the area alone knows where to resume. Once with indirect
+ * chains on 64-entry rings, once on 16-entry rings with chains of 3
+ * descriptors after more than 3 laps, a held chain straddling the end of
+ * the ring and the used wrap counter flipping between the held and the
+ * completed writes.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -63,18 +72,16 @@
 
 #define BIT(n) (1ull << (n))
 #define NQ 2
-#define QSIZE 64u
 #define DISK_BYTES (16ull << 20)
 #define GUEST_GPA 0x100000ull
 #define GUEST_BYTES (8ull << 20)
 #define IO_MS 5000
 #define CTL_MS 5000
 
-#define BEFORE 6 /* completed writes per queue before the hold */
-#define HELD 3   /* writes per queue in flight at the crash */
-#define EXTRA 2  /* writes per queue completed after the held ones */
-#define AFTER 4  /* writes per queue after the recovery */
-#define NREQS 8  /* driver requests per queue */
+#define HELD 3  /* writes per queue in flight at the crash */
+#define EXTRA 2 /* writes per queue completed after the held ones */
+#define AFTER 4 /* writes per queue after the recovery */
+#define NREQS 8 /* driver requests per queue */
 #define WLEN (8u * 1024)
 #define WSECTORS (WLEN / VUF_BLK_SECTOR_SIZE)
 #define SEC_W 2048ull /* write w goes to SEC_W + w * WSECTORS */
@@ -84,6 +91,17 @@
 #define INFL_HDR 16u
 #define INFL_DESC 16u
 #define INFL_ALIGN 64u
+/* ... and its packed one (struct inflight_info_packed / desc_packed). */
+#define PKI_HDR 32u
+#define PKI_DESC 32u
+#define WRAP 0x8000u
+
+/* One run of the test: the ring layout, its size, and the writes per queue
+ * completed before the hold (with BATCH at most in flight). */
+struct variant {
+    bool packed, indirect;
+    unsigned qsize, before, batch;
+};
 
 static const char *backend_bin;
 
@@ -116,6 +134,7 @@ struct fx {
 
     struct tu_writes wr;
     uint8_t buf[WLEN];
+    const struct variant *v;
 };
 
 static void be_start(struct fx *f, struct be *b, const char *name)
@@ -189,6 +208,7 @@ static int setup(void **state)
 
     if (!f)
         return -1;
+    f->v = *state;
     f->a.proc.pid = f->b.proc.pid = -1;
     f->a.ctl_fd = f->b.ctl_fd = -1;
     f->disk_fd = -1;
@@ -239,8 +259,9 @@ static void connect_device(struct fx *f, struct be *b, const struct vuf_inflight
 
     memset(&cfg, 0, sizeof(cfg));
     cfg.device_type = VUF_DEV_BLK;
-    cfg.base_features_mask =
-        BIT(VUF_VIRTIO_F_VERSION_1) | BIT(VUF_VIRTIO_F_EVENT_IDX) | BIT(VUF_VIRTIO_F_INDIRECT_DESC);
+    cfg.base_features_mask = BIT(VUF_VIRTIO_F_VERSION_1) | BIT(VUF_VIRTIO_F_EVENT_IDX) |
+                             (f->v->indirect ? BIT(VUF_VIRTIO_F_INDIRECT_DESC) : 0) |
+                             (f->v->packed ? BIT(VUF_VIRTIO_F_RING_PACKED) : 0);
     cfg.max_queue_size = 256;
     cfg.event = tu_vmm_event;
     cfg.event_opaque = &f->vmm;
@@ -253,6 +274,8 @@ static void connect_device(struct fx *f, struct be *b, const struct vuf_inflight
     assert_true(vuf_frontend_protocol_features(f->dev) & VUF_PROTO_MASK(INFLIGHT_SHMFD));
     assert_int_equal(vuf_device_num_queues(f->dev), NQ);
     tu_ack_features(f->dev, ack);
+    assert_int_equal(!!(vuf_frontend_acked_features(f->dev) & BIT(VUF_VIRTIO_F_RING_PACKED)),
+                     f->v->packed);
 }
 
 static void make_queues(struct fx *f)
@@ -262,9 +285,10 @@ static void make_queues(struct fx *f)
 
     assert_int_equal(vuf_guest_mem_new_simple(GUEST_GPA, GUEST_BYTES, &f->gm), 0);
     for (unsigned i = 0; i < NQ; i++) {
-        struct vuf_virtq_opts o = {.size = QSIZE, .index = i, .features = acked};
+        struct vuf_virtq_opts o = {.size = f->v->qsize, .index = i, .features = acked};
 
         assert_int_equal(vuf_virtq_new_opts(f->gm, &o, &f->vq[i]), 0);
+        assert_int_equal(vuf_virtq_packed(f->vq[i]), f->v->packed);
         assert_int_equal(vuf_blk_new(f->vq[i], NREQS, WLEN, &f->blk[i]), 0);
         tu_vmm_add_queue(&f->vmm, i, &f->q[i], f->vq[i], i == 0 ? 0 : VUF_NO_VECTOR);
     }
@@ -324,6 +348,103 @@ static void check_area(const struct vuf_inflight_area *a, const uint16_t used[NQ
     munmap(m, a->mmap_size);
 }
 
+/* Ring descriptors per write: an indirect table, or header, data, status. */
+static unsigned wdesc(const struct fx *f)
+{
+    return f->v->indirect ? 1 : 3;
+}
+
+/* The packed position after n descriptors from a fresh ring: position,
+ * and the wrap counter (1 at the start) flipped once per lap. */
+static uint16_t ring_pos(const struct fx *f, unsigned n)
+{
+    unsigned q = f->v->qsize;
+
+    return (uint16_t)(n % q | ((n / q) % 2 ? 0 : WRAP));
+}
+
+static uint16_t rd16(const uint8_t *p)
+{
+    uint16_t v;
+
+    memcpy(&v, p, 2);
+    return v;
+}
+
+/*
+ * The exported area in the packed layout: one 64-byte aligned region per
+ * queue of a 32-byte header {features, version 1, desc_num, free_head,
+ * old_free_head, used_idx, old_used_idx, used_wrap_counter,
+ * old_used_wrap_counter} and 32-byte entries {inflight, pad, next, last,
+ * num, counter, id, flags, len, addr}; everything committed (old_* equal
+ * the current values), the used position and wrap counter = the ring's
+ * `used`, exactly `want` chains of `ndesc` entries marked in flight with
+ * distinct non-zero counters, and every other entry on the free list.
+ */
+static void check_area_packed(const struct vuf_inflight_area *a, const uint16_t used[NQ],
+                              unsigned want, unsigned ndesc)
+{
+    uint64_t region =
+        (PKI_HDR + PKI_DESC * (uint64_t)a->queue_size + INFL_ALIGN - 1) / INFL_ALIGN * INFL_ALIGN;
+    uint8_t *m;
+
+    assert_int_equal(a->mmap_offset, 0);
+    assert_true(a->mmap_size >= region * a->num_queues);
+    m = mmap(NULL, a->mmap_size, PROT_READ, MAP_SHARED, a->fd, 0);
+    assert_true(m != MAP_FAILED);
+    for (unsigned q = 0; q < a->num_queues; q++) {
+        const uint8_t *r = m + region * q;
+        uint16_t dn = rd16(r + 10), e;
+        uint64_t ctrs[HELD] = {0};
+        unsigned marked = 0, nfree = 0;
+
+        assert_int_equal(rd16(r + 8), 1);
+        assert_int_equal(dn, a->queue_size);
+        assert_int_equal(rd16(r + 12), rd16(r + 14));     /* free_head committed */
+        assert_int_equal(rd16(r + 16), used[q] & 0x7fff); /* used_idx */
+        assert_int_equal(rd16(r + 18), used[q] & 0x7fff); /* old_used_idx */
+        assert_int_equal(r[20], !!(used[q] & WRAP));      /* used_wrap_counter */
+        assert_int_equal(r[21], !!(used[q] & WRAP));
+        for (unsigned i = 0; i < dn; i++) {
+            const uint8_t *x = r + PKI_HDR + PKI_DESC * i;
+            uint16_t k = (uint16_t)i;
+
+            if (x[0] != 1)
+                continue;
+            assert_true(marked < want);
+            assert_int_equal(rd16(x + 6), ndesc); /* num */
+            memcpy(&ctrs[marked], x + 8, 8);
+            assert_true(ctrs[marked] != 0);
+            for (unsigned j = 0; j < marked; j++)
+                assert_true(ctrs[j] != ctrs[marked]);
+            for (unsigned j = 1; j < ndesc; j++)
+                k = rd16(r + PKI_HDR + PKI_DESC * k + 2);
+            assert_int_equal(rd16(x + 4), k);                                   /* last */
+            assert_true(rd16(r + PKI_HDR + PKI_DESC * k + 16) < a->queue_size); /* buffer id */
+            marked++;
+        }
+        assert_int_equal(marked, want);
+        for (e = rd16(r + 12); e != dn; e = rd16(r + PKI_HDR + PKI_DESC * e + 2)) {
+            assert_true(e < dn && nfree < dn);
+            assert_int_equal(r[PKI_HDR + PKI_DESC * e], 0);
+            nfree++;
+        }
+        assert_int_equal(nfree, dn - want * ndesc);
+    }
+    munmap(m, a->mmap_size);
+}
+
+/* Writes on both queues, at most `batch` per queue in flight. */
+static void write_batches(struct fx *f, unsigned per_queue, unsigned batch)
+{
+    for (unsigned k = 0; k < per_queue; k++) {
+        for (unsigned i = 0; i < NQ; i++)
+            tu_wr_submit(&f->wr, i);
+        if ((k + 1) % batch == 0 || k + 1 == per_queue)
+            tu_wr_drain(&f->wr, IO_MS);
+    }
+}
+
 /* ------------------------------------------------------------------------ */
 /* The test                                                                 */
 /* ------------------------------------------------------------------------ */
@@ -331,6 +452,8 @@ static void check_area(const struct vuf_inflight_area *a, const uint16_t used[NQ
 static void test_inflight_reconnect(void **state)
 {
     struct fx *f = *state;
+    const struct variant *v = f->v;
+    const unsigned nd = wdesc(f), before = v->before;
     struct vuf_queue slept[NQ];
     struct vuf_inflight_area area;
     unsigned per_q[NQ];
@@ -350,11 +473,11 @@ static void test_inflight_reconnect(void **state)
     make_queues(f);
     assert_int_equal(vuf_device_activate(f->dev, f->gm, &f->intr, f->q, NQ), 0);
     f->wr.phase = PH_FIRST;
-    for (unsigned k = 0; k < BEFORE; k++)
-        for (unsigned i = 0; i < NQ; i++)
-            tu_wr_submit(&f->wr, i);
-    tu_wr_drain(&f->wr, IO_MS);
+    write_batches(f, before, v->batch);
     tu_wr_assert_all_done(&f->wr, f->disk_fd, f->vq);
+    if (v->packed)
+        for (unsigned i = 0; i < NQ; i++)
+            assert_int_equal(vuf_virtq_avail_idx(f->vq[i]), ring_pos(f, before * nd));
 
     /* --- A takes HELD writes per queue and never finishes them ------------- *
      * One queue at a time, so that the hold budget (global) goes to it;
@@ -384,8 +507,8 @@ static void test_inflight_reconnect(void **state)
         assert_int_equal(per_q[i], HELD);
     }
     /* The extras completed (in A), the held ones did not. */
-    for (unsigned id = NQ * BEFORE; id < f->wr.n; id++) {
-        bool held = (id - NQ * BEFORE) % (HELD + EXTRA) < HELD;
+    for (unsigned id = NQ * before; id < f->wr.n; id++) {
+        bool held = (id - NQ * before) % (HELD + EXTRA) < HELD;
 
         assert_int_equal(f->wr.w[id].completions, held ? 0 : 1);
     }
@@ -393,8 +516,11 @@ static void test_inflight_reconnect(void **state)
     for (unsigned i = 0; i < NQ; i++) {
         assert_int_equal(tu_wr_reap_now(&f->wr, i), 0);
         assert_int_equal(f->wr.pending[i], HELD);
+        assert_int_equal(vuf_virtq_num_inflight(f->vq[i]), HELD);
         used[i] = vuf_virtq_used_idx(f->vq[i]);
-        assert_int_equal(used[i], BEFORE + EXTRA);
+        /* Packed: the used pointer moved by the extras' descriptors, over
+         * those of the held chains. */
+        assert_int_equal(used[i], v->packed ? ring_pos(f, (before + EXTRA) * nd) : before + EXTRA);
     }
     assert_int_equal(ctl_held(&f->a, per_q), NQ * HELD);
 
@@ -420,6 +546,12 @@ static void test_inflight_reconnect(void **state)
     assert_true(r < 0);
     assert_int_not_equal(r, -EINVAL);
     for (unsigned i = 0; i < NQ; i++) {
+        if (v->packed) {
+            /* No index in memory: the positions as activate sent them. */
+            assert_int_equal(slept[i].next_avail, VUF_VRING_PACKED_BASE_INIT);
+            assert_int_equal(slept[i].next_used, VUF_VRING_PACKED_BASE_INIT);
+            continue;
+        }
         assert_int_equal(slept[i].next_used, used[i]);
         assert_int_equal(slept[i].next_avail, used[i]);
         /* The held writes are still published, after used->idx. */
@@ -430,8 +562,11 @@ static void test_inflight_reconnect(void **state)
     assert_int_equal(vuf_frontend_inflight_export(f->dev, &area), 0);
     assert_true(area.fd >= 0);
     assert_int_equal(area.num_queues, NQ);
-    assert_int_equal(area.queue_size, QSIZE);
-    check_area(&area, used, HELD);
+    assert_int_equal(area.queue_size, v->qsize);
+    if (v->packed)
+        check_area_packed(&area, used, HELD, nd);
+    else
+        check_area(&area, used, HELD);
     acked = vuf_frontend_acked_features(f->dev);
     vuf_device_destroy(f->dev);
     f->dev = NULL;
@@ -454,12 +589,19 @@ static void test_inflight_reconnect(void **state)
         unsigned recovered = 0;
 
         for (unsigned id = 0; id < f->wr.n; id++) {
-            bool was_held = id >= NQ * BEFORE && (id - NQ * BEFORE) % (HELD + EXTRA) < HELD;
+            bool was_held = id >= NQ * before && (id - NQ * before) % (HELD + EXTRA) < HELD;
 
             assert_int_equal(f->wr.w[id].done_in, was_held ? PH_RECOVERED : PH_FIRST);
             recovered += f->wr.w[id].done_in == PH_RECOVERED;
         }
         assert_int_equal(recovered, NQ * HELD);
+    }
+    /* B resumed where A's work ends: every descriptor used, once. */
+    for (unsigned i = 0; i < NQ; i++) {
+        unsigned n = before + HELD + EXTRA;
+
+        assert_int_equal(vuf_virtq_used_idx(f->vq[i]), v->packed ? ring_pos(f, n * nd) : n);
+        assert_int_equal(vuf_virtq_avail_idx(f->vq[i]), v->packed ? ring_pos(f, n * nd) : n);
     }
     assert_int_equal(vuf_blk_flush(f->blk[0], IO_MS), 0);
     assert_int_equal(vuf_blk_flush(f->blk[1], IO_MS), 0);
@@ -470,13 +612,10 @@ static void test_inflight_reconnect(void **state)
     assert_int_equal(ctl_held(&f->b, per_q), 0);
 
     /* --- and the device goes on -------------------------------------------- */
-    for (unsigned k = 0; k < AFTER; k++)
-        for (unsigned i = 0; i < NQ; i++)
-            tu_wr_submit(&f->wr, i);
-    tu_wr_drain(&f->wr, IO_MS);
+    write_batches(f, AFTER, v->batch);
     tu_wr_assert_all_done(&f->wr, f->disk_fd, f->vq);
     {
-        unsigned ids[3] = {0, NQ * BEFORE, f->wr.n - 1};
+        unsigned ids[3] = {0, NQ * before, f->wr.n - 1};
 
         for (unsigned k = 0; k < 3; k++) {
             tu_fill_pattern(f->buf, WLEN, tu_wr_seed(ids[k]));
@@ -502,10 +641,24 @@ static void test_inflight_reconnect(void **state)
     tu_stop_clean(&f->b.proc, f->b.sock);
 }
 
+/* Split, as before; packed with indirect chains; packed on 16-entry rings
+ * with 3-descriptor chains after 21 writes a queue (63 descriptors, nearly
+ * 4 laps): the first held chain takes positions 15, 0 and 1, and the
+ * completed ones move the used wrap counter. */
+static const struct variant split64 = {
+    .packed = false, .indirect = true, .qsize = 64, .before = 6, .batch = 6};
+static const struct variant packed64 = {
+    .packed = true, .indirect = true, .qsize = 64, .before = 6, .batch = 6};
+static const struct variant packed16 = {
+    .packed = true, .indirect = false, .qsize = 16, .before = 21, .batch = 4};
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_inflight_reconnect, setup, teardown),
+        {"inflight_reconnect_split", test_inflight_reconnect, setup, teardown, (void *)&split64},
+        {"inflight_reconnect_packed", test_inflight_reconnect, setup, teardown, (void *)&packed64},
+        {"inflight_reconnect_packed_wrapped", test_inflight_reconnect, setup, teardown,
+         (void *)&packed16},
     };
 
     signal(SIGPIPE, SIG_IGN);

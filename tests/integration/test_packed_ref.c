@@ -365,12 +365,154 @@ static void test_packed_ref_bad_chains(void **state)
     free(e);
 }
 
+/* ---- kick suppression while the back-end polls (--poll-us) ------------------ */
+
+/* The device event area as the driver reads it: flags, off_wrap. */
+static uint32_t dev_event(const struct vuf_virtq_layout *l)
+{
+    return __atomic_load_n((const uint32_t *)(const void *)l->device_event, __ATOMIC_ACQUIRE);
+}
+
+/* Wait until the device event flags are (want) or are not (!want) DISABLE. */
+static uint32_t wait_disable(const struct vuf_virtq_layout *l, bool want)
+{
+    int64_t until = tu_now_ms() + IO_MS;
+    uint32_t ev;
+
+    while (((ev = dev_event(l)) >> 16 == VUF_RING_EVENT_FLAGS_DISABLE) != want) {
+        if (tu_now_ms() >= until)
+            fail_msg("device event area 0x%08x: DISABLE %s after %d ms", ev,
+                     want ? "never came" : "stayed", IO_MS);
+        tu_sleep_ms(1);
+    }
+    return ev;
+}
+
+/* One 4 KiB write (pattern gen) of block b, kicked as the device asks;
+ * returns what the kick did (1 notified, 0 suppressed). */
+static int write_counting_kick(struct env *e, unsigned b, unsigned gen)
+{
+    struct vuf_blk_req *req = vuf_blk_req_get(e->blk), *done = NULL;
+    int kicked;
+
+    assert_non_null(req);
+    block(vuf_blk_req_buf(req, NULL), b, gen);
+    assert_int_equal(vuf_blk_req_prep(req, VUF_BLK_T_OUT, 8ull * b, 4096), 0);
+    assert_int_equal(vuf_blk_submit(e->blk, req, VUF_BLK_SUBMIT_NO_KICK), 0);
+    kicked = vuf_blk_kick(e->blk);
+    assert_true(kicked == 0 || kicked == 1);
+    assert_int_equal(vuf_blk_wait(e->blk, IO_MS, &done), 0);
+    assert_ptr_equal(done, req);
+    assert_int_equal(vuf_blk_req_result(req), 0);
+    assert_int_equal(vuf_blk_req_put(e->blk, req), 0);
+    return kicked;
+}
+
+/*
+ * The back-end's kick switch on a packed ring (--poll-us=500000): after a
+ * request it spins on the ring with the device event flags at DISABLE, so
+ * the driver's next requests go out without a kick and still complete;
+ * when the spin ends the flags come back (ENABLE, or DESC naming the
+ * driver's next avail position with EVENT_IDX) and the next request is
+ * kicked. With and without EVENT_IDX, on one back-end; every write read
+ * back, the ring's positions exact (3 descriptors a request).
+ */
+static void test_packed_ref_kick_switch(void **state)
+{
+    struct env *e = calloc(1, sizeof(*e));
+    const char *bin = getenv("VUF_BACKEND_BLK");
+    char sockarg[320];
+    char *argv[] = {(char *)bin, sockarg, "--ram=4194304", "--poll-us=500000", NULL};
+    enum { N = 100 }; /* > BLOCKS: every block written, 300 descriptors: a lap */
+
+    (void)state;
+    assert_non_null(e);
+    e->proc.pid = -1;
+    e->dir = tu_mkdtemp("vuf-packed-kick");
+    assert_non_null(e->dir);
+    tu_vmm_init(&e->vmm);
+    snprintf(e->sock, sizeof(e->sock), "%s/A.sock", e->dir);
+    snprintf(e->log, sizeof(e->log), "%s/A.log", e->dir);
+    snprintf(sockarg, sizeof(sockarg), "--socket-path=%s", e->sock);
+    tu_spawn_wait_file(&e->proc, argv, e->log, e->sock);
+
+    for (unsigned ev = 0; ev < 2; ev++) {
+        struct vuf_virtq_layout l;
+        struct vuf_virtq_opts o = {.size = QSIZE};
+        uint8_t w[4096], r[4096];
+        unsigned suppressed = 0, reqs = 0;
+        uint32_t area;
+        uint64_t ack;
+
+        connect_device(e);
+        ack = vuf_device_features(e->dev) & ~(ev ? 0 : BIT(VUF_VIRTIO_F_EVENT_IDX));
+        assert_int_equal(vuf_device_ack_features(e->dev, ack), 0);
+        o.features = vuf_frontend_acked_features(e->dev);
+        assert_int_equal(!!(o.features & BIT(VUF_VIRTIO_F_EVENT_IDX)), ev);
+        assert_int_equal(vuf_guest_mem_new_simple(0x100000, 8u << 20, &e->gm), 0);
+        assert_int_equal(vuf_virtq_new_opts(e->gm, &o, &e->vq), 0);
+        assert_true(vuf_virtq_packed(e->vq));
+        assert_int_equal(vuf_blk_new(e->vq, 4, 4096, &e->blk), 0);
+        vuf_virtq_layout(e->vq, &l);
+        tu_vmm_add_queue(&e->vmm, 0, &e->q, e->vq, 0);
+        e->intr = (struct vuf_interrupt){.ops = &tu_vmm_intr_ops, .opaque = &e->vmm};
+        assert_int_equal(vuf_device_activate(e->dev, e->gm, &e->intr, &e->q, 1), 0);
+
+        /* A first request (kicked or not: a spin may be under way), then
+         * the spin it starts: N requests without a kick. */
+        write_counting_kick(e, 0, ev);
+        reqs++;
+        wait_disable(&l, true);
+        for (unsigned k = 1; k <= N; k++) {
+            suppressed += write_counting_kick(e, k % BLOCKS, ev) == 0;
+            reqs++;
+        }
+        assert_int_equal(suppressed, N);
+        assert_int_equal(vuf_virtq_avail_idx(e->vq), ring_pos(3 * reqs));
+        assert_int_equal(vuf_virtq_last_used(e->vq), ring_pos(3 * reqs));
+
+        /* The spin ends: kicks wanted again, from the next position. */
+        area = wait_disable(&l, false);
+        if (ev) {
+            assert_int_equal(area >> 16, VUF_RING_EVENT_FLAGS_DESC);
+            assert_int_equal(area & 0xffff, ring_pos(3 * reqs));
+        } else {
+            assert_int_equal(area, VUF_RING_EVENT_FLAGS_ENABLE << 16);
+        }
+        assert_int_equal(write_counting_kick(e, 1, ev + 10), 1);
+        reqs++;
+        assert_int_equal(vuf_virtq_avail_idx(e->vq), ring_pos(3 * reqs));
+        assert_int_equal(vuf_virtq_last_used(e->vq), ring_pos(3 * reqs));
+
+        /* Every block as last written. */
+        for (unsigned b = 0; b < BLOCKS; b++) {
+            block(w, b, b == 1 ? ev + 10 : ev);
+            memset(r, 0, sizeof(r));
+            assert_int_equal(vuf_blk_read(e->blk, 8ull * b, r, sizeof(r), IO_MS), 0);
+            assert_memory_equal(r, w, sizeof(r));
+        }
+        assert_int_equal(vuf_virtq_num_inflight(e->vq), 0);
+        assert_false(vuf_virtq_broken(e->vq));
+
+        vuf_device_destroy(e->dev);
+        e->dev = NULL;
+        vuf_blk_free(e->blk);
+        vuf_virtq_free(e->vq);
+        tu_vmm_forget_queue(&e->vmm, 0);
+        vuf_guest_mem_free(e->gm);
+    }
+    tu_stop_clean(&e->proc, e->sock);
+    tu_rmtree(e->dir);
+    free(e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_packed_ref_laps_snapshot_restore),
         cmocka_unit_test(test_packed_cli_blk),
         cmocka_unit_test(test_packed_ref_bad_chains),
+        cmocka_unit_test(test_packed_ref_kick_switch),
     };
 
     tu_warm_threads();
