@@ -172,6 +172,22 @@ bool be_vq_ready(struct be_vq *vq, const struct be_mem *mem)
         /* Split rings keep the used index in memory only (spec, "SET_VRING_BASE"). */
         vq->used_idx = __atomic_load_n((uint16_t *)(vq->used + 2), __ATOMIC_ACQUIRE);
         vq->used_idx_valid = true;
+        /* A back-end that died polling left kicks suppressed: NO_NOTIFY in
+         * used->flags, or avail_event one behind. Without EVENT_IDX the
+         * driver would never kick this one; with it, not for 65535
+         * requests. */
+        if (!vq->kicks_off) {
+            if (vq->event_idx)
+                __atomic_store_n((uint16_t *)(vq->used + 4 + 8u * vq->num), vq->last_avail,
+                                 __ATOMIC_RELAXED);
+            else
+                __atomic_store_n(
+                    (uint16_t *)vq->used,
+                    (uint16_t)(__atomic_load_n((uint16_t *)vq->used, __ATOMIC_RELAXED) &
+                               ~VUF_VRING_USED_F_NO_NOTIFY),
+                    __ATOMIC_RELAXED);
+            __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        }
     }
     return true;
 }

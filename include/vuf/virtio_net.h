@@ -213,8 +213,8 @@ bool vuf_net_broken(const struct vuf_net *net);
 
 /*
  * Post every RX buffer the ring does not hold and kick if the device wants
- * it (the buffers' headers are left as they are: the device writes them). Returns the number posted (>= 0) or -EPROTO
- * (broken), or an error of vuf_virtq_add.
+ * it (the buffers' headers are left as they are: the device writes them). Returns the number posted
+ * (>= 0) or -EPROTO (broken), or an error of vuf_virtq_add.
  */
 int vuf_net_rx_fill(struct vuf_net *net);
 

@@ -435,12 +435,60 @@ static void test_broken_chain(void **state)
     }
 }
 
+/* A split ring started after a back-end that died polling: its kick
+ * suppression (NO_NOTIFY, or avail_event one behind with EVENT_IDX) is
+ * taken back when the ring starts, or the driver would never kick. */
+static void test_split_start_clears_stale_suppression(void **state)
+{
+    static _Alignas(64) uint8_t used[4 + 8 * 8 + 2];
+    static _Alignas(16) struct be_desc desc[8];
+    static _Alignas(2) uint16_t avail[2 + 8 + 1];
+    struct be_mem mem;
+    struct be_vq vq;
+
+    (void)state;
+    for (int ev = 0; ev < 2; ev++) {
+        uint16_t flags = VUF_VRING_USED_F_NO_NOTIFY, uidx = 7, aev = 4;
+
+        memcpy(used, &flags, 2);
+        memcpy(used + 2, &uidx, 2);
+        memcpy(used + 4 + 8 * 8, &aev, 2);
+        memset(&mem, 0, sizeof(mem));
+        assert_int_equal(be_vq_init(&vq, 0, MAXQ), 0);
+        vq.num = 8;
+        vq.desc = desc;
+        vq.avail = avail;
+        vq.used = used;
+        vq.translated = true;
+        vq.started = vq.enabled = true;
+        vq.event_idx = ev;
+        vq.last_avail = 5;
+        vq.mem_gen = mem.generation;
+        assert_true(be_vq_ready(&vq, &mem));
+        assert_int_equal(vq.used_idx, 7);
+        memcpy(&flags, used, 2);
+        memcpy(&aev, used + 4 + 8 * 8, 2);
+        if (ev) {
+            assert_int_equal(aev, 5);                            /* the next request is kicked */
+            assert_int_equal(flags, VUF_VRING_USED_F_NO_NOTIFY); /* ignored with EVENT_IDX */
+        } else {
+            assert_int_equal(flags, 0);
+            assert_int_equal(aev, 4);
+        }
+        be_vq_destroy(&vq);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fresh_then_crash), cmocka_unit_test(test_crash_in_completion),
-        cmocka_unit_test(test_crash_in_pop),     cmocka_unit_test(test_wrapped),
-        cmocka_unit_test(test_bad_region),       cmocka_unit_test(test_broken_chain),
+        cmocka_unit_test(test_fresh_then_crash),
+        cmocka_unit_test(test_crash_in_completion),
+        cmocka_unit_test(test_crash_in_pop),
+        cmocka_unit_test(test_wrapped),
+        cmocka_unit_test(test_bad_region),
+        cmocka_unit_test(test_broken_chain),
+        cmocka_unit_test(test_split_start_clears_stale_suppression),
     };
 
     vuf_log_set(tu_log_to_stderr, NULL, VUF_LOG_WARN);
