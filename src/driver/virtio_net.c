@@ -53,8 +53,8 @@ struct vuf_net {
     uint32_t tx_max;
     uint64_t tx_stride, tx_gpa;
     uint8_t *tx_mem;
-    unsigned *tx_free;
-    unsigned tx_nfree;
+    unsigned *tx_free; /* free slots, a queue: tx_nfree from tx_head on */
+    unsigned tx_head, tx_nfree;
     unsigned tx_lent; /* slots vuf_net_tx_slots() handed out, from the top
                        * of tx_free; 0 after any other TX call */
 
@@ -137,8 +137,8 @@ static void pools_rebuild(struct vuf_net *net)
     net->rx_nfree = 0;
     for (unsigned i = net->nrx; i-- > 0;)
         net->rx_free[net->rx_nfree++] = i;
-    net->tx_nfree = 0;
-    for (unsigned i = net->ntx; i-- > 0;)
+    net->tx_nfree = net->tx_head = 0;
+    for (unsigned i = 0; i < net->ntx; i++)
         net->tx_free[net->tx_nfree++] = i;
     net->part_n = net->part_want = 0;
     net->tx_lent = 0;
@@ -478,6 +478,30 @@ int vuf_net_rx_burst_zc(struct vuf_net *net, vuf_net_rx_fn fn, void *opaque, uns
 /* TX                                                                       */
 /* ------------------------------------------------------------------------ */
 
+/* The k-th free slot in the order they are taken: the one returned
+ * longest ago first, whose lines the device's core is least likely to
+ * still hold (writing them would take them back from it). */
+static unsigned tx_peek(const struct vuf_net *net, unsigned k)
+{
+    unsigned i = net->tx_head + k;
+
+    return net->tx_free[i < net->ntx ? i : i - net->ntx];
+}
+
+static void tx_take(struct vuf_net *net)
+{
+    net->tx_head = net->tx_head + 1 < net->ntx ? net->tx_head + 1 : 0;
+    net->tx_nfree--;
+}
+
+static void tx_put(struct vuf_net *net, unsigned slot)
+{
+    unsigned i = net->tx_head + net->tx_nfree;
+
+    net->tx_free[i < net->ntx ? i : i - net->ntx] = slot;
+    net->tx_nfree++;
+}
+
 int vuf_net_tx_reclaim(struct vuf_net *net)
 {
     int n = 0, r;
@@ -485,7 +509,7 @@ int vuf_net_tx_reclaim(struct vuf_net *net)
 
     net->tx_lent = 0;
     while ((r = vuf_virtq_get_used(net->tx, &cookie, NULL)) == 0) {
-        net->tx_free[net->tx_nfree++] = (unsigned)((uintptr_t)cookie - 1);
+        tx_put(net, (unsigned)((uintptr_t)cookie - 1));
         n++;
     }
     net->st.tx_done += (uint64_t)n;
@@ -555,7 +579,7 @@ int vuf_net_tx_burst(struct vuf_net *net, const struct vuf_net_frame *frames, un
             return r;
     }
     for (i = 0; i < n && net->tx_nfree > 0; i++) {
-        unsigned slot = net->tx_free[net->tx_nfree - 1];
+        unsigned slot = tx_peek(net, 0);
 
         if (frames[i].len == 0 || frames[i].len > net->tx_max) {
             r = -EMSGSIZE;
@@ -565,7 +589,7 @@ int vuf_net_tx_burst(struct vuf_net *net, const struct vuf_net_frame *frames, un
         r = tx_post(net, slot, frames[i].len);
         if (r < 0)
             break;
-        net->tx_nfree--;
+        tx_take(net);
     }
     tx_finish(net, i, flags);
     if (i > 0 || r == -ENOSPC || r >= 0)
@@ -586,7 +610,7 @@ int vuf_net_tx_slots(struct vuf_net *net, void **data, unsigned n)
             return r;
     }
     for (k = 0; k < n && k < net->tx_nfree; k++)
-        data[k] = tx_host(net, net->tx_free[net->tx_nfree - 1 - k]) + net->hdr_len;
+        data[k] = tx_host(net, tx_peek(net, k)) + net->hdr_len;
     net->tx_lent = k;
     return (int)k;
 }
@@ -605,10 +629,10 @@ int vuf_net_tx_commit(struct vuf_net *net, const uint32_t *lens, unsigned n, uns
             r = -EMSGSIZE;
             break;
         }
-        r = tx_post(net, net->tx_free[net->tx_nfree - 1], lens[i]);
+        r = tx_post(net, tx_peek(net, 0), lens[i]);
         if (r < 0)
             break;
-        net->tx_nfree--;
+        tx_take(net);
     }
     /* What is left of the lent slots moved down by i; lend none. */
     net->tx_lent = 0;
