@@ -13,7 +13,7 @@
 #      on the shared machine counts against both alike)
 #   Z  vuf net SOCK bench --busy-poll --zero-copy (bursts of 32): frames
 #      built in the TX slots (26 header bytes written per frame, as txonly
-#      writes its headers into prebuilt mbufs) and read where the device
+#      writes its headers into prebuilt mbufs) and received where the device
 #      wrote them (counted, not read, as rxonly and io leave mbufs): the case
 #      that does what DPDK's front-end does, and the one the target is on
 #   B  vuf net SOCK bench --busy-poll: every frame copied in and out
