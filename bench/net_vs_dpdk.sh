@@ -12,10 +12,11 @@
 #      the start; a mean like vuf's own frames / elapsed time, so that a dip
 #      on the shared machine counts against both alike)
 #   Z  vuf net SOCK bench --busy-poll --zero-copy (bursts of 32): frames
-#      built in the TX slots (26 header bytes written per frame, as txonly
-#      writes its headers into prebuilt mbufs) and received where the device
-#      wrote them (counted, not read, as rxonly and io leave mbufs): the case
-#      that does what DPDK's front-end does, and the one the target is on
+#      built in the TX slots (tx: 26 header bytes written per frame, as
+#      txonly writes its headers into prebuilt mbufs; rt: nothing written,
+#      as io forwards frames untouched) and received where the device wrote
+#      them (counted, not read, as rxonly and io leave mbufs): the case that
+#      does what DPDK's front-end does, and the one the target is on
 #   B  vuf net SOCK bench --busy-poll: every frame copied in and out
 #      (vuf_net_tx_burst / vuf_net_rx_burst), and
 #   b  vuf net SOCK bench --zero-copy (eventfd mode; reported, not part of
@@ -44,7 +45,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --ring) RING=${2:?--ring wants split or packed}; shift 2 ;;
     --ring=*) RING=${1#--ring=}; shift ;;
-    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
     *) BUILD=$1; shift ;;
   esac
 done

@@ -285,9 +285,10 @@ int vuf_net_tx_burst(struct vuf_net *net, const struct vuf_net_frame *frames, un
  * so a caller that sends frames of one shape may rewrite only what changes.
  * vuf_net_tx_commit() then sends the first n of them, frame i being
  * lens[i] bytes at data[i], as vuf_net_tx_burst() would (header, publish,
- * kick). Slots lent and not committed stay free. Any other TX call on this
- * vuf_net, or a commit, takes back what was lent: a later commit then
- * returns -EINVAL.
+ * kick). Slots lent and not committed stay free. A commit, and any call
+ * that reclaims or sends (vuf_net_tx_reclaim, vuf_net_tx_burst,
+ * vuf_net_tx_slots again, vuf_net_reset), takes back what was lent: a
+ * later commit then returns -EINVAL.
  * vuf_net_tx_slots: k >= 0 or -EPROTO (broken). vuf_net_tx_commit: the
  * number sent, or when none was, -EINVAL (n more than lent), -EMSGSIZE
  * (lens[0] is 0 or above tx_frame_max), -EPROTO.
