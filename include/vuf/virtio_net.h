@@ -234,7 +234,7 @@ struct vuf_net_frame {
  * the pool, at most 32) or the device holds fewer than that; at any time
  * vuf_net_rx_fill() posts them all. A frame whose buffers the device has not all
  * returned yet (MRG_RXBUF) is finished by a later call.
- * Returns the number of frames (0: none), or -EPROTO: the queue or the
+ * Returns the number of frames (0: none), -EINVAL (frames NULL), or -EPROTO: the queue or the
  * driver is broken (frames taken before the fault in this call are
  * returned first; the next call reports it).
  */

@@ -427,7 +427,17 @@ static int rx_take(struct vuf_net *net)
     return 0;
 }
 
-int vuf_net_rx_burst(struct vuf_net *net, struct vuf_net_frame *frames, unsigned n)
+/* Where rx_loop hands complete frames: copied into caller frames, or to a
+ * zero-copy callback. */
+struct rx_sink {
+    struct vuf_net_frame *frames;
+    vuf_net_rx_fn fn;
+    void *opaque;
+};
+
+/* Take up to n complete frames into sink, then refill. The count, 0, or
+ * -EPROTO as vuf_net_rx_burst() says. */
+static int rx_loop(struct vuf_net *net, const struct rx_sink *sink, unsigned n)
 {
     unsigned got = 0;
     int r = 0;
@@ -438,8 +448,17 @@ int vuf_net_rx_burst(struct vuf_net *net, struct vuf_net_frame *frames, unsigned
         r = rx_take(net);
         if (r < 0)
             break;
-        if (net->part_n == net->part_want)
-            rx_deliver(net, &frames[got++]);
+        if (net->part_n != net->part_want)
+            continue;
+        if (sink->frames) {
+            rx_deliver(net, &sink->frames[got]);
+        } else {
+            uint32_t total = rx_frame_iov(net);
+
+            sink->fn(sink->opaque, net->iov, net->part_n, total);
+            rx_done(net, total);
+        }
+        got++;
     }
     rx_refill(net);
     if (got)
@@ -447,31 +466,22 @@ int vuf_net_rx_burst(struct vuf_net *net, struct vuf_net_frame *frames, unsigned
     return r == -EAGAIN ? 0 : r;
 }
 
+int vuf_net_rx_burst(struct vuf_net *net, struct vuf_net_frame *frames, unsigned n)
+{
+    const struct rx_sink sink = {.frames = frames};
+
+    if (!frames && n)
+        return -EINVAL;
+    return rx_loop(net, &sink, n);
+}
+
 int vuf_net_rx_burst_zc(struct vuf_net *net, vuf_net_rx_fn fn, void *opaque, unsigned n)
 {
-    unsigned got = 0;
-    int r = 0;
+    const struct rx_sink sink = {.fn = fn, .opaque = opaque};
 
     if (!fn)
         return -EINVAL;
-    if (net->broken || vuf_virtq_broken(net->rx))
-        return -EPROTO;
-    while (got < n) {
-        r = rx_take(net);
-        if (r < 0)
-            break;
-        if (net->part_n == net->part_want) {
-            uint32_t total = rx_frame_iov(net);
-
-            fn(opaque, net->iov, net->part_n, total);
-            rx_done(net, total);
-            got++;
-        }
-    }
-    rx_refill(net);
-    if (got)
-        return (int)got;
-    return r == -EAGAIN ? 0 : r;
+    return rx_loop(net, &sink, n);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -518,6 +528,8 @@ int vuf_net_tx_reclaim(struct vuf_net *net)
     return n;
 }
 
+static const uint8_t zero_hdr[VUF_NET_HDR_V1_LEN];
+
 static uint8_t *tx_host(const struct vuf_net *net, unsigned slot)
 {
     return net->tx_mem + net->tx_stride * slot + net->lead;
@@ -532,12 +544,8 @@ static int tx_post(struct vuf_net *net, unsigned slot, uint32_t len)
 
     /* A zero header stays zero from send to send: compare, and leave the
      * line alone unless it changed. */
-    for (unsigned i = 0; i < net->hdr_len; i++) {
-        if (p[i]) {
-            memset(p, 0, net->hdr_len);
-            break;
-        }
-    }
+    if (memcmp(p, zero_hdr, net->hdr_len) != 0)
+        memset(p, 0, net->hdr_len);
     if (net->one_desc) {
         r = vq_add_one(net->tx, gpa, net->hdr_len + len, false, (void *)(uintptr_t)(slot + 1));
     } else {
