@@ -53,8 +53,8 @@ static bool is_pow2(uint64_t v)
     return v && !(v & (v - 1));
 }
 
-static int alloc_part(struct vuf_guest_mem *gm, uint64_t bytes, uint64_t align, uint64_t *gpa,
-                      void **host)
+int vq_alloc_part(struct vuf_guest_mem *gm, uint64_t bytes, uint64_t align, uint64_t *gpa,
+                  void **host)
 {
     int r;
 
@@ -129,15 +129,15 @@ int vuf_virtq_new_opts(struct vuf_guest_mem *gm, const struct vuf_virtq_opts *op
             goto fail;
         goto fds;
     }
-    r = alloc_part(gm, VUF_VRING_DESC_BYTES(vq->size), ra > 16 ? ra : 16, &vq->desc_gpa, &p);
+    r = vq_alloc_part(gm, VUF_VRING_DESC_BYTES(vq->size), ra > 16 ? ra : 16, &vq->desc_gpa, &p);
     if (r < 0)
         goto fail;
     vq->desc = p;
-    r = alloc_part(gm, VUF_VRING_AVAIL_BYTES(vq->size), ra > 2 ? ra : 2, &vq->avail_gpa, &p);
+    r = vq_alloc_part(gm, VUF_VRING_AVAIL_BYTES(vq->size), ra > 2 ? ra : 2, &vq->avail_gpa, &p);
     if (r < 0)
         goto fail;
     vq->avail = p;
-    r = alloc_part(gm, VUF_VRING_USED_BYTES(vq->size), ra > 4 ? ra : 4, &vq->used_gpa, &p);
+    r = vq_alloc_part(gm, VUF_VRING_USED_BYTES(vq->size), ra > 4 ? ra : 4, &vq->used_gpa, &p);
     if (r < 0)
         goto fail;
     vq->used = p;
@@ -150,7 +150,7 @@ int vuf_virtq_new_opts(struct vuf_guest_mem *gm, const struct vuf_virtq_opts *op
         if (m == 0)
             m = VUF_VIRTQ_INDIRECT_DEFAULT < vq->size ? VUF_VIRTQ_INDIRECT_DEFAULT : vq->size;
         vq->indirect_max = m;
-        r = alloc_part(gm, VUF_VRING_DESC_BYTES((uint64_t)vq->size * m), 16, &vq->ind_gpa, &p);
+        r = vq_alloc_part(gm, VUF_VRING_DESC_BYTES((uint64_t)vq->size * m), 16, &vq->ind_gpa, &p);
         if (r < 0)
             goto fail;
         vq->ind = p;
@@ -465,14 +465,34 @@ static void fill_desc(struct vuf_vring_desc *d, uint64_t gpa, const struct vuf_v
     d->next = more ? next : 0;
 }
 
+/* The chain at head (its last descriptor `last`, `need` ring descriptors)
+ * goes in flight and into the next avail entry; published later. */
+static void split_make_avail(struct vuf_virtq *vq, unsigned head, unsigned last, unsigned need,
+                             uint64_t wlen, void *cookie)
+{
+    struct vq_slot *s = &vq->slots[head];
+    uint16_t *entry = &vq->avail->ring[vq->avail_idx & vq->mask];
+
+    s->cookie = cookie;
+    s->wlen = wlen;
+    s->ndesc = (uint16_t)need;
+    s->last = (uint16_t)last;
+    vq_inflight_push(vq, head);
+    /* The device only reads this line; storing the value it already holds
+     * would still take the line away from the device's core. A driver that
+     * recycles descriptors in ring order (as the net pools do) finds the
+     * entry already right after the first lap. */
+    if (load16(entry) != head)
+        store16(entry, (uint16_t)head);
+    vq->avail_idx++;
+}
+
 static int split_add(struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, unsigned n,
                      void *cookie)
 {
     uint64_t wlen, tlen;
     bool indirect;
     unsigned need, head, last;
-    struct vq_slot *s;
-    uint16_t *entry;
     int r;
 
     r = vq_check_chain(vq, bufs, n, &wlen, &tlen, &indirect);
@@ -515,29 +535,13 @@ static int split_add(struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, uns
     vq->free_head = vq->free_next[last];
     vq->num_free -= need;
 
-    s = &vq->slots[head];
-    s->cookie = cookie;
-    s->wlen = wlen;
-    s->ndesc = (uint16_t)need;
-    s->last = (uint16_t)last;
-    vq_inflight_push(vq, head);
-
-    /* The device only reads this line; storing the value it already holds
-     * would still take the line away from the device's core. A driver that
-     * recycles descriptors in ring order (as the net pools do) finds the
-     * entry already right after the first lap. */
-    entry = &vq->avail->ring[vq->avail_idx & vq->mask];
-    if (load16(entry) != head)
-        store16(entry, (uint16_t)head);
-    vq->avail_idx++;
+    split_make_avail(vq, head, last, need, wlen, cookie);
     return 0;
 }
 
 int vq_add_one(struct vuf_virtq *vq, uint64_t gpa, uint32_t len, bool writable, void *cookie)
 {
-    struct vq_slot *s;
     unsigned head;
-    uint16_t *entry;
 
     if (vq->packed)
         return vqp_add_one(vq, gpa, len, writable, cookie);
@@ -550,16 +554,7 @@ int vq_add_one(struct vuf_virtq *vq, uint64_t gpa, uint32_t len, bool writable, 
         .addr = gpa, .len = len, .flags = writable ? VUF_VRING_DESC_F_WRITE : 0};
     vq->free_head = vq->free_next[head];
     vq->num_free--;
-    s = &vq->slots[head];
-    s->cookie = cookie;
-    s->wlen = writable ? len : 0;
-    s->ndesc = 1;
-    s->last = (uint16_t)head;
-    vq_inflight_push(vq, head);
-    entry = &vq->avail->ring[vq->avail_idx & vq->mask];
-    if (load16(entry) != head)
-        store16(entry, (uint16_t)head);
-    vq->avail_idx++;
+    split_make_avail(vq, head, head, 1, writable ? len : 0, cookie);
     return 0;
 }
 

@@ -9,7 +9,7 @@
 
 #include "vuf/virtq.h"
 
-/* Ring parts are placed on lines of this size (see alloc_part). */
+/* Ring parts are placed on lines of this size (see vq_alloc_part). */
 #define VQ_LINE 64u
 
 /* Driver-private state of a chain, indexed by its head descriptor. The
@@ -82,6 +82,11 @@ int vqp_get_used(struct vuf_virtq *vq, void **cookie, uint32_t *len);
 int vqp_requeue_inflight(struct vuf_virtq *vq, uint16_t *base);
 
 /* virtq.c: helpers both layouts use. */
+/* A ring part from the guest memory's allocator, on cache lines of its own
+ * (at least VQ_LINE aligned, its size rounded up to VQ_LINE), and its host
+ * address. */
+int vq_alloc_part(struct vuf_guest_mem *gm, uint64_t bytes, uint64_t align, uint64_t *gpa,
+                  void **host);
 int vq_buf_gpa(const struct vuf_virtq *vq, const struct vuf_virtq_buf *b, uint64_t *gpa);
 /* virtq.c: the layout-independent checks of a chain before it is added. */
 int vq_check_chain(const struct vuf_virtq *vq, const struct vuf_virtq_buf *bufs, unsigned n,

@@ -46,25 +46,6 @@ static inline uint16_t flags_acquire(const struct vuf_vring_packed_desc *d)
     return __atomic_load_n(&d->flags, __ATOMIC_ACQUIRE);
 }
 
-static int alloc_part(struct vuf_guest_mem *gm, uint64_t bytes, uint64_t align, uint64_t *gpa,
-                      void **host)
-{
-    int r;
-
-    /* Each part on cache lines of its own: a line the device writes (used
-     * ring, device area) that also held what the driver writes (avail ring,
-     * descriptors, the next queue's rings) would move between the two cores
-     * on every write of either side. */
-    if (align < VQ_LINE)
-        align = VQ_LINE;
-    bytes = (bytes + VQ_LINE - 1) & ~(uint64_t)(VQ_LINE - 1);
-    r = vuf_guest_mem_alloc(gm, bytes, align, gpa);
-
-    if (r < 0)
-        return r;
-    return vuf_guest_mem_translate(gm, *gpa, bytes, host);
-}
-
 int vqp_alloc(struct vuf_virtq *vq, const struct vuf_virtq_opts *opts)
 {
     uint64_t ra = opts->ring_align;
@@ -72,17 +53,17 @@ int vqp_alloc(struct vuf_virtq *vq, const struct vuf_virtq_opts *opts)
     int r;
 
     /* Descriptor ring 16, both event areas 4 (§2.8.10.1). */
-    r = alloc_part(vq->gm, 16ull * vq->size, ra > 16 ? ra : 16, &vq->desc_gpa, &p);
+    r = vq_alloc_part(vq->gm, 16ull * vq->size, ra > 16 ? ra : 16, &vq->desc_gpa, &p);
     if (r < 0)
         return r;
     vq->pdesc = p;
-    r = alloc_part(vq->gm, sizeof(struct vuf_vring_packed_event), ra > 4 ? ra : 4, &vq->avail_gpa,
-                   &p);
+    r = vq_alloc_part(vq->gm, sizeof(struct vuf_vring_packed_event), ra > 4 ? ra : 4,
+                      &vq->avail_gpa, &p);
     if (r < 0)
         return r;
     vq->drv_event = p;
-    r = alloc_part(vq->gm, sizeof(struct vuf_vring_packed_event), ra > 4 ? ra : 4, &vq->used_gpa,
-                   &p);
+    r = vq_alloc_part(vq->gm, sizeof(struct vuf_vring_packed_event), ra > 4 ? ra : 4, &vq->used_gpa,
+                      &p);
     if (r < 0)
         return r;
     vq->dev_event = p;
@@ -93,7 +74,7 @@ int vqp_alloc(struct vuf_virtq *vq, const struct vuf_virtq_opts *opts)
             m = VUF_VIRTQ_INDIRECT_DEFAULT < vq->size ? VUF_VIRTQ_INDIRECT_DEFAULT : vq->size;
         vq->indirect_max = m;
         /* One table per buffer id: an id is in flight at most once. */
-        r = alloc_part(vq->gm, 16ull * vq->size * m, 16, &vq->ind_gpa, &p);
+        r = vq_alloc_part(vq->gm, 16ull * vq->size * m, 16, &vq->ind_gpa, &p);
         if (r < 0)
             return r;
         vq->ind = p;

@@ -601,6 +601,23 @@ static void test_rx_zero_copy(void **state)
     assert_int_equal(vuf_net_rx_burst_zc(f.net, zc_collect, &z, 4), 0);
     assert_int_equal(log_errors, 0);
     fx_close(&f);
+
+    /* A device that lies (num_buffers 0, then more than posted): nothing
+     * reaches the callback, the driver is broken, and says so once. */
+    for (uint16_t nb = 0; nb < 2; nb++) {
+        struct zc_seen none = {0};
+
+        fx_open(&f, &o);
+        assert_int_equal(vuf_net_rx_fill(f.net), 8);
+        dev_rx_one(&f, a, sizeof(a), nb ? 9 : 0);
+        assert_int_equal(vuf_net_rx_burst_zc(f.net, zc_collect, &none, 4), -EPROTO);
+        assert_int_equal(none.frames, 0);
+        assert_int_equal(log_errors, 1);
+        assert_true(vuf_net_broken(f.net));
+        assert_int_equal(vuf_net_rx_burst_zc(f.net, zc_collect, &none, 4), -EPROTO);
+        assert_int_equal(log_errors, 1);
+        fx_close(&f);
+    }
 }
 
 /* MRG_RXBUF: a 250-byte frame over three 100-byte buffers (header in the
