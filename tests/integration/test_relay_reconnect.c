@@ -94,7 +94,9 @@ static void run_outage(const char *const *relay_extra, int outage_ms)
     rv_connect(&v, &e, MEM_BYTES);
     rv_start_ring(&v, 16);
     write_ok(&e, &v, 8, 1);
-
+    /* Killed while active (not during the activation, which the reference
+     * back-end already serves the first write in). */
+    rv_wait_active(&e, 1);
     kill(e.be.pid, SIGKILL);
     tu_stop(&e.be);
     req = rv_submit_write(&v, 16, WLEN, 2);
@@ -160,6 +162,7 @@ static void test_relay_outage_limit(void **state)
     rv_connect(&v, &e, MEM_BYTES);
     rv_start_ring(&v, 16);
     write_ok(&e, &v, 8, 1);
+    rv_wait_active(&e, 1);
     kill(e.be.pid, SIGKILL);
     tu_stop(&e.be);
     t0 = tu_now_ms();

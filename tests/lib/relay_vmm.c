@@ -93,6 +93,41 @@ void rv_env_fini(struct rv_env *e)
     tu_rmtree(e->dir);
 }
 
+static int trace_count(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "re");
+    char line[4096];
+    int n = 0;
+
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof(line), f))
+        n += strstr(line, needle) != NULL;
+    fclose(f);
+    return n;
+}
+
+void rv_wait_trace(const struct rv_env *e, const char *needle, int count, int timeout_ms)
+{
+    int64_t end = tu_now_ms() + timeout_ms;
+
+    while (trace_count(e->trace, needle) < count) {
+        if (tu_now_ms() > end) {
+            fprintf(stderr, "(trace in %s)\n", e->trace);
+            fail_msg("the relay's trace has fewer than %d lines with '%s'", count, needle);
+        }
+        tu_sleep_ms(5); /* polling the trace file */
+    }
+}
+
+void rv_wait_active(const struct rv_env *e, int n)
+{
+    /* The device's last step of an activation: SET_STATUS with DRIVER_OK
+     * (status 15), acked. */
+    rv_wait_trace(e, "backend > SET_STATUS NEED_REPLY size=8 status=15", n, RV_IO_MS);
+    rv_wait_trace(e, "backend < SET_STATUS", 2 * n, RV_IO_MS);
+}
+
 /* The process's state letter in /proc (Z once it exited, unreaped). */
 static char proc_state(pid_t pid)
 {

@@ -59,6 +59,13 @@ void rv_start_relay(struct rv_env *e, const char *const *extra);
 /* Kill whatever still runs, remove the dir. */
 void rv_env_fini(struct rv_env *e);
 
+/* Wait up to timeout_ms for the relay's trace to have `count` lines
+ * containing `needle`; fails the test otherwise. */
+void rv_wait_trace(const struct rv_env *e, const char *needle, int count, int timeout_ms);
+/* The relay started the rings on its back-end and the activation is
+ * complete (DRIVER_OK acked): `n` activations so far. */
+void rv_wait_active(const struct rv_env *e, int n);
+
 /* The relay's state: true while it has not exited (a zombie counts as
  * exited; its status is kept for rv_relay_wait). */
 bool rv_relay_alive(struct rv_env *e);
