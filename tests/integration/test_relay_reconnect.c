@@ -215,7 +215,8 @@ static bool ctl_answer(int fd, char *ans, size_t cap, int wait_ms)
 /*
  * `replace target` while the VMM keeps writing: the answer must start with
  * "error:" and come within limit_ms, and writes must go on completing
- * while the relay works on it (each within 500 ms).
+ * while the relay works on it (each within 2 s; the old order froze them
+ * for the 5 s connect or handshake deadline).
  */
 static void replace_fails_running(struct rv_env *e, struct rv_vmm *v, const char *target,
                                   int limit_ms, uint64_t *sector)
@@ -229,7 +230,7 @@ static void replace_fails_running(struct rv_env *e, struct rv_vmm *v, const char
     fd = ctl_send(e, cmd);
     while (!answered && tu_now_ms() - t0 < 10000) {
         struct vuf_blk_req *req = rv_submit_write(v, *sector, WLEN, (uint32_t)*sector);
-        int r = rv_wait(v, req, 500);
+        int r = rv_wait(v, req, 2000);
 
         if (r != 0) {
             tu_dump_log(&e->relay);
