@@ -36,6 +36,7 @@
 #include "vuf/log.h"
 #include "vuf/server.h"
 #include "vuf/virtio.h"
+#include "vuf/virtq.h"
 #include "vuf_tool.h"
 
 #define BIT(n) (1ull << (n))
@@ -54,20 +55,30 @@
  * rings on the back-end: QEMU sets up one queue after the other and the
  * device starts them all at once. */
 #define ACTIVATE_QUIET_MS 20
+/* Ring sizes the relay accepts (the protocol's largest, as the reference
+ * back-end's --queue-size-max can go): the back-end's own limit is only
+ * learnt when the rings start on it. */
+#define RELAY_QUEUE_SIZE_MAX 32768u
+/* Reconnect attempts: the first at once, then 10 ms apart doubling to 1 s. */
+#define RECONNECT_FIRST_MS 10
+#define RECONNECT_MAX_MS 1000
 
 struct rqueue {
     uint16_t size;
     uint16_t base;
     bool has_addr, kicked;
-    uint64_t desc, avail, used; /* GPAs */
+    uint64_t desc, avail, used;             /* GPAs */
+    uint64_t uva_desc, uva_avail, uva_used; /* as the VMM sent them */
     int kick_fd, call_fd;
 };
 
 struct relay_opts {
     const char *listen, *connect, *control;
     bool trace, json;
-    int timeout_ms, reconnect_ms;
+    int timeout_ms;
+    int reconnect_ms; /* give up on a lost back-end after this; 0: never */
     uint32_t device_type;
+    size_t max_state; /* largest device state moved by `replace` */
 };
 
 struct relay {
@@ -91,7 +102,22 @@ struct relay {
     int control_fd;              /* --control listening socket, or -1 */
     atomic_bool crashed;
     int crash_efd; /* the worker's crash report wakes the main loop */
+    /* The last device's offer, answered to the VMM while the back-end is
+     * down (rl->dev NULL). */
+    uint64_t dev_features, dev_pf;
+    /* Back-end lost and not back yet: when, the next attempt, the wait
+     * after it, the attempts so far, and the inflight area kept for it. */
+    bool down;
+    int64_t down_since_ms, next_try_ms;
+    int backoff_ms;
+    unsigned attempts;
+    struct vuf_inflight_area area;
 };
+
+static int64_t now_ms(void)
+{
+    return cli_now_ns() / 1000000;
+}
 
 static atomic_bool relay_stop;
 
@@ -99,6 +125,18 @@ static void on_signal(int sig)
 {
     (void)sig;
     atomic_store(&relay_stop, true);
+}
+
+/* The library's messages, at most warnings: in the relay they are details
+ * of a peer's failure that the relay handles (a back-end that died is
+ * reconnected, a bad request is refused). Its verdicts are its own
+ * "vuf relay: ..." lines; an outage that ends well prints no error. */
+static void relay_log(void *opaque, enum vuf_log_level level, const char *msg)
+{
+    static const char *const names[] = {"warn", "warn", "info", "debug"};
+
+    (void)opaque;
+    fprintf(stderr, "vuf %s: %s\n", names[level <= VUF_LOG_DEBUG ? level : VUF_LOG_DEBUG], msg);
 }
 
 /* ---- interrupts: the VMM's call eventfds are the device's irqfds ---------- */
@@ -184,7 +222,8 @@ static int relay_activate(struct relay *rl)
     int r;
 
     rl->pending = false;
-    if (rl->active || !rl->mem)
+    /* A back-end that is down gets the rings when it is back. */
+    if (rl->active || !rl->mem || !rl->dev)
         return 0;
     memset(qs, 0, sizeof(qs));
     for (unsigned i = 0; i < rl->nq; i++) {
@@ -212,6 +251,25 @@ static int relay_activate(struct relay *rl)
                     "starting %u of %u queue(s) on the back-end, %u memory region(s) imported",
                     nready, rl->nq, vuf_guest_mem_nregions(rl->mem));
     r = vuf_device_activate(rl->dev, rl->mem, &intr, qs, n);
+    if (r < 0 && vuf_conn_error_is_fatal(r)) {
+        uint64_t one = 1;
+
+        /* The back-end died while its rings were being started, and may
+         * have served some requests already: recover as from a crash, each
+         * ring from used->idx. */
+        for (unsigned i = 0; i < n; i++) {
+            struct vuf_queue u = {.used_addr = qs[i].used_addr}; /* size 0: used->idx only */
+
+            if (qs[i].ready && vuf_queue_reclaim(&u, rl->mem, 0) == 0)
+                rl->q[i].base = u.next_used;
+        }
+        relay_tap_event(rl->tap, "activate", "failed: %s", vuf_strerror(r));
+        atomic_store(&rl->crashed, true);
+        if (write(rl->crash_efd, &one, sizeof(one)) < 0) {
+            /* a full counter wakes the main loop just as well */
+        }
+        return r;
+    }
     if (r < 0) {
         relay_tap_event(rl->tap, "activate", "failed: %s", vuf_strerror(r));
         fprintf(stderr, "vuf relay: activating the back-end failed: %s\n", vuf_strerror(r));
@@ -239,9 +297,10 @@ static int reply_u64(struct vuf_msg *reply, uint64_t v)
     return 0;
 }
 
+/* The reference back-end's answer to a ring index it does not have. */
 static int ring_index(struct relay *rl, uint32_t index)
 {
-    return index < rl->nq ? 0 : -ERANGE;
+    return index < rl->nq ? 0 : -EINVAL;
 }
 
 static int h_get_features(void *o, struct vuf_msg *req, struct vuf_msg *reply)
@@ -251,7 +310,7 @@ static int h_get_features(void *o, struct vuf_msg *req, struct vuf_msg *reply)
     (void)req;
     /* Bit 30 is the relay's own: its server speaks protocol features to the
      * VMM whatever the device shows a driver. */
-    return reply_u64(reply, vuf_device_features(rl->dev) | BIT(VUF_VHOST_F_PROTOCOL_FEATURES));
+    return reply_u64(reply, rl->dev_features | BIT(VUF_VHOST_F_PROTOCOL_FEATURES));
 }
 
 /* Ack the VMM's features on `dev`, without bit 30 (the relay's own). A
@@ -273,6 +332,14 @@ static int h_set_features(void *o, struct vuf_msg *req, struct vuf_msg *reply)
     struct relay *rl = o;
 
     (void)reply;
+    /* The back-end is down: checked against its last offer, acked to it
+     * when it is back. */
+    if (!rl->dev) {
+        if (req->payload.u64 & ~BIT(VUF_VHOST_F_PROTOCOL_FEATURES) & ~rl->dev_features)
+            return -ENOTSUP;
+        rl->vmm_features |= req->payload.u64;
+        return 0;
+    }
     rl->vmm_features |= req->payload.u64;
     return relay_ack(rl->dev, req->payload.u64);
 }
@@ -282,13 +349,13 @@ static int h_get_protocol_features(void *o, struct vuf_msg *req, struct vuf_msg 
     struct relay *rl = o;
 
     (void)req;
-    return reply_u64(reply, vuf_frontend_protocol_features(rl->dev) & RELAY_PROTOCOL_FEATURES);
+    return reply_u64(reply, rl->dev_pf & RELAY_PROTOCOL_FEATURES);
 }
 
 static int h_set_protocol_features(void *o, struct vuf_msg *req, struct vuf_msg *reply)
 {
     struct relay *rl = o;
-    uint64_t offered = vuf_frontend_protocol_features(rl->dev) & RELAY_PROTOCOL_FEATURES;
+    uint64_t offered = rl->dev_pf & RELAY_PROTOCOL_FEATURES;
 
     (void)reply;
     if (req->payload.u64 & ~offered)
@@ -313,18 +380,38 @@ static int h_get_queue_num(void *o, struct vuf_msg *req, struct vuf_msg *reply)
     return reply_u64(reply, rl->nq);
 }
 
-/* The VMM's virtual address of a ring -> its GPA, by the VMM's table. */
-static int vmm_uva_to_gpa(const struct relay *rl, uint64_t uva, uint64_t *gpa)
+/* The VMM's virtual addresses [uva, uva + len) of a ring area -> its GPA,
+ * by the VMM's table: the whole area inside one region, or -EFAULT. */
+static int vmm_uva_to_gpa(const struct relay *rl, uint64_t uva, uint64_t len, uint64_t *gpa)
 {
     for (unsigned i = 0; i < rl->nvmm_regions; i++) {
         const struct vuf_mem_region *r = &rl->vmm_regions[i];
 
-        if (uva >= r->userspace_addr && uva - r->userspace_addr < r->memory_size) {
+        if (uva >= r->userspace_addr && len <= r->memory_size &&
+            uva - r->userspace_addr <= r->memory_size - len) {
             *gpa = r->guest_phys_addr + (uva - r->userspace_addr);
             return 0;
         }
     }
     return -EFAULT;
+}
+
+/* A split ring's three areas (desc 16 * num, avail 6 + 2 * num, used
+ * 6 + 8 * num bytes, virtio 1.2 §2.7) in the VMM's memory, as the
+ * reference back-end checks them; the GPAs in q. Before SET_VRING_NUM only
+ * the first byte of each can be checked. */
+static int ring_translate(const struct relay *rl, struct rqueue *q)
+{
+    uint64_t n = q->size;
+
+    if (vmm_uva_to_gpa(rl, q->uva_desc, n ? VUF_VRING_DESC_BYTES(n) : 1, &q->desc) < 0 ||
+        vmm_uva_to_gpa(rl, q->uva_avail, n ? VUF_VRING_AVAIL_BYTES(n) : 1, &q->avail) < 0 ||
+        vmm_uva_to_gpa(rl, q->uva_used, n ? VUF_VRING_USED_BYTES(n) : 1, &q->used) < 0) {
+        q->has_addr = false;
+        return -EFAULT;
+    }
+    q->has_addr = true;
+    return 0;
 }
 
 /* Is `t` (with its fds) the memory already imported, region for region? */
@@ -385,26 +472,57 @@ static int h_set_mem_table(void *o, struct vuf_msg *req, struct vuf_msg *reply)
     return 0;
 }
 
+/*
+ * The ring messages are checked here by the reference back-end's rules and
+ * answered with its errno (-EINVAL, -EBUSY for a started ring, -EFAULT for
+ * a ring outside memory): what the relay acks, the back-end must take when
+ * the rings start on it, long after the VMM could have been told.
+ */
 static int h_set_vring_num(void *o, struct vuf_msg *req, struct vuf_msg *reply)
 {
     struct relay *rl = o;
+    uint32_t num = req->payload.state.num;
     int r = ring_index(rl, req->payload.state.index);
+    struct rqueue *q;
+    uint16_t old;
 
     (void)reply;
-    if (r == 0)
-        rl->q[req->payload.state.index].size = (uint16_t)req->payload.state.num;
-    return r;
+    if (r < 0)
+        return r;
+    q = &rl->q[req->payload.state.index];
+    if (num == 0 || num > RELAY_QUEUE_SIZE_MAX || (num & (num - 1)))
+        return -EINVAL;
+    if (q->kicked)
+        return -EBUSY;
+    old = q->size;
+    q->size = (uint16_t)num;
+    /* Addresses sent first: now the whole areas can be checked. A refused
+     * size leaves the ring as it was. */
+    if (q->has_addr && ring_translate(rl, q) < 0) {
+        q->size = old;
+        ring_translate(rl, q);
+        return -EFAULT;
+    }
+    return 0;
 }
 
 static int h_set_vring_base(void *o, struct vuf_msg *req, struct vuf_msg *reply)
 {
     struct relay *rl = o;
+    uint32_t num = req->payload.state.num;
     int r = ring_index(rl, req->payload.state.index);
 
     (void)reply;
-    if (r == 0)
-        rl->q[req->payload.state.index].base = (uint16_t)req->payload.state.num;
-    return r;
+    if (r < 0)
+        return r;
+    /* Split rings (the only ones the relay offers): bits 16-31 are
+     * reserved. */
+    if (num > 0xffff)
+        return -EINVAL;
+    if (rl->q[req->payload.state.index].kicked)
+        return -EBUSY;
+    rl->q[req->payload.state.index].base = (uint16_t)num;
+    return 0;
 }
 
 static int h_set_vring_addr(void *o, struct vuf_msg *req, struct vuf_msg *reply)
@@ -422,13 +540,10 @@ static int h_set_vring_addr(void *o, struct vuf_msg *req, struct vuf_msg *reply)
         return r;
     q = &rl->q[a.index];
     /* QEMU sends its own virtual addresses (no GPA_ADDRESSES). */
-    if (vmm_uva_to_gpa(rl, a.desc, &q->desc) < 0 || vmm_uva_to_gpa(rl, a.avail, &q->avail) < 0 ||
-        vmm_uva_to_gpa(rl, a.used, &q->used) < 0) {
-        q->has_addr = false;
-        return -EFAULT;
-    }
-    q->has_addr = true;
-    return 0;
+    q->uva_desc = a.desc;
+    q->uva_avail = a.avail;
+    q->uva_used = a.used;
+    return ring_translate(rl, q);
 }
 
 /* The ring index of a KICK/CALL/ERR message in *index; returns its fd (still
@@ -507,6 +622,8 @@ static int h_set_vring_enable(void *o, struct vuf_msg *req, struct vuf_msg *repl
     (void)reply;
     /* The device enables the rings it starts; QEMU disables them just
      * before GET_VRING_BASE, which stops them. */
+    if (req->payload.state.num > 1)
+        return -EINVAL; /* neither enable nor disable */
     return ring_index(rl, req->payload.state.index);
 }
 
@@ -541,6 +658,8 @@ static int h_get_config(void *o, struct vuf_msg *req, struct vuf_msg *reply)
 
     if (r < 0)
         return r;
+    if (!rl->dev)
+        return -ENOTCONN; /* the back-end is down */
     r = vuf_device_read_config(rl->dev, c.offset, reply->payload.config.region, c.size);
     if (r < 0)
         return r;
@@ -560,6 +679,8 @@ static int h_set_config(void *o, struct vuf_msg *req, struct vuf_msg *reply)
     (void)reply;
     if (r < 0)
         return r;
+    if (!rl->dev)
+        return -ENOTCONN; /* the back-end is down */
     return vuf_device_write_config(rl->dev, c.offset, c.region, c.size);
 }
 
@@ -608,66 +729,113 @@ static void install_handlers(struct vuf_server_config *sc)
 /* ---- back-end restart -------------------------------------------------------- */
 
 /* A new device on a new connection to the back-end's socket, through the
- * tap's back-end side. */
-static int relay_connect_backend(struct relay *rl, const char *path, int timeout_ms,
-                                 struct vuf_device **dev, bool *attached)
+ * tap's `side`: connect (waiting up to connect_ms for the socket; 0: one
+ * try) and negotiate, each reply within --timeout-ms. Nothing printed: the
+ * callers say what a failure means to them. */
+static int relay_connect_backend(struct relay *rl, const char *path, int connect_ms,
+                                 enum relay_side side, struct vuf_device **dev)
 {
     struct vuf_conn *be = NULL, *dev_end = NULL, *tap_be = NULL;
-    int r = vuf_conn_connect(path, timeout_ms, &be);
+    int r = vuf_conn_connect(path, connect_ms, &be);
 
-    if (r < 0) {
-        fprintf(stderr, "vuf relay: cannot connect to %s: %s\n", path, vuf_strerror(r));
+    if (r < 0)
         return r;
-    }
     r = vuf_conn_pair(&dev_end, &tap_be);
     if (r < 0) {
         vuf_conn_close(be);
         return r;
     }
-    relay_tap_reattach(rl->tap, RELAY_BACKEND, tap_be, be);
-    if (attached)
-        *attached = true;
-    r = vuf_frontend_new(&rl->fc, dev_end, dev); /* takes dev_end */
-    if (r < 0)
-        fprintf(stderr, "vuf relay: negotiating with the back-end failed: %s\n", vuf_strerror(r));
-    return r;
+    relay_tap_reattach(rl->tap, side, tap_be, be);
+    /* A socket that accepts and never answers costs at most this per
+     * message, not the library's 5 s. */
+    if (rl->opts->timeout_ms > 0)
+        vuf_conn_set_timeout(dev_end, rl->opts->timeout_ms);
+    return vuf_frontend_new(&rl->fc, dev_end, dev); /* takes dev_end */
 }
 
-/* Connect and negotiate until --reconnect-ms has passed. A killed back-end's
- * listening socket can still accept for a moment while the process is torn
- * down: that connection then hangs up mid-handshake, and the next attempt
- * finds the restarted one (or nobody, and vuf_conn_connect waits). */
-static int relay_reconnect(struct relay *rl)
+/* What the VMM is answered from while the back-end is down. */
+static void relay_take_device(struct relay *rl, struct vuf_device *dev)
 {
-    struct timespec now;
-    int64_t end, left;
+    rl->dev = dev;
+    rl->dev_features = vuf_device_features(dev);
+    rl->dev_pf = vuf_frontend_protocol_features(dev);
+}
+
+/* A device for the driver the VMM already negotiated with: as many queues
+ * and every feature it acked, or -EPROTO / -ENOTSUP. */
+static int relay_fits_driver(struct relay *rl, struct vuf_device *dev)
+{
+    if (vuf_device_num_queues(dev) < rl->nq)
+        return -EPROTO;
+    return relay_ack(dev, rl->vmm_features);
+}
+
+/*
+ * One attempt to bring a lost back-end back (one connect, no waiting for
+ * the socket): 0 when it is back (the rings restarted) or when it is worth
+ * another try (rl->next_try_ms set, with backoff); a negative errno once
+ * --reconnect-ms has passed. A killed back-end's listening socket can still
+ * accept for a moment while the process is torn down: that connection then
+ * hangs up mid-handshake, and a later attempt finds the restarted one.
+ */
+static int relay_retry(struct relay *rl)
+{
+    struct vuf_device *dev = NULL;
+    int64_t now;
     int r;
 
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    end = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 + rl->opts->reconnect_ms;
-    for (;;) {
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        left = end - ((int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000);
-        r = relay_connect_backend(rl, rl->backend_path, left > 0 ? (int)left : 0, &rl->dev, NULL);
-        if (r == 0 || !vuf_conn_error_is_fatal(r) || left <= 0 || atomic_load(&relay_stop))
-            return r;
-        relay_tap_event(rl->tap, "reconnect", "attempt failed (%s); trying again", vuf_strerror(r));
-        poll(NULL, 0, 10); /* the dying process's socket: let it go */
+    rl->attempts++;
+    rl->fc.inflight_area = rl->area.fd >= 0 ? &rl->area : NULL;
+    r = relay_connect_backend(rl, rl->backend_path, 0, RELAY_BACKEND, &dev);
+    rl->fc.inflight_area = NULL;
+    if (r == 0)
+        r = relay_fits_driver(rl, dev);
+    now = now_ms();
+    if (r == 0) {
+        relay_take_device(rl, dev);
+        rl->down = false;
+        atomic_store(&rl->crashed, false);
+        if (rl->area.fd >= 0)
+            close(rl->area.fd);
+        rl->area.fd = -1;
+        fprintf(stderr, "vuf relay: back-end on %s is back after %lld ms (attempt %u)\n",
+                rl->backend_path, (long long)(now - rl->down_since_ms), rl->attempts);
+        relay_tap_event(rl->tap, "reconnect", "back-end is back after %lld ms (attempt %u)",
+                        (long long)(now - rl->down_since_ms), rl->attempts);
+        return relay_activate(rl);
     }
+    if (dev)
+        vuf_device_destroy(dev);
+    if (rl->opts->reconnect_ms > 0 && now - rl->down_since_ms >= rl->opts->reconnect_ms) {
+        fprintf(stderr,
+                "vuf relay: back-end on %s not back after %lld ms (%u attempts, last: %s); "
+                "giving up (--reconnect-ms %d)\n",
+                rl->backend_path, (long long)(now - rl->down_since_ms), rl->attempts,
+                vuf_strerror(r), rl->opts->reconnect_ms);
+        relay_tap_event(rl->tap, "reconnect", "failed: %s", vuf_strerror(r));
+        return r;
+    }
+    fprintf(stderr,
+            "vuf relay: warning: back-end on %s not back yet (%s); attempt %u, next in %d ms\n",
+            rl->backend_path, vuf_strerror(r), rl->attempts, rl->backoff_ms);
+    relay_tap_event(rl->tap, "reconnect", "attempt %u: %s; next in %d ms", rl->attempts,
+                    vuf_strerror(r), rl->backoff_ms);
+    rl->next_try_ms = now + rl->backoff_ms;
+    rl->backoff_ms = rl->backoff_ms * 2 > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : rl->backoff_ms * 2;
+    return 0;
 }
 
 /*
  * The back-end died while the rings ran (docs/reconnect.md): take the rings
  * back (sleep cannot ask the dead back-end, so each restarts from used->idx:
- * requests it had taken but not completed are taken again), wait for the
- * back-end to be restarted on its socket, negotiate, ack what the VMM acked,
- * and start the rings there. The VMM keeps its connection and sees nothing.
+ * requests it had taken but not completed are taken again), keep its
+ * inflight area, and try to reach a back-end restarted on its socket
+ * (relay_retry, from the main loop, which goes on serving the VMM
+ * meanwhile). The VMM keeps its connection and sees nothing.
  */
 static int relay_recover(struct relay *rl)
 {
     struct vuf_queue qs[VUF_FRONTEND_MAX_QUEUES];
-    struct vuf_inflight_area area = {.fd = -1};
-    unsigned nq = rl->nq;
     uint64_t v;
     int r;
 
@@ -682,94 +850,89 @@ static int relay_recover(struct relay *rl)
         if (qs[i].size)
             rl->q[i].base = qs[i].next_avail;
     rl->active = false;
+    fprintf(stderr, "vuf relay: back-end on %s lost (%s); reconnecting %s\n", rl->backend_path,
+            vuf_strerror(r),
+            rl->opts->reconnect_ms > 0 ? "until --reconnect-ms has passed" : "until it is back");
     relay_tap_event(rl->tap, "reconnect",
-                    "back-end lost (%s); rings taken back from used->idx, waiting up to %d ms "
-                    "for %s",
-                    vuf_strerror(r), rl->opts->reconnect_ms, rl->backend_path);
+                    "back-end lost (%s); rings taken back from used->idx, waiting %s for %s",
+                    vuf_strerror(r), rl->opts->reconnect_ms > 0 ? "a while" : "for ever",
+                    rl->backend_path);
     /* With INFLIGHT_SHMFD the restarted back-end resubmits, from the area
      * the old one kept, what it had taken but not completed. */
-    if (vuf_frontend_inflight_export(rl->dev, &area) == 0)
+    if (rl->area.fd >= 0)
+        close(rl->area.fd);
+    rl->area.fd = -1;
+    if (vuf_frontend_inflight_export(rl->dev, &rl->area) == 0)
         relay_tap_event(rl->tap, "reconnect",
                         "inflight area kept (%llu bytes) for the new back-end",
-                        (unsigned long long)area.mmap_size);
+                        (unsigned long long)rl->area.mmap_size);
+    else
+        rl->area.fd = -1;
     vuf_device_destroy(rl->dev);
     rl->dev = NULL;
-    rl->fc.inflight_area = area.fd >= 0 ? &area : NULL;
-    r = relay_reconnect(rl);
-    rl->fc.inflight_area = NULL;
-    if (area.fd >= 0)
-        close(area.fd);
-    if (r == 0 && vuf_device_num_queues(rl->dev) < nq)
-        r = -EPROTO;
-    /* The driver would use a feature the new back-end no longer has:
-     * refused (-ENOTSUP). */
-    if (r == 0)
-        r = relay_ack(rl->dev, rl->vmm_features);
-    if (r < 0) {
-        relay_tap_event(rl->tap, "reconnect", "failed: %s", vuf_strerror(r));
-        return r;
-    }
-    atomic_store(&rl->crashed, false);
-    relay_tap_event(rl->tap, "reconnect", "back-end is back");
-    return relay_activate(rl);
+    rl->down = true;
+    rl->down_since_ms = now_ms();
+    rl->attempts = 0;
+    rl->backoff_ms = RECONNECT_FIRST_MS;
+    return relay_retry(rl);
 }
 
 /* ---- live back-end replacement ---------------------------------------------- */
 
 /*
- * Move the device to the back-end on `path` while the guest runs: sleep
+ * Move the device to the back-end on `path` while the guest runs: connect
+ * and negotiate with the new back-end first (the rings still run on the old
+ * one: a socket that does not answer costs the guest nothing), then sleep
  * (rings stopped, positions kept), save the old back-end's state with
- * DEVICE_STATE, connect and negotiate with the new one, load the state
- * there, and start the rings on it. The old back-end's connection is
- * closed. If the new back-end cannot be reached the old one goes on; if it
- * fails later, the relay reconnects to the old one as after a crash.
+ * DEVICE_STATE, load it into the new one, and start the rings there; the
+ * old back-end's connection is closed. If anything fails before the switch
+ * the old back-end goes on (woken again if it was put to sleep).
  */
 static int relay_replace(struct relay *rl, const char *path)
 {
     struct vuf_device *old = rl->dev, *nd = NULL;
-    bool was_active = rl->active, attached = false;
+    bool was_active = rl->active;
     uint8_t *state = NULL;
     size_t len = 0;
-    uint64_t one = 1;
     int r;
 
+    if (!old)
+        return -ENOTCONN; /* the back-end is down: reconnecting */
     if (!(vuf_frontend_protocol_features(old) & VUF_PROTO_MASK(DEVICE_STATE)))
         return -ENOTSUP;
     relay_tap_event(rl->tap, "replace", "moving the device from %s to %s", rl->backend_path, path);
+    r = relay_connect_backend(rl, path, 0, RELAY_NEXT, &nd);
+    if (r == 0 && !(vuf_frontend_protocol_features(nd) & VUF_PROTO_MASK(DEVICE_STATE)))
+        r = -ENOTSUP;
+    if (r == 0)
+        r = relay_fits_driver(rl, nd);
+    if (r < 0) {
+        if (nd)
+            vuf_device_destroy(nd);
+        relay_tap_event(rl->tap, "replace", "failed before stopping anything: %s", vuf_strerror(r));
+        return r;
+    }
+    relay_tap_event(rl->tap, "replace", "%s negotiated; stopping the rings", path);
     r = relay_sleep(rl);
     if (r == 0)
         r = vuf_device_snapshot(old, &state, &len);
     if (r == 0)
         relay_tap_event(rl->tap, "replace", "%zu bytes of device state saved", len);
     if (r == 0)
-        r = relay_connect_backend(rl, path, rl->opts->timeout_ms, &nd, &attached);
-    if (r < 0 && !attached) {
-        free(state);
-        rl->pending = was_active; /* the old back-end goes on */
-        relay_tap_event(rl->tap, "replace", "failed: %s", vuf_strerror(r));
-        return r;
-    }
-    if (r == 0 && vuf_device_num_queues(nd) < rl->nq)
-        r = -EPROTO;
-    if (r == 0)
         r = vuf_device_restore(nd, state, len);
     free(state);
     if (r < 0) {
-        if (nd)
-            vuf_device_destroy(nd);
-        relay_tap_event(rl->tap, "replace", "failed: %s; back to %s", vuf_strerror(r),
+        vuf_device_destroy(nd);
+        rl->pending = was_active; /* the old back-end goes on */
+        relay_tap_event(rl->tap, "replace", "failed: %s; %s goes on", vuf_strerror(r),
                         rl->backend_path);
-        /* The old stream was given up for the new one: recover as from a
-         * crash, on the old path. */
-        atomic_store(&rl->crashed, true);
-        if (write(rl->crash_efd, &one, sizeof(one)) < 0) {
-            /* a full counter wakes the main loop as well */
-        }
         return r;
     }
     vuf_device_destroy(old);
-    rl->dev = nd;
+    relay_tap_promote_next(rl->tap);
+    relay_take_device(rl, nd);
     snprintf(rl->backend_path, sizeof(rl->backend_path), "%s", path);
+    /* Restore leaves the acked set as it was: ack the driver's again. */
     r = relay_ack(nd, rl->vmm_features);
     relay_tap_event(rl->tap, "replace", "state loaded into %s", path);
     if (r == 0 && was_active)
@@ -797,7 +960,10 @@ static void relay_control(struct relay *rl)
         n++;
     }
     line[n] = '\0';
-    if (strncmp(line, "replace ", 8) == 0 && strlen(line + 8) < sizeof(rl->backend_path) - 8) {
+    if (strncmp(line, "replace ", 8) == 0 && !rl->dev) {
+        snprintf(ans, sizeof(ans), "error: the back-end is down (reconnecting)\n");
+    } else if (strncmp(line, "replace ", 8) == 0 &&
+               strlen(line + 8) < sizeof(rl->backend_path) - 8) {
         r = relay_replace(rl, line + 8);
         snprintf(ans, sizeof(ans), r < 0 ? "error: %s\n" : "ok\n", vuf_strerror(r));
     } else {
@@ -817,11 +983,23 @@ static int serve(struct relay *rl)
         struct pollfd p[3] = {{.fd = vuf_server_fd(rl->srv), .events = POLLIN},
                               {.fd = rl->crash_efd, .events = POLLIN},
                               {.fd = rl->control_fd, .events = POLLIN}};
-        int r;
+        int wait = rl->pending ? ACTIVATE_QUIET_MS : 200, r;
 
         if (atomic_load(&relay_stop))
             return 0;
-        r = poll(p, 3, rl->pending ? ACTIVATE_QUIET_MS : 200);
+        if (rl->down) {
+            int64_t left = rl->next_try_ms - now_ms();
+
+            if (left <= 0) {
+                r = relay_retry(rl);
+                if (r < 0)
+                    return r;
+                continue;
+            }
+            if (left < wait)
+                wait = (int)left;
+        }
+        r = poll(p, 3, wait);
         if (r < 0 && errno != EINTR)
             return -errno;
         if (r > 0 && p[2].revents && !p[1].revents) {
@@ -865,6 +1043,8 @@ static void relay_teardown(struct relay *rl)
     }
     vuf_conn_close(rl->vmm_breq);
     pthread_mutex_destroy(&rl->breq_lock);
+    if (rl->area.fd >= 0)
+        close(rl->area.fd);
     if (rl->crash_efd >= 0)
         close(rl->crash_efd);
     if (rl->control_fd >= 0) {
@@ -878,6 +1058,7 @@ static int relay_run(const struct relay_opts *o)
     static struct relay rl;
     struct vuf_conn *vmm = NULL, *srv_end = NULL, *tap_vmm = NULL;
     struct vuf_server_config sc = {.channel = VUF_CH_FRONTEND, .opaque = &rl};
+    struct vuf_device *dev = NULL;
     int lfd = -1, r;
 
     memset(&rl, 0, sizeof(rl));
@@ -889,7 +1070,9 @@ static int relay_run(const struct relay_opts *o)
         .event_opaque = &rl,
         /* Kept for a back-end restart (relay_recover). */
         .inflight = true,
+        .max_state_size = o->max_state,
     };
+    rl.area.fd = -1;
     pthread_mutex_init(&rl.breq_lock, NULL);
     for (unsigned i = 0; i < VUF_FRONTEND_MAX_QUEUES; i++)
         rl.q[i].kick_fd = rl.q[i].call_fd = -1;
@@ -942,11 +1125,14 @@ static int relay_run(const struct relay_opts *o)
     }
     relay_tap_event(rl.tap, "connect", "VMM on %s, back-end %s", o->listen, o->connect);
     snprintf(rl.backend_path, sizeof(rl.backend_path), "%s", o->connect);
-    r = relay_connect_backend(&rl, rl.backend_path, o->timeout_ms, &rl.dev, NULL);
+    r = relay_connect_backend(&rl, rl.backend_path, o->timeout_ms, RELAY_BACKEND, &dev);
     if (r < 0) {
+        fprintf(stderr, "vuf relay: cannot connect to and negotiate with %s: %s\n", o->connect,
+                vuf_strerror(r));
         vuf_conn_close(srv_end);
         goto out;
     }
+    relay_take_device(&rl, dev);
     rl.nq = vuf_device_num_queues(rl.dev);
     relay_tap_event(rl.tap, "negotiated",
                     "back-end: %u queue(s), features 0x%llx, protocol features 0x%llx", rl.nq,
@@ -985,10 +1171,15 @@ void cmd_relay_usage(FILE *f)
                "                      reply latencies, and a summary at exit (stdout)\n"
                "  --json              the same as one JSON object per line\n"
                "  --device-type T     blk (default), net, fs, ...: names feature bits\n"
-               "  --timeout-ms N      wait up to N ms for the back-end socket (default 5000)\n"
-               "  --reconnect-ms N    when the back-end dies, wait up to N ms for it to be\n"
-               "                      restarted on its socket and resume the rings there\n"
-               "                      (default 10000; 0: give up at once)\n"
+               "  --timeout-ms N      wait up to N ms for the back-end socket, and for each\n"
+               "                      of its replies (default 5000)\n"
+               "  --reconnect-ms N    when the back-end dies, the rings resume on the\n"
+               "                      back-end restarted on its socket: try (10 ms apart,\n"
+               "                      doubling to 1 s, a warning each) for as long as the\n"
+               "                      VMM stays connected (default; 0 or 'forever' says\n"
+               "                      so), or give up and exit after N ms\n"
+               "  --max-state-bytes N largest device state 'replace' moves (suffix K, M, G;\n"
+               "                      default 64M)\n"
                "  --control PATH      a unix socket taking one command per connection:\n"
                "                      'replace SOCKET' moves the device, its state\n"
                "                      (DEVICE_STATE) and its rings to the back-end on\n"
@@ -1006,11 +1197,15 @@ int cmd_relay(int argc, char **argv)
         {"device-type", required_argument, NULL, 'd'},
         {"timeout-ms", required_argument, NULL, 'T'},
         {"reconnect-ms", required_argument, NULL, 'R'},
+        {"max-state-bytes", required_argument, NULL, 'S'},
         {"control", required_argument, NULL, 'C'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    struct relay_opts o = {.timeout_ms = 5000, .reconnect_ms = 10000, .device_type = VUF_DEV_BLK};
+    struct relay_opts o = {
+        .timeout_ms = 5000, .device_type = VUF_DEV_BLK, .max_state = VUF_FRONTEND_STATE_MAX_SIZE};
+    unsigned u;
+    uint64_t bytes;
     const struct vuf_device_info *di;
     struct sigaction sa = {.sa_handler = on_signal};
     int c;
@@ -1039,10 +1234,30 @@ int cmd_relay(int argc, char **argv)
             o.device_type = di->type;
             break;
         case 'T':
-            o.timeout_ms = atoi(optarg);
+            if (!cli_parse_uint(optarg, 1, INT_MAX, &u)) {
+                fprintf(stderr, "vuf relay: --timeout-ms wants a number of ms, not '%s'\n", optarg);
+                return VUF_EXIT_USAGE;
+            }
+            o.timeout_ms = (int)u;
             break;
         case 'R':
-            o.reconnect_ms = atoi(optarg);
+            if (strcmp(optarg, "forever") == 0) {
+                o.reconnect_ms = 0;
+            } else if (cli_parse_uint(optarg, 0, INT_MAX, &u)) {
+                o.reconnect_ms = (int)u;
+            } else {
+                fprintf(stderr,
+                        "vuf relay: --reconnect-ms wants a number of ms or 'forever', not '%s'\n",
+                        optarg);
+                return VUF_EXIT_USAGE;
+            }
+            break;
+        case 'S':
+            if (!cli_parse_bytes(optarg, &bytes) || bytes == 0 || bytes > SIZE_MAX / 2) {
+                fprintf(stderr, "vuf relay: --max-state-bytes wants a size, not '%s'\n", optarg);
+                return VUF_EXIT_USAGE;
+            }
+            o.max_state = (size_t)bytes;
             break;
         case 'C':
             o.control = optarg;
@@ -1059,6 +1274,7 @@ int cmd_relay(int argc, char **argv)
         cmd_relay_usage(stderr);
         return VUF_EXIT_USAGE;
     }
+    vuf_log_set(relay_log, NULL, vuf_log_level());
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);

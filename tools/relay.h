@@ -21,7 +21,8 @@
 enum relay_side {
     RELAY_VMM = 0,     /* QEMU <-> the relay's server */
     RELAY_BACKEND = 1, /* the relay's device <-> the back-end */
-    RELAY_NSIDES = 2,
+    RELAY_NEXT = 2,    /* a replacement back-end, negotiated before the switch */
+    RELAY_NSIDES = 3,
 };
 
 struct relay_tap;
@@ -39,6 +40,12 @@ void relay_tap_attach(struct relay_tap *t, enum relay_side side, struct vuf_conn
  * both conns; the side's old conns, if still open, are closed. Thread-safe. */
 void relay_tap_reattach(struct relay_tap *t, enum relay_side side, struct vuf_conn *front,
                         struct vuf_conn *back);
+
+/* The RELAY_NEXT side becomes the RELAY_BACKEND side (a replacement
+ * took over); the back-end side's old conns, if still open, are closed.
+ * Thread-safe; takes effect on the tap thread, after anything already
+ * handed over with relay_tap_reattach(). */
+void relay_tap_promote_next(struct relay_tap *t);
 
 /* Start forwarding on a thread. 0 or a negative errno. */
 int relay_tap_start(struct relay_tap *t);

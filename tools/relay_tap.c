@@ -43,6 +43,7 @@ struct relay_tap {
     struct tap_side side[RELAY_NSIDES];
     /* relay_tap_reattach() hands new conns over here (under lock). */
     struct vuf_conn *new_front[RELAY_NSIDES], *new_back[RELAY_NSIDES];
+    bool promote; /* relay_tap_promote_next() asked, not yet done */
     int wake_efd;
     pthread_t thread;
     bool started;
@@ -51,7 +52,7 @@ struct relay_tap {
     int64_t t0;
 };
 
-static const char *const side_names[RELAY_NSIDES] = {"vmm", "backend"};
+static const char *const side_names[RELAY_NSIDES] = {"vmm", "backend", "next"};
 
 int relay_tap_new(FILE *out, bool trace, bool json, uint32_t device_type,
                   struct relay_tap **out_tap)
@@ -103,6 +104,38 @@ void relay_tap_reattach(struct relay_tap *t, enum relay_side side, struct vuf_co
     }
 }
 
+void relay_tap_promote_next(struct relay_tap *t)
+{
+    uint64_t one = 1;
+
+    pthread_mutex_lock(&t->lock);
+    t->promote = true;
+    pthread_mutex_unlock(&t->lock);
+    if (write(t->wake_efd, &one, sizeof(one)) < 0) {
+        /* cannot fail short of a full counter, which wakes the thread too */
+    }
+}
+
+/* On the tap thread: the replacement's stream, with its reply bookkeeping,
+ * becomes the back-end side; the per-request counts stay where they were
+ * made. Called with the lock held. */
+static void promote_next(struct relay_tap *t)
+{
+    struct tap_side *be = &t->side[RELAY_BACKEND], *nx = &t->side[RELAY_NEXT];
+
+    vuf_conn_close(be->front);
+    vuf_conn_close(be->back);
+    be->front = nx->front;
+    be->back = nx->back;
+    be->pf = nx->pf;
+    be->npend = nx->npend;
+    memcpy(be->pend, nx->pend, sizeof(be->pend));
+    nx->front = nx->back = NULL;
+    nx->npend = 0;
+    nx->pf = 0;
+    t->promote = false;
+}
+
 /* On the tap thread: take over conns handed in by relay_tap_reattach(). */
 static void take_new_sides(struct relay_tap *t)
 {
@@ -127,6 +160,8 @@ static void take_new_sides(struct relay_tap *t)
         sd->npend = 0;
         sd->pf = 0;
     }
+    if (t->promote)
+        promote_next(t);
     pthread_mutex_unlock(&t->lock);
 }
 
@@ -633,8 +668,15 @@ static void summary(struct relay_tap *t)
     uint64_t total = 0;
 
     for (int s = 0; s < RELAY_NSIDES; s++) {
-        json_object *o = json_object_new_object();
+        json_object *o;
+        bool used = t->side[s].unknown != 0;
 
+        for (unsigned c = 0; c <= VUF_REQ_MAX && !used; c++)
+            used = t->side[s].stats[c].count != 0;
+        /* A replacement that never came has nothing to report. */
+        if (s == RELAY_NEXT && !used)
+            continue;
+        o = json_object_new_object();
         if (!t->json)
             fprintf(t->out, "summary %s: %-24s %7s %7s %10s %10s\n", side_names[s], "request",
                     "count", "replies", "avg_us", "max_us");

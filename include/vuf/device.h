@@ -90,9 +90,12 @@ struct vuf_queue {
  * and got it stopped, bring the local copy up to date: next_avail = `base`
  * (what GET_VRING_BASE returned) and next_used = used->idx read from guest
  * memory (the back-end's last published used index). Returns 0, -EINVAL if
- * base does not fit 16 bits, -EFAULT if the used ring is not in `mem`, or
- * -EPROTO if base is more than q->size entries ahead of used->idx (or
- * behind it); the queue is then unchanged. `mem` is only read.
+ * base does not fit 16 bits, -EFAULT if the used ring is not in `mem` (or
+ * its file no longer backs it: the index is read through the region's fd,
+ * so a truncated file is an error, not SIGBUS), or -EPROTO if base is more
+ * than q->size entries ahead of used->idx (or behind it); the queue is then
+ * unchanged. q->size 0 skips that last check (to learn used->idx alone).
+ * `mem` is only read.
  */
 int vuf_queue_reclaim(struct vuf_queue *q, const struct vuf_guest_mem *mem, uint32_t base);
 

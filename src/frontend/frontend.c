@@ -101,20 +101,62 @@ int fe_stream_check(struct vuf_frontend *fe)
     return fe->stream_err;
 }
 
-/* used->idx as the back-end last published it. */
+/*
+ * A u16 of guest memory at `off` in region `g`'s file, where pread is
+ * refused (a sandbox without it, a file that cannot be read at an offset):
+ * read through the mapping, but only after checking that a regular file
+ * still backs the bytes.
+ */
+static int used_idx_mapped(const struct vuf_guest_region *g, uint64_t off, uint16_t *v)
+{
+    struct stat st;
+
+    if (fstat(g->fd, &st) == 0 && S_ISREG(st.st_mode) &&
+        (st.st_size < 0 || (uint64_t)st.st_size < g->fd_offset + off + sizeof(*v)))
+        return -EFAULT;
+    *v = __atomic_load_n((const uint16_t *)(const void *)((const uint8_t *)g->host + off),
+                         __ATOMIC_ACQUIRE);
+    return 0;
+}
+
+/*
+ * used->idx as the back-end last published it, read through the region's
+ * fd rather than the mapping: the file belongs to whoever gave us the
+ * memory (a VMM, for `vuf relay`) and may have been truncated since; a load
+ * from a mapped page past its end is SIGBUS, a pread there is a short read.
+ * Only the control path (sleep, reclaim) reads it. -EFAULT if the index is
+ * not in `mem`, misaligned, or no longer backed by the file.
+ */
 static int queue_used_idx(const struct vuf_queue *q, const struct vuf_guest_mem *mem,
                           uint16_t *used)
 {
-    const uint16_t *idx;
+    struct vuf_guest_region g;
+    uint64_t gpa, off;
+    unsigned n = vuf_guest_mem_nregions(mem);
+    ssize_t k;
 
     /* used->idx is the u16 after used->flags (virtio 1.2 §2.7.8). */
     if (q->used_addr > UINT64_MAX - 2)
         return -EFAULT;
-    idx = vuf_guest_mem_to_host(mem, q->used_addr + 2, sizeof(*idx));
-    if (!idx || ((uintptr_t)idx & 1))
+    gpa = q->used_addr + 2;
+    for (unsigned i = 0; i < n; i++) {
+        if (vuf_guest_mem_region(mem, i, &g) < 0 || gpa < g.gpa || g.size < 2 ||
+            gpa - g.gpa > g.size - 2)
+            continue;
+        off = gpa - g.gpa;
+        /* The mapping is page-aligned: the offset's parity is the address's. */
+        if ((off & 1) || g.fd_offset > UINT64_MAX - off || g.fd_offset + off > INT64_MAX)
+            return -EFAULT;
+        do
+            k = pread(g.fd, used, sizeof(*used), (off_t)(g.fd_offset + off));
+        while (k < 0 && errno == EINTR);
+        if (k == (ssize_t)sizeof(*used))
+            return 0;
+        if (k < 0 && errno != EFAULT && errno != EIO && errno != ENXIO)
+            return used_idx_mapped(&g, off, used);
         return -EFAULT;
-    *used = __atomic_load_n(idx, __ATOMIC_ACQUIRE);
-    return 0;
+    }
+    return -EFAULT;
 }
 
 /* Packed: avail half in bits 0-15, used half in 16-31 (each position |
@@ -614,6 +656,10 @@ static int stop_queues(struct vuf_frontend *fe, bool reclaim)
          * positions stay as they were sent. */
         if (!s->q.packed && queue_used_idx(&s->q, fe->mem, &used) == 0)
             s->q.next_avail = s->q.next_used = used;
+        else if (!s->q.packed && have_base && base <= 0xffff)
+            /* The used ring is no longer readable (its file was shrunk
+             * under us): the back-end's base is all there is. */
+            s->q.next_avail = s->q.next_used = (uint16_t)base;
     }
     return err;
 }
