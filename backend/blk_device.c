@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include "blk_device.h"
+#include "peer_eventfd.h"
 #include "vuf/log.h"
 
 #define DEFAULT_QUEUES 2u
@@ -958,20 +959,23 @@ static void end_connection(struct blk_dev *d)
     d->srv = NULL;
 }
 
-/* Drain a kick eventfd; false if it is dead (EOF, error, hang-up). */
+/*
+ * Drain a kick eventfd; false if it is dead (error, hang-up, not an
+ * eventfd). The front-end holds the same file description: a thread of its
+ * own may read the count between our poll() and our read(), or two queues
+ * may share one eventfd, and the front-end may have cleared O_NONBLOCK, so a
+ * read() could wait for ever: vuf_peer_efd_take never waits.
+ */
 static bool drain_kick(struct be_vq *vq, short revents)
 {
-    uint64_t v;
-    ssize_t n;
+    int r;
 
     if (revents & (POLLERR | POLLNVAL))
         return false;
     if (!(revents & POLLIN))
         return !(revents & POLLHUP);
-    do {
-        n = read(vq->kick_fd, &v, sizeof(v));
-    } while (n < 0 && errno == EINTR);
-    return n > 0 || (n < 0 && errno == EAGAIN);
+    r = vuf_peer_efd_take(vq->kick_fd, NULL);
+    return r >= 0;
 }
 
 static int64_t mono_ns(void)

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "peer_eventfd.h"
 #include "vring.h"
 #include "vuf/log.h"
 
@@ -1107,17 +1108,14 @@ void be_vq_notify(struct be_vq *vq, uint16_t old_used)
     } else {
         fire = !(__atomic_load_n(&vq->avail[0], __ATOMIC_RELAXED) & VUF_VRING_AVAIL_F_NO_INTERRUPT);
     }
-    if (fire) {
-        uint64_t one = 1;
-        if (write(vq->call_fd, &one, sizeof(one)) < 0)
-            vuf_log(VUF_LOG_DEBUG, "vq %u: call eventfd write failed", vq->index);
-    }
+    /* The front-end shares the eventfd's file description: it may have
+     * made it blocking and filled the counter, so never write() it. */
+    if (fire && vuf_peer_efd_signal(vq->call_fd) < 0)
+        vuf_log(VUF_LOG_DEBUG, "vq %u: call eventfd signal failed", vq->index);
 }
 
 void be_vq_signal_err(struct be_vq *vq)
 {
-    uint64_t one = 1;
-
-    if (vq->err_fd >= 0 && write(vq->err_fd, &one, sizeof(one)) < 0)
-        vuf_log(VUF_LOG_DEBUG, "vq %u: err eventfd write failed", vq->index);
+    if (vq->err_fd >= 0 && vuf_peer_efd_signal(vq->err_fd) < 0)
+        vuf_log(VUF_LOG_DEBUG, "vq %u: err eventfd signal failed", vq->index);
 }

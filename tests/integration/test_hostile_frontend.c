@@ -165,9 +165,10 @@ static void test_call_efd_saturated(void **state)
     assert_true(hfe_ring_wait_used(&c.m, 2, 5000));
     tu_sleep_ms(100);
     hfe_ping(c.fd);
-    /* The signal saturated the counter (or was dropped): still there. */
+    /* The signal saturated the counter (the kernel's eventfd_signal stops
+     * at UINT64_MAX) or was dropped (write()'s limit left as it was). */
     assert_int_equal(read(call, &v, 8), 8);
-    assert_true(v == big);
+    assert_true(v == UINT64_MAX || v == big);
     close(kick);
     close(call);
     conn_down(&c);
