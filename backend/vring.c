@@ -211,6 +211,11 @@ static void mark_broken(struct be_vq *vq, const char *why)
     be_vq_signal_err(vq);
 }
 
+void be_vq_break(struct be_vq *vq, const char *why)
+{
+    mark_broken(vq, why);
+}
+
 static uint16_t avail_idx(const struct be_vq *vq)
 {
     return __atomic_load_n(&vq->avail[1], __ATOMIC_ACQUIRE);
