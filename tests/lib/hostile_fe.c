@@ -101,6 +101,17 @@ void hfe_target_up(struct hfe_target *t, enum hfe_kind kind)
     }
 }
 
+static void assert_alive(struct tu_proc *p, const char *what)
+{
+    int st;
+
+    if (waitpid(p->pid, &st, WNOHANG) == p->pid) {
+        tu_dump_log(p);
+        p->pid = -1;
+        fail_msg("%s died during the case (status 0x%x)", what, st);
+    }
+}
+
 static bool log_clean(const char *path)
 {
     return !tu_log_has(path, "Sanitizer") && !tu_log_has(path, "runtime error");
@@ -128,15 +139,21 @@ static void blk_served(struct hfe_target *t, const char *sock, const char *what,
     }
 }
 
-static void assert_alive(struct tu_proc *p, const char *what)
+void hfe_target_renew(struct hfe_target *t)
 {
-    int st;
+    char log[400];
 
-    if (waitpid(p->pid, &st, WNOHANG) == p->pid) {
-        tu_dump_log(p);
-        p->pid = -1;
-        fail_msg("%s died during the case (status 0x%x)", what, st);
+    assert_alive(&t->be, "the back-end");
+    if (t->kind != HFE_RELAY)
+        return;
+    tu_assert_exits_zero(&t->relay, 5000);
+    snprintf(log, sizeof(log), "%s/relay-r%u.log", t->dir, t->renewed);
+    if (!log_clean(t->relay_log) || !log_clean(log)) {
+        tu_dump_log(&t->relay);
+        fail_msg("sanitizer report in the relay's log");
     }
+    snprintf(log, sizeof(log), "%s/relay-r%u.log", t->dir, ++t->renewed);
+    start_relay(t, log);
 }
 
 void hfe_target_down(struct hfe_target *t)
@@ -183,13 +200,18 @@ void hfe_target_down(struct hfe_target *t)
 int hfe_connect(const char *path)
 {
     struct sockaddr_un a = {.sun_family = AF_UNIX};
+    int64_t end = tu_now_ms() + TU_START_MS;
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
     assert_true(fd >= 0);
     assert_true(strlen(path) < sizeof(a.sun_path));
     strcpy(a.sun_path, path);
-    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0)
-        fail_msg("connect %s: %s", path, strerror(errno));
+    /* The socket file exists from bind(); connections work from listen(). */
+    while (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+        if (errno != ECONNREFUSED || tu_now_ms() >= end)
+            fail_msg("connect %s: %s", path, strerror(errno));
+        tu_sleep_ms(5);
+    }
     return fd;
 }
 
@@ -387,6 +409,25 @@ void hfe_ping(int fd)
     uint64_t f = hfe_get_u64(fd, VUF_REQ_GET_FEATURES);
 
     assert_true(f & F_VERSION_1);
+}
+
+int hfe_sync(int fd)
+{
+    int64_t end = tu_now_ms() + HFE_REPLY_MS;
+    struct hfe_msg m;
+
+    if (hfe_send(fd, VUF_REQ_GET_FEATURES, VUF_VERSION, 0, NULL, 0, NULL, 0) < 0)
+        return -ECONNRESET;
+    for (;;) {
+        int r = hfe_recv(fd, &m, (int)(end - tu_now_ms() > 0 ? end - tu_now_ms() : 0));
+
+        if (r == -ECONNRESET || r == -EPIPE)
+            return -ECONNRESET;
+        if (r == -ETIMEDOUT)
+            fail_msg("the server answers nothing any more (GET_FEATURES)");
+        if (r == 0 && m.code == VUF_REQ_GET_FEATURES && m.flags == (VUF_VERSION | VUF_FLAG_REPLY))
+            return 0;
+    }
 }
 
 uint64_t hfe_handshake(int fd)

@@ -45,10 +45,14 @@ struct hfe_target {
     const char *sock; /* where the hostile front-end connects */
     int be_fds0;      /* the back-end's fd count at rest */
     unsigned checks;  /* hfe_target_down() runs */
+    unsigned renewed; /* relays started by hfe_target_renew() */
 };
 
 /* Start the target (fails the test on error). */
 void hfe_target_up(struct hfe_target *t, enum hfe_kind kind);
+/* After the server closed a connection: the back-end is alive; a relay
+ * (one VMM per process) exited 0 with a clean log and is started again. */
+void hfe_target_renew(struct hfe_target *t);
 /* The checks above, then stop everything and remove the dir. */
 void hfe_target_down(struct hfe_target *t);
 /* Name for messages: "back-end" or "relay". */
@@ -100,6 +104,10 @@ void hfe_ack(int fd, uint32_t code, const void *p, size_t len, const int *fds, u
 uint64_t hfe_get_u64(int fd, uint32_t code);
 /* GET_FEATURES is answered: the server still serves this connection. */
 void hfe_ping(int fd);
+/* Send GET_FEATURES and read (and drop) whatever comes until its reply:
+ * 0, or -ECONNRESET if the server closed the connection first. Fails the
+ * test if nothing comes within HFE_REPLY_MS. */
+int hfe_sync(int fd);
 
 /*
  * SET_OWNER, GET_FEATURES, GET_PROTOCOL_FEATURES, SET_PROTOCOL_FEATURES
