@@ -604,7 +604,7 @@ static int random_message(int fd, uint64_t *s, const int *pool, unsigned npool)
     uint32_t code = (uint32_t)(rnd(s) % 48), flags = VUF_VERSION | VUF_FLAG_NEED_REPLY, size;
     const struct vuf_msg_rule *rule;
     unsigned nfds = 0, roll = (unsigned)(rnd(s) % 100);
-    int fds[4];
+    int fds[VUF_MAX_FDS];
 
     if (roll < 3)
         code = (uint32_t)rnd(s);
