@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include "blk_device.h"
+#include "peer_eventfd.h"
 #include "vuf/log.h"
 
 #define DEFAULT_QUEUES 2u
@@ -283,8 +284,10 @@ static void infl_unmap(struct blk_dev *d)
 {
     for (unsigned i = 0; i < d->nq; i++)
         be_vq_infl_attach(&d->vqs[i], NULL, 0, 0);
-    if (d->infl_map)
+    if (d->infl_map) {
+        be_guard_del(d->infl_map);
         munmap(d->infl_map, d->infl_map_len);
+    }
     d->infl_map = NULL;
     d->infl_base = NULL;
     d->infl_map_len = 0;
@@ -310,6 +313,8 @@ static int infl_map(struct blk_dev *d, int fd, uint64_t offset, uint64_t size, u
         vuf_log(VUF_LOG_ERROR, "inflight area: mmap: %s", strerror(e));
         return -e;
     }
+    /* The front-end's file may shrink under us too (mem.h). */
+    be_guard_add(m, (size_t)(size + delta));
     for (unsigned i = 0; i < nq; i++) {
         struct be_infl_hdr *h = (struct be_infl_hdr *)((uint8_t *)m + delta + region * i);
         if (fresh) {
@@ -320,6 +325,7 @@ static int infl_map(struct blk_dev *d, int fd, uint64_t offset, uint64_t size, u
                     "SET_INFLIGHT_FD: queue %u region has version %u, desc_num %u "
                     "(want %u, %u)",
                     i, h->version, h->desc_num, BE_INFL_VERSION, qsize);
+            be_guard_del(m);
             munmap(m, (size_t)(size + delta));
             return -EINVAL;
         }
@@ -958,20 +964,38 @@ static void end_connection(struct blk_dev *d)
     d->srv = NULL;
 }
 
-/* Drain a kick eventfd; false if it is dead (EOF, error, hang-up). */
+/*
+ * Drain a kick eventfd; false if it is dead (error, hang-up, not an
+ * eventfd). The front-end holds the same file description: a thread of its
+ * own may read the count between our poll() and our read(), or two queues
+ * may share one eventfd, and the front-end may have cleared O_NONBLOCK, so a
+ * read() could wait for ever: vuf_peer_efd_take never waits.
+ */
 static bool drain_kick(struct be_vq *vq, short revents)
 {
-    uint64_t v;
-    ssize_t n;
+    int r;
 
     if (revents & (POLLERR | POLLNVAL))
         return false;
     if (!(revents & POLLIN))
         return !(revents & POLLHUP);
-    do {
-        n = read(vq->kick_fd, &v, sizeof(v));
-    } while (n < 0 && errno == EINTR);
-    return n > 0 || (n < 0 && errno == EAGAIN);
+    r = vuf_peer_efd_take(vq->kick_fd, NULL);
+    return r >= 0;
+}
+
+/* Guest memory lost to a shrunk file (mem.h): a ring in it is broken
+ * (logged, err eventfd), the others go on. */
+static void check_lost(struct blk_dev *d)
+{
+    if (!be_mem_lost_check(&d->mem))
+        return;
+    for (unsigned i = 0; i < d->nq; i++) {
+        struct be_vq *vq = &d->vqs[i];
+
+        if (vq->started && !vq->broken && vq->addr_set && vq->num &&
+            be_vq_translate(vq, &d->mem) < 0)
+            be_vq_break(vq, "its ring lies in guest memory that was lost");
+    }
 }
 
 static int64_t mono_ns(void)
@@ -1056,6 +1080,7 @@ static int serve(struct blk_dev *d, struct vuf_conn *conn, int sig_fd)
         unsigned n = 3;
         int timeout = -1;
 
+        check_lost(d);
         if (poll_rings(d)) {
             for (unsigned i = 0; i < d->nq; i++)
                 if (ring_live(&d->vqs[i]))
@@ -1503,6 +1528,12 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    /* Before any front-end memory is mapped (mem.h). */
+    r = be_guard_install();
+    if (r < 0) {
+        fprintf(stderr, "vuf-backend-blk: SIGBUS handler: %s\n", strerror(-r));
+        goto out;
+    }
     if (setup(&d) < 0)
         goto out;
 

@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* Front-end memory regions, mapped and translated. See mem.h. */
 #include <errno.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -9,15 +11,129 @@
 #include "mem.h"
 #include "vuf/log.h"
 
+/* ---- the SIGBUS guard ---------------------------------------------------- */
+
+/* Regions (32 slots, up to 8 more while a new table is mapped) and the
+ * inflight area. Written by the main thread only; read by the handler,
+ * which runs on the thread that faulted: the main thread too (no other
+ * thread touches front-end memory), so a slot is never half-written when
+ * the handler reads it. */
+#define GUARD_SLOTS (BE_MEM_MAX_SLOTS + VUF_MEM_TABLE_MAX + 8)
+
+static struct guard {
+    _Atomic uintptr_t base;
+    _Atomic size_t len;
+    _Atomic int lost;
+} guards[GUARD_SLOTS];
+static _Atomic uint64_t guard_faults;
+static struct sigaction guard_prev;
+
+static void guard_sigbus(int sig, siginfo_t *si, void *uc)
+{
+    uintptr_t a = (uintptr_t)si->si_addr;
+
+    /* si_code > 0: the kernel's, for an access (not kill or sigqueue). */
+    if (si->si_code > 0) {
+        for (unsigned i = 0; i < GUARD_SLOTS; i++) {
+            uintptr_t b = atomic_load_explicit(&guards[i].base, memory_order_relaxed);
+            size_t len = atomic_load_explicit(&guards[i].len, memory_order_relaxed);
+
+            if (!b || a - b >= len)
+                continue;
+            /* Same address, zero pages: the faulting access is restarted
+             * and reads zeros; the region is lost for good. */
+            if (mmap((void *)b, len, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0) == MAP_FAILED)
+                break;
+            atomic_store_explicit(&guards[i].lost, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&guard_faults, 1, memory_order_relaxed);
+            return;
+        }
+    }
+    /* Not ours: the previous disposition decides (the access faults again
+     * on return; a sent signal is sent again). */
+    sigaction(SIGBUS, &guard_prev, NULL);
+    if (si->si_code <= 0)
+        raise(sig);
+    (void)uc;
+}
+
+int be_guard_install(void)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = guard_sigbus;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(SIGBUS, &sa, &guard_prev) < 0 ? -errno : 0;
+}
+
+const _Atomic int *be_guard_add(void *base, size_t len)
+{
+    for (unsigned i = 0; i < GUARD_SLOTS; i++) {
+        if (atomic_load_explicit(&guards[i].base, memory_order_relaxed))
+            continue;
+        atomic_store_explicit(&guards[i].lost, 0, memory_order_relaxed);
+        atomic_store_explicit(&guards[i].len, len, memory_order_relaxed);
+        atomic_store_explicit(&guards[i].base, (uintptr_t)base, memory_order_release);
+        return &guards[i].lost;
+    }
+    vuf_log(VUF_LOG_WARN, "mapping at %p is not guarded against a shrinking file: no slot", base);
+    return NULL;
+}
+
+void be_guard_del(void *base)
+{
+    for (unsigned i = 0; i < GUARD_SLOTS; i++)
+        if (atomic_load_explicit(&guards[i].base, memory_order_relaxed) == (uintptr_t)base) {
+            atomic_store_explicit(&guards[i].base, 0, memory_order_release);
+            atomic_store_explicit(&guards[i].len, 0, memory_order_relaxed);
+            return;
+        }
+}
+
+uint64_t be_guard_faults(void)
+{
+    return atomic_load_explicit(&guard_faults, memory_order_relaxed);
+}
+
+static bool region_lost(const struct be_region *r)
+{
+    return r->lost && atomic_load_explicit(r->lost, memory_order_relaxed);
+}
+
+bool be_mem_lost_check(struct be_mem *m)
+{
+    uint64_t f = be_guard_faults();
+
+    if (f == m->faults_seen)
+        return false;
+    m->faults_seen = f;
+    for (unsigned i = 0; i < m->n; i++)
+        if (region_lost(&m->r[i]))
+            vuf_log(VUF_LOG_ERROR,
+                    "memory region gpa 0x%llx size 0x%llx: its file shrank under the mapping "
+                    "(SIGBUS); the region is lost, requests and rings in it fail",
+                    (unsigned long long)m->r[i].gpa, (unsigned long long)m->r[i].size);
+    m->generation++;
+    return true;
+}
+
+/* ---- regions ---------------------------------------------------------------- */
+
 void be_mem_init(struct be_mem *m)
 {
     memset(m, 0, sizeof(*m));
+    m->faults_seen = be_guard_faults();
 }
 
 static void unmap_region(struct be_region *r)
 {
-    if (r->map_base)
+    if (r->map_base) {
+        be_guard_del(r->map_base);
         munmap(r->map_base, r->map_len);
+    }
     memset(r, 0, sizeof(*r));
 }
 
@@ -95,6 +211,7 @@ static int map_region(const struct vuf_mem_region *w, int fd, struct be_region *
     out->map_base = p;
     out->map_len = (size_t)len;
     out->host = (uint8_t *)p + delta;
+    out->lost = be_guard_add(p, (size_t)len);
     vuf_log(VUF_LOG_INFO, "mapped region gpa 0x%llx size 0x%llx uva 0x%llx offset 0x%llx",
             (unsigned long long)out->gpa, (unsigned long long)out->size,
             (unsigned long long)out->uva, (unsigned long long)out->mmap_offset);
@@ -198,7 +315,7 @@ void *be_mem_uva_to_host(const struct be_mem *m, uint64_t uva, uint64_t len)
     for (unsigned i = 0; i < m->n; i++) {
         const struct be_region *r = &m->r[i];
         if (inside(uva, len, r->uva, r->size) && uva - r->uva < r->size)
-            return r->host + (uva - r->uva);
+            return region_lost(r) ? NULL : r->host + (uva - r->uva);
     }
     return NULL;
 }
@@ -208,7 +325,7 @@ void *be_mem_gpa_to_host(const struct be_mem *m, uint64_t gpa, uint64_t len)
     for (unsigned i = 0; i < m->n; i++) {
         const struct be_region *r = &m->r[i];
         if (inside(gpa, len, r->gpa, r->size) && gpa - r->gpa < r->size)
-            return r->host + (gpa - r->gpa);
+            return region_lost(r) ? NULL : r->host + (gpa - r->gpa);
     }
     return NULL;
 }
@@ -218,6 +335,8 @@ void *be_mem_gpa_piece(const struct be_mem *m, uint64_t gpa, uint64_t len, uint6
     for (unsigned i = 0; i < m->n; i++) {
         const struct be_region *r = &m->r[i];
         if (gpa >= r->gpa && gpa - r->gpa < r->size) {
+            if (region_lost(r))
+                break;
             uint64_t left = r->size - (gpa - r->gpa);
             *piece = len < left ? len : left;
             return r->host + (gpa - r->gpa);

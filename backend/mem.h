@@ -14,9 +14,19 @@
  * Regions are validated before they are mapped: non-zero size, no u64
  * overflow, a regular file (memfd, tmpfs, hugetlbfs) at least
  * mmap_offset + memory_size long (mapping past EOF would SIGBUS us on first
- * touch), no GPA overlap with another region. A front-end that shrinks the
- * file after handing it over can still SIGBUS the process; QEMU's and
- * vuf's own memfds are sealed against that.
+ * touch), no GPA overlap with another region.
+ *
+ * A front-end can still shrink the file after handing it over (QEMU's and
+ * vuf's own memfds are sealed against that; a hostile one need not be).
+ * Every mapping of a front-end's file is therefore registered with a guard
+ * (be_guard_*): the SIGBUS handler the program installs
+ * (be_guard_install) replaces a guarded mapping that faults with anonymous
+ * zero pages at the same address and marks it lost, and the access that
+ * faulted goes on reading zeros. A lost region translates no address any
+ * more (requests get -EFAULT, so IOERR; a ring in it is broken, see
+ * be_mem_lost_check). A SIGBUS anywhere else is left to the previous
+ * handler (by default the process dies). The data path pays one relaxed
+ * load per translation.
  *
  * Ownership: a be_mem owns its mappings; the fds are closed as soon as the
  * mapping exists (the mapping keeps the memory alive).
@@ -35,6 +45,7 @@
 #define BE_MEM_MAX_SLOTS 32u
 
 struct be_region {
+    const _Atomic int *lost; /* set by the SIGBUS guard; NULL: unguarded */
     uint64_t gpa;
     uint64_t size;
     uint64_t uva;
@@ -47,8 +58,26 @@ struct be_region {
 struct be_mem {
     struct be_region r[BE_MEM_MAX_SLOTS];
     unsigned n;
-    uint64_t generation; /* bumped on every change: cached ring pointers are stale */
+    uint64_t generation;  /* bumped on every change: cached ring pointers are stale */
+    uint64_t faults_seen; /* be_guard_faults() at the last be_mem_lost_check */
 };
+
+/* Install the SIGBUS guard (once per process, before any mapping is
+ * touched). 0 or -errno. */
+int be_guard_install(void);
+/* Guard [base, base + len), a MAP_SHARED mapping of a front-end's file.
+ * Returns the flag the guard sets when the mapping is lost, or NULL when
+ * every guard slot is taken (then it is not guarded; logged). */
+const _Atomic int *be_guard_add(void *base, size_t len);
+/* Before munmap: forget the guard of the mapping at base. */
+void be_guard_del(void *base);
+/* Mappings lost so far (ever). */
+uint64_t be_guard_faults(void);
+
+/* True once after guarded mappings of m were lost (the guard fired since
+ * the last call): the lost regions are logged and m->generation bumped, so
+ * rings re-translate and those in a lost region fail. */
+bool be_mem_lost_check(struct be_mem *m);
 
 void be_mem_init(struct be_mem *m);
 /* Unmap every region. */

@@ -4,10 +4,13 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "state.h"
@@ -20,6 +23,7 @@
 struct blk_xfer {
     pthread_t thread;
     bool save;
+    bool sock; /* fd is a socket: send/recv with MSG_DONTWAIT */
     int fd, image_fd, cancel_efd, done_efd;
     /* save */
     uint8_t *head;
@@ -117,7 +121,8 @@ static int wait_io(struct blk_xfer *x, short events)
 static int write_all(struct blk_xfer *x, const uint8_t *buf, size_t len)
 {
     while (len > 0) {
-        ssize_t n = write(x->fd, buf, len);
+        ssize_t n =
+            x->sock ? send(x->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL) : write(x->fd, buf, len);
         if (n > 0) {
             buf += n;
             len -= (size_t)n;
@@ -140,7 +145,7 @@ static int write_all(struct blk_xfer *x, const uint8_t *buf, size_t len)
 static ssize_t read_some(struct blk_xfer *x, uint8_t *buf, size_t len)
 {
     for (;;) {
-        ssize_t n = read(x->fd, buf, len);
+        ssize_t n = x->sock ? recv(x->fd, buf, len, MSG_DONTWAIT) : read(x->fd, buf, len);
         if (n >= 0)
             return n;
         if (errno == EINTR)
@@ -379,14 +384,67 @@ static void xfer_free(struct blk_xfer *x)
     free(x);
 }
 
+/*
+ * An fd the transfer can never block on, whatever the front-end does to its
+ * flags. O_NONBLOCK lives on the open file description, which the front-end
+ * shares (SCM_RIGHTS) and may clear at any moment, so setting it is not
+ * enough:
+ *   - a pipe or FIFO is opened again through /proc/self/fd: a description of
+ *     our own, O_NONBLOCK, same access mode; the original is closed;
+ *   - a socket is used with MSG_DONTWAIT, which ignores the flag;
+ *   - a regular file or block device does not wait for the peer.
+ * Anything else (a tty, an eventfd, ...) is refused: -EINVAL. Takes fd.
+ */
+static int private_nonblock(int fd, bool *sock)
+{
+    struct stat st;
+    char path[64];
+    int fl, nfd;
+
+    *sock = false;
+    if (fstat(fd, &st) < 0 || (fl = fcntl(fd, F_GETFL)) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    if (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))
+        return fd;
+    if (S_ISSOCK(st.st_mode)) {
+        *sock = true;
+        return fd;
+    }
+    if (!S_ISFIFO(st.st_mode)) {
+        vuf_log(VUF_LOG_ERROR, "device state: the fd is not a pipe, socket or file (mode 0%o)",
+                (unsigned)st.st_mode);
+        close(fd);
+        return -EINVAL;
+    }
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+    /* A write end opens without a reader only to ENXIO: the transfer could
+     * not have gone anywhere either. */
+    nfd = open(path, (fl & O_ACCMODE) | O_NONBLOCK | O_CLOEXEC);
+    if (nfd < 0) {
+        int e = errno;
+        vuf_log(VUF_LOG_ERROR, "device state: reopening the pipe: %s", strerror(e));
+        close(fd);
+        return -e;
+    }
+    close(fd);
+    return nfd;
+}
+
 static int xfer_new(int fd, struct blk_xfer **out)
 {
     struct blk_xfer *x = calloc(1, sizeof(*x));
-    int fl;
 
     if (!x) {
         close(fd);
         return -ENOMEM;
+    }
+    fd = private_nonblock(fd, &x->sock);
+    if (fd < 0) {
+        free(x);
+        return fd;
     }
     x->fd = fd;
     x->image_fd = -1;
@@ -398,10 +456,6 @@ static int xfer_new(int fd, struct blk_xfer **out)
         xfer_free(x);
         return -e;
     }
-    /* Never block the thread beyond a cancel; regular files ignore it. */
-    fl = fcntl(fd, F_GETFL);
-    if (fl >= 0)
-        fcntl(fd, F_SETFL, fl | O_NONBLOCK);
     *out = x;
     return 0;
 }

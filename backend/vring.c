@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "peer_eventfd.h"
 #include "vring.h"
 #include "vuf/log.h"
 
@@ -208,6 +209,11 @@ static void mark_broken(struct be_vq *vq, const char *why)
     vuf_log(VUF_LOG_ERROR, "vq %u: %s; queue stopped until it is set up again", vq->index, why);
     vq->broken = true;
     be_vq_signal_err(vq);
+}
+
+void be_vq_break(struct be_vq *vq, const char *why)
+{
+    mark_broken(vq, why);
 }
 
 static uint16_t avail_idx(const struct be_vq *vq)
@@ -1107,17 +1113,14 @@ void be_vq_notify(struct be_vq *vq, uint16_t old_used)
     } else {
         fire = !(__atomic_load_n(&vq->avail[0], __ATOMIC_RELAXED) & VUF_VRING_AVAIL_F_NO_INTERRUPT);
     }
-    if (fire) {
-        uint64_t one = 1;
-        if (write(vq->call_fd, &one, sizeof(one)) < 0)
-            vuf_log(VUF_LOG_DEBUG, "vq %u: call eventfd write failed", vq->index);
-    }
+    /* The front-end shares the eventfd's file description: it may have
+     * made it blocking and filled the counter, so never write() it. */
+    if (fire && vuf_peer_efd_signal(vq->call_fd) < 0)
+        vuf_log(VUF_LOG_DEBUG, "vq %u: call eventfd signal failed", vq->index);
 }
 
 void be_vq_signal_err(struct be_vq *vq)
 {
-    uint64_t one = 1;
-
-    if (vq->err_fd >= 0 && write(vq->err_fd, &one, sizeof(one)) < 0)
-        vuf_log(VUF_LOG_DEBUG, "vq %u: err eventfd write failed", vq->index);
+    if (vq->err_fd >= 0 && vuf_peer_efd_signal(vq->err_fd) < 0)
+        vuf_log(VUF_LOG_DEBUG, "vq %u: err eventfd signal failed", vq->index);
 }

@@ -301,5 +301,8 @@ void be_vq_notify(struct be_vq *vq, uint16_t old_used);
 
 /* Signal the err eventfd, if any. */
 void be_vq_signal_err(struct be_vq *vq);
+/* Mark the queue broken (logged with `why`, err eventfd signalled): it
+ * stops until it is set up again. */
+void be_vq_break(struct be_vq *vq, const char *why);
 
 #endif
