@@ -450,8 +450,8 @@ static void test_ring_index_lies(void **state)
     struct conn c;
 
     conn_up(t, &c, true);
-    /* The relay answers a queue it does not have with ERANGE. */
-    int64_t noq = W(t, -EINVAL, -ERANGE);
+    /* The relay answers a queue it does not have as the back-end does. */
+    int64_t noq = W(t, -EINVAL, -EINVAL);
     ring_index_lies(t, c.fd, &c.m, HFE_NQ, noq, noq);
     ring_index_lies(t, c.fd, &c.m, 255, noq, noq);
     /* Above 255 a vring file message is malformed (bits 8-63 are flags). */
@@ -472,8 +472,14 @@ static void test_ring_value_lies(void **state)
 
     conn_up(t, &c, true);
     for (unsigned i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
+        /* 2048 is a valid virtio ring size but above the reference back-end's
+         * --queue-size-max (1024). The relay applies the protocol's limit
+         * (32768): no message tells it the back-end's own until the rings
+         * start there (docs/relay.md). */
+        int64_t want = nums[i] == 2048 ? W(t, -EINVAL, 0) : -EINVAL;
+
         s.num = nums[i];
-        hfe_ack(c.fd, VUF_REQ_SET_VRING_NUM, &s, 8, NULL, 0, W(t, -EINVAL, -EINVAL));
+        hfe_ack(c.fd, VUF_REQ_SET_VRING_NUM, &s, 8, NULL, 0, want);
     }
     s.num = 0x12345;
     hfe_ack(c.fd, VUF_REQ_SET_VRING_BASE, &s, 8, NULL, 0, W(t, -EINVAL, -EINVAL));
