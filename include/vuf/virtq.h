@@ -184,6 +184,12 @@ struct vuf_virtq_opts {
                             * (position 0 wrap 0 only via vuf_virtq_reset()) */
     bool packed;           /* packed layout (§2.8); also chosen when
                             * `features` has VIRTIO_F_RING_PACKED */
+    bool no_aio;           /* true: kick (notify) and drain the call eventfd
+                            * with poll/read/write only, never io_setup,
+                            * io_submit or preadv2 (as VUF_NO_AIO=1 does
+                            * process-wide): for a seccomp filter that kills
+                            * on them. Weaker against a back-end that clears
+                            * O_NONBLOCK: README.md, "Syscalls and sandboxes" */
 };
 
 /*

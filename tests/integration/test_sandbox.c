@@ -1,0 +1,338 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * A VMM runs its vhost-user devices under a seccomp filter (README.md,
+ * "Syscalls and sandboxes"): whole life cycles of a blk device against the
+ * reference back-end ($VUF_BACKEND_BLK) and of a net device against
+ * dpdk-testpmd, with a real filter on this process, installed after the
+ * back-end was spawned (it must not inherit it) and before the first
+ * library call, so that every library thread has it:
+ *
+ *   *_eperm     io_setup, io_submit and preadv2 fail with EPERM: every
+ *               request completes, the shared interrupt (blk: a queue
+ *               without an irqfd, drained by the device's worker) reaches
+ *               the VMM, no thread spins while idle (process CPU time over
+ *               an idle second), and each refused call was tried about
+ *               once per thread, not once per kick;
+ *   *_kill_env  any of io_setup, io_submit, io_getevents, io_destroy,
+ *               preadv2 kills the process; VUF_NO_AIO=1 in the environment;
+ *   *_kill_opt  the same filter; the device's and the queues' no_aio option.
+ *
+ * A filter cannot be removed, so each case is its own process: meson runs
+ * this program once per case, with the case name as argument. What ran is
+ * read from vuf_peer_efd_get_stats() (src/common/peer_eventfd.h).
+ */
+#include <errno.h>
+#include <linux/seccomp.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "backends.h"
+#include "fe_harness.h"
+#include "net_harness.h"
+#include "peer_eventfd.h"
+#include "sandbox.h"
+#include "testutil.h"
+#include "vuf/conn.h"
+#include "vuf/device.h"
+#include "vuf/frontend.h"
+#include "vuf/guest_mem.h"
+#include "vuf/virtio.h"
+#include "vuf/virtio_blk.h"
+#include "vuf/virtq.h"
+
+#define BIT(n) (1ull << (n))
+#define QSIZE 64u
+#define IO_MS 5000
+#define BLOCKS 32u
+/* Process CPU time allowed over an idle second: a spinning thread takes
+ * the whole second. */
+#define IDLE_CPU_MS 200
+
+enum sandbox_mode { SB_EPERM, SB_KILL_ENV, SB_KILL_OPT };
+
+static void enter_sandbox(enum sandbox_mode m)
+{
+    static const long refused[] = {SYS_io_setup, SYS_io_submit, SYS_preadv2};
+
+    /* Threads that exist now would run unfiltered. */
+    assert_int_equal(tu_count_threads(), 1);
+    if (m == SB_EPERM) {
+        assert_int_equal(tu_seccomp_install(refused, 3, SECCOMP_RET_ERRNO | EPERM), 0);
+        return;
+    }
+    assert_int_equal(tu_seccomp_install(tu_aio_syscalls, 5, SECCOMP_RET_KILL_PROCESS), 0);
+    if (m == SB_KILL_ENV)
+        assert_int_equal(setenv("VUF_NO_AIO", "1", 1), 0);
+}
+
+static void assert_idle(const char *when)
+{
+    int64_t t0 = tu_process_cpu_ms(), used;
+
+    tu_sleep_ms(1000);
+    used = tu_process_cpu_ms() - t0;
+    print_message("%s: %lld ms CPU over an idle second\n", when, (long long)used);
+    assert_true(used >= 0 && used < IDLE_CPU_MS);
+}
+
+/* What the stats must say after a life cycle in mode m. */
+static void assert_paths(enum sandbox_mode m, const struct vuf_peer_efd_stats *a,
+                         const struct vuf_peer_efd_stats *b, uint64_t min_signals)
+{
+    uint64_t wr = b->signal_write - a->signal_write, rd = b->take_read - a->take_read;
+    uint64_t refused = b->refused - a->refused, no_aio = b->no_aio - a->no_aio;
+
+    print_message("fallback: %llu signals, %llu takes; %llu refusals; %llu VUF_NO_AIO threads\n",
+                  (unsigned long long)wr, (unsigned long long)rd, (unsigned long long)refused,
+                  (unsigned long long)no_aio);
+    assert_true(wr >= min_signals);
+    assert_true(rd >= 1);
+    switch (m) {
+    case SB_EPERM:
+        /* io_setup and preadv2 once per thread that uses them: the test's
+         * thread and each of the worker threads (one per activation). */
+        assert_true(refused >= 2 && refused <= 8);
+        assert_int_equal(no_aio, 0);
+        break;
+    case SB_KILL_ENV:
+        assert_int_equal(refused, 0);
+        assert_true(no_aio >= 2); /* this thread and a worker */
+        break;
+    case SB_KILL_OPT:
+        assert_int_equal(refused, 0);
+        assert_int_equal(no_aio, 0);
+        break;
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* blk: the reference back-end                                              */
+/* ------------------------------------------------------------------------ */
+
+struct blk_env {
+    char *dir;
+    struct tu_proc proc;
+    char sock[300], log[300];
+    struct tu_vmm vmm;
+    struct vuf_interrupt intr;
+    struct vuf_device *dev;
+    struct vuf_guest_mem *gm;
+    struct vuf_virtq *vq;
+    struct vuf_blk *blk;
+    struct vuf_queue q;
+};
+
+static void blk_backend_start(struct blk_env *e)
+{
+    const char *bin = getenv("VUF_BACKEND_BLK");
+    char sockarg[320];
+    char *argv[] = {(char *)bin, sockarg, "--ram=4194304", "--num-queues=1", NULL};
+
+    if (!bin || !tu_have_exe(bin))
+        fail_msg("VUF_BACKEND_BLK does not name vuf-backend-blk (run via meson test)");
+    snprintf(e->sock, sizeof(e->sock), "%s/be.sock", e->dir);
+    snprintf(e->log, sizeof(e->log), "%s/be.log", e->dir);
+    snprintf(sockarg, sizeof(sockarg), "--socket-path=%s", e->sock);
+    tu_spawn_wait_file(&e->proc, argv, e->log, e->sock);
+}
+
+/* BLOCKS writes of 4 KiB (generation gen), each read back. */
+static void blk_io(struct blk_env *e, unsigned gen)
+{
+    uint8_t w[4096], r[4096];
+
+    for (unsigned b = 0; b < BLOCKS; b++) {
+        tu_fill_pattern(w, sizeof(w), gen * BLOCKS + b);
+        assert_int_equal(vuf_blk_write(e->blk, 8ull * b, w, sizeof(w), IO_MS), 0);
+        memset(r, 0, sizeof(r));
+        assert_int_equal(vuf_blk_read(e->blk, 8ull * b, r, sizeof(r), IO_MS), 0);
+        assert_memory_equal(r, w, sizeof(r));
+    }
+}
+
+static void blk_cycle(enum sandbox_mode m)
+{
+    struct blk_env *e = calloc(1, sizeof(*e));
+    struct vuf_frontend_config cfg;
+    struct vuf_conn *conn = NULL;
+    struct vuf_peer_efd_stats st0, st1;
+    struct vuf_queue slept;
+    uint64_t acked;
+    int intx, t0 = 0;
+    int64_t start;
+
+    assert_non_null(e);
+    e->proc.pid = -1;
+    e->dir = tu_mkdtemp("vuf-sandbox-blk");
+    assert_non_null(e->dir);
+    blk_backend_start(e);
+    enter_sandbox(m);
+    vuf_peer_efd_get_stats(&st0);
+    t0 = tu_count_threads();
+
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.device_type = VUF_DEV_BLK;
+    cfg.base_features_mask = BIT(VUF_VIRTIO_F_VERSION_1) | BIT(VUF_VIRTIO_F_EVENT_IDX);
+    cfg.max_queue_size = QSIZE;
+    cfg.event = tu_vmm_event;
+    cfg.event_opaque = &e->vmm;
+    cfg.no_aio = m == SB_KILL_OPT;
+    tu_vmm_init(&e->vmm);
+    assert_int_equal(vuf_conn_connect(e->sock, 2000, &conn), 0);
+    vuf_conn_set_timeout(conn, IO_MS);
+    assert_int_equal(vuf_frontend_new(&cfg, conn, &e->dev), 0);
+    assert_int_equal(vuf_device_ack_features(e->dev, vuf_device_features(e->dev)), 0);
+    acked = vuf_frontend_acked_features(e->dev);
+    assert_int_equal(vuf_guest_mem_new_simple(0x100000, 8u << 20, &e->gm), 0);
+    {
+        struct vuf_virtq_opts o = {.size = QSIZE, .features = acked, .no_aio = cfg.no_aio};
+
+        assert_int_equal(vuf_virtq_new_opts(e->gm, &o, &e->vq), 0);
+    }
+    assert_int_equal(vuf_blk_new(e->vq, 4, 64 * 1024, &e->blk), 0);
+    /* No MSI-X vector: the back-end signals the device's shared eventfd,
+     * which the worker drains into signal_used_queue (INTx). */
+    tu_vmm_add_queue(&e->vmm, 0, &e->q, e->vq, VUF_NO_VECTOR);
+    e->intr = (struct vuf_interrupt){.ops = &tu_vmm_intr_ops, .opaque = &e->vmm};
+    assert_int_equal(vuf_device_activate(e->dev, e->gm, &e->intr, &e->q, 1), 0);
+
+    /* Each request answered by its interrupt, not by the driver's timeout. */
+    start = tu_now_ms();
+    blk_io(e, 1);
+    assert_true(tu_now_ms() - start < IO_MS);
+    intx = atomic_load(&e->vmm.intx);
+    print_message("%d interrupts for %u requests\n", intx, 2 * BLOCKS);
+    assert_true(intx >= 1);
+    assert_idle("active");
+
+    slept = e->q;
+    assert_int_equal(vuf_device_sleep(e->dev, &slept, 1), 1);
+    assert_int_equal(slept.next_avail, vuf_virtq_avail_idx(e->vq));
+    assert_idle("asleep");
+    assert_int_equal(vuf_device_wake(e->dev, e->gm, &e->intr, &slept, 1), 0);
+    blk_io(e, 2);
+    assert_true(atomic_load(&e->vmm.intx) > intx);
+    assert_idle("woken");
+    assert_int_equal(atomic_load(&e->vmm.crashed), 0);
+
+    vuf_device_destroy(e->dev);
+    vuf_blk_free(e->blk);
+    vuf_virtq_free(e->vq);
+    tu_vmm_forget_queue(&e->vmm, 0);
+    vuf_guest_mem_free(e->gm);
+    assert_int_equal(tu_threads_settle(t0), t0);
+    vuf_peer_efd_get_stats(&st1);
+    assert_paths(m, &st0, &st1, BLOCKS);
+    tu_stop_clean(&e->proc, e->sock);
+    tu_rmtree(e->dir);
+    free(e);
+}
+
+static void test_blk_eperm(void **state)
+{
+    (void)state;
+    blk_cycle(SB_EPERM);
+}
+
+static void test_blk_kill_env(void **state)
+{
+    (void)state;
+    blk_cycle(SB_KILL_ENV);
+}
+
+static void test_blk_kill_opt(void **state)
+{
+    (void)state;
+    blk_cycle(SB_KILL_OPT);
+}
+
+/* ------------------------------------------------------------------------ */
+/* net: dpdk-testpmd (tests/lib/net_harness.c)                              */
+/* ------------------------------------------------------------------------ */
+
+static enum sandbox_mode net_mode;
+static struct vuf_peer_efd_stats net_st0;
+
+static void net_started(struct tu_befx *f)
+{
+    (void)f;
+    enter_sandbox(net_mode);
+    vuf_peer_efd_get_stats(&net_st0);
+}
+
+static void net_before_sleep(struct nh_guest *g)
+{
+    (void)g;
+    assert_idle("active");
+}
+
+static void net_asleep(struct nh_guest *g, unsigned p, const struct vuf_queue *rx,
+                       const struct vuf_queue *tx)
+{
+    (void)g;
+    (void)p;
+    (void)rx;
+    (void)tx;
+}
+
+static void net_cycle(void **state, enum sandbox_mode m)
+{
+    struct tu_befx *f = *state;
+    struct nh_checks c = {.started = net_started,
+                          .before_sleep = net_before_sleep,
+                          .asleep = net_asleep,
+                          .no_aio = m == SB_KILL_OPT};
+    struct vuf_peer_efd_stats st1;
+
+    net_mode = m;
+    nh_sleep_wake(f, 1, false, 512, 256, 8, &c);
+    vuf_peer_efd_get_stats(&st1);
+    assert_paths(m, &net_st0, &st1, 1);
+}
+
+static int net_setup(void **state)
+{
+    return nh_setup(state, "sandbox");
+}
+
+static void test_net_eperm(void **state)
+{
+    net_cycle(state, SB_EPERM);
+}
+
+static void test_net_kill_env(void **state)
+{
+    net_cycle(state, SB_KILL_ENV);
+}
+
+static void test_net_kill_opt(void **state)
+{
+    net_cycle(state, SB_KILL_OPT);
+}
+
+int main(int argc, char **argv)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_blk_eperm),
+        cmocka_unit_test(test_blk_kill_env),
+        cmocka_unit_test(test_blk_kill_opt),
+        cmocka_unit_test_setup_teardown(test_net_eperm, net_setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_net_kill_env, net_setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_net_kill_opt, net_setup, tu_befx_teardown),
+    };
+    char filter[64];
+
+    /* One case per process: its filter would stay for the next one. */
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s blk_eperm|blk_kill_env|...|net_kill_opt\n", argv[0]);
+        return 2;
+    }
+    snprintf(filter, sizeof(filter), "test_%s", argv[1]);
+    cmocka_set_test_filter(filter);
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
