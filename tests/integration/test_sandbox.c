@@ -49,6 +49,7 @@
 #define QSIZE 64u
 #define IO_MS 5000
 #define BLOCKS 32u
+#define REQ_MS 2000 /* a write and a read of 4 KiB, on a loaded machine */
 /* Process CPU time allowed over an idle second: a spinning thread takes
  * the whole second. */
 #define IDLE_CPU_MS 200
@@ -101,7 +102,9 @@ static void assert_paths(enum sandbox_mode m, const struct vuf_peer_efd_stats *a
         break;
     case SB_KILL_ENV:
         assert_int_equal(refused, 0);
-        assert_true(no_aio >= 2); /* this thread and a worker */
+        /* Each thread that signalled or took read it: this one, and for
+         * blk the workers too. */
+        assert_true(no_aio >= 1);
         break;
     case SB_KILL_OPT:
         assert_int_equal(refused, 0);
@@ -141,17 +144,24 @@ static void blk_backend_start(struct blk_env *e)
     tu_spawn_wait_file(&e->proc, argv, e->log, e->sock);
 }
 
-/* BLOCKS writes of 4 KiB (generation gen), each read back. */
+/* BLOCKS writes of 4 KiB (generation gen), each read back, each answered
+ * by its interrupt: a driver that is never woken still finds the request
+ * done when its IO_MS deadline passes, which REQ_MS tells apart. */
 static void blk_io(struct blk_env *e, unsigned gen)
 {
     uint8_t w[4096], r[4096];
 
     for (unsigned b = 0; b < BLOCKS; b++) {
+        int64_t t = tu_now_ms();
+
         tu_fill_pattern(w, sizeof(w), gen * BLOCKS + b);
         assert_int_equal(vuf_blk_write(e->blk, 8ull * b, w, sizeof(w), IO_MS), 0);
         memset(r, 0, sizeof(r));
         assert_int_equal(vuf_blk_read(e->blk, 8ull * b, r, sizeof(r), IO_MS), 0);
         assert_memory_equal(r, w, sizeof(r));
+        if (tu_now_ms() - t >= REQ_MS)
+            fail_msg("block %u: write and read took %lld ms: no interrupt?", b,
+                     (long long)(tu_now_ms() - t));
     }
 }
 
@@ -164,7 +174,6 @@ static void blk_cycle(enum sandbox_mode m)
     struct vuf_queue slept;
     uint64_t acked;
     int intx, t0 = 0;
-    int64_t start;
 
     assert_non_null(e);
     e->proc.pid = -1;
@@ -201,10 +210,7 @@ static void blk_cycle(enum sandbox_mode m)
     e->intr = (struct vuf_interrupt){.ops = &tu_vmm_intr_ops, .opaque = &e->vmm};
     assert_int_equal(vuf_device_activate(e->dev, e->gm, &e->intr, &e->q, 1), 0);
 
-    /* Each request answered by its interrupt, not by the driver's timeout. */
-    start = tu_now_ms();
     blk_io(e, 1);
-    assert_true(tu_now_ms() - start < IO_MS);
     intx = atomic_load(&e->vmm.intx);
     print_message("%d interrupts for %u requests\n", intx, 2 * BLOCKS);
     assert_true(intx >= 1);
