@@ -8,6 +8,10 @@
  * where vuf differs from crosvm and why, memory hot-plug, the inflight area
  * and dirty logging; docs/reconnect.md the recovery from a back-end crash.
  *
+ * The syscalls each operation makes, and running the device under a
+ * seccomp filter (cfg.no_aio, VUF_NO_AIO=1): README.md, "Syscalls and
+ * sandboxes".
+ *
  * Ownership: the device owns its connection (and closes it on destroy).
  * Thread-safety: as vuf/device.h (ops serialized by the caller; interrupt,
  * mapper and event callbacks come from the worker thread); the exceptions

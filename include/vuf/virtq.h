@@ -323,6 +323,9 @@ bool vuf_virtq_kick_needed(struct vuf_virtq *vq);
 
 /* Add 1 to the kick eventfd's counter unconditionally, without ever
  * blocking: a counter the back-end filled stays full, which still wakes it.
+ * Syscalls: io_submit (io_setup once per thread, io_getevents now and
+ * then); with opts.no_aio, VUF_NO_AIO=1 or a sandbox that refuses AIO:
+ * fcntl, poll, write (README.md, "Syscalls and sandboxes").
  * Returns 0, -EBADF without a kick fd, or another negative errno (-EINVAL
  * when the kick fd is no eventfd and cannot be written). */
 int vuf_virtq_notify(struct vuf_virtq *vq);
@@ -362,6 +365,8 @@ void vuf_virtq_disable_cb(struct vuf_virtq *vq);
  * Wait until a used entry is pending: enable calls and poll() the call fd
  * (draining it without blocking: a back-end that takes the signals first
  * cannot stretch the wait past timeout_ms). timeout_ms < 0 waits forever.
+ * Syscalls: poll, preadv2(RWF_NOWAIT); with opts.no_aio, VUF_NO_AIO=1 or
+ * a sandbox that refuses preadv2: poll, fcntl, read.
  * Returns 0, -ETIMEDOUT,
  * -EBADF without a call fd, -EPROTO if broken, or -errno from poll().
  */

@@ -36,6 +36,7 @@ struct fe_worker {
     int non_msix_fd;
     int main_fd; /* dup of the main socket: hang-up watch only */
     struct vuf_server *breq;
+    char name[16]; /* thread names are at most 15 bytes */
 };
 
 enum { TOK_STOP = 1, TOK_NON_MSIX, TOK_BREQ, TOK_MAIN };
@@ -295,6 +296,10 @@ static void *worker_main(void *arg)
     struct vuf_frontend *fe = w->fe;
     struct epoll_event evs[8];
 
+    /* Named from inside: prctl(PR_SET_NAME). Naming it from the creator
+     * opens and writes /proc/self/task/TID/comm, which a VMM's sandbox
+     * (no /proc in its jail, no openat in its filter) does not allow. */
+    pthread_setname_np(pthread_self(), w->name);
     for (;;) {
         int n = epoll_wait(w->epfd, evs, 8, -1);
 
@@ -364,7 +369,6 @@ static void worker_free(struct fe_worker *w)
 int fe_worker_start(struct vuf_frontend *fe, int non_msix_fd)
 {
     struct fe_worker *w;
-    char name[16];
     int r;
 
     if (fe->worker) {
@@ -400,6 +404,12 @@ int fe_worker_start(struct vuf_frontend *fe, int non_msix_fd)
     if (r)
         goto fail;
 
+    {
+        size_t n = strnlen(fe->label, sizeof(w->name) - 1);
+
+        memcpy(w->name, fe->label, n);
+        w->name[n] = '\0';
+    }
     w->breq = fe->breq;
     fe->breq = NULL;
     r = pthread_create(&w->thread, NULL, worker_main, w);
@@ -408,14 +418,6 @@ int fe_worker_start(struct vuf_frontend *fe, int non_msix_fd)
         r = -r;
         goto fail;
     }
-    /* Thread names are at most 15 bytes. */
-    {
-        size_t n = strnlen(fe->label, sizeof(name) - 1);
-
-        memcpy(name, fe->label, n);
-        name[n] = '\0';
-    }
-    pthread_setname_np(w->thread, name);
     fe->worker = w;
     return 0;
 
