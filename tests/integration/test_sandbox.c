@@ -24,6 +24,9 @@
  * read from vuf_peer_efd_get_stats() (src/common/peer_eventfd.h).
  */
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
 #include <linux/seccomp.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -55,6 +58,31 @@
 /* Process CPU time allowed over an idle second: a spinning thread takes
  * the whole second. */
 #define IDLE_CPU_MS 100
+
+/* Kills the back-end if a filter kills this process (tu_guard_start). */
+static struct tu_guard guard;
+static bool guard_on;
+
+static void guard_backend(pid_t pid)
+{
+    tu_guard_start(&guard, pid);
+    guard_on = true;
+}
+
+static void guard_release(void)
+{
+    if (guard_on)
+        tu_guard_release(&guard);
+    guard_on = false;
+}
+
+/* Every case's teardown: also after a failed assertion. */
+static int guard_teardown(void **state)
+{
+    (void)state;
+    guard_release();
+    return 0;
+}
 
 enum sandbox_mode { SB_NONE, SB_EPERM, SB_KILL_ENV, SB_KILL_OPT };
 
@@ -193,6 +221,7 @@ static void blk_cycle(enum sandbox_mode m)
     e->dir = tu_mkdtemp("vuf-sandbox-blk");
     assert_non_null(e->dir);
     blk_backend_start(e);
+    guard_backend(e->proc.pid);
     enter_sandbox(m);
     vuf_peer_efd_get_stats(&st0);
     t0 = tu_count_threads();
@@ -255,6 +284,7 @@ static void blk_cycle(enum sandbox_mode m)
     assert_int_equal(tu_threads_settle(t0), t0);
     vuf_peer_efd_get_stats(&st1);
     assert_paths(m, &st0, &st1, BLOCKS);
+    guard_release();
     tu_stop_clean(&e->proc, e->sock);
     tu_rmtree(e->dir);
     free(e);
@@ -285,6 +315,207 @@ static void test_blk_kill_opt(void **state)
 }
 
 /* ------------------------------------------------------------------------ */
+/* blk under an allow-list: README.md's table is complete                   */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * The README's table, row by row, as the allow-list of a thread that runs
+ * the whole life cycle (connect to destroy; the worker it starts inherits
+ * the list). Anything else traps: the handler names the syscall and the
+ * process exits 3, so a call the README does not list fails the test.
+ */
+static const long allow_library[] = {
+    /* connect, negotiate */
+    SYS_socket,
+    SYS_connect,
+    SYS_fcntl,
+    SYS_close,
+    SYS_newfstatat,
+    SYS_clock_nanosleep,
+    SYS_sendmsg,
+    SYS_recvmsg,
+    SYS_socketpair,
+#ifdef SYS_poll
+    SYS_poll,
+#endif
+#ifdef SYS_ppoll
+    SYS_ppoll, /* poll() where there is no poll syscall */
+#endif
+    /* guest memory, queues */
+    SYS_memfd_create,
+    SYS_ftruncate,
+    SYS_mmap,
+    SYS_munmap,
+    SYS_eventfd2,
+    SYS_epoll_create1,
+    SYS_epoll_ctl,
+    /* worker */
+    SYS_prctl,
+#ifdef SYS_epoll_wait
+    SYS_epoll_wait,
+#endif
+    SYS_epoll_pwait,
+    /* kick, drain: the fallback (the AIO calls are added for the aio case) */
+    SYS_read,
+    SYS_write,
+    /* sleep, destroy: the worker's stop eventfd and join */
+    SYS_futex,
+};
+/* What the README says glibc adds: locks, malloc, thread start and end. */
+static const long allow_glibc[] = {
+    SYS_brk,          SYS_mprotect,   SYS_madvise,
+    SYS_clone3,       SYS_clone,      SYS_rt_sigprocmask,
+    SYS_rt_sigaction, SYS_rseq,       SYS_set_robust_list,
+    SYS_exit,         SYS_exit_group,
+};
+static const long allow_aio[] = {SYS_io_setup, SYS_io_submit, SYS_io_getevents, SYS_io_destroy,
+                                 SYS_preadv2};
+
+static void sigsys_handler(int sig, siginfo_t *si, void *uc)
+{
+    char msg[96];
+    int n;
+
+    (void)sig;
+    (void)uc;
+    n = snprintf(msg, sizeof(msg), "syscall %d is not in README.md's table\n", si->si_syscall);
+    if (write(2, msg, (size_t)n) < 0)
+        _exit(4);
+    _exit(3);
+}
+
+struct allow_run {
+    const char *sock;
+    bool aio;
+    const char *failed; /* the first step that failed, or NULL */
+    int err;
+    int intx;
+    struct tu_vmm vmm;
+};
+
+#define STEP(what, call)        \
+    do {                        \
+        int r_ = (call);        \
+        if (r_ < 0) {           \
+            a->failed = (what); \
+            a->err = r_;        \
+            goto out;           \
+        }                       \
+    } while (0)
+
+/* The whole life cycle, with no cmocka assertion (not on the test's
+ * thread): the first failing step is recorded. */
+static void *allow_thread(void *arg)
+{
+    struct allow_run *a = arg;
+    long nrs[80];
+    unsigned n = 0;
+    struct vuf_frontend_config cfg;
+    struct vuf_conn *conn = NULL;
+    struct vuf_device *dev = NULL;
+    struct vuf_guest_mem *gm = NULL;
+    struct vuf_virtq *vq = NULL;
+    struct vuf_blk *blk = NULL;
+    struct vuf_queue q, slept;
+    struct vuf_interrupt intr = {.ops = &tu_vmm_intr_ops, .opaque = &a->vmm};
+    uint8_t w[4096], r[4096];
+
+#define ADD(list)                                                    \
+    for (unsigned i_ = 0; i_ < sizeof(list) / sizeof(list[0]); i_++) \
+        nrs[n++] = list[i_];
+    ADD(allow_library);
+    ADD(allow_glibc);
+    if (a->aio) {
+        ADD(allow_aio);
+    }
+#undef ADD
+    STEP("filter", tu_seccomp_allow_only(nrs, n, SECCOMP_RET_TRAP));
+
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.device_type = VUF_DEV_BLK;
+    cfg.base_features_mask = BIT(VUF_VIRTIO_F_VERSION_1) | BIT(VUF_VIRTIO_F_EVENT_IDX);
+    cfg.max_queue_size = QSIZE;
+    cfg.no_aio = !a->aio;
+    STEP("connect", vuf_conn_connect(a->sock, 2000, &conn));
+    vuf_conn_set_timeout(conn, IO_MS);
+    STEP("new", vuf_frontend_new(&cfg, conn, &dev));
+    STEP("ack", vuf_device_ack_features(dev, vuf_device_features(dev)));
+    STEP("memory", vuf_guest_mem_new_simple(0x100000, 8u << 20, &gm));
+    {
+        struct vuf_virtq_opts o = {
+            .size = QSIZE, .features = vuf_frontend_acked_features(dev), .no_aio = !a->aio};
+
+        STEP("virtq", vuf_virtq_new_opts(gm, &o, &vq));
+    }
+    STEP("blk", vuf_blk_new(vq, 4, 64 * 1024, &blk));
+    tu_vmm_add_queue(&a->vmm, 0, &q, vq, VUF_NO_VECTOR);
+    STEP("activate", vuf_device_activate(dev, gm, &intr, &q, 1));
+    for (unsigned round = 0; round < 2; round++) {
+        for (unsigned b = 0; b < 8; b++) {
+            tu_fill_pattern(w, sizeof(w), round * 8 + b);
+            STEP("write", vuf_blk_write(blk, 8ull * b, w, sizeof(w), IO_MS));
+            STEP("read", vuf_blk_read(blk, 8ull * b, r, sizeof(r), IO_MS));
+            STEP("compare", memcmp(r, w, sizeof(r)) ? -EIO : 0);
+        }
+        if (round == 0) {
+            slept = q;
+            STEP("sleep", vuf_device_sleep(dev, &slept, 1));
+            STEP("wake", vuf_device_wake(dev, gm, &intr, &slept, 1));
+        }
+    }
+out:
+    a->intx = atomic_load(&a->vmm.intx);
+    vuf_device_destroy(dev);
+    vuf_blk_free(blk);
+    vuf_virtq_free(vq);
+    tu_vmm_forget_queue(&a->vmm, 0);
+    vuf_guest_mem_free(gm);
+    return NULL;
+}
+
+static void allow_cycle(bool aio)
+{
+    struct blk_env *e = calloc(1, sizeof(*e));
+    struct allow_run a = {.aio = aio};
+    struct sigaction sa = {.sa_sigaction = sigsys_handler, .sa_flags = SA_SIGINFO};
+    pthread_t t;
+    int t0;
+
+    assert_non_null(e);
+    e->proc.pid = -1;
+    e->dir = tu_mkdtemp("vuf-sandbox-allow");
+    assert_non_null(e->dir);
+    blk_backend_start(e);
+    guard_backend(e->proc.pid);
+    assert_int_equal(sigaction(SIGSYS, &sa, NULL), 0);
+    tu_vmm_init(&a.vmm);
+    a.sock = e->sock;
+    t0 = tu_count_threads();
+    assert_int_equal(pthread_create(&t, NULL, allow_thread, &a), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    if (a.failed)
+        fail_msg("%s: %s", a.failed, vuf_strerror(a.err));
+    assert_true(a.intx >= 1);
+    assert_int_equal(tu_threads_settle(t0), t0);
+    guard_release();
+    tu_stop_clean(&e->proc, e->sock);
+    tu_rmtree(e->dir);
+    free(e);
+}
+
+static void test_blk_allowlist(void **state)
+{
+    (void)state;
+    allow_cycle(false);
+}
+
+static void test_blk_allowlist_aio(void **state)
+{
+    (void)state;
+    allow_cycle(true);
+}
+
+/* ------------------------------------------------------------------------ */
 /* net: dpdk-testpmd (tests/lib/net_harness.c)                              */
 /* ------------------------------------------------------------------------ */
 
@@ -293,7 +524,7 @@ static struct vuf_peer_efd_stats net_st0;
 
 static void net_started(struct tu_befx *f)
 {
-    (void)f;
+    guard_backend(f->proc.pid);
     enter_sandbox(net_mode);
     vuf_peer_efd_get_stats(&net_st0);
 }
@@ -324,6 +555,7 @@ static void net_cycle(void **state, enum sandbox_mode m)
 
     net_mode = m;
     nh_sleep_wake(f, 1, false, 512, 256, 8, &c);
+    guard_release();
     vuf_peer_efd_get_stats(&st1);
     assert_paths(m, &net_st0, &st1, 1);
 }
@@ -331,6 +563,12 @@ static void net_cycle(void **state, enum sandbox_mode m)
 static int net_setup(void **state)
 {
     return nh_setup(state, "sandbox");
+}
+
+static int net_teardown(void **state)
+{
+    guard_release();
+    return tu_befx_teardown(state);
 }
 
 static void test_net_open(void **state)
@@ -356,14 +594,16 @@ static void test_net_kill_opt(void **state)
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_blk_open),
-        cmocka_unit_test(test_blk_eperm),
-        cmocka_unit_test(test_blk_kill_env),
-        cmocka_unit_test(test_blk_kill_opt),
-        cmocka_unit_test_setup_teardown(test_net_open, net_setup, tu_befx_teardown),
-        cmocka_unit_test_setup_teardown(test_net_eperm, net_setup, tu_befx_teardown),
-        cmocka_unit_test_setup_teardown(test_net_kill_env, net_setup, tu_befx_teardown),
-        cmocka_unit_test_setup_teardown(test_net_kill_opt, net_setup, tu_befx_teardown),
+        cmocka_unit_test_teardown(test_blk_open, guard_teardown),
+        cmocka_unit_test_teardown(test_blk_eperm, guard_teardown),
+        cmocka_unit_test_teardown(test_blk_kill_env, guard_teardown),
+        cmocka_unit_test_teardown(test_blk_kill_opt, guard_teardown),
+        cmocka_unit_test_teardown(test_blk_allowlist, guard_teardown),
+        cmocka_unit_test_teardown(test_blk_allowlist_aio, guard_teardown),
+        cmocka_unit_test_setup_teardown(test_net_open, net_setup, net_teardown),
+        cmocka_unit_test_setup_teardown(test_net_eperm, net_setup, net_teardown),
+        cmocka_unit_test_setup_teardown(test_net_kill_env, net_setup, net_teardown),
+        cmocka_unit_test_setup_teardown(test_net_kill_opt, net_setup, net_teardown),
     };
     char filter[64];
 
