@@ -17,7 +17,15 @@
  *               once per thread, not once per kick;
  *   *_kill_env  any of io_setup, io_submit, io_getevents, io_destroy,
  *               preadv2 kills the process; VUF_NO_AIO=1 in the environment;
- *   *_kill_opt  the same filter; the device's and the queues' no_aio option.
+ *   *_kill_opt  the same filter; the device's and the queues' no_aio option;
+ *   blk_allowlist, blk_allowlist_aio
+ *               README.md's syscall table is complete: a thread whose filter
+ *               allows only its rows (with no_aio; then with the AIO calls
+ *               too) runs connect to destroy, its worker inheriting the
+ *               filter; any other call traps and is named.
+ *
+ * A filter that kills skips the reaping: a guard process (tu_guard_start)
+ * then kills the back-end.
  *
  * A filter cannot be removed, so each case is its own process: meson runs
  * this program once per case, with the case name as argument. What ran is
