@@ -376,6 +376,18 @@ static const long allow_glibc[] = {
     SYS_rt_sigaction, SYS_rseq,       SYS_set_robust_list,
     SYS_exit,         SYS_exit_group,
 };
+/* The sanitizer runtimes' own calls (ASan, UBSan), in sanitizer builds
+ * only: they are not the library's. */
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TU_SANITIZED 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) || defined(TU_SANITIZED)
+static const long allow_sanitizer[] = {SYS_gettid, SYS_sched_getaffinity, SYS_sigaltstack};
+#else
+static const long allow_sanitizer[] = {SYS_exit}; /* (none) */
+#endif
 static const long allow_aio[] = {SYS_io_setup, SYS_io_submit, SYS_io_getevents, SYS_io_destroy,
                                  SYS_preadv2};
 
@@ -433,6 +445,7 @@ static void *allow_thread(void *arg)
         nrs[n++] = list[i_];
     ADD(allow_library);
     ADD(allow_glibc);
+    ADD(allow_sanitizer);
     if (a->aio) {
         ADD(allow_aio);
     }
