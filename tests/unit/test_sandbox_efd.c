@@ -13,8 +13,15 @@
  *     and preadv2, with VUF_NO_AIO=1, and with the NO_AIO flag: the process
  *     survives signals, takes and the thread's exit.
  * What ran is read from vuf_peer_efd_get_stats().
+ *
+ * test_worker_* (run as a process of its own: `test_sandbox_efd worker`,
+ * since it filters the test's thread): a device's worker whose drain of the
+ * shared interrupt eventfd fails for good (a filter refusing preadv2 AND
+ * read) drops that fd with an error line instead of spinning on it.
  */
 #include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <linux/seccomp.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -24,6 +31,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "fe_fakebe.h"
 #include "peer_eventfd.h"
 #include "sandbox.h"
 #include "testutil.h"
@@ -171,7 +179,50 @@ static void test_env_zero_means_unset(void **state)
     }
 }
 
-int main(void)
+static atomic_int unreadable_lines;
+
+static void count_unreadable(void *opaque, enum vuf_log_level level, const char *msg)
+{
+    (void)opaque;
+    if (level == VUF_LOG_ERROR && strstr(msg, "shared interrupt eventfd cannot be read"))
+        atomic_fetch_add(&unreadable_lines, 1);
+}
+
+static void test_worker_drops_unreadable_fd(void **state)
+{
+    static const long reads[] = {SYS_preadv2, SYS_read};
+    struct fx f;
+    struct vuf_frontend_config cfg = fx_cfg(VUF_DEV_CONSOLE, 0);
+    uint64_t one = 1;
+    int64_t t0, until;
+
+    (void)state;
+    fx_begin(&f); /* the back-end's thread starts unfiltered */
+    assert_int_equal(fx_new(&f, &cfg), 0);
+    fx_queues(&f, 2);
+    vuf_log_set(count_unreadable, NULL, VUF_LOG_ERROR);
+    /* This thread, and the worker activate starts, cannot read at all. */
+    assert_int_equal(tu_seccomp_install(reads, 2, SECCOMP_RET_ERRNO | EPERM), 0);
+    fx_activate_ok(&f);
+    /* Queue 0 has no vector: its call fd is the worker's shared eventfd. */
+    assert_int_equal(write(f.be.call_fd[0], &one, 8), 8);
+    until = tu_now_ms() + 2000;
+    while (atomic_load(&unreadable_lines) == 0 && tu_now_ms() < until)
+        tu_sleep_ms(5);
+    assert_int_equal(atomic_load(&unreadable_lines), 1);
+    /* The count is still there: a level-triggered worker that kept the fd
+     * would take a CPU. */
+    t0 = tu_process_cpu_ms();
+    tu_sleep_ms(1000);
+    print_message("%lld ms CPU over an idle second\n", (long long)(tu_process_cpu_ms() - t0));
+    assert_true(tu_process_cpu_ms() - t0 < 100);
+    assert_int_equal(atomic_load(&f.intr.used_calls), 0);
+    assert_int_equal(atomic_load(&unreadable_lines), 1);
+    fx_end(&f);
+    vuf_log_set(quiet_log, NULL, VUF_LOG_ERROR);
+}
+
+int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_refusals_fall_back_once_per_thread),
@@ -179,7 +230,14 @@ int main(void)
         cmocka_unit_test(test_kill_filter_env),
         cmocka_unit_test(test_kill_filter_flag),
         cmocka_unit_test(test_env_zero_means_unset),
+        cmocka_unit_test(test_worker_drops_unreadable_fd),
     };
 
+    fe_test_prepare();
+    /* The worker case filters this thread for good: a process of its own. */
+    if (argc > 1 && strcmp(argv[1], "worker") == 0)
+        cmocka_set_test_filter("test_worker_*");
+    else
+        cmocka_set_skip_filter("test_worker_*");
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
