@@ -12,11 +12,12 @@
  *   - vuf_peer_efd_take() reads with preadv2(RWF_NOWAIT) (Linux >= 5.12
  *     honours it for eventfds), which ignores the file's flags;
  *   - vuf_peer_efd_signal() does not write() at all: it submits a Linux
- *     AIO poll of a private, always-writable eventfd with IOCB_FLAG_RESFD
- *     naming the peer's fd, and the kernel signals it from the completion
- *     with eventfd_signal(), which saturates the counter instead of
- *     waiting. One AIO context per thread, created on first use and
- *     destroyed when the thread exits.
+ *     AIO poll (IOCB_CMD_POLL, Linux >= 4.18) of the eventfd itself for
+ *     POLLIN | POLLOUT, one of which holds at every count, with
+ *     IOCB_FLAG_RESFD naming the same fd, and the kernel signals it from
+ *     the completion with eventfd_signal(), which saturates the counter
+ *     instead of waiting. One AIO context per thread, created on first
+ *     use and destroyed when the thread exits.
  *
  * Where those kernel facilities are missing or refused (AIO disabled, an old
  * kernel, a seccomp filter answering EPERM/EACCES/ENOSYS/EOPNOTSUPP), both
