@@ -10,7 +10,7 @@ PKGS=(
   qemu-system-common                            # qemu-storage-daemon, C virtiofsd
   qemu-system-gui                               # vhost-user-gpu
   qemu-utils                                    # qemu-img (tests make disk images)
-  util-linux procps jq                          # setpriv, ps, jq for CLI checks
+  util-linux procps jq strace                   # setpriv, ps, jq for CLI checks; strace (README.md syscall table)
   dpdk-dev                                      # dpdk-testpmd (vhost-user-net back-end)
   qemu-system-x86 busybox-static xz-utils       # guest tests: QEMU (TCG), initramfs userland
   linux-image-cloud-amd64                       # guest tests: the guest kernel and virtio modules

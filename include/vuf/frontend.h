@@ -8,6 +8,10 @@
  * where vuf differs from crosvm and why, memory hot-plug, the inflight area
  * and dirty logging; docs/reconnect.md the recovery from a back-end crash.
  *
+ * The syscalls each operation makes, and running the device under a
+ * seccomp filter (cfg.no_aio, VUF_NO_AIO=1): README.md, "Syscalls and
+ * sandboxes".
+ *
  * Ownership: the device owns its connection (and closes it on destroy).
  * Thread-safety: as vuf/device.h (ops serialized by the caller; interrupt,
  * mapper and event callbacks come from the worker thread); the exceptions
@@ -115,6 +119,14 @@ struct vuf_frontend_config {
      * vuf_frontend_new only: the device keeps a dup of its fd, the caller
      * still owns (and closes) area->fd. */
     const struct vuf_inflight_area *inflight_area;
+    /* true: signal and drain the eventfds the back-end shares (the initial
+     * kick, the shared interrupt of queues without an irqfd) with
+     * poll/read/write only, never io_setup, io_submit or preadv2, so that
+     * the device runs under a seccomp filter that kills on those (as
+     * VUF_NO_AIO=1 in the environment does for the whole process). The
+     * price against a hostile back-end: README.md, "Syscalls and
+     * sandboxes". */
+    bool no_aio;
 
     /* ---- virtio-net only (device_type VUF_DEV_NET); ignored otherwise ---- */
     /*

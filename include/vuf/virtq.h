@@ -184,6 +184,12 @@ struct vuf_virtq_opts {
                             * (position 0 wrap 0 only via vuf_virtq_reset()) */
     bool packed;           /* packed layout (§2.8); also chosen when
                             * `features` has VIRTIO_F_RING_PACKED */
+    bool no_aio;           /* true: kick (notify) and drain the call eventfd
+                            * with poll/read/write only, never io_setup,
+                            * io_submit or preadv2 (as VUF_NO_AIO=1 does
+                            * process-wide): for a seccomp filter that kills
+                            * on them. Weaker against a back-end that clears
+                            * O_NONBLOCK: README.md, "Syscalls and sandboxes" */
 };
 
 /*
@@ -317,6 +323,9 @@ bool vuf_virtq_kick_needed(struct vuf_virtq *vq);
 
 /* Add 1 to the kick eventfd's counter unconditionally, without ever
  * blocking: a counter the back-end filled stays full, which still wakes it.
+ * Syscalls: io_submit (io_setup once per thread, io_getevents now and
+ * then); with opts.no_aio, VUF_NO_AIO=1 or a sandbox that refuses AIO:
+ * fcntl, poll, write (README.md, "Syscalls and sandboxes").
  * Returns 0, -EBADF without a kick fd, or another negative errno (-EINVAL
  * when the kick fd is no eventfd and cannot be written). */
 int vuf_virtq_notify(struct vuf_virtq *vq);
@@ -356,6 +365,8 @@ void vuf_virtq_disable_cb(struct vuf_virtq *vq);
  * Wait until a used entry is pending: enable calls and poll() the call fd
  * (draining it without blocking: a back-end that takes the signals first
  * cannot stretch the wait past timeout_ms). timeout_ms < 0 waits forever.
+ * Syscalls: poll, preadv2(RWF_NOWAIT); with opts.no_aio, VUF_NO_AIO=1 or
+ * a sandbox that refuses preadv2: poll, fcntl, read.
  * Returns 0, -ETIMEDOUT,
  * -EBADF without a call fd, -EPROTO if broken, or -errno from poll().
  */

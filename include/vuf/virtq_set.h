@@ -9,7 +9,9 @@
  * (vuf_virtq_enable_cb, which re-checks after publishing the request), and
  * sleeps only if still nothing is pending. Call fds are drained with a
  * read that cannot block (a back-end holding the same eventfd may take the
- * count first or clear O_NONBLOCK), never with a plain read().
+ * count first or clear O_NONBLOCK), never with a plain read(): each
+ * queue's own choice (preadv2(RWF_NOWAIT), or poll/read with its
+ * opts.no_aio; README.md, "Syscalls and sandboxes").
  *
  * Ownership: the set owns its epoll fd (EPOLL_CLOEXEC) and borrows the
  * queues and their call fds. Remove a queue (vuf_virtq_set_remove) before

@@ -113,6 +113,7 @@ int vuf_virtq_new_opts(struct vuf_guest_mem *gm, const struct vuf_virtq_opts *op
     vq->size = opts->size;
     vq->mask = opts->size - 1;
     vq->index = opts->index;
+    vq->no_aio = opts->no_aio;
     vq->kick_fd = vq->call_fd = -1;
     vq->free_next = calloc(vq->size, sizeof(*vq->free_next));
     vq->slots = calloc(vq->size, sizeof(*vq->slots));
@@ -302,6 +303,11 @@ void vuf_virtq_vring_addr(const struct vuf_virtq *vq, struct vuf_vring_addr *out
         .avail = (uint64_t)(uintptr_t)(vq->packed ? (void *)vq->drv_event : (void *)vq->avail),
         .log = 0,
     };
+}
+
+unsigned vuf_virtq_efd_flags(const struct vuf_virtq *vq)
+{
+    return vq->no_aio ? VUF_PEER_EFD_NO_AIO : 0;
 }
 
 int vuf_virtq_kick_fd(const struct vuf_virtq *vq)
@@ -613,7 +619,7 @@ int vuf_virtq_notify(struct vuf_virtq *vq)
         return -EBADF;
     /* The back-end holds this eventfd too: a plain write() would block
      * forever if it cleared O_NONBLOCK and filled the counter. */
-    return vuf_peer_efd_signal(vq->kick_fd);
+    return vuf_peer_efd_signal_flags(vq->kick_fd, vuf_virtq_efd_flags(vq));
 }
 
 int vuf_virtq_kick(struct vuf_virtq *vq, unsigned flags)
@@ -772,7 +778,7 @@ int vuf_virtq_wait(struct vuf_virtq *vq, int timeout_ms)
          * may take the count first, and ours would then wait for the
          * next signal, past the deadline. Nothing taken: look again. */
         if (pfd.revents & POLLIN)
-            vuf_peer_efd_take(vq->call_fd, NULL);
+            vuf_peer_efd_take_flags(vq->call_fd, NULL, vuf_virtq_efd_flags(vq));
         else if (pfd.revents & POLLERR)
             return -EIO;
     }

@@ -42,6 +42,7 @@ struct vuf_virtq {
     uint16_t *avail_event;      /* device-written (in the used ring) */
 
     int kick_fd, call_fd;
+    bool no_aio; /* opts.no_aio: eventfds through poll/read/write only */
 
     uint16_t avail_idx; /* chains added (avail ring entries written) */
     uint16_t avail_pub; /* the avail->idx last stored: avail_idx unless deferred */

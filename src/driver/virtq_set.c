@@ -159,7 +159,7 @@ int vuf_virtq_set_wait(struct vuf_virtq_set *set, int timeout_ms, struct vuf_vir
             /* Zero taken (the back-end took the count first) is fine: the
              * loop looks at the rings, not at the counters. */
             if (j >= 0)
-                vuf_peer_efd_take(set->m[j].fd, NULL);
+                vuf_peer_efd_take_flags(set->m[j].fd, NULL, vuf_virtq_efd_flags(set->m[j].vq));
         }
     }
 }

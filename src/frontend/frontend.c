@@ -558,7 +558,7 @@ static int activate_vring(struct vuf_frontend *fe, const struct vuf_guest_mem *m
      * wait for the next one. The back-end holds the kick fd and could
      * make a write() block (O_NONBLOCK cleared, counter full), so the kick
      * goes through vuf_peer_efd_signal(), which cannot. */
-    r = vuf_peer_efd_signal(q->kick_fd);
+    r = vuf_peer_efd_signal_flags(q->kick_fd, fe->cfg.no_aio ? VUF_PEER_EFD_NO_AIO : 0);
     if (r < 0)
         vuf_log(VUF_LOG_WARN, "%s: queue %u: initial kick failed: %s", fe->label, i, strerror(-r));
     return 0;

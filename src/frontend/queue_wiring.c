@@ -47,7 +47,8 @@ static void irq_signal_used(void *opaque, uint16_t vector)
      * (peer_eventfd.h). */
     for (unsigned i = 0; i < irq->n; i++)
         if (irq->vqs[i] && vuf_virtq_call_fd(irq->vqs[i]) >= 0)
-            vuf_peer_efd_signal(vuf_virtq_call_fd(irq->vqs[i]));
+            vuf_peer_efd_signal_flags(vuf_virtq_call_fd(irq->vqs[i]),
+                                      vuf_virtq_efd_flags(irq->vqs[i]));
 }
 
 static void irq_config_changed(void *opaque)

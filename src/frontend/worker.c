@@ -36,6 +36,7 @@ struct fe_worker {
     int non_msix_fd;
     int main_fd; /* dup of the main socket: hang-up watch only */
     struct vuf_server *breq;
+    char name[16]; /* thread names are at most 15 bytes */
 };
 
 enum { TOK_STOP = 1, TOK_NON_MSIX, TOK_BREQ, TOK_MAIN };
@@ -260,12 +261,45 @@ static void report_crash(struct fe_worker *w, const char *why)
         fe->cfg.event(fe->cfg.event_opaque, VUF_DEVICE_EVENT_CRASHED);
 }
 
+/*
+ * The back-end holds this fd (it is the queues' call fd) and may take the
+ * count first, with O_NONBLOCK cleared: a read() here could block the
+ * worker, and with it reset, sleep and destroy. Nothing taken: nothing to
+ * do. The fd is level-triggered: a count that cannot be taken would wake
+ * us at once, for ever (a spinning thread, no interrupt); peer_eventfd.c
+ * falls back when a sandbox refuses its calls, so only an fd that is no
+ * longer readable at all gets here, and is then dropped from the set.
+ */
+static void drain_non_msix(struct fe_worker *w)
+{
+    struct vuf_frontend *fe = w->fe;
+    uint64_t cnt;
+    int r = vuf_peer_efd_take_flags(w->non_msix_fd, &cnt, fe->cfg.no_aio ? VUF_PEER_EFD_NO_AIO : 0);
+
+    if (r == 1) {
+        if (fe->intr.ops->signal_used_queue)
+            fe->intr.ops->signal_used_queue(fe->intr.opaque, VUF_NO_VECTOR);
+        return;
+    }
+    if (r < 0) {
+        vuf_log(VUF_LOG_ERROR,
+                "%s: the shared interrupt eventfd cannot be read (%s): queues without an irqfd "
+                "get no more interrupts",
+                fe->label, vuf_strerror(r));
+        epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->non_msix_fd, NULL);
+    }
+}
+
 static void *worker_main(void *arg)
 {
     struct fe_worker *w = arg;
     struct vuf_frontend *fe = w->fe;
     struct epoll_event evs[8];
 
+    /* Named from inside: prctl(PR_SET_NAME). Naming it from the creator
+     * opens and writes /proc/self/task/TID/comm, which a VMM's sandbox
+     * (no /proc in its jail, no openat in its filter) does not allow. */
+    pthread_setname_np(pthread_self(), w->name);
     for (;;) {
         int n = epoll_wait(w->epfd, evs, 8, -1);
 
@@ -281,17 +315,9 @@ static void *worker_main(void *arg)
                 return NULL;
         for (int i = 0; i < n; i++) {
             switch (evs[i].data.u32) {
-            case TOK_NON_MSIX: {
-                uint64_t cnt;
-
-                /* The back-end holds this fd (it is the queues' call fd)
-                 * and may take the count first, with O_NONBLOCK cleared:
-                 * a read() here could block the worker, and with it
-                 * reset, sleep and destroy. Nothing taken: nothing to do. */
-                if (vuf_peer_efd_take(w->non_msix_fd, &cnt) == 1 && fe->intr.ops->signal_used_queue)
-                    fe->intr.ops->signal_used_queue(fe->intr.opaque, VUF_NO_VECTOR);
+            case TOK_NON_MSIX:
+                drain_non_msix(w);
                 break;
-            }
             case TOK_BREQ: {
                 int r;
 
@@ -343,7 +369,6 @@ static void worker_free(struct fe_worker *w)
 int fe_worker_start(struct vuf_frontend *fe, int non_msix_fd)
 {
     struct fe_worker *w;
-    char name[16];
     int r;
 
     if (fe->worker) {
@@ -379,6 +404,12 @@ int fe_worker_start(struct vuf_frontend *fe, int non_msix_fd)
     if (r)
         goto fail;
 
+    {
+        size_t n = strnlen(fe->label, sizeof(w->name) - 1);
+
+        memcpy(w->name, fe->label, n);
+        w->name[n] = '\0';
+    }
     w->breq = fe->breq;
     fe->breq = NULL;
     r = pthread_create(&w->thread, NULL, worker_main, w);
@@ -387,14 +418,6 @@ int fe_worker_start(struct vuf_frontend *fe, int non_msix_fd)
         r = -r;
         goto fail;
     }
-    /* Thread names are at most 15 bytes. */
-    {
-        size_t n = strnlen(fe->label, sizeof(name) - 1);
-
-        memcpy(name, fe->label, n);
-        name[n] = '\0';
-    }
-    pthread_setname_np(w->thread, name);
     fe->worker = w;
     return 0;
 

@@ -117,6 +117,7 @@ void nh_guest_up(struct nh_guest *g, const char *sock, unsigned pairs, bool pack
     cfg.max_queue_size = NH_QSIZE;
     cfg.event = tu_vmm_event;
     cfg.event_opaque = &g->vmm;
+    cfg.no_aio = g->no_aio;
     tu_vmm_init(&g->vmm);
     assert_int_equal(vuf_conn_connect(sock, 2000, &conn), 0);
     vuf_conn_set_timeout(conn, NH_IO_MS);
@@ -133,7 +134,8 @@ void nh_guest_up(struct nh_guest *g, const char *sock, unsigned pairs, bool pack
     assert_int_equal(vuf_guest_mem_new_simple(0x100000, 16u << 20, &g->gm), 0);
     assert_int_equal(vuf_virtq_set_new(&g->set), 0);
     for (unsigned i = 0; i < g->nq; i++) {
-        struct vuf_virtq_opts o = {.size = NH_QSIZE, .index = i, .features = want};
+        struct vuf_virtq_opts o = {
+            .size = NH_QSIZE, .index = i, .features = want, .no_aio = g->no_aio};
 
         assert_int_equal(vuf_virtq_new_opts(g->gm, &o, &g->vq[i]), 0);
         assert_int_equal(vuf_virtq_packed(g->vq[i]), packed);
@@ -328,9 +330,12 @@ void nh_sleep_wake(struct tu_befx *f, unsigned pairs, bool packed, uint32_t fram
     assert_true(frames <= NH_FRAMES && before_sleep + while_asleep <= frames);
     assert_true(while_asleep < NH_WINDOW);
     nh_start_testpmd(f, pairs);
+    if (c->started)
+        c->started(f);
     threads0 = tu_count_threads();
     fds0 = nh_fd_list();
     g->zero_copy = c->zero_copy;
+    g->no_aio = c->no_aio;
     nh_guest_up(g, f->sock, pairs, packed);
 
     nh_run_until(g, before_sleep);

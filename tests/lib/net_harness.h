@@ -56,6 +56,7 @@ struct nh_guest {
     struct vuf_net *net[NH_MAX_PAIRS];
     struct vuf_virtq_set *set;
     bool zero_copy; /* see struct nh_checks */
+    bool no_aio;    /* the device's and the queues' no_aio option */
     uint32_t sent[NH_MAX_PAIRS], back[NH_MAX_PAIRS];
     uint8_t seen[NH_MAX_PAIRS][NH_FRAMES];
 };
@@ -89,6 +90,11 @@ struct nh_checks {
     /* Send and receive with the zero-copy calls (vuf_net_tx_slots/commit,
      * vuf_net_rx_burst_zc) instead of the copying ones. */
     bool zero_copy;
+    /* Right after testpmd is up, before anything of the guest (may be
+     * NULL): e.g. enter a sandbox that testpmd must not inherit. */
+    void (*started)(struct tu_befx *f);
+    /* Make the device and the queues with their no_aio option set. */
+    bool no_aio;
 };
 
 /*
