@@ -758,7 +758,10 @@ enum chk_status chk_io_fs_init(struct chk_ctx *x)
         st = chk_fail(x, "FUSE_INIT was not answered within %d ms", x->o->timeout_ms);
         goto out;
     }
-    vuf_virtq_get_used(d.vq[1], &cookie, &len);
+    if (vuf_virtq_get_used(d.vq[1], &cookie, &len) < 0) {
+        st = chk_fail(x, "the used entry for FUSE_INIT is invalid (bad id or length)");
+        goto out;
+    }
     out = b[1].host;
     chk_ev(x, "<- used len %u: out.len %u error %d unique %" PRIu64 " major %u minor %u", len,
            out->len, out->error, out->unique, out->major, out->minor);

@@ -21,6 +21,7 @@
 #include <json-c/json.h>
 
 #include "cli_util.h"
+#include "net_health.h"
 #include "session.h"
 #include "vuf/frontend.h"
 #include "vuf/log.h"
@@ -299,6 +300,20 @@ static int fail_msg(struct net_run *nr, const char *step, int err)
     return VUF_EXIT_FAIL;
 }
 
+/* Every pair's queues and driver unbroken (net_health.h); else say which. */
+static int pairs_healthy(struct net_run *nr)
+{
+    char why[160];
+
+    for (unsigned p = 0; p < nr->o->pairs; p++)
+        if (net_health(nr->net[p], nr->s.vq[vuf_net_rx_index(p)], nr->s.vq[vuf_net_tx_index(p)],
+                       why, sizeof(why)) < 0) {
+            fprintf(stderr, "vuf net: %s: pair %u: %s\n", nr->o->socket, p, why);
+            return VUF_EXIT_FAIL;
+        }
+    return 0;
+}
+
 /* Per pair: the rings (2 per pair), RX buffers and TX slots. */
 static uint64_t net_mem(const struct net_opts *o)
 {
@@ -498,7 +513,9 @@ static int ping_step(struct net_run *nr, unsigned p, struct ping_pair *pp, bool 
     unsigned n = 0;
     int r;
 
-    vuf_net_tx_reclaim(nr->net[p]);
+    r = vuf_net_tx_reclaim(nr->net[p]);
+    if (r < 0)
+        return fail_msg(nr, "reclaiming TX", r);
     while (n < BURST && pp->sent + n < nr->o->count && pp->sent + n - pp->back < window) {
         uint32_t len = ping_len(nr->o, pp->sent + n);
 
@@ -563,6 +580,10 @@ static int do_ping(struct net_run *nr)
         }
         rc = idle(nr);
     }
+    /* Every frame back is not enough: the device may have broken a queue
+     * on the way (a TX used entry is never looked at otherwise). */
+    if (!rc)
+        rc = pairs_healthy(nr);
     for (unsigned p = 0; p < o->pairs; p++) {
         if (!rc)
             printf("pair %u: %u frames sent, %u back, every byte checked\n", p, pp[p].sent,
@@ -755,11 +776,11 @@ static int bench_run(struct net_run *nr, struct bench_result *b)
     free(b->lost);
     b->lost = NULL;
     /* What the back-end took (TX slots it returned) and what it sent. */
+    if (!rc)
+        rc = pairs_healthy(nr);
     for (unsigned p = 0; p < o->pairs; p++) {
         struct vuf_net_stats st;
 
-        if (!rc && vuf_net_tx_reclaim(nr->net[p]) < 0)
-            rc = fail_msg(nr, "reclaiming", -EPROTO);
         vuf_net_stats(nr->net[p], &st);
         b->tx += st.tx_done;
         b->rx += st.rx_frames;

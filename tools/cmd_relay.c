@@ -331,6 +331,8 @@ static int h_set_features(void *o, struct vuf_msg *req, struct vuf_msg *reply)
 {
     struct relay *rl = o;
 
+    int r;
+
     (void)reply;
     /* The back-end is down: checked against its last offer, acked to it
      * when it is back. */
@@ -341,7 +343,16 @@ static int h_set_features(void *o, struct vuf_msg *req, struct vuf_msg *reply)
         return 0;
     }
     rl->vmm_features |= req->payload.u64;
-    return relay_ack(rl->dev, req->payload.u64);
+    r = relay_ack(rl->dev, req->payload.u64);
+    /* New bits while the rings are stopped: the guest reset the device and
+     * negotiated again (firmware, then the kernel), which QEMU shows only
+     * this way. The device's features are fixed until a reset: reset it. */
+    if (r == -EBUSY && !rl->active) {
+        relay_tap_event(rl->tap, "reset", "the VMM acks new features: the guest reset the device");
+        vuf_device_reset(rl->dev);
+        r = relay_ack(rl->dev, req->payload.u64);
+    }
+    return r;
 }
 
 static int h_get_protocol_features(void *o, struct vuf_msg *req, struct vuf_msg *reply)

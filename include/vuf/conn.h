@@ -42,12 +42,16 @@ struct vuf_conn;
 /* Connect to a unix socket at `path`, retrying ECONNREFUSED/ENOENT every few
  * ms until `connect_timeout_ms` has passed (0: one attempt). A path that
  * exists but is not a socket (a regular file, a directory) fails at once
- * with -ENOTSOCK. The new conn owns its socket. */
+ * with -ENOTSOCK. The new conn owns its socket.
+ * Returns: 0; -EINVAL for path or out NULL; -ENAMETOOLONG for a path that
+ * does not fit sun_path; -ENOENT / -ECONNREFUSED / -ETIMEDOUT when no
+ * back-end answered in time; or connect(2)'s errno. */
 int vuf_conn_connect(const char *path, int connect_timeout_ms, struct vuf_conn **out);
 
 /* Create a listening socket bound at `path` (a stale socket file there is
  * unlinked first). *listen_fd is owned by the caller (close it, and unlink
- * the path, when done). */
+ * the path, when done). -EINVAL for path NULL, -ENAMETOOLONG for a path
+ * that does not fit sun_path. */
 int vuf_conn_listen(const char *path, int *listen_fd);
 
 /* Accept one connection on a listening socket, waiting at most timeout_ms

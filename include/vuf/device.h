@@ -83,7 +83,8 @@ struct vuf_queue {
 /*
  * Packed queues (q->packed): next_avail = bits 0-15 of `base`, next_used =
  * bits 16-31, or next_avail when those are 0 (a back-end that reports only
- * the avail half, as DPDK does); -EPROTO if a position is not below q->size.
+ * the avail half, as DPDK does); -EPROTO if a position is not below q->size
+ * or avail is not 0..q->size entries ahead of used (wrap counters counted).
  * `mem` is not read.
  *
  * After a device handed a split queue to someone else (a vhost-user back-end)
@@ -259,11 +260,18 @@ struct vuf_device_ops {
     uint64_t (*features)(const struct vuf_device *dev);
     /* The driver acked `features` (may be called once per 32-bit word;
      * bits accumulate). Bits not offered are dropped, not acked.
+     * Features are fixed from FEATURES_OK until reset (virtio 1.2 §3.1.1):
+     * from a successful activate until reset, sleep and wake included (a
+     * restore counts as a sleep), a bit not acked yet is refused with
+     * -EBUSY and nothing changes; acking again what is acked is allowed.
      * Returns: 0 when every bit was offered; else the number (> 0) of bits
      * dropped (a driver that accepts what was not offered breaks virtio
-     * 1.2 §2.2: the transport may fail FEATURES_OK); or a negative errno. */
+     * 1.2 §2.2: the transport may fail FEATURES_OK); -EBUSY as above; or a
+     * negative errno. */
     int (*ack_features)(struct vuf_device *dev, uint64_t features);
-    /* Device-specific configuration space. On error `data` is unchanged. */
+    /* Device-specific configuration space. On error `data` is unchanged.
+     * An access past the device's config space is -EINVAL (vuf/frontend.h:
+     * cfg.config_size). */
     int (*read_config)(struct vuf_device *dev, uint64_t offset, void *data, size_t len);
     int (*write_config)(struct vuf_device *dev, uint64_t offset, const void *data, size_t len);
     /*
@@ -276,7 +284,9 @@ struct vuf_device_ops {
      * takes signal_used_queue; a NULL signal op drops that signal).
      * Returns: 0; -EBUSY if already active; -EINVAL for mem, intr or
      * intr->ops NULL, queues NULL with nqueues > 0, nqueues > num_queues,
-     * or a ready queue whose size is not a power of two up to its maximum;
+     * a ready queue whose size is not a power of two up to its maximum, or
+     * (a modern device, one offering VIRTIO_F_VERSION_1) a driver that did
+     * not ack VERSION_1 (virtio 1.2 §6.1);
      * -EFAULT for a ready queue's rings outside `mem`; or the device's own
      * errors (vuf/frontend.h: the vuf/client.h error of a failing request).
      */
@@ -304,8 +314,11 @@ struct vuf_device_ops {
      * only -EINVAL (queues too short for a started queue) changes nothing.
      */
     int (*sleep)(struct vuf_device *dev, struct vuf_queue *queues, unsigned nqueues);
-    /* Resume after sleep: like activate with the queues sleep handed back.
-     * mem == NULL means "nothing to resume" (a no-op returning 0). */
+    /* Resume after sleep (or restore): like activate with the queues sleep
+     * handed back. mem == NULL means "nothing to resume" (a no-op returning
+     * 0). Returns activate's errors, and -EBUSY if active, -EINVAL if the
+     * device is not asleep (never slept, or reset since): use activate to
+     * start a device. A failed wake leaves it asleep (wake may be retried). */
     int (*wake)(struct vuf_device *dev, const struct vuf_guest_mem *mem,
                 const struct vuf_interrupt *intr, const struct vuf_queue *queues, unsigned nqueues);
     /* Save the device's state (call while asleep). *data is malloc'd; the

@@ -90,6 +90,12 @@ struct vuf_frontend_config {
     bool legacy;
     /* Largest queue size; rounded down to a power of two. 0 = 32768. */
     uint16_t max_queue_size;
+    /* Bytes of device config space: read_config/write_config past it are
+     * refused with -EINVAL, nothing sent. 0 = the device type's size
+     * (vuf_device_info()->config_size), grown by the offered features that
+     * append fields (blk SECURE_ERASE 72, ZONED 96; net SPEED_DUPLEX, RSS
+     * or HASH_REPORT 24); a type whose size is 0 there has no bound. */
+    uint32_t config_size;
     /* Device-crashed notification (may be NULL). */
     vuf_device_event_fn event;
     void *event_opaque;

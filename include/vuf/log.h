@@ -40,7 +40,8 @@ void vuf_log(enum vuf_log_level level, const char *fmt, ...) __attribute__((form
 
 /*
  * Describe a negative errno returned by vuf in this library's terms, e.g.
- * -ECONNRESET -> "back-end hung up". Never NULL; static storage.
+ * -ECONNRESET -> "back-end hung up". Never NULL; static storage. Any int
+ * is accepted (INT_MIN and unknown values included).
  */
 const char *vuf_strerror(int err);
 

@@ -64,6 +64,8 @@ extern "C" {
 #define VUF_BLK_F_MQ 12
 #define VUF_BLK_F_DISCARD 13
 #define VUF_BLK_F_WRITE_ZEROES 14
+#define VUF_BLK_F_SECURE_ERASE 16 /* config grows to 72 bytes */
+#define VUF_BLK_F_ZONED 17        /* config grows to 96 bytes */
 
 struct vuf_blk_outhdr {
     uint32_t type;

@@ -321,8 +321,12 @@ void vuf_virtq_publish(struct vuf_virtq *vq);
  */
 bool vuf_virtq_kick_needed(struct vuf_virtq *vq);
 
-/* Add 1 to the kick eventfd's counter unconditionally, without ever
- * blocking: a counter the back-end filled stays full, which still wakes it.
+/* Publish what was added (vuf_virtq_publish(), so that chains from
+ * vuf_virtq_add_deferred() are visible to the device it wakes), record the
+ * decision point as vuf_virtq_kick_needed() does, then add 1 to the kick
+ * eventfd's counter unconditionally, without ever blocking: a counter the
+ * back-end filled stays full, which still wakes it. The same as
+ * vuf_virtq_kick(vq, VUF_VIRTQ_KICK_FORCE) but for the return value.
  * Syscalls: io_submit (io_setup once per thread, io_getevents now and
  * then); with opts.no_aio, VUF_NO_AIO=1 or a sandbox that refuses AIO:
  * fcntl, poll, write (README.md, "Syscalls and sandboxes").

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Logging sink and error strings. */
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -65,6 +66,9 @@ void vuf_log(enum vuf_log_level level, const char *fmt, ...)
 
 const char *vuf_strerror(int err)
 {
+    /* -INT_MIN overflows; no errno is that large anyway. */
+    if (err == INT_MIN)
+        return "unknown error";
     switch (-err) {
     case 0:
         return "success";

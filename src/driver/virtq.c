@@ -613,7 +613,7 @@ bool vuf_virtq_kick_needed(struct vuf_virtq *vq)
     return !(load16(&vq->used->flags) & VUF_VRING_USED_F_NO_NOTIFY);
 }
 
-int vuf_virtq_notify(struct vuf_virtq *vq)
+static int signal_kick(struct vuf_virtq *vq)
 {
     if (vq->kick_fd < 0)
         return -EBADF;
@@ -622,19 +622,27 @@ int vuf_virtq_notify(struct vuf_virtq *vq)
     return vuf_peer_efd_signal_flags(vq->kick_fd, vuf_virtq_efd_flags(vq));
 }
 
+int vuf_virtq_notify(struct vuf_virtq *vq)
+{
+    /* A kick for chains the device cannot see yet (add_deferred) would
+     * wake it for nothing, and nothing would wake it again for them. */
+    vuf_virtq_publish(vq);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    vq->kick_prev = vq->avail_idx;
+    vq->p_kick_added = 0;
+    return signal_kick(vq);
+}
+
 int vuf_virtq_kick(struct vuf_virtq *vq, unsigned flags)
 {
     int r;
 
-    if (flags & VUF_VIRTQ_KICK_FORCE) {
-        vuf_virtq_publish(vq);
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        vq->kick_prev = vq->avail_idx;
-        vq->p_kick_added = 0;
-    } else if (!vuf_virtq_kick_needed(vq)) {
+    if (flags & VUF_VIRTQ_KICK_FORCE)
+        r = vuf_virtq_notify(vq);
+    else if (!vuf_virtq_kick_needed(vq))
         return 0;
-    }
-    r = vuf_virtq_notify(vq);
+    else
+        r = signal_kick(vq);
     return r < 0 ? r : 1;
 }
 

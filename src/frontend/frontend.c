@@ -26,6 +26,7 @@
 #include "peer_eventfd.h"
 #include "vuf/log.h"
 #include "vuf/virtio.h"
+#include "vuf/virtio_blk.h"
 #include "vuf/virtq.h"
 
 #define BIT(n) (1ull << (n))
@@ -166,10 +167,20 @@ static int queue_used_idx(const struct vuf_queue *q, const struct vuf_guest_mem 
 static int queue_reclaim_packed(struct vuf_queue *q, uint32_t base)
 {
     uint16_t avail = (uint16_t)base, used = (uint16_t)(base >> 16);
+    uint32_t a = avail & 0x7fff, u = used & 0x7fff, dist;
 
-    if (!(base >> 16))
+    if (!(base >> 16)) {
         used = avail;
-    if ((avail & 0x7fff) >= q->size || (used & 0x7fff) >= q->size)
+        u = a;
+    }
+    if (a >= q->size || u >= q->size)
+        return -EPROTO;
+    /* The running distance from used to avail, as for split rings: equal
+     * wrap counters put avail at or after used in the same lap, different
+     * ones one lap ahead; more than a ring's worth in flight, or used
+     * ahead of avail, cannot be. */
+    dist = (avail ^ used) & 0x8000 ? a + q->size - u : a - u;
+    if (dist > q->size)
         return -EPROTO;
     q->next_avail = avail;
     q->next_used = used;
@@ -232,7 +243,19 @@ static int fe_ack_features(struct vuf_device *d, uint64_t features)
 {
     struct vuf_frontend *fe = fe_of(d);
     uint64_t dropped = features & ~fe->avail_features;
+    uint64_t added = features & fe->avail_features & ~fe->acked_features;
 
+    /* Features are fixed from FEATURES_OK until reset (virtio 1.2 §3.1.1);
+     * an active or sleeping device is past it. A bit added now would only
+     * reach the back-end at the next wake, under a running driver. Acking
+     * again what is acked changes nothing and is let through. */
+    if (added && (fe->active || fe->asleep)) {
+        vuf_log(VUF_LOG_ERROR,
+                "%s: driver acked features 0x%llx while the device is %s: features are "
+                "fixed until reset",
+                fe->label, (unsigned long long)added, fe->active ? "active" : "asleep");
+        return -EBUSY;
+    }
     /* Only accumulate: the transport acks one 32-bit word at a time, and
      * SET_FEATURES goes out at activation (sending it before the driver is
      * done confuses some back-ends). */
@@ -302,6 +325,51 @@ static int config_args(const struct vuf_frontend *fe, const char *what, const vo
     return 0;
 }
 
+/*
+ * The config space's size: cfg.config_size, else the device type's
+ * (vuf_device_info) grown by the offered features that append fields
+ * (virtio 1.2 §5.1.4, §5.2.4). 0: unknown (variable layout), no local
+ * bound.
+ */
+static uint64_t config_size(const struct vuf_frontend *fe)
+{
+    const struct vuf_device_info *info = vuf_device_info(fe->cfg.device_type);
+    uint64_t f = fe->avail_features, size;
+
+    if (fe->cfg.config_size)
+        return fe->cfg.config_size;
+    size = info ? info->config_size : 0;
+    if (fe->cfg.device_type == VUF_DEV_BLK) {
+        if (f & BIT(VUF_BLK_F_ZONED))
+            size = 96; /* ... + virtio_blk_zoned_characteristics */
+        else if (f & BIT(VUF_BLK_F_SECURE_ERASE))
+            size = 72; /* ... + the three secure-erase limits */
+    } else if (fe->cfg.device_type == VUF_DEV_NET &&
+               (f &
+                (BIT(VUF_NET_F_SPEED_DUPLEX) | BIT(VUF_NET_F_RSS) | BIT(VUF_NET_F_HASH_REPORT)))) {
+        size = 24; /* speed, duplex, the RSS limits, supported_hash_types */
+    }
+    return size;
+}
+
+/* An access past the config space would reach the back-end, which fails
+ * it (qemu-storage-daemon answers an empty reply: -EIO) or worse; say
+ * where the space ends instead. */
+static int config_in_space(const struct vuf_frontend *fe, const char *what, uint64_t offset,
+                           size_t len)
+{
+    uint64_t size = config_size(fe);
+
+    if (!size || offset + len <= size)
+        return 0;
+    vuf_log(VUF_LOG_ERROR,
+            "%s: failed to %s config 0x%llx+%zu: past the end of the %llu-byte config space "
+            "[0, 0x%llx)",
+            fe->label, what, (unsigned long long)offset, len, (unsigned long long)size,
+            (unsigned long long)size);
+    return -EINVAL;
+}
+
 /* Config messages may go out: CONFIG negotiated and the stream in step. */
 static int config_ready(struct vuf_frontend *fe)
 {
@@ -324,7 +392,8 @@ static void put_le16(uint8_t *p, uint16_t v)
 }
 
 /* virtio-net's config space (virtio 1.2 §5.1.4) from cfg.net_* and the
- * queue layout. Reads past its end see zeros, as a transport's would. */
+ * queue layout. The fields after mtu (speed, RSS), when a feature the
+ * back-end offers makes them part of the space, read as zeros. */
 static int read_net_config(const struct vuf_frontend *fe, uint64_t offset, void *data, size_t len)
 {
     uint8_t c[VUF_NET_CFG_SPEED]; /* mac, status, max_virtqueue_pairs, mtu */
@@ -354,11 +423,13 @@ static int fe_read_config(struct vuf_device *d, uint64_t offset, void *data, siz
     r = config_args(fe, "read", data, offset, len);
     if (r < 0 || len == 0)
         return r;
-    if (net_local_config(fe))
-        return read_net_config(fe, offset, data, len);
-    r = config_ready(fe);
+    r = net_local_config(fe) ? 0 : config_ready(fe);
+    if (r == 0)
+        r = config_in_space(fe, "read", offset, len);
     if (r < 0)
         return r;
+    if (net_local_config(fe))
+        return read_net_config(fe, offset, data, len);
     /*
      * libvhost-user up to QEMU 7.2 (qemu-storage-daemon, virtiofsd and
      * vhost-user-gpu as Debian 12 ships them) ignores the offset of
@@ -415,6 +486,8 @@ static int fe_write_config(struct vuf_device *d, uint64_t offset, const void *da
     if (r < 0 || len == 0)
         return r;
     r = config_ready(fe);
+    if (r == 0)
+        r = config_in_space(fe, "write", offset, len);
     if (r < 0)
         return r;
     while (done < len) {
@@ -644,7 +717,7 @@ static int stop_queues(struct vuf_frontend *fe, bool reclaim)
             if (rc == -EPROTO) {
                 vuf_log(VUF_LOG_ERROR,
                         s->q.packed ? "%s: queue %u: vring base 0x%x names a position past "
-                                      "the queue size (%u)"
+                                      "the queue size (%u) or used ahead of avail"
                                     : "%s: queue %u: vring base %u is more than the queue size "
                                       "(%u) from used->idx",
                         fe->label, s->index, base, s->q.size);
@@ -691,6 +764,18 @@ static int check_activation(struct vuf_frontend *fe, const struct vuf_guest_mem 
     }
     if (!mem || !intr || !intr->ops || (nqueues && !queues))
         return -EINVAL;
+    /* A driver must accept VERSION_1 when a device offers it, and a
+     * modern device may refuse to run without it (virtio 1.2 §6.1); a
+     * vhost-user back-end does (qemu-storage-daemon aborts on
+     * SET_FEATURES without it). */
+    if (!fe->cfg.legacy && (fe->avail_features & BIT(VUF_VIRTIO_F_VERSION_1)) &&
+        !(fe->acked_features & BIT(VUF_VIRTIO_F_VERSION_1))) {
+        vuf_log(VUF_LOG_ERROR,
+                "%s: the driver did not accept VIRTIO_F_VERSION_1 (acked 0x%llx): a modern "
+                "device requires it (set cfg.legacy for a legacy device)",
+                fe->label, (unsigned long long)fe->acked_features);
+        return -EINVAL;
+    }
     if (nqueues > fe->num_queues) {
         vuf_log(VUF_LOG_ERROR, "%s: %u queues given, the device has %u", fe->label, nqueues,
                 fe->num_queues);
@@ -868,6 +953,7 @@ static int fe_activate(struct vuf_device *d, const struct vuf_guest_mem *mem,
         goto fail;
     }
     fe->active = true;
+    fe->asleep = false;
     return 0;
 
 fail:
@@ -946,6 +1032,7 @@ static int fe_reset(struct vuf_device *d)
     if (r < 0 && !err)
         err = r;
     clear_active(fe);
+    fe->asleep = false;
     fe_log_release(fe); /* reset ends dirty logging (docs/frontend.md) */
     /* A guest reset: nothing is in flight any more, so the area goes (as
      * QEMU frees it); the next activation asks for a new one. */
@@ -973,6 +1060,7 @@ static int fe_sleep(struct vuf_device *d, struct vuf_queue *queues, unsigned nqu
     for (unsigned k = 0; k < fe->nsent; k++)
         queues[fe->sent[k].index] = fe->sent[k].q;
     clear_active(fe);
+    fe->asleep = true;
     return err < 0 ? err : 1;
 }
 
@@ -980,10 +1068,23 @@ static int fe_wake(struct vuf_device *d, const struct vuf_guest_mem *mem,
                    const struct vuf_interrupt *intr, const struct vuf_queue *queues,
                    unsigned nqueues)
 {
+    struct vuf_frontend *fe = fe_of(d);
+
     /* The back-end kept its state while asleep; wake is activate with the
      * reclaimed queues (SET_VRING_BASE carries next_avail). */
     if (!mem)
         return 0;
+    if (fe->active) {
+        vuf_log(VUF_LOG_ERROR, "%s: wake while active", fe->label);
+        return -EBUSY;
+    }
+    /* A device that never slept has nothing to resume: starting it here
+     * would hide a VMM's lost sleep or a reset in between. */
+    if (!fe->asleep) {
+        vuf_log(VUF_LOG_ERROR, "%s: wake without sleep or restore (activate starts a device)",
+                fe->label);
+        return -EINVAL;
+    }
     return fe_activate(d, mem, intr, queues, nqueues);
 }
 
@@ -1362,8 +1463,10 @@ static int fe_restore(struct vuf_device *d, const uint8_t *data, size_t len)
         goto fail;
     }
     r = check_state_transfer(fe);
-    if (r == 0)
+    if (r == 0) {
+        fe->asleep = true; /* where sleep leaves a device: wake resumes it */
         return 0;
+    }
 fail:
     fe->acked_features = old_acked;
     return r;

@@ -96,6 +96,10 @@ struct vuf_frontend {
     /* Active (queues started on the back-end). Written only by the caller's
      * thread while the worker is stopped; the worker reads intr. */
     bool active;
+    /* Stopped by sleep (or loaded by restore) and not reset since: wake
+     * may resume it, and the acked features stay frozen as while active
+     * (virtio 1.2 §3.1.1: fixed from FEATURES_OK until reset). */
+    bool asleep;
     struct fe_sent_queue *sent;
     unsigned nsent;
     const struct vuf_guest_mem *mem;

@@ -55,7 +55,9 @@ static int fill_addr(const char *path, struct sockaddr_un *sa)
 {
     memset(sa, 0, sizeof(*sa));
     sa->sun_family = AF_UNIX;
-    if (!path || strlen(path) >= sizeof(sa->sun_path))
+    if (!path)
+        return -EINVAL;
+    if (strlen(path) >= sizeof(sa->sun_path))
         return -ENAMETOOLONG;
     strcpy(sa->sun_path, path);
     return 0;
@@ -76,7 +78,7 @@ int vuf_conn_connect(const char *path, int connect_timeout_ms, struct vuf_conn *
 {
     struct sockaddr_un sa;
     int64_t deadline = vuf_now_ms() + (connect_timeout_ms > 0 ? connect_timeout_ms : 0);
-    int ret = fill_addr(path, &sa);
+    int ret = out ? fill_addr(path, &sa) : -EINVAL;
 
     if (ret)
         return ret;

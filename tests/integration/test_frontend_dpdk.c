@@ -428,8 +428,10 @@ static void test_dpdk_macswap_sleep_wake(void **state)
         assert_int_equal(vuf_device_read_config(f->dev, 6, status, sizeof(status)), 0);
         assert_int_equal(status[0], VUF_NET_S_LINK_UP);
         assert_int_equal(status[1], 0);
-        assert_int_equal(vuf_device_read_config(f->dev, 0, big, sizeof(big)), 0);
+        assert_int_equal(vuf_device_read_config(f->dev, 0, big, 12), 0);
         assert_int_equal(big[8] | big[9] << 8, DPDK_QUEUE_PAIRS); /* max_virtqueue_pairs */
+        /* Past the 12-byte space: refused (issue 14), nothing sent. */
+        assert_int_equal(vuf_device_read_config(f->dev, 0, big, sizeof(big)), -EINVAL);
         assert_int_equal(vuf_device_write_config(f->dev, 0, mac, sizeof(mac)), -ENOTSUP);
         assert_int_equal(vuf_frontend_net_set_mtu(f->dev, 1500), 0);
     }

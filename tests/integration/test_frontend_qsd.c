@@ -312,6 +312,55 @@ static void destroy_and_check_leaks(struct fx *f)
  * processed only after wake; reset -> activate with fresh rings; the data
  * survives; destroy leaks nothing.
  */
+/* Issue 14: a driver that did not ack VERSION_1 made the front-end send
+ * SET_FEATURES without it, and qemu-storage-daemon aborted ("peer hung
+ * up"); a config read past its 60 bytes came back -EIO. Both are refused
+ * locally now: qsd stays up and serves the proper activation after. */
+static void test_qsd_refused_locally(void **state)
+{
+    struct fx *f = *state;
+    struct vuf_frontend_config cfg;
+    struct vuf_conn *conn = NULL;
+    uint8_t buf[8];
+    uint64_t offered;
+
+    REQUIRE_QSD();
+    start_qsd(f);
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.device_type = VUF_DEV_BLK;
+    cfg.base_features_mask = BIT(VUF_VIRTIO_F_VERSION_1) | BIT(VUF_VIRTIO_F_EVENT_IDX);
+    cfg.max_queue_size = 256;
+    cfg.event = tu_vmm_event;
+    cfg.event_opaque = &f->vmm;
+    assert_int_equal(vuf_conn_connect(f->sock, 2000, &conn), 0);
+    vuf_conn_set_timeout(conn, IO_MS);
+    assert_int_equal(vuf_frontend_new(&cfg, conn, &f->dev), 0);
+    offered = vuf_device_features(f->dev);
+    assert_true(offered & BIT(VUF_VIRTIO_F_VERSION_1));
+    assert_int_equal(vuf_device_ack_features(f->dev, offered & ~BIT(VUF_VIRTIO_F_VERSION_1)), 0);
+    f->acked = vuf_frontend_acked_features(f->dev);
+    make_queues(f);
+    assert_int_equal(vuf_device_activate(f->dev, f->gm, &f->intr, f->q, NQ), -EINVAL);
+    assert_int_equal(vuf_device_read_config(f->dev, 56, buf, sizeof(buf)), -EINVAL);
+    tu_sleep_ms(200);
+    assert_int_equal(kill(f->proc.pid, 0), 0);
+    assert_int_equal(waitpid(f->proc.pid, NULL, WNOHANG), 0); /* qsd still running */
+
+    /* The driver acks VERSION_1: the same device starts and serves I/O. */
+    assert_int_equal(vuf_device_ack_features(f->dev, BIT(VUF_VIRTIO_F_VERSION_1)), 0);
+    activate(f);
+    assert_int_equal(vuf_device_read_config(f->dev, 56, buf, 4), 0);
+    {
+        uint8_t *z = calloc(1, 4096);
+
+        assert_non_null(z);
+        assert_reads(f->blk[0], 0, z, 4096); /* a fresh disk reads zeros */
+        free(z);
+    }
+    assert_int_equal(vuf_device_reset(f->dev), 0);
+    assert_int_equal(atomic_load(&f->vmm.crashed), 0);
+}
+
 static void test_qsd_io_sleep_wake_reset(void **state)
 {
     struct fx *f = *state;
@@ -659,6 +708,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_qsd_io_sleep_wake_reset, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_qsd_refused_locally, setup, teardown),
         cmocka_unit_test_setup_teardown(test_qsd_crash_detected, setup, teardown),
         cmocka_unit_test_setup_teardown(test_qsd_crash_while_asleep, setup, teardown),
     };

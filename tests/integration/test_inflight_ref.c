@@ -580,7 +580,7 @@ static void test_inflight_reconnect(void **state)
     area.fd = -1;
     f->wr.phase = PH_RECOVERED;
     /* No driver requeue: the queues exactly as sleep returned them. */
-    assert_int_equal(vuf_device_wake(f->dev, f->gm, &f->intr, slept, NQ), 0);
+    assert_int_equal(vuf_device_activate(f->dev, f->gm, &f->intr, slept, NQ), 0);
     assert_true(vuf_frontend_is_active(f->dev));
     for (unsigned i = 0; i < NQ; i++)
         assert_int_equal(vuf_virtq_kick(f->vq[i], VUF_VIRTQ_KICK_FORCE), 1);

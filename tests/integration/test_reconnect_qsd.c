@@ -16,7 +16,7 @@
  *   next_used = used->idx: GET_VRING_BASE cannot be sent), destroy the dead
  *   device -> driver: reap, vuf_virtq_requeue_inflight -> restart qsd on the
  *   same socket and file -> vuf_conn_connect with a deadline ->
- *   vuf_frontend_new, re-ack the same features -> vuf_device_wake with the
+ *   vuf_frontend_new, re-ack the same features -> vuf_device_activate with the
  *   slept queues (next_avail = the requeue base) -> forced kick -> every
  *   write completes exactly once with OK status, the file on the host holds
  *   every pattern, more I/O works.
@@ -377,7 +377,7 @@ static void reconnect(struct fx *f, int restart_delay_ms)
 
     /* --- resume the rings on the new back-end ------------------------------- */
     f->wr.phase = PH_RECOVERED;
-    assert_int_equal(vuf_device_wake(f->dev, f->gm, &f->intr, resume, NQ), 0);
+    assert_int_equal(vuf_device_activate(f->dev, f->gm, &f->intr, resume, NQ), 0);
     assert_true(vuf_frontend_is_active(f->dev));
     assert_int_equal(tu_count_threads(), f->threads0 + 1);
     for (unsigned i = 0; i < NQ; i++)

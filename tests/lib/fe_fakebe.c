@@ -626,6 +626,9 @@ void fx_queues(struct fx *f, unsigned n)
         tu_ring_queue(f->mem, &f->q[i], i == 1 ? 1 : VUF_NO_VECTOR);
     f->intr.irqfd1 = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     assert_true(f->intr.irqfd1 >= 0);
+    /* The driver that set up the queues negotiated first. */
+    if (f->dev)
+        fx_ack_version_1(f);
 }
 
 void fx_end(struct fx *f)
@@ -645,8 +648,15 @@ void fx_end(struct fx *f)
     assert_int_equal(tu_threads_settle(f->threads0), f->threads0);
 }
 
+void fx_ack_version_1(struct fx *f)
+{
+    if (vuf_device_features(f->dev) & F_VERSION_1)
+        assert_int_equal(vuf_device_ack_features(f->dev, F_VERSION_1), 0);
+}
+
 void fx_activate_ok(struct fx *f)
 {
+    fx_ack_version_1(f);
     assert_int_equal(vuf_device_activate(f->dev, f->mem, &f->vi, f->q, f->nq), 0);
 }
 

@@ -203,10 +203,15 @@ struct vuf_frontend_config fx_cfg(uint32_t type, uint64_t base);
 /* vuf_frontend_new() on the fixture's connection (taken over either way). */
 int fx_new(struct fx *f, const struct vuf_frontend_config *cfg);
 /* Guest memory with `n` queues of 16 entries, rings in place. Queue 1 (if
- * any) uses MSI-X vector 1, which has an irqfd; the others none. */
+ * any) uses MSI-X vector 1, which has an irqfd; the others none. With a
+ * device, also fx_ack_version_1 (the driver negotiated first). */
 void fx_queues(struct fx *f, unsigned n);
 /* Destroy everything; no fd and no thread may outlive the device. */
 void fx_end(struct fx *f);
+/* The driver's ack of VERSION_1 when the device offers it, as a driver
+ * must (virtio 1.2 §6.1): a modern device does not activate without. */
+void fx_ack_version_1(struct fx *f);
+/* fx_ack_version_1, then activate with f->q; must succeed. */
 void fx_activate_ok(struct fx *f);
 /* Consume the constructor's requests (the last may get no reply, so wait
  * for it rather than trusting the count). */

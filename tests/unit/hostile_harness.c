@@ -389,5 +389,8 @@ void fx_end(struct fx *f)
 
 int fx_activate(struct fx *f)
 {
+    /* The driver accepts VERSION_1 when offered (virtio 1.2 §6.1). */
+    if (vuf_device_features(f->dev) & F_VERSION_1)
+        vuf_device_ack_features(f->dev, F_VERSION_1);
     return vuf_device_activate(f->dev, f->mem, &f->vi, f->q, f->nq);
 }

@@ -12,6 +12,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -28,6 +29,7 @@
 
 #include "testutil.h"
 #include "vuf/conn.h"
+#include "vuf/log.h"
 
 /* Slack for timing checks: sanitizer builds and loaded CI machines. */
 #define SLACK_MS 800
@@ -1253,8 +1255,35 @@ static void test_path_too_long(void **state)
     memset(path, 'x', sizeof(path) - 1);
     path[0] = '/';
     path[sizeof(path) - 1] = 0;
-    assert_true(vuf_conn_connect(path, 0, &c) < 0);
-    assert_true(vuf_conn_listen(path, &lfd) < 0);
+    assert_int_equal(vuf_conn_connect(path, 0, &c), -ENAMETOOLONG);
+    assert_int_equal(vuf_conn_listen(path, &lfd), -ENAMETOOLONG);
+    assert_null(c);
+    assert_int_equal(lfd, -1);
+}
+
+/* No path is a bad argument, not a path too long (issue 14). */
+static void test_null_path(void **state)
+{
+    struct vuf_conn *c = NULL;
+    int lfd = -1;
+
+    (void)state;
+    assert_int_equal(vuf_conn_connect(NULL, 0, &c), -EINVAL);
+    assert_int_equal(vuf_conn_connect(NULL, 100, &c), -EINVAL);
+    assert_int_equal(vuf_conn_connect("/nonexistent/vuf.sock", 0, NULL), -EINVAL);
+    assert_int_equal(vuf_conn_listen(NULL, &lfd), -EINVAL);
+    assert_null(c);
+    assert_int_equal(lfd, -1);
+}
+
+/* Every int has a description: -INT_MIN would overflow (issue 14). */
+static void test_strerror_any_int(void **state)
+{
+    (void)state;
+    assert_string_equal(vuf_strerror(INT_MIN), "unknown error");
+    assert_non_null(vuf_strerror(INT_MAX));
+    assert_non_null(vuf_strerror(INT_MIN + 1));
+    assert_string_equal(vuf_strerror(-ECONNRESET), "peer hung up");
 }
 
 static void test_accept_timeout(void **state)
@@ -1443,6 +1472,8 @@ int main(void)
         PLAIN(test_connect_retry),
         PLAIN(test_connect_backlog_full),
         PLAIN(test_path_too_long),
+        PLAIN(test_null_path),
+        PLAIN(test_strerror_any_int),
         PLAIN(test_accept_timeout),
         PLAIN(test_adopt),
         PLAIN(test_pair_and_close),

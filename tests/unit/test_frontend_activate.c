@@ -65,7 +65,7 @@ static void lifecycle(bool with_backend_req)
     vuf_device_ack_features(f.dev, F_EVENT_IDX);
     fx_activate_ok(&f);
     expect_seq(&f.be, &f.mark, R(SET_FEATURES), R(SET_MEM_TABLE), SEQ_QUEUE, SEQ_QUEUE);
-    assert_int_equal(f.be.acked, F_PROTO | F_EVENT_IDX);
+    assert_int_equal(f.be.acked, F_PROTO | F_VERSION_1 | F_EVENT_IDX);
     assert_int_equal(f.be.mem_regions, 1);
     assert_int_equal(be_rec(&f.be, f.mark - 1).b, 1); /* ENABLE(1) */
     assert_true(vuf_frontend_is_active(f.dev));
@@ -162,7 +162,7 @@ static void lifecycle(bool with_backend_req)
     expect_none(&g.be, &g.mark);
     assert_int_equal(vuf_device_restore(g.dev, snap, snap_len), 0);
     expect_seq(&g.be, &g.mark, R(SET_FEATURES), R(SET_DEVICE_STATE_FD), R(CHECK_DEVICE_STATE));
-    assert_int_equal(g.be.acked, F_PROTO | F_EVENT_IDX);
+    assert_int_equal(g.be.acked, F_PROTO | F_VERSION_1 | F_EVENT_IDX);
     assert_int_equal(g.be.loaded_len, f.be.state_len);
     assert_memory_equal(g.be.loaded, f.be.state, f.be.state_len);
     assert_int_equal(vuf_device_wake(g.dev, f.mem, &f.vi, back, f.nq), 0);
@@ -246,6 +246,7 @@ static void test_activate_checks(void **state)
     assert_int_equal(fx_new(&f, &cfg), 0);
     fx_queues(&f, 2);
     expect_new(&f);
+    fx_ack_version_1(&f);
 
     memcpy(bad, f.q, sizeof(bad));
     bad[1].size = 12; /* not a power of two */
@@ -295,6 +296,7 @@ static void test_activate_nack_rolls_back(void **state)
     assert_int_equal(fx_new(&f, &cfg), 0);
     fx_queues(&f, 2);
     expect_new(&f);
+    fx_ack_version_1(&f);
     /* With REPLY_ACK the back-end can refuse queue 1's kick fd. */
     f.be.nack_code = VUF_REQ_SET_VRING_KICK;
     f.be.nack_skip = 1;
@@ -375,6 +377,131 @@ static void wiring_config_changed(void *opaque)
     atomic_fetch_add(&wiring_config_calls, 1);
 }
 
+/* Issue 14: a modern device refuses to start for a driver that did not
+ * accept VERSION_1 (qemu-storage-daemon aborts on such a SET_FEATURES). */
+static void test_version_1_required(void **state)
+{
+    struct fx f;
+    struct vuf_frontend_config cfg = fx_cfg(VUF_DEV_CONSOLE, F_EVENT_IDX);
+
+    (void)state;
+    fx_begin(&f);
+    fx_queues(&f, 2); /* before the device: no ack yet */
+    assert_int_equal(fx_new(&f, &cfg), 0);
+    expect_new(&f);
+    assert_int_equal(vuf_device_ack_features(f.dev, F_EVENT_IDX), 0);
+    assert_int_equal(vuf_device_activate(f.dev, f.mem, &f.vi, f.q, f.nq), -EINVAL);
+    expect_none(&f.be, &f.mark);
+    assert_false(vuf_frontend_is_active(f.dev));
+    assert_false(vuf_frontend_last_sent_features(f.dev, NULL));
+    /* The driver acks it: the same device starts. */
+    assert_int_equal(vuf_device_ack_features(f.dev, F_VERSION_1), 0);
+    assert_int_equal(vuf_device_activate(f.dev, f.mem, &f.vi, f.q, f.nq), 0);
+    expect_seq(&f.be, &f.mark, R(SET_FEATURES), R(SET_MEM_TABLE), SEQ_QUEUE, SEQ_QUEUE);
+    assert_int_equal(f.be.acked, F_PROTO | F_VERSION_1 | F_EVENT_IDX);
+    fx_end(&f);
+
+    /* A back-end that does not offer VERSION_1 (legacy): nothing to ack. */
+    fx_begin(&f);
+    f.be.features &= ~F_VERSION_1;
+    fx_queues(&f, 1);
+    assert_int_equal(fx_new(&f, &cfg), 0);
+    expect_new(&f);
+    assert_int_equal(vuf_device_activate(f.dev, f.mem, &f.vi, f.q, f.nq), 0);
+    expect_seq(&f.be, &f.mark, R(SET_FEATURES), R(SET_MEM_TABLE), SEQ_QUEUE);
+    assert_int_equal(f.be.acked, F_PROTO);
+    fx_end(&f);
+
+    /* cfg.legacy: VERSION_1 is not offered, and not required. */
+    fx_begin(&f);
+    cfg.legacy = true;
+    fx_queues(&f, 1);
+    assert_int_equal(fx_new(&f, &cfg), 0);
+    expect_new(&f);
+    assert_int_equal(vuf_device_features(f.dev) & F_VERSION_1, 0);
+    assert_int_equal(vuf_device_activate(f.dev, f.mem, &f.vi, f.q, f.nq), 0);
+    expect_seq(&f.be, &f.mark, R(SET_FEATURES), R(SET_MEM_TABLE), SEQ_QUEUE);
+    assert_int_equal(f.be.acked, F_PROTO);
+    fx_end(&f);
+}
+
+/* Issue 14: features are fixed from FEATURES_OK until reset (virtio 1.2
+ * §3.1.1): a new bit while active or asleep is -EBUSY and never sent. */
+static void test_features_frozen(void **state)
+{
+    struct fx f;
+    struct vuf_frontend_config cfg = fx_cfg(VUF_DEV_CONSOLE, F_EVENT_IDX);
+    struct vuf_queue back[MAX_Q];
+
+    (void)state;
+    fx_begin(&f);
+    assert_int_equal(fx_new(&f, &cfg), 0);
+    expect_new(&f);
+    fx_queues(&f, 2);
+    fx_activate_ok(&f);
+    expect_seq(&f.be, &f.mark, R(SET_FEATURES), R(SET_MEM_TABLE), SEQ_QUEUE, SEQ_QUEUE);
+    assert_int_equal(vuf_device_ack_features(f.dev, F_EVENT_IDX), -EBUSY);
+    assert_int_equal(vuf_frontend_acked_features(f.dev), F_VERSION_1);
+    /* Acking again what is acked changes nothing: allowed. */
+    assert_int_equal(vuf_device_ack_features(f.dev, F_VERSION_1), 0);
+
+    memcpy(back, f.q, sizeof(back));
+    assert_int_equal(vuf_device_sleep(f.dev, back, f.nq), 1);
+    expect_seq(&f.be, &f.mark, SEQ_STOP, SEQ_STOP);
+    assert_int_equal(vuf_device_ack_features(f.dev, F_EVENT_IDX | F_VERSION_1), -EBUSY);
+    assert_int_equal(vuf_frontend_acked_features(f.dev), F_VERSION_1);
+    /* The wake sends no SET_FEATURES: nothing changed. */
+    assert_int_equal(vuf_device_wake(f.dev, f.mem, &f.vi, back, f.nq), 0);
+    expect_seq(&f.be, &f.mark, R(SET_MEM_TABLE), SEQ_QUEUE, SEQ_QUEUE);
+    assert_int_equal(f.be.acked, F_PROTO | F_VERSION_1);
+
+    /* After a reset the driver negotiates again. */
+    assert_int_equal(vuf_device_reset(f.dev), 0);
+    expect_seq(&f.be, &f.mark, SEQ_STOP, SEQ_STOP);
+    assert_int_equal(vuf_device_ack_features(f.dev, F_EVENT_IDX), 0);
+    assert_int_equal(vuf_frontend_acked_features(f.dev), F_VERSION_1 | F_EVENT_IDX);
+    fx_end(&f);
+}
+
+/* Issue 14: wake resumes a device that slept (or was restored); one that
+ * never slept, or was reset since, is not started by it. */
+static void test_wake_needs_sleep(void **state)
+{
+    struct fx f;
+    struct vuf_frontend_config cfg = fx_cfg(VUF_DEV_CONSOLE, 0);
+    struct vuf_queue back[MAX_Q];
+
+    (void)state;
+    fx_begin(&f);
+    assert_int_equal(fx_new(&f, &cfg), 0);
+    expect_new(&f);
+    fx_queues(&f, 2);
+    assert_int_equal(vuf_device_wake(f.dev, f.mem, &f.vi, f.q, f.nq), -EINVAL);
+    assert_int_equal(vuf_device_wake(f.dev, NULL, &f.vi, f.q, f.nq), 0); /* nothing to resume */
+    /* A sleep of an inactive device hands nothing back: still no wake. */
+    memcpy(back, f.q, sizeof(back));
+    assert_int_equal(vuf_device_sleep(f.dev, back, f.nq), 0);
+    assert_int_equal(vuf_device_wake(f.dev, f.mem, &f.vi, back, f.nq), -EINVAL);
+    expect_none(&f.be, &f.mark);
+    assert_false(vuf_frontend_is_active(f.dev));
+
+    fx_activate_ok(&f);
+    expect_seq(&f.be, &f.mark, R(SET_FEATURES), R(SET_MEM_TABLE), SEQ_QUEUE, SEQ_QUEUE);
+    assert_int_equal(vuf_device_wake(f.dev, f.mem, &f.vi, f.q, f.nq), -EBUSY);
+    expect_none(&f.be, &f.mark);
+    assert_int_equal(vuf_device_sleep(f.dev, back, f.nq), 1);
+    expect_seq(&f.be, &f.mark, SEQ_STOP, SEQ_STOP);
+    assert_int_equal(vuf_device_wake(f.dev, f.mem, &f.vi, back, f.nq), 0);
+    expect_seq(&f.be, &f.mark, R(SET_MEM_TABLE), SEQ_QUEUE, SEQ_QUEUE);
+    /* Reset ends the sleep: the driver starts over with activate. */
+    assert_int_equal(vuf_device_sleep(f.dev, back, f.nq), 1);
+    expect_seq(&f.be, &f.mark, SEQ_STOP, SEQ_STOP);
+    assert_int_equal(vuf_device_reset(f.dev), 0);
+    assert_int_equal(vuf_device_wake(f.dev, f.mem, &f.vi, back, f.nq), -EINVAL);
+    assert_false(vuf_frontend_is_active(f.dev));
+    fx_end(&f);
+}
+
 /* Issue 7 §3: vuf_queue_from_virtq() and vuf_virtq_irq_sink() are the
  * queue wiring every in-process VMM wrote by hand. */
 static void test_virtq_wiring(void **state)
@@ -392,6 +519,7 @@ static void test_virtq_wiring(void **state)
     fx_begin(&f);
     assert_int_equal(fx_new(&f, &cfg), 0);
     expect_new(&f);
+    fx_ack_version_1(&f);
     assert_int_equal(vuf_guest_mem_new_simple(0x100000, 1 << 20, &f.mem), 0);
     for (unsigned i = 0; i < 2; i++) {
         struct vuf_virtq_opts o = {.size = 16, .index = i, .base = (uint16_t)(i ? 5 : 0)};
@@ -455,6 +583,9 @@ int main(void)
         cmocka_unit_test(test_need_reply_option),
         cmocka_unit_test(test_interrupts),
         cmocka_unit_test(test_virtq_wiring),
+        cmocka_unit_test(test_version_1_required),
+        cmocka_unit_test(test_features_frozen),
+        cmocka_unit_test(test_wake_needs_sleep),
     };
 
     fe_test_prepare();

@@ -40,6 +40,7 @@ static void test_config(void **state)
     uint8_t buf[300], w[4] = {9, 8, 7, 6};
 
     (void)state;
+    cfg.config_size = 1024; /* past the fake's 512 bytes, not console's 12 */
     fx_begin(&f);
     assert_int_equal(fx_new(&f, &cfg), 0);
     expect_new(&f);
@@ -75,12 +76,63 @@ static void test_config(void **state)
     fx_end(&f);
 }
 
+/* Issue 14: an access past the config space is refused before anything is
+ * sent (qemu-storage-daemon fails it with an empty reply: -EIO). */
+static void test_config_past_end(void **state)
+{
+    struct fx f;
+    struct vuf_frontend_config cfg = fx_cfg(VUF_DEV_BLK, 0);
+    uint8_t buf[128];
+
+    (void)state;
+    fx_begin(&f);
+    assert_int_equal(fx_new(&f, &cfg), 0);
+    expect_new(&f);
+    /* blk: 60 bytes (up to write_zeroes_may_unmap and its padding) */
+    memset(buf, 0xee, sizeof(buf));
+    assert_int_equal(vuf_device_read_config(f.dev, 56, buf, 8), -EINVAL);
+    assert_int_equal(vuf_device_read_config(f.dev, 0, buf, 61), -EINVAL);
+    assert_int_equal(vuf_device_read_config(f.dev, 60, buf, 1), -EINVAL);
+    assert_int_equal(vuf_device_write_config(f.dev, 59, buf, 2), -EINVAL);
+    assert_int_equal(buf[0], 0xee);
+    expect_none(&f.be, &f.mark);
+    assert_int_equal(vuf_device_read_config(f.dev, 0, buf, 60), 0);
+    expect_seq(&f.be, &f.mark, R(GET_CONFIG));
+    assert_memory_equal(buf, f.be.config, 60);
+    assert_int_equal(vuf_device_read_config(f.dev, 56, buf, 4), 0);
+    expect_seq(&f.be, &f.mark, R(GET_CONFIG));
+    fx_end(&f);
+
+    /* SECURE_ERASE offered: the three secure-erase fields, 72 bytes. */
+    fx_begin(&f);
+    f.be.features |= BIT(VUF_BLK_F_SECURE_ERASE);
+    assert_int_equal(fx_new(&f, &cfg), 0);
+    expect_new(&f);
+    assert_int_equal(vuf_device_read_config(f.dev, 60, buf, 12), 0);
+    expect_seq(&f.be, &f.mark, R(GET_CONFIG));
+    assert_int_equal(vuf_device_read_config(f.dev, 60, buf, 13), -EINVAL);
+    expect_none(&f.be, &f.mark);
+    fx_end(&f);
+
+    /* cfg.config_size: the VMM knows better. */
+    fx_begin(&f);
+    cfg.config_size = 16;
+    assert_int_equal(fx_new(&f, &cfg), 0);
+    expect_new(&f);
+    assert_int_equal(vuf_device_read_config(f.dev, 8, buf, 8), 0);
+    expect_seq(&f.be, &f.mark, R(GET_CONFIG));
+    assert_int_equal(vuf_device_read_config(f.dev, 8, buf, 9), -EINVAL);
+    expect_none(&f.be, &f.mark);
+    fx_end(&f);
+}
+
 /* ------------------------------------------------------------------------ */
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config),
+        cmocka_unit_test(test_config_past_end),
     };
 
     fe_test_prepare();

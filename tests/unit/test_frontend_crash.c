@@ -135,7 +135,7 @@ static void test_reconnect_new_backend(void **state)
     assert_int_equal(back[1].used_addr, f.q[1].used_addr);
     assert_int_equal(back[1].kick_fd, f.q[1].kick_fd);
     acked = vuf_frontend_acked_features(f.dev);
-    assert_int_equal(acked, F_EVENT_IDX);
+    assert_int_equal(acked, F_VERSION_1 | F_EVENT_IDX);
     vuf_device_destroy(f.dev);
     f.dev = NULL;
 
@@ -146,7 +146,11 @@ static void test_reconnect_new_backend(void **state)
     assert_int_equal(vuf_device_features(g.dev) & acked, acked);
     assert_int_equal(vuf_device_ack_features(g.dev, acked), 0);
     assert_int_equal(vuf_frontend_acked_features(g.dev), acked);
-    assert_int_equal(vuf_device_wake(g.dev, f.mem, &f.vi, back, f.nq), 0);
+    /* The new device never slept: it is activated with the queues (a wake
+     * is refused, docs/reconnect.md). */
+    assert_int_equal(vuf_device_wake(g.dev, f.mem, &f.vi, back, f.nq), -EINVAL);
+    expect_none(&g.be, &g.mark);
+    assert_int_equal(vuf_device_activate(g.dev, f.mem, &f.vi, back, f.nq), 0);
     expect_seq(&g.be, &g.mark, R(SET_FEATURES), R(SET_MEM_TABLE), SEQ_QUEUE, SEQ_QUEUE);
     assert_int_equal(g.be.acked, acked | F_PROTO); /* bit 30 is sent, never reported */
     assert_int_equal(g.be.set_base[0], 7);

@@ -113,8 +113,9 @@ static void test_dirty_log(void **state)
     assert_int_equal(be_rec_back(&f.be, f.mark, 4).u64, log_bytes);
     assert_int_equal(f.be.log_nfds, 1);
     assert_int_equal(f.be.log_size, log_bytes);
-    assert_int_equal(be_rec_back(&f.be, f.mark, 3).u64, F_PROTO | F_EVENT_IDX | F_LOG_ALL);
-    assert_int_equal(f.be.acked, F_PROTO | F_EVENT_IDX | F_LOG_ALL);
+    assert_int_equal(be_rec_back(&f.be, f.mark, 3).u64,
+                     F_PROTO | F_VERSION_1 | F_EVENT_IDX | F_LOG_ALL);
+    assert_int_equal(f.be.acked, F_PROTO | F_VERSION_1 | F_EVENT_IDX | F_LOG_ALL);
     assert_true(be_rec_back(&f.be, f.mark, 3).flags & VUF_FLAG_NEED_REPLY);
     for (unsigned i = 0; i < 2; i++) {
         assert_true(be_rec_back(&f.be, f.mark, 2 - i).flags & VUF_FLAG_NEED_REPLY);
@@ -212,7 +213,7 @@ static void test_dirty_log(void **state)
     /* stop reverses start; the log is gone. */
     assert_int_equal(vuf_frontend_log_stop(f.dev), 0);
     expect_seq(&f.be, &f.mark, R(SET_FEATURES), R(SET_VRING_ADDR), R(SET_VRING_ADDR));
-    assert_int_equal(f.be.acked, F_PROTO | F_EVENT_IDX);
+    assert_int_equal(f.be.acked, F_PROTO | F_VERSION_1 | F_EVENT_IDX);
     for (unsigned i = 0; i < 2; i++) {
         assert_int_equal(f.be.addr[i].flags, 0);
         assert_int_equal(f.be.addr[i].log, 0);
@@ -232,7 +233,7 @@ static void test_dirty_log(void **state)
     assert_false(vuf_frontend_log_is_active(f.dev));
     fx_activate_ok(&f);
     expect_seq(&f.be, &f.mark, R(SET_FEATURES), R(SET_MEM_TABLE), SEQ_QUEUE, SEQ_QUEUE);
-    assert_int_equal(f.be.acked, F_PROTO | F_EVENT_IDX);
+    assert_int_equal(f.be.acked, F_PROTO | F_VERSION_1 | F_EVENT_IDX);
     assert_int_equal(f.be.addr[0].flags, 0);
 
     /* Logging at destroy: released with the device (no fd leak). */

@@ -195,7 +195,8 @@ static void test_inflight_export_import(void **state)
     assert_int_equal(b.num_queues, nq);
     assert_int_equal(b.queue_size, 16);
     close(b.fd);
-    assert_int_equal(vuf_device_wake(g.dev, f.mem, &f.vi, back, f.nq), 0);
+    fx_ack_version_1(&g);
+    assert_int_equal(vuf_device_activate(g.dev, f.mem, &f.vi, back, f.nq), 0);
     expect_seq(&g.be, &g.mark, R(SET_FEATURES), R(SET_INFLIGHT_FD), R(SET_MEM_TABLE), SEQ_QUEUE,
                SEQ_QUEUE);
     assert_int_equal(g.be.infl_set_nfds, 1);

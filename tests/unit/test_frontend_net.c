@@ -108,12 +108,16 @@ static void test_local_config(void **state)
     assert_int_equal(vuf_device_features(f.dev) & (NB(MAC) | NB(STATUS) | NB(MTU)),
                      NB(MAC) | NB(STATUS) | NB(MTU));
     memset(c, 0xee, sizeof(c));
-    assert_int_equal(vuf_device_read_config(f.dev, 0, c, sizeof(c)), 0);
-    assert_memory_equal(c, want, sizeof(c)); /* 12 bytes, then zeros */
+    assert_int_equal(vuf_device_read_config(f.dev, 0, c, 12), 0);
+    assert_memory_equal(c, want, 12);
     assert_int_equal(vuf_device_read_config(f.dev, VUF_NET_CFG_MTU, &mtu, 2), 0);
     assert_int_equal(mtu, 9000);
-    assert_int_equal(vuf_device_read_config(f.dev, 100, c, 4), 0);
-    assert_memory_equal(c, "\0\0\0\0", 4);
+    /* Past the 12-byte space: refused, the buffer untouched (issue 14). */
+    memset(c, 0xee, sizeof(c));
+    assert_int_equal(vuf_device_read_config(f.dev, 0, c, sizeof(c)), -EINVAL);
+    assert_int_equal(vuf_device_read_config(f.dev, 100, c, 4), -EINVAL);
+    assert_int_equal(vuf_device_read_config(f.dev, 10, c, 4), -EINVAL);
+    assert_int_equal(c[0], 0xee);
     assert_int_equal(vuf_device_write_config(f.dev, 0, mac0, 6), -ENOTSUP);
     expect_none(&f.be, &f.mark);
 

@@ -151,6 +151,24 @@ static void test_packed_activate_sleep_wake(void **state)
     assert_int_equal(vuf_queue_reclaim(&back, gm, 3u | 16u << 16), -EPROTO);
     assert_int_equal(back.next_used, 0x8000 | 15);
 
+    /* The running distance from used to avail, as for split rings (issue
+     * 14): each position below the size is not enough. */
+    back.next_avail = back.next_used = 0x8000 | 1;
+    /* same lap, used ahead of avail */
+    assert_int_equal(vuf_queue_reclaim(&back, gm, (0x8000u | 5) | (0x8000u | 10) << 16), -EPROTO);
+    /* avail a lap ahead and past used: more than 16 in flight */
+    assert_int_equal(vuf_queue_reclaim(&back, gm, 7u | (0x8000u | 5) << 16), -EPROTO);
+    assert_int_equal(back.next_avail, 0x8000 | 1); /* unchanged on refusal */
+    assert_int_equal(back.next_used, 0x8000 | 1);
+    /* The bounds: 0 and 16 in flight, in one lap and across the wrap. */
+    assert_int_equal(vuf_queue_reclaim(&back, gm, (0x8000u | 5) | (0x8000u | 5) << 16), 0);
+    assert_int_equal(vuf_queue_reclaim(&back, gm, 5u | (0x8000u | 5) << 16), 0);
+    assert_int_equal(back.next_avail, 5);
+    assert_int_equal(back.next_used, 0x8000 | 5);
+    assert_int_equal(vuf_queue_reclaim(&back, gm, 3u | (0x8000u | 5) << 16), 0); /* 14 */
+    assert_int_equal(vuf_queue_reclaim(&back, gm, (0x8000u | 9) | (0x8000u | 2) << 16), 0);
+    assert_int_equal(vuf_queue_reclaim(&back, gm, 9u | 2u << 16), 0); /* wrap 0 both */
+
     vuf_device_destroy(f.dev);
     f.dev = NULL;
     vuf_virtq_free(vq);

@@ -17,6 +17,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "net_health.h"
 #include "testutil.h"
 #include "vuf/guest_mem.h"
 #include "vuf/log.h"
@@ -374,6 +375,59 @@ static void test_tx_rx_v1(void **state)
     assert_int_equal(st.rx_merged, 0);
     assert_int_equal(log_errors, 0);
     fx_close(&f);
+}
+
+/* Issue 14: `vuf net ping` printed "every byte checked" and exited 0 after
+ * the device broke the TX queue, as every frame still came back. Its
+ * verdict (tools/net_health.c) looks at both queues and the driver. */
+static void test_health_after_broken_queue(void **state)
+{
+    struct vuf_net_opts o = {.features = F_V1, .rx_bufs = 8, .tx_slots = 8};
+    uint8_t frame[60], got[2][1518];
+    struct vuf_net_frame tx[2], rx[2];
+    char why[160] = "";
+    struct fx f;
+
+    (void)state;
+    for (int lie = 0; lie < 3; lie++) {
+        fx_open(&f, &o);
+        assert_int_equal(vuf_net_rx_fill(f.net), 8);
+        fill_frame(frame, sizeof(frame), 1);
+        for (unsigned i = 0; i < 2; i++)
+            tx[i] = (struct vuf_net_frame){.data = frame, .len = sizeof(frame)};
+        assert_int_equal(vuf_net_tx_burst(f.net, tx, 2, 0), 2);
+        /* The device echoes both frames; lie 1: the second TX used entry
+         * names a descriptor that was never made available. */
+        for (unsigned i = 0; i < 2; i++) {
+            int head = dq_pop(&f.dtx);
+            uint32_t blen;
+            uint8_t *p;
+
+            assert_true(head >= 0);
+            p = dq_buf(&f.dtx, (unsigned)head, &blen, NULL);
+            dev_rx_one(&f, p + 12, sizeof(frame), 0);
+            dq_used(&f.dtx, lie == 1 && i == 1 ? QSIZE + 3 : (uint32_t)head, 0, true);
+        }
+        for (unsigned i = 0; i < 2; i++)
+            rx[i] = (struct vuf_net_frame){.data = got[i], .len = sizeof(got[i])};
+        assert_int_equal(vuf_net_rx_burst(f.net, rx, 2), 2); /* every frame back */
+        assert_memory_equal(got[1], frame, sizeof(frame));
+        if (lie == 2) {
+            /* An RX used entry for a buffer the device does not hold. */
+            dq_used(&f.drx, QSIZE + 5, 20, true);
+            assert_int_equal(vuf_net_rx_burst(f.net, rx, 2), -EPROTO);
+        }
+        why[0] = 0;
+        if (lie == 0) {
+            assert_int_equal(net_health(f.net, f.rx, f.tx, why, sizeof(why)), 0);
+            assert_string_equal(why, "");
+            assert_int_equal(vuf_net_tx_inflight(f.net), 0);
+        } else {
+            assert_int_equal(net_health(f.net, f.rx, f.tx, why, sizeof(why)), -EPROTO);
+            assert_non_null(strstr(why, lie == 1 ? "the TX queue is broken" : "the RX queue"));
+        }
+        fx_close(&f);
+    }
 }
 
 /* Legacy (no VERSION_1, no ANY_LAYOUT): a 10-byte header in its own
@@ -1124,6 +1178,7 @@ int main(void)
         cmocka_unit_test(test_config_decode),
         cmocka_unit_test(test_new_rejects),
         cmocka_unit_test(test_tx_rx_v1),
+        cmocka_unit_test(test_health_after_broken_queue),
         cmocka_unit_test(test_tx_legacy),
         cmocka_unit_test(test_tx_limits),
         cmocka_unit_test(test_tx_zero_copy),

@@ -1154,6 +1154,22 @@ static void test_vq_deferred_publish(void **state)
         assert_int_equal(vuf_virtq_get_used(e.vq, &ck, NULL), 0);
         assert_ptr_equal(ck, (void *)(uintptr_t)(i + 1));
     }
+    /* So does vuf_virtq_notify() (issue 14): the device it wakes sees the
+     * chain, and the kick is recorded as the decision point. */
+    b = (struct vuf_virtq_buf){.gpa = e.buf_gpa + 64, .len = 64};
+    assert_int_equal(vuf_virtq_add_deferred(e.vq, &b, 1, (void *)5), 0);
+    assert_int_equal(vuf_virtq_notify(e.vq), 0);
+    assert_int_equal(__atomic_load_n(&e.dev.avail->idx, __ATOMIC_ACQUIRE), 5);
+    assert_int_equal(fd_count(e.dev.kick_fd), 1);
+    assert_false(vuf_virtq_kick_needed(e.vq));
+    {
+        void *ck;
+
+        fdev_complete_one(&e.dev, &c, 0);
+        assert_int_equal(c.seg[0].p[0], 'b');
+        assert_int_equal(vuf_virtq_get_used(e.vq, &ck, NULL), 0);
+        assert_ptr_equal(ck, (void *)5);
+    }
     /* Errors as vuf_virtq_add(). */
     b.len = 0;
     assert_int_equal(vuf_virtq_add_deferred(e.vq, &b, 1, NULL), -EINVAL);
