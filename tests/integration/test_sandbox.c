@@ -366,7 +366,9 @@ static const long allow_library[] = {
     /* kick, drain: the fallback (the AIO calls are added for the aio case) */
     SYS_read,
     SYS_write,
-    /* sleep, destroy: the worker's stop eventfd and join */
+    /* sleep, destroy: used->idx through the memory fd, the worker's stop
+     * eventfd and join */
+    SYS_pread64,
     SYS_futex,
 };
 /* What the README says glibc adds: locks, malloc, thread start and end. */
