@@ -243,10 +243,11 @@ void tu_start_virtiofsd(struct tu_proc *p, const char *share, const char *sock, 
 void tu_stop_clean(struct tu_proc *p, const char *sock)
 {
     int st = tu_stop(p);
+    char how[96];
 
     if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
         tu_dump_log(p);
-        fail_msg("back-end exit status 0x%x, want exit 0", st);
+        fail_msg("back-end ended with %s, want exit 0", tu_status_str(p, st, how, sizeof(how)));
     }
     /* It removes its socket on the way out. */
     assert_int_not_equal(access(sock, F_OK), 0);

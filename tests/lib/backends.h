@@ -15,8 +15,12 @@
 #define TU_QSD "/usr/bin/qemu-storage-daemon"
 #define TU_VIRTIOFSD "/usr/lib/qemu/virtiofsd"
 
-/* How long a back-end may take to create its socket. */
-#define TU_START_MS 10000
+/* How long a back-end may take to create its socket. testpmd needs about
+ * 0.5 s on an idle machine but took over 10 s with the two cores loaded
+ * (its 1 GiB of --no-huge memory and mbuf pool are set up first); a back-end
+ * that dies early is seen at once (-ESRCH), so only a hung start waits this
+ * long. */
+#define TU_START_MS 60000
 
 /* A test's temp dir and the one back-end process in it. */
 struct tu_befx {
@@ -146,7 +150,8 @@ void tu_testpmd_cleanup(const char *prefix);
 
 /*
  * Stop a back-end that must end cleanly: tu_stop() (SIGTERM, SIGKILL after
- * 2 s; always reaped), then fail the test unless it exited 0, removed its
+ * TU_STOP_GRACE_MS; a slow exit is reported, not failed; always reaped),
+ * then fail the test unless it exited 0 (the message says how it ended), removed its
  * socket `sock`, and left no sanitizer report in its log (under
  * -Db_sanitize a report need not change the exit status). The log is
  * printed on failure. Whether the process was still running beforehand is
