@@ -186,27 +186,51 @@ const char *tu_testpmd_path(void)
     return path;
 }
 
-void tu_start_testpmd(struct tu_proc *p, const char *prefix, unsigned pairs, const char *sock,
-                      const char *log)
+/* dpdk-testpmd with its output to `log`; `cmd_fd` >= 0: interactive, its
+ * commands read from that fd. */
+static void start_testpmd(struct tu_proc *p, const char *prefix, unsigned pairs, const char *sock,
+                          const char *log, int cmd_fd)
 {
     const char *path = tu_testpmd_path();
     char vdev[400], rxq[32], txq[32];
-    char *argv[] = {NULL, "-l", "0,1", "--no-huge", "-m", "1024", "--no-pci", "--no-shconf",
-                    "--file-prefix", (char *)prefix, "--vdev", vdev, "--",
-                    "--total-num-mbufs=16384", "--stats-period=3600", "--forward-mode=macswap",
-                    "--nb-cores=1", "-a",
-                    /* With several pairs, one forwarding queue per pair
-                     * (testpmd's default is one). */
-                    pairs > 1 ? rxq : NULL, txq, NULL};
-    int r;
+    char *argv[24] = {NULL,
+                      "-l",
+                      "0,1",
+                      "--no-huge",
+                      "-m",
+                      "1024",
+                      "--no-pci",
+                      "--no-shconf",
+                      "--file-prefix",
+                      (char *)prefix,
+                      "--vdev",
+                      vdev,
+                      "--",
+                      "--total-num-mbufs=16384",
+                      "--forward-mode=macswap",
+                      "--nb-cores=1",
+                      txq};
+    int n = 17, r;
 
+    /* Non-interactive: forward at once, with --stats-period (see
+     * backends.h); interactive: wait for "start". */
+    if (cmd_fd < 0) {
+        argv[n++] = "-a";
+        argv[n++] = "--stats-period=3600";
+    } else {
+        argv[n++] = "-i";
+    }
+    /* With several pairs, one forwarding queue per pair (testpmd's default
+     * is one). */
+    if (pairs > 1)
+        argv[n++] = rxq;
     if (!path)
         fail();
     argv[0] = (char *)path;
     snprintf(vdev, sizeof(vdev), "net_vhost0,iface=%s,queues=%u", sock, pairs);
     snprintf(rxq, sizeof(rxq), "--rxq=%u", pairs);
     snprintf(txq, sizeof(txq), "--txq=%u", pairs);
-    assert_int_equal(tu_spawn(p, argv, log), 0);
+    assert_int_equal(tu_spawn_stdin(p, argv, log, cmd_fd), 0);
     r = tu_wait_socket_file(p, sock, TU_START_MS);
     if (r == -ESRCH) {
         tu_dump_log(p);
@@ -216,6 +240,35 @@ void tu_start_testpmd(struct tu_proc *p, const char *prefix, unsigned pairs, con
         tu_dump_log(p);
         fail_msg("dpdk-testpmd did not create %s: %s", sock, strerror(-r));
     }
+}
+
+void tu_start_testpmd(struct tu_proc *p, const char *prefix, unsigned pairs, const char *sock,
+                      const char *log)
+{
+    start_testpmd(p, prefix, pairs, sock, log, -1);
+}
+
+int tu_start_testpmd_held(struct tu_proc *p, const char *prefix, unsigned pairs, const char *sock,
+                          const char *log)
+{
+    int fds[2];
+
+    int64_t end;
+
+    assert_int_equal(pipe2(fds, O_CLOEXEC), 0);
+    start_testpmd(p, prefix, pairs, sock, log, fds[0]);
+    close(fds[0]);
+    /* Until it prompts it is still starting (and answered no vhost-user
+     * message here before "start"): the front-end must reach a testpmd
+     * that serves the protocol but does not forward yet. */
+    end = tu_now_ms() + TU_START_MS;
+    while (!tu_log_has(log, "testpmd> ") && tu_now_ms() < end)
+        tu_sleep_ms(10);
+    if (!tu_log_has(log, "testpmd> ")) {
+        tu_dump_log(p);
+        fail_msg("dpdk-testpmd -i did not prompt in %d ms", TU_START_MS);
+    }
+    return fds[1];
 }
 
 void tu_testpmd_cleanup(const char *prefix)

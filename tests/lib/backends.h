@@ -144,6 +144,20 @@ const char *tu_testpmd_path(void);
 void tu_start_testpmd(struct tu_proc *p, const char *prefix, unsigned pairs, const char *sock,
                       const char *log);
 
+/*
+ * The same testpmd held before forwarding, as a testpmd still starting up
+ * is: interactive (-i), reading its commands from a pipe. Its socket and
+ * vhost port are up, so a front-end connects, negotiates and sends, but
+ * nothing is forwarded until "start\n" is written to the returned fd (the
+ * pipe's write end; the caller closes it after stopping testpmd). When
+ * forwarding starts, testpmd first empties ("flushes") every RX queue of
+ * its port, which for the vhost port are the guest's TX rings: frames the
+ * guest sent before then are taken and freed, never forwarded. It exits 0
+ * on SIGTERM as the non-interactive one does.
+ */
+int tu_start_testpmd_held(struct tu_proc *p, const char *prefix, unsigned pairs, const char *sock,
+                          const char *log);
+
 /* Remove EAL's runtime dir for `prefix`: empty with --no-shconf, but left
  * behind (rmdir: only if empty). */
 void tu_testpmd_cleanup(const char *prefix);

@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -388,6 +389,30 @@ int tu_threads_settle(int want)
     while ((n = tu_count_threads()) != want && tu_now_ms() < until)
         tu_sleep_ms(1);
     return n;
+}
+
+static void *later_main(void *arg)
+{
+    struct tu_later *l = arg;
+
+    tu_sleep_ms(l->delay_ms);
+    return (void *)(intptr_t)write(l->fd, l->text, strlen(l->text));
+}
+
+void tu_later_start(struct tu_later *l, int fd, int delay_ms, const char *text)
+{
+    l->fd = fd;
+    l->delay_ms = delay_ms;
+    l->text = text;
+    assert_int_equal(pthread_create(&l->thread, NULL, later_main, l), 0);
+}
+
+long tu_later_join(struct tu_later *l)
+{
+    void *ret = NULL;
+
+    assert_int_equal(pthread_join(l->thread, &ret), 0);
+    return (long)(intptr_t)ret;
 }
 
 void tu_log_to_stderr(void *opaque, enum vuf_log_level level, const char *msg)

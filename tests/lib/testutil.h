@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -132,6 +133,17 @@ void tu_warm_threads(void);
  * reaped): wait up to a second for tu_count_threads() to be `want`, and
  * return the last count. */
 int tu_threads_settle(int want);
+
+/* Write `text` to `fd` after `delay_ms`, from a thread of its own (for a
+ * command that must reach a process while the test is blocked in a call). */
+struct tu_later {
+    pthread_t thread;
+    int fd, delay_ms;
+    const char *text;
+};
+void tu_later_start(struct tu_later *l, int fd, int delay_ms, const char *text);
+/* Wait for the write; returns what write() returned (-1 on error). */
+long tu_later_join(struct tu_later *l);
 
 /* ---- logs --------------------------------------------------------------- */
 
