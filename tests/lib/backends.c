@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -211,6 +212,7 @@ static void start_testpmd(struct tu_proc *p, const char *prefix, unsigned pairs,
                       "--nb-cores=1",
                       txq};
     int n = 17, r;
+    int64_t end;
 
     /* Non-interactive: forward at once, with --stats-period (see
      * backends.h); interactive: wait for "start". */
@@ -239,6 +241,27 @@ static void start_testpmd(struct tu_proc *p, const char *prefix, unsigned pairs,
     if (r) {
         tu_dump_log(p);
         fail_msg("dpdk-testpmd did not create %s: %s", sock, strerror(-r));
+    }
+    if (cmd_fd >= 0)
+        return;
+    /* Its socket is up well before it forwards (0.2 s idle, seconds on a
+     * loaded machine), and when forwarding starts it frees whatever the
+     * guest sent until then (it empties its RX queues first). It prints
+     * its burst size right after that. */
+    end = tu_now_ms() + TU_START_MS;
+    while (!tu_log_has(log, "packets/burst=")) {
+        siginfo_t si = {0};
+
+        /* WNOWAIT: a testpmd that died stays for tu_stop() to reap. */
+        if (waitid(P_PID, (id_t)p->pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid) {
+            tu_dump_log(p);
+            fail_msg("dpdk-testpmd exited before it forwarded (its log is above)");
+        }
+        if (tu_now_ms() > end) {
+            tu_dump_log(p);
+            fail_msg("dpdk-testpmd did not start forwarding in %d ms", TU_START_MS);
+        }
+        tu_sleep_ms(5);
     }
 }
 

@@ -137,7 +137,9 @@ const char *tu_testpmd_path(void);
  * prefix `prefix` (unique per process and run), testpmd with
  * --stats-period (without it, non-interactive testpmd waits for a key on
  * stdin, which is /dev/null here, and exits at once). Waits for the socket
- * FILE; fails the test (MISSING if testpmd is not installed; with its log
+ * FILE, then until testpmd forwards (its log shows the forwarding start:
+ * frames a guest sends before then are freed by it, see
+ * tu_start_testpmd_held); fails the test (MISSING if testpmd is not installed; with its log
  * if it exits first or never creates the socket). The caller owns *p and
  * stops it with tu_stop(), then calls tu_testpmd_cleanup(prefix).
  */
