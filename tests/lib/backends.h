@@ -16,7 +16,7 @@
 #define TU_VIRTIOFSD "/usr/lib/qemu/virtiofsd"
 
 /* How long a back-end may take to create its socket. testpmd needs about
- * 0.5 s on an idle machine but took over 10 s with the two cores loaded
+ * 1.3 s on an idle machine but took over 10 s with the two cores loaded
  * (its 1 GiB of --no-huge memory and mbuf pool are set up first); a back-end
  * that dies early is seen at once (-ESRCH), so only a hung start waits this
  * long. */
