@@ -94,6 +94,14 @@ for _ in $(seq 1 300); do
   sleep 0.1
 done
 [ -S "$tmp/net.sock" ] || { cat "$tmp/testpmd.log"; echo "FAIL: dpdk-testpmd made no socket"; exit 1; }
+# Its socket is up before it forwards, and it frees what a guest sent in
+# between (docs/busy-suite.md): wait for the forwarding start it prints.
+for _ in $(seq 1 600); do
+  grep -q 'packets/burst=' "$tmp/testpmd.log" && break
+  sleep 0.1
+done
+grep -q 'packets/burst=' "$tmp/testpmd.log" \
+  || { cat "$tmp/testpmd.log"; echo "FAIL: dpdk-testpmd did not start forwarding"; exit 1; }
 LD_LIBRARY_PATH="$libdir" timeout 60 "$tmp/net_vmm" "$tmp/net.sock" 10000; rc=$?
 [ $rc -eq 0 ] || { cat "$tmp/testpmd.log"; echo "FAIL: examples/net_vmm exited $rc"; exit 1; }
 echo "ok: net_vmm: 10000 frames per pair through dpdk-testpmd, every byte checked"

@@ -84,7 +84,10 @@ void cmd_net_usage(FILE *f)
             "  ping   send COUNT frames on every queue pair and wait for each to come\n"
             "         back (a macswap back-end: dpdk-testpmd --forward-mode=macswap);\n"
             "         every byte is checked (MACs swapped, the rest as sent). Lengths\n"
-            "         cycle from 60 to 1514 bytes unless --size is given.\n"
+            "         cycle from 60 to 1514 bytes unless --size is given. First it\n"
+            "         waits for the link: a probe frame every 50 ms until one comes\n"
+            "         back on each pair (a back-end may drop what comes before it\n"
+            "         forwards).\n"
             "  bench  measure the packet rate for S seconds: tx (frames the back-end\n"
             "         took), rx (frames received; needs a back-end that sends, e.g.\n"
             "         testpmd --forward-mode=txonly), rt (frames back from a macswap\n"
@@ -464,7 +467,12 @@ static void build_frame(uint8_t *p, uint32_t len, uint16_t pair, uint32_t seq, b
 struct ping_pair {
     uint32_t sent, back;
     uint8_t *seen; /* one byte per seq */
+    uint32_t probes_sent, probes_back;
 };
+
+/* A link probe (ping_wait_link): our header with "VUFP" for "VUFN". */
+#define PROBE_EVERY_MS 50
+static const char probe_magic[4] = {'V', 'U', 'F', 'P'};
 
 static int ping_check(struct net_run *nr, unsigned p, struct ping_pair *pp, const uint8_t *fr,
                       uint32_t len)
@@ -473,6 +481,10 @@ static int ping_check(struct net_run *nr, unsigned p, struct ping_pair *pp, cons
     uint16_t pair;
     uint32_t seq;
 
+    if (len >= 26 && memcmp(fr + 14, probe_magic, 4) == 0) {
+        pp->probes_back++; /* a late probe: not one of the COUNT frames */
+        return 0;
+    }
     if (len < 26 || memcmp(fr + 14, "VUFN", 4) != 0) {
         fprintf(stderr, "vuf net: pair %u: a %u-byte frame that is not ours came back\n", p, len);
         return VUF_EXIT_FAIL;
@@ -545,6 +557,72 @@ static int ping_step(struct net_run *nr, unsigned p, struct ping_pair *pp, bool 
     return 0;
 }
 
+/*
+ * Before the COUNT frames go, wait until the back-end forwards on every
+ * pair: send a probe every PROBE_EVERY_MS until one comes back, within
+ * --timeout-ms. An activated device is not yet a forwarding one: testpmd
+ * takes the guest's TX frames before it forwards and frees them (it empties
+ * its RX queues when forwarding starts, and its socket is up before that;
+ * seconds before on a loaded machine), so frames sent at once never came
+ * back. A probe that comes back late is counted and skipped (ping_check).
+ */
+static int ping_wait_link(struct net_run *nr, struct ping_pair *pp)
+{
+    static uint8_t probe[ETH_MIN], rxbuf[BURST][VUF_NET_FRAME_DEFAULT];
+    const struct net_opts *o = nr->o;
+    int64_t start = cli_now_ns(), sent_at = 0;
+    struct vuf_net_frame f[BURST];
+
+    for (unsigned p = 0; p < o->pairs; p++) {
+        while (pp[p].probes_back == 0) {
+            int64_t now = cli_now_ns();
+            struct vuf_virtq *ready[4];
+            int r;
+
+            if (crashed(nr)) {
+                fprintf(stderr, "vuf net: %s: the back-end hung up\n", o->socket);
+                return VUF_EXIT_FAIL;
+            }
+            if (now - start > (int64_t)o->timeout_ms * 1000000) {
+                fprintf(stderr,
+                        "vuf net: pair %u: none of %u probe frames came back in %d ms: the "
+                        "back-end does not forward\n",
+                        p, pp[p].probes_sent, o->timeout_ms);
+                return VUF_EXIT_FAIL;
+            }
+            if (now - sent_at >= (int64_t)PROBE_EVERY_MS * 1000000) {
+                f[0] = (struct vuf_net_frame){.data = probe, .len = sizeof(probe)};
+                frame_header(probe, sizeof(probe), (uint16_t)p, 0, false);
+                memcpy(probe + 14, probe_magic, 4);
+                r = vuf_net_tx_reclaim(nr->net[p]);
+                if (r >= 0)
+                    r = vuf_net_tx_burst(nr->net[p], f, 1, 0);
+                if (r < 0)
+                    return fail_msg(nr, "sending a probe", r);
+                pp[p].probes_sent += (uint32_t)r;
+                sent_at = now;
+            }
+            for (unsigned i = 0; i < BURST; i++)
+                f[i] = (struct vuf_net_frame){.data = rxbuf[i], .len = VUF_NET_FRAME_DEFAULT};
+            r = vuf_net_rx_burst(nr->net[p], f, BURST);
+            if (r < 0)
+                return fail_msg(nr, "receiving", r);
+            for (int i = 0; i < r; i++) {
+                int rc = ping_check(nr, p, &pp[p], f[i].data, f[i].len);
+
+                if (rc)
+                    return rc;
+            }
+            if (r == 0 && !o->busy_poll) {
+                r = vuf_virtq_set_wait(nr->set, 10, ready, 4);
+                if (r < 0 && r != -ETIMEDOUT)
+                    return fail_msg(nr, "waiting for the queues", r);
+            }
+        }
+    }
+    return 0;
+}
+
 static int do_ping(struct net_run *nr)
 {
     const struct net_opts *o = nr->o;
@@ -557,6 +635,8 @@ static int do_ping(struct net_run *nr)
             rc = fail_msg(nr, "ping", -ENOMEM);
     if (!pp)
         return fail_msg(nr, "ping", -ENOMEM);
+    if (!rc)
+        rc = ping_wait_link(nr, pp);
     for (bool done = false; !rc && !done;) {
         bool progress = false;
 

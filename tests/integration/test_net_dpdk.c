@@ -14,6 +14,9 @@
  * The same with the zero-copy calls (frames built in the TX slots, read
  * where the device wrote them).
  *
+ * Both wait for the link before their frames go (a testpmd held before
+ * forwarding drops what comes earlier: nh_wait_link).
+ *
  * The tool: `vuf net SOCKET ping` on 2 pairs, `vuf net SOCKET bench --json`
  * in tx and rt modes (structure and pps > 0 asserted, never speed), and
  * its usage errors.
@@ -26,6 +29,7 @@
  */
 #include <signal.h>
 #include <stdint.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,6 +90,38 @@ static void test_net_zero_copy_sleep_wake(void **state)
     nh_sleep_wake(*state, PAIRS, false, FRAMES, BEFORE_SLEEP, WHILE_ASLEEP, &checks);
 }
 
+/* A testpmd that forwards only from a second after the device is up (a
+ * held one, started by "start"), as a testpmd still starting on a loaded
+ * machine does: the frames sent before then are dropped by it, so the
+ * guest waits for the link (probes) before the test frames go, and every
+ * one of them comes back. */
+static void test_net_link_wait(void **state)
+{
+    struct tu_befx *f = *state;
+    struct nh_guest *g = calloc(1, sizeof(*g));
+    struct tu_later start;
+    int cmd;
+
+    assert_non_null(g);
+    cmd = tu_start_testpmd_held(&f->proc, f->prefix, PAIRS, f->sock, f->log);
+    tu_later_start(&start, cmd, 1000, "start\n");
+    nh_guest_up(g, f->sock, PAIRS, false);
+    assert_int_equal(tu_later_join(&start), 6);
+    nh_run_until(g, 500);
+    for (unsigned p = 0; p < PAIRS; p++) {
+        struct vuf_net_stats st;
+
+        vuf_net_stats(g->net[p], &st);
+        assert_true(g->probes_back[p] >= 1);
+        assert_int_equal(g->back[p], 500);
+        assert_int_equal(st.rx_frames, 500 + g->probes_back[p]);
+    }
+    nh_guest_down(g);
+    free(g);
+    tu_stop_clean(&f->proc, f->sock);
+    close(cmd);
+}
+
 /* ------------------------------------------------------------------------ */
 /* The tool                                                                 */
 /* ------------------------------------------------------------------------ */
@@ -111,6 +147,29 @@ static void test_cli_net_ping(void **state)
     assert_non_null(strstr(r->out, "pair 1: 2000 frames sent, 2000 back, every byte checked\n"));
     free(r);
     tu_stop_clean(&f->proc, f->sock);
+}
+
+/* `vuf net ping` waits for the link too: testpmd forwards only from 1.5 s
+ * after it started. */
+static void test_cli_net_ping_link_wait(void **state)
+{
+    struct tu_befx *f = *state;
+    struct tu_later start;
+    struct tu_run *r;
+    int cmd = tu_start_testpmd_held(&f->proc, f->prefix, PAIRS, f->sock, f->log);
+
+    tu_later_start(&start, cmd, 1500, "start\n");
+    {
+        const char *args[] = {"net", f->sock, "ping", "--queue-pairs", "2", "--count", "300", NULL};
+        r = run(args);
+    }
+    assert_int_equal(tu_later_join(&start), 6);
+    assert_int_equal(tu_exit_code(r), 0);
+    assert_non_null(strstr(r->out, "pair 0: 300 frames sent, 300 back, every byte checked\n"));
+    assert_non_null(strstr(r->out, "pair 1: 300 frames sent, 300 back, every byte checked\n"));
+    free(r);
+    tu_stop_clean(&f->proc, f->sock);
+    close(cmd);
 }
 
 static json_object *jget(json_object *o, const char *key, json_type type)
@@ -204,7 +263,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_net_two_pairs_sleep_wake, setup, tu_befx_teardown),
         cmocka_unit_test_setup_teardown(test_net_zero_copy_sleep_wake, setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_net_link_wait, setup, tu_befx_teardown),
         cmocka_unit_test_setup_teardown(test_cli_net_ping, setup, tu_befx_teardown),
+        cmocka_unit_test_setup_teardown(test_cli_net_ping_link_wait, setup, tu_befx_teardown),
         cmocka_unit_test_setup_teardown(test_cli_net_bench_json, setup, tu_befx_teardown),
         cmocka_unit_test(test_cli_net_usage),
     };

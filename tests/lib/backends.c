@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -186,27 +187,52 @@ const char *tu_testpmd_path(void)
     return path;
 }
 
-void tu_start_testpmd(struct tu_proc *p, const char *prefix, unsigned pairs, const char *sock,
-                      const char *log)
+/* dpdk-testpmd with its output to `log`; `cmd_fd` >= 0: interactive, its
+ * commands read from that fd. */
+static void start_testpmd(struct tu_proc *p, const char *prefix, unsigned pairs, const char *sock,
+                          const char *log, int cmd_fd)
 {
     const char *path = tu_testpmd_path();
     char vdev[400], rxq[32], txq[32];
-    char *argv[] = {NULL, "-l", "0,1", "--no-huge", "-m", "1024", "--no-pci", "--no-shconf",
-                    "--file-prefix", (char *)prefix, "--vdev", vdev, "--",
-                    "--total-num-mbufs=16384", "--stats-period=3600", "--forward-mode=macswap",
-                    "--nb-cores=1", "-a",
-                    /* With several pairs, one forwarding queue per pair
-                     * (testpmd's default is one). */
-                    pairs > 1 ? rxq : NULL, txq, NULL};
-    int r;
+    char *argv[24] = {NULL,
+                      "-l",
+                      "0,1",
+                      "--no-huge",
+                      "-m",
+                      "1024",
+                      "--no-pci",
+                      "--no-shconf",
+                      "--file-prefix",
+                      (char *)prefix,
+                      "--vdev",
+                      vdev,
+                      "--",
+                      "--total-num-mbufs=16384",
+                      "--forward-mode=macswap",
+                      "--nb-cores=1",
+                      txq};
+    int n = 17, r;
+    int64_t end;
 
+    /* Non-interactive: forward at once, with --stats-period (see
+     * backends.h); interactive: wait for "start". */
+    if (cmd_fd < 0) {
+        argv[n++] = "-a";
+        argv[n++] = "--stats-period=3600";
+    } else {
+        argv[n++] = "-i";
+    }
+    /* With several pairs, one forwarding queue per pair (testpmd's default
+     * is one). */
+    if (pairs > 1)
+        argv[n++] = rxq;
     if (!path)
         fail();
     argv[0] = (char *)path;
     snprintf(vdev, sizeof(vdev), "net_vhost0,iface=%s,queues=%u", sock, pairs);
     snprintf(rxq, sizeof(rxq), "--rxq=%u", pairs);
     snprintf(txq, sizeof(txq), "--txq=%u", pairs);
-    assert_int_equal(tu_spawn(p, argv, log), 0);
+    assert_int_equal(tu_spawn_stdin(p, argv, log, cmd_fd), 0);
     r = tu_wait_socket_file(p, sock, TU_START_MS);
     if (r == -ESRCH) {
         tu_dump_log(p);
@@ -216,6 +242,56 @@ void tu_start_testpmd(struct tu_proc *p, const char *prefix, unsigned pairs, con
         tu_dump_log(p);
         fail_msg("dpdk-testpmd did not create %s: %s", sock, strerror(-r));
     }
+    if (cmd_fd >= 0)
+        return;
+    /* Its socket is up well before it forwards (0.2 s idle, seconds on a
+     * loaded machine), and when forwarding starts it frees whatever the
+     * guest sent until then (it empties its RX queues first). It prints
+     * its burst size right after that. */
+    end = tu_now_ms() + TU_START_MS;
+    while (!tu_log_has(log, "packets/burst=")) {
+        siginfo_t si = {0};
+
+        /* WNOWAIT: a testpmd that died stays for tu_stop() to reap. */
+        if (waitid(P_PID, (id_t)p->pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid) {
+            tu_dump_log(p);
+            fail_msg("dpdk-testpmd exited before it forwarded (its log is above)");
+        }
+        if (tu_now_ms() > end) {
+            tu_dump_log(p);
+            fail_msg("dpdk-testpmd did not start forwarding in %d ms", TU_START_MS);
+        }
+        tu_sleep_ms(5);
+    }
+}
+
+void tu_start_testpmd(struct tu_proc *p, const char *prefix, unsigned pairs, const char *sock,
+                      const char *log)
+{
+    start_testpmd(p, prefix, pairs, sock, log, -1);
+}
+
+int tu_start_testpmd_held(struct tu_proc *p, const char *prefix, unsigned pairs, const char *sock,
+                          const char *log)
+{
+    int fds[2];
+
+    int64_t end;
+
+    assert_int_equal(pipe2(fds, O_CLOEXEC), 0);
+    start_testpmd(p, prefix, pairs, sock, log, fds[0]);
+    close(fds[0]);
+    /* Until it prompts it is still starting (and answered no vhost-user
+     * message here before "start"): the front-end must reach a testpmd
+     * that serves the protocol but does not forward yet. */
+    end = tu_now_ms() + TU_START_MS;
+    while (!tu_log_has(log, "testpmd> ") && tu_now_ms() < end)
+        tu_sleep_ms(10);
+    if (!tu_log_has(log, "testpmd> ")) {
+        tu_dump_log(p);
+        fail_msg("dpdk-testpmd -i did not prompt in %d ms", TU_START_MS);
+    }
+    return fds[1];
 }
 
 void tu_testpmd_cleanup(const char *prefix)
@@ -243,10 +319,11 @@ void tu_start_virtiofsd(struct tu_proc *p, const char *share, const char *sock, 
 void tu_stop_clean(struct tu_proc *p, const char *sock)
 {
     int st = tu_stop(p);
+    char how[96];
 
     if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
         tu_dump_log(p);
-        fail_msg("back-end exit status 0x%x, want exit 0", st);
+        fail_msg("back-end ended with %s, want exit 0", tu_status_str(p, st, how, sizeof(how)));
     }
     /* It removes its socket on the way out. */
     assert_int_not_equal(access(sock, F_OK), 0);

@@ -15,8 +15,12 @@
 #define TU_QSD "/usr/bin/qemu-storage-daemon"
 #define TU_VIRTIOFSD "/usr/lib/qemu/virtiofsd"
 
-/* How long a back-end may take to create its socket. */
-#define TU_START_MS 10000
+/* How long a back-end may take to create its socket. testpmd needs about
+ * 1.3 s on an idle machine but took over 10 s with the two cores loaded
+ * (its 1 GiB of --no-huge memory and mbuf pool are set up first); a back-end
+ * that dies early is seen at once (-ESRCH), so only a hung start waits this
+ * long. */
+#define TU_START_MS 60000
 
 /* A test's temp dir and the one back-end process in it. */
 struct tu_befx {
@@ -133,12 +137,28 @@ const char *tu_testpmd_path(void);
  * prefix `prefix` (unique per process and run), testpmd with
  * --stats-period (without it, non-interactive testpmd waits for a key on
  * stdin, which is /dev/null here, and exits at once). Waits for the socket
- * FILE; fails the test (MISSING if testpmd is not installed; with its log
+ * FILE, then until testpmd forwards (its log shows the forwarding start:
+ * frames a guest sends before then are freed by it, see
+ * tu_start_testpmd_held); fails the test (MISSING if testpmd is not installed; with its log
  * if it exits first or never creates the socket). The caller owns *p and
  * stops it with tu_stop(), then calls tu_testpmd_cleanup(prefix).
  */
 void tu_start_testpmd(struct tu_proc *p, const char *prefix, unsigned pairs, const char *sock,
                       const char *log);
+
+/*
+ * The same testpmd held before forwarding, as a testpmd still starting up
+ * is: interactive (-i), reading its commands from a pipe. Its socket and
+ * vhost port are up, so a front-end connects, negotiates and sends, but
+ * nothing is forwarded until "start\n" is written to the returned fd (the
+ * pipe's write end; the caller closes it after stopping testpmd). When
+ * forwarding starts, testpmd first empties ("flushes") every RX queue of
+ * its port, which for the vhost port are the guest's TX rings: frames the
+ * guest sent before then are taken and freed, never forwarded. It exits 0
+ * on SIGTERM as the non-interactive one does.
+ */
+int tu_start_testpmd_held(struct tu_proc *p, const char *prefix, unsigned pairs, const char *sock,
+                          const char *log);
 
 /* Remove EAL's runtime dir for `prefix`: empty with --no-shconf, but left
  * behind (rmdir: only if empty). */
@@ -146,7 +166,8 @@ void tu_testpmd_cleanup(const char *prefix);
 
 /*
  * Stop a back-end that must end cleanly: tu_stop() (SIGTERM, SIGKILL after
- * 2 s; always reaped), then fail the test unless it exited 0, removed its
+ * TU_STOP_GRACE_MS; a slow exit is reported, not failed; always reaped),
+ * then fail the test unless it exited 0 (the message says how it ended), removed its
  * socket `sock`, and left no sanitizer report in its log (under
  * -Db_sanitize a report need not change the exit status). The log is
  * printed on failure. Whether the process was still running beforehand is

@@ -58,16 +58,28 @@ struct nh_guest {
     bool zero_copy; /* see struct nh_checks */
     bool no_aio;    /* the device's and the queues' no_aio option */
     uint32_t sent[NH_MAX_PAIRS], back[NH_MAX_PAIRS];
+    uint32_t probes_sent[NH_MAX_PAIRS], probes_back[NH_MAX_PAIRS]; /* nh_wait_link */
     uint8_t seen[NH_MAX_PAIRS][NH_FRAMES];
 };
 
 /*
  * Connect to `sock`, negotiate, build `pairs` pairs of split or packed
- * rings of NH_QSIZE, fill every RX ring and activate the device. *g must
- * be zeroed. Every step is asserted.
+ * rings of NH_QSIZE, fill every RX ring, activate the device and wait for
+ * the link (nh_wait_link). *g must be zeroed. Every step is asserted.
  */
 void nh_guest_up(struct nh_guest *g, const char *sock, unsigned pairs, bool packed);
 void nh_guest_down(struct nh_guest *g);
+
+/*
+ * Wait until the back-end forwards on every pair: send a probe frame (its
+ * own ethertype) every 50 ms until one comes back, failing after NH_IO_MS.
+ * An activated device is not yet a forwarding one: testpmd takes the
+ * guest's TX frames before it forwards and drops them (it empties its RX
+ * queues when forwarding starts; on a loaded machine its socket is up
+ * seconds before that), and the frames of a test never come back. Probes
+ * that come back later are counted in probes_back and skipped.
+ */
+void nh_wait_link(struct nh_guest *g);
 
 /* Send frames of pair p up to number `upto` (window permitting); true if
  * any went out. */

@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,6 +103,11 @@ static void install_hooks(void)
 
 int tu_spawn(struct tu_proc *p, char *const argv[], const char *log_path)
 {
+    return tu_spawn_stdin(p, argv, log_path, -1);
+}
+
+int tu_spawn_stdin(struct tu_proc *p, char *const argv[], const char *log_path, int stdin_fd)
+{
     int slot = -1;
     pid_t pid;
 
@@ -114,6 +120,7 @@ int tu_spawn(struct tu_proc *p, char *const argv[], const char *log_path)
     if (slot < 0)
         return -EAGAIN;
     snprintf(p->log_path, sizeof(p->log_path), "%s", log_path ? log_path : "/dev/null");
+    p->stop_ms = -1;
     pid = fork();
     if (pid < 0)
         return -errno;
@@ -126,7 +133,7 @@ int tu_spawn(struct tu_proc *p, char *const argv[], const char *log_path)
             if (fd > 2)
                 close(fd);
         }
-        int nul = open("/dev/null", O_RDONLY);
+        int nul = stdin_fd >= 0 ? stdin_fd : open("/dev/null", O_RDONLY);
         if (nul >= 0) {
             dup2(nul, 0);
             if (nul > 2)
@@ -203,26 +210,61 @@ int tu_wait_socket(struct tu_proc *p, const char *path, int timeout_ms)
 
 int tu_stop(struct tu_proc *p)
 {
+    return tu_stop_grace(p, TU_STOP_GRACE_MS);
+}
+
+int tu_stop_grace(struct tu_proc *p, int grace_ms)
+{
+    int64_t start = tu_now_ms();
+    bool killed = true;
     int st = -1;
 
     if (p->pid <= 0)
         return -1;
     kill(p->pid, SIGTERM);
-    for (int i = 0; i < 200; i++) {
+    while (tu_now_ms() - start < grace_ms) {
         pid_t r = waitpid(p->pid, &st, WNOHANG);
-        if (r == p->pid)
-            goto reaped;
+
+        if (r == p->pid) {
+            killed = false;
+            break;
+        }
         usleep(10000);
     }
-    kill(-p->pid, SIGKILL);
-    kill(p->pid, SIGKILL);
-    waitpid(p->pid, &st, 0);
-reaped:
+    if (killed) {
+        fprintf(stderr, "tu_stop: pid %d (log %s) still running %d ms after SIGTERM: SIGKILL\n",
+                (int)p->pid, p->log_path, grace_ms);
+        kill(-p->pid, SIGKILL);
+        kill(p->pid, SIGKILL);
+        waitpid(p->pid, &st, 0);
+    }
+    p->stop_ms = (long)(tu_now_ms() - start);
+    if (!killed && p->stop_ms > TU_STOP_SLOW_MS)
+        fprintf(stderr,
+                "tu_stop: slow exit: pid %d (log %s) took %ld ms after SIGTERM (not a failure "
+                "by itself: its status is checked apart)\n",
+                (int)p->pid, p->log_path, p->stop_ms);
     for (int i = 0; i < MAX_PROCS; i++)
         if (live[i] == p->pid)
             live[i] = 0;
     p->pid = -1;
     return st;
+}
+
+const char *tu_status_str(const struct tu_proc *p, int status, char *buf, size_t cap)
+{
+    if (status == -1)
+        snprintf(buf, cap, "not reaped (no such process)");
+    else if (WIFEXITED(status))
+        snprintf(buf, cap, "exit %d", WEXITSTATUS(status));
+    else if (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL && p->stop_ms >= 0)
+        snprintf(buf, cap, "SIGKILLed after %ld ms (it did not exit on SIGTERM)", p->stop_ms);
+    else if (WIFSIGNALED(status))
+        snprintf(buf, cap, "killed by signal %d (%s)", WTERMSIG(status),
+                 strsignal(WTERMSIG(status)));
+    else
+        snprintf(buf, cap, "status 0x%x", status);
+    return buf;
 }
 
 void tu_dump_log(const struct tu_proc *p)
@@ -347,6 +389,30 @@ int tu_threads_settle(int want)
     while ((n = tu_count_threads()) != want && tu_now_ms() < until)
         tu_sleep_ms(1);
     return n;
+}
+
+static void *later_main(void *arg)
+{
+    struct tu_later *l = arg;
+
+    tu_sleep_ms(l->delay_ms);
+    return (void *)(intptr_t)write(l->fd, l->text, strlen(l->text));
+}
+
+void tu_later_start(struct tu_later *l, int fd, int delay_ms, const char *text)
+{
+    l->fd = fd;
+    l->delay_ms = delay_ms;
+    l->text = text;
+    assert_int_equal(pthread_create(&l->thread, NULL, later_main, l), 0);
+}
+
+long tu_later_join(struct tu_later *l)
+{
+    void *ret = NULL;
+
+    assert_int_equal(pthread_join(l->thread, &ret), 0);
+    return (long)(intptr_t)ret;
 }
 
 void tu_log_to_stderr(void *opaque, enum vuf_log_level level, const char *msg)

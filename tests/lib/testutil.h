@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -30,6 +31,7 @@ void tu_rmtree(char *path);
 struct tu_proc {
     pid_t pid;
     char log_path[512]; /* its stdout+stderr */
+    long stop_ms;       /* tu_stop: from SIGTERM to reaping (-1 before) */
 };
 
 /* fork+exec argv (argv[0] is the program path) with stdout/stderr to
@@ -37,6 +39,10 @@ struct tu_proc {
  * registered so that tu_reap_all() (also run at exit and on SIGINT/SIGTERM)
  * kills it. */
 int tu_spawn(struct tu_proc *p, char *const argv[], const char *log_path);
+
+/* tu_spawn() with the child's stdin read from `stdin_fd` (-1: /dev/null).
+ * The caller keeps and closes stdin_fd; the child gets its own copy. */
+int tu_spawn_stdin(struct tu_proc *p, char *const argv[], const char *log_path, int stdin_fd);
 
 /* Wait until a unix socket at `path` accepts connections, or the process
  * died, or timeout_ms passed. 0 on ready, -ESRCH if the process exited,
@@ -48,9 +54,29 @@ int tu_wait_socket(struct tu_proc *p, const char *path, int timeout_ms);
 /* Wait until the socket file exists (no connection made). */
 int tu_wait_socket_file(struct tu_proc *p, const char *path, int timeout_ms);
 
-/* SIGTERM, wait up to 2 s, then SIGKILL; always reaps. Returns the exit
- * status as from waitpid, or -1. Idempotent. */
+/*
+ * How long a process may take to exit after SIGTERM. Its own shutdown is
+ * quick (testpmd: well under a second on an idle machine), but with the two
+ * cores shared by other work it has taken several seconds: a shorter grace
+ * SIGKILLs a process that was exiting cleanly, and the test fails for the
+ * machine's load rather than for what it tests.
+ */
+#define TU_STOP_GRACE_MS 20000
+/* An exit after SIGTERM slower than this is reported (one "slow exit" line
+ * on stderr with the time it took) but is not a failure. */
+#define TU_STOP_SLOW_MS 2000
+
+/* SIGTERM, wait up to TU_STOP_GRACE_MS, then SIGKILL (process group and
+ * process, with a line saying so); always reaps. Sets p->stop_ms. Returns
+ * the exit status as from waitpid, or -1. Idempotent. */
 int tu_stop(struct tu_proc *p);
+
+/* tu_stop() with a grace of `grace_ms` instead of TU_STOP_GRACE_MS. */
+int tu_stop_grace(struct tu_proc *p, int grace_ms);
+
+/* How a process ended, for a failure message: "exit N", "killed by signal
+ * N (name)", "SIGKILLed after the N ms grace" (from p->stop_ms). Returns buf. */
+const char *tu_status_str(const struct tu_proc *p, int status, char *buf, size_t cap);
 
 /* Kill and reap every process spawned and not yet stopped. */
 void tu_reap_all(void);
@@ -107,6 +133,17 @@ void tu_warm_threads(void);
  * reaped): wait up to a second for tu_count_threads() to be `want`, and
  * return the last count. */
 int tu_threads_settle(int want);
+
+/* Write `text` to `fd` after `delay_ms`, from a thread of its own (for a
+ * command that must reach a process while the test is blocked in a call). */
+struct tu_later {
+    pthread_t thread;
+    int fd, delay_ms;
+    const char *text;
+};
+void tu_later_start(struct tu_later *l, int fd, int delay_ms, const char *text);
+/* Wait for the write; returns what write() returned (-1 on error). */
+long tu_later_join(struct tu_later *l);
 
 /* ---- logs --------------------------------------------------------------- */
 
